@@ -1,0 +1,18 @@
+"""Training objectives. Each lives in its own file whose docstring states the loss, the paper and
+the distribution it converges to."""
+
+from gfnlm.objectives.base import Objective
+from gfnlm.objectives.db import DetailedBalance
+from gfnlm.objectives.la_tb import LengthAwareTB
+from gfnlm.objectives.subtb import SubTrajectoryBalance
+from gfnlm.objectives.tb import TrajectoryBalance
+from gfnlm.objectives.tb_token import TokenNormalisedTB
+
+__all__ = [
+    "DetailedBalance",
+    "LengthAwareTB",
+    "Objective",
+    "SubTrajectoryBalance",
+    "TokenNormalisedTB",
+    "TrajectoryBalance",
+]

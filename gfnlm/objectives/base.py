@@ -1,0 +1,90 @@
+"""The Objective interface and the pieces GFlowNet losses share.
+
+An objective is a pure function of (Rollouts, PolicyEval, TargetScores, log Z) → scalar loss and
+metrics. It knows nothing about models, samplers or files.
+"""
+
+from typing import ClassVar, Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+Penalty = Literal["squared", "huber"]
+
+
+class Objective:
+    """Base class. ``requires`` names capabilities the run must provide (checked when composed)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        """The loss to minimise on this (mini)batch; subclasses implement this."""
+        raise NotImplementedError
+
+
+def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float = 1.0) -> Tensor:
+    """Elementwise penalty of a residual: ``r²`` (default) or Huber (``2·huber_δ(r)``, so the two
+    agree for |r| ≤ δ)."""
+    if kind == "squared":
+        return residual.pow(2)
+    if kind == "huber":
+        return 2.0 * F.huber_loss(residual, torch.zeros_like(residual), reduction="none", delta=delta)
+    raise ValueError(f"penalty={kind!r}: must be 'squared' or 'huber'")
+
+
+def penalty_field() -> Penalty:
+    return attrs.field(default="squared", validator=attrs.validators.in_(("squared", "huber")))
+
+
+def safe_lengths(rollouts: Rollouts, like: Tensor) -> Tensor:
+    """``|y|`` as a float, clamped at 1 so a zero-length response cannot divide by zero."""
+    return rollouts.lengths.to(like.dtype).clamp_min(1.0)
+
+
+def masked_mean(values: Tensor, mask: Bool[Tensor, "..."]) -> Tensor:
+    """Mean over ``mask``; 0 (with gradient path kept) when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def one_step_residuals(
+    rollouts: Rollouts, policy: PolicyEval, target: TargetScores
+) -> tuple[Float[Tensor, "B T"], Bool[Tensor, "B T"]]:
+    """Detailed-balance residuals of the "every prefix can terminate" parameterisation.
+
+    With ``log F(s_i) = log R(s_i ⊤) − log π(⊤|s_i)``::
+
+        δ_i = log F(s_i) + log π(y_{i+1}|s_i) − log F(s_{i+1}),   i = 0..n−1
+
+    A truncated response terminates by force at ``s_n``: there ``log π(⊤|s_n) := 0`` and the prefix
+    reward is the sequence reward (see :func:`gfnlm.targets.alpha_power.prefix_terminal_log_rewards`).
+    Returns ``δ`` ``[B, T]`` (entry i is the transition s_i → s_{i+1}) and its validity mask.
+    """
+    assert target.prefix_log_reward is not None  # guaranteed by the composition check
+    steps = rollouts.num_steps
+    positions = torch.arange(policy.eos_logp.shape[1], device=steps.device)
+    forced = (~rollouts.ended_with_eos)[:, None] & (positions[None, :] == steps[:, None])
+    eos_logp = torch.where(forced, torch.zeros_like(policy.eos_logp), policy.eos_logp)
+    log_flow = target.prefix_log_reward - eos_logp  # [B, T+1]
+    delta = log_flow[:, :-1] + policy.token_logp - log_flow[:, 1:]
+    valid = positions[None, :-1] < steps[:, None]
+    return torch.where(valid, delta, torch.zeros_like(delta)), valid
+
+
+def residual_metrics(residual: Tensor) -> dict[str, float]:
+    """Mean and variance of the per-sample residual (variance is 0 for a single sample)."""
+    detached = residual.detach()
+    variance = detached.var(unbiased=False) if detached.numel() > 1 else detached.new_zeros(())
+    return {"residual_mean": float(detached.mean()), "residual_var": float(variance)}

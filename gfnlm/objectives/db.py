@@ -1,0 +1,52 @@
+"""Detailed balance, "every prefix can terminate" form (Bengio et al. 2021, "GFlowNet foundations";
+Deleu et al. 2022 for the terminate-anywhere parameterisation): SubTB's one-step special case.
+
+.. math::
+
+    \\mathcal{L}_{DB} = \\frac{1}{n}\\sum_{i=0}^{n-1} \\delta_i^2, \\qquad
+    \\delta_i = \\log R(s_i\\top) + \\log\\pi(y_{i+1}|s_i) + \\log\\pi(\\top|s_{i+1})
+               - \\log R(s_{i+1}\\top) - \\log\\pi(\\top|s_i)
+
+averaged per response, then over responses with at least one transition. Fixed point: as SubTB,
+``π(s ⊤) ∝ R(s ⊤)`` for every prefix, i.e. the normalised target. Needs prefix rewards; no log Z.
+"""
+
+import attrs
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.objectives.base import (
+    Objective,
+    Penalty,
+    masked_mean,
+    one_step_residuals,
+    penalty_field,
+    regression_penalty,
+    residual_metrics,
+)
+from gfnlm.registry import register
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+
+@register("objective", "db")
+@attrs.frozen
+class DetailedBalance(Objective):
+    """Mean squared one-step residual over the visited transitions of each response."""
+
+    requires = frozenset({"prefix_rewards"})
+    penalty: Penalty = penalty_field()
+    huber_delta: float = 1.0
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        delta, valid = one_step_residuals(rollouts, policy, target)
+        per_step = regression_penalty(delta, self.penalty, self.huber_delta)
+        steps = rollouts.num_steps.to(delta.dtype)
+        per_sample = (per_step * valid).sum(-1) / steps.clamp_min(1.0)
+        loss = masked_mean(per_sample, rollouts.num_steps > 0)
+        return ObjectiveOutput(loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample))

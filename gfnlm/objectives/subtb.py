@@ -1,0 +1,68 @@
+"""Sub-trajectory balance, "every prefix can terminate" form (Madan et al. 2023, "Learning GFlowNets
+from partial episodes"; for LMs Hu et al. 2023, "Amortizing intractable inference in LLMs").
+
+With ``log F(s_i) = log R(s_i ⊤) − log π(⊤|s_i)`` the state flow is eliminated and the one-step
+residual is
+
+.. math::
+
+    \\delta_i = \\log R(s_i\\top) + \\log\\pi(y_{i+1}|s_i) + \\log\\pi(\\top|s_{i+1})
+               - \\log R(s_{i+1}\\top) - \\log\\pi(\\top|s_i)
+
+The loss averages ``(Σ_{k=i}^{j−1} δ_k)²`` over all pairs ``0 ≤ i < j ≤ n`` of visited states with
+weight ``λ^{j−i−1}`` (normalised by the sum of weights), per response, then over responses with at
+least one transition. No ``log Z`` is needed. Fixed point: ``π(s ⊤) ∝ R(s ⊤)`` for every prefix, so
+the policy samples the normalised target (``p_base^α`` for α-power). Needs prefix rewards.
+"""
+
+import attrs
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.objectives.base import (
+    Objective,
+    Penalty,
+    masked_mean,
+    one_step_residuals,
+    penalty_field,
+    regression_penalty,
+    residual_metrics,
+)
+from gfnlm.registry import register
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+
+@register("objective", "subtb")
+@attrs.frozen
+class SubTrajectoryBalance(Objective):
+    """λ-weighted SubTB over all sub-trajectories of each response."""
+
+    requires = frozenset({"prefix_rewards"})
+    lamda: float = attrs.field(default=1.0, converter=float)
+    penalty: Penalty = penalty_field()
+    huber_delta: float = 1.0
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        delta, _ = one_step_residuals(rollouts, policy, target)
+        cumulative = F.pad(delta.cumsum(-1), (1, 0))  # C_i = Σ_{k<i} δ_k, i = 0..T
+        # Residual of sub-trajectory s_i → s_j is C_j − C_i: all pairs at once, [B, T+1, T+1].
+        pair_residual = cumulative[:, None, :] - cumulative[:, :, None]
+        positions = torch.arange(cumulative.shape[1], device=delta.device)
+        i, j = positions[:, None], positions[None, :]
+        steps = rollouts.num_steps[:, None, None]
+        valid = (i < j) & (j <= steps)
+        gap = (j - i - 1).clamp_min(0).to(delta.dtype)
+        weight = torch.where(valid, self.lamda**gap, torch.zeros_like(pair_residual))
+        per_pair = regression_penalty(pair_residual, self.penalty, self.huber_delta)
+        per_sample = (weight * per_pair).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1e-12)
+        has_transition = rollouts.num_steps > 0
+        loss = masked_mean(per_sample, has_transition)
+        return ObjectiveOutput(loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample))

@@ -1,0 +1,44 @@
+"""Trajectory balance (Malkin et al. 2022, "Trajectory balance: improved credit assignment in
+GFlowNets"; for LMs Hu et al. 2023, "Amortizing intractable inference in large language models").
+
+.. math::
+
+    \\mathcal{L}_{TB} = \\big(\\log Z_\\phi(q) + \\textstyle\\sum_t \\log \\pi_\\theta(y_t|y_{<t},q)
+                       - \\log R(q,y)\\big)^2
+
+Generation is a tree, so the backward policy is 1 and trajectory = response. The loss is zero on
+every response iff ``π_θ(y|q) = R(q,y)/Z(q)``: the fixed point is the normalised target (for α-power,
+``p_base^α`` normalised). Valid off-policy (any full-support behaviour policy), so no importance
+weight is applied. Known failure on LMs: ``log p`` falls linearly in ``|y|``, so for α > 1 the policy
+collapses to short responses, for α < 1 it drifts to long ones.
+"""
+
+import attrs
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.objectives.base import Objective, Penalty, penalty_field, regression_penalty, residual_metrics
+from gfnlm.registry import register
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+
+@register("objective", "tb")
+@attrs.frozen
+class TrajectoryBalance(Objective):
+    """Sequence-level TB with a learnable prompt-level ``log Z`` (the "TB-traj" baseline)."""
+
+    requires = frozenset({"log_z"})
+    penalty: Penalty = penalty_field()
+    huber_delta: float = 1.0
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        assert log_z is not None
+        residual = log_z + policy.sequence_logp(rollouts.response_mask) - target.log_reward
+        loss = regression_penalty(residual, self.penalty, self.huber_delta).mean()
+        return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))

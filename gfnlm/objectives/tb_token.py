@@ -1,0 +1,52 @@
+"""Token-normalised TB ("TB-token"), an ablation baseline of the PowerFlow paper (not the method).
+
+The sequence sum in the *target only* is replaced by a per-token mean; ``log Z`` stays prompt-level:
+
+.. math::
+
+    \\mathcal{L} = \\big(\\log Z_\\phi(q) + \\textstyle\\sum_t \\log \\pi_\\theta(y_t|y_{<t},q)
+                   - \\tfrac{1}{|y|}\\log R(q,y)\\big)^2
+
+For α-power, ``log R/|y| = α·mean_t log p_base(y_t|…) + α·ψ``. The published text does not give the
+exact form; this is the one implemented. Fixed point: ``π(y|q) ∝ exp(log R(q,y)/|y|)``, which rewards
+responses of high *average* base log-prob, so it drifts toward long repetitions of likely tokens
+(it trains well at first, then degrades). ``|y|`` counts EOS and is clamped at 1.
+"""
+
+import attrs
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.objectives.base import (
+    Objective,
+    Penalty,
+    penalty_field,
+    regression_penalty,
+    residual_metrics,
+    safe_lengths,
+)
+from gfnlm.registry import register
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+
+@register("objective", "tb_token")
+@attrs.frozen
+class TokenNormalisedTB(Objective):
+    """TB against the per-token-mean target ``exp(log R/|y|)``."""
+
+    requires = frozenset({"log_z"})
+    penalty: Penalty = penalty_field()
+    huber_delta: float = 1.0
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        assert log_z is not None
+        per_token_reward = target.log_reward / safe_lengths(rollouts, target.log_reward)
+        residual = log_z + policy.sequence_logp(rollouts.response_mask) - per_token_reward
+        loss = regression_penalty(residual, self.penalty, self.huber_delta).mean()
+        return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))

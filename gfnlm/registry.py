@@ -1,0 +1,176 @@
+"""Components register by (kind, name); runs are built and composed from names + keyword config.
+
+A component is an attrs class whose fields are its configuration. It may declare:
+
+* ``requires``: capabilities it needs from the other components of the run
+  (e.g. SubTB requires ``"prefix_rewards"``, LA-TB requires ``"log_z"``);
+* ``provides``: capabilities it offers (the α-power target provides ``"prefix_rewards"``).
+
+:func:`check_composition` fails when a run is composed, not mid-training, if a requirement has no
+provider. Registration wraps every public tensor method with run-time shape checks
+(:mod:`gfnlm.shapes`).
+
+Example::
+
+    @register("objective", "my_tb")
+    @attrs.frozen
+    class MyTB(Objective):
+        ...
+
+    objective = build("objective", "my_tb", penalty="huber")
+"""
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from gfnlm.shapes import wrap_public_methods
+
+KINDS = ("target", "objective", "sampler", "logz", "task", "metric")
+
+C = TypeVar("C", bound=type)
+
+
+class RegistryError(ValueError):
+    """A bad registry request: unknown kind or name, duplicate name, bad config, bad composition."""
+
+
+_REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+
+# Modules whose import registers the built-in components (imported lazily on first lookup).
+_BUILTIN_MODULES = (
+    "gfnlm.targets",
+    "gfnlm.objectives",
+    "gfnlm.logz",
+    "gfnlm.samplers",
+)
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+
+
+def register(kind: str, name: str) -> Callable[[C], C]:
+    """Class decorator: register an attrs component class under ``kind`` and ``name``."""
+    _check_kind(kind)
+
+    def decorator(cls: C) -> C:
+        if name in _REGISTRY[kind]:
+            other = _REGISTRY[kind][name]
+            raise RegistryError(
+                f"{kind} {name!r} is already registered (by {other.__module__}.{other.__qualname__}); "
+                "choose another name"
+            )
+        if not attrs.has(cls):
+            raise RegistryError(f"{kind} {name!r}: {cls.__qualname__} must be an attrs class")
+        wrap_public_methods(cls, f"{kind} {name!r}")
+        cls.registry_kind = kind  # type: ignore[attr-defined]
+        cls.registry_name = name  # type: ignore[attr-defined]
+        _REGISTRY[kind][name] = cls
+        return cls
+
+    return decorator
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove a registration (for tests and interactive sessions)."""
+    _check_kind(kind)
+    _REGISTRY[kind].pop(name, None)
+
+
+def names(kind: str) -> list[str]:
+    """Sorted names registered under ``kind``."""
+    _check_kind(kind)
+    _load_builtins()
+    return sorted(_REGISTRY[kind])
+
+
+def lookup(kind: str, name: str) -> type:
+    """The class registered as ``name``; a one-line error with the choices otherwise."""
+    _check_kind(kind)
+    _load_builtins()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        known = sorted(_REGISTRY[kind])
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(
+            f"unknown {kind} {name!r}; registered {kind}s: {', '.join(known) or 'none'}{hint}"
+        ) from None
+
+
+def build(kind: str, name: str, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+    """Instantiate ``name`` of ``kind`` from keyword config; unknown options are rejected by name."""
+    cls = lookup(kind, name)
+    options = {**(config or {}), **overrides}
+    fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    for key in options:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(
+                f"{kind} {name!r} has no option {key!r}; options are: "
+                f"{', '.join(fields) or 'none'}{hint}"
+            )
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as error:
+        raise RegistryError(f"{kind} {name!r}: {error}") from None
+
+
+def capabilities(component: Any, attribute: str) -> frozenset[str]:
+    """A component's ``requires`` or ``provides`` set (empty when it declares none)."""
+    value = getattr(component, attribute, frozenset())
+    return frozenset(value() if callable(value) else value)
+
+
+def check_composition(components: Mapping[str, Any], provided_by_run: Iterable[str] = ()) -> None:
+    """Fail if some component requires a capability no other component (or the run) provides.
+
+    ``components`` maps a role (``"target"``, ``"objective"``, ...) to the built component;
+    ``provided_by_run`` lists capabilities the run itself offers (e.g. ``"labels"`` when the prompt
+    file has answers, ``"prompt_hidden"`` when the policy is a transformer).
+    """
+    offered: dict[str, str] = {cap: "the run" for cap in provided_by_run}
+    for role, component in components.items():
+        if component is not None:
+            for cap in capabilities(component, "provides"):
+                offered.setdefault(cap, f"{role} {_label(component)}")
+    for role, component in components.items():
+        if component is None:
+            continue
+        for need in sorted(capabilities(component, "requires")):
+            if need not in offered:
+                providers = _providers_of(need)
+                raise RegistryError(
+                    f"{role} {_label(component)} requires {need!r}, which no component of this run "
+                    f"provides ({_describe_components(components)}); "
+                    f"provided by: {', '.join(providers) or 'the run configuration'}"
+                )
+
+
+def _label(component: Any) -> str:
+    return repr(getattr(component, "registry_name", type(component).__name__))
+
+
+def _describe_components(components: Mapping[str, Any]) -> str:
+    return ", ".join(f"{role}={_label(c)}" for role, c in components.items() if c is not None)
+
+
+def _providers_of(capability: str) -> list[str]:
+    found = []
+    for kind, entries in _REGISTRY.items():
+        for name, cls in sorted(entries.items()):
+            if capability in frozenset(getattr(cls, "provides", ())):
+                found.append(f"{kind} {name!r}")
+    return found

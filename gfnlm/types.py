@@ -1,0 +1,170 @@
+"""The small attrs classes that components exchange.
+
+Data flows one way::
+
+    Sampler -> Rollouts -> (base scorer -> SequenceLogProbs) -> Target -> TargetScores
+            \\-> policy forward -> PolicyEval ------------------------------> Objective -> loss
+
+Conventions used everywhere (define once, use everywhere):
+
+* Responses are right-padded to ``T`` positions; ``response_mask[b, t]`` is 1 for real tokens.
+* ``lengths[b] = response_mask[b].sum()`` is ``|y|``, the number of response tokens **counting
+  EOS as one token**. A truncated response (hit ``max_new_tokens`` without EOS) has no EOS token.
+* ``ended_with_eos[b]`` tells the two apart. A truncated response is treated as a terminal state
+  whose termination was *forced*: its probability under any policy is the product of its token
+  probabilities, with no EOS factor. This is exactly the distribution of a sampler with a
+  ``max_new_tokens`` limit, so every fixed point below is stated over that distribution.
+* Prefix states ``s_i = (q, y_1..y_i)`` for ``i = 0..T``. Tensors ``[B, T+1]`` are indexed by ``i``.
+  The number of non-EOS tokens is ``n = lengths - ended_with_eos``; states ``s_0..s_n`` are visited.
+* Zero-length responses (``lengths == 0``) are not produced by any sampler (``max_new_tokens >= 1``
+  is enforced); objectives that divide by ``|y|`` clamp it at 1 so a stray one cannot give NaN.
+"""
+
+from typing import Any
+
+import attrs
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from gfnlm.shapes import check_bundle
+
+
+def _validate(self: Any) -> None:
+    check_bundle(self)
+
+
+@attrs.frozen(kw_only=True)
+class Rollouts:
+    """A batch of ``B`` responses to ``P``-token prompts (left-padded), ``T`` response positions.
+
+    Responses to the same prompt share ``group``; ``prompt_index`` is the prompt's index in its
+    dataset (used by the per-prompt log Z table). ``behaviour_logp`` are the per-token log-probs of
+    the policy that sampled them (for importance weights); ``weight_version`` is the policy version
+    that produced them (staleness is covered by the importance weights).
+    """
+
+    prompt_ids: Int[Tensor, "B P"]
+    prompt_mask: Bool[Tensor, "B P"]
+    response_ids: Int[Tensor, "B T"]
+    response_mask: Bool[Tensor, "B T"]
+    lengths: Int[Tensor, " B"]
+    ended_with_eos: Bool[Tensor, " B"]
+    group: Int[Tensor, " B"]
+    prompt_index: Int[Tensor, " B"]
+    behaviour_logp: Float[Tensor, "B T"]
+    weight_version: int = 0
+    response_text: tuple[str, ...] | None = None
+    prompt_text: tuple[str, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.response_ids.shape[0])
+
+    @property
+    def num_steps(self) -> Int[Tensor, " B"]:
+        """Number of non-EOS tokens ``n``: states ``s_0..s_n`` are visited."""
+        return self.lengths - self.ended_with_eos.long()
+
+    def select(self, idx: Tensor) -> "Rollouts":
+        """The sub-batch at ``idx`` (a 1-D index tensor); used for minibatches."""
+        pick = lambda x: x[idx]  # noqa: E731
+        idx_list = idx.tolist()
+        return attrs.evolve(
+            self,
+            prompt_ids=pick(self.prompt_ids),
+            prompt_mask=pick(self.prompt_mask),
+            response_ids=pick(self.response_ids),
+            response_mask=pick(self.response_mask),
+            lengths=pick(self.lengths),
+            ended_with_eos=pick(self.ended_with_eos),
+            group=pick(self.group),
+            prompt_index=pick(self.prompt_index),
+            behaviour_logp=pick(self.behaviour_logp),
+            response_text=None
+            if self.response_text is None
+            else tuple(self.response_text[i] for i in idx_list),
+            prompt_text=None
+            if self.prompt_text is None
+            else tuple(self.prompt_text[i] for i in idx_list),
+        )
+
+    def to(self, device: torch.device | str) -> "Rollouts":
+        """The same rollouts with every tensor on ``device``."""
+        changes = {
+            f.name: getattr(self, f.name).to(device)
+            for f in attrs.fields(Rollouts)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return attrs.evolve(self, **changes)
+
+
+@attrs.frozen(kw_only=True)
+class SequenceLogProbs:
+    """Per-token log-probs of a model over the rollouts' responses (e.g. the base model).
+
+    ``token_logp[b, t] = log p(y_{t+1} | s_t)`` (0 at padding). ``eos_logp[b, i] = log p(EOS | s_i)``
+    for every prefix state (needed for prefix rewards); ``None`` when not computed.
+    """
+
+    token_logp: Float[Tensor, "B T"]
+    eos_logp: Float[Tensor, "B T+1"] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
+
+
+@attrs.frozen(kw_only=True)
+class PolicyEval:
+    """What ONE forward pass of the policy over prompt+response gives the objectives.
+
+    ``token_logp``/``eos_logp`` as in :class:`SequenceLogProbs` (with gradient). ``entropy[b, t]`` is
+    the policy's token entropy at state ``s_t`` (for logging and entropy baselines).
+    ``prompt_hidden`` is the mean of the last hidden states over the prompt tokens (for the MLP
+    log Z head); ``None`` when not requested.
+    """
+
+    token_logp: Float[Tensor, "B T"]
+    eos_logp: Float[Tensor, "B T+1"]
+    entropy: Float[Tensor, "B T"]
+    prompt_hidden: Float[Tensor, "B H"] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
+
+    def sequence_logp(self, response_mask: Bool[Tensor, "B T"]) -> Float[Tensor, " B"]:
+        """``log pi(y|q)`` summed over real response tokens."""
+        return (self.token_logp * response_mask).sum(-1)
+
+
+@attrs.frozen(kw_only=True)
+class TargetScores:
+    """A target's unnormalised log-density of each response, and of stopping at each prefix.
+
+    ``log_reward[b] = log R(q, y)`` for the whole response. ``prefix_log_reward[b, i] =
+    log R(s_i EOS)``, the reward of terminating right after prefix ``s_i``; for a truncated response
+    the entry at ``i = n`` is the (forced-termination) sequence reward. ``None`` where the target
+    cannot define prefix rewards (e.g. an end-only reward).
+    """
+
+    log_reward: Float[Tensor, " B"]
+    prefix_log_reward: Float[Tensor, "B T+1"] | None = None
+    metrics: dict[str, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
+
+
+@attrs.frozen(kw_only=True)
+class ObjectiveOutput:
+    """A scalar loss to minimise, the per-sample residuals (for logging) and scalar metrics."""
+
+    loss: Float[Tensor, ""]
+    residual: Float[Tensor, " B"]
+    metrics: dict[str, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
