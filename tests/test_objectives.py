@@ -1,0 +1,468 @@
+"""Each objective against a hand computation of its formula (method.md §2) on the two-response example,
+plus gradient checks, degenerate batches, the Huber penalty and shape rejection."""
+
+import math
+
+import attrs
+import pytest
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm import registry
+from gfnlm.objectives.base import Objective
+from gfnlm.shapes import ShapeError
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, SequenceLogProbs, TargetScores
+
+DTYPE = torch.float64
+
+OBJECTIVES = ("tb", "tb_token", "la_tb", "subtb", "db")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain-Python reference computations (no library helpers).
+
+
+def seq_sum(values: list[float], length: int) -> float:
+    """Σ over the first ``length`` response tokens (|y| counts EOS)."""
+    return sum(values[:length])
+
+
+def one_step_deltas(two, b: int) -> list[float]:
+    """δ_i = log R̃(s_i) + log π(y_{i+1}|s_i) + log π(⊤|s_{i+1}) − log R̃(s_{i+1}) − log π(⊤|s_i)."""
+    n = two.steps[b]
+    pi_eos = list(two.policy_eos[b])
+    if not two.ended_with_eos[b]:
+        pi_eos[n] = 0.0  # a truncated response terminates by force: no EOS factor at s_n
+    prefix = two.prefix_log_reward[b]
+    tok = two.policy_tok[b]
+    return [prefix[i] + tok[i] + pi_eos[i + 1] - prefix[i + 1] - pi_eos[i] for i in range(n)]
+
+
+def subtb_by_hand(deltas: list[float], lam: float) -> float:
+    """Σ_{i<j} λ^{j−i−1}·(Σ_{k=i}^{j−1} δ_k)² / Σ_{i<j} λ^{j−i−1} over the visited states 0..n."""
+    n = len(deltas)
+    num = den = 0.0
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            w = lam ** (j - i - 1)
+            num += w * sum(deltas[i:j]) ** 2
+            den += w
+    return num / den
+
+
+def build(name: str, **config):
+    return registry.build("objective", name, **config)
+
+
+def run(name: str, two, policy: PolicyEval | None = None, log_z: Tensor | None = None, rollouts=None,
+        **config) -> ObjectiveOutput:
+    objective = build(name, **config)
+    return objective.loss(
+        rollouts if rollouts is not None else two.rollouts(),
+        policy if policy is not None else two.policy(),
+        two.scores(),
+        log_z if log_z is not None else two.log_z_tensor(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand computations.
+
+
+def test_tb_by_hand(two):
+    ra = two.log_z[0] + seq_sum(two.policy_tok[0], 3) - two.log_reward[0]
+    rb = two.log_z[1] + seq_sum(two.policy_tok[1], 4) - two.log_reward[1]
+    out = run("tb", two)
+    assert out.loss.item() == pytest.approx((ra**2 + rb**2) / 2, rel=1e-12)
+    assert out.residual.tolist() == pytest.approx([ra, rb], rel=1e-12)
+    assert out.metrics["residual_mean"] == pytest.approx((ra + rb) / 2)
+
+
+def test_tb_sums_explicit_numbers(two):
+    # The same as above with every number written out, so the example itself is checked once.
+    ra = 0.3 + (-0.5 - 1.2 - 0.3) - (-3.6)  # padding -9.0 excluded; EOS (-0.3) included
+    rb = -0.2 + (-0.7 - 0.4 - 1.1 - 0.9) - (-5.8)
+    assert run("tb", two).loss.item() == pytest.approx((ra**2 + rb**2) / 2, rel=1e-12)
+
+
+def test_tb_token_by_hand(two):
+    ra = two.log_z[0] + seq_sum(two.policy_tok[0], 3) - two.log_reward[0] / 3
+    rb = two.log_z[1] + seq_sum(two.policy_tok[1], 4) - two.log_reward[1] / 4
+    out = run("tb_token", two)
+    assert out.loss.item() == pytest.approx((ra**2 + rb**2) / 2, rel=1e-12)
+    assert out.residual.tolist() == pytest.approx([ra, rb], rel=1e-12)
+
+
+def behaviour_with_log_ratio(two, shifts: list[float]) -> list[list[float]]:
+    """Behaviour log-probs whose masked sum is Σ log π − shift (so log π/π_old = shift); padding is
+    garbage."""
+    rows = []
+    for b, shift in enumerate(shifts):
+        row = list(two.policy_tok[b])
+        row[0] -= shift
+        for t in range(two.lengths[b], len(row)):
+            row[t] = 4.0
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("shifts", "clipped"),
+    [
+        ([0.1, -0.1], [False, False]),  # ratios 1.105, 0.905: inside [0.8, 1.28]
+        ([0.5, -0.5], [True, True]),  # ratios 1.65 → 1.28 (high side), 0.61 → 0.8 (low side)
+        ([0.0, -0.5], [False, True]),
+    ],
+)
+def test_la_tb_by_hand_with_importance_weight(two, shifts, clipped):
+    eps_low, eps_high = 0.2, 0.28
+    rollouts = two.rollouts(behaviour_logp=behaviour_with_log_ratio(two, shifts))
+    tok = torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True)
+    log_z = two.log_z_tensor().requires_grad_(True)
+    out = run("la_tb", two, policy=two.policy(tok=tok), log_z=log_z, rollouts=rollouts,
+              eps_low=eps_low, eps_high=eps_high)
+
+    lengths = two.lengths
+    residual = [
+        two.log_z[b] + (seq_sum(two.policy_tok[b], lengths[b]) - two.log_reward[b]) / lengths[b]
+        for b in range(2)
+    ]
+    ratio = [math.exp(s) for s in shifts]
+    weight = [min(max(r, 1 - eps_low), 1 + eps_high) for r in ratio]
+    expected = (weight[0] * residual[0] ** 2 + weight[1] * residual[1] ** 2) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    assert out.residual.tolist() == pytest.approx(residual, rel=1e-12)
+    assert out.metrics["iw_mean"] == pytest.approx(sum(weight) / 2, rel=1e-9)
+    assert out.metrics["iw_min"] == pytest.approx(min(weight), rel=1e-9)
+    assert out.metrics["iw_max"] == pytest.approx(max(weight), rel=1e-9)
+    assert out.metrics["iw_clip_frac"] == pytest.approx(sum(clipped) / 2)
+
+    # w is detached: ∂L/∂θ = (1/B)·w·∂(residual²)/∂θ, with no r²·∂w/∂θ term.
+    out.loss.backward()
+    for b in range(2):
+        for t in range(two.num_positions):
+            inside = t < lengths[b]
+            want = weight[b] * 2 * residual[b] / lengths[b] / 2 if inside else 0.0
+            assert tok.grad[b, t].item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert log_z.grad[b].item() == pytest.approx(weight[b] * 2 * residual[b] / 2, rel=1e-9)
+
+
+def test_la_tb_weight_does_not_depend_on_padding(two):
+    # The behaviour log-probs of padding positions must not enter the ratio.
+    rows = behaviour_with_log_ratio(two, [0.0, 0.0])
+    rows[0][3] = -50.0
+    out = run("la_tb", two, rollouts=two.rollouts(behaviour_logp=rows))
+    assert out.metrics["iw_mean"] == pytest.approx(1.0)
+
+
+def test_subtb_lambda_one_explicit_for_eos_response(two):
+    # Response A has n = 2: pairs (0,1), (1,2), (0,2), all of weight 1.
+    pr, tok, pe = two.prefix_log_reward[0], two.policy_tok[0], two.policy_eos[0]
+    d0 = pr[0] + tok[0] + pe[1] - pr[1] - pe[0]
+    d1 = pr[1] + tok[1] + pe[2] - pr[2] - pe[1]
+    loss_a = (d0**2 + d1**2 + (d0 + d1) ** 2) / 3
+    assert one_step_deltas(two, 0) == pytest.approx([d0, d1])
+    # Response B (truncated, n = 4): log π(⊤|s_4) := 0 and log R̃(s_4) = log R.
+    pr, tok, pe = two.prefix_log_reward[1], two.policy_tok[1], two.policy_eos[1]
+    deltas_b = [pr[i] + tok[i] + pe[i + 1] - pr[i + 1] - pe[i] for i in range(3)]
+    deltas_b.append(pr[3] + tok[3] + 0.0 - two.log_reward[1] - pe[3])
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 5)]
+    loss_b = sum(sum(deltas_b[i:j]) ** 2 for i, j in pairs) / len(pairs)
+    out = run("subtb", two, lamda=1.0)
+    assert out.residual.tolist() == pytest.approx([loss_a, loss_b], rel=1e-12)
+    assert out.loss.item() == pytest.approx((loss_a + loss_b) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5, 0.9])
+def test_subtb_by_hand(two, lam):
+    per_sample = [subtb_by_hand(one_step_deltas(two, b), lam) for b in range(2)]
+    out = run("subtb", two, lamda=lam)
+    assert out.residual.tolist() == pytest.approx(per_sample, rel=1e-12)
+    assert out.loss.item() == pytest.approx(sum(per_sample) / 2, rel=1e-12)
+
+
+def test_subtb_lambda_changes_the_loss(two):
+    # Guards the λ-weighting itself (a loss that ignored λ would pass the λ=1 checks).
+    assert run("subtb", two, lamda=0.5).loss.item() != pytest.approx(
+        run("subtb", two, lamda=1.0).loss.item()
+    )
+
+
+def test_db_by_hand(two):
+    da, db_ = one_step_deltas(two, 0), one_step_deltas(two, 1)
+    assert len(da) == 2 and len(db_) == 4
+    per_sample = [sum(d * d for d in da) / 2, sum(d * d for d in db_) / 4]
+    out = run("db", two)
+    assert out.residual.tolist() == pytest.approx(per_sample, rel=1e-12)
+    assert out.loss.item() == pytest.approx(sum(per_sample) / 2, rel=1e-12)
+
+
+def test_db_equals_subtb_with_lambda_zero_limit(two):
+    # SubTB with λ→0 keeps only the one-step pairs: DB.
+    subtb = run("subtb", two, lamda=1e-12).loss.item()
+    assert run("db", two).loss.item() == pytest.approx(subtb, rel=1e-9)
+
+
+def test_garbage_past_the_end_is_ignored(two):
+    ref = {name: run(name, two).loss.item() for name in OBJECTIVES}
+    tok = torch.tensor(two.policy_tok, dtype=DTYPE)
+    eos = torch.tensor(two.policy_eos, dtype=DTYPE)
+    tok[0, 3] = 123.0  # padding of A
+    eos[0, 3:] = -77.0  # states past A's last visited state s_2
+    eos[1, 4] = -55.0  # B's forced-termination state: no EOS factor
+    for name in OBJECTIVES:
+        assert run(name, two, policy=two.policy(tok=tok, eos=eos)).loss.item() == pytest.approx(
+            ref[name], rel=1e-12
+        ), name
+
+
+def test_fixed_point_alpha_one_policy_equals_base(two):
+    """α = 1 and π = p_base: every residual is zero with log Z = 0 (TB-token's fixed point is another
+    distribution, exp(log R/|y|), so it is left out)."""
+    rollouts = two.rollouts()
+    base = two.base()
+    scores = registry.build("target", "alpha_power", alpha=1.0).score(rollouts, base)
+    policy = PolicyEval(token_logp=base.token_logp, eos_logp=base.eos_logp,
+                        entropy=torch.zeros_like(base.token_logp))
+    log_z = torch.zeros(2, dtype=DTYPE)
+    for name in ("tb", "la_tb", "subtb", "db"):
+        out = build(name).loss(rollouts, policy, scores, log_z)
+        assert out.loss.item() == pytest.approx(0.0, abs=1e-12), name
+    # ... and moving the policy away from the base breaks it for the prefix objectives.
+    moved = PolicyEval(token_logp=base.token_logp, eos_logp=base.eos_logp + 0.1,
+                       entropy=torch.zeros_like(base.token_logp))
+    for name in ("subtb", "db"):
+        assert build(name).loss(rollouts, moved, scores, log_z).loss.item() > 1e-6, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Huber penalty.
+
+
+def test_huber_is_squared_inside_delta_and_linear_beyond(two):
+    delta = 1.0
+    # Residuals of TB are log Z + Σ log π − log R; choose log Z to give r = (0.4, −3.0).
+    base_r = [seq_sum(two.policy_tok[0], 3) - two.log_reward[0],
+              seq_sum(two.policy_tok[1], 4) - two.log_reward[1]]
+    want_r = [0.4, -3.0]
+    log_z = torch.tensor([w - r for w, r in zip(want_r, base_r, strict=True)], dtype=DTYPE,
+                         requires_grad=True)
+    out = run("tb", two, log_z=log_z, penalty="huber", huber_delta=delta)
+    assert out.residual.tolist() == pytest.approx(want_r, rel=1e-9)
+    small = 0.4**2  # |r| ≤ δ: r²
+    large = 2 * delta * 3.0 - delta**2  # |r| > δ: 2δ|r| − δ², continuous with r² at |r| = δ
+    assert out.loss.item() == pytest.approx((small + large) / 2, rel=1e-9)
+    out.loss.backward()
+    # Slope: 2r inside, the constant 2δ·sign(r) beyond (divided by B = 2).
+    assert log_z.grad.tolist() == pytest.approx([2 * 0.4 / 2, -2 * delta / 2], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_huber_matches_squared_for_small_residuals(two, name):
+    # With δ larger than every (sub-)trajectory residual, Huber and squared agree exactly...
+    squared = run(name, two).loss.item()
+    assert run(name, two, penalty="huber", huber_delta=1e3).loss.item() == pytest.approx(
+        squared, rel=1e-12
+    )
+    # ... and with a small δ the large residuals are penalised linearly, i.e. less.
+    assert run(name, two, penalty="huber", huber_delta=0.05).loss.item() < squared
+
+
+def test_unknown_penalty_is_rejected():
+    with pytest.raises(registry.RegistryError, match="penalty"):
+        build("tb", penalty="cubic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate batches: zero-length responses and all-truncated batches.
+
+
+def degenerate_case(make_rollouts, lengths, eos, num_positions, seed):
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    rollouts = make_rollouts(lengths, eos, num_positions)
+    base = SequenceLogProbs(
+        token_logp=-torch.rand(batch, num_positions, generator=gen, dtype=DTYPE) * 2,
+        eos_logp=-torch.rand(batch, num_positions + 1, generator=gen, dtype=DTYPE) * 2,
+    )
+    scores = registry.build("target", "alpha_power", alpha=2.0).score(rollouts, base)
+    tok = (-torch.rand(batch, num_positions, generator=gen, dtype=DTYPE) * 2).requires_grad_(True)
+    eos_ = (-torch.rand(batch, num_positions + 1, generator=gen, dtype=DTYPE) * 2).requires_grad_(True)
+    log_z = torch.randn(batch, generator=gen, dtype=DTYPE).requires_grad_(True)
+    return rollouts, scores, tok, eos_, log_z
+
+
+DEGENERATE = {
+    "all_zero_length": ([0, 0], [False, False], 3),
+    "zero_length_and_eos": ([0, 3], [False, True], 3),
+    "eos_only_response": ([1, 2], [True, False], 3),
+    "all_truncated": ([3, 1], [False, False], 3),
+    "all_truncated_full": ([3, 3], [False, False], 3),
+}
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_degenerate_batches_are_finite(make_rollouts, name, case):
+    lengths, eos, num_positions = DEGENERATE[case]
+    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, lengths, eos, num_positions, seed=3)
+    policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
+    out = build(name).loss(rollouts, policy, scores, log_z)
+    assert torch.isfinite(out.loss), out.loss
+    assert torch.isfinite(out.residual).all()
+    assert all(math.isfinite(v) for v in out.metrics.values()), out.metrics
+    if out.loss.requires_grad:
+        grads = torch.autograd.grad(out.loss, (tok, eos_, log_z), allow_unused=True)
+        for g in grads:
+            assert g is None or torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["subtb", "db"])
+def test_prefix_objectives_on_all_zero_length_batch_are_zero(make_rollouts, name):
+    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, [0, 0], [False, False], 3, seed=1)
+    policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
+    assert build(name).loss(rollouts, policy, scores, log_z).loss.item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["tb", "tb_token", "la_tb"])
+def test_zero_length_residual_is_log_z(make_rollouts, name):
+    # |y| = 0: log π = log R = 0, and |y| is clamped at 1, so the residual is log Z itself.
+    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, [0, 2], [False, True], 3, seed=2)
+    policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
+    out = build(name).loss(rollouts, policy, scores, log_z)
+    assert out.residual[0].item() == pytest.approx(log_z[0].item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient checks (float64) w.r.t. the policy's token/EOS log-probs and log Z.
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("tb", {}),
+        ("tb_token", {}),
+        ("la_tb", {}),
+        ("subtb", {"lamda": 1.0}),
+        ("subtb", {"lamda": 0.7}),
+        ("db", {}),
+        ("tb", {"penalty": "huber", "huber_delta": 0.5}),
+        ("subtb", {"penalty": "huber", "huber_delta": 0.5}),
+    ],
+)
+def test_gradcheck(two, name, config):
+    objective = build(name, **config)
+    # For la_tb, both importance ratios are clipped (one on each side), so the detached weight is
+    # locally constant and finite differences agree with the analytic gradient.
+    rollouts = two.rollouts(behaviour_logp=behaviour_with_log_ratio(two, [0.5, -0.5]))
+    scores = two.scores()
+
+    def f(tok, eos, log_z):
+        policy = PolicyEval(token_logp=tok, eos_logp=eos, entropy=torch.zeros_like(tok))
+        return objective.loss(rollouts, policy, scores, log_z).loss
+
+    inputs = (
+        torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True),
+        torch.tensor(two.policy_eos, dtype=DTYPE, requires_grad=True),
+        two.log_z_tensor().requires_grad_(True),
+    )
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape rejection.
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_policy_with_another_batch_size_is_rejected(two, name):
+    policy = PolicyEval(
+        token_logp=torch.zeros(3, 4, dtype=DTYPE),
+        eos_logp=torch.zeros(3, 5, dtype=DTYPE),
+        entropy=torch.zeros(3, 4, dtype=DTYPE),
+    )
+    with pytest.raises(ShapeError) as info:
+        run(name, two, policy=policy)
+    message = str(info.value)
+    assert f"objective {name!r}" in message
+    assert "'policy'" in message and "token_logp" in message
+    assert "'B T'" in message
+    assert "(3, 4)" in message
+    assert "B=2" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["tb", "la_tb"])
+def test_log_z_with_wrong_shape_is_rejected(two, name):
+    with pytest.raises(ShapeError) as info:
+        run(name, two, log_z=torch.zeros(2, 1, dtype=DTYPE))
+    message = str(info.value)
+    assert f"objective {name!r}" in message and "'log_z'" in message
+    assert "'B'" in message and "(2, 1)" in message
+
+
+def test_prefix_rewards_with_wrong_width_are_rejected(two):
+    scores = TargetScores(
+        log_reward=two.scores().log_reward, prefix_log_reward=torch.zeros(2, 4, dtype=DTYPE)
+    )
+    with pytest.raises(ShapeError) as info:
+        build("subtb").loss(two.rollouts(), two.policy(), scores, None)
+    message = str(info.value)
+    assert "objective 'subtb'" in message and "'target'" in message
+    assert "prefix_log_reward" in message and "'B T+1'" in message and "(2, 4)" in message
+
+
+BROKEN = "test_broken_objective"
+
+
+@attrs.frozen
+class BrokenObjective(Objective):
+    """Returns a residual with one entry too many; its helper takes a [B, T] tensor."""
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        residual = torch.zeros(rollouts.batch_size + 1, dtype=DTYPE)
+        return ObjectiveOutput(loss=residual.sum(), residual=residual)
+
+    def per_sample(self, rollouts: Rollouts, values: Float[Tensor, "B T"]) -> Float[Tensor, " B"]:
+        return values.sum(-1)
+
+
+@pytest.fixture
+def broken_objective():
+    registry.register("objective", BROKEN)(BrokenObjective)
+    try:
+        yield registry.build("objective", BROKEN)
+    finally:
+        registry.unregister("objective", BROKEN)
+    assert BROKEN not in registry.names("objective")
+
+
+def test_broken_objective_return_value_is_rejected(two, broken_objective):
+    with pytest.raises(ShapeError) as info:
+        broken_objective.loss(two.rollouts(), two.policy(), two.scores(), two.log_z_tensor())
+    message = str(info.value)
+    assert f"objective {BROKEN!r}" in message
+    assert "return value" in message and "residual" in message
+    assert "Float[Tensor, 'B']" in message
+    assert "shape (3,)" in message
+    assert "B=2" in message
+
+
+def test_broken_objective_argument_is_rejected(two, broken_objective):
+    rollouts = two.rollouts()
+    ok = broken_objective.per_sample(rollouts, torch.ones(2, 4, dtype=DTYPE))
+    assert ok.tolist() == [4.0, 4.0]
+    with pytest.raises(ShapeError) as info:
+        broken_objective.per_sample(rollouts, torch.ones(2, 5, dtype=DTYPE))
+    message = str(info.value)
+    assert f"objective {BROKEN!r}.per_sample()" in message
+    assert "argument 'values'" in message
+    assert "Float[Tensor, 'B T']" in message
+    assert "shape (2, 5)" in message
+    assert "T=4" in message
