@@ -171,6 +171,12 @@ def _providers_of(capability: str) -> list[str]:
     found = []
     for kind, entries in _REGISTRY.items():
         for name, cls in sorted(entries.items()):
-            if capability in frozenset(getattr(cls, "provides", ())):
+            provides = getattr(cls, "provides", ())
+            if isinstance(provides, property):  # depends on the options: ask a default instance
+                try:
+                    provides = capabilities(cls(), "provides")
+                except Exception:  # noqa: BLE001, S112 - no default instance: it cannot be listed
+                    continue
+            if capability in frozenset(provides):
                 found.append(f"{kind} {name!r}")
     return found

@@ -35,6 +35,22 @@ def _validate(self: Any) -> None:
 
 
 @attrs.frozen(kw_only=True)
+class PromptBatch:
+    """``N`` tokenised prompts (left-padded to ``P``), their dataset indices and texts."""
+
+    prompt_ids: Int[Tensor, "N P"]
+    prompt_mask: Bool[Tensor, "N P"]
+    prompt_index: Int[Tensor, " N"]
+    prompt_text: tuple[str, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _validate(self)
+
+    def __len__(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+
+@attrs.frozen(kw_only=True)
 class Rollouts:
     """A batch of ``B`` responses to ``P``-token prompts (left-padded), ``T`` response positions.
 
@@ -71,7 +87,7 @@ class Rollouts:
 
     def select(self, idx: Tensor) -> "Rollouts":
         """The sub-batch at ``idx`` (a 1-D index tensor); used for minibatches."""
-        pick = lambda x: x[idx]  # noqa: E731
+        pick = lambda x: x[idx]
         idx_list = idx.tolist()
         return attrs.evolve(
             self,

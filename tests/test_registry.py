@@ -10,16 +10,6 @@ from gfnlm.registry import RegistryError
 
 BUILTIN_OBJECTIVES = ["db", "la_tb", "subtb", "tb", "tb_token"]
 
-# _providers_of() calls frozenset() on each registered class's `provides`; AlphaPowerTarget defines it
-# as a property, so the class attribute is a property object and every failing composition check
-# raises TypeError("'property' object is not iterable") instead of its RegistryError.
-PROVIDERS_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="registry._providers_of: frozenset(property) on AlphaPowerTarget.provides raises TypeError",
-)
-
-
 def test_builtins_are_registered():
     names = registry.names("objective")
     for name in BUILTIN_OBJECTIVES:
@@ -185,7 +175,6 @@ def assert_composition_rejected(built, run_provides, role, label, need):
     return message
 
 
-@PROVIDERS_BUG
 @pytest.mark.parametrize("objective", ["subtb", "db"])
 def test_prefix_objective_with_end_only_target_is_rejected(objective):
     message = assert_composition_rejected(
@@ -194,13 +183,11 @@ def test_prefix_objective_with_end_only_target_is_rejected(objective):
     assert "target='reward_tilted'" in message
 
 
-@PROVIDERS_BUG
 def test_subtb_with_format_penalty_is_rejected():
     built = components("alpha_power", "subtb", None, format_penalty=-0.5)
     assert_composition_rejected(built, ("response_text",), "objective", "subtb", "prefix_rewards")
 
 
-@PROVIDERS_BUG
 @pytest.mark.parametrize("objective", ["la_tb", "tb", "tb_token"])
 def test_log_z_objective_without_log_z_is_rejected(objective):
     message = assert_composition_rejected(
@@ -209,14 +196,12 @@ def test_log_z_objective_without_log_z_is_rejected(objective):
     assert "logz 'scalar'" in message  # names the providers
 
 
-@PROVIDERS_BUG
 def test_mlp_log_z_without_prompt_hidden_is_rejected():
     assert_composition_rejected(
         components("alpha_power", "la_tb", "mlp"), (), "logz", "mlp", "prompt_hidden"
     )
 
 
-@PROVIDERS_BUG
 def test_format_penalty_without_response_text_is_rejected():
     assert_composition_rejected(
         components("alpha_power", "la_tb", "scalar", format_penalty=-0.5),

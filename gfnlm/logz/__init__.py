@@ -40,6 +40,12 @@ class LogZ(nn.Module):
         """``log Z`` for each prompt of the batch; subclasses implement this."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def shift_(self, prompt_index: Int[Tensor, " B"], delta: Float[Tensor, " B"]) -> None:
+        """Add ``delta`` to ``log Z`` (averaged over what one parameter covers); used to warm-start
+        log Z at the value that zeroes the mean residual of the first batch."""
+        raise NotImplementedError
+
 
 def _attrs_module(cls: type) -> type:
     # attrs must not generate __eq__/__hash__ (nn.Module needs identity hashing) nor slots.
@@ -60,6 +66,10 @@ class ScalarLogZ(LogZ):
         self, prompt_index: Int[Tensor, " B"], prompt_hidden: Float[Tensor, "B H"] | None = None
     ) -> Float[Tensor, " B"]:
         return self.value.expand(prompt_index.shape[0])
+
+    @torch.no_grad()
+    def shift_(self, prompt_index: Int[Tensor, " B"], delta: Float[Tensor, " B"]) -> None:
+        self.value += delta.mean().to(self.value)
 
 
 @register("logz", "table")
@@ -84,6 +94,12 @@ class TableLogZ(LogZ):
                 f"num_prompts={self.num_prompts}"
             )
         return self.values[prompt_index]
+
+    @torch.no_grad()
+    def shift_(self, prompt_index: Int[Tensor, " B"], delta: Float[Tensor, " B"]) -> None:
+        total = torch.zeros_like(self.values).index_add_(0, prompt_index, delta.to(self.values))
+        count = torch.zeros_like(self.values).index_add_(0, prompt_index, torch.ones_like(delta).to(self.values))
+        self.values += total / count.clamp_min(1.0)
 
 
 @register("logz", "mlp")
@@ -115,6 +131,10 @@ class MLPLogZ(LogZ):
             raise ValueError("logz 'mlp' needs prompt_hidden (the policy's mean prompt hidden state)")
         head_dtype = self.net[0].weight.dtype
         return self.net(prompt_hidden.detach().to(head_dtype)).squeeze(-1)
+
+    @torch.no_grad()
+    def shift_(self, prompt_index: Int[Tensor, " B"], delta: Float[Tensor, " B"]) -> None:
+        self.net[-1].bias += delta.mean().to(self.net[-1].bias)
 
 
 __all__ = ["LogZ", "MLPLogZ", "ScalarLogZ", "TableLogZ"]

@@ -1,0 +1,160 @@
+"""``gfnlm`` command line: ``train``, ``eval`` and ``sample``.
+
+    gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
+    gfnlm eval [--run RUN_DIR] [--prompts FILE] [--samples K]
+    gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from gfnlm.config import ConfigError, RunConfig, load_config
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_eval_table(columns: dict[str, dict[str, float]]) -> str:
+    """Rows of metrics, one column per evaluated model (e.g. before / after)."""
+    metrics = [("accuracy_t1", "accuracy at T=1 (avg@k)", True), ("greedy_accuracy", "greedy accuracy", True),
+               ("pass_at_k", "pass@k", True), ("majority_at_k", "majority@k", True),
+               ("mean_length", "mean length at T=1 (tokens)", False),
+               ("greedy_mean_length", "mean length greedy (tokens)", False)]
+    rows = [("metric", *columns)]
+    for key, label, percent in metrics:
+        rows.append((label, *(f"{100 * c[key]:.1f}%" if percent else f"{c[key]:.1f}" for c in columns.values())))
+    return _table(rows)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gfnlm.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, progress=not args.quiet)
+    results = trainer.train()
+    out = Path(config.train.out_dir)
+    if results.get("after") is not None:
+        k = config.train.eval_samples
+        print(f"\nHeld-out evaluation ({results['after']['num_questions']:.0f} questions, k={k} samples at T=1):")
+        print(format_eval_table({"before": results["before"], "after": results["after"]}))
+    print(f"\nCheckpoints: {out / 'checkpoints'}")
+    print(f"TensorBoard logs: {out / 'tb'}   (view with: tensorboard --logdir {out / 'tb'})")
+    return 0
+
+
+def _policy_for(run: str | None, model: str, device: str):
+    """The policy of a run's latest checkpoint, or the plain base model."""
+    from gfnlm import checkpoint
+    from gfnlm.models import resolve_model_path
+    from gfnlm.policy import CausalLMPolicy, resolve_device
+
+    torch_device = resolve_device(device)
+    if run is None:
+        config = RunConfig()
+        config.model.path = model
+        config.model.lora = False
+        return CausalLMPolicy.from_config(config.model, resolve_model_path(model), torch_device), config
+    run_dir = Path(run)
+    ckpt = checkpoint.latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    if ckpt is None and (run_dir / checkpoint.STATE_FILE).is_file():
+        ckpt = run_dir
+    if ckpt is None:
+        raise ConfigError(f"--run={run!r}: no checkpoint found (expected RUN_DIR/checkpoints/latest)")
+    config = load_config(ckpt / "config.yaml")
+    policy = CausalLMPolicy.from_config(config.model, resolve_model_path(config.model.path), torch_device)
+    weights, _ = checkpoint.load_checkpoint(ckpt)
+    policy.load_trainable_state_dict(weights)
+    return policy, config
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gfnlm.evaluation import evaluate
+    from gfnlm.prompts import PromptSet
+
+    torch.manual_seed(args.seed)
+    policy, config = _policy_for(args.run, args.model, args.device)
+    prompts = PromptSet.load(args.prompts or config.data.eval, "--prompts", policy.tokenizer,
+                             config.data.max_prompt_tokens, require_answers=True)
+    result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens)
+    label = "checkpoint" if args.run else "base model"
+    print(f"{len(prompts)} questions, k={args.samples} samples at T=1, seed {args.seed}:")
+    print(format_eval_table({label: result.as_dict()}))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gfnlm.prompts import PromptSet
+    from gfnlm.samplers.hf import HFSampler
+    from gfnlm.tasks import format_prompt
+
+    torch.manual_seed(args.seed)
+    policy, config = _policy_for(args.run, args.model, args.device)
+    text = format_prompt(policy.tokenizer, args.prompt)
+    ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+    prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
+    sampler = HFSampler(temperature=args.temperature, top_p=args.top_p,
+                        max_new_tokens=args.max_new_tokens or config.sampling.max_new_tokens)
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompts.batch([0]), args.n)
+    for i, response in enumerate(rollouts.response_text or ()):
+        ending = "EOS" if bool(rollouts.ended_with_eos[i]) else "truncated"
+        print(f"[{i}] ({int(rollouts.lengths[i])} tokens, {ending}) {response!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gfnlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a policy from a config file plus key=value overrides")
+    train.add_argument("config", help="YAML config file (see configs/)")
+    train.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    for name, func, help_text in (("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
+                                  ("sample", cmd_sample, "print responses of a checkpoint to one prompt")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "sample":
+            p.add_argument("run", nargs="?", default=None, help="run directory (omit for the base model)")
+            p.add_argument("--prompt", required=True)
+            p.add_argument("-n", type=int, default=4, help="number of responses")
+            p.add_argument("--temperature", type=float, default=1.0)
+            p.add_argument("--top-p", type=float, default=1.0)
+        else:
+            p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
+            p.add_argument("--prompts", default=None, help="JSONL with question + answers, or a bundled set")
+            p.add_argument("--samples", type=int, default=8, help="k samples per question at T=1")
+        p.add_argument("--model", default="smollm2", help="base model when no run is given")
+        p.add_argument("--max-new-tokens", type=int, default=0)
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, RuntimeError) as error:  # ConfigError, RegistryError, TrainingError, ...
+        if os.environ.get("GFNLM_DEBUG"):
+            raise
+        print(f"gfnlm {args.command}: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    except KeyboardInterrupt:
+        print(f"gfnlm {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Declarative run configuration: attrs classes, loaded from YAML and overridden from the CLI.
+
+Loading, merging and ``a.b.c=value`` overrides are OmegaConf's (typed structured configs built from
+these attrs classes, so unknown keys and wrongly-typed values are rejected with the key's full
+name); we write no parser. The resolved config is saved with each run as ``config.yaml``.
+
+Example::
+
+    cfg = load_config("configs/powerflow_reasoning.yaml", ["train.steps=20", "target.options.alpha=2"])
+"""
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, reported in one line that names the field."""
+
+
+def _one_of(*allowed: str):
+    def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{attribute.name}={value!r}: must be one of {', '.join(allowed)}")
+
+    return check
+
+
+def _at_least(minimum: float):
+    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
+        if value < minimum:
+            raise ConfigError(f"{attribute.name}={value!r}: must be >= {minimum}")
+
+    return check
+
+
+@attrs.define
+class ComponentConfig:
+    """A registered component: its registry ``name`` and keyword ``options``."""
+
+    name: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class ModelConfig:
+    """The policy: a local Hugging Face causal LM folder, or ``smollm2`` (the embedded default).
+
+    With ``lora`` the base model for the target is the same weights with the adapter disabled (no
+    second copy); without it, a frozen copy. ``dtype='auto'``: bf16 autocast on CUDA, fp32 on CPU.
+    """
+
+    path: str = "smollm2"
+    lora: bool = True
+    lora_r: int = attrs.field(default=8, validator=_at_least(1))
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
+    dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16"))
+    gradient_checkpointing: bool = False
+
+
+@attrs.define
+class DataConfig:
+    """Prompt files (JSONL with ``question``; eval files also ``answers``), or bundled set names."""
+
+    train: str = "factual_train"
+    eval: str = "factual_eval"
+    max_prompt_tokens: int = attrs.field(default=256, validator=_at_least(1))
+    eval_max_questions: int = attrs.field(default=0, validator=_at_least(0))  # 0 = all
+
+
+@attrs.define
+class SamplingConfig:
+    """How rollouts are drawn: sampler component, G samples per prompt, sampling parameters."""
+
+    sampler: str = "hf"
+    samples_per_prompt: int = attrs.field(default=8, validator=_at_least(1))
+    temperature: float = attrs.field(default=1.0, validator=_at_least(1e-6))
+    top_p: float = attrs.field(default=1.0, validator=_at_least(1e-6))
+    max_new_tokens: int = attrs.field(default=24, validator=_at_least(1))
+    sampler_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class TrainConfig:
+    """The loop: steps of (sample → score → ``updates_per_batch`` passes of minibatch updates)."""
+
+    steps: int = attrs.field(default=40, validator=_at_least(1))
+    prompts_per_step: int = attrs.field(default=4, validator=_at_least(1))
+    updates_per_batch: int = attrs.field(default=1, validator=_at_least(1))
+    minibatch_size: int = attrs.field(default=0, validator=_at_least(0))  # 0 = the whole batch
+    lr: float = attrs.field(default=1e-4, validator=_at_least(0.0))
+    logz_lr: float = attrs.field(default=1e-2, validator=_at_least(0.0))
+    # Before the first update, shift log Z so the first batch's mean residual is zero (TB-style
+    # residuals are log Z + c). Saves the many steps a small log Z learning rate would need.
+    logz_warm_start: bool = True
+    weight_decay: float = 0.0
+    grad_clip: float = attrs.field(default=1.0, validator=_at_least(0.0))  # 0 = off
+    seed: int = 0
+    device: str = attrs.field(default="auto", validator=_one_of("auto", "cpu", "cuda"))
+    eval_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only before/after
+    eval_samples: int = attrs.field(default=8, validator=_at_least(1))
+    save_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only at the end
+    out_dir: str = "runs/default"
+    resume: bool = True
+    threads: int = attrs.field(default=0, validator=_at_least(0))  # 0 = torch's default
+
+
+@attrs.define
+class RunConfig:
+    """Everything one ``gfnlm train`` run needs."""
+
+    model: ModelConfig = attrs.field(factory=ModelConfig)
+    # Options default to the component class's own defaults (alpha_power: α=4), so that choosing
+    # another component in a file never inherits options meant for the default one.
+    target: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("alpha_power"))
+    objective: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("la_tb"))
+    logz: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("scalar"))
+    sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
+    data: DataConfig = attrs.field(factory=DataConfig)
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+
+
+def _describe_error(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    first_line = str(error).splitlines()[0]
+    return f"{key}: {first_line}" if key else first_line
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides, validated into a :class:`RunConfig`."""
+    layers = [OmegaConf.structured(RunConfig)]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config={str(path)!r}: no such file")
+        layers.append(OmegaConf.load(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=20")
+    layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+    try:
+        merged = OmegaConf.merge(*layers)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe_error(error)) from None
+    assert isinstance(config, RunConfig)
+    return config
+
+
+def to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (saved with each run; loadable by :func:`load_config`)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

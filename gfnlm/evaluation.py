@@ -1,0 +1,106 @@
+"""Held-out evaluation of a policy on questions with answers: avg@k at T=1, pass@k, maj@k, greedy.
+
+* ``accuracy_t1`` (avg@k): mean correctness over k samples per question at temperature 1, top-p 1;
+* ``pass_at_k``: share of questions with at least one correct sample among the k;
+* ``majority_at_k``: correctness of the most frequent answer among the k (answers compared after
+  :func:`answer_key` normalisation; ties go to the answer seen first);
+* ``greedy_accuracy``: one greedy response per question;
+* ``mean_length``: mean number of response tokens (EOS counted) of the T=1 samples.
+"""
+
+from collections import Counter
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from gfnlm.prompts import PromptSet
+from gfnlm.samplers.hf import HFSampler, responses_from_generation
+from gfnlm.tasks import first_sentence, is_correct, normalize_answer
+
+
+def answer_key(response: str) -> str:
+    """What majority voting compares: the normalised first sentence of a response."""
+    return normalize_answer(first_sentence(response))
+
+
+@attrs.frozen
+class EvalResult:
+    """Accuracies in [0, 1] and mean lengths in tokens."""
+
+    accuracy_t1: float
+    pass_at_k: float
+    majority_at_k: float
+    greedy_accuracy: float
+    mean_length: float
+    greedy_mean_length: float
+    num_questions: int
+    samples_per_question: int
+
+    def as_dict(self) -> dict[str, float]:
+        return attrs.asdict(self)
+
+
+def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
+             batch_questions: int = 16, progress: bool = True) -> EvalResult:
+    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``."""
+    if any(a is None for a in prompts.answers):
+        raise ValueError("evaluation needs a prompt file whose every line has 'answers'")
+    sampler = HFSampler(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    sampler.setup(policy)
+    sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
+    chunks = range(0, len(prompts), batch_questions)
+    for start in tqdm(chunks, desc="eval", unit="batch", disable=not progress, leave=False):
+        indices = list(range(start, min(start + batch_questions, len(prompts))))
+        batch = prompts.batch(indices)
+        rollouts = sampler.sample(batch, samples)
+        texts = rollouts.response_text
+        assert texts is not None
+        lengths.extend(rollouts.lengths.tolist())
+        for q, i in enumerate(indices):
+            answers = list(prompts.answers[i] or ())
+            group = texts[q * samples : (q + 1) * samples]
+            correct = [is_correct(t, answers) for t in group]
+            sample_correct.append(correct)
+            votes = Counter(answer_key(t) for t in group)
+            top_key = votes.most_common(1)[0][0]
+            representative = next(t for t in group if answer_key(t) == top_key)
+            majority_correct.append(is_correct(representative, answers))
+        greedy_texts, greedy_lens = greedy_responses(policy, batch, max_new_tokens)
+        greedy_lengths.extend(greedy_lens)
+        greedy_correct.extend(is_correct(t, list(prompts.answers[i] or ()))
+                              for t, i in zip(greedy_texts, indices, strict=True))
+    mean = lambda xs: float(sum(xs) / max(len(xs), 1))
+    return EvalResult(
+        accuracy_t1=mean([mean(c) for c in sample_correct]),
+        pass_at_k=mean([any(c) for c in sample_correct]),
+        majority_at_k=mean(majority_correct),
+        greedy_accuracy=mean(greedy_correct),
+        mean_length=mean(lengths),
+        greedy_mean_length=mean(greedy_lengths),
+        num_questions=len(prompts),
+        samples_per_question=samples,
+    )
+
+
+@torch.no_grad()
+def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], list[int]]:
+    """Greedy decoding of each prompt: texts and lengths (EOS counted)."""
+    model = policy.model
+    was_training = model.training
+    model.eval()
+    try:
+        ids = batch.prompt_ids.to(policy.device)
+        with policy.autocast():
+            sequences = model.generate(
+                input_ids=ids, attention_mask=batch.prompt_mask.to(policy.device).long(),
+                do_sample=False, max_new_tokens=max_new_tokens, num_beams=1,
+                eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
+                temperature=None, top_p=None, top_k=None,
+            )
+    finally:
+        model.train(was_training)
+    pad = policy.tokenizer.pad_token_id
+    response_ids, mask, lengths, _ = responses_from_generation(sequences, ids.shape[1], policy.eos_token_id, pad)
+    texts = policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True)
+    return texts, lengths.tolist()

@@ -1,0 +1,169 @@
+"""A Hugging Face causal LM as a policy: one forward pass → :class:`~gfnlm.types.PolicyEval`, and
+the base model's log-probs (adapter disabled, or a frozen copy) → :class:`SequenceLogProbs`.
+
+Log-probs are computed only at the ``T+1`` positions that predict response tokens
+(``logits_to_keep``), so the 49k-vocabulary output layer never runs over the prompt, and
+``[B, T+1, V]`` is reduced to ``[B, T+1]`` by a gather and a logsumexp (no fp32 log-softmax copy).
+"""
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from gfnlm.config import ConfigError, ModelConfig
+from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, left-padding (prompts end at the same position)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class CausalLMPolicy(nn.Module):
+    """The trainable policy (optionally LoRA) and access to its base model."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: ModelConfig,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.device = device
+        self.tokenizer = tokenizer
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.use_bf16 = device.type == "cuda" and config.dtype in ("auto", "bfloat16")
+        if config.dtype == "bfloat16" and device.type == "cpu":
+            model = model.to(torch.bfloat16)
+        frozen_base = None
+        if config.lora:
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                              lora_dropout=config.lora_dropout,
+                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+        else:
+            frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = model.to(device)
+        # Kept outside the module tree so it is never saved, optimised or counted as the policy.
+        self._frozen_base = [frozen_base.to(device)] if frozen_base is not None else []
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device) -> "CausalLMPolicy":
+        """Load the folder's weights (fp32) and wrap them as configured."""
+        tokenizer = load_tokenizer(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        return cls(model, tokenizer, config, device)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.transformer_config.hidden_size)
+
+    @property
+    def transformer_config(self):
+        return self.model.config
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only what training changes (the adapter with LoRA, all weights without)."""
+        return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]!r}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.use_bf16:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def base_model(self) -> Iterator[nn.Module]:
+        """The base model: the policy with its adapter disabled, or the frozen copy."""
+        if self._frozen_base:
+            yield self._frozen_base[0]
+        else:
+            assert isinstance(self.model, PeftModel)
+            with self.model.disable_adapter():
+                yield self.model
+
+    def evaluate(self, rollouts: Rollouts, need_prompt_hidden: bool = False) -> PolicyEval:
+        """One forward pass of the policy (with gradient) over prompt + response."""
+        with self.autocast():
+            logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden)
+        token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
+        with torch.no_grad():
+            entropy = _entropy(logits[:, :-1], lse[:, :-1]) * rollouts.response_mask
+        prompt_hidden = None
+        if need_prompt_hidden:
+            prompt_hidden = _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)
+        return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
+                          prompt_hidden=prompt_hidden)
+
+    @torch.no_grad()
+    def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
+        """The base model's log-probs over the responses, one forward pass, no gradient."""
+        with self.base_model() as base, self.autocast():
+            logits, _ = _response_logits(base, rollouts, need_hidden=False)
+        token_logp, eos_logp, _ = _gather_logps(logits, rollouts, self.eos_token_id)
+        return SequenceLogProbs(token_logp=token_logp, eos_logp=eos_logp if need_eos_logp else None)
+
+
+def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool) -> tuple[Tensor, Tensor | None]:
+    """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V]."""
+    input_ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
+    attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
+    # Left-padded prompts: positions count real tokens only, as generate() does.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    num_positions = rollouts.response_ids.shape[1] + 1
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=num_positions, output_hidden_states=need_hidden, use_cache=False)
+    hidden = out.hidden_states[-1] if need_hidden else None
+    return out.logits, hidden
+
+
+def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Chosen-token log-probs [B, T], EOS log-probs at every prefix [B, T+1], and logsumexp."""
+    logits = logits.float()
+    lse = logits.logsumexp(-1)  # [B, T+1]
+    chosen = logits[:, :-1].gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
+    token_logp = (chosen - lse[:, :-1]) * rollouts.response_mask
+    eos_logp = logits[..., eos_token_id] - lse
+    return token_logp, eos_logp, lse
+
+
+def _entropy(logits: Tensor, lse: Tensor) -> Tensor:
+    probs = (logits.float() - lse.unsqueeze(-1)).exp()
+    return lse - (probs * logits.float()).sum(-1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -1,0 +1,30 @@
+"""The Sampler interface: prompts in, :class:`~gfnlm.types.Rollouts` out."""
+
+from typing import ClassVar
+
+from gfnlm.types import PromptBatch, Rollouts
+
+
+class Sampler:
+    """Draws ``n`` responses per prompt with the current policy.
+
+    ``setup(policy)`` is called once by the trainer (an in-process sampler keeps a handle on the
+    policy's model; a server sampler connects and pushes weights); ``sync(policy, version)`` after
+    optimiser steps (a no-op for in-process samplers, which always see the current weights).
+    """
+
+    provides: ClassVar[frozenset[str]] = frozenset({"response_text"})
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def setup(self, policy: object) -> None:
+        """Attach to the policy (called once before sampling)."""
+
+    def sync(self, policy: object, version: int) -> None:
+        """Make the sampler use the policy's current weights, tagged ``version``."""
+
+    def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
+        """``n`` responses for each prompt, grouped: rows ``i*n .. i*n+n-1`` answer prompt ``i``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources (servers, threads)."""

@@ -1,0 +1,347 @@
+"""The training loop: sample → score target → minibatch updates → log → checkpoint.
+
+Each step draws ``prompts_per_step`` prompts, ``samples_per_prompt`` responses each, scores them with
+ONE base forward pass, then makes ``updates_per_batch`` passes over the batch in minibatches (one
+policy forward + backward + optimiser step each; the objective's importance weights cover the
+policy having moved since sampling). Everything that touches files or devices lives here.
+"""
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from gfnlm import checkpoint
+from gfnlm.config import ConfigError, RunConfig, to_yaml
+from gfnlm.evaluation import evaluate
+from gfnlm.models import resolve_model_path
+from gfnlm.policy import CausalLMPolicy, load_tokenizer, resolve_device
+from gfnlm.prompts import PromptSet
+from gfnlm.registry import build, check_composition
+from gfnlm.types import Rollouts, TargetScores
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last checkpoint is left intact."""
+
+
+@attrs.define
+class Components:
+    """The registered components a run is composed of."""
+
+    target: Any
+    objective: Any
+    logz: Any | None
+    sampler: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler}
+
+
+def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Components:
+    """Build every component from the config and check they fit together (cheap: no model)."""
+    target = build("target", config.target.name, config.target.options)
+    objective = build("objective", config.objective.name, config.objective.options)
+    logz = None
+    if "log_z" in objective.requires:
+        defaults = {"table": {"num_prompts": num_train_prompts}, "mlp": {"hidden_size": hidden_size}}
+        options = {**defaults.get(config.logz.name, {}), **config.logz.options}
+        logz = build("logz", config.logz.name, options)
+    sampling = config.sampling
+    sampler = build("sampler", sampling.sampler, {
+        "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
+    })
+    components = Components(target, objective, logz, sampler)
+    check_composition(components.as_dict(), provided_by_run={"prompt_hidden"})
+    return components
+
+
+def select_scores(scores: TargetScores, idx: torch.Tensor) -> TargetScores:
+    prefix = None if scores.prefix_log_reward is None else scores.prefix_log_reward[idx]
+    return TargetScores(log_reward=scores.log_reward[idx], prefix_log_reward=prefix, metrics=scores.metrics)
+
+
+def _read_model_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+class Trainer:
+    """Owns the policy, the optimiser, the loop, logging and checkpoints of one run."""
+
+    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.out_dir = Path(config.train.out_dir)
+        self.checkpoints_dir = self.out_dir / "checkpoints"
+        # Everything cheap and checkable comes first, so bad input fails before the model loads.
+        self.device = resolve_device(config.train.device)
+        self.model_dir = resolve_model_path(config.model.path)
+        model_config = _read_model_config(self.model_dir)
+        tokenizer = load_tokenizer(self.model_dir)
+        self.train_prompts = PromptSet.load(config.data.train, "data.train", tokenizer,
+                                            config.data.max_prompt_tokens)
+        self.eval_prompts = None
+        if config.data.eval:
+            self.eval_prompts = PromptSet.load(config.data.eval, "data.eval", tokenizer,
+                                               config.data.max_prompt_tokens, require_answers=True)
+            if config.data.eval_max_questions:
+                self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
+        self._check_context(model_config)
+        self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts))
+        self._check_resume_compatible()
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        _seed_everything(config.train.seed)
+        self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device)
+        self.components.sampler.setup(self.policy)
+        self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
+        self.optimizer = self._make_optimizer()
+        self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
+        self.step = 0
+        self.writer: SummaryWriter | None = None
+
+    # ------------------------------------------------------------------ set-up checks
+    def _check_context(self, model_config: dict[str, Any]) -> None:
+        context = int(model_config.get("max_position_embeddings", 0) or 0)
+        needed = max(len(ids) for ids in self.train_prompts.token_ids) + self.config.sampling.max_new_tokens
+        if context and needed > context:
+            raise ConfigError(
+                f"data.train: longest prompt + sampling.max_new_tokens = {needed} tokens exceeds the "
+                f"model's context of {context} (model.path={self.config.model.path!r})"
+            )
+
+    def _check_resume_compatible(self) -> None:
+        saved = self.out_dir / "config.yaml"
+        if not saved.is_file() or checkpoint.latest_checkpoint(self.checkpoints_dir) is None:
+            return
+        if not self.config.train.resume:
+            raise ConfigError(
+                f"train.out_dir={str(self.out_dir)!r} already holds a run's checkpoints; pass "
+                "train.resume=true to continue it or choose another train.out_dir"
+            )
+        from gfnlm.config import load_config  # local: avoids a cycle at import time
+
+        previous = load_config(saved)
+        mine, theirs = attrs.asdict(self.config), attrs.asdict(previous)
+        for section in mine:
+            for key in mine[section] if isinstance(mine[section], dict) else []:
+                if (section, key) in {("train", "steps"), ("train", "eval_every"), ("train", "save_every")}:
+                    continue
+                if mine[section][key] != theirs[section].get(key):
+                    raise ConfigError(
+                        f"{section}.{key}={mine[section][key]!r} differs from the run being resumed in "
+                        f"{str(self.out_dir)!r} ({theirs[section].get(key)!r}); use another train.out_dir"
+                    )
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        groups = [{"params": self.policy.trainable_parameters(), "lr": self.config.train.lr,
+                   "weight_decay": self.config.train.weight_decay}]
+        if self.logz is not None:
+            groups.append({"params": list(self.logz.parameters()), "lr": self.config.train.logz_lr,
+                           "weight_decay": 0.0})
+        return torch.optim.AdamW(groups)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) the configured number of steps; returns before/after evaluation."""
+        cfg = self.config.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
+        self.resume()
+        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step + 1)  # drop events logged after the checkpoint
+        results: dict[str, Any] = {"before": self.evaluate_cached(0)}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        try:
+            while self.step < cfg.steps:
+                metrics = self.train_step()
+                self.step += 1
+                self.log(metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3g}", len=f"{metrics['length/mean']:.1f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evaluate_cached(self.step)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+            self.save()
+            results["after"] = self.evaluate_cached(self.step)
+        finally:
+            bar.close()
+            self.writer.close()
+        return results
+
+    def train_step(self) -> dict[str, float]:
+        """One step: sample, score, update. Returns scalar metrics."""
+        cfg = self.config
+        started = time.perf_counter()
+        prompts = self.train_prompts.batch(self._next_prompt_indices())
+        rollouts = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
+        sampled = time.perf_counter()
+        base = self.policy.score_base(rollouts, self.components.target.needs_eos_logp)
+        scores = self.components.target.score(rollouts, base)
+        scored = time.perf_counter()
+        metrics = self.update(rollouts, scores)
+        updated = time.perf_counter()
+        metrics |= _rollout_metrics(rollouts, scores)
+        metrics |= {"time/sample": sampled - started, "time/score": scored - sampled,
+                    "time/update": updated - scored, "time/step": updated - started}
+        return metrics
+
+    def update(self, rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
+        """``updates_per_batch`` passes of minibatch optimiser steps over the rollouts."""
+        cfg = self.config.train
+        size = rollouts.batch_size
+        minibatch = cfg.minibatch_size or size
+        need_hidden = self.logz is not None and "prompt_hidden" in self.logz.requires
+        totals: dict[str, list[float]] = {}
+        if self.step == 0 and cfg.logz_warm_start and self.logz is not None:
+            self._warm_start_logz(rollouts, scores, need_hidden)
+        for _ in range(cfg.updates_per_batch):
+            order = torch.randperm(size, generator=self.prompt_rng)
+            for start in range(0, size, minibatch):
+                idx = order[start : start + minibatch].to(self.device)
+                sub = rollouts.select(idx)
+                evaluation = self.policy.evaluate(sub, need_prompt_hidden=need_hidden)
+                log_z = None if self.logz is None else self.logz(sub.prompt_index, evaluation.prompt_hidden)
+                out = self.components.objective.loss(sub, evaluation, select_scores(scores, idx), log_z)
+                if not torch.isfinite(out.loss):
+                    raise TrainingError(self._non_finite_message(float(out.loss.detach())))
+                self.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                grad_norm = self._clip_gradients()
+                self.optimizer.step()
+                record = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
+                mask = sub.response_mask
+                record["entropy"] = float((evaluation.entropy * mask).sum() / mask.sum().clamp_min(1))
+                if log_z is not None:
+                    record["log_z"] = float(log_z.detach().mean())
+                for key, value in record.items():
+                    totals.setdefault(key, []).append(value)
+        return {key: float(np.mean(values)) for key, values in totals.items()}
+
+    @torch.no_grad()
+    def _warm_start_logz(self, rollouts: Rollouts, scores: TargetScores, need_hidden: bool) -> None:
+        """Shift log Z by minus the first batch's residuals (they are log Z + c for every objective
+        that uses log Z), so training starts at the best log Z for the initial policy."""
+        assert self.logz is not None
+        evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_hidden)
+        log_z = self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
+        out = self.components.objective.loss(rollouts, evaluation, scores, log_z)
+        self.logz.shift_(rollouts.prompt_index, -out.residual)
+
+    def _clip_gradients(self) -> float:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        limit = self.config.train.grad_clip or math.inf
+        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+
+    def _non_finite_message(self, value: float) -> str:
+        last = checkpoint.latest_checkpoint(self.checkpoints_dir)
+        kept = f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written yet"
+        return (f"non-finite loss ({value}) at step {self.step + 1}: training stopped before the "
+                f"optimiser step; {kept}. Lower train.lr or check the target's log-rewards")
+
+    def _next_prompt_indices(self) -> list[int]:
+        count = self.config.train.prompts_per_step
+        n = len(self.train_prompts)
+        if count <= n:
+            return torch.randperm(n, generator=self.prompt_rng)[:count].tolist()
+        return torch.randint(n, (count,), generator=self.prompt_rng).tolist()
+
+    # ------------------------------------------------------------------ logging and evaluation
+    def log(self, metrics: dict[str, float]) -> None:
+        assert self.writer is not None
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"train/{key}", value, self.step)
+        self.writer.flush()
+
+    def evaluate_cached(self, step: int) -> dict[str, float] | None:
+        """Evaluate on the held-out set (results cached in the run dir, so a resume reuses them)."""
+        if self.eval_prompts is None:
+            return None
+        path = self.out_dir / "eval" / f"step_{step:06d}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            # A forked RNG: evaluation never changes the training randomness, so a resumed run
+            # (which reuses cached evaluations) stays identical to an uninterrupted one.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                result = evaluate(self.policy, self.eval_prompts, self.config.train.eval_samples,
+                                  self.config.sampling.max_new_tokens, progress=self.progress).as_dict()
+            checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
+        if self.writer is not None:
+            for key, value in result.items():
+                self.writer.add_scalar(f"eval/{key}", value, step)
+            self.writer.flush()
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "logz": None if self.logz is None else self.logz.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "prompts": self.prompt_rng.get_state(),
+            },
+        }
+
+    def save(self) -> Path:
+        return checkpoint.save_checkpoint(self.checkpoints_dir, self.step, self.policy.trainable_state_dict(),
+                                          self.state(), to_yaml(self.config))
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``out_dir`` if there is one; returns whether it did."""
+        latest = checkpoint.latest_checkpoint(self.checkpoints_dir)
+        if latest is None:
+            return False
+        policy_state, state = checkpoint.load_checkpoint(latest)
+        self.policy.load_trainable_state_dict(policy_state)
+        if self.logz is not None and state["logz"] is not None:
+            self.logz.load_state_dict(state["logz"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        self.prompt_rng.set_state(rng["prompts"])
+        self.step = int(state["step"])
+        return True
+
+
+def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
+    lengths = rollouts.lengths.float()
+    return {
+        "length/mean": float(lengths.mean()),
+        "length/min": float(lengths.min()),
+        "length/max": float(lengths.max()),
+        "truncated_frac": float((~rollouts.ended_with_eos).float().mean()),
+        "target/log_reward_mean": float(scores.log_reward.mean()),
+        **scores.metrics,
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _truncate(prompts: PromptSet, count: int) -> PromptSet:
+    keep = slice(0, count)
+    return attrs.evolve(prompts, questions=prompts.questions[keep], answers=prompts.answers[keep],
+                        texts=prompts.texts[keep], token_ids=prompts.token_ids[keep])

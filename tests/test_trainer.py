@@ -1,0 +1,248 @@
+"""Trainer, checkpoints, TensorBoard and the CLI's bad-input errors, on a tiny random Llama with the
+real SmolLM2 tokenizer (so the chat template, EOS and vocabulary are the real ones)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from gfnlm import checkpoint
+from gfnlm.cli import main
+from gfnlm.config import load_config
+from gfnlm.models import ensure_smollm2
+from gfnlm.trainer import Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and the real SmolLM2 tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"question": q}) + "\n" for q in
+                             ["What is the capital of France?", "How many legs does a spider have?",
+                              "What colour is grass?", "Who wrote Hamlet?"]))
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n")
+    return train, evaluation
+
+
+def tiny_overrides(model_dir: Path, train: Path, evaluation: Path | str, out_dir: Path, **extra: object) -> list[str]:
+    values = {
+        "model.path": str(model_dir), "model.lora_targets": "[q_proj,v_proj]",
+        "data.train": str(train), "data.eval": str(evaluation),
+        "sampling.samples_per_prompt": 2, "sampling.max_new_tokens": 6,
+        "train.prompts_per_step": 2, "train.steps": 4, "train.device": "cpu",
+        "train.out_dir": str(out_dir), "train.eval_samples": 2, "train.lr": 1e-2,
+        "train.updates_per_batch": 2, "train.minibatch_size": 2,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_resume_equals_uninterrupted_run(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+    train, evaluation = prompt_files
+    straight = Trainer(load_config(REPO / "configs/default.yaml",
+                                   tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "a")), progress=False)
+    straight.train()
+    first_half = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b", **{"train.steps": 2})
+    Trainer(load_config(REPO / "configs/default.yaml", first_half), progress=False).train()
+    resumed = Trainer(load_config(REPO / "configs/default.yaml",
+                                  tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b")), progress=False)
+    resumed.train()
+    losses_a = [v for _, v in scalars(tmp_path / "a/tb")["train/loss"]]
+    losses_b = [v for _, v in scalars(tmp_path / "b/tb")["train/loss"]]
+    assert len(losses_a) == 4 and len(losses_b) == 4
+    assert losses_a == pytest.approx(losses_b, rel=1e-5, abs=1e-6)
+    weights_a, weights_b = straight.policy.trainable_state_dict(), resumed.policy.trainable_state_dict()
+    for name in weights_a:
+        torch.testing.assert_close(weights_a[name], weights_b[name], rtol=1e-5, atol=1e-6)
+    # The runs really trained: the adapter moved away from its initial zero B matrices.
+    assert any(float(w.abs().max()) > 0 for n, w in weights_a.items() if "lora_B" in n)
+
+
+def test_tensorboard_has_the_step_scalars(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+    train, evaluation = prompt_files
+    Trainer(load_config(REPO / "configs/default.yaml",
+                        tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 2})),
+            progress=False).train()
+    found = scalars(tmp_path / "tb")
+    required = ["loss", "log_z", "length/mean", "length/min", "length/max", "truncated_frac", "iw_mean",
+                "iw_min", "iw_max", "iw_clip_frac", "entropy", "target/log_reward_mean", "residual_var",
+                "time/sample", "time/score", "time/update", "grad_norm"]
+    for name in required:
+        assert [step for step, _ in found[f"train/{name}"]] == [1, 2], name
+    assert {"eval/accuracy_t1", "eval/greedy_accuracy", "eval/pass_at_k", "eval/majority_at_k"} <= set(found)
+
+
+def test_killed_save_leaves_last_good_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a process that keeps saving checkpoints at many moments; `latest` always loads."""
+    script = textwrap.dedent(f"""
+        import torch, sys
+        from pathlib import Path
+        from gfnlm.checkpoint import save_checkpoint
+        step = 0
+        print("ready", flush=True)
+        while True:
+            step += 1
+            weights = {{"w": torch.full((1_000_000,), float(step))}}
+            save_checkpoint(Path({str(tmp_path)!r}), step, weights, {{"step": step, "blob": torch.zeros(500_000)}}, "x: 1")
+            print(step, flush=True)
+    """)
+    for delay in (0.0, 0.01, 0.03, 0.07, 0.15, 0.3, 0.5):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        latest = checkpoint.latest_checkpoint(tmp_path)
+        if latest is None:  # killed before the first save finished: nothing claims to be complete
+            assert not (tmp_path / checkpoint.LATEST).exists()
+            continue
+        weights, state = checkpoint.load_checkpoint(latest)
+        assert float(weights["w"][0]) == state["step"] == int(latest.name.split("_")[1])
+    assert checkpoint.latest_checkpoint(tmp_path) is not None, "no save ever completed; lengthen the delays"
+
+
+def nan_reward_from_step_3(rollouts):
+    count = int(os.environ.get("GFNLM_TEST_CALLS", "0")) + 1
+    os.environ["GFNLM_TEST_CALLS"] = str(count)
+    value = float("nan") if count >= 3 else 0.0
+    return torch.full((rollouts.batch_size,), value)
+
+
+def test_non_finite_loss_stops_with_last_checkpoint_intact(tiny_model_dir: Path, prompt_files, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    train, _ = prompt_files
+    monkeypatch.setenv("GFNLM_TEST_CALLS", "0")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config_file = tmp_path / "nan.yaml"
+    config_file.write_text("target: {name: reward_tilted, options: {reward: 'test_trainer:nan_reward_from_step_3'}}\n"
+                           "objective: {name: tb}\n")
+    overrides = tiny_overrides(tiny_model_dir, train, "''", tmp_path / "run", **{
+        "train.save_every": 1, "train.updates_per_batch": 1, "train.minibatch_size": 0})
+    trainer = Trainer(load_config(config_file, overrides), progress=False)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 3.*step_000002.*intact"):
+        trainer.train()
+    latest = checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert latest is not None and latest.name == "step_000002"
+    weights, state = checkpoint.load_checkpoint(latest)
+    assert state["step"] == 2 and all(torch.isfinite(w).all() for w in weights.values())
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad input must be rejected before any model weights are loaded."""
+    from gfnlm.policy import CausalLMPolicy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the bad input was rejected")
+
+    monkeypatch.setattr(CausalLMPolicy, "from_config", refuse)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.path=/nonexistent/model", r"model\.path='/nonexistent/model'"),
+    ("target.options.alpha=0", r"target 'alpha_power': alpha=0\.0: must be > 0"),
+    ("target.options.alpha=-2", r"alpha=-2\.0: must be > 0"),
+    ("objective.name=la_tbb", r"unknown objective 'la_tbb'.*did you mean 'la_tb'"),
+    ("train.device=cuda", r"train\.device='cuda': no CUDA device"),
+    ("train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),
+    ("objective.name=subtb target.options.format_penalty=-0.5",
+     r"objective 'subtb' requires 'prefix_rewards'"),
+])
+def test_bad_config_is_a_one_line_error(override: str, expected: str, tiny_model_dir: Path, prompt_files,
+                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if override == "train.device=cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU exists here")
+    train, evaluation = prompt_files
+    args = ["train", str(REPO / "configs/default.yaml"),
+            *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path), *override.split(" ", 2)]
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert re.search(expected, err), err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(("content", "expected"), [
+    ("", r"empty"),
+    ('{"question": "ok"}\n{not json\n', r"bad\.jsonl:2: invalid JSON"),
+    ('{"answers": ["x"]}\n', r"bad\.jsonl:1: missing 'question'"),
+])
+def test_bad_prompt_file_is_a_one_line_error(content: str, expected: str, tiny_model_dir: Path, prompt_files,
+                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, evaluation = prompt_files
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    args = ["train", str(REPO / "configs/default.yaml"), *tiny_overrides(tiny_model_dir, bad, evaluation, tmp_path)]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "bad.jsonl" in err
+    assert re.search(expected, err, flags=re.IGNORECASE), err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_prompt_longer_than_context_is_rejected(tiny_model_dir: Path, prompt_files, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _, evaluation = prompt_files
+    long_prompt = tmp_path / "long.jsonl"
+    long_prompt.write_text(json.dumps({"question": "word " * 400}) + "\n")
+    args = ["train", str(REPO / "configs/default.yaml"),
+            *tiny_overrides(tiny_model_dir, long_prompt, evaluation, tmp_path), "data.max_prompt_tokens=4096"]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "exceeds the model's context of 256" in err, err
+    args[-1] = "data.max_prompt_tokens=64"
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "more than data.max_prompt_tokens=64" in err, err
+
+
+def test_existing_run_is_never_overwritten_without_resume(tiny_model_dir: Path, prompt_files, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    train, evaluation = prompt_files
+    args = ["train", str(REPO / "configs/default.yaml"),
+            *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 1}), "--quiet"]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+    code, err = run_cli([*args[:-1], "train.resume=false", "--quiet"], capsys)
+    assert code == 2 and "already holds a run" in err
+    code, err = run_cli([*args[:-1], "target.options.alpha=2", "--quiet"], capsys)
+    assert code == 2 and "target.options" in err and "differs from the run being resumed" in err
+    after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+    assert before == after
