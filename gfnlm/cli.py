@@ -35,6 +35,7 @@ def format_eval_table(columns: dict[str, dict[str, float]]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``gfnlm train``: load the config, train (or resume), print the before/after table."""
     from gfnlm.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
@@ -76,6 +77,7 @@ def _policy_for(run: str | None, model: str, device: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``gfnlm eval``: evaluate a run's latest checkpoint (or the base model) and print the table."""
     from gfnlm.evaluation import evaluate
     from gfnlm.prompts import PromptSet
 
@@ -91,6 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt."""
     from gfnlm.prompts import PromptSet
     from gfnlm.samplers.hf import HFSampler
     from gfnlm.tasks import format_prompt
@@ -111,6 +114,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gfnlm`` argument parser with its ``train``, ``eval`` and ``sample`` subcommands."""
     parser = argparse.ArgumentParser(prog="gfnlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; errors print one line (exit 2 for bad input, 1 otherwise).
+
+    Set ``GFNLM_DEBUG=1`` to get the full traceback instead.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -38,6 +38,7 @@ class EvalResult:
     samples_per_question: int
 
     def as_dict(self) -> dict[str, float]:
+        """The fields as a plain dict (cached as JSON in the run directory)."""
         return attrs.asdict(self)
 
 

@@ -74,13 +74,16 @@ class CausalLMPolicy(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """The model's hidden size (the input width of the MLP log Z head)."""
         return int(self.transformer_config.hidden_size)
 
     @property
     def transformer_config(self):
+        """The underlying Hugging Face model config."""
         return self.model.config
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates (the LoRA adapter, or all weights)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
@@ -88,6 +91,7 @@ class CausalLMPolicy(nn.Module):
         return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` saved; fails if a trainable tensor is missing."""
         params = dict(self.model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         if missing:
@@ -98,6 +102,7 @@ class CausalLMPolicy(nn.Module):
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
+        """bf16 autocast on CUDA (unless ``model.dtype`` says otherwise); a no-op on CPU."""
         if self.use_bf16:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield

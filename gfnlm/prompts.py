@@ -44,6 +44,11 @@ class PromptSet:
     @classmethod
     def load(cls, spec: str, field: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
              require_answers: bool = False) -> "PromptSet":
+        """Load a JSONL file or bundled set (``spec``), chat-format and tokenise every question.
+
+        ``field`` names the config field in error messages; prompts longer than ``max_tokens``
+        tokens and, with ``require_answers``, lines without ``answers`` are one-line errors.
+        """
         path = resolve_prompt_file(spec, field)
         records = load_prompt_file(path)
         questions = tuple(str(r.get("question", r.get("prompt"))) for r in records)

@@ -43,6 +43,7 @@ class Components:
     sampler: Any
 
     def as_dict(self) -> dict[str, Any]:
+        """Role → component, as :func:`gfnlm.registry.check_composition` takes it."""
         return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler}
 
 
@@ -66,6 +67,7 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
 
 
 def select_scores(scores: TargetScores, idx: torch.Tensor) -> TargetScores:
+    """The target scores of the sub-batch at ``idx`` (matches :meth:`Rollouts.select`)."""
     prefix = None if scores.prefix_log_reward is None else scores.prefix_log_reward[idx]
     return TargetScores(log_reward=scores.log_reward[idx], prefix_log_reward=prefix, metrics=scores.metrics)
 
@@ -257,6 +259,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, metrics: dict[str, float]) -> None:
+        """Write scalar metrics to TensorBoard under ``train/`` at the current step."""
         assert self.writer is not None
         for key, value in metrics.items():
             self.writer.add_scalar(f"train/{key}", value, self.step)
@@ -285,6 +288,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
+        """Everything besides the policy weights needed to resume: step, log Z, optimiser, RNGs."""
         return {
             "step": self.step,
             "logz": None if self.logz is None else self.logz.state_dict(),
@@ -299,6 +303,7 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        """Write an atomic checkpoint of the current step; returns its directory."""
         return checkpoint.save_checkpoint(self.checkpoints_dir, self.step, self.policy.trainable_state_dict(),
                                           self.state(), to_yaml(self.config))
 

@@ -78,6 +78,7 @@ class Rollouts:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the number of responses."""
         return int(self.response_ids.shape[0])
 
     @property

@@ -45,6 +45,7 @@ def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float
 
 
 def penalty_field() -> Penalty:
+    """The attrs field every GFlowNet objective uses for its ``penalty`` option (default squared)."""
     return attrs.field(default="squared", validator=attrs.validators.in_(("squared", "huber")))
 
 

@@ -42,6 +42,7 @@ class HFSampler(Sampler):
         self._policy = policy
 
     def generation_config(self) -> GenerationConfig:
+        """The ``GenerationConfig`` used for sampling (pure ancestral sampling at the set temperature/top-p)."""
         tokenizer = self._policy.tokenizer
         return GenerationConfig(
             do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,

@@ -19,6 +19,7 @@ class Target:
 
     @property
     def needs_eos_logp(self) -> bool:
+        """Whether the base model's EOS log-prob at every prefix is needed (for prefix rewards)."""
         return "prefix_rewards" in self.provides
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs) -> TargetScores:
