@@ -22,7 +22,6 @@ expected length it is the KL-closest to ``R``. ``|y|`` counts EOS and is clamped
 """
 
 import attrs
-import torch
 from jaxtyping import Float
 from torch import Tensor
 

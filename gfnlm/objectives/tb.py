@@ -17,7 +17,13 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.objectives.base import Objective, Penalty, penalty_field, regression_penalty, residual_metrics
+from gfnlm.objectives.base import (
+    Objective,
+    Penalty,
+    penalty_field,
+    regression_penalty,
+    residual_metrics,
+)
 from gfnlm.registry import register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 

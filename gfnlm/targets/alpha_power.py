@@ -12,7 +12,6 @@ finished responses only).
 """
 
 import re
-from typing import ClassVar
 
 import attrs
 import torch
