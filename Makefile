@@ -45,7 +45,7 @@ docs-serve: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 ## The main job: PowerFlow α=4 with LoRA on SmolLM2-135M-Instruct, bundled questions, CPU.
-run: setup
+run: $(STAMP)
 	$(VENV)/bin/gfnlm train configs/default.yaml
 
 ## The default test run (fast checks; slow ones are marked and run by test-slow / benchmarks).
