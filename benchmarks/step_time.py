@@ -24,34 +24,25 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gfnlm.config import load_config
-from gfnlm.models import ensure_smollm2
+from gfnlm.models import ensure_smollm2, save_random_llama
 from gfnlm.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(tmp: Path) -> Path:
-    tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return tmp
+    return save_random_llama(tmp, ensure_smollm2(), max_positions=512)
 
 
-def timed(fn):  # noqa: ANN001, ANN201
+def timed(fn):
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
 
 
-def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:  # noqa: ANN001
+def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:
     """The step's work with no trainer plumbing: direct HF/torch calls on the same inputs."""
     policy, sampler = trainer.policy, trainer.components.sampler
     model = policy.model
@@ -84,7 +75,7 @@ def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:  # noqa:
     return {"generate": t_generate, "base_forward": t_base, "policy_fwd_bwd": t_update, "optimizer": t_optim}
 
 
-def plain_pg_step(trainer: Trainer, prompts, n: int) -> float:  # noqa: ANN001
+def plain_pg_step(trainer: Trainer, prompts, n: int) -> float:
     """REINFORCE with group-normalised rewards given: the baseline a PowerFlow step is compared to."""
     start = time.perf_counter()
     rollouts = trainer.components.sampler.sample(prompts, n)

@@ -161,3 +161,26 @@ def resolve_model_path(spec: str) -> Path:
             f"use a local Hugging Face model folder or {SMOLLM2_SPEC!r}"
         )
     return path
+
+
+def save_random_llama(out_dir: Path, tokenizer_dir: Path, hidden_size: int = 64, num_layers: int = 2,
+                      num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
+                      max_positions: int = 256, seed: int = 0) -> Path:
+    """Save a Llama with random weights and ``tokenizer_dir``'s tokenizer into ``out_dir``.
+
+    Used for fast tests (the defaults: 2 layers, hidden 64) and for GPU benchmarks of a given size
+    with nothing downloaded. Returns ``out_dir``; the model reports the parameter count on load.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                         intermediate_size=intermediate_size, num_hidden_layers=num_layers,
+                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gfnlm import checkpoint
 from gfnlm.cli import main
 from gfnlm.config import load_config
-from gfnlm.models import ensure_smollm2
+from gfnlm.models import ensure_smollm2, save_random_llama
 from gfnlm.trainer import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,16 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and the real SmolLM2 tokenizer."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), ensure_smollm2())
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def main() -> int:
             recomputed = trainer.policy.evaluate(rollouts).token_logp
         diff = (recomputed - rollouts.behaviour_logp).abs()[rollouts.response_mask]
     timed = rows[1:] if len(rows) > 1 else rows
-    med = lambda key: statistics.median(r[key] for r in timed)  # noqa: E731
+    med = lambda key: statistics.median(r[key] for r in timed)
     print(f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
           f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, bf16 autocast; "
           f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max")
