@@ -79,8 +79,14 @@ def _pretty(annotation: Any, fallback: str) -> str:
     )
 
 
+@functools.cache
+def _class_hints(cls: type) -> dict[str, Any]:
+    # Resolving annotations is slow and a bundle class never changes: do it once per class.
+    return typing.get_type_hints(cls)
+
+
 def _check_fields(where: str, bundle: Any, bound: dict[str, int]) -> None:
-    hints = typing.get_type_hints(type(bundle))
+    hints = _class_hints(type(bundle))
     for field in attrs.fields(type(bundle)):
         ann = hints.get(field.name, Any)
         if _array_types(ann):
