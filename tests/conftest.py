@@ -6,7 +6,8 @@ entries past the last visited state hold deliberately large "garbage" values: an
 them shows up in the losses.
 """
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -121,3 +122,14 @@ def two() -> TwoResponses:
 def make_rollouts() -> Callable[..., Rollouts]:
     """The rollouts builder (``lengths``, ``ended_with_eos``, ``num_positions``, ...)."""
     return build_rollouts
+
+
+@contextlib.contextmanager
+def temporarily_registered(kind: str, name: str, cls: type) -> Iterator[object]:
+    """Register ``cls``, yield a default-built instance, and always unregister it afterwards."""
+    registry.register(kind, name)(cls)
+    try:
+        yield registry.build(kind, name)
+    finally:
+        registry.unregister(kind, name)
+    assert name not in registry.names(kind)

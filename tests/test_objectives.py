@@ -6,6 +6,7 @@ import math
 import attrs
 import pytest
 import torch
+from conftest import temporarily_registered
 from jaxtyping import Float
 from torch import Tensor
 
@@ -435,12 +436,8 @@ class BrokenObjective(Objective):
 
 @pytest.fixture
 def broken_objective():
-    registry.register("objective", BROKEN)(BrokenObjective)
-    try:
-        yield registry.build("objective", BROKEN)
-    finally:
-        registry.unregister("objective", BROKEN)
-    assert BROKEN not in registry.names("objective")
+    with temporarily_registered("objective", BROKEN, BrokenObjective) as component:
+        yield component
 
 
 def test_broken_objective_return_value_is_rejected(two, broken_objective):

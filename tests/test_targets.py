@@ -3,6 +3,7 @@
 import attrs
 import pytest
 import torch
+from conftest import temporarily_registered
 from jaxtyping import Float
 from torch import Tensor
 
@@ -220,12 +221,8 @@ class BrokenTarget(Target):
 
 @pytest.fixture
 def broken_target():
-    registry.register("target", BROKEN)(BrokenTarget)
-    try:
-        yield registry.build("target", BROKEN)
-    finally:
-        registry.unregister("target", BROKEN)
-    assert BROKEN not in registry.names("target")
+    with temporarily_registered("target", BROKEN, BrokenTarget) as component:
+        yield component
 
 
 def test_broken_target_return_value_is_rejected(two, broken_target):
