@@ -66,12 +66,6 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
     return components
 
 
-def select_scores(scores: TargetScores, idx: torch.Tensor) -> TargetScores:
-    """The target scores of the sub-batch at ``idx`` (matches :meth:`Rollouts.select`)."""
-    prefix = None if scores.prefix_log_reward is None else scores.prefix_log_reward[idx]
-    return TargetScores(log_reward=scores.log_reward[idx], prefix_log_reward=prefix, metrics=scores.metrics)
-
-
 def _read_model_config(model_dir: Path) -> dict[str, Any]:
     return json.loads((model_dir / "config.json").read_text())
 
@@ -213,7 +207,7 @@ class Trainer:
                 sub = rollouts.select(idx)
                 evaluation = self.policy.evaluate(sub, need_prompt_hidden=need_hidden)
                 log_z = None if self.logz is None else self.logz(sub.prompt_index, evaluation.prompt_hidden)
-                out = self.components.objective.loss(sub, evaluation, select_scores(scores, idx), log_z)
+                out = self.components.objective.loss(sub, evaluation, scores.select(idx), log_z)
                 if not torch.isfinite(out.loss):
                     raise TrainingError(self._non_finite_message(float(out.loss.detach())))
                 self.optimizer.zero_grad(set_to_none=True)

@@ -174,6 +174,11 @@ class TargetScores:
     def __attrs_post_init__(self) -> None:
         _validate(self)
 
+    def select(self, idx: Tensor) -> "TargetScores":
+        """The scores of the sub-batch at ``idx``, matching :meth:`Rollouts.select`."""
+        prefix = None if self.prefix_log_reward is None else self.prefix_log_reward[idx]
+        return attrs.evolve(self, log_reward=self.log_reward[idx], prefix_log_reward=prefix)
+
 
 @attrs.frozen(kw_only=True)
 class ObjectiveOutput:
