@@ -5,8 +5,9 @@ For each model (SmolLM2-135M-Instruct and a tiny random Llama with the same toke
 
 * ``trainer``: :meth:`gfnlm.trainer.Trainer.train_step` (PowerFlow: sample → base scoring → LA-TB
   update), with the time split the trainer itself logs;
-* ``parts alone``: the same work with no trainer around it — ``model.generate``, one no-grad base
-  forward with the adapter disabled, one policy forward + backward, ``optimizer.step()`` — each timed;
+* ``parts alone``: the same heavy calls with no trainer around them — the sampler's decoding, the
+  no-grad base forward (adapter disabled), one policy forward + backward, ``optimizer.step()`` —
+  each timed alone on the same prompts and seed (so the same rollouts);
 * ``plain policy gradient``: generate + one policy forward/backward of a REINFORCE loss with
   group-normalised rewards given (no base forward, no log Z) + optimiser step.
 
@@ -43,31 +44,15 @@ def timed(fn):
 
 
 def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:
-    """The step's work with no trainer plumbing: direct HF/torch calls on the same inputs."""
+    """The step's heavy calls one by one, with no trainer around them: decoding (the sampler), the
+    base forward (adapter off, no grad), one policy forward + backward, the optimiser step."""
     policy, sampler = trainer.policy, trainer.components.sampler
-    model = policy.model
-    ids = prompts.prompt_ids.repeat_interleave(n, 0).to(policy.device)
-    mask = prompts.prompt_mask.repeat_interleave(n, 0).to(policy.device).long()
-    model.eval()
-    with torch.no_grad():
-        out, t_generate = timed(lambda: model.generate(input_ids=ids, attention_mask=mask,
-                                                       generation_config=sampler.generation_config()))
-    model.train()
-    sequences = out.sequences
-    full_mask = torch.cat([mask, torch.ones_like(sequences[:, ids.shape[1]:])], 1)
-    keep = sequences.shape[1] - ids.shape[1] + 1
-
-    def base_forward() -> None:
-        with torch.no_grad(), policy.base_model() as base:
-            logits = base(input_ids=sequences, attention_mask=full_mask, logits_to_keep=keep).logits
-            logits.float().logsumexp(-1)
-
-    _, t_base = timed(base_forward)
+    rollouts, t_generate = timed(lambda: sampler.sample(prompts, n))
+    _, t_base = timed(lambda: policy.score_base(rollouts, need_eos_logp=True))
 
     def policy_forward_backward() -> None:
-        logits = model(input_ids=sequences, attention_mask=full_mask, logits_to_keep=keep).logits.float()
-        chosen = logits[:, :-1].gather(-1, sequences[:, ids.shape[1]:].unsqueeze(-1)).squeeze(-1)
-        (chosen - logits[:, :-1].logsumexp(-1)).sum().backward()
+        evaluation = policy.evaluate(rollouts)
+        (evaluation.token_logp.sum() + evaluation.eos_logp[:, 0].sum()).backward()
 
     _, t_update = timed(policy_forward_backward)
     _, t_optim = timed(trainer.optimizer.step)
@@ -104,8 +89,10 @@ def run_model(name: str, model_path: str, args: argparse.Namespace, out: Path) -
     times: dict[str, list[float]] = {}
     for round_index in range(args.warmup + args.steps):
         torch.manual_seed(round_index)
-        indices = list(range(round_index * args.prompts, (round_index + 1) * args.prompts))
-        prompts = trainer.train_prompts.batch([i % len(trainer.train_prompts) for i in indices])
+        indices = [i % len(trainer.train_prompts)
+                   for i in range(round_index * args.prompts, (round_index + 1) * args.prompts)]
+        prompts = trainer.train_prompts.batch(indices)
+        trainer._next_prompt_indices = lambda chosen=indices: chosen  # the trainer's step works on the same prompts
         torch.manual_seed(round_index)
         metrics = trainer.train_step()
         torch.manual_seed(round_index)

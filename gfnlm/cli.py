@@ -38,11 +38,17 @@ def format_eval_table(columns: dict[str, dict[str, float]]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``gfnlm train``: load the config, train (or resume), print the before/after table."""
+    from gfnlm import distributed as dist_utils
     from gfnlm.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, progress=not args.quiet)
-    results = trainer.train()
+    try:
+        results = trainer.train()
+    finally:
+        dist_utils.destroy(trainer.world)
+    if not trainer.world.is_main:
+        return 0
     out = Path(config.train.out_dir)
     if results.get("after") is not None:
         k = config.train.eval_samples

@@ -59,7 +59,7 @@ class ModelConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
-    dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16"))
+    dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64"))
     gradient_checkpointing: bool = False
 
 
@@ -108,6 +108,9 @@ class TrainConfig:
     out_dir: str = "runs/default"
     resume: bool = True
     threads: int = attrs.field(default=0, validator=_at_least(0))  # 0 = torch's default
+    # Under torchrun with several processes: DDP (replicated weights, averaged gradients) or FSDP2
+    # (weights, gradients and optimiser state sharded across ranks).
+    parallel: str = attrs.field(default="ddp", validator=_one_of("ddp", "fsdp2"))
 
 
 @attrs.define
@@ -144,12 +147,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=20")
     layers.append(OmegaConf.from_dotlist(list(overrides or [])))
     try:
-        merged = OmegaConf.merge(*layers)
+        merged = OmegaConf.merge(*layers[:-1])
+        _drop_options_of_replaced_components(merged, layers[-1])
+        merged = OmegaConf.merge(merged, layers[-1])
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe_error(error)) from None
     assert isinstance(config, RunConfig)
     return config
+
+
+def _drop_options_of_replaced_components(merged: Any, overrides: Any) -> None:
+    """``objective.name=subtb`` on the command line starts from subtb's own defaults (plus any
+    ``objective.options.*`` overrides): the file's options were meant for the component it named."""
+    for section in ("target", "objective", "logz"):
+        given = overrides.get(section) or {}
+        if "name" in given and given["name"] != merged[section]["name"]:
+            merged[section]["options"] = {}
 
 
 def to_yaml(config: RunConfig) -> str:

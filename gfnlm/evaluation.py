@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnlm.prompts import PromptSet
-from gfnlm.samplers.hf import HFSampler, responses_from_generation
+from gfnlm.samplers.hf import HFSampler, decode_with_cache, responses_from_generation
 from gfnlm.tasks import first_sentence, is_correct, normalize_answer
 
 
@@ -90,18 +90,16 @@ def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], lis
     model = policy.model
     was_training = model.training
     model.eval()
+    ids = batch.prompt_ids.to(policy.device)
+    pad = policy.tokenizer.pad_token_id
     try:
-        ids = batch.prompt_ids.to(policy.device)
         with policy.autocast():
-            sequences = model.generate(
-                input_ids=ids, attention_mask=batch.prompt_mask.to(policy.device).long(),
-                do_sample=False, max_new_tokens=max_new_tokens, num_beams=1,
-                eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                temperature=None, top_p=None, top_k=None,
-            )
+            generated, _ = decode_with_cache(model, ids, batch.prompt_mask.to(policy.device), 1,
+                                             max_new_tokens=max_new_tokens, eos_token_id=policy.eos_token_id,
+                                             pad_token_id=pad, greedy=True)
     finally:
         model.train(was_training)
-    pad = policy.tokenizer.pad_token_id
-    response_ids, mask, lengths, _ = responses_from_generation(sequences, ids.shape[1], policy.eos_token_id, pad)
+    response_ids, mask, lengths, _ = responses_from_generation(
+        torch.cat([ids, generated], 1), ids.shape[1], policy.eos_token_id, pad)
     texts = policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True)
     return texts, lengths.tolist()

@@ -14,18 +14,23 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from torch.distributed.tensor import DTensor, distribute_tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from gfnlm.config import ConfigError, ModelConfig
 from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error."""
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error. On CUDA
+    the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(requested)
 
 
@@ -51,6 +56,8 @@ class CausalLMPolicy(nn.Module):
         self.use_bf16 = device.type == "cuda" and config.dtype in ("auto", "bfloat16")
         if config.dtype == "bfloat16" and device.type == "cpu":
             model = model.to(torch.bfloat16)
+        if config.dtype == "float64":  # exactness checks (e.g. distributed parity tests)
+            model = model.to(torch.float64)
         frozen_base = None
         if config.lora:
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
@@ -64,6 +71,9 @@ class CausalLMPolicy(nn.Module):
         self._frozen_base = [frozen_base.to(device)] if frozen_base is not None else []
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        # One pass over each distinct prompt, shared by its samples (off under gradient
+        # checkpointing, which recomputes layers without a KV cache).
+        self.share_prompts = not config.gradient_checkpointing
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device) -> "CausalLMPolicy":
@@ -87,8 +97,9 @@ class CausalLMPolicy(nn.Module):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Only what training changes (the adapter with LoRA, all weights without)."""
-        return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        """Only what training changes (the adapter with LoRA, all weights without), as full tensors
+        (FSDP2 shards are gathered: every rank must call this)."""
+        return {n: full_tensor(p.detach()).cpu() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load what :meth:`trainable_state_dict` saved; fails if a trainable tensor is missing."""
@@ -98,7 +109,10 @@ class CausalLMPolicy(nn.Module):
             raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]!r}")
         with torch.no_grad():
             for name, value in state.items():
-                params[name].copy_(value)
+                param = params[name]
+                if isinstance(param, DTensor):  # FSDP2: keep this rank's shard of the full tensor
+                    value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+                param.copy_(value)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -122,7 +136,7 @@ class CausalLMPolicy(nn.Module):
     def evaluate(self, rollouts: Rollouts, need_prompt_hidden: bool = False) -> PolicyEval:
         """One forward pass of the policy (with gradient) over prompt + response."""
         with self.autocast():
-            logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden)
+            logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts)
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
         with torch.no_grad():
             entropy = _entropy(logits[:, :-1], lse[:, :-1]) * rollouts.response_mask
@@ -136,13 +150,45 @@ class CausalLMPolicy(nn.Module):
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's log-probs over the responses, one forward pass, no gradient."""
         with self.base_model() as base, self.autocast():
-            logits, _ = _response_logits(base, rollouts, need_hidden=False)
+            logits, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts)
         token_logp, eos_logp, _ = _gather_logps(logits, rollouts, self.eos_token_id)
         return SequenceLogProbs(token_logp=token_logp, eos_logp=eos_logp if need_eos_logp else None)
 
 
-def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool) -> tuple[Tensor, Tensor | None]:
-    """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V]."""
+def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
+                     share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V],
+    and (``need_hidden``) the last layer's hidden states over the prompt, [B, P, H].
+
+    Rows that share a prompt (the ``G`` samples of a group) share ONE forward pass over it: the
+    distinct prompts run first with a KV cache, which is then indexed out to every row (gradients
+    flow through it), and the responses run on top. With a chat template's system prompt, this
+    halves the tokens a step computes. Without repeated prompts it is one plain forward pass.
+    """
+    prompts, row_prompt = torch.unique(rollouts.prompt_ids, dim=0, return_inverse=True)
+    if not share_prompts or prompts.shape[0] == rollouts.batch_size:
+        return _full_sequence_logits(model, rollouts, need_hidden)
+    rows = torch.arange(rollouts.batch_size, device=row_prompt.device)
+    first_row = torch.full_like(row_prompt[: prompts.shape[0]], rollouts.batch_size).scatter_reduce(
+        0, row_prompt, rows, "amin")
+    prompt_mask = rollouts.prompt_mask[first_row].long()
+    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    prompt_out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions,
+                       cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden)
+    cache.batch_select_indices(row_prompt)
+    attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
+    num_tokens = rollouts.response_ids.shape[1]
+    positions = prompt_positions[row_prompt, -1:] + 1 + torch.arange(num_tokens, device=prompts.device)
+    response_out = model(input_ids=rollouts.response_ids, attention_mask=attention_mask, position_ids=positions,
+                         cache=cache, use_cache=True)
+    logits = torch.cat([prompt_out.logits[row_prompt], response_out.logits], dim=1)
+    hidden = prompt_out.hidden_states[-1][row_prompt] if need_hidden else None
+    return logits, hidden
+
+
+def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`_response_logits` as one forward pass over every row's prompt + response."""
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
     attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
     # Left-padded prompts: positions count real tokens only, as generate() does.
@@ -156,7 +202,7 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool) ->
 
 def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Chosen-token log-probs [B, T], EOS log-probs at every prefix [B, T+1], and logsumexp."""
-    logits = logits.float()
+    logits = wide(logits)
     lse = logits.logsumexp(-1)  # [B, T+1]
     chosen = logits[:, :-1].gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
     token_logp = (chosen - lse[:, :-1]) * rollouts.response_mask
@@ -165,10 +211,21 @@ def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tupl
 
 
 def _entropy(logits: Tensor, lse: Tensor) -> Tensor:
-    probs = (logits.float() - lse.unsqueeze(-1)).exp()
-    return lse - (probs * logits.float()).sum(-1)
+    logits = wide(logits)
+    probs = (logits - lse.unsqueeze(-1)).exp()
+    return lse - (probs * logits).sum(-1)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     weights = mask.to(values.dtype).unsqueeze(-1)
     return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor behind an FSDP2 shard (a DTensor); other tensors unchanged."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def wide(tensor: Tensor) -> Tensor:
+    """At least float32 (bf16/fp16 logits are widened; float64 stays float64)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()

@@ -16,14 +16,16 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from gfnlm import checkpoint
+from gfnlm import distributed as dist_utils
 from gfnlm.config import ConfigError, RunConfig, to_yaml
 from gfnlm.evaluation import evaluate
 from gfnlm.models import resolve_model_path
-from gfnlm.policy import CausalLMPolicy, load_tokenizer, resolve_device
+from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, resolve_device
 from gfnlm.prompts import PromptSet
 from gfnlm.registry import build, check_composition
 from gfnlm.types import Rollouts, TargetScores
@@ -66,6 +68,22 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
     return components
 
 
+class TrainableModule(torch.nn.Module):
+    """Everything the optimiser updates (the policy and log Z) behind ONE forward call, so that
+    DDP sees one forward per backward and averages every gradient, log Z's included."""
+
+    def __init__(self, policy: CausalLMPolicy, logz: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.logz = logz
+
+    def forward(self, rollouts: Rollouts, need_prompt_hidden: bool) -> tuple[Any, torch.Tensor | None]:
+        """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without log Z)."""
+        evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_prompt_hidden)
+        log_z = None if self.logz is None else self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
+        return evaluation, log_z
+
+
 def _read_model_config(model_dir: Path) -> dict[str, Any]:
     return json.loads((model_dir / "config.json").read_text())
 
@@ -79,7 +97,11 @@ class Trainer:
         self.out_dir = Path(config.train.out_dir)
         self.checkpoints_dir = self.out_dir / "checkpoints"
         # Everything cheap and checkable comes first, so bad input fails before the model loads.
-        self.device = resolve_device(config.train.device)
+        self.world = dist_utils.world_from_env()
+        self.device = resolve_device(config.train.device, self.world.local_rank)
+        if config.train.prompts_per_step % self.world.size:
+            raise ConfigError(f"train.prompts_per_step={config.train.prompts_per_step}: must be a multiple of "
+                              f"the number of processes ({self.world.size})")
         self.model_dir = resolve_model_path(config.model.path)
         model_config = _read_model_config(self.model_dir)
         tokenizer = load_tokenizer(self.model_dir)
@@ -96,10 +118,17 @@ class Trainer:
         self._check_resume_compatible()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        _seed_everything(config.train.seed)
+        dist_utils.init_process_group(self.world, self.device)
+        _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
         self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device)
-        self.components.sampler.setup(self.policy)
         self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
+        if self.logz is not None and config.model.dtype == "float64":
+            self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
+        self.trainable = TrainableModule(self.policy, self.logz)
+        self.train_module = self._parallelize(self.trainable)
+        if self.world.distributed:
+            _seed_everything(config.train.seed + 7919 * self.world.rank)  # each rank samples its own rollouts
+        self.components.sampler.setup(self.policy)
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
         self.step = 0
@@ -130,13 +159,25 @@ class Trainer:
         mine, theirs = attrs.asdict(self.config), attrs.asdict(previous)
         for section in mine:
             for key in mine[section] if isinstance(mine[section], dict) else []:
-                if (section, key) in {("train", "steps"), ("train", "eval_every"), ("train", "save_every")}:
+                if (section, key) in {("train", "steps"), ("train", "eval_every"), ("train", "save_every"),
+                                      ("train", "threads"), ("train", "parallel")}:
                     continue
                 if mine[section][key] != theirs[section].get(key):
                     raise ConfigError(
                         f"{section}.{key}={mine[section][key]!r} differs from the run being resumed in "
                         f"{str(self.out_dir)!r} ({theirs[section].get(key)!r}); use another train.out_dir"
                     )
+
+    def _parallelize(self, module: TrainableModule) -> torch.nn.Module:
+        """DDP or FSDP2 around the trainable module when run by ``torchrun`` with several processes."""
+        if not self.world.distributed:
+            return module
+        if self.config.train.parallel == "fsdp2":
+            return dist_utils.shard_fsdp2(module, self.components.sampler)
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": self.policy.trainable_parameters(), "lr": self.config.train.lr,
@@ -150,15 +191,18 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run (or resume) the configured number of steps; returns before/after evaluation."""
         cfg = self.config.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
+            # purge_step drops events a crashed run logged after its last checkpoint.
+            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1)
         self.resume()
-        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step + 1)  # drop events logged after the checkpoint
         results: dict[str, Any] = {"before": self.evaluate_cached(0)}
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and main))
         try:
             while self.step < cfg.steps:
-                metrics = self.train_step()
+                metrics = dist_utils.reduce_metrics(self.train_step(), self.world, self.device)
                 self.step += 1
                 self.log(metrics)
                 bar.update(1)
@@ -171,7 +215,8 @@ class Trainer:
             results["after"] = self.evaluate_cached(self.step)
         finally:
             bar.close()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
         return results
 
     def train_step(self) -> dict[str, float]:
@@ -205,13 +250,14 @@ class Trainer:
             for start in range(0, size, minibatch):
                 idx = order[start : start + minibatch].to(self.device)
                 sub = rollouts.select(idx)
-                evaluation = self.policy.evaluate(sub, need_prompt_hidden=need_hidden)
-                log_z = None if self.logz is None else self.logz(sub.prompt_index, evaluation.prompt_hidden)
+                evaluation, log_z = self.train_module(sub, need_hidden)
                 out = self.components.objective.loss(sub, evaluation, scores.select(idx), log_z)
                 if not torch.isfinite(out.loss):
                     raise TrainingError(self._non_finite_message(float(out.loss.detach())))
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                if self.world.distributed and self.config.train.parallel == "fsdp2" and self.logz is not None:
+                    dist_utils.average_replicated_grads(list(self.logz.parameters()), self.world)
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
                 record = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
@@ -231,12 +277,14 @@ class Trainer:
         evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_hidden)
         log_z = self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
         out = self.components.objective.loss(rollouts, evaluation, scores, log_z)
-        self.logz.shift_(rollouts.prompt_index, -out.residual)
+        # Every rank applies the shift of the whole (all-gathered) batch, so log Z stays identical.
+        self.logz.shift_(dist_utils.all_gather_cat(rollouts.prompt_index, self.world),
+                         -dist_utils.all_gather_cat(out.residual, self.world))
 
     def _clip_gradients(self) -> float:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         limit = self.config.train.grad_clip or math.inf
-        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+        return dist_utils.clip_grad_norm(params, limit)
 
     def _non_finite_message(self, value: float) -> str:
         last = checkpoint.latest_checkpoint(self.checkpoints_dir)
@@ -245,16 +293,21 @@ class Trainer:
                 f"optimiser step; {kept}. Lower train.lr or check the target's log-rewards")
 
     def _next_prompt_indices(self) -> list[int]:
+        """This rank's slice of the step's prompts (every rank draws the same global order)."""
         count = self.config.train.prompts_per_step
         n = len(self.train_prompts)
         if count <= n:
-            return torch.randperm(n, generator=self.prompt_rng)[:count].tolist()
-        return torch.randint(n, (count,), generator=self.prompt_rng).tolist()
+            indices = torch.randperm(n, generator=self.prompt_rng)[:count].tolist()
+        else:
+            indices = torch.randint(n, (count,), generator=self.prompt_rng).tolist()
+        share = count // self.world.size
+        return indices[self.world.rank * share : (self.world.rank + 1) * share]
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, metrics: dict[str, float]) -> None:
-        """Write scalar metrics to TensorBoard under ``train/`` at the current step."""
-        assert self.writer is not None
+        """Write scalar metrics to TensorBoard under ``train/`` at the current step (rank 0)."""
+        if self.writer is None:
+            return
         for key, value in metrics.items():
             self.writer.add_scalar(f"train/{key}", value, self.step)
         self.writer.flush()
@@ -268,12 +321,19 @@ class Trainer:
             result = json.loads(path.read_text())
         else:
             # A forked RNG: evaluation never changes the training randomness, so a resumed run
-            # (which reuses cached evaluations) stays identical to an uninterrupted one.
+            # (which reuses cached evaluations) stays identical to an uninterrupted one. The same
+            # seed at every evaluation (common random numbers: before/after differ by the model,
+            # not by the draw) and on every rank (FSDP2 needs every rank in every forward pass);
+            # rank 0 writes the result.
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.config.train.seed + 1_000_003)
                 result = evaluate(self.policy, self.eval_prompts, self.config.train.eval_samples,
-                                  self.config.sampling.max_new_tokens, progress=self.progress).as_dict()
-            checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
+                                  self.config.sampling.max_new_tokens,
+                                  progress=self.progress and self.world.is_main).as_dict()
+            if self.world.is_main:
+                checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
+            dist_utils.barrier(self.world)
         if self.writer is not None:
             for key, value in result.items():
                 self.writer.add_scalar(f"eval/{key}", value, step)
@@ -286,9 +346,10 @@ class Trainer:
         return {
             "step": self.step,
             "logz": None if self.logz is None else self.logz.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._portable_optimizer_state(),
             "rng": {
                 "torch": torch.get_rng_state(),
+                "torch_per_rank": dist_utils.all_gather_objects(torch.get_rng_state(), self.world),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -296,10 +357,38 @@ class Trainer:
             },
         }
 
+    def _portable_optimizer_state(self) -> dict[str, Any]:
+        """The optimiser's state keyed by parameter name, as full tensors (FSDP2 shards gathered),
+        so that a run can resume with another number of processes."""
+        names = {id(p): n for n, p in self.trainable.named_parameters()}
+        per_param = {names[id(p)]: {k: full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+                     for p, state in self.optimizer.state.items()}
+        groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        return {"state": per_param, "param_groups": groups}
+
+    def _load_portable_optimizer_state(self, saved: dict[str, Any]) -> None:
+        params = dict(self.trainable.named_parameters())
+        for group, saved_group in zip(self.optimizer.param_groups, saved["param_groups"], strict=True):
+            group.update(saved_group)
+        for name, state in saved["state"].items():
+            param = params[name]
+            self.optimizer.state[param] = {k: _like_param(v, param) for k, v in state.items()}
+
     def save(self) -> Path:
-        """Write an atomic checkpoint of the current step; returns its directory."""
-        return checkpoint.save_checkpoint(self.checkpoints_dir, self.step, self.policy.trainable_state_dict(),
-                                          self.state(), to_yaml(self.config))
+        """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
+        sharded tensors); returns its directory."""
+        policy_state, state = self.policy.trainable_state_dict(), self.state()
+        final = self.checkpoints_dir / f"step_{self.step:06d}"
+        if self.world.is_main:
+            final = checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state,
+                                               to_yaml(self.config))
+        dist_utils.barrier(self.world)
+        return final
+
+    def resume_step(self) -> int:
+        """The step of the latest checkpoint (0 without one)."""
+        latest = checkpoint.latest_checkpoint(self.checkpoints_dir)
+        return 0 if latest is None else int(latest.name.removeprefix("step_"))
 
     def resume(self) -> bool:
         """Load the latest checkpoint of ``out_dir`` if there is one; returns whether it did."""
@@ -310,9 +399,13 @@ class Trainer:
         self.policy.load_trainable_state_dict(policy_state)
         if self.logz is not None and state["logz"] is not None:
             self.logz.load_state_dict(state["logz"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_portable_optimizer_state(state["optimizer"])
         rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
+        per_rank = rng.get("torch_per_rank") or [rng["torch"]]
+        if len(per_rank) == self.world.size:
+            torch.set_rng_state(per_rank[self.world.rank])
+        else:  # another world size: the sampling streams cannot continue, start fresh ones
+            torch.manual_seed(self.config.train.seed + 7919 * self.world.rank + 104729 * int(state["step"]))
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
@@ -332,6 +425,16 @@ def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, floa
         "target/log_reward_mean": float(scores.log_reward.mean()),
         **scores.metrics,
     }
+
+
+def _like_param(value: Any, param: torch.Tensor) -> Any:
+    """A saved optimiser-state entry placed like ``param`` (its shard under FSDP2, its device);
+    scalars (Adam's ``step``) stay as saved."""
+    if not torch.is_tensor(value) or value.dim() == 0:
+        return value
+    if isinstance(param, DTensor):
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value.to(param.device)
 
 
 def _seed_everything(seed: int) -> None:

@@ -9,11 +9,13 @@ them shows up in the losses.
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 
 from gfnlm import registry
+from gfnlm.models import ensure_smollm2, save_random_llama
 from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs, TargetScores
 
 registry.names("objective")  # import the built-ins now, before any test registers a test component
@@ -133,3 +135,9 @@ def temporarily_registered(kind: str, name: str, cls: type) -> Iterator[object]:
     finally:
         registry.unregister(kind, name)
     assert name not in registry.names(kind)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and the real SmolLM2 tokenizer."""
+    return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), ensure_smollm2())

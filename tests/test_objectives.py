@@ -463,3 +463,33 @@ def test_broken_objective_argument_is_rejected(two, broken_objective):
     assert "Float[Tensor, 'B T']" in message
     assert "shape (2, 5)" in message
     assert "T=4" in message
+
+
+def test_la_tb_group_mean_log_z_by_hand(two):
+    """``log_z_source='group_mean'``: log Z' is minus the group's mean residual-without-log-Z,
+    detached; both responses share group 0, so the residuals are ±half their difference."""
+    objective = build("la_tb", log_z_source="group_mean")
+    assert "log_z" not in registry.capabilities(objective, "requires")
+    rollouts = two.rollouts(behaviour_logp=behaviour_with_log_ratio(two, [0.0, 0.0]))
+    tok = torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True)
+    out = objective.loss(rollouts, two.policy(tok=tok), two.scores(), None)
+    lengths = two.lengths
+    partial = [(seq_sum(two.policy_tok[b], lengths[b]) - two.log_reward[b]) / lengths[b] for b in range(2)]
+    centre = sum(partial) / 2
+    residual = [p - centre for p in partial]
+    assert out.residual.tolist() == pytest.approx(residual, rel=1e-12)
+    assert out.loss.item() == pytest.approx((residual[0] ** 2 + residual[1] ** 2) / 2, rel=1e-12)
+    assert out.metrics["log_z"] == pytest.approx(-centre, rel=1e-12)
+    out.loss.backward()  # the estimate is detached: ∂L/∂θ = (1/B)·2·r_b/|y_b| on y_b's tokens only
+    for b in range(2):
+        for t in range(two.num_positions):
+            want = 2 * residual[b] / lengths[b] / 2 if t < lengths[b] else 0.0
+            assert tok.grad[b, t].item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_group_mean_log_z_centres_each_group_separately():
+    from gfnlm.objectives.base import group_mean_log_z
+
+    partial = torch.tensor([1.0, 3.0, 10.0, 20.0, 30.0], dtype=DTYPE)
+    group = torch.tensor([7, 7, 2, 2, 2])
+    assert group_mean_log_z(partial, group).tolist() == [-2.0, -2.0, -20.0, -20.0, -20.0]

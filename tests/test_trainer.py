@@ -18,16 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gfnlm import checkpoint
 from gfnlm.cli import main
 from gfnlm.config import load_config
-from gfnlm.models import ensure_smollm2, save_random_llama
 from gfnlm.trainer import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, hidden-64 Llama with random weights and the real SmolLM2 tokenizer."""
-    return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), ensure_smollm2())
 
 
 @pytest.fixture
@@ -236,3 +229,13 @@ def test_existing_run_is_never_overwritten_without_resume(tiny_model_dir: Path, 
     assert code == 2 and "target.options" in err and "differs from the run being resumed" in err
     after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_replacing_a_component_on_the_command_line_drops_the_files_options() -> None:
+    """configs/default.yaml gives la_tb an option subtb does not have; naming subtb must not
+    inherit it, while options given on the command line still apply."""
+    assert load_config(REPO / "configs/default.yaml").objective.options == {"log_z_source": "group_mean"}
+    config = load_config(REPO / "configs/default.yaml", ["objective.name=subtb", "objective.options.lamda=0.5"])
+    assert config.objective.options == {"lamda": 0.5}
+    kept = load_config(REPO / "configs/default.yaml", ["objective.name=la_tb"])
+    assert kept.objective.options == {"log_z_source": "group_mean"}

@@ -15,6 +15,7 @@ from torch import Tensor
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 Penalty = Literal["squared", "huber"]
+LogZSource = Literal["learned", "group_mean"]
 
 
 class Objective:
@@ -89,3 +90,27 @@ def residual_metrics(residual: Tensor) -> dict[str, float]:
     detached = residual.detach()
     variance = detached.var(unbiased=False) if detached.numel() > 1 else detached.new_zeros(())
     return {"residual_mean": float(detached.mean()), "residual_var": float(variance)}
+
+
+def log_z_source_field() -> LogZSource:
+    """The ``log_z_source`` option of the objectives that use log Z: ``learned`` (the run's log Z
+    component) or ``group_mean`` (estimated from each prompt's group, see :func:`group_mean_log_z`)."""
+    return attrs.field(default="learned", validator=attrs.validators.in_(("learned", "group_mean")))
+
+
+def group_mean_log_z(partial_residual: Float[Tensor, " B"], group: Tensor) -> Float[Tensor, " B"]:
+    """The VarGrad estimate of log Z (Richter et al., 2020): minus the mean, over the responses
+    to the same prompt (``group``), of the residual without log Z; detached.
+
+    With it, each residual is centred within its group, and the squared loss's gradient equals
+    the gradient of the group's residual variance (up to a constant), which vanishes at the same
+    fixed point as with a learned log Z. It needs no parameters and cannot be biased by prompts
+    whose partition functions differ, but needs several responses per prompt in a (mini)batch:
+    a response alone in its group gets residual 0 and no gradient.
+    """
+    _, index = torch.unique(group, return_inverse=True)
+    detached = partial_residual.detach()
+    sums = torch.zeros(int(index.max()) + 1, dtype=detached.dtype, device=detached.device)
+    sums.index_add_(0, index, detached)
+    counts = torch.bincount(index, minlength=sums.shape[0]).to(detached.dtype)
+    return -(sums / counts)[index]

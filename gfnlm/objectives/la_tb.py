@@ -19,6 +19,10 @@ Fixed point: not ``R`` itself but the length-tilted ``π*(y|q) = R(q,y)·exp(−
 root of ``Σ_y R(q,y)·exp(−λ|y|) = 1`` and ``log Z'`` converges to λ*. For α > 1, λ* < 0 (favours
 longer responses, countering TB's collapse); for α < 1, λ* > 0. Among distributions with the same
 expected length it is the KL-closest to ``R``. ``|y|`` counts EOS and is clamped at 1.
+
+``log_z_source='group_mean'`` replaces the learned ``log Z'(q)`` by the detached VarGrad estimate
+``−mean_{group(q)}[(log π − log R)/|y|]`` over the responses to the same prompt (same fixed point;
+no per-prompt bias from a log Z shared by prompts whose λ* differ).
 """
 
 import attrs
@@ -26,8 +30,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gfnlm.objectives.base import (
+    LogZSource,
     Objective,
     Penalty,
+    group_mean_log_z,
+    log_z_source_field,
     penalty_field,
     regression_penalty,
     residual_metrics,
@@ -47,11 +54,16 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 class LengthAwareTB(Objective):
     """PowerFlow's LA-TB with a per-token ``log Z'(q)`` and a clipped importance weight."""
 
-    requires = frozenset({"log_z"})
     eps_low: float = attrs.field(default=0.2, converter=float, validator=_non_negative)
     eps_high: float = attrs.field(default=0.28, converter=float, validator=_non_negative)
     penalty: Penalty = penalty_field()
     huber_delta: float = 1.0
+    log_z_source: LogZSource = log_z_source_field()
+
+    @property
+    def requires(self) -> frozenset[str]:  # type: ignore[override]
+        """A learned log Z component, unless ``log_z_source='group_mean'``."""
+        return frozenset({"log_z"}) if self.log_z_source == "learned" else frozenset()
 
     def loss(
         self,
@@ -60,10 +72,13 @@ class LengthAwareTB(Objective):
         target: TargetScores,
         log_z: Float[Tensor, " B"] | None,
     ) -> ObjectiveOutput:
-        assert log_z is not None
         length = safe_lengths(rollouts, target.log_reward)
         policy_logp = policy.sequence_logp(rollouts.response_mask)
-        residual = log_z + (policy_logp - target.log_reward) / length
+        partial = (policy_logp - target.log_reward) / length
+        if self.log_z_source == "group_mean":
+            log_z = group_mean_log_z(partial, rollouts.group)
+        assert log_z is not None
+        residual = log_z + partial
         weight, clipped = self.importance_weight(policy_logp, rollouts)
         loss = (weight * regression_penalty(residual, self.penalty, self.huber_delta)).mean()
         metrics = residual_metrics(residual) | {
@@ -72,6 +87,8 @@ class LengthAwareTB(Objective):
             "iw_max": float(weight.max()),
             "iw_clip_frac": float(clipped.float().mean()),
         }
+        if self.log_z_source == "group_mean":
+            metrics["log_z"] = float(log_z.mean())
         return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=metrics)
 
     def importance_weight(self, policy_logp: Tensor, rollouts: Rollouts) -> tuple[Tensor, Tensor]:

@@ -1,11 +1,21 @@
-"""In-process sampler: batched Hugging Face ``generate`` with KV cache."""
+"""In-process sampler: batched decoding with a KV cache on the policy's own Hugging Face model.
+
+Two engines draw from the same distribution (softmax of logits / temperature, then top-p):
+
+* ``cached`` (default): each prompt is prefilled ONCE and its KV cache shared by its ``n`` samples;
+  rows that emitted EOS leave the batch, so short answers stop costing compute. Behaviour
+  log-probs are gathered per step from the processed logits (never a ``[B, T, V]`` stack).
+* ``generate``: ``model.generate(do_sample=True, output_scores=True)``, the reference path.
+"""
 
 from typing import Any
 
 import attrs
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
+from gfnlm.config import ConfigError
+from gfnlm.policy import wide
 from gfnlm.registry import register
 from gfnlm.samplers.base import Sampler
 from gfnlm.types import PromptBatch, Rollouts
@@ -26,23 +36,104 @@ def responses_from_generation(
     return response_ids, mask, mask.sum(-1), ended
 
 
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering as ``transformers``' TopPLogitsWarper: drop the least likely tokens whose
+    cumulative probability is <= 1 - top_p (the most likely token always stays)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(-1)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative <= 1 - top_p
+    drop_sorted[..., -1] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, -torch.inf)
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step from ``[B, V]`` logits: tokens and their log-probs under the processed
+    distribution (0 for greedy: the choice is deterministic)."""
+    if greedy:
+        return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
+    logp = top_p_filter(wide(logits) / temperature, top_p).log_softmax(-1)
+    tokens = torch.multinomial(logp.exp(), 1).squeeze(1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, *,
+                      max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                      top_p: float = 1.0, greedy: bool = False,
+                      synced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` continuations of each left-padded prompt: generated ids ``[B*n, W]`` (pad after EOS;
+    rows grouped by prompt) and their behaviour log-probs, ``W <= max_new_tokens``.
+
+    The prompts are prefilled once and the cache repeated ``n`` times; finished rows are dropped
+    from the cache, so each step runs only the rows still generating. ``synced``: always run
+    ``max_new_tokens`` steps on every row (FSDP2: every rank must make the same forward passes).
+    """
+    mask = prompt_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    logits = out.logits[:, -1].repeat_interleave(n, 0)
+    mask = mask.repeat_interleave(n, 0)
+    next_position = positions[:, -1].repeat_interleave(n) + 1
+    rows = torch.arange(mask.shape[0], device=mask.device)  # output row of each live batch row
+    tokens = torch.full((mask.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=mask.device)
+    logps = torch.zeros(tokens.shape, dtype=wide(logits).dtype, device=mask.device)
+    width = 0
+    for step in range(max_new_tokens):
+        token, logp = next_tokens(logits, temperature, top_p, greedy)
+        tokens[rows, step], logps[rows, step] = token, logp
+        width = step + 1
+        alive = token != eos_token_id
+        if step == max_new_tokens - 1 or not (alive.any() or synced):
+            break
+        if not alive.all() and not synced:
+            keep = alive.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, token, mask, next_position = rows[keep], token[keep], mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1]
+        next_position = next_position + 1
+    return tokens[:, :width], logps[:, :width]
+
+
 @register("sampler", "hf")
 @attrs.define
 class HFSampler(Sampler):
-    """``generate`` with do_sample, explicit temperature / top-p (top-k off), behaviour log-probs
-    from the processed scores (the distribution actually sampled from)."""
+    """Ancestral sampling from the policy at an explicit temperature / top-p (top-k off), with
+    behaviour log-probs of the distribution actually sampled from. ``engine``: ``cached`` (our
+    KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same distribution.
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 24
-    batch_size: int = 0  # max sequences per generate call; 0 = all at once
+    batch_size: int = 0  # max sequences per decoding call; 0 = all at once
+    engine: str = "cached"
+    synced: bool = False  # fixed-length decoding on every rank (set by the trainer under FSDP2)
     _policy: Any = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.engine not in ("cached", "generate"):
+            raise ConfigError(f"sampling.sampler_options.engine={self.engine!r}: must be one of cached, generate")
+        if not self.temperature > 0:
+            raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
 
     def setup(self, policy: Any) -> None:
         self._policy = policy
 
     def generation_config(self) -> GenerationConfig:
-        """The ``GenerationConfig`` used for sampling (pure ancestral sampling at the set temperature/top-p)."""
+        """The ``GenerationConfig`` of the ``generate`` engine (pure ancestral sampling)."""
         tokenizer = self._policy.tokenizer
         return GenerationConfig(
             do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
@@ -55,15 +146,15 @@ class HFSampler(Sampler):
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         policy = self._policy
         device = policy.device
-        prompt_ids = prompts.prompt_ids.repeat_interleave(n, 0).to(device)
-        prompt_mask = prompts.prompt_mask.repeat_interleave(n, 0).to(device)
-        chunk = self.batch_size or prompt_ids.shape[0]
-        pieces = [self._generate(prompt_ids[i : i + chunk], prompt_mask[i : i + chunk])
-                  for i in range(0, prompt_ids.shape[0], chunk)]
+        prompt_ids, prompt_mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
+        chunk = max(1, (self.batch_size or len(prompts) * n) // n)  # whole prompts per call
+        pieces = [self._decode(prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], n)
+                  for i in range(0, len(prompts), chunk)]
         width = max(p[0].shape[1] for p in pieces)
         pad = policy.tokenizer.pad_token_id
         response_ids = torch.cat([_pad_right(p[0], width, pad) for p in pieces])
         behaviour = torch.cat([_pad_right(p[1], width, 0.0) for p in pieces])
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
         response_ids, mask, lengths, ended = responses_from_generation(
             torch.cat([prompt_ids, response_ids], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
         groups = torch.arange(len(prompts), device=device).repeat_interleave(n)
@@ -76,16 +167,24 @@ class HFSampler(Sampler):
             behaviour_logp=behaviour.masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
         )
 
-    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self._policy
         was_training = policy.model.training
-        policy.model.eval()
+        policy.model.eval()  # no dropout while sampling
         try:
             with policy.autocast():
-                out = policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                                            generation_config=self.generation_config())
+                if self.engine == "cached":
+                    return decode_with_cache(
+                        policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
+                        eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
+                        temperature=self.temperature, top_p=self.top_p, synced=self.synced)
+                return self._generate(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0))
         finally:
             policy.model.train(was_training)
+
+    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                                          generation_config=self.generation_config())
         generated = out.sequences[:, prompt_ids.shape[1]:]
         scores = torch.stack(out.scores, 1).float()  # [B, T, V], after temperature / top-p
         behaviour = scores.log_softmax(-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)

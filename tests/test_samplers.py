@@ -1,0 +1,139 @@
+"""The HF sampler's KV-cache loop against ``transformers``' own ``generate`` and against a full
+recomputation of the log-probs, on a tiny random Llama with the real SmolLM2 tokenizer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from gfnlm.config import ConfigError, ModelConfig
+from gfnlm.policy import CausalLMPolicy, load_tokenizer
+from gfnlm.prompts import PromptSet
+from gfnlm.samplers.hf import HFSampler, decode_with_cache, top_p_filter
+
+QUESTIONS = ["What is the capital of France?", "Name a colour.", "Who wrote the play Hamlet, and when?"]
+
+
+def prompt_batch(tokenizer, tmp_path: Path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    prompts = PromptSet.load(str(path), "data.train", tokenizer, 256)
+    return prompts.batch(list(range(len(QUESTIONS))))  # different lengths: left padding is exercised
+
+
+def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> CausalLMPolicy:
+    """The tiny model, optionally with a bias on the EOS logit so that rows end at different steps."""
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if eos_bias:
+        head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+        head.weight = model.lm_head.weight
+        with torch.no_grad():
+            head.bias.zero_()
+            head.bias[tokenizer.eos_token_id] = eos_bias
+        model.lm_head = head
+    config = ModelConfig(path=str(model_dir), lora=lora, lora_targets=["q_proj", "v_proj"])
+    return CausalLMPolicy(model, tokenizer, config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+def test_cached_engine_draws_the_same_tokens_as_generate(tiny_model_dir, tmp_path, temperature, top_p):
+    """Same seed, no row ends early → the RNG is consumed identically, so the tokens must be equal."""
+    policy = make_policy(tiny_model_dir)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    drawn = {}
+    for engine in ("cached", "generate"):
+        sampler = HFSampler(temperature=temperature, top_p=top_p, max_new_tokens=8, engine=engine)
+        sampler.setup(policy)
+        torch.manual_seed(0)
+        drawn[engine] = sampler.sample(batch, 4)
+    cached, reference = drawn["cached"], drawn["generate"]
+    assert not reference.ended_with_eos.any()  # precondition of the exact comparison
+    assert torch.equal(cached.response_ids, reference.response_ids)
+    torch.testing.assert_close(cached.behaviour_logp, reference.behaviour_logp, atol=1e-5, rtol=0)
+
+
+def test_rows_that_end_leave_the_batch_and_log_probs_stay_exact(tiny_model_dir, tmp_path):
+    """With EOS likely, rows finish at different steps and the cache is pruned; the behaviour
+    log-probs must still equal a fresh full forward pass over prompt + response (LoRA policy)."""
+    policy = make_policy(tiny_model_dir, eos_bias=8.0, lora=True)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    sampler = HFSampler(temperature=1.0, top_p=1.0, max_new_tokens=10)
+    sampler.setup(policy)
+    torch.manual_seed(0)
+    rollouts = sampler.sample(batch, 6)
+    lengths = rollouts.lengths
+    assert rollouts.ended_with_eos.any() and not rollouts.ended_with_eos.all()
+    assert len(set(lengths.tolist())) >= 3, lengths
+    recomputed = policy.evaluate(rollouts).token_logp.detach()
+    torch.testing.assert_close(rollouts.behaviour_logp, recomputed, atol=1e-4, rtol=0)
+    # Each group of 6 rows comes from its own prompt.
+    assert torch.equal(rollouts.prompt_ids[::6], batch.prompt_ids)
+
+
+def test_greedy_decoding_equals_generate(tiny_model_dir, tmp_path):
+    policy = make_policy(tiny_model_dir)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    eos, pad = policy.eos_token_id, policy.tokenizer.pad_token_id
+    ours, logp = decode_with_cache(policy.model, batch.prompt_ids, batch.prompt_mask, 1, max_new_tokens=7,
+                                   eos_token_id=eos, pad_token_id=pad, greedy=True)
+    reference = policy.model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask.long(),
+                                      do_sample=False, max_new_tokens=7, eos_token_id=eos, pad_token_id=pad,
+                                      temperature=None, top_p=None, top_k=None)
+    assert torch.equal(ours, reference[:, batch.prompt_ids.shape[1]:])
+    assert torch.equal(logp, torch.zeros_like(logp))
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_filter_keeps_what_transformers_keeps(top_p):
+    logits = torch.randn(16, 500, generator=torch.Generator().manual_seed(1)) * 3
+    expected = TopPLogitsWarper(top_p=top_p)(None, logits.clone())
+    assert torch.equal(torch.isinf(top_p_filter(logits, top_p)), torch.isinf(expected))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"engine": "vllm"}, "engine='vllm': must be one of cached, generate"),
+    ({"top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
+    ({"temperature": 0.0}, "sampling.temperature=0.0: must be > 0"),
+])
+def test_bad_sampler_options_are_one_line_errors(options, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        HFSampler(**options)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("need_hidden", [False, True])
+def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_dir, tmp_path, need_hidden):
+    """The policy's one-pass-per-distinct-prompt evaluation gives the same log-probs, entropies,
+    prompt features and LoRA gradients as one forward pass over every row's full sequence."""
+    policy = make_policy(tiny_model_dir, eos_bias=8.0, lora=True)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    sampler = HFSampler(max_new_tokens=8)
+    sampler.setup(policy)
+    torch.manual_seed(1)
+    rollouts = sampler.sample(batch, 3)
+    rollouts = rollouts.select(torch.randperm(rollouts.batch_size))  # groups scattered, as in a minibatch
+    # EOS log-probs are defined after 0..n ordinary tokens (n = |y| - 1 with EOS, |y| truncated).
+    visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
+        rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
+    results = {}
+    for shared in (True, False):
+        policy.share_prompts = shared
+        policy.model.zero_grad(set_to_none=True)
+        evaluation = policy.evaluate(rollouts, need_prompt_hidden=need_hidden)
+        loss = (evaluation.token_logp.sum() + evaluation.eos_logp[visited].sum()
+                + (evaluation.prompt_hidden.sum() if need_hidden else 0))
+        loss.backward()
+        grads = [p.grad.clone() for p in policy.trainable_parameters()]
+        base = policy.score_base(rollouts, need_eos_logp=True)
+        results[shared] = (evaluation, grads, base)
+    (ev_s, grads_s, base_s), (ev_f, grads_f, base_f) = results[True], results[False]
+    for name in ("token_logp", "entropy") + (("prompt_hidden",) if need_hidden else ()):
+        torch.testing.assert_close(getattr(ev_s, name), getattr(ev_f, name), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ev_s.eos_logp[visited], ev_f.eos_logp[visited], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(base_s.token_logp, base_f.token_logp, atol=1e-4, rtol=1e-4)
+    for g_s, g_f in zip(grads_s, grads_f, strict=True):
+        torch.testing.assert_close(g_s, g_f, atol=1e-4, rtol=1e-3)
