@@ -10,7 +10,7 @@ MATHJAX_SHA1 := c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b
 MATHJAX_DIR := docs/javascripts/mathjax
 MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
-.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step clean
+.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -63,6 +63,9 @@ bench-exact: setup
 
 bench-step: setup
 	$(PY) benchmarks/step_time.py
+
+bench-trl: setup
+	$(PY) benchmarks/vs_trl.py --steps 6 --rounds 2
 
 clean:
 	rm -rf $(VENV) runs site $(MATHJAX_DIR)

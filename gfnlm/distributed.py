@@ -95,12 +95,13 @@ def all_gather_objects(value: object, world: World) -> list[object]:
     return gathered
 
 
-def shard_fsdp2(module: torch.nn.Module, sampler: object) -> torch.nn.Module:
+def shard_fsdp2(module: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 (``fully_shard``) over the policy: each transformer block, then the whole model.
 
     Every forward pass then all-gathers parameters, so every rank must run the same number of
-    passes: the sampler is switched to fixed-length decoding (``synced``), and the policy to one
-    pass per row (no shared-prompt pass, whose count depends on the batch). log Z stays
+    passes: the policy is switched to fixed-length decoding (``synced_decoding``, for training
+    rollouts and evaluation) and to one pass per row (no shared-prompt pass, whose count depends
+    on the batch). log Z stays
     replicated; its gradients are averaged by :func:`average_replicated_grads`.
     """
     from torch.distributed.fsdp import fully_shard
@@ -114,8 +115,7 @@ def shard_fsdp2(module: torch.nn.Module, sampler: object) -> torch.nn.Module:
             fully_shard(sub)
     fully_shard(model)
     policy.share_prompts = False
-    if hasattr(sampler, "synced"):
-        sampler.synced = True
+    policy.synced_decoding = True
     return module
 
 

@@ -96,7 +96,7 @@ def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], lis
         with policy.autocast():
             generated, _ = decode_with_cache(model, ids, batch.prompt_mask.to(policy.device), 1,
                                              max_new_tokens=max_new_tokens, eos_token_id=policy.eos_token_id,
-                                             pad_token_id=pad, greedy=True)
+                                             pad_token_id=pad, greedy=True, synced=policy.synced_decoding)
     finally:
         model.train(was_training)
     response_ids, mask, lengths, _ = responses_from_generation(

@@ -74,6 +74,8 @@ class CausalLMPolicy(nn.Module):
         # One pass over each distinct prompt, shared by its samples (off under gradient
         # checkpointing, which recomputes layers without a KV cache).
         self.share_prompts = not config.gradient_checkpointing
+        # Decode max_new_tokens steps on every row (FSDP2: every rank must run the same passes).
+        self.synced_decoding = False
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device) -> "CausalLMPolicy":

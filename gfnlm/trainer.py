@@ -173,7 +173,7 @@ class Trainer:
         if not self.world.distributed:
             return module
         if self.config.train.parallel == "fsdp2":
-            return dist_utils.shard_fsdp2(module, self.components.sampler)
+            return dist_utils.shard_fsdp2(module)
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -226,8 +226,9 @@ class Trainer:
         prompts = self.train_prompts.batch(self._next_prompt_indices())
         rollouts = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
         sampled = time.perf_counter()
-        base = self.policy.score_base(rollouts, self.components.target.needs_eos_logp)
-        scores = self.components.target.score(rollouts, base)
+        target = self.components.target
+        base = self.policy.score_base(rollouts, target.needs_eos_logp) if target.needs_base else None
+        scores = target.score(rollouts, base)
         scored = time.perf_counter()
         metrics = self.update(rollouts, scores)
         updated = time.perf_counter()

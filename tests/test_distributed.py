@@ -5,7 +5,6 @@ Tiny random Llama, real SmolLM2 tokenizer."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 HELPER = Path(__file__).parent / "helpers" / "distributed_step.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(args: list[str], nproc: int, timeout: int = 600) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                     "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+        # --standalone: torchrun picks a free local port itself (no race with another test)
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GFNLM_DEBUG": "1"}
     result = subprocess.run(launcher + args, check=False, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

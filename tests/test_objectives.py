@@ -493,3 +493,43 @@ def test_group_mean_log_z_centres_each_group_separately():
     partial = torch.tensor([1.0, 3.0, 10.0, 20.0, 30.0], dtype=DTYPE)
     group = torch.tensor([7, 7, 2, 2, 2])
     assert group_mean_log_z(partial, group).tolist() == [-2.0, -2.0, -20.0, -20.0, -20.0]
+
+
+def test_group_normalised_advantages_by_hand():
+    from gfnlm.objectives.grpo import group_normalised_advantages
+
+    reward = torch.tensor([1.0, 0.0, 0.0, 0.0, 5.0, 5.0], dtype=DTYPE)
+    group = torch.tensor([0, 0, 0, 0, 1, 1])
+    std = math.sqrt((0.75**2 + 3 * 0.25**2) / 3)  # unbiased, as TRL
+    want = [0.75 / (std + 1e-4)] + [-0.25 / (std + 1e-4)] * 3 + [0.0, 0.0]
+    assert group_normalised_advantages(reward, group).tolist() == pytest.approx(want, rel=1e-12)
+    assert group_normalised_advantages(reward, group, scale=False).tolist() == pytest.approx(
+        [0.75, -0.25, -0.25, -0.25, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_grpo_loss_by_hand(two, shift):
+    """Token-mean PPO-clipped surrogate; with ratio e^0.5 = 1.65 the positive advantage is clipped
+    at 1.2 (no gradient), the negative one is not (min picks the unclipped, lower value)."""
+    rollouts = two.rollouts(behaviour_logp=behaviour_with_log_ratio(two, [0.0, 0.0]))
+    # Per-token ratio: the policy's log-probs shifted by `shift` on every real token.
+    tok = (torch.tensor(two.policy_tok, dtype=DTYPE) + shift).requires_grad_(True)
+    scores = attrs.evolve(two.scores(), log_reward=torch.tensor([1.0, 0.0], dtype=DTYPE))
+    out = build("grpo").loss(rollouts, two.policy(tok=tok), scores, None)
+    lengths = two.lengths
+    std = math.sqrt(0.5)  # unbiased std of {1, 0}
+    adv = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)]
+    ratio = math.exp(shift)
+    terms = []
+    for b in range(2):
+        clipped = min(max(ratio, 0.8), 1.2)
+        terms += [-min(ratio * adv[b], clipped * adv[b])] * lengths[b]
+    assert out.loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+    out.loss.backward()
+    total = sum(lengths)
+    for b in range(2):
+        active = adv[b] < 0 or ratio <= 1.2  # the clipped branch has no gradient
+        want = -adv[b] * ratio / total if active else 0.0
+        for t in range(two.num_positions):
+            expected = want if t < lengths[b] else 0.0
+            assert tok.grad[b, t].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)

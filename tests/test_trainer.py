@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -53,15 +54,20 @@ def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_resume_equals_uninterrupted_run(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_z_source", ["group_mean", "learned"])
+def test_resume_equals_uninterrupted_run(tiny_model_dir: Path, prompt_files, tmp_path: Path, log_z_source) -> None:
+    """(``learned``: a scalar log Z with warm start, its optimiser state resumed as well.)"""
     train, evaluation = prompt_files
+    source = {"objective.options.log_z_source": log_z_source}
     straight = Trainer(load_config(REPO / "configs/default.yaml",
-                                   tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "a")), progress=False)
+                                   tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "a", **source)),
+                       progress=False)
     straight.train()
-    first_half = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b", **{"train.steps": 2})
+    first_half = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b", **{"train.steps": 2}, **source)
     Trainer(load_config(REPO / "configs/default.yaml", first_half), progress=False).train()
     resumed = Trainer(load_config(REPO / "configs/default.yaml",
-                                  tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b")), progress=False)
+                                  tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "b", **source)),
+                      progress=False)
     resumed.train()
     losses_a = [v for _, v in scalars(tmp_path / "a/tb")["train/loss"]]
     losses_b = [v for _, v in scalars(tmp_path / "b/tb")["train/loss"]]
@@ -239,3 +245,24 @@ def test_replacing_a_component_on_the_command_line_drops_the_files_options() -> 
     assert config.objective.options == {"lamda": 0.5}
     kept = load_config(REPO / "configs/default.yaml", ["objective.name=la_tb"])
     assert kept.objective.options == {"log_z_source": "group_mean"}
+
+
+def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Path, prompt_files, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfnlm.policy import CausalLMPolicy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reward target needs no base model pass")
+
+    monkeypatch.setattr(CausalLMPolicy, "score_base", refuse)
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{
+        "train.steps": 2, "target.name": "reward", "target.options.reward": "gfnlm.rewards:distinct_words",
+        "objective.name": "grpo", "sampling.samples_per_prompt": 4})
+    trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    assert trainer.logz is None
+    trainer.train()
+    found = scalars(tmp_path / "tb")
+    assert [step for step, _ in found["train/reward_mean"]] == [1, 2]
+    assert all(0.0 <= value <= 1.0 for _, value in found["train/reward_mean"])
+    assert all(np.isfinite(value) for _, value in found["train/loss"])

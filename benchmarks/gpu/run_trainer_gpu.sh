@@ -11,5 +11,7 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-python3 benchmarks/gpu/trainer_gpu.py --tokenizer "$tokenizer" "$@"
-python3 benchmarks/gpu/trainer_gpu.py --tokenizer "$tokenizer" --full "$@"
+# NPROC GPUs (default 1) through torchrun, the way multi-GPU runs are launched (docs: How-to).
+launch="python3 -m torch.distributed.run --standalone --nproc_per_node ${NPROC:-1}"
+$launch benchmarks/gpu/trainer_gpu.py --tokenizer "$tokenizer" "$@"
+$launch benchmarks/gpu/trainer_gpu.py --tokenizer "$tokenizer" --full "$@"

@@ -2,7 +2,11 @@
 bf16 autocast), so nothing is downloaded. Reports step time split, rollout tokens/s, peak GPU memory,
 and how closely the trainer's recomputed policy log-probs match the sampler's behaviour log-probs.
 
-    python benchmarks/gpu/trainer_gpu.py --tokenizer DIR [--steps 6] [--lora/--full]
+    python benchmarks/gpu/trainer_gpu.py --tokenizer DIR [--steps 6] [--full] [--parallel ddp|fsdp2]
+    torchrun --standalone --nproc_per_node N benchmarks/gpu/trainer_gpu.py --tokenizer DIR ...
+
+Under torchrun every rank runs its share of ``--prompts`` (which must be a multiple of N); the
+tokens/s printed are summed over ranks and the peak memory is rank 0's.
 
 DIR is any Hugging Face tokenizer folder (e.g. the SmolLM2 one gfnlm caches under
 ``~/.cache/gfnlm/smollm2-135m-instruct``). Exits with a clear message when no CUDA device exists.
@@ -10,14 +14,17 @@ DIR is any Hugging Face tokenizer folder (e.g. the SmolLM2 one gfnlm caches unde
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from gfnlm import distributed as dist_utils
 from gfnlm.config import load_config
 from gfnlm.trainer import Trainer
 
@@ -47,14 +54,26 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--train", default="factual_train", help="prompt file or bundled set")
+    parser.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp2"], help="under torchrun")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "gfnlm-gpu-bench",
+                        help="where rank 0 saves the random model (every rank must see it)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("SKIP: no CUDA device here; this script measures the trainer on a GPU")
         return 0
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device_name = torch.cuda.get_device_name(0)
+    model_dir, ready = args.work_dir / "model", args.work_dir / "model.ready"
+    if rank == 0:
+        ready.unlink(missing_ok=True)
+        params = build_model(args.tokenizer, model_dir)
+        ready.write_text(str(params))
+    while not ready.is_file():  # the other ranks wait for rank 0's model
+        time.sleep(1)
+    params = int(ready.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        params = build_model(args.tokenizer, Path(tmp) / "model")
-        overrides = [f"model.path={Path(tmp) / 'model'}", f"model.lora={not args.full}", "data.eval=''", f"data.train={args.train}",
+        overrides = [f"model.path={model_dir}", f"model.lora={not args.full}", "data.eval=''", f"data.train={args.train}",
+                     f"train.parallel={args.parallel}",
                      "train.device=cuda", f"train.out_dir={Path(tmp) / 'run'}", f"train.steps={args.steps}",
                      f"train.prompts_per_step={args.prompts}", f"sampling.samples_per_prompt={args.samples}",
                      f"sampling.max_new_tokens={args.max_new_tokens}", "train.lr=1e-5"]
@@ -62,23 +81,28 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
         rows = []
         for step in range(args.steps):
-            metrics = trainer.train_step()
+            metrics = dist_utils.reduce_metrics(trainer.train_step(), trainer.world, trainer.device)
             trainer.step += 1
-            tokens = metrics["length/mean"] * args.prompts * args.samples
+            tokens = metrics["length/mean"] * args.prompts * args.samples  # all ranks together
             rows.append({**metrics, "tokens_per_s": tokens / metrics["time/sample"]})
-            print(json.dumps({"step": step + 1, **{k: round(v, 4) for k, v in metrics.items()
+            if rank == 0:
+                print(json.dumps({"step": step + 1, **{k: round(v, 4) for k, v in metrics.items()
                                                  if k.startswith(("time", "loss", "length/mean", "iw"))}}))
         # Recomputation check: behaviour log-probs (generate, KV cache) vs one policy forward.
-        prompts = trainer.train_prompts.batch(list(range(args.prompts)))
+        prompts = trainer.train_prompts.batch(trainer._next_prompt_indices())
         rollouts = trainer.components.sampler.sample(prompts, 2)
         with torch.no_grad():
             recomputed = trainer.policy.evaluate(rollouts).token_logp
         diff = (recomputed - rollouts.behaviour_logp).abs()[rollouts.response_mask]
+    dist_utils.destroy(trainer.world)
+    if rank != 0:
+        return 0
     timed = rows[1:] if len(rows) > 1 else rows
     med = lambda key: statistics.median(r[key] for r in timed)
     print(f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
           f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, bf16 autocast; "
-          f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max")
+          f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max; "
+          f"{world} process(es), {args.parallel if world > 1 else 'single'}")
     print(f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample {med('time/sample'):.3f} "
           f"+ score {med('time/score'):.3f} + update {med('time/update'):.3f}; "
           f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory "

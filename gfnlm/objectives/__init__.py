@@ -3,12 +3,14 @@ the distribution it converges to."""
 
 from gfnlm.objectives.base import Objective
 from gfnlm.objectives.db import DetailedBalance
+from gfnlm.objectives.grpo import GRPO
 from gfnlm.objectives.la_tb import LengthAwareTB
 from gfnlm.objectives.subtb import SubTrajectoryBalance
 from gfnlm.objectives.tb import TrajectoryBalance
 from gfnlm.objectives.tb_token import TokenNormalisedTB
 
 __all__ = [
+    "GRPO",
     "DetailedBalance",
     "LengthAwareTB",
     "Objective",

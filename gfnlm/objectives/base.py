@@ -108,9 +108,13 @@ def group_mean_log_z(partial_residual: Float[Tensor, " B"], group: Tensor) -> Fl
     whose partition functions differ, but needs several responses per prompt in a (mini)batch:
     a response alone in its group gets residual 0 and no gradient.
     """
+    return -group_mean(partial_residual.detach(), group)
+
+
+def group_mean(values: Float[Tensor, " B"], group: Tensor, correction: int = 0) -> Float[Tensor, " B"]:
+    """Each row's group mean of ``values`` (groups = equal ids in ``group``); with ``correction=1``
+    the sum is divided by ``n − 1`` instead of ``n`` (at least 1), for unbiased variances."""
     _, index = torch.unique(group, return_inverse=True)
-    detached = partial_residual.detach()
-    sums = torch.zeros(int(index.max()) + 1, dtype=detached.dtype, device=detached.device)
-    sums.index_add_(0, index, detached)
-    counts = torch.bincount(index, minlength=sums.shape[0]).to(detached.dtype)
-    return -(sums / counts)[index]
+    sums = torch.zeros(int(index.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    counts = torch.bincount(index, minlength=sums.shape[0]).to(values.dtype)
+    return (sums / (counts - correction).clamp_min(1.0))[index]

@@ -1,6 +1,8 @@
-"""Samplers: :class:`Sampler` and the registered in-process ``hf`` sampler."""
+"""Samplers: :class:`Sampler`, the registered in-process ``hf`` sampler and the ``power_mh``
+inference-time baseline (power sampling by Metropolis-Hastings)."""
 
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import HFSampler
+from gfnlm.samplers.power_mh import PowerMHSampler
 
-__all__ = ["HFSampler", "Sampler"]
+__all__ = ["HFSampler", "PowerMHSampler", "Sampler"]

@@ -118,7 +118,6 @@ class HFSampler(Sampler):
     max_new_tokens: int = 24
     batch_size: int = 0  # max sequences per decoding call; 0 = all at once
     engine: str = "cached"
-    synced: bool = False  # fixed-length decoding on every rank (set by the trainer under FSDP2)
     _policy: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -177,7 +176,7 @@ class HFSampler(Sampler):
                     return decode_with_cache(
                         policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
                         eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                        temperature=self.temperature, top_p=self.top_p, synced=self.synced)
+                        temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding)
                 return self._generate(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0))
         finally:
             policy.model.train(was_training)

@@ -1,7 +1,8 @@
-"""Target distributions: :class:`Target` and the registered ``alpha_power`` and ``reward_tilted``."""
+"""Target distributions: :class:`Target` and the registered ``alpha_power``, ``reward_tilted`` and ``reward``."""
 
 from gfnlm.targets.alpha_power import AlphaPowerTarget
 from gfnlm.targets.base import Target
+from gfnlm.targets.reward import RewardTarget
 from gfnlm.targets.reward_tilted import RewardTiltedTarget
 
-__all__ = ["AlphaPowerTarget", "RewardTiltedTarget", "Target"]
+__all__ = ["AlphaPowerTarget", "RewardTarget", "RewardTiltedTarget", "Target"]

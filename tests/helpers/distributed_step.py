@@ -21,7 +21,7 @@ def main() -> None:
     world, config = trainer.world, trainer.config
     # The same global batch on every rank: fixed seed, fixed-length decoding, all prompts.
     sampler = trainer.components.sampler
-    sampler.synced = True
+    trainer.policy.synced_decoding = True
     # One forward pass per row in every run (FSDP2's choice), so that the runs compare the same
     # arithmetic; the shared-prompt pass is checked against it in test_samplers.py.
     trainer.policy.share_prompts = False

@@ -1,0 +1,79 @@
+"""Group-relative policy optimisation (Shao et al. 2024, "DeepSeekMath"), the RL baseline family
+of the PowerFlow paper: GRPO with a verifier reward, and with label-free rewards TTRL, EMPO,
+Intuitor and RENT (method.md §3). The reward is the target's ``log_reward`` (use the ``reward``
+target, whose ``log R = r``).
+
+.. math::
+
+    A_i = \\frac{r_i - \\operatorname{mean}_{G(q)} r}{\\operatorname{std}_{G(q)} r + \\epsilon},\\qquad
+    \\mathcal{L} = -\\frac{1}{\\sum_i |y_i|}\\sum_i \\sum_{t \\le |y_i|}
+        \\min\\big(\\rho_{i,t} A_i,\\ \\mathrm{clip}(\\rho_{i,t}, 1-\\epsilon_{low}, 1+\\epsilon_{high}) A_i\\big),
+    \\qquad \\rho_{i,t} = \\frac{\\pi_\\theta(y_{i,t}|\\ldots)}{\\pi_{old}(y_{i,t}|\\ldots)}
+
+over the responses of each prompt's group ``G(q)`` (token-level mean over the batch, as DAPO and
+TRL's default ``loss_type``; ``loss_type='sequence'`` averages per response first, as the original).
+It converges to no particular distribution: it maximises the expected reward (for a 0/1 verifier,
+towards a deterministic policy on a correct answer). No KL term here (β = 0, as in the EMPO/TTRL
+recipes the paper follows).
+"""
+
+from typing import Literal
+
+import attrs
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.objectives.base import Objective, group_mean, masked_mean
+from gfnlm.registry import register
+from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+
+
+def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor, scale: bool = True,
+                                eps: float = 1e-4) -> Float[Tensor, " B"]:
+    """``(r − mean_G r) / (std_G r + ε)`` within each group (``scale=False``: no division).
+
+    The standard deviation is the unbiased one, as TRL's; a group of one has advantage 0.
+    """
+    centred = reward - group_mean(reward, group)
+    if not scale:
+        return centred
+    return centred / (group_mean(centred.pow(2), group, correction=1).sqrt() + eps)
+
+
+@register("objective", "grpo")
+@attrs.frozen
+class GRPO(Objective):
+    """PPO-clipped policy gradient with group-normalised advantages of the target's reward."""
+
+    eps_low: float = attrs.field(default=0.2, converter=float)
+    eps_high: float = attrs.field(default=0.2, converter=float)
+    scale_rewards: bool = True
+    loss_type: Literal["token", "sequence"] = attrs.field(
+        default="token", validator=attrs.validators.in_(("token", "sequence")))
+
+    def loss(
+        self,
+        rollouts: Rollouts,
+        policy: PolicyEval,
+        target: TargetScores,
+        log_z: Float[Tensor, " B"] | None,
+    ) -> ObjectiveOutput:
+        reward = target.log_reward.detach()
+        advantage = group_normalised_advantages(reward, rollouts.group, self.scale_rewards)[:, None]
+        mask = rollouts.response_mask
+        ratio = (policy.token_logp - rollouts.behaviour_logp).clamp(-20.0, 20.0).exp()
+        clipped_ratio = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
+        per_token = -torch.minimum(ratio * advantage, clipped_ratio * advantage)
+        if self.loss_type == "token":
+            loss = masked_mean(per_token, mask)
+        else:
+            per_response = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+            loss = per_response.mean()
+        clipped = (ratio != clipped_ratio) & mask
+        metrics = {
+            "reward_mean": float(reward.mean()),
+            "reward_std": float(reward.std()) if reward.numel() > 1 else 0.0,
+            "clip_frac": float(clipped.sum() / mask.sum().clamp_min(1)),
+        }
+        return ObjectiveOutput(loss=loss, residual=advantage.squeeze(1).detach(), metrics=metrics)

@@ -1,0 +1,53 @@
+"""Reward functions ``Rollouts -> Tensor[B]`` for the ``reward`` / ``reward_tilted`` targets,
+named in configs by import path (``target.options.reward=gfnlm.rewards:distinct_words``)."""
+
+import torch
+
+from gfnlm.types import Rollouts
+
+
+def distinct_words(rollouts: Rollouts) -> torch.Tensor:
+    """Share of distinct words among a response's words (0 for an empty response): a cheap,
+    label-free reward that varies within a group, used by the speed benchmarks."""
+    if rollouts.response_text is None:
+        raise ValueError("distinct_words needs rollouts with response_text")
+    values = []
+    for text in rollouts.response_text:
+        words = text.lower().split()
+        values.append(len(set(words)) / len(words) if words else 0.0)
+    return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
+
+
+def _answers_by_group(rollouts: Rollouts) -> tuple[list[str], list[int]]:
+    """Each response's answer key (:func:`gfnlm.evaluation.answer_key`) and its group id."""
+    from gfnlm.evaluation import answer_key  # local: evaluation imports the sampler stack
+
+    if rollouts.response_text is None:
+        raise ValueError("answer-based rewards need rollouts with response_text")
+    return [answer_key(t) for t in rollouts.response_text], rollouts.group.tolist()
+
+
+def majority_vote(rollouts: Rollouts) -> torch.Tensor:
+    """TTRL (Zuo et al. 2025): 1 if a response's answer equals its group's most frequent answer
+    (ties: the answer seen first), else 0. Label-free."""
+    answers, groups = _answers_by_group(rollouts)
+    counts: dict[int, dict[str, int]] = {}
+    for answer, group in zip(answers, groups, strict=True):
+        counts.setdefault(group, {}).setdefault(answer, 0)
+        counts[group][answer] += 1
+    majority = {g: max(c, key=c.__getitem__) for g, c in counts.items()}  # dicts keep first-seen order
+    values = [float(a == majority[g]) for a, g in zip(answers, groups, strict=True)]
+    return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
+
+
+def answer_cluster_share(rollouts: Rollouts) -> torch.Tensor:
+    """EMPO (Zhang et al. 2025): the share of a response's group whose answer is the same as its
+    own (answers clustered by exact key equality; semantic clustering is a drop-in replacement)."""
+    answers, groups = _answers_by_group(rollouts)
+    sizes: dict[int, int] = {}
+    same: dict[tuple[int, str], int] = {}
+    for answer, group in zip(answers, groups, strict=True):
+        sizes[group] = sizes.get(group, 0) + 1
+        same[group, answer] = same.get((group, answer), 0) + 1
+    values = [same[g, a] / sizes[g] for a, g in zip(answers, groups, strict=True)]
+    return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)

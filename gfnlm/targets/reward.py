@@ -1,0 +1,29 @@
+"""Reward target for the RL baselines: ``log R(q, y) = r(q, y)``, with no reference model.
+
+``r`` is a callable ``Rollouts -> Tensor[B]`` or an import path ``"package.module:function"``.
+With a policy-gradient objective (``grpo``) ``log_reward`` is read as the reward itself; as a
+GFlowNet target it is the Gibbs distribution ``exp(r)``. The base model is not needed, so the
+trainer skips the base forward pass.
+"""
+
+import attrs
+
+from gfnlm.registry import register
+from gfnlm.targets.base import Target
+from gfnlm.targets.reward_tilted import RewardFn, resolve_callable
+from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
+
+
+@register("target", "reward")
+@attrs.frozen
+class RewardTarget(Target):
+    """``exp(r(q, y))``: the reward function alone."""
+
+    reward: RewardFn = attrs.field(converter=resolve_callable)
+    needs_base = False
+
+    def score(self, rollouts: Rollouts, base: SequenceLogProbs | None) -> TargetScores:
+        reward = self.reward(rollouts).to(rollouts.behaviour_logp)
+        if reward.shape != (rollouts.batch_size,):
+            raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
+        return TargetScores(log_reward=reward, metrics={"target/reward_mean": float(reward.mean())})
