@@ -14,7 +14,8 @@ Every run is a fresh process (so peak RSS is per system); runs alternate between
 after round. TRL runs in its own venv (``.bench-venvs/trl``, created on first use with torch and
 transformers pinned by ``constraints.txt``); it is never a dependency of gfnlm. Prints the median
 (min-max) of steps 2..N per system, the ratios gfnlm/TRL, and writes ``benchmarks/out/vs_trl.csv``
-and ``benchmarks/out/vs_trl.md`` (the table the docs' Benchmarks page shows).
+and ``benchmarks/out/vs_trl.md``, and replaces the table in ``docs/benchmarks.md`` (between its
+``vs_trl`` markers; the prose around it, with the date and machine, is edited by hand).
 
     python benchmarks/vs_trl.py [--steps 6] [--rounds 1] [--seed 0]
 """
@@ -67,6 +68,15 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def write_into_docs(table: str, page: Path) -> None:
+    """Replace the table between the page's ``vs_trl`` markers (the docs show what was measured)."""
+    text = page.read_text()
+    begin = text.index("<!-- vs_trl:begin")
+    begin = text.index("\n", begin) + 1
+    end = text.index("<!-- vs_trl:end -->")
+    page.write_text(text[:begin] + table + text[end:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is warm-up")
@@ -117,6 +127,7 @@ def main() -> int:
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_trl.md").write_text(table + "\n")
+    write_into_docs(table + "\n", REPO / "docs" / "benchmarks.md")
     with open(out / "vs_trl.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system", "measurement", "seconds"])  # steps 2..N of each round, in order
