@@ -8,6 +8,7 @@ Log-probs are computed only at the ``T+1`` positions that predict response token
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,11 +143,14 @@ class CausalLMPolicy(nn.Module):
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
         with torch.no_grad():
             entropy = _entropy(logits[:, :-1], lse[:, :-1]) * rollouts.response_mask
+            step_logits = wide(logits[:, :-1])
+            self_certainty = (lse[:, :-1] - step_logits.mean(-1) - math.log(step_logits.shape[-1])
+                              ) * rollouts.response_mask
         prompt_hidden = None
         if need_prompt_hidden:
             prompt_hidden = _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)
         return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
-                          prompt_hidden=prompt_hidden)
+                          prompt_hidden=prompt_hidden, self_certainty=self_certainty)
 
     @torch.no_grad()
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:

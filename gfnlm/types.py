@@ -141,13 +141,16 @@ class PolicyEval:
     ``token_logp``/``eos_logp`` as in :class:`SequenceLogProbs` (with gradient). ``entropy[b, t]`` is
     the policy's token entropy at state ``s_t`` (for logging and entropy baselines).
     ``prompt_hidden`` is the mean of the last hidden states over the prompt tokens (for the MLP
-    log Z head); ``None`` when not requested.
+    log Z head); ``None`` when not requested. ``self_certainty[b, t]`` is
+    ``KL(Uniform ‖ π(·|s_t)) = logsumexp(z) − mean(z) − log|V|`` (Intuitor's reward; no gradient),
+    ``None`` where the policy does not provide it.
     """
 
     token_logp: Float[Tensor, "B T"]
     eos_logp: Float[Tensor, "B T+1"]
     entropy: Float[Tensor, "B T"]
     prompt_hidden: Float[Tensor, "B H"] | None = None
+    self_certainty: Float[Tensor, "B T"] | None = None
 
     def __attrs_post_init__(self) -> None:
         _validate(self)

@@ -533,3 +533,21 @@ def test_grpo_loss_by_hand(two, shift):
         for t in range(two.num_positions):
             expected = want if t < lengths[b] else 0.0
             assert tok.grad[b, t].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_grpo_label_free_rewards_rent_and_intuitor_by_hand(two):
+    """RENT: r = −mean token entropy over the response; Intuitor: r = mean self-certainty.
+    Padding (garbage values here) must not enter either mean."""
+    rollouts = two.rollouts()
+    entropy = torch.tensor([[0.5, 1.0, 1.5, 99.0], [0.2, 0.4, 0.6, 0.8]], dtype=DTYPE)
+    certainty = torch.tensor([[2.0, 1.0, 3.0, 99.0], [1.0, 1.0, 1.0, 5.0]], dtype=DTYPE)
+    policy = attrs.evolve(two.policy(), entropy=entropy, self_certainty=certainty)
+    lengths = two.lengths  # [3, 4]
+    want_rent = [-sum(entropy[b, : lengths[b]].tolist()) / lengths[b] for b in range(2)]
+    want_intuitor = [sum(certainty[b, : lengths[b]].tolist()) / lengths[b] for b in range(2)]
+    rent = build("grpo", reward="neg_entropy").rewards(rollouts, policy, two.scores())
+    intuitor = build("grpo", reward="self_certainty").rewards(rollouts, policy, two.scores())
+    assert rent.tolist() == pytest.approx(want_rent, rel=1e-12)
+    assert intuitor.tolist() == pytest.approx(want_intuitor, rel=1e-12)
+    with pytest.raises(ValueError, match="self_certainty"):
+        build("grpo", reward="self_certainty").rewards(rollouts, two.policy(), two.scores())

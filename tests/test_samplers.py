@@ -2,6 +2,7 @@
 recomputation of the log-probs, on a tiny random Llama with the real SmolLM2 tokenizer."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,25 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
     torch.testing.assert_close(base_s.token_logp, base_f.token_logp, atol=1e-4, rtol=1e-4)
     for g_s, g_f in zip(grads_s, grads_f, strict=True):
         torch.testing.assert_close(g_s, g_f, atol=1e-4, rtol=1e-3)
+
+
+def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_path):
+    """``self_certainty = logsumexp(z) − mean(z) − log|V|`` = KL(Uniform ‖ π) ≥ 0, recomputed here
+    from the model's full logits at the response positions."""
+    policy = make_policy(tiny_model_dir)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    sampler = HFSampler(max_new_tokens=5)
+    sampler.setup(policy)
+    torch.manual_seed(0)
+    rollouts = sampler.sample(batch, 2)
+    policy.share_prompts = False
+    evaluation = policy.evaluate(rollouts)
+    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+                              ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
+    log_pi = logits.log_softmax(-1)
+    kl_uniform = (-log_pi.mean(-1) - math.log(logits.shape[-1])) * rollouts.response_mask
+    torch.testing.assert_close(evaluation.self_certainty, kl_uniform, atol=1e-4, rtol=1e-4)
+    assert (evaluation.self_certainty[rollouts.response_mask] >= -1e-5).all()

@@ -247,8 +247,13 @@ def test_replacing_a_component_on_the_command_line_drops_the_files_options() -> 
     assert kept.objective.options == {"log_z_source": "group_mean"}
 
 
+@pytest.mark.parametrize(("target", "reward"), [
+    (["target.name=reward", "target.options.reward=gfnlm.rewards:distinct_words"], "target"),  # reward fn
+    (["target.name=uniform"], "neg_entropy"),  # RENT
+    (["target.name=uniform"], "self_certainty"),  # Intuitor
+])
 def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Path, prompt_files, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch, target, reward) -> None:
     from gfnlm.policy import CausalLMPolicy
 
     def refuse(*args, **kwargs):
@@ -257,12 +262,13 @@ def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Pa
     monkeypatch.setattr(CausalLMPolicy, "score_base", refuse)
     train, evaluation = prompt_files
     overrides = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{
-        "train.steps": 2, "target.name": "reward", "target.options.reward": "gfnlm.rewards:distinct_words",
-        "objective.name": "grpo", "sampling.samples_per_prompt": 4})
+        "train.steps": 2, "objective.name": "grpo", "sampling.samples_per_prompt": 4})
+    overrides += [*target, f"objective.options.reward={reward}"]
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
     assert trainer.logz is None
     trainer.train()
     found = scalars(tmp_path / "tb")
     assert [step for step, _ in found["train/reward_mean"]] == [1, 2]
-    assert all(0.0 <= value <= 1.0 for _, value in found["train/reward_mean"])
+    low, high = {"target": (0.0, 1.0), "neg_entropy": (-20.0, 0.0), "self_certainty": (0.0, 20.0)}[reward]
+    assert all(low <= value <= high for _, value in found["train/reward_mean"])
     assert all(np.isfinite(value) for _, value in found["train/loss"])

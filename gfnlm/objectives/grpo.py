@@ -51,6 +51,11 @@ class GRPO(Objective):
     scale_rewards: bool = True
     loss_type: Literal["token", "sequence"] = attrs.field(
         default="token", validator=attrs.validators.in_(("token", "sequence")))
+    # Where r comes from: the target's log_reward (GRPO with a verifier, TTRL, EMPO through reward
+    # functions), or the policy's own tokens: RENT (minus the mean token entropy) and Intuitor (the
+    # mean self-certainty), both computed without gradient from the same forward pass.
+    reward: Literal["target", "neg_entropy", "self_certainty"] = attrs.field(
+        default="target", validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")))
 
     def loss(
         self,
@@ -59,7 +64,7 @@ class GRPO(Objective):
         target: TargetScores,
         log_z: Float[Tensor, " B"] | None,
     ) -> ObjectiveOutput:
-        reward = target.log_reward.detach()
+        reward = self.rewards(rollouts, policy, target)
         advantage = group_normalised_advantages(reward, rollouts.group, self.scale_rewards)[:, None]
         mask = rollouts.response_mask
         ratio = (policy.token_logp - rollouts.behaviour_logp).clamp(-20.0, 20.0).exp()
@@ -77,3 +82,15 @@ class GRPO(Objective):
             "clip_frac": float(clipped.sum() / mask.sum().clamp_min(1)),
         }
         return ObjectiveOutput(loss=loss, residual=advantage.squeeze(1).detach(), metrics=metrics)
+
+    def rewards(self, rollouts: Rollouts, policy: PolicyEval, target: TargetScores) -> Float[Tensor, " B"]:
+        """``r`` per response (detached), from the source named by ``reward``."""
+        if self.reward == "target":
+            return target.log_reward.detach()
+        mask = rollouts.response_mask.to(policy.entropy.dtype)
+        count = mask.sum(-1).clamp_min(1.0)
+        if self.reward == "neg_entropy":
+            return -(policy.entropy.detach() * mask).sum(-1) / count
+        if policy.self_certainty is None:
+            raise ValueError("reward='self_certainty' needs a policy that reports self_certainty")
+        return (policy.self_certainty.detach() * mask).sum(-1) / count

@@ -27,3 +27,15 @@ class RewardTarget(Target):
         if reward.shape != (rollouts.batch_size,):
             raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
         return TargetScores(log_reward=reward, metrics={"target/reward_mean": float(reward.mean())})
+
+
+@register("target", "uniform")
+@attrs.frozen
+class UniformTarget(Target):
+    """``R = 1``: the uniform distribution over responses as a GFlowNet target, and no reward for
+    objectives that make their own (``grpo`` with ``reward: neg_entropy`` or ``self_certainty``)."""
+
+    needs_base = False
+
+    def score(self, rollouts: Rollouts, base: SequenceLogProbs | None) -> TargetScores:
+        return TargetScores(log_reward=rollouts.behaviour_logp.new_zeros(rollouts.batch_size))
