@@ -272,3 +272,12 @@ def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Pa
     low, high = {"target": (0.0, 1.0), "neg_entropy": (-20.0, 0.0), "self_certainty": (0.0, 20.0)}[reward]
     assert all(low <= value <= high for _, value in found["train/reward_mean"])
     assert all(np.isfinite(value) for _, value in found["train/loss"])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads_and_composes(name: str) -> None:
+    """Each file in configs/ is a valid config whose components fit together (no model needed)."""
+    from gfnlm.trainer import compose
+
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    compose(config, hidden_size=64, num_train_prompts=10)
