@@ -93,9 +93,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy, config = _policy_for(args.run, args.model, args.device)
     prompts = PromptSet.load(args.prompts or config.data.eval, "--prompts", policy.tokenizer,
                              config.data.max_prompt_tokens, require_answers=True)
-    result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens)
+    result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens,
+                      temperature=args.temperature)
     label = "checkpoint" if args.run else "base model"
-    print(f"{len(prompts)} questions, k={args.samples} samples at T=1, seed {args.seed}:")
+    print(f"{len(prompts)} questions, k={args.samples} samples at T={args.temperature:g}, seed {args.seed}:")
     print(format_eval_table({label: result.as_dict()}))
     return 0
 
@@ -140,12 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("run", nargs="?", default=None, help="run directory (omit for the base model)")
             p.add_argument("--prompt", required=True)
             p.add_argument("-n", type=int, default=4, help="number of responses")
-            p.add_argument("--temperature", type=float, default=1.0)
             p.add_argument("--top-p", type=float, default=1.0)
         else:
             p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
             p.add_argument("--prompts", default=None, help="JSONL with question + answers, or a bundled set")
-            p.add_argument("--samples", type=int, default=8, help="k samples per question at T=1")
+            p.add_argument("--samples", type=int, default=8, help="k samples per question at --temperature")
+        p.add_argument("--temperature", type=float, default=1.0,
+                       help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
         p.add_argument("--model", default="smollm2", help="base model when no run is given")
         p.add_argument("--max-new-tokens", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

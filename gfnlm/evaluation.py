@@ -43,11 +43,14 @@ class EvalResult:
 
 
 def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
-             batch_questions: int = 16, progress: bool = True) -> EvalResult:
-    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``."""
+             batch_questions: int = 16, progress: bool = True, temperature: float = 1.0) -> EvalResult:
+    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``.
+
+    The k samples are drawn at ``temperature`` (1 for the avg@k the docs report; ``1/α`` is the
+    low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at that T)."""
     if any(a is None for a in prompts.answers):
         raise ValueError("evaluation needs a prompt file whose every line has 'answers'")
-    sampler = HFSampler(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
     chunks = range(0, len(prompts), batch_questions)

@@ -160,3 +160,20 @@ def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_pa
     kl_uniform = (-log_pi.mean(-1) - math.log(logits.shape[-1])) * rollouts.response_mask
     torch.testing.assert_close(evaluation.self_certainty, kl_uniform, atol=1e-4, rtol=1e-4)
     assert (evaluation.self_certainty[rollouts.response_mask] >= -1e-5).all()
+
+
+def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_path):
+    """At T → 0 (the low-temperature baseline's limit) every sample is the greedy answer, so the
+    sampled mean length equals the greedy one; at T = 1 on a random model it does not."""
+    from gfnlm.evaluation import evaluate
+
+    policy = make_policy(tiny_model_dir)
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answers": ["x"]}) + "\n" for q in QUESTIONS))
+    prompts = PromptSet.load(str(path), "data.eval", policy.tokenizer, 256, require_answers=True)
+    torch.manual_seed(0)
+    cold = evaluate(policy, prompts, 4, 6, progress=False, temperature=1e-4)
+    assert cold.mean_length == pytest.approx(cold.greedy_mean_length)
+    eos_policy = make_policy(tiny_model_dir, eos_bias=8.0)
+    hot = evaluate(eos_policy, prompts, 8, 6, progress=False, temperature=1.0)
+    assert hot.mean_length != pytest.approx(hot.greedy_mean_length)
