@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnlm.prompts import PromptSet
-from gfnlm.samplers.hf import HFSampler, decode_with_cache, responses_from_generation
+from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
 from gfnlm.tasks import first_sentence, is_correct, normalize_answer
 
 
@@ -90,19 +90,10 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
 @torch.no_grad()
 def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], list[int]]:
     """Greedy decoding of each prompt: texts and lengths (EOS counted)."""
-    model = policy.model
-    was_training = model.training
-    model.eval()
-    ids = batch.prompt_ids.to(policy.device)
-    pad = policy.tokenizer.pad_token_id
-    try:
-        with policy.autocast():
-            generated, _ = decode_with_cache(model, ids, batch.prompt_mask.to(policy.device), 1,
-                                             max_new_tokens=max_new_tokens, eos_token_id=policy.eos_token_id,
-                                             pad_token_id=pad, greedy=True, synced=policy.synced_decoding)
-    finally:
-        model.train(was_training)
-    response_ids, mask, lengths, _ = responses_from_generation(
-        torch.cat([ids, generated], 1), ids.shape[1], policy.eos_token_id, pad)
-    texts = policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True)
-    return texts, lengths.tolist()
+    with policy.decoding():
+        generated, logp = decode_with_cache(
+            policy.model, batch.prompt_ids.to(policy.device), batch.prompt_mask.to(policy.device), 1,
+            max_new_tokens=max_new_tokens, eos_token_id=policy.eos_token_id,
+            pad_token_id=policy.tokenizer.pad_token_id, greedy=True, synced=policy.synced_decoding)
+    rollouts = rollouts_from_generated(policy, batch, 1, generated, logp)
+    return list(rollouts.response_text or ()), rollouts.lengths.tolist()

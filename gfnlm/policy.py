@@ -112,10 +112,7 @@ class CausalLMPolicy(nn.Module):
             raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]!r}")
         with torch.no_grad():
             for name, value in state.items():
-                param = params[name]
-                if isinstance(param, DTensor):  # FSDP2: keep this rank's shard of the full tensor
-                    value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-                param.copy_(value)
+                params[name].copy_(place_like(value, params[name]))
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -125,6 +122,19 @@ class CausalLMPolicy(nn.Module):
                 yield
         else:
             yield
+
+    @contextlib.contextmanager
+    def decoding(self, model: nn.Module | None = None) -> Iterator[None]:
+        """Sampling from ``model`` (default: the policy): eval mode (no dropout), no gradient,
+        autocast as configured; the training flag is restored afterwards."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                yield
+        finally:
+            model.train(was_training)
 
     @contextlib.contextmanager
     def base_model(self) -> Iterator[nn.Module]:
@@ -142,10 +152,8 @@ class CausalLMPolicy(nn.Module):
             logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts)
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
         with torch.no_grad():
-            entropy = _entropy(logits[:, :-1], lse[:, :-1]) * rollouts.response_mask
-            step_logits = wide(logits[:, :-1])
-            self_certainty = (lse[:, :-1] - step_logits.mean(-1) - math.log(step_logits.shape[-1])
-                              ) * rollouts.response_mask
+            entropy, self_certainty = _token_statistics(logits[:, :-1], lse[:, :-1])
+            entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
         prompt_hidden = None
         if need_prompt_hidden:
             prompt_hidden = _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)
@@ -216,10 +224,13 @@ def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tupl
     return token_logp, eos_logp, lse
 
 
-def _entropy(logits: Tensor, lse: Tensor) -> Tensor:
+def _token_statistics(logits: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+    """Entropy ``lse − Σ p·z`` and self-certainty ``KL(U ‖ π) = lse − mean(z) − log|V|`` per
+    position, from one widened copy of the logits."""
     logits = wide(logits)
     probs = (logits - lse.unsqueeze(-1)).exp()
-    return lse - (probs * logits).sum(-1)
+    entropy = lse - (probs * logits).sum(-1)
+    return entropy, lse - logits.mean(-1) - math.log(logits.shape[-1])
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -230,6 +241,16 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 def full_tensor(tensor: Tensor) -> Tensor:
     """The whole tensor behind an FSDP2 shard (a DTensor); other tensors unchanged."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def place_like(value, param: Tensor):
+    """A saved full tensor placed like ``param``: this rank's shard under FSDP2 (a DTensor),
+    else on ``param``'s device. Non-tensors and scalars (e.g. Adam's ``step``) stay as they are."""
+    if not torch.is_tensor(value) or value.dim() == 0:
+        return value
+    if isinstance(param, DTensor):
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value.to(param.device)
 
 
 def wide(tensor: Tensor) -> Tensor:

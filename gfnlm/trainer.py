@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -25,7 +24,7 @@ from gfnlm import distributed as dist_utils
 from gfnlm.config import ConfigError, RunConfig, to_yaml
 from gfnlm.evaluation import evaluate
 from gfnlm.models import resolve_model_path
-from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, resolve_device
+from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, place_like, resolve_device
 from gfnlm.prompts import PromptSet
 from gfnlm.registry import build, check_composition
 from gfnlm.types import Rollouts, TargetScores
@@ -373,7 +372,7 @@ class Trainer:
             group.update(saved_group)
         for name, state in saved["state"].items():
             param = params[name]
-            self.optimizer.state[param] = {k: _like_param(v, param) for k, v in state.items()}
+            self.optimizer.state[param] = {k: place_like(v, param) for k, v in state.items()}
 
     def save(self) -> Path:
         """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
@@ -426,16 +425,6 @@ def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, floa
         "target/log_reward_mean": float(scores.log_reward.mean()),
         **scores.metrics,
     }
-
-
-def _like_param(value: Any, param: torch.Tensor) -> Any:
-    """A saved optimiser-state entry placed like ``param`` (its shard under FSDP2, its device);
-    scalars (Adam's ``step``) stay as saved."""
-    if not torch.is_tensor(value) or value.dim() == 0:
-        return value
-    if isinstance(param, DTensor):
-        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    return value.to(param.device)
 
 
 def _seed_everything(seed: int) -> None:

@@ -14,7 +14,6 @@ DIR is any Hugging Face tokenizer folder (e.g. the SmolLM2 one gfnlm caches unde
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -61,7 +60,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("SKIP: no CUDA device here; this script measures the trainer on a GPU")
         return 0
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    env = dist_utils.world_from_env()
+    rank, world = env.rank, env.size
     device_name = torch.cuda.get_device_name(0)
     model_dir, ready = args.work_dir / "model", args.work_dir / "model.ready"
     if rank == 0:

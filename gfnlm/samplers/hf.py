@@ -105,6 +105,27 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     return tokens[:, :width], logps[:, :width]
 
 
+def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated: torch.Tensor,
+                            behaviour: torch.Tensor) -> Rollouts:
+    """The :class:`Rollouts` of ``n`` generated continuations per prompt (rows grouped by prompt):
+    ``generated`` ``[N*n, W]`` may hold anything after a row's first EOS; ``behaviour`` holds the
+    per-token log-probs to record (zeroed past each response)."""
+    device, pad = policy.device, policy.tokenizer.pad_token_id
+    prompt_ids = prompts.prompt_ids.to(device).repeat_interleave(n, 0)
+    prompt_mask = prompts.prompt_mask.to(device).repeat_interleave(n, 0)
+    response_ids, mask, lengths, ended = responses_from_generation(
+        torch.cat([prompt_ids, generated.to(device)], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
+    texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
+    prompt_text = None if prompts.prompt_text is None else tuple(t for t in prompts.prompt_text for _ in range(n))
+    return Rollouts(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask.bool(), response_ids=response_ids,
+        response_mask=mask, lengths=lengths, ended_with_eos=ended,
+        group=torch.arange(len(prompts), device=device).repeat_interleave(n),
+        prompt_index=prompts.prompt_index.to(device).repeat_interleave(n),
+        behaviour_logp=behaviour.to(device).masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
+    )
+
+
 @register("sampler", "hf")
 @attrs.define
 class HFSampler(Sampler):
@@ -150,36 +171,19 @@ class HFSampler(Sampler):
         pieces = [self._decode(prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], n)
                   for i in range(0, len(prompts), chunk)]
         width = max(p[0].shape[1] for p in pieces)
-        pad = policy.tokenizer.pad_token_id
-        response_ids = torch.cat([_pad_right(p[0], width, pad) for p in pieces])
+        generated = torch.cat([_pad_right(p[0], width, policy.tokenizer.pad_token_id) for p in pieces])
         behaviour = torch.cat([_pad_right(p[1], width, 0.0) for p in pieces])
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
-        response_ids, mask, lengths, ended = responses_from_generation(
-            torch.cat([prompt_ids, response_ids], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
-        groups = torch.arange(len(prompts), device=device).repeat_interleave(n)
-        texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
-        prompt_text = None if prompts.prompt_text is None else tuple(t for t in prompts.prompt_text for _ in range(n))
-        return Rollouts(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask.bool(), response_ids=response_ids,
-            response_mask=mask, lengths=lengths, ended_with_eos=ended, group=groups,
-            prompt_index=prompts.prompt_index.to(device).repeat_interleave(n),
-            behaviour_logp=behaviour.masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
-        )
+        return rollouts_from_generated(policy, prompts, n, generated, behaviour)
 
     def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self._policy
-        was_training = policy.model.training
-        policy.model.eval()  # no dropout while sampling
-        try:
-            with policy.autocast():
-                if self.engine == "cached":
-                    return decode_with_cache(
-                        policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
-                        eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                        temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding)
-                return self._generate(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0))
-        finally:
-            policy.model.train(was_training)
+        with policy.decoding():
+            if self.engine == "cached":
+                return decode_with_cache(
+                    policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
+                    eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
+                    temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding)
+            return self._generate(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0))
 
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),

@@ -32,7 +32,7 @@ import torch
 
 from gfnlm.registry import register
 from gfnlm.samplers.base import Sampler
-from gfnlm.samplers.hf import decode_with_cache
+from gfnlm.samplers.hf import decode_with_cache, rollouts_from_generated
 from gfnlm.types import PromptBatch, Rollouts
 
 # propose(prefix, max_tokens) -> (suffix tokens, log q of each): ancestral sampling at T = 1/α,
@@ -128,32 +128,32 @@ class PowerMHSampler(Sampler):
         block = self.block_size or max(1, self.max_new_tokens // 16)
         self.last_stats = MHStats()
         responses = []
-        with policy.base_model() as base:
-            was_training = base.training
-            base.eval()
-            try:
-                for row in range(len(prompts)):
-                    prompt = prompts.prompt_ids[row][prompts.prompt_mask[row]].tolist()
-                    propose, base_logp = _hf_functions(base, policy, prompt, self.alpha)
-                    for _ in range(n):
-                        responses.append(power_sample(propose, base_logp, policy.eos_token_id, self.alpha,
-                                                      self.max_new_tokens, block, self.mh_steps, rng,
-                                                      self.last_stats))
-            finally:
-                base.train(was_training)
-        return _rollouts(policy, prompts, n, responses)
+        with policy.base_model() as base, policy.decoding(base):
+            for row in range(len(prompts)):
+                prompt = prompts.prompt_ids[row][prompts.prompt_mask[row]].tolist()
+                propose, base_logp = _hf_functions(base, policy, prompt, self.alpha)
+                for _ in range(n):
+                    responses.append(power_sample(propose, base_logp, policy.eos_token_id, self.alpha,
+                                                  self.max_new_tokens, block, self.mh_steps, rng, self.last_stats))
+        width = max(len(tokens) for tokens, _ in responses)
+        generated = torch.full((len(responses), width), policy.tokenizer.pad_token_id, dtype=torch.long)
+        logps = torch.zeros(len(responses), width)
+        for row, (tokens, logp) in enumerate(responses):
+            generated[row, : len(tokens)] = torch.tensor(tokens)
+            logps[row, : len(logp)] = torch.tensor(logp)
+        return rollouts_from_generated(policy, prompts, n, generated, logps)
 
 
 def _hf_functions(model: Any, policy: Any, prompt: list[int], alpha: float) -> tuple[Propose, BaseLogp]:
+    """Proposal and base log-prob functions over one prompt (called inside ``policy.decoding``)."""
     device = policy.device
     eos, pad = policy.eos_token_id, policy.tokenizer.pad_token_id
 
     def propose(prefix: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
         ids = torch.tensor([prompt + prefix], device=device)
-        with policy.autocast():
-            tokens, logq = decode_with_cache(model, ids, torch.ones_like(ids, dtype=torch.bool), 1,
-                                             max_new_tokens=max_tokens, eos_token_id=eos, pad_token_id=pad,
-                                             temperature=1.0 / alpha)
+        tokens, logq = decode_with_cache(model, ids, torch.ones_like(ids, dtype=torch.bool), 1,
+                                         max_new_tokens=max_tokens, eos_token_id=eos, pad_token_id=pad,
+                                         temperature=1.0 / alpha)
         out, out_logq = [], []
         for token, value in zip(tokens[0].tolist(), logq[0].tolist(), strict=True):
             out.append(token)
@@ -166,32 +166,8 @@ def _hf_functions(model: Any, policy: Any, prompt: list[int], alpha: float) -> t
         if not suffix:
             return []
         ids = torch.tensor([prompt + prefix + suffix], device=device)
-        with policy.autocast():
-            logits = model(input_ids=ids, logits_to_keep=len(suffix) + 1).logits[0, :-1].float()
+        logits = model(input_ids=ids, logits_to_keep=len(suffix) + 1).logits[0, :-1].float()
         chosen = torch.tensor(suffix, device=device)
         return (logits.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(1)).tolist()
 
     return propose, base_logp
-
-
-def _rollouts(policy: Any, prompts: PromptBatch, n: int, responses: list[tuple[list[int], list[float]]]) -> Rollouts:
-    device, pad, eos = policy.device, policy.tokenizer.pad_token_id, policy.eos_token_id
-    width = max(1, max(len(tokens) for tokens, _ in responses))
-    response_ids = torch.full((len(responses), width), pad, dtype=torch.long)
-    behaviour = torch.zeros(len(responses), width)
-    for row, (tokens, logp) in enumerate(responses):
-        response_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        behaviour[row, : len(logp)] = torch.tensor(logp)
-    lengths = torch.tensor([len(t) for t, _ in responses])
-    mask = torch.arange(width)[None, :] < lengths[:, None]
-    ended = torch.tensor([bool(t) and t[-1] == eos for t, _ in responses])
-    texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
-    return Rollouts(
-        prompt_ids=prompts.prompt_ids.repeat_interleave(n, 0).to(device),
-        prompt_mask=prompts.prompt_mask.repeat_interleave(n, 0).to(device),
-        response_ids=response_ids.to(device), response_mask=mask.to(device), lengths=lengths.to(device),
-        ended_with_eos=ended.to(device), group=torch.arange(len(prompts), device=device).repeat_interleave(n),
-        prompt_index=prompts.prompt_index.to(device).repeat_interleave(n),
-        behaviour_logp=behaviour.to(device), response_text=texts,
-        prompt_text=None if prompts.prompt_text is None else tuple(t for t in prompts.prompt_text for _ in range(n)),
-    )
