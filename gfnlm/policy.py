@@ -77,6 +77,9 @@ class CausalLMPolicy(nn.Module):
         self.share_prompts = not config.gradient_checkpointing
         # Decode max_new_tokens steps on every row (FSDP2: every rank must run the same passes).
         self.synced_decoding = False
+        # Keep the graph of PolicyEval.entropy (the "entropy_grad" capability, for objectives that
+        # minimise it); off by default, where entropy is a no-grad statistic for logging and rewards.
+        self.entropy_grad = False
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device) -> "CausalLMPolicy":
@@ -147,13 +150,16 @@ class CausalLMPolicy(nn.Module):
                 yield self.model
 
     def evaluate(self, rollouts: Rollouts, need_prompt_hidden: bool = False) -> PolicyEval:
-        """One forward pass of the policy (with gradient) over prompt + response."""
+        """One forward pass of the policy (with gradient) over prompt + response; ``entropy`` keeps
+        its gradient only when :attr:`entropy_grad` is set (by the trainer, for an objective that
+        requires ``entropy_grad``)."""
         with self.autocast():
             logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts)
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
-        with torch.no_grad():
+        with contextlib.nullcontext() if self.entropy_grad else torch.no_grad():
             entropy, self_certainty = _token_statistics(logits[:, :-1], lse[:, :-1])
             entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
+        self_certainty = self_certainty.detach()
         prompt_hidden = None
         if need_prompt_hidden:
             prompt_hidden = _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)

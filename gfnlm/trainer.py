@@ -63,7 +63,7 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
         "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
     })
     components = Components(target, objective, logz, sampler)
-    check_composition(components.as_dict(), provided_by_run={"prompt_hidden"})
+    check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad"})
     return components
 
 
@@ -120,6 +120,7 @@ class Trainer:
         dist_utils.init_process_group(self.world, self.device)
         _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
         self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device)
+        self.policy.entropy_grad = "entropy_grad" in self.components.objective.requires
         self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
         if self.logz is not None and config.model.dtype == "float64":
             self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
@@ -262,7 +263,7 @@ class Trainer:
                 self.optimizer.step()
                 record = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
                 mask = sub.response_mask
-                record["entropy"] = float((evaluation.entropy * mask).sum() / mask.sum().clamp_min(1))
+                record["entropy"] = float((evaluation.entropy.detach() * mask).sum() / mask.sum().clamp_min(1))
                 if log_z is not None:
                     record["log_z"] = float(log_z.detach().mean())
                 for key, value in record.items():

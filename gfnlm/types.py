@@ -167,11 +167,14 @@ class TargetScores:
     ``log_reward[b] = log R(q, y)`` for the whole response. ``prefix_log_reward[b, i] =
     log R(s_i EOS)``, the reward of terminating right after prefix ``s_i``; for a truncated response
     the entry at ``i = n`` is the (forced-termination) sequence reward. ``None`` where the target
-    cannot define prefix rewards (e.g. an end-only reward).
+    cannot define prefix rewards (e.g. an end-only reward). ``ref_token_logp[b, t] = log p_ref(y_{t+1} |
+    s_t)``, the reference (base) model's per-token log-probs, for objectives with a KL-to-reference
+    term (the ``ref_logp`` capability); ``None`` where the target does not run the reference model.
     """
 
     log_reward: Float[Tensor, " B"]
     prefix_log_reward: Float[Tensor, "B T+1"] | None = None
+    ref_token_logp: Float[Tensor, "B T"] | None = None
     metrics: dict[str, float] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -180,7 +183,8 @@ class TargetScores:
     def select(self, idx: Tensor) -> "TargetScores":
         """The scores of the sub-batch at ``idx``, matching :meth:`Rollouts.select`."""
         prefix = None if self.prefix_log_reward is None else self.prefix_log_reward[idx]
-        return attrs.evolve(self, log_reward=self.log_reward[idx], prefix_log_reward=prefix)
+        ref = None if self.ref_token_logp is None else self.ref_token_logp[idx]
+        return attrs.evolve(self, log_reward=self.log_reward[idx], prefix_log_reward=prefix, ref_token_logp=ref)
 
 
 @attrs.frozen(kw_only=True)

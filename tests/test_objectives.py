@@ -551,3 +551,68 @@ def test_grpo_label_free_rewards_rent_and_intuitor_by_hand(two):
     assert intuitor.tolist() == pytest.approx(want_intuitor, rel=1e-12)
     with pytest.raises(ValueError, match="self_certainty"):
         build("grpo", reward="self_certainty").rewards(rollouts, two.policy(), two.scores())
+
+
+def test_entropy_min_loss_and_gradient_by_hand(two):
+    """EM: the token-level mean entropy over the 3 + 4 real tokens; d loss / d H[b, t] = 1/7 on real
+    tokens, 0 on padding (which holds garbage here)."""
+    entropy = torch.tensor([[0.5, 1.0, 1.5, 99.0], [0.2, 0.4, 0.6, 0.8]], dtype=DTYPE, requires_grad=True)
+    policy = attrs.evolve(two.policy(), entropy=entropy)
+    out = build("entropy_min").loss(two.rollouts(), policy, two.scores(), None)
+    assert out.loss.item() == pytest.approx((0.5 + 1.0 + 1.5 + 0.2 + 0.4 + 0.6 + 0.8) / 7, rel=1e-12)
+    assert out.residual.tolist() == pytest.approx([1.0, 0.5], rel=1e-12)  # per-response means
+    out.loss.backward()
+    assert entropy.grad.flatten().tolist() == pytest.approx([1 / 7] * 3 + [0.0] + [1 / 7] * 4, rel=1e-12)
+    assert "entropy_grad" in build("entropy_min").requires
+
+
+def test_grpo_kl_k1_in_the_reward_by_hand(two):
+    """RL-traj: the alpha_power target (α−1 = 3) as reward, minus β·Σ_t (log π_old − log p_base)
+    with the base log-probs the target reports; β = 1 gives the reward α·log p_base − log π_old."""
+    from gfnlm.targets import AlphaPowerTarget
+
+    rollouts = two.rollouts(behaviour_logp=two.policy_tok)  # on-policy: π_old = π_θ
+    scores = AlphaPowerTarget(alpha=3.0).score(rollouts, two.base())
+    base_seq = [seq_sum(two.base_tok[b], two.lengths[b]) for b in range(2)]
+    old_seq = [seq_sum(two.policy_tok[b], two.lengths[b]) for b in range(2)]
+    assert scores.ref_token_logp is not None
+    for beta in (0.0, 1.0, 0.5):
+        out = build("grpo", kl_beta=beta).loss(rollouts, two.policy(), scores, None)
+        reward = [3 * base_seq[b] - beta * (old_seq[b] - base_seq[b]) for b in range(2)]
+        centred = (reward[0] - reward[1]) / 2
+        std = math.sqrt(2 * centred**2)  # unbiased std of two values
+        assert out.residual.tolist() == pytest.approx([centred / (std + 1e-4), -centred / (std + 1e-4)], rel=1e-9)
+        assert out.metrics["reward_mean"] == pytest.approx(sum(reward) / 2, rel=1e-9)
+
+
+def test_grpo_kl_k3_in_the_loss_by_hand(two):
+    """k3 per token, β·(e^{ref−lp} − (ref−lp) − 1), added to the surrogate's token mean; equal
+    rewards (advantage 0) leave the KL term alone, whose gradient is β·(1 − e^{ref−lp})/Σ|y|."""
+    rollouts = two.rollouts(behaviour_logp=two.policy_tok)
+    tok = torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True)
+    ref = torch.tensor(two.base_tok, dtype=DTYPE)
+    scores = TargetScores(log_reward=torch.zeros(2, dtype=DTYPE), ref_token_logp=ref)
+    beta = 0.5
+    out = build("grpo", kl_beta=beta, kl_estimator="k3").loss(rollouts, two.policy(tok=tok), scores, None)
+    terms, grads = [], [[0.0] * two.num_positions for _ in range(2)]
+    total = sum(two.lengths)
+    for b in range(2):
+        for t in range(two.lengths[b]):
+            d = two.base_tok[b][t] - two.policy_tok[b][t]
+            terms.append(math.exp(d) - d - 1)
+            grads[b][t] = beta * (1 - math.exp(d)) / total
+    assert out.loss.item() == pytest.approx(beta * sum(terms) / total, rel=1e-9)
+    assert out.metrics["kl_token_mean"] == pytest.approx(sum(terms) / total, rel=1e-9)
+    out.loss.backward()
+    assert tok.grad.flatten().tolist() == pytest.approx(grads[0] + grads[1], rel=1e-9, abs=1e-12)
+
+
+def test_grpo_kl_needs_a_target_with_reference_log_probs():
+    """kl_beta > 0 with the reward-only ``uniform`` target is rejected when composed."""
+    from gfnlm.registry import RegistryError, check_composition
+
+    grpo = build("grpo", kl_beta=1.0)
+    with pytest.raises(RegistryError, match="ref_logp"):
+        check_composition({"target": registry.build("target", "uniform"), "objective": grpo})
+    check_composition({"target": registry.build("target", "alpha_power"), "objective": grpo})
+    check_composition({"target": registry.build("target", "uniform"), "objective": build("grpo")})

@@ -177,3 +177,36 @@ def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_pat
     eos_policy = make_policy(tiny_model_dir, eos_bias=8.0)
     hot = evaluate(eos_policy, prompts, 8, 6, progress=False, temperature=1.0)
     assert hot.mean_length != pytest.approx(hot.greedy_mean_length)
+
+
+def test_policy_entropy_keeps_its_gradient_only_when_requested(tiny_model_dir, tmp_path):
+    """Default: ``entropy`` is a no-grad statistic. With ``entropy_grad`` (EM's capability) the same
+    values come with a graph, and their gradient equals the one of ``−Σ p log p`` recomputed from
+    the model's full logits."""
+    policy = make_policy(tiny_model_dir)
+    batch = prompt_batch(policy.tokenizer, tmp_path)
+    sampler = HFSampler(max_new_tokens=5)
+    sampler.setup(policy)
+    torch.manual_seed(0)
+    rollouts = sampler.sample(batch, 2)
+    policy.share_prompts = False
+    plain = policy.evaluate(rollouts)
+    assert not plain.entropy.requires_grad
+    policy.entropy_grad = True
+    evaluation = policy.evaluate(rollouts)
+    assert evaluation.entropy.requires_grad and not evaluation.self_certainty.requires_grad
+    torch.testing.assert_close(evaluation.entropy.detach(), plain.entropy)
+    weights = rollouts.response_mask.float()
+    (evaluation.entropy * weights).sum().backward()
+    got = [p.grad.clone() for p in policy.trainable_parameters()]
+    policy.model.zero_grad()
+    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
+    logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+                          ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
+    log_pi = logits.log_softmax(-1)
+    entropy = -(log_pi.exp() * log_pi).sum(-1)
+    torch.testing.assert_close(evaluation.entropy.detach(), (entropy * weights).detach(), atol=1e-4, rtol=1e-4)
+    (entropy * weights).sum().backward()
+    for mine, reference in zip(got, [p.grad for p in policy.trainable_parameters()], strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-3)

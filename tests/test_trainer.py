@@ -281,3 +281,20 @@ def test_every_shipped_config_loads_and_composes(name: str) -> None:
 
     config = load_config(REPO / "configs" / f"{name}.yaml")
     compose(config, hidden_size=64, num_train_prompts=10)
+
+
+def test_entropy_minimisation_trains_through_the_policy_entropy(tiny_model_dir: Path, prompt_files,
+                                                                tmp_path: Path) -> None:
+    """EM's loss is the policy's entropy itself: the trainer turns on ``entropy_grad``, the loss
+    reported equals the logged entropy, and the update lowers it on a fixed batch."""
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{
+        "train.steps": 2, "objective.name": "entropy_min", "target.name": "uniform",
+        "train.updates_per_batch": 1, "train.minibatch_size": 0})
+    trainer = Trainer(load_config(REPO / "configs/em.yaml", overrides), progress=False)
+    assert trainer.policy.entropy_grad and trainer.logz is None
+    rollouts = trainer.components.sampler.sample(trainer.train_prompts.batch([0, 1]), 2)
+    scores = trainer.components.target.score(rollouts, None)
+    first = trainer.update(rollouts, scores)
+    assert first["loss"] == pytest.approx(first["entropy"], rel=1e-6)
+    assert trainer.update(rollouts, scores)["loss"] < first["loss"]

@@ -13,8 +13,20 @@ target, whose ``log R = r``).
 over the responses of each prompt's group ``G(q)`` (token-level mean over the batch, as DAPO and
 TRL's default ``loss_type``; ``loss_type='sequence'`` averages per response first, as the original).
 It converges to no particular distribution: it maximises the expected reward (for a 0/1 verifier,
-towards a deterministic policy on a correct answer). No KL term here (β = 0, as in the EMPO/TTRL
-recipes the paper follows).
+towards a deterministic policy on a correct answer). By default there is no KL term (``kl_beta=0``,
+as in the EMPO/TTRL recipes the paper follows).
+
+KL to the reference (base) model, ``kl_beta = β > 0``, needs a target that reports the reference's
+per-token log-probs (``ref_logp``: ``alpha_power``, ``reward_tilted``). Two estimators:
+
+* ``kl_estimator='k1'`` (default): in the reward, sequence level (Ziegler et al. 2019):
+  ``r_i ← r_i − β·Σ_t [log π_old(y_{i,t}|…) − log p_ref(y_{i,t}|…)]``. This is the policy gradient of
+  ``E_π[r] − β·KL(π ‖ p_ref)``, whose maximiser is ``p_ref·exp(r/β)``: with the reward
+  ``(α−1)·log p_base`` and β = 1 that is ``p_base^α`` (the paper's **RL-traj** baseline).
+* ``kl_estimator='k3'``: in the loss, per token (Shao et al. 2024, eq. 4; verl's ``low_var_kl``):
+  ``+ β·[exp(log p_ref − log π_θ) − (log p_ref − log π_θ) − 1]``, averaged as the surrogate. Its
+  gradient is that of ``KL(p_ref ‖ π_θ)`` at the sampled states, so the fixed point is not exactly
+  ``p_ref·exp(r/β)``; offered because it is what GRPO implementations use.
 """
 
 from typing import Literal
@@ -56,6 +68,12 @@ class GRPO(Objective):
     # mean self-certainty), both computed without gradient from the same forward pass.
     reward: Literal["target", "neg_entropy", "self_certainty"] = attrs.field(
         default="target", validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")))
+    kl_beta: float = attrs.field(default=0.0, converter=float, validator=attrs.validators.ge(0.0))
+    kl_estimator: Literal["k1", "k3"] = attrs.field(default="k1", validator=attrs.validators.in_(("k1", "k3")))
+
+    @property
+    def requires(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"ref_logp"}) if self.kl_beta else frozenset()
 
     def loss(
         self,
@@ -65,23 +83,39 @@ class GRPO(Objective):
         log_z: Float[Tensor, " B"] | None,
     ) -> ObjectiveOutput:
         reward = self.rewards(rollouts, policy, target)
-        advantage = group_normalised_advantages(reward, rollouts.group, self.scale_rewards)[:, None]
         mask = rollouts.response_mask
+        metrics: dict[str, float] = {}
+        if self.kl_beta and self.kl_estimator == "k1":
+            kl = ((rollouts.behaviour_logp - self._ref_logp(target)) * mask).sum(-1)
+            metrics["kl_seq_mean"] = float(kl.mean())
+            reward = reward - self.kl_beta * kl
+        advantage = group_normalised_advantages(reward, rollouts.group, self.scale_rewards)[:, None]
         ratio = (policy.token_logp - rollouts.behaviour_logp).clamp(-20.0, 20.0).exp()
         clipped_ratio = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
         per_token = -torch.minimum(ratio * advantage, clipped_ratio * advantage)
+        if self.kl_beta and self.kl_estimator == "k3":
+            log_ratio = (self._ref_logp(target) - policy.token_logp).clamp(-20.0, 20.0)
+            k3 = (log_ratio.exp() - log_ratio - 1.0) * mask
+            metrics["kl_token_mean"] = float(masked_mean(k3.detach(), mask))
+            per_token = per_token + self.kl_beta * k3
         if self.loss_type == "token":
             loss = masked_mean(per_token, mask)
         else:
             per_response = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
             loss = per_response.mean()
         clipped = (ratio != clipped_ratio) & mask
-        metrics = {
+        metrics |= {
             "reward_mean": float(reward.mean()),
             "reward_std": float(reward.std()) if reward.numel() > 1 else 0.0,
             "clip_frac": float(clipped.sum() / mask.sum().clamp_min(1)),
         }
         return ObjectiveOutput(loss=loss, residual=advantage.squeeze(1).detach(), metrics=metrics)
+
+    @staticmethod
+    def _ref_logp(target: TargetScores) -> Float[Tensor, "B T"]:
+        if target.ref_token_logp is None:
+            raise ValueError("kl_beta > 0 needs a target that reports ref_token_logp (alpha_power, reward_tilted)")
+        return target.ref_token_logp.detach()
 
     def rewards(self, rollouts: Rollouts, policy: PolicyEval, target: TargetScores) -> Float[Tensor, " B"]:
         """``r`` per response (detached), from the source named by ``reward``."""

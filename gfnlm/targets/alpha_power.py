@@ -56,7 +56,7 @@ class AlphaPowerTarget(Target):
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset() if self.format_penalty else frozenset({"prefix_rewards"})
+        return frozenset({"ref_logp"}) | (frozenset() if self.format_penalty else frozenset({"prefix_rewards"}))
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
@@ -72,7 +72,8 @@ class AlphaPowerTarget(Target):
         metrics = {"target/base_logp_mean": float(base_logp.mean())}
         if self.format_penalty:
             metrics["target/format_ok_frac"] = float((psi == 0).float().mean())
-        return TargetScores(log_reward=log_reward, prefix_log_reward=prefix, metrics=metrics)
+        return TargetScores(log_reward=log_reward, prefix_log_reward=prefix,
+                            ref_token_logp=base.token_logp * rollouts.response_mask, metrics=metrics)
 
     def _format_penalty(self, rollouts: Rollouts, like: torch.Tensor) -> torch.Tensor:
         if not self.format_penalty:

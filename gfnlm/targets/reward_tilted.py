@@ -40,6 +40,7 @@ class RewardTiltedTarget(Target):
 
     reward: RewardFn = attrs.field(converter=resolve_callable)
     beta: float = attrs.field(default=1.0, converter=float)
+    provides = frozenset({"ref_logp"})
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs) -> TargetScores:
         ref_logp = (base.token_logp * rollouts.response_mask).sum(-1)
@@ -48,5 +49,6 @@ class RewardTiltedTarget(Target):
             raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
         return TargetScores(
             log_reward=ref_logp + self.beta * reward,
+            ref_token_logp=base.token_logp * rollouts.response_mask,
             metrics={"target/reward_mean": float(reward.mean())},
         )
