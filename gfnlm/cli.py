@@ -4,6 +4,7 @@ Commands::
 
     gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
     gfnlm eval [--run RUN_DIR] [--prompts FILE] [--samples K]
+    gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
 """
 
@@ -89,6 +90,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gfnlm.evaluation import evaluate
     from gfnlm.prompts import PromptSet
 
+    if args.metrics == "creative":
+        return cmd_eval_creative(args)
     torch.manual_seed(args.seed)
     policy, config = _policy_for(args.run, args.model, args.device)
     prompts = PromptSet.load(args.prompts or config.data.eval, "--prompts", policy.tokenizer,
@@ -98,6 +101,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = "checkpoint" if args.run else "base model"
     print(f"{len(prompts)} questions, k={args.samples} samples at T={args.temperature:g}, seed {args.seed}:")
     print(format_eval_table({label: result.as_dict()}))
+    return 0
+
+
+CREATIVE_ROWS = [("semantic_diversity", "semantic diversity (1 - mean cos, MiniLM)"),
+                 ("lexical_redundancy", "lexical redundancy (mean pairwise ROUGE-L)"),
+                 ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"),
+                 ("fluency", "fluency (reference mean token log-prob)"),
+                 ("repetition_rate", "repetition rate (repeated word 3-grams)"),
+                 ("check_pass_rate", "prompt checks passed"), ("truncated_rate", "truncated (no EOS)"),
+                 ("mean_length", "mean length (tokens)")]
+
+
+def cmd_eval_creative(args: argparse.Namespace) -> int:
+    """``gfnlm eval --metrics creative``: diversity / redundancy / quality proxies of k samples per
+    open-ended prompt (:mod:`gfnlm.metrics`); ``--json`` also writes them with the responses."""
+    import json
+
+    from gfnlm.evaluation import evaluate_creative
+    from gfnlm.metrics import SentenceEmbedder, load_checks, minilm_path
+    from gfnlm.prompts import PromptSet
+
+    if not args.prompts:
+        raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
+    if args.samples < 2:
+        raise ConfigError(f"--samples={args.samples}: must be >= 2 with --metrics creative")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
+    checks = load_checks(args.prompts, "--prompts")  # bad prompt files fail before any model loads
+    minilm_path()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    policy, config = _policy_for(args.run, args.model, args.device)
+    prompts = PromptSet.load(args.prompts, "--prompts", policy.tokenizer, config.data.max_prompt_tokens)
+    result = evaluate_creative(policy, prompts, checks, args.samples,
+                               args.max_new_tokens or config.sampling.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, embedder=SentenceEmbedder())
+    label = "checkpoint" if args.run else "base model"
+    print(f"{len(prompts)} prompts, k={args.samples} samples at T={args.temperature:g}, "
+          f"top-p={args.top_p:g}, seed {args.seed}:")
+    values = result.as_dict()
+    print(_table([("metric", label), *((name, f"{values[key]:.4f}") for key, name in CREATIVE_ROWS)]))
+    if args.json:
+        out = {"run": args.run, "model": args.model, "prompts": args.prompts, "temperature": args.temperature,
+               "top_p": args.top_p, "seed": args.seed, "metrics": values,
+               "responses": [list(group) for group in result.responses]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 
@@ -146,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
             p.add_argument("--prompts", default=None, help="JSONL with question + answers, or a bundled set")
             p.add_argument("--samples", type=int, default=8, help="k samples per question at --temperature")
+            p.add_argument("--metrics", default="accuracy", choices=("accuracy", "creative"),
+                           help="accuracy: questions with answers; creative: diversity and quality "
+                                "proxies of open-ended responses (gfnlm.metrics)")
+            p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
+            p.add_argument("--json", default=None, help="also write the metrics and responses here (creative)")
+            p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--temperature", type=float, default=1.0,
                        help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
         p.add_argument("--model", default="smollm2", help="base model when no run is given")

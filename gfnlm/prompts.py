@@ -56,7 +56,8 @@ class PromptSet:
         if require_answers and any(a is None for a in answers):
             line = next(i for i, a in enumerate(answers) if a is None) + 1
             raise ConfigError(f"{field}={spec!r}: line {line} has no 'answers' (needed for evaluation)")
-        texts = tuple(format_prompt(tokenizer, q) for q in questions)
+        texts = tuple(format_prompt(tokenizer, q, r.get("template", "short_answer"))
+                      for q, r in zip(questions, records, strict=True))
         token_ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         for i, ids in enumerate(token_ids):
             if len(ids) > max_tokens:

@@ -7,7 +7,9 @@ questions with accepted answers). Each line of a prompt file is a JSON object::
     {"question": "What is the capital of France?", "answers": ["Paris"]}
 
 ``"prompt"`` is accepted in place of ``"question"``; ``"answers"`` is optional (needed only to
-score). :func:`format_prompt` wraps a question in the model's chat template and
+score); ``"template"`` (optional) names how the question becomes the user message
+(:data:`TEMPLATES`: ``short_answer``, the default, or ``plain`` for open-ended prompts such as
+``gfnlm/data/creative_*.jsonl``). :func:`format_prompt` wraps a question in the model's chat template and
 :func:`is_correct` checks a free-text response against the accepted answers.
 """
 
@@ -25,21 +27,24 @@ FACTUAL_TRAIN = DATA_DIR / "factual_train.jsonl"
 FACTUAL_EVAL = DATA_DIR / "factual_eval.jsonl"
 
 PROMPT_TEMPLATE = "Answer in a few words. Question: {question}"
+# How a prompt file's question becomes the user message (a line's optional "template" field).
+TEMPLATES = {"short_answer": PROMPT_TEMPLATE, "plain": "{question}"}
 
 
 class PromptFileError(ValueError):
     """A prompt file that cannot be used; the message names the file and, where known, the line."""
 
 
-def format_prompt(tokenizer: Any, question: str) -> str:
+def format_prompt(tokenizer: Any, question: str, template: str = "short_answer") -> str:
     """Render ``question`` as a chat prompt that asks for a short answer.
 
-    The user message is ``"Answer in a few words. Question: <question>"``; it is passed through
+    The user message is ``"Answer in a few words. Question: <question>"`` (``template=
+    "short_answer"``) or the question itself (``template="plain"``, for open-ended prompts); it is passed through
     ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` so the returned string ends
     where the assistant's reply begins. The string already contains the template's special
     tokens: tokenize it with ``add_special_tokens=False``.
     """
-    messages = [{"role": "user", "content": PROMPT_TEMPLATE.format(question=question.strip())}]
+    messages = [{"role": "user", "content": TEMPLATES[template].format(question=question.strip())}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -47,14 +52,16 @@ def load_prompt_file(path: str | Path) -> list[dict]:
     """Read a JSONL prompt file into a list of records, each with a non-empty ``"question"``.
 
     Blank lines are skipped. A record may give its text as ``"question"`` or ``"prompt"`` (copied
-    to ``"question"``); ``"answers"``, when present, must be a non-empty list of non-empty strings
+    to ``"question"``); ``"template"``, when present, must name one of :data:`TEMPLATES`;
+    ``"answers"``, when present, must be a non-empty list of non-empty strings
     (a single string is wrapped in a list) and each must keep some text after
     :func:`normalize_answer` (a bare ``"A"`` or ``"the"`` cannot be matched). Other fields are
     kept as they are.
 
     Raises :class:`PromptFileError` (a ``ValueError``) with a one-line message naming the file and
     line for: a missing or empty file, invalid JSON, a line that is not an object, a missing
-    ``"question"``/``"prompt"`` field, an empty question, or malformed ``"answers"``.
+    ``"question"``/``"prompt"`` field, an empty question, an unknown ``"template"``, or malformed
+    ``"answers"``.
     """
     path = Path(path)
     try:
@@ -81,6 +88,9 @@ def load_prompt_file(path: str | Path) -> list[dict]:
         if not isinstance(question, str) or not question.strip():
             raise PromptFileError(f"{where}: empty {key!r}")
         record = {**record, "question": question}
+        if record.get("template", "short_answer") not in TEMPLATES:
+            raise PromptFileError(f"{where}: template={record['template']!r}: must be one of "
+                                  f"{', '.join(TEMPLATES)}")
         if "answers" in record:
             answers = record["answers"]
             if isinstance(answers, str):

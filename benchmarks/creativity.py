@@ -1,0 +1,212 @@
+"""Creativity: does PowerFlow with α < 1 raise diversity without losing quality? (issue 5)
+
+Compares, on the held-out creative prompts (``gfnlm/data/creative_eval.jsonl``: 24 poem, story
+opening and joke prompts, each with the rules it states), k samples per prompt from:
+
+* the instruct model (SmolLM2-135M-Instruct) at T = 1, at high temperature (T = 1.3, 1.6), and
+  with nucleus sampling at high temperature (T = 1.6, top-p = 0.9);
+* PowerFlow α = 0.5 and α = 0.75 trained from the instruct model on ``creative_train``
+  (``configs/powerflow_creative.yaml``, changing only α, the seed and the output folder), sampled
+  at T = 1.
+
+Each configuration runs with 3 seeds (trained ones: training seed = sampling seed). Every job is a
+``gfnlm train`` / ``gfnlm eval --metrics creative`` process with one torch thread, at most
+``--jobs`` at a time; finished jobs are reused when the script runs again. Writes under
+``benchmarks/out/creativity/`` the runs, one JSON per evaluation (metrics and responses) and
+``creativity.md``; ``docs/results/creativity.csv`` and ``docs/results/creativity.png`` (quality vs
+diversity, like the paper's Pareto figure); and the table between the ``creativity`` markers of
+``docs/benchmarks.md``. Mean ± sample standard deviation (n − 1) over seeds.
+
+    nice -n 10 python benchmarks/creativity.py [--seeds 0 1 2] [--jobs 2] [--samples 4]
+"""
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from vs_trl import write_into_docs  # noqa: E402
+
+from gfnlm.config import load_config  # noqa: E402
+
+CONFIG = REPO / "configs" / "powerflow_creative.yaml"
+OUT = REPO / "benchmarks" / "out" / "creativity"
+RESULTS = REPO / "docs" / "results"
+DOCS = REPO / "docs" / "benchmarks.md"
+PROMPTS = "creative_eval"
+# name → (temperature, top_p, alpha or None for the untrained instruct model)
+CONDITIONS = {
+    "instruct T=1": (1.0, 1.0, None),
+    "instruct T=1.3": (1.3, 1.0, None),
+    "instruct T=1.6": (1.6, 1.0, None),
+    "instruct T=1.6, top-p 0.9": (1.6, 0.9, None),
+    "PowerFlow α=0.75": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.5": (1.0, 1.0, 0.5),
+}
+# (key, column header, format)
+COLUMNS = [("semantic_diversity", "semantic diversity ↑", ".3f"), ("lexical_redundancy", "ROUGE-L redundancy ↓", ".3f"),
+           ("distinct_2", "distinct-2 ↑", ".3f"), ("fluency", "fluency (ref. log-prob/token) ↑", ".2f"),
+           ("check_pass_rate", "prompt checks passed ↑", ".3f"), ("repetition_rate", "repetition ↓", ".3f"),
+           ("mean_length", "length (tokens)", ".1f"), ("truncated_rate", "truncated", ".2f")]
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.replace("α", "alpha")).strip("_")
+
+
+def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int) -> list[list[str]]:
+    """The commands of one (configuration, seed): [train,] eval."""
+    temperature, top_p, alpha = CONDITIONS[name]
+    gfnlm = [sys.executable, "-m", "gfnlm.cli"]
+    out_json = OUT / "json" / f"{slug(name)}_seed{seed}.json"
+    evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", PROMPTS, "--samples", str(args.samples),
+                "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
+                "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--json", str(out_json)]
+    if alpha is None:
+        return [evaluate]
+    run_dir = OUT / "runs" / f"{slug(name)}_seed{seed}"
+    train = [*gfnlm, "train", str(CONFIG), f"target.options.alpha={alpha}", f"train.seed={seed}",
+             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *args.overrides, "--quiet"]
+    return [train, [*evaluate, "--run", str(run_dir)]]
+
+
+def run_job(commands: list[list[str]], log: Path) -> float:
+    json_path = Path(commands[-1][commands[-1].index("--json") + 1])
+    if json_path.is_file():
+        return 0.0
+    started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        for command in commands:
+            handle.write("$ " + " ".join(command) + "\n")
+            handle.flush()
+            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[3:5])} failed (exit {result.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(seeds: list[int]) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {}
+    for name in CONDITIONS:
+        for seed in seeds:
+            path = OUT / "json" / f"{slug(name)}_seed{seed}.json"
+            if path.is_file():
+                metrics = json.loads(path.read_text())["metrics"]
+                for key, value in metrics.items():
+                    results.setdefault(name, {}).setdefault(key, []).append(float(value))
+    return results
+
+
+def markdown_table(results: dict[str, dict[str, list[float]]]) -> str:
+    lines = ["| configuration | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, metrics in results.items():
+        cells = []
+        for key, _, fmt in COLUMNS:
+            mean, std = mean_std(metrics[key])
+            cells.append(f"{mean:{fmt}} ± {std:{fmt}}")
+        lines.append(f"| {name} | {len(metrics[COLUMNS[0][0]])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: dict[str, dict[str, list[float]]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = [k for k, _, _ in COLUMNS] + ["distinct_1", "distinct_3"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["configuration", "seeds", *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
+        for name, metrics in results.items():
+            row = [name, len(metrics[keys[0]])]
+            for key in keys:
+                row.extend(f"{v:.5f}" for v in mean_std(metrics[key]))
+            writer.writerow(row)
+
+
+def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("fluency", "fluency: reference mean token log-prob"), ("check_pass_rate", "prompt checks passed")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    colours = plt.get_cmap("tab10")
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for i, (name, metrics) in enumerate(results.items()):
+            xs, ys = metrics["semantic_diversity"], metrics[key]
+            marker = "*" if name.startswith("PowerFlow") else "o"
+            ax.scatter(xs, ys, color=colours(i), alpha=0.3, s=18, marker=marker)
+            (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
+            ax.errorbar(mx, my, xerr=sx, yerr=sy, color=colours(i), marker=marker, markersize=11 if marker == "*" else 7,
+                        capsize=3, label=name)
+        ax.set_xlabel("semantic diversity (1 − mean pairwise cosine, MiniLM) →")
+        ax.set_ylabel(f"{label} →")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("SmolLM2-135M-Instruct, held-out creative prompts: quality vs diversity "
+                 "(mean ± std over 3 seeds; faint: single seeds)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=4, help="k samples per held-out prompt")
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--only", nargs="+", default=None, choices=list(CONDITIONS), metavar="NAME",
+                        help=f"configurations to run (default all: {'; '.join(CONDITIONS)})")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)")
+    parser.add_argument("overrides", nargs="*", help="extra key=value for the training runs (smoke tests)")
+    args = parser.parse_args()
+    if args.samples < 2:
+        parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
+    max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
+    names = args.only or list(CONDITIONS)
+    # Trained configurations first (the longest jobs), alternating α; then the sampling baselines.
+    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (CONDITIONS[p[0]][2] is None, p[1]))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(order), desc="creativity", unit="job") as bar:
+        futures = {}
+        for name, seed in order:
+            commands = job(name, seed, args, max_new_tokens)
+            futures[pool.submit(run_job, commands, OUT / "logs" / f"{slug(name)}_seed{seed}.log")] = (name, seed)
+        for future, (name, seed) in futures.items():
+            seconds = future.result()
+            bar.update(1)
+            bar.write(f"{name}, seed {seed}: {'cached' if not seconds else f'{seconds / 60:.1f} min'}")
+    results = aggregate(args.seeds)
+    table = markdown_table(results)
+    wall = (time.perf_counter() - started) / 60
+    print(f"\n{len(order)} jobs, {wall:.1f} min wall; held-out prompts: {PROMPTS}, k={args.samples}, "
+          f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")
+    print(table)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "creativity.md").write_text(table)
+    if not args.no_docs:
+        write_csv(results, RESULTS / "creativity.csv")
+        plot(results, RESULTS / "creativity.png")
+        write_into_docs(table, DOCS, marker="creativity")
+        print(f"wrote {RESULTS / 'creativity.csv'}, {RESULTS / 'creativity.png'} and the table in {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
