@@ -10,7 +10,7 @@ MATHJAX_SHA1 := c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b
 MATHJAX_DIR := docs/javascripts/mathjax
 MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
-.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl clean
+.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-step: setup
 
 bench-trl: setup
 	$(PY) benchmarks/vs_trl.py --steps 6 --rounds 2
+
+# What benchmarks/gpu/run_vs_trl_gpu.sh needs on a GPU machine without network (gitignored, ~22 MB).
+bench-trl-gpu-carry: setup
+	PYTHON=$(PY) bash benchmarks/gpu/vs_trl_carry.sh
 
 clean:
 	rm -rf $(VENV) runs site $(MATHJAX_DIR)

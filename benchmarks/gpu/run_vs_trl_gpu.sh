@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# gfnlm vs TRL on one GPU, in one call of a machine without network (< 8 min in all): installs the
+# carried wheels (benchmarks/gpu/vs_trl_carry.sh made them), then benchmarks/vs_trl.py --device cuda
+# on a random ~0.5B Llama (bf16 autocast). Copies its table, JSON and log to $OUT when set.
+# Usage (repo root), extra arguments go to vs_trl.py:
+#   bash benchmarks/gpu/run_vs_trl_gpu.sh [--rounds 1] [--steps 5]
+# BUDGET_S (default 330) bounds the benchmark runs; the model build, the installs and the imports
+# take about a minute more; the whole script is stopped at BUDGET_S + 120 s.
+set -uo pipefail
+carry=benchmarks/gpu/vs_trl_carry
+budget=${BUDGET_S:-330}
+log=${OUT:-/tmp}/vs_trl_gpu.log
+if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/vs-trl-site "$carry"/wheels/*.whl || echo "installing the carried wheels failed"
+  export PYTHONPATH=/tmp/vs-trl-site:${PYTHONPATH:-}
+else
+  echo "no wheels in $carry/wheels (run benchmarks/gpu/vs_trl_carry.sh here and carry $carry): TRL may be missing"
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, transformers, peft; print('python3: torch', torch.__version__, 'transformers',
+transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
+python3 -c "import pyarrow, datasets, trl; print('trl', trl.__version__, 'datasets', datasets.__version__,
+'pyarrow', pyarrow.__version__)" 2>&1 | tail -1
+timeout $((budget + 120)) python3 benchmarks/vs_trl.py --device cuda --tokenizer "$carry/tokenizer" \
+  --work-dir /tmp/gfnlm-vs-trl --budget-s "$budget" "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then
+  cp benchmarks/out/vs_trl_cuda_*.md benchmarks/out/vs_trl_cuda_*.json "$OUT"/ 2>/dev/null || true
+fi
+[ "$status" = 124 ] && echo "vs_trl.py ran past BUDGET_S + 120 s and was stopped"
+exit "$status"
