@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from vs_trl import write_into_docs  # noqa: E402
+from vs_trl import write_into_docs
 
-from gfnlm.config import load_config  # noqa: E402
+from gfnlm.config import load_config
 
 CONFIG = REPO / "configs" / "powerflow_creative.yaml"
 OUT = REPO / "benchmarks" / "out" / "creativity"
