@@ -1,6 +1,8 @@
 """Reward functions ``Rollouts -> Tensor[B]`` for the ``reward`` / ``reward_tilted`` targets,
 named in configs by import path (``target.options.reward=gfnlm.rewards:distinct_words``)."""
 
+from collections.abc import Callable
+
 import torch
 
 from gfnlm.types import Rollouts
@@ -18,19 +20,21 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
 
-def _answers_by_group(rollouts: Rollouts) -> tuple[list[str], list[int]]:
-    """Each response's answer key (:func:`gfnlm.evaluation.answer_key`) and its group id."""
-    from gfnlm.evaluation import answer_key  # local: evaluation imports the sampler stack
+def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None) -> tuple[list[str], list[int]]:
+    """Each response's answer key (``key``, default :func:`gfnlm.evaluation.answer_key`) and its group id."""
+    if key is None:  # a local import: evaluation imports the sampler stack
+        from gfnlm.evaluation import answer_key as key
 
     if rollouts.response_text is None:
         raise ValueError("answer-based rewards need rollouts with response_text")
-    return [answer_key(t) for t in rollouts.response_text], rollouts.group.tolist()
+    return [key(t) for t in rollouts.response_text], rollouts.group.tolist()
 
 
-def majority_vote(rollouts: Rollouts) -> torch.Tensor:
+def majority_vote(rollouts: Rollouts, key: Callable[[str], str] | None = None) -> torch.Tensor:
     """TTRL (Zuo et al. 2025): 1 if a response's answer equals its group's most frequent answer
-    (ties: the answer seen first), else 0. Label-free."""
-    answers, groups = _answers_by_group(rollouts)
+    (ties: the answer seen first), else 0. Label-free. ``key`` extracts a response's answer (a
+    task's own extractor; default: the factual task's normalised first sentence)."""
+    answers, groups = _answers_by_group(rollouts, key)
     counts: dict[int, dict[str, int]] = {}
     for answer, group in zip(answers, groups, strict=True):
         counts.setdefault(group, {}).setdefault(answer, 0)
@@ -40,10 +44,11 @@ def majority_vote(rollouts: Rollouts) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
 
-def answer_cluster_share(rollouts: Rollouts) -> torch.Tensor:
+def answer_cluster_share(rollouts: Rollouts, key: Callable[[str], str] | None = None) -> torch.Tensor:
     """EMPO (Zhang et al. 2025): the share of a response's group whose answer is the same as its
-    own (answers clustered by exact key equality; semantic clustering is a drop-in replacement)."""
-    answers, groups = _answers_by_group(rollouts)
+    own (answers clustered by exact ``key`` equality, as :func:`majority_vote`; semantic clustering
+    is a drop-in replacement)."""
+    answers, groups = _answers_by_group(rollouts, key)
     sizes: dict[int, int] = {}
     same: dict[tuple[int, str], int] = {}
     for answer, group in zip(answers, groups, strict=True):

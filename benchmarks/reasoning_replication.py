@@ -1,0 +1,484 @@
+"""A miniature replication of the PowerFlow paper's reasoning results (method.md §4), on CPU.
+
+1. A tiny Llama (2 layers, hidden 96) is pre-trained here, once, on the synthetic step-by-step task
+   of :mod:`gfnlm.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),
+   and cached as a Hugging Face folder under the gfnlm cache (``$GFNLM_CACHE`` or
+   ``~/.cache/gfnlm``). Its most likely solution is right far more often than a T = 1 sample.
+2. Every method is trained from it by the gfnlm trainer with the same budget (steps, prompts per
+   step, rollouts per prompt, learning rate, max tokens), starting from its shipped config in
+   ``configs/`` with the task's reward functions; no answer is used except by GRPO (its verifier)
+   and the evaluation.
+3. Evaluation on held-out questions: avg@16 at T = 1, maj@16, pass@16, mean length, by the task's
+   own scorer; the inference-time baselines (low temperature T = 1/α, power sampling by MH) sample
+   the base model.
+
+Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, ``curves.csv``,
+``table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in ``docs/benchmarks.md``
+between the ``reasoning_replication`` markers. Finished runs are kept and skipped on a re-run.
+
+    python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only powerflow grpo]
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gfnlm import synthetic_reasoning as task
+from gfnlm.models import default_cache_dir, save_random_llama
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "reasoning_replication"
+DOCS_IMG = REPO / "docs" / "img"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
+
+# The task and the base model.
+ERROR_RATE, STOP_RATE = 0.12, 0.12
+MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 128,
+         "max_positions": 96}
+PRETRAIN = {"steps": 1500, "batch": 32, "lr": 3e-3, "seed": 1234}
+# The shared training budget (every method).
+BUDGET = {"train.steps": 60, "train.prompts_per_step": 8, "sampling.samples_per_prompt": 8,
+          "sampling.max_new_tokens": 32, "train.lr": 1e-3, "train.updates_per_batch": 1,
+          "train.minibatch_size": 0, "train.grad_clip": 1.0}
+EVAL_QUESTIONS, EVAL_K, EVAL_EVERY = 48, 16, 15
+ALPHA = 4.0
+
+# method → (config file, overrides beyond the budget). Rewards are the task's own functions.
+METHODS = {
+    "PowerFlow": ("default.yaml", ["target.options.alpha=4.0"]),
+    "TB-traj": ("tb_traj.yaml", ["target.options.alpha=4.0"]),
+    "TB-token": ("tb_token.yaml", ["target.options.alpha=4.0"]),
+    "RL-traj": ("rl_traj.yaml", []),
+    "TTRL": ("ttrl.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:majority_vote"]),
+    "EMPO": ("empo.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:answer_cluster_share"]),
+    "Intuitor": ("intuitor.yaml", []),
+    "RENT": ("rent.yaml", []),
+    "EM": ("em.yaml", []),
+    "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:verifier"]),
+}
+CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
+SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
+TABLE_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TB-token", "RL-traj", "TTRL",
+               "EMPO", "Intuitor", "RENT", "EM", "GRPO")
+SWEEP_ALPHAS = (1.0, 2.0, 4.0, 6.0)
+POWER_MH = {"block_size": 16, "mh_steps": 3}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def write_prompt_files(directory: Path) -> tuple[Path, Path]:
+    """Training questions (no answers) and held-out questions with answers, disjoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(2024)
+    seen: set[str] = set()
+    questions = []
+    while len(questions) < 512 + EVAL_QUESTIONS:
+        q = task.make_question(rng)
+        if q not in seen:
+            seen.add(q)
+            questions.append(q)
+    train, evaluation = directory / "train.jsonl", directory / "eval.jsonl"
+    _write_if_changed(train, "".join(json.dumps({"question": q}) + "\n" for q in questions[EVAL_QUESTIONS:]))
+    _write_if_changed(evaluation, "".join(json.dumps({"question": q, "answers": [task.solve(q)]}) + "\n"
+                                          for q in questions[:EVAL_QUESTIONS]))
+    return train, evaluation
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomic, and only when the content differs (workers call this concurrently)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------- base model
+def base_model_dir() -> Path:
+    """The pre-trained tiny model (trained and cached on first use)."""
+    key = f"e{ERROR_RATE}-s{STOP_RATE}-h{MODEL['hidden_size']}-l{MODEL['num_layers']}-n{PRETRAIN['steps']}"
+    target = default_cache_dir() / f"reasoning-tiny-{key}"
+    if (target / "pretrain.json").is_file():
+        return target
+    pretrain(target)
+    return target
+
+
+def pretrain(target: Path) -> None:
+    """Next-token training on prompt + noisy solution (loss on the solution and EOS only)."""
+    from transformers import AutoModelForCausalLM
+
+    from gfnlm.policy import load_tokenizer
+    from gfnlm.tasks import format_prompt
+
+    work = target.with_name(target.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    task.save_tokenizer(work / "tokenizer")
+    save_random_llama(work, work / "tokenizer", seed=PRETRAIN["seed"], **MODEL)
+    tokenizer = load_tokenizer(work)
+    model = AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, PRETRAIN["lr"], total_steps=PRETRAIN["steps"],
+                                                   pct_start=0.05)
+    rng = random.Random(PRETRAIN["seed"])
+    torch.manual_seed(PRETRAIN["seed"])
+    started, losses = time.perf_counter(), []
+    bar = tqdm(range(PRETRAIN["steps"]), desc="pre-train base", unit="step")
+    for _ in bar:
+        rows, targets = [], []
+        for _ in range(PRETRAIN["batch"]):
+            q = task.make_question(rng)
+            prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(task.noisy_solution(q, rng, ERROR_RATE, STOP_RATE),
+                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(prompt + answer)
+            targets.append([-100] * len(prompt) + answer)
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+        mask = (labels != -100) | (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None])
+        loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{statistics.mean(losses[-50:]):.3f}")
+    model.save_pretrained(work)
+    tokenizer.save_pretrained(work)
+    shutil.rmtree(work / "tokenizer")
+    (work / "pretrain.json").write_text(json.dumps({
+        "error_rate": ERROR_RATE, "stop_rate": STOP_RATE, **MODEL, **PRETRAIN,
+        "final_loss": statistics.mean(losses[-100:]), "seconds": time.perf_counter() - started}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    work.rename(target)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -> dict[str, float]:
+    """avg@k, maj@k (majority of the extracted answers; no answer counts as wrong), pass@k and
+    mean length (tokens, EOS counted) of ``sampler``'s k responses per question, by the task's scorer."""
+    correct, majority, lengths, truncated = [], [], [], []
+    for start in range(0, len(prompts), batch_questions):
+        indices = list(range(start, min(start + batch_questions, len(prompts))))
+        rollouts = sampler.sample(prompts.batch(indices), k)
+        texts = rollouts.response_text
+        lengths += rollouts.lengths.tolist()
+        truncated += (~rollouts.ended_with_eos).tolist()
+        for row, i in enumerate(indices):
+            question, group = prompts.questions[i], texts[row * k : (row + 1) * k]
+            correct.append([task.is_correct(t, question) for t in group])
+            votes = Counter(a for a in map(task.answer_key, group) if a)
+            majority.append(bool(votes) and votes.most_common(1)[0][0] == task.solve(question))
+    mean = lambda xs: float(sum(xs) / max(len(xs), 1))
+    return {"avg": mean([mean(c) for c in correct]), "maj": mean(majority), "pass": mean([any(c) for c in correct]),
+            "length": mean(lengths), "truncated": mean(truncated)}
+
+
+def load_eval_prompts(tokenizer, eval_file: Path):
+    from gfnlm.prompts import PromptSet
+
+    return PromptSet.load(str(eval_file), "eval", tokenizer, 256, require_answers=True)
+
+
+def make_trainer_class():
+    """The gfnlm Trainer, evaluating with the task's scorer (its own evaluation scores the factual
+    task); everything else (sampling, targets, objectives, updates) is the trainer's own."""
+    from gfnlm.samplers.hf import HFSampler
+    from gfnlm.trainer import Trainer
+
+    class ReplicationTrainer(Trainer):
+        def __init__(self, config, eval_file: Path) -> None:
+            super().__init__(config, progress=False)
+            self.task_prompts = load_eval_prompts(self.policy.tokenizer, eval_file)
+            self.curve: list[dict[str, float]] = []
+
+        def evaluate_cached(self, step: int) -> dict[str, float]:
+            sampler = HFSampler(temperature=1.0, top_p=1.0, max_new_tokens=self.config.sampling.max_new_tokens)
+            sampler.setup(self.policy)
+            with torch.random.fork_rng():
+                torch.manual_seed(self.config.train.seed + 1_000_003)
+                result = {"step": step, **evaluate_task(self.policy, self.task_prompts, sampler, EVAL_K)}
+            self.curve.append(result)
+            return result
+
+    return ReplicationTrainer
+
+
+def run_name(method: str, seed: int, alpha: float | None) -> str:
+    suffix = "" if alpha is None else f"_alpha{alpha:g}"
+    return f"{method.replace(' ', '_')}{suffix}_s{seed}"
+
+
+def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path]) -> dict:
+    """Train (or sample, for the inference-time baselines) one method with one seed; returns the
+    final metrics (and the curve)."""
+    torch.set_num_threads(1)
+    model_dir = base_model_dir()
+    train_file, eval_file = files
+    started = time.perf_counter()
+    if method in SAMPLING_BASELINES:
+        return {"method": method, "seed": seed, **sample_baseline(method, seed, model_dir, eval_file),
+                "seconds": time.perf_counter() - started}
+    from gfnlm.config import load_config
+
+    config_file, extra = METHODS[method]
+    out_dir = OUT / "runs" / run_name(method, seed, alpha)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    overrides = [f"{k}={v}" for k, v in BUDGET.items()] + [
+        f"model.path={model_dir}", "model.lora=false", f"data.train={train_file}", "data.eval=''",
+        f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.out_dir={out_dir}",
+        f"train.eval_every={EVAL_EVERY if (method in CURVE_METHODS or alpha is not None) else 0}",
+        "train.save_every=0", *extra]
+    if alpha is not None:
+        overrides.append(f"target.options.alpha={alpha}")
+    config = load_config(REPO / "configs" / config_file, overrides)
+    trainer = make_trainer_class()(config, eval_file)
+    trainer.train()
+    final = trainer.curve[-1]
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return {"method": method, "seed": seed, "alpha": alpha, **{k: v for k, v in final.items() if k != "step"},
+            "curve": trainer.curve, "seconds": time.perf_counter() - started}
+
+
+def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
+    """Base (T = 1), low temperature (T = 1/α) and power sampling (MH, α) from the base model."""
+    from gfnlm.config import ModelConfig
+    from gfnlm.policy import CausalLMPolicy
+    from gfnlm.samplers.hf import HFSampler
+    from gfnlm.samplers.power_mh import MHStats, PowerMHSampler
+
+    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora=False), model_dir,
+                                        torch.device("cpu"))
+    prompts = load_eval_prompts(policy.tokenizer, eval_file)
+    max_tokens = BUDGET["sampling.max_new_tokens"]
+    extra: dict[str, float] = {}
+    if method == "Power sampling":
+        sampler = PowerMHSampler(alpha=ALPHA, max_new_tokens=max_tokens, seed=seed, **POWER_MH)
+        totals = MHStats()
+        original = sampler.sample
+
+        def sample_and_count(batch, n):
+            rollouts = original(batch, n)
+            for field in ("proposals", "accepted", "tokens_generated", "tokens_returned"):
+                setattr(totals, field, getattr(totals, field) + getattr(sampler.last_stats, field))
+            return rollouts
+
+        sampler.sample = sample_and_count
+    else:
+        sampler = HFSampler(temperature=1.0 if method == "Base" else 1.0 / ALPHA, top_p=1.0, max_new_tokens=max_tokens)
+    sampler.setup(policy)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1_000_003)
+        result = evaluate_task(policy, prompts, sampler, EVAL_K)
+    if method == "Power sampling":
+        extra = {"acceptance_rate": totals.acceptance_rate, "token_cost": totals.token_cost}
+    return {**result, **extra}
+
+
+# ---------------------------------------------------------------------------------------------- orchestration
+def jobs_for(seeds: list[int], only: list[str] | None) -> list[tuple[str, int, float | None]]:
+    """Every (method, seed, α-override) run; the slow power sampling first, the α sweep last."""
+    wanted = [m for m in TABLE_ORDER if not only or m in only]
+    wanted.sort(key=lambda m: m != "Power sampling")
+    jobs = [(m, s, None) for s in seeds for m in wanted]
+    if not only or "sweep" in only:
+        jobs += [("PowerFlow", s, a) for s in seeds for a in SWEEP_ALPHAS if a != ALPHA]
+    return jobs
+
+
+def result_path(job: tuple[str, int, float | None]) -> Path:
+    return OUT / "results" / f"{run_name(*job)}.json"
+
+
+def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) -> None:
+    """A worker process: run every job not finished and not claimed by another worker."""
+    for job in jobs:
+        if result_path(job).is_file():
+            continue
+        try:
+            os.close(os.open(OUT / "claims" / run_name(*job), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
+        try:
+            result = run_one(*job, files)
+        except Exception:  # noqa: BLE001 (reported; the other jobs go on)
+            traceback.print_exc()
+            print(f"FAILED: {run_name(*job)}", flush=True)
+            continue
+        result_path(job).write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+
+
+def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list[str]) -> list[dict]:
+    """``parallel`` worker processes (one thread each) share the jobs; finished results are kept."""
+    (OUT / "results").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(OUT / "claims", ignore_errors=True)
+    (OUT / "claims").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    workers = []
+    for i in range(parallel):
+        log = open(OUT / "logs" / f"worker{i}.log", "w")  # noqa: SIM115 (lives as long as the worker)
+        workers.append(subprocess.Popen([sys.executable, __file__, *argv, "--worker"], env=env, stdout=log,
+                                        stderr=subprocess.STDOUT))
+    done = lambda: sum(result_path(j).is_file() for j in jobs)
+    bar = tqdm(total=len(jobs), initial=done(), desc="runs", unit="run")
+    while any(w.poll() is None for w in workers):
+        time.sleep(2)
+        bar.update(done() - bar.n)
+    bar.close()
+    missing = [run_name(*j) for j in jobs if not result_path(j).is_file()]
+    if missing:
+        raise SystemExit(f"runs without a result (see {OUT / 'logs'}): {', '.join(missing)}")
+    return [json.loads(result_path(j).read_text()) for j in jobs]
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main_table(results: list[dict], seeds: list[int]) -> str:
+    rows = ["| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |", "|---|---|---|---|---|"]
+    for method in TABLE_ORDER:
+        runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
+        if not runs:
+            continue
+        label = {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
+                 "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
+        rows.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+                    f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
+    return "\n".join(rows)
+
+
+def sweep_table(results: list[dict]) -> str:
+    rows = ["| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |", "|---|---|---|---|---|"]
+    for alpha in SWEEP_ALPHAS:
+        runs = [r for r in results if r["method"] == "PowerFlow"
+                and (r.get("alpha") == alpha or (alpha == ALPHA and r.get("alpha") is None))]
+        if runs:
+            rows.append(f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
+    return "\n".join(rows)
+
+
+def write_curves(results: list[dict]) -> tuple[Path, Path]:
+    """Held-out avg@16 and mean length against step (mean ± std over seeds) for the curve methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = DOCS_IMG / "reasoning_curves.csv", DOCS_IMG / "reasoning_curves.png"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seed", "step", "avg_at_16", "maj_at_16", "mean_length"])
+        for r in results:
+            if r["method"] in CURVE_METHODS and r.get("alpha") is None:
+                for point in r["curve"]:
+                    writer.writerow([r["method"], r["seed"], point["step"], f"{point['avg']:.4f}",
+                                     f"{point['maj']:.4f}", f"{point['length']:.3f}"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method in CURVE_METHODS:
+        runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
+        if not runs:
+            continue
+        steps = [p["step"] for p in runs[0]["curve"]]
+        for axis, key, scale in ((left, "avg", 100), (right, "length", 1)):
+            table = [[p[key] * scale for p in r["curve"]] for r in runs]
+            mean = [statistics.mean(col) for col in zip(*table, strict=True)]
+            std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*table, strict=True)]
+            axis.plot(steps, mean, marker="o", label=method)
+            axis.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                              [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
+    left.set(xlabel="step", ylabel="held-out avg@16 at T=1 (%)", title="accuracy")
+    right.set(xlabel="step", ylabel="mean response length (tokens)", title="length")
+    left.legend()
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    return png_path, csv_path
+
+
+def write_outputs(results: list[dict], seeds: list[int]) -> str:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (OUT / "runs.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "alpha", "seed", "avg", "maj", "pass", "length", "truncated", "seconds",
+                         "acceptance_rate", "token_cost"])
+        for r in results:
+            writer.writerow([r["method"], r.get("alpha") or "", r["seed"], r["avg"], r["maj"], r["pass"], r["length"],
+                             r["truncated"], round(r["seconds"], 1), r.get("acceptance_rate", ""), r.get("token_cost", "")])
+    power = [r for r in results if r["method"] == "Power sampling"]
+    power_note = ""
+    if power:
+        power_note = (f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH steps per "
+                      f"block): acceptance rate {mean_std([r['acceptance_rate'] for r in power], 100)} %, "
+                      f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned.")
+    text = (f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n{main_table(results, seeds)}{power_note}\n\n"
+            f"PowerFlow α sweep (same budget):\n\n{sweep_table(results)}\n")
+    (OUT / "table.md").write_text(text)
+    return text
+
+
+def write_docs(text: str) -> None:
+    """Replace the text between the ``reasoning_replication`` markers of docs/benchmarks.md."""
+    begin, end = "<!-- reasoning_replication:begin -->", "<!-- reasoning_replication:end -->"
+    page = DOCS_PAGE.read_text()
+    if begin not in page or end not in page:
+        print(f"{DOCS_PAGE}: no {begin} / {end} markers; the table is in {OUT / 'table.md'}")
+        return
+    head, rest = page.split(begin, 1)
+    DOCS_PAGE.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or []) - {*TABLE_ORDER, "sweep"})
+    if unknown:
+        parser.error(f"--only {unknown[0]!r}: must be one of {', '.join(TABLE_ORDER)}, sweep")
+    files = write_prompt_files(OUT / "data")
+    jobs = jobs_for(args.seeds, args.only)
+    if args.worker:
+        work(jobs, files)
+        return 0
+    (OUT / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"base model: {base_model_dir()}")
+    print((base_model_dir() / "pretrain.json").read_text())
+    child_argv = ["--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
+    results = run_all(jobs, args.jobs, child_argv)
+    text = write_outputs(results, args.seeds)
+    if any(r["method"] in CURVE_METHODS for r in results):
+        png, csv_path = write_curves(results)
+        print(f"curves: {png}, {csv_path}")
+    print(text)
+    if not args.no_docs and not args.only:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
