@@ -10,7 +10,7 @@ MATHJAX_SHA1 := c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b
 MATHJAX_DIR := docs/javascripts/mathjax
 MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
-.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry clean
+.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-step: setup
 
 bench-trl: setup
 	$(PY) benchmarks/vs_trl.py --steps 6 --rounds 2
+
+bench-creative: setup
+	nice -n 10 $(PY) benchmarks/creativity.py
 
 # What benchmarks/gpu/run_vs_trl_gpu.sh needs on a GPU machine without network (gitignored, ~22 MB).
 bench-trl-gpu-carry: setup
