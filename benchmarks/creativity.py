@@ -180,8 +180,8 @@ def main() -> int:
         parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
     max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
     names = args.only or list(CONDITIONS)
-    # Trained configurations first (the longest jobs), alternating α; then the sampling baselines.
-    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (CONDITIONS[p[0]][2] is None, p[1]))
+    # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
+    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], CONDITIONS[p[0]][2] is None))
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(order), desc="creativity", unit="job") as bar:
         futures = {}
