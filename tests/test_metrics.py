@@ -216,9 +216,16 @@ def test_evaluate_creative_on_a_tiny_model(tiny_model_dir: Path, creative_file: 
     assert "responses" not in result.as_dict()
 
 
-def test_cli_eval_creative_writes_json(tiny_model_dir: Path, creative_file: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "out.json"
-    code = main(["eval", "--metrics", "creative", "--model", str(tiny_model_dir), "--prompts", str(creative_file),
+def test_cli_train_creative_config_then_eval_creative(tiny_model_dir: Path, creative_file: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    """configs/powerflow_creative.yaml trains on the bundled creative prompts; the checkpoint is
+    evaluated with ``gfnlm eval --metrics creative --run`` and written as JSON."""
+    run, out = tmp_path / "run", tmp_path / "out.json"
+    code = main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "powerflow_creative.yaml"),
+                 f"model.path={tiny_model_dir}", "model.lora_targets=[q_proj,v_proj]", "sampling.max_new_tokens=6",
+                 "train.steps=1", "train.device=cpu", "train.threads=0", f"train.out_dir={run}", "--quiet"])  # 0: leave torch's threads alone
+    assert code == 0 and (run / "checkpoints").is_dir()
+    code = main(["eval", "--metrics", "creative", "--run", str(run), "--prompts", str(creative_file),
                  "--samples", "2", "--max-new-tokens", "6", "--temperature", "1.3", "--top-p", "0.9",
                  "--device", "cpu", "--json", str(out)])
     assert code == 0
