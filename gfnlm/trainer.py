@@ -197,13 +197,16 @@ class Trainer:
             checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
             # purge_step drops events a crashed run logged after its last checkpoint.
             self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1)
-        self.resume()
+        sampler = self.components.sampler
+        if self.resume():
+            sampler.sync(self.policy, self.step, force=True)  # a server must serve the resumed weights
         results: dict[str, Any] = {"before": self.evaluate_cached(0)}
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and main))
         try:
             while self.step < cfg.steps:
                 metrics = dist_utils.reduce_metrics(self.train_step(), self.world, self.device)
                 self.step += 1
+                sampler.sync(self.policy, self.step)
                 self.log(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3g}", len=f"{metrics['length/mean']:.1f}")
@@ -215,6 +218,7 @@ class Trainer:
             results["after"] = self.evaluate_cached(self.step)
         finally:
             bar.close()
+            sampler.close()
             if self.writer is not None:
                 self.writer.close()
         return results
@@ -227,12 +231,16 @@ class Trainer:
         rollouts = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
         sampled = time.perf_counter()
         target = self.components.target
-        base = self.policy.score_base(rollouts, target.needs_eos_logp) if target.needs_base else None
+        base = None
+        if target.needs_base:
+            scorer = self.components.sampler if self.components.sampler.scores_base else self.policy
+            base = scorer.score_base(rollouts, target.needs_eos_logp)
         scores = target.score(rollouts, base)
         scored = time.perf_counter()
         metrics = self.update(rollouts, scores)
         updated = time.perf_counter()
         metrics |= _rollout_metrics(rollouts, scores)
+        metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
         metrics |= {"time/sample": sampled - started, "time/score": scored - sampled,
                     "time/update": updated - scored, "time/step": updated - started}
         return metrics

@@ -7,6 +7,7 @@ them shows up in the losses.
 """
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +142,14 @@ def temporarily_registered(kind: str, name: str, cls: type) -> Iterator[object]:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and the real SmolLM2 tokenizer."""
     return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), ensure_smollm2())
+
+
+@pytest.fixture
+def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"question": q}) + "\n" for q in
+                             ["What is the capital of France?", "How many legs does a spider have?",
+                              "What colour is grass?", "Who wrote Hamlet?"]))
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n")
+    return train, evaluation

@@ -24,17 +24,6 @@ from gfnlm.trainer import Trainer, TrainingError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"question": q}) + "\n" for q in
-                             ["What is the capital of France?", "How many legs does a spider have?",
-                              "What colour is grass?", "Who wrote Hamlet?"]))
-    evaluation = tmp_path / "eval.jsonl"
-    evaluation.write_text(json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n")
-    return train, evaluation
-
-
 def tiny_overrides(model_dir: Path, train: Path, evaluation: Path | str, out_dir: Path, **extra: object) -> list[str]:
     values = {
         "model.path": str(model_dir), "model.lora_targets": "[q_proj,v_proj]",

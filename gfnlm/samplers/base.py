@@ -10,7 +10,10 @@ class Sampler:
 
     ``setup(policy)`` is called once by the trainer (an in-process sampler keeps a handle on the
     policy's model; a server sampler connects and pushes weights); ``sync(policy, version)`` after
-    optimiser steps (a no-op for in-process samplers, which always see the current weights).
+    every optimiser step, ``force=True`` after a resume (a no-op for in-process samplers, which
+    always see the current weights); ``close()`` when training ends, also on errors.
+    A sampler whose ``scores_base`` is true also computes the target's base log-probs
+    (``score_base(rollouts, need_eos_logp)``, as :meth:`CausalLMPolicy.score_base`).
     """
 
     provides: ClassVar[frozenset[str]] = frozenset({"response_text"})
@@ -19,7 +22,9 @@ class Sampler:
     def setup(self, policy: object) -> None:
         """Attach to the policy (called once before sampling)."""
 
-    def sync(self, policy: object, version: int) -> None:
+    scores_base: bool = False
+
+    def sync(self, policy: object, version: int, force: bool = False) -> None:
         """Make the sampler use the policy's current weights, tagged ``version``."""
 
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:

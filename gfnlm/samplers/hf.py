@@ -139,6 +139,7 @@ class HFSampler(Sampler):
     max_new_tokens: int = 24
     batch_size: int = 0  # max sequences per decoding call; 0 = all at once
     engine: str = "cached"
+    version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
     _policy: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -151,6 +152,9 @@ class HFSampler(Sampler):
 
     def setup(self, policy: Any) -> None:
         self._policy = policy
+
+    def sync(self, policy: Any, version: int, force: bool = False) -> None:
+        self.version = version  # in-process: always the current weights
 
     def generation_config(self) -> GenerationConfig:
         """The ``GenerationConfig`` of the ``generate`` engine (pure ancestral sampling)."""
@@ -173,7 +177,8 @@ class HFSampler(Sampler):
         width = max(p[0].shape[1] for p in pieces)
         generated = torch.cat([_pad_right(p[0], width, policy.tokenizer.pad_token_id) for p in pieces])
         behaviour = torch.cat([_pad_right(p[1], width, 0.0) for p in pieces])
-        return rollouts_from_generated(policy, prompts, n, generated, behaviour)
+        return attrs.evolve(rollouts_from_generated(policy, prompts, n, generated, behaviour),
+                            weight_version=self.version)
 
     def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self._policy

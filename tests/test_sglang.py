@@ -1,0 +1,276 @@
+"""The ``sglang`` sampler against a real SGLang server process on CPU.
+
+The server (sglang 0.5.23 in ``.bench-venvs/sglang``, built by ``make sglang-cpu``; the CPU recipe
+and its two import-only stubs are in ``tools/sglang_cpu``) is started once by this module through
+the library's own launcher and stopped at the end. It serves a 2-layer model saved from
+SmolLM2-135M-Instruct (its real embeddings, first two blocks and tokenizer), in float32, so the
+server's log-probs can be compared with the local model's to 1e-3.
+"""
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer import REPO, scalars, tiny_overrides
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from gfnlm.config import ConfigError, ModelConfig, load_config
+from gfnlm.models import ensure_smollm2
+from gfnlm.policy import CausalLMPolicy
+from gfnlm.prompts import PromptSet
+from gfnlm.samplers.sglang import SGLangSampler, merged_state_dict
+from gfnlm.serve import LaunchConfig, SGLangServer, free_port
+from gfnlm.sglang_client import ServerError
+from gfnlm.tasks import format_prompt
+from gfnlm.trainer import Trainer
+
+sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
+from launch import cpu_launch
+
+# float32 on both sides; the gap is the two engines' summation order (measured ≤ 5e-5).
+LOGP_TOL = 1e-3
+QUESTIONS = ("What is the capital of France?", "Name a colour.", "Who wrote Hamlet?")
+
+
+@pytest.fixture(scope="module")
+def small_smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct cut to its first 2 blocks (real embeddings and tokenizer)."""
+    source = ensure_smollm2()
+    config = AutoConfig.from_pretrained(source)
+    config.num_hidden_layers = 2
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+    out = tmp_path_factory.mktemp("smollm2-2layers")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(small_smollm2: Path):
+    with SGLangServer(small_smollm2, LaunchConfig(**cpu_launch())) as running:
+        yield running
+
+
+def make_policy(model_dir: Path, lora_seed: int | None = None) -> CausalLMPolicy:
+    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu"))
+    if lora_seed is not None:  # a policy that is not the base model
+        generator = torch.Generator().manual_seed(lora_seed)
+        with torch.no_grad():
+            for name, param in policy.model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return policy
+
+
+def prompt_batch(policy: CausalLMPolicy):
+    texts = tuple(format_prompt(policy.tokenizer, q) for q in QUESTIONS)
+    ids = tuple(tuple(policy.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    prompts = PromptSet(QUESTIONS, (None,) * len(QUESTIONS), texts, ids, int(policy.tokenizer.pad_token_id))
+    return prompts.batch(list(range(len(QUESTIONS))))
+
+
+def served_logp_gap(policy: CausalLMPolicy, rollouts) -> float:
+    evaluation = policy.evaluate(rollouts)
+    return float(((evaluation.token_logp.detach() - rollouts.behaviour_logp) * rollouts.response_mask).abs().max())
+
+
+def test_rollouts_are_the_servers_tokens_and_logprobs(server, small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2)
+    sampler = SGLangSampler(url=server.url, max_new_tokens=12, weight_sync="none")
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 4)
+    assert rollouts.batch_size == 12 and rollouts.group.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # The same tokens the server reports for the same request, decoded the same way.
+    first = rollouts.prompt_ids[0][rollouts.prompt_mask[0]].tolist()
+    response = rollouts.response_ids[0][rollouts.response_mask[0]].tolist()
+    replay = sampler._client.generate({"input_ids": first + response[:-1] if len(response) > 1 else first,
+                                       "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+                                       "logprob_start_len": len(first) - 1})[0]
+    replayed_ids = [int(e[1]) for e in replay["meta_info"]["input_token_logprobs"][1:]]
+    assert replayed_ids == response[:-1][: len(replayed_ids)]
+    texts = policy.tokenizer.batch_decode(
+        rollouts.response_ids.masked_fill(~rollouts.response_mask, policy.tokenizer.pad_token_id),
+        skip_special_tokens=True)
+    assert list(rollouts.response_text) == texts
+    # EOS vs truncation: EOS is the last kept token exactly when the row says it ended with EOS.
+    last = rollouts.response_ids.gather(1, (rollouts.lengths - 1)[:, None]).squeeze(1)
+    assert ((last == policy.eos_token_id) == rollouts.ended_with_eos).all()
+    assert (rollouts.lengths[~rollouts.ended_with_eos] == 12).all()
+    # Behaviour log-probs: the server's agree with the local model's recomputation.
+    assert served_logp_gap(policy, rollouts) < LOGP_TOL
+    assert rollouts.weight_version == 0
+
+
+def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2)
+    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="none", scores_base=True)
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 3)
+    served, local = sampler.score_base(rollouts, need_eos_logp=True), policy.score_base(rollouts, True)
+    assert float((served.token_logp - local.token_logp).abs().max()) < LOGP_TOL
+    prefixes = torch.arange(served.eos_logp.shape[1])[None, :] <= rollouts.lengths[:, None]
+    assert float(((served.eos_logp - local.eos_logp) * prefixes).abs().max()) < LOGP_TOL
+    assert float(local.eos_logp[prefixes].abs().min()) > 0.01  # compares real values, not zeros
+
+
+def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2)
+    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", sync_every=2)
+    sampler.setup(policy)  # pushes version 0 (the base weights: LoRA B starts at 0)
+    changed = make_policy(small_smollm2, lora_seed=1)
+    policy.model.load_state_dict(changed.model.state_dict())
+    sampler.sync(policy, 1)  # sync_every=2: version 1 is not pushed, the rollouts stay stale
+    stale = sampler.sample(prompt_batch(policy), 2)
+    assert stale.weight_version == 0 and served_logp_gap(policy, stale) > 0.01
+    sampler.sync(policy, 2)
+    fresh = sampler.sample(prompt_batch(policy), 2)
+    assert fresh.weight_version == 2 and served_logp_gap(policy, fresh) < LOGP_TOL
+    sampler.close()
+
+
+def test_merged_weights_equal_the_adapted_model(small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2, lora_seed=3)
+    plain = AutoModelForCausalLM.from_pretrained(small_smollm2, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(merged_state_dict(policy.model, torch.float32), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to the embeddings
+    ids = torch.tensor([[1, 504, 3575, 282, 4649]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, policy.model(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_model_dir: Path) -> None:
+    # Other weights (same tokenizer, same architecture family): the identity probe catches it.
+    other = make_policy(tiny_model_dir)
+    with pytest.raises(ServerError, match=r"does not serve the policy's weights"):
+        SGLangSampler(url=server.url, weight_sync="none").setup(other)
+    # Other architecture: pushing its weights is refused by the server, naming the operation.
+    with pytest.raises(ServerError, match=r"update_weights_from_disk") as error:
+        SGLangSampler(url=server.url, weight_sync="full", timeout_s=60).setup(other)
+    assert "\n" not in str(error.value)
+    # Nobody listening: names the URL and the operation, at once.
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=rf"{dead}/generate unreachable during tokenizer check"):
+        SGLangSampler(url=dead, retries=1).setup(other)
+    assert time.monotonic() - started < 10
+
+
+def test_hung_server_times_out_within_the_bound(small_smollm2: Path) -> None:
+    import socket
+
+    listener = socket.socket()  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=rf"{url}/generate did not answer tokenizer check within 1 s \(2 attempts\)"):
+        SGLangSampler(url=url, timeout_s=1.0, retries=1).setup(make_policy(small_smollm2))
+    assert time.monotonic() - started < 6
+    listener.close()
+
+
+def test_bad_options_fail_before_any_connection() -> None:
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.weight_sync='fast': must be one of"):
+        SGLangSampler(url="http://127.0.0.1:1", weight_sync="fast")
+    with pytest.raises(ConfigError, match=r"scores_base=true with weight_sync=full"):
+        SGLangSampler(url="http://127.0.0.1:1", scores_base=True)
+    with pytest.raises(ConfigError, match=r"launch.pyhton: unknown"):
+        SGLangSampler(launch={"pyhton": "x"})
+
+
+def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt_files, tmp_path: Path) -> None:
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
+        "sampling.sampler": "sglang", "sampling.sampler_options.url": server.url,
+        "train.steps": 3, "train.eval_samples": 1, "data.eval": "''"})
+    trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logged = scalars(tmp_path / "run" / "tb")
+    assert [step for step, _ in logged["train/loss"]] == [1, 2, 3]
+    assert all(value == 0 for _, value in logged["train/sampler/staleness"])  # synced after every step
+    moved = [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved
+    # The server now serves the trained policy (version 3).
+    check = SGLangSampler(url=server.url, max_new_tokens=8, weight_sync="none")
+    check.setup(trainer.policy)
+    assert served_logp_gap(trainer.policy, check.sample(prompt_batch(trainer.policy), 2)) < LOGP_TOL
+
+
+def test_killing_the_launched_server_mid_run_is_a_clear_error(small_smollm2: Path, prompt_files,
+                                                               tmp_path: Path) -> None:
+    """The trainer launches its own server; killing it after the first checkpoint stops the run with
+    one line naming the URL and the operation, leaves that checkpoint intact and no process behind."""
+    train, evaluation = prompt_files
+    launch = cpu_launch()
+    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
+        "sampling.sampler": "sglang", "train.steps": 50, "train.save_every": 1, "data.eval": "''",
+        "sampling.sampler_options.timeout_s": 30, "sampling.sampler_options.retries": 1})
+    config = load_config(REPO / "configs/default.yaml", overrides)
+    config.sampling.sampler_options["launch"] = launch
+    trainer = Trainer(config, progress=False)
+    server = trainer.components.sampler._server
+    pid = server.process.pid
+
+    def kill_after_first_checkpoint() -> None:
+        while not (tmp_path / "run" / "checkpoints" / "step_000001").exists():
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(ServerError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert server.url in message and ("unreachable" in message or "did not answer" in message)
+    assert "\n" not in message and time.monotonic() - started < 300
+    # The checkpoints written before the kill load; no server process is left.
+    from gfnlm import checkpoint
+
+    last = checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert last is not None and checkpoint.load_checkpoint(last)[1]["step"] >= 1
+    assert trainer.components.sampler._server is None
+    assert not live_processes_in_group(pid)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT])
+def test_gfnlm_serve_stops_the_server_on_ctrl_c(small_smollm2: Path, stop_signal: int) -> None:
+    """``gfnlm serve`` prints the URL of a healthy server; Ctrl-C stops it and all its processes."""
+    import re
+    import subprocess
+
+    launch = cpu_launch()
+    command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--python", launch["python"],
+               "--startup-timeout", "600", *(f"--env={k}={v}" for k, v in launch["env"].items()),
+               "--", *launch["args"]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    found = re.search(r"at (http://\S+) \(pid (\d+)\)", line)
+    assert found, (line, process.stderr.read() if process.poll() is not None else "")
+    url, pid = found.group(1), int(found.group(2))
+    from gfnlm.sglang_client import SGLangClient
+
+    assert SGLangClient(url).healthy()
+    process.send_signal(stop_signal)
+    assert process.wait(timeout=60) == 130
+    assert "the server is stopped" in process.stderr.read()
+    assert not live_processes_in_group(pid) and not SGLangClient(url).healthy()
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Processes of the group that still run (zombies awaiting a reaper do not count)."""
+    import psutil
+
+    alive = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return alive
