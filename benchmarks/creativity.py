@@ -63,12 +63,26 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.replace("α", "alpha")).strip("_")
 
 
-def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int) -> list[list[str]]:
+def held_out_prompts(every: int) -> str:
+    """``creative_eval`` itself, or every ``every``-th of its prompts (the kinds stay balanced: the
+    file lists 8 poems, 8 stories, 8 jokes) written to a file under OUT."""
+    if every == 1:
+        return PROMPTS
+    from gfnlm.prompts import resolve_prompt_file
+
+    lines = [ln for ln in resolve_prompt_file(PROMPTS, "--prompts").read_text().splitlines() if ln.strip()]
+    path = OUT / f"{PROMPTS}_every{every}.jsonl"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(ln + "\n" for ln in lines[::every]))
+    return str(path)
+
+
+def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str) -> list[list[str]]:
     """The commands of one (configuration, seed): [train,] eval."""
     temperature, top_p, alpha = CONDITIONS[name]
     gfnlm = [sys.executable, "-m", "gfnlm.cli"]
     out_json = OUT / "json" / f"{slug(name)}_seed{seed}.json"
-    evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", PROMPTS, "--samples", str(args.samples),
+    evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(args.samples),
                 "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
                 "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--json", str(out_json)]
     if alpha is None:
@@ -170,6 +184,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=4, help="k samples per held-out prompt")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    parser.add_argument("--prompts-every", type=int, default=2,
+                        help="evaluate every N-th held-out prompt (1: all 24; 2: 12, balanced by kind)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--only", nargs="+", default=None, choices=list(CONDITIONS), metavar="NAME",
                         help=f"configurations to run (default all: {'; '.join(CONDITIONS)})")
@@ -178,7 +194,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.samples < 2:
         parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
+    if args.prompts_every < 1:
+        parser.error(f"--prompts-every={args.prompts_every}: must be >= 1")
     max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
+    prompts = held_out_prompts(args.prompts_every)
     names = args.only or list(CONDITIONS)
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
     order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], CONDITIONS[p[0]][2] is None))
@@ -186,7 +205,7 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(order), desc="creativity", unit="job") as bar:
         futures = {}
         for name, seed in order:
-            commands = job(name, seed, args, max_new_tokens)
+            commands = job(name, seed, args, max_new_tokens, prompts)
             futures[pool.submit(run_job, commands, OUT / "logs" / f"{slug(name)}_seed{seed}.log")] = (name, seed)
         for future, (name, seed) in futures.items():
             seconds = future.result()
@@ -195,7 +214,7 @@ def main() -> int:
     results = aggregate(args.seeds)
     table = markdown_table(results)
     wall = (time.perf_counter() - started) / 60
-    print(f"\n{len(order)} jobs, {wall:.1f} min wall; held-out prompts: {PROMPTS}, k={args.samples}, "
+    print(f"\n{len(order)} jobs, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
           f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")
     print(table)
     OUT.mkdir(parents=True, exist_ok=True)
