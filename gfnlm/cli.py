@@ -162,7 +162,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     policy, config = _policy_for(args.run, args.model, args.device)
-    text = format_prompt(policy.tokenizer, args.prompt)
+    text = format_prompt(policy.tokenizer, args.prompt, args.template)
     ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
     sampler = HFSampler(temperature=args.temperature, top_p=args.top_p,
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", required=True)
             p.add_argument("-n", type=int, default=4, help="number of responses")
             p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument("--template", default="short_answer", choices=("short_answer", "plain"),
+                           help="plain: the prompt is the whole user message (creative prompts)")
         else:
             p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
             p.add_argument("--prompts", default=None, help="JSONL with question + answers, or a bundled set")
