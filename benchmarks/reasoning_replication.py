@@ -16,7 +16,8 @@ Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, 
 ``table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in ``docs/benchmarks.md``
 between the ``reasoning_replication`` markers. Finished runs are kept and skipped on a re-run.
 
-    python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only powerflow grpo]
+    python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
+    python benchmarks/reasoning_replication.py --smollm2 [--seeds 0]   # the SmolLM2 comparison
 """
 
 import argparse
@@ -51,7 +52,7 @@ MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, 
 PRETRAIN = {"steps": 1500, "batch": 32, "lr": 3e-3, "seed": 1234}
 # The shared training budget (every method).
 BUDGET = {"train.steps": 60, "train.prompts_per_step": 8, "sampling.samples_per_prompt": 8,
-          "sampling.max_new_tokens": 32, "train.lr": 1e-3, "train.updates_per_batch": 1,
+          "sampling.max_new_tokens": 32, "train.lr": 3e-4, "train.updates_per_batch": 1,
           "train.minibatch_size": 0, "train.grad_clip": 1.0}
 EVAL_QUESTIONS, EVAL_K, EVAL_EVERY = 48, 16, 15
 ALPHA = 4.0
@@ -75,6 +76,16 @@ TABLE_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TB
                "EMPO", "Intuitor", "RENT", "EM", "GRPO")
 SWEEP_ALPHAS = (1.0, 2.0, 4.0, 6.0)
 POWER_MH = {"block_size": 16, "mh_steps": 3}
+
+# The smaller comparison on the real SmolLM2 default task (configs/default.yaml: its budget, its
+# evaluation; each method swaps only the target/objective, as its own config in configs/ does).
+SMOL_METHODS = {
+    "PowerFlow": [],
+    "TB-traj": ["objective.name=tb", "logz.name=scalar", "train.logz_lr=0.1"],
+    "TTRL": ["target.name=reward", "target.options.reward=gfnlm.rewards:majority_vote", "objective.name=grpo"],
+    "GRPO": ["target.name=reward", "target.options.reward=gfnlm.rewards:factual_verifier", "objective.name=grpo"],
+}
+SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -224,9 +235,11 @@ def run_name(method: str, seed: int, alpha: float | None) -> str:
     return f"{method.replace(' ', '_')}{suffix}_s{seed}"
 
 
-def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path]) -> dict:
+def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path],
+            probe: list[str] | None = None) -> dict:
     """Train (or sample, for the inference-time baselines) one method with one seed; returns the
-    final metrics (and the curve)."""
+    final metrics (and the curve). ``probe``: extra overrides for an investigation run, whose
+    result also holds a few responses of the final policy."""
     torch.set_num_threads(1)
     model_dir = base_model_dir()
     train_file, eval_file = files
@@ -237,7 +250,7 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
     from gfnlm.config import load_config
 
     config_file, extra = METHODS[method]
-    out_dir = OUT / "runs" / run_name(method, seed, alpha)
+    out_dir = OUT / ("probes" if probe else "runs") / run_name(method, seed, alpha)
     shutil.rmtree(out_dir, ignore_errors=True)
     overrides = [f"{k}={v}" for k, v in BUDGET.items()] + [
         f"model.path={model_dir}", "model.lora=false", f"data.train={train_file}", "data.eval=''",
@@ -246,13 +259,51 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
         "train.save_every=0", *extra]
     if alpha is not None:
         overrides.append(f"target.options.alpha={alpha}")
-    config = load_config(REPO / "configs" / config_file, overrides)
+    config = load_config(REPO / "configs" / config_file, overrides + list(probe or []))
     trainer = make_trainer_class()(config, eval_file)
     trainer.train()
     final = trainer.curve[-1]
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    return {"method": method, "seed": seed, "alpha": alpha, **{k: v for k, v in final.items() if k != "step"},
-            "curve": trainer.curve, "seconds": time.perf_counter() - started}
+    result = {"method": method, "seed": seed, "alpha": alpha, **{k: v for k, v in final.items() if k != "step"},
+              "curve": trainer.curve, "seconds": time.perf_counter() - started}
+    if probe:
+        from gfnlm.samplers.hf import HFSampler
+
+        sampler = HFSampler(max_new_tokens=config.sampling.max_new_tokens)
+        sampler.setup(trainer.policy)
+        rollouts = sampler.sample(trainer.task_prompts.batch([0, 1, 2]), 4)
+        result["samples"] = [f"{q} -> {t}" for q, t in zip(rollouts.prompt_text, rollouts.response_text, strict=True)]
+    return result
+
+
+def run_smollm2(method: str, seed: int) -> dict:
+    """One method of the SmolLM2 comparison: configs/default.yaml with the method's components;
+    Base and Low-temp evaluate the base model as the trainer's own evaluation does (same seed)."""
+    from gfnlm.config import load_config
+    from gfnlm.evaluation import evaluate
+    from gfnlm.trainer import Trainer
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    out_dir = OUT / "smollm2" / "runs" / f"{method}_s{seed}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    overrides = [f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.out_dir={out_dir}",
+                 *SMOL_METHODS.get(method, [])]
+    trainer = Trainer(load_config(REPO / "configs" / "default.yaml", overrides), progress=False)
+    cfg = trainer.config
+    if method in ("Base", "Low-temp"):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1_000_003)  # the trainer's evaluation seed
+            after = evaluate(trainer.policy, trainer.eval_prompts, cfg.train.eval_samples, cfg.sampling.max_new_tokens,
+                             progress=False, temperature=1.0 if method == "Base" else 1.0 / ALPHA).as_dict()
+        before = after
+    else:
+        results = trainer.train()
+        before, after = results["before"], results["after"]
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
+            "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
+            "truncated": 0.0, "before_avg": before["accuracy_t1"], "seconds": time.perf_counter() - started}
 
 
 def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
@@ -291,8 +342,10 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
-def jobs_for(seeds: list[int], only: list[str] | None) -> list[tuple[str, int, float | None]]:
+def jobs_for(seeds: list[int], only: list[str] | None, suite: str = "tiny") -> list[tuple[str, int, float | None]]:
     """Every (method, seed, α-override) run; the slow power sampling first, the α sweep last."""
+    if suite == "smollm2":
+        return [(m, s, None) for s in seeds for m in SMOL_ORDER if not only or m in only]
     wanted = [m for m in TABLE_ORDER if not only or m in only]
     wanted.sort(key=lambda m: m != "Power sampling")
     jobs = [(m, s, None) for s in seeds for m in wanted]
@@ -301,8 +354,17 @@ def jobs_for(seeds: list[int], only: list[str] | None) -> list[tuple[str, int, f
     return jobs
 
 
+SUITE = {"name": "tiny"}
+
+
 def result_path(job: tuple[str, int, float | None]) -> Path:
-    return OUT / "results" / f"{run_name(*job)}.json"
+    prefix = "smollm2_" if SUITE["name"] == "smollm2" else ""
+    return OUT / "results" / f"{prefix}{run_name(*job)}.json"
+
+
+def claims_dir() -> Path:
+    """Where workers claim jobs (one empty file per job), per suite."""
+    return OUT / f"claims_{SUITE['name']}"
 
 
 def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) -> None:
@@ -311,11 +373,11 @@ def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) ->
         if result_path(job).is_file():
             continue
         try:
-            os.close(os.open(OUT / "claims" / run_name(*job), os.O_CREAT | os.O_EXCL))
+            os.close(os.open(claims_dir() / result_path(job).stem, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             continue
         try:
-            result = run_one(*job, files)
+            result = run_smollm2(job[0], job[1]) if SUITE["name"] == "smollm2" else run_one(*job, files)
         except Exception:  # noqa: BLE001 (reported; the other jobs go on)
             traceback.print_exc()
             print(f"FAILED: {run_name(*job)}", flush=True)
@@ -327,12 +389,12 @@ def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) ->
 def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list[str]) -> list[dict]:
     """``parallel`` worker processes (one thread each) share the jobs; finished results are kept."""
     (OUT / "results").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(OUT / "claims", ignore_errors=True)
-    (OUT / "claims").mkdir(parents=True)
+    shutil.rmtree(claims_dir(), ignore_errors=True)
+    claims_dir().mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     workers = []
     for i in range(parallel):
-        log = open(OUT / "logs" / f"worker{i}.log", "w")  # noqa: SIM115 (lives as long as the worker)
+        log = open(OUT / "logs" / f"{SUITE['name']}_worker{i}.log", "w")  # noqa: SIM115 (lives as long as the worker)
         workers.append(subprocess.Popen([sys.executable, __file__, *argv, "--worker"], env=env, stdout=log,
                                         stderr=subprocess.STDOUT))
     done = lambda: sum(result_path(j).is_file() for j in jobs)
@@ -341,7 +403,7 @@ def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list
         time.sleep(2)
         bar.update(done() - bar.n)
     bar.close()
-    missing = [run_name(*j) for j in jobs if not result_path(j).is_file()]
+    missing = [result_path(j).stem for j in jobs if not result_path(j).is_file()]
     if missing:
         raise SystemExit(f"runs without a result (see {OUT / 'logs'}): {', '.join(missing)}")
     return [json.loads(result_path(j).read_text()) for j in jobs]
@@ -366,6 +428,20 @@ def main_table(results: list[dict], seeds: list[int]) -> str:
         rows.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
                     f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
     return "\n".join(rows)
+
+
+def smollm2_table(results: list[dict], seeds: list[int]) -> str:
+    rows = [f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds where there are several.\n",
+            "| method | avg@8 (T=1) % | maj@8 % | pass@8 % | greedy % | mean length (tokens) |",
+            "|---|---|---|---|---|---|"]
+    for method in SMOL_ORDER:
+        runs = [r for r in results if r["method"] == method]
+        if runs:
+            label = {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
+            rows.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['greedy'] for r in runs], 100)} "
+                        f"| {mean_std([r['length'] for r in runs])} |")
+    return "\n".join(rows) + "\n"
 
 
 def sweep_table(results: list[dict]) -> str:
@@ -438,9 +514,9 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
     return text
 
 
-def write_docs(text: str) -> None:
-    """Replace the text between the ``reasoning_replication`` markers of docs/benchmarks.md."""
-    begin, end = "<!-- reasoning_replication:begin -->", "<!-- reasoning_replication:end -->"
+def write_docs(text: str, marker: str = "reasoning_replication") -> None:
+    """Replace the text between the ``marker`` markers of docs/benchmarks.md."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     page = DOCS_PAGE.read_text()
     if begin not in page or end not in page:
         print(f"{DOCS_PAGE}: no {begin} / {end} markers; the table is in {OUT / 'table.md'}")
@@ -455,17 +531,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--smollm2", action="store_true",
+                        help=f"the smaller comparison on the SmolLM2 default task ({', '.join(SMOL_ORDER)})")
+    parser.add_argument("--probe", metavar="METHOD", help="one investigation run (first seed, in this process): "
+                        "its curve and a few responses; with --set overrides")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for --probe")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.only or []) - {*TABLE_ORDER, "sweep"})
+    allowed = SMOL_ORDER if args.smollm2 else (*TABLE_ORDER, "sweep")
+    unknown = sorted(set(args.only or []) - set(allowed))
     if unknown:
-        parser.error(f"--only {unknown[0]!r}: must be one of {', '.join(TABLE_ORDER)}, sweep")
+        parser.error(f"--only {unknown[0]!r}: must be one of {', '.join(allowed)}")
+    SUITE["name"] = "smollm2" if args.smollm2 else "tiny"
     files = write_prompt_files(OUT / "data")
-    jobs = jobs_for(args.seeds, args.only)
+    jobs = jobs_for(args.seeds, args.only, SUITE["name"])
+    if args.probe:
+        result = run_one(args.probe, args.seeds[0], None, files, probe=["train.eval_every=5", *args.set])
+        (OUT / "probes").mkdir(parents=True, exist_ok=True)
+        name = "_".join([args.probe, *args.set]).replace("/", "-").replace("=", "-")
+        (OUT / "probes" / f"{name}.json").write_text(json.dumps(result, indent=1))
+        for point in result["curve"]:
+            print(f"step {point['step']:3d}  avg@16 {100 * point['avg']:5.1f} %  length {point['length']:5.1f}")
+        print("\n".join(result["samples"]))
+        return 0
     if args.worker:
         work(jobs, files)
         return 0
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
+    if args.smollm2:
+        child_argv = ["--smollm2", "--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
+        text = smollm2_table(run_all(jobs, args.jobs, child_argv), args.seeds)
+        (OUT / "smollm2_table.md").write_text(text)
+        print(text)
+        if not args.no_docs and not args.only:
+            write_docs(text, "smollm2_comparison")
+        return 0
     print(f"base model: {base_model_dir()}")
     print((base_model_dir() / "pretrain.json").read_text())
     child_argv = ["--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]

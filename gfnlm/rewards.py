@@ -1,6 +1,7 @@
 """Reward functions ``Rollouts -> Tensor[B]`` for the ``reward`` / ``reward_tilted`` targets,
 named in configs by import path (``target.options.reward=gfnlm.rewards:distinct_words``)."""
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -55,4 +56,30 @@ def answer_cluster_share(rollouts: Rollouts, key: Callable[[str], str] | None = 
         sizes[group] = sizes.get(group, 0) + 1
         same[group, answer] = same.get((group, answer), 0) + 1
     values = [same[g, a] / sizes[g] for a, g in zip(answers, groups, strict=True)]
+    return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
+
+
+@functools.cache
+def _factual_answers() -> dict[str, tuple[str, ...]]:
+    from gfnlm.tasks import DATA_DIR, load_prompt_file
+
+    records = load_prompt_file(DATA_DIR / "factual_candidates.jsonl")
+    return {r["question"]: tuple(r["answers"]) for r in records if r.get("answers")}
+
+
+def factual_verifier(rollouts: Rollouts) -> torch.Tensor:
+    """GRPO's supervised reward on the bundled factual task: 1 if the response is correct
+    (:func:`gfnlm.tasks.is_correct`) for the accepted answers of its question in
+    ``gfnlm/data/factual_candidates.jsonl`` (which holds every training and held-out question), else 0.
+    Uses labels: the supervised reference, not a label-free method."""
+    from gfnlm.tasks import is_correct
+
+    if rollouts.response_text is None or rollouts.prompt_text is None:
+        raise ValueError("factual_verifier needs rollouts with response_text and prompt_text")
+    answers = _factual_answers()
+    missing = next((q for q in rollouts.prompt_text if q not in answers), None)
+    if missing is not None:
+        raise ValueError(f"factual_verifier: question {missing!r} is not in factual_candidates.jsonl")
+    values = [float(is_correct(r, list(answers[q]))) for r, q in zip(rollouts.response_text, rollouts.prompt_text,
+                                                                       strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)

@@ -41,3 +41,17 @@ def test_answer_rewards_need_texts():
     rollouts = build_rollouts([2], [True], 3)
     with pytest.raises(ValueError, match="response_text"):
         majority_vote(rollouts)
+
+
+def test_factual_verifier_reads_the_questions_answers():
+    """GRPO's supervised reward on the factual task: 1 for a correct first sentence, 0 otherwise;
+    a question without known answers is a one-line error."""
+    from gfnlm.rewards import factual_verifier
+
+    texts = ["Paris.", "It is Lyon. Paris is larger.", "Berlin is the capital."]
+    rollouts = attrs.evolve(rollouts_with(texts, [0, 0, 1]), prompt_text=(
+        "What is the capital of France?", "What is the capital of France?", "What is the capital of Germany?"))
+    assert factual_verifier(rollouts).tolist() == [1.0, 0.0, 1.0]
+    unknown = attrs.evolve(rollouts, prompt_text=("What is the capital of Atlantis?",) * 3)
+    with pytest.raises(ValueError, match="Atlantis"):
+        factual_verifier(unknown)

@@ -140,22 +140,32 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
         torch.testing.assert_close(g_s, g_f, atol=1e-4, rtol=1e-3)
 
 
-def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_path):
-    """``self_certainty = logsumexp(z) − mean(z) − log|V|`` = KL(Uniform ‖ π) ≥ 0, recomputed here
-    from the model's full logits at the response positions."""
-    policy = make_policy(tiny_model_dir)
-    batch = prompt_batch(policy.tokenizer, tmp_path)
+def policy_and_rollouts(model_dir: Path, tmp_path: Path):
+    """The tiny policy (one full pass per row) and 2 samples of 5 tokens per prompt."""
+    policy = make_policy(model_dir)
     sampler = HFSampler(max_new_tokens=5)
     sampler.setup(policy)
     torch.manual_seed(0)
-    rollouts = sampler.sample(batch, 2)
+    rollouts = sampler.sample(prompt_batch(policy.tokenizer, tmp_path), 2)
     policy.share_prompts = False
-    evaluation = policy.evaluate(rollouts)
+    return policy, rollouts
+
+
+def response_logits(policy: CausalLMPolicy, rollouts) -> torch.Tensor:
+    """The model's full logits at the positions predicting each response token, recomputed plainly."""
     ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
     mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
+    return policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+                        ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
+
+
+def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_path):
+    """``self_certainty = logsumexp(z) − mean(z) − log|V|`` = KL(Uniform ‖ π) ≥ 0, recomputed here
+    from the model's full logits at the response positions."""
+    policy, rollouts = policy_and_rollouts(tiny_model_dir, tmp_path)
+    evaluation = policy.evaluate(rollouts)
     with torch.no_grad():
-        logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
-                              ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
+        logits = response_logits(policy, rollouts)
     log_pi = logits.log_softmax(-1)
     kl_uniform = (-log_pi.mean(-1) - math.log(logits.shape[-1])) * rollouts.response_mask
     torch.testing.assert_close(evaluation.self_certainty, kl_uniform, atol=1e-4, rtol=1e-4)
@@ -183,13 +193,7 @@ def test_policy_entropy_keeps_its_gradient_only_when_requested(tiny_model_dir, t
     """Default: ``entropy`` is a no-grad statistic. With ``entropy_grad`` (EM's capability) the same
     values come with a graph, and their gradient equals the one of ``−Σ p log p`` recomputed from
     the model's full logits."""
-    policy = make_policy(tiny_model_dir)
-    batch = prompt_batch(policy.tokenizer, tmp_path)
-    sampler = HFSampler(max_new_tokens=5)
-    sampler.setup(policy)
-    torch.manual_seed(0)
-    rollouts = sampler.sample(batch, 2)
-    policy.share_prompts = False
+    policy, rollouts = policy_and_rollouts(tiny_model_dir, tmp_path)
     plain = policy.evaluate(rollouts)
     assert not plain.entropy.requires_grad
     policy.entropy_grad = True
@@ -200,11 +204,7 @@ def test_policy_entropy_keeps_its_gradient_only_when_requested(tiny_model_dir, t
     (evaluation.entropy * weights).sum().backward()
     got = [p.grad.clone() for p in policy.trainable_parameters()]
     policy.model.zero_grad()
-    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
-    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
-    logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
-                          ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
-    log_pi = logits.log_softmax(-1)
+    log_pi = response_logits(policy, rollouts).log_softmax(-1)
     entropy = -(log_pi.exp() * log_pi).sum(-1)
     torch.testing.assert_close(evaluation.entropy.detach(), (entropy * weights).detach(), atol=1e-4, rtol=1e-4)
     (entropy * weights).sum().backward()
