@@ -5,6 +5,10 @@ and its two import-only stubs are in ``tools/sglang_cpu``) is started once by th
 the library's own launcher and stopped at the end. It serves a 2-layer model saved from
 SmolLM2-135M-Instruct (its real embeddings, first two blocks and tokenizer), in float32, so the
 server's log-probs can be compared with the local model's to 1e-3.
+
+Adapter-only sync (``weight_sync: lora``) is not tested here: the CPU server cannot serve LoRA
+(sglang 0.5.23's LoRA layers allocate pinned memory, which needs an accelerator, so a server
+started with ``--enable-lora`` exits at start-up). Full-weight sync is tested instead.
 """
 
 import os
@@ -200,6 +204,33 @@ def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt
     check = SGLangSampler(url=server.url, max_new_tokens=8, weight_sync="none")
     check.setup(trainer.policy)
     assert served_logp_gap(trainer.policy, check.sample(prompt_batch(trainer.policy), 2)) < LOGP_TOL
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_ranks_share_one_server(server, small_smollm2: Path, prompt_files, tmp_path: Path, parallel: str) -> None:
+    """torchrun, 2 processes (gloo): both ranks sample from one server, rank 0 pushes the weights
+    after each step; at the end the server serves the run's final policy."""
+    import subprocess
+
+    from gfnlm import checkpoint
+
+    train, evaluation = prompt_files
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_smollm2, train, evaluation, out, **{
+        "sampling.sampler": "sglang", "sampling.sampler_options.url": server.url, "train.steps": 2,
+        "data.eval": "''", "train.parallel": parallel, "objective.name": "tb"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"), *overrides, "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "GFNLM_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    policy = make_policy(small_smollm2)
+    policy_state, _ = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
+    policy.load_trainable_state_dict(policy_state)
+    check = SGLangSampler(url=server.url, max_new_tokens=8, weight_sync="none")
+    check.setup(policy)
+    assert served_logp_gap(policy, check.sample(prompt_batch(policy), 2)) < LOGP_TOL
+    assert served_logp_gap(make_policy(small_smollm2), check.sample(prompt_batch(policy), 2)) > 0.01
 
 
 def test_killing_the_launched_server_mid_run_is_a_clear_error(small_smollm2: Path, prompt_files,
