@@ -171,8 +171,9 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.set_ylabel(f"{label} →")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
+    seeds = max(len(m["semantic_diversity"]) for m in results.values())
     fig.suptitle("SmolLM2-135M-Instruct, held-out creative prompts: quality vs diversity "
-                 "(mean ± std over 3 seeds; faint: single seeds)", fontsize=10)
+                 f"(mean ± std over up to {seeds} seeds; faint: single seeds)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
