@@ -191,6 +191,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", default=None, choices=list(CONDITIONS), metavar="NAME",
                         help=f"configurations to run (default all: {'; '.join(CONDITIONS)})")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: tabulate and plot the evaluations already under benchmarks/out/creativity")
     parser.add_argument("overrides", nargs="*", help="extra key=value for the training runs (smoke tests)")
     args = parser.parse_args()
     if args.samples < 2:
@@ -203,6 +205,8 @@ def main() -> int:
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
     order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], CONDITIONS[p[0]][2] is None))
     started = time.perf_counter()
+    if args.report_only:
+        order = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(order), desc="creativity", unit="job") as bar:
         futures = {}
         for name, seed in order:
@@ -215,7 +219,7 @@ def main() -> int:
     results = aggregate(args.seeds)
     table = markdown_table(results)
     wall = (time.perf_counter() - started) / 60
-    print(f"\n{len(order)} jobs, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
+    print(f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
           f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")
     print(table)
     OUT.mkdir(parents=True, exist_ok=True)
