@@ -298,12 +298,17 @@ def run_smollm2(method: str, seed: int) -> dict:
                              progress=False, temperature=1.0 if method == "Base" else 1.0 / ALPHA).as_dict()
         before = after
     else:
+        base_eval = OUT / "results" / f"smollm2_Base_s{seed}.json"
+        if base_eval.is_file():  # the trainer's step-0 evaluation is Base's, same seed: reuse it
+            (out_dir / "eval").mkdir(parents=True, exist_ok=True)
+            (out_dir / "eval" / "step_000000.json").write_text(json.dumps(json.loads(base_eval.read_text())["eval"]))
         results = trainer.train()
         before, after = results["before"], results["after"]
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
             "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
-            "truncated": 0.0, "before_avg": before["accuracy_t1"], "seconds": time.perf_counter() - started}
+            "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after,
+            "seconds": time.perf_counter() - started}
 
 
 def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
