@@ -96,6 +96,26 @@ class SGLangClient:
         return answer if isinstance(answer, list) else [answer]
 
     # ------------------------------------------------------------------ weights
+    def weight_size(self, name: str) -> int | None:
+        """How many values the served parameter ``name`` has (flattened), ``None`` if the server
+        has no parameter of that name (``GET /get_weights_by_name``)."""
+        try:
+            values = self._request("GET", "/get_weights_by_name", f"get_weights_by_name ({name})",
+                                   json={"name": name, "truncate_size": 1 << 30})
+        except ServerError as error:
+            if "HTTP 400" in str(error):
+                return None
+            raise
+        count = 0
+        stack = [values]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+            else:
+                count += 1
+        return count
+
     def update_weights_from_disk(self, model_path: str, version: int) -> None:
         """Reload the served weights from a folder of safetensors (``flush_cache``: no stale KV)."""
         answer = self._request("POST", "/update_weights_from_disk", f"update_weights_from_disk (version {version})",

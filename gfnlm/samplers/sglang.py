@@ -130,6 +130,8 @@ class SGLangSampler(Sampler):
         if self.weight_sync == "none" or (not force and version % self.sync_every):
             return
         weights = self._export(policy)
+        if weights is not None and self.version < 0:
+            self._check_architecture(weights)  # before the first push: a wrong push can kill a server
         if self._server is not None or _rank() == 0:
             if self.weight_sync == "full":
                 self._push_full(weights, version)
@@ -180,6 +182,17 @@ class SGLangSampler(Sampler):
         if served[-len(local):] != local:
             raise ServerError(f"SGLang server {client.url} tokenises differently from model.path "
                               f"(probe ids {served[:6]}… vs {local[:6]}…): it serves another tokenizer")
+
+    def _check_architecture(self, weights: dict[str, torch.Tensor]) -> None:
+        """The server has parameters of the same names and sizes (the first and last 1-D ones, e.g.
+        the first and final norms): else it serves another architecture, and pushing would fail."""
+        vectors = [name for name, value in weights.items() if value.dim() == 1]
+        for name in dict.fromkeys([vectors[0], vectors[-1]] if vectors else []):
+            served = self._client.weight_size(name)
+            if served != weights[name].numel():
+                there = "no such parameter" if served is None else f"{served} values"
+                raise ServerError(f"SGLang server {self.url} serves another architecture: {name!r} has {there} "
+                                  f"there, {weights[name].numel()} here; weights not pushed")
 
     def _check_weights(self, policy: Any) -> None:
         """The server's log-probs on a probe equal the local policy's (else: another model)."""

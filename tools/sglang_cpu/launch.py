@@ -23,7 +23,8 @@ def cpu_launch(dtype: str = "float32", max_total_tokens: int = 8192, **overrides
         "python": str(PYTHON),
         "args": ["--device", "cpu", "--attention-backend", "torch_native", "--disable-overlap-schedule",
                  "--sampling-backend", "pytorch", "--dtype", dtype, "--tp", "1",
-                 "--max-total-tokens", str(max_total_tokens), "--skip-server-warmup"],
+                 "--max-total-tokens", str(max_total_tokens), "--skip-server-warmup",
+                 "--sleep-on-idle"],
         "env": {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": str(STUBS)},
         "startup_timeout_s": 600.0,
     }
