@@ -228,6 +228,9 @@ def main() -> int:
     parser.add_argument("--trl-python", default=None,
                         help="random models: interpreter that imports trl (default: the TRL venv, else this one)")
     parser.add_argument("--no-trl", action="store_true", help="random models: gfnlm alone")
+    parser.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="default",
+                        help="smollm2 comparison: TRL with GRPOConfig's default (on) or without recomputation, "
+                             "as gfnlm")
     parser.add_argument("--pairs", choices=["both", "powerflow", "grpo"], default="both",
                         help="random models: both pairs, or PowerFlow vs TRL beta=0.04, or GRPO vs TRL beta=0")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -273,6 +276,8 @@ def issue_comparison(args: argparse.Namespace) -> int:
         "gfnlm GRPO": [sys.executable, str(HERE / "gfnlm_run.py"), "--objective", "grpo"],
         "TRL GRPO beta=0": [str(trl_python), str(HERE / "trl_run.py"), "--beta", "0"],
     }
+    for name in ("TRL GRPO beta=0.04", "TRL GRPO beta=0"):
+        runs[name] += ["--gradient-checkpointing", args.trl_gradient_checkpointing]
     steps: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, float] = {name: 0.0 for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
