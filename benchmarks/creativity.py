@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from vs_trl import write_into_docs
+from docs_page import write_between_markers
 
 from gfnlm.config import load_config
 
@@ -227,7 +227,7 @@ def main() -> int:
     if not args.no_docs:
         write_csv(results, RESULTS / "creativity.csv")
         plot(results, RESULTS / "creativity.png")
-        write_into_docs(table, DOCS, marker="creativity")
+        write_between_markers(table, "creativity", DOCS)
         print(f"wrote {RESULTS / 'creativity.csv'}, {RESULTS / 'creativity.png'} and the table in {DOCS}")
     return 0
 

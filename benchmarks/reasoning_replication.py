@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from docs_page import write_between_markers
 from tqdm.auto import tqdm
 
 from gfnlm import synthetic_reasoning as task
@@ -43,7 +44,6 @@ from gfnlm.models import default_cache_dir, save_random_llama
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "reasoning_replication"
 DOCS_IMG = REPO / "docs" / "img"
-DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 
 # The task and the base model.
 ERROR_RATE, STOP_RATE = 0.12, 0.12
@@ -519,17 +519,6 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
     return text
 
 
-def write_docs(text: str, marker: str = "reasoning_replication") -> None:
-    """Replace the text between the ``marker`` markers of docs/benchmarks.md."""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    page = DOCS_PAGE.read_text()
-    if begin not in page or end not in page:
-        print(f"{DOCS_PAGE}: no {begin} / {end} markers; the table is in {OUT / 'table.md'}")
-        return
-    head, rest = page.split(begin, 1)
-    DOCS_PAGE.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -569,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         (OUT / "smollm2_table.md").write_text(text)
         print(text)
         if not args.no_docs and not args.only:
-            write_docs(text, "smollm2_comparison")
+            write_between_markers(text, "smollm2_comparison")
         return 0
     print(f"base model: {base_model_dir()}")
     print((base_model_dir() / "pretrain.json").read_text())
@@ -581,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curves: {png}, {csv_path}")
     print(text)
     if not args.no_docs and not args.only:
-        write_docs(text)
+        write_between_markers(text, "reasoning_replication")
     return 0
 
 

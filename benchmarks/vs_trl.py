@@ -60,6 +60,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # also when loaded by path (tests)
+from docs_page import write_between_markers  # noqa: E402
 TRL_VENV = REPO / ".bench-venvs" / "trl"
 TRL_VERSION = "1.16.0"
 HERE = Path(__file__).resolve().parent / "vs_trl"
@@ -130,15 +132,6 @@ def run_json(command: list[str], timeout: float | None = None) -> dict:
 
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
-def write_into_docs(table: str, page: Path, marker: str = "vs_trl") -> None:
-    """Replace the table between the page's ``marker`` comments (the docs show what was measured)."""
-    text = page.read_text()
-    begin = text.index(f"<!-- {marker}:begin")
-    begin = text.index("\n", begin) + 1
-    end = text.index(f"<!-- {marker}:end -->")
-    page.write_text(text[:begin] + table + text[end:])
 
 
 def build_random_model(preset: str, tokenizer_dir: Path, work_dir: Path) -> tuple[Path, dict]:
@@ -242,7 +235,7 @@ def main() -> int:
     if args.into_docs is not None:
         if not args.into_docs.is_file():
             parser.error(f"argument --into-docs: no such file {str(args.into_docs)!r}")
-        write_into_docs(args.into_docs.read_text(), DOCS, "vs_trl_cuda")
+        write_between_markers(args.into_docs.read_text(), "vs_trl_cuda", DOCS)
         print(f"wrote {args.into_docs} into {DOCS} (vs_trl_cuda markers)")
         return 0
     args.model = args.model or ("random-0.5b" if args.device == "cuda" else "smollm2")
@@ -314,7 +307,7 @@ def issue_comparison(args: argparse.Namespace) -> int:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_trl.md").write_text(table + "\n")
-    write_into_docs(table + "\n", DOCS)
+    write_between_markers(table, "vs_trl", DOCS)
     with open(out / "vs_trl.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system", "measurement", "seconds"])  # steps 2..N of each round, in order
@@ -450,7 +443,7 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
          "trl": trl_text if trl_python else None, "stopped": stopped, "failed": failed, "systems": numbers},
         indent=1))
     if cuda:
-        write_into_docs(table, DOCS, "vs_trl_cuda")
+        write_between_markers(table, "vs_trl_cuda", DOCS)
     print(f"wrote {out / stem}.md and .json ({time.perf_counter() - started:.0f} s in all)")
     finite = all(math.isfinite(v) for n in numbers.values() for k, v in n.items()
                  if isinstance(v, float) and k != "update_mfu")

@@ -2,8 +2,8 @@
 on SIGTERM, and (Linux) when this process dies without cleaning up.
 
 The server runs in its own process group, so stopping it stops its scheduler and detokenizer
-children too; on Linux it also gets ``PR_SET_PDEATHSIG``, so even a ``kill -9`` of the trainer
-takes the server down.
+children too. On Linux a small supervisor leads that group and gets ``PR_SET_PDEATHSIG``: even a
+``kill -9`` of the trainer makes it stop the whole group (after 10 s of grace, by SIGKILL).
 """
 
 import atexit
@@ -31,10 +31,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# Exec'd in front of the server's command: asks the kernel to SIGTERM the server when this process
-# dies (PR_SET_PDEATHSIG survives exec), then becomes the server.
-_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; "
-                    "ctypes.CDLL(None).prctl(1, signal.SIGTERM); os.execvp(sys.argv[1], sys.argv[1:])")
+# The server's supervisor, the leader of the server's process group. The kernel sends it SIGTERM
+# when the process that launched it dies (PR_SET_PDEATHSIG), even by SIGKILL; on SIGTERM or SIGINT
+# it asks the whole group to stop, waits up to 10 s, then kills the group (SGLang's own graceful
+# shutdown can wait forever for a client that is gone). When the server exits by itself, it kills
+# whatever the server left in the group.
+_SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+server = subprocess.Popen(sys.argv[1:])
+def stop(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+code = server.wait()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.killpg(0, signal.SIGKILL)
+"""
 
 
 @attrs.define
@@ -77,7 +96,7 @@ class SGLangServer:
             raise ServerError(f"sampling.sampler_options.launch.python={self.launch.python!r}: no such interpreter")
         command = self.command()
         if sys.platform.startswith("linux"):
-            command = [self.launch.python, "-c", _DIE_WITH_PARENT, *command]
+            command = [self.launch.python, "-c", _SUPERVISOR, *command]
         with tempfile.NamedTemporaryFile(prefix="gfnlm-sglang-", suffix=".log", delete=False) as log:
             self.log_path = Path(log.name)
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

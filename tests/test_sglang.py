@@ -133,8 +133,10 @@ def test_bad_options_fail_before_any_connection() -> None:
         SGLangSampler(launch={"pyhton": "x"})
 
 
-def test_gfnlm_serve_stops_the_server_on_ctrl_c(small_smollm2: Path) -> None:
-    """``gfnlm serve`` prints the URL of a healthy server; Ctrl-C stops it and all its processes."""
+@pytest.mark.parametrize("how", ["ctrl_c", "kill_9"])
+def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, how: str) -> None:
+    """``gfnlm serve`` prints the URL of a healthy server; Ctrl-C stops it and all its processes,
+    and so does a ``kill -9`` of ``gfnlm serve`` itself (the supervisor's parent-death signal)."""
     import re
     import subprocess
 
@@ -150,9 +152,16 @@ def test_gfnlm_serve_stops_the_server_on_ctrl_c(small_smollm2: Path) -> None:
     from gfnlm.sglang_client import SGLangClient
 
     assert SGLangClient(url).healthy()
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    assert "the server is stopped" in process.stderr.read()
+    if how == "ctrl_c":
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        assert "the server is stopped" in process.stderr.read()
+    else:
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 30  # the supervisor's 10 s of grace, then SIGKILL
+        while live_processes_in_group(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert not live_processes_in_group(pid) and not SGLangClient(url).healthy()
 
 
