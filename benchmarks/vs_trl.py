@@ -61,7 +61,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # also when loaded by path (tests)
-from docs_page import write_between_markers  # noqa: E402
+from docs_page import write_between_markers
+
 TRL_VENV = REPO / ".bench-venvs" / "trl"
 TRL_VERSION = "1.16.0"
 HERE = Path(__file__).resolve().parent / "vs_trl"
