@@ -158,4 +158,7 @@ def barrier(world: World) -> None:
 def destroy(world: World) -> None:
     """Leave the process group at the end of a run."""
     if world.distributed and dist.is_initialized():
+        # Every rank finishes its collectives first: a rank tearing gloo down while its peer is
+        # still in one was seen to leave that peer hanging at exit.
+        dist.barrier()
         dist.destroy_process_group()
