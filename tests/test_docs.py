@@ -19,7 +19,6 @@ import html.parser
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from mktestdocs import grab_code_blocks
 
 from gfnlm import config as config_module
 from gfnlm import registry
+from gfnlm.serve import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -168,16 +168,10 @@ def test_cli_reference_has_every_option(site: Path) -> None:
 # In a browser
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(site: Path) -> Iterator[str]:
     """The built site on http://127.0.0.1:PORT/ (python -m http.server, stopped afterwards)."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"

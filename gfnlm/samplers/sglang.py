@@ -143,34 +143,45 @@ class SGLangSampler(Sampler):
     def _export(self, policy: Any) -> dict[str, torch.Tensor] | None:
         return merged_state_dict(policy.model, getattr(torch, self.weights_dtype)) if self.weight_sync == "full" else None
 
-    def _push_full(self, weights: dict[str, torch.Tensor], version: int) -> None:
-        assert self._sync_root is not None and self._client is not None
-        staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=self._sync_root))
-        save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
-        config = Path(str(self._policy.transformer_config._name_or_path)) / "config.json"
-        if config.is_file():
-            shutil.copy(config, staging / "config.json")
-        final = self._sync_root / f"v{version:06d}"
+    def _publish(self, folder: str, write: Any) -> Path:
+        """``write(staging_dir)``, then rename it to ``sync_root/folder``: the server only ever sees
+        a complete folder."""
+        assert self._sync_root is not None
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=self._sync_root))
+        write(staging)
+        final = self._sync_root / folder
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)  # the server only ever sees a complete folder
-        self._client.update_weights_from_disk(str(final), version)
+        os.replace(staging, final)
+        return final
+
+    def _retire(self, final: Path) -> None:
+        """Remember ``final`` as the served folder and delete the one served before it."""
         previous, self._served = self._served, final
         if previous is not None and previous != final:
             shutil.rmtree(previous, ignore_errors=True)
 
+    def _push_full(self, weights: dict[str, torch.Tensor], version: int) -> None:
+        assert self._client is not None
+        config = Path(str(self._policy.transformer_config._name_or_path)) / "config.json"
+
+        def write(staging: Path) -> None:
+            save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
+            if config.is_file():
+                shutil.copy(config, staging / "config.json")
+
+        final = self._publish(f"v{version:06d}", write)
+        self._client.update_weights_from_disk(str(final), version)
+        self._retire(final)
+
     def _push_lora(self, policy: Any, version: int) -> None:
-        assert self._sync_root is not None and self._client is not None
-        staging = Path(tempfile.mkdtemp(prefix=f".lora{version}-", dir=self._sync_root))
-        policy.model.save_pretrained(staging)
-        final = self._sync_root / f"lora{version:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        assert self._client is not None
+        final = self._publish(f"lora{version:06d}", policy.model.save_pretrained)
         name = f"gfnlm-v{version}"
         self._client.load_lora_adapter(name, str(final))
         previous, self._lora_name = self._lora_name, name
         if previous is not None and previous != name:
             self._client.unload_lora_adapter(previous)
-            shutil.rmtree(self._sync_root / f"lora{int(previous.removeprefix('gfnlm-v')):06d}", ignore_errors=True)
+        self._retire(final)
 
     # ------------------------------------------------------------------ identity checks
     def _check_tokenizer(self, client: SGLangClient) -> None:
