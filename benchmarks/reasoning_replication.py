@@ -17,7 +17,8 @@ Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, 
 between the ``reasoning_replication`` markers. Finished runs are kept and skipped on a re-run.
 
     python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
-    python benchmarks/reasoning_replication.py --smollm2 [--seeds 0]   # the SmolLM2 comparison
+    python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] [--reuse-runs 'runs/seed{seed}']
+                                                  # the SmolLM2 comparison
 """
 
 import argparse
@@ -283,11 +284,12 @@ def run_smollm2(method: str, seed: int) -> dict:
     from gfnlm.evaluation import evaluate
     from gfnlm.trainer import Trainer
 
-    torch.set_num_threads(1)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))  # the cores run_all gave this worker
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     out_dir = OUT / "smollm2" / "runs" / f"{method}_s{seed}"
     shutil.rmtree(out_dir, ignore_errors=True)
-    overrides = [f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.out_dir={out_dir}",
+    overrides = [f"train.seed={seed}", f"train.threads={threads}", "train.device=cpu", f"train.out_dir={out_dir}",
                  *SMOL_METHODS.get(method, [])]
     trainer = Trainer(load_config(REPO / "configs" / "default.yaml", overrides), progress=False)
     cfg = trainer.config
@@ -309,6 +311,44 @@ def run_smollm2(method: str, seed: int) -> dict:
             "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
             "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after,
             "seconds": time.perf_counter() - started}
+
+
+def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
+    """Base and PowerFlow results of the SmolLM2 suite from a finished ``gfnlm train configs/default.yaml``
+    run (its step-0 and final evaluations), when its config is the suite's PowerFlow config at ``seed``
+    (thread count, device and output folder aside): the same run, not re-paid in CPU time."""
+    import yaml
+
+    from gfnlm.config import load_config, to_yaml
+
+    def comparable(config) -> dict:
+        tree = yaml.safe_load(to_yaml(config))
+        for key in ("out_dir", "threads", "device"):
+            tree["train"].pop(key, None)
+        return tree
+
+    wanted = comparable(load_config(REPO / "configs" / "default.yaml", [f"train.seed={seed}"]))
+    if not (run_dir / "config.yaml").is_file():
+        raise SystemExit(f"--reuse-runs: {run_dir / 'config.yaml'} does not exist")
+    if comparable(load_config(run_dir / "config.yaml")) != wanted:
+        raise SystemExit(f"--reuse-runs: {run_dir} was not run with configs/default.yaml at train.seed={seed}")
+    evals = sorted((run_dir / "eval").glob("step_*.json"))
+    final = f"step_{wanted['train']['steps']:06d}.json"
+    if not evals or evals[0].name != "step_000000.json" or evals[-1].name != final:
+        raise SystemExit(f"--reuse-runs: {run_dir / 'eval'} lacks step_000000.json or {final}")
+    before = json.loads(evals[0].read_text())
+    adopted = []
+    for method, result in (("Base", before), ("PowerFlow", json.loads(evals[-1].read_text()))):
+        path = result_path((method, seed, None))
+        if path.is_file():
+            continue
+        record = {"method": method, "seed": seed, "alpha": None, "avg": result["accuracy_t1"],
+                  "maj": result["majority_at_k"], "pass": result["pass_at_k"], "length": result["mean_length"],
+                  "greedy": result["greedy_accuracy"], "truncated": 0.0, "before_avg": before["accuracy_t1"],
+                  "eval": result, "seconds": None, "source": str(run_dir)}
+        path.write_text(json.dumps(record, indent=1))
+        adopted.append(path.stem)
+    return adopted
 
 
 def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
@@ -396,7 +436,8 @@ def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list
     (OUT / "results").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(claims_dir(), ignore_errors=True)
     claims_dir().mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))  # the cores split between the workers
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
     workers = []
     for i in range(parallel):
         log = open(OUT / "logs" / f"{SUITE['name']}_worker{i}.log", "w")  # noqa: SIM115 (lives as long as the worker)
@@ -522,7 +563,7 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (the cores split between them)")
     parser.add_argument("--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--smollm2", action="store_true",
@@ -530,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", metavar="METHOD", help="one investigation run (first seed, in this process): "
                         "its curve and a few responses; with --set overrides")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for --probe")
+    parser.add_argument("--reuse-runs", metavar="PATTERN", help="with --smollm2: take Base and PowerFlow from "
+                        "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     allowed = SMOL_ORDER if args.smollm2 else (*TABLE_ORDER, "sweep")
@@ -553,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     if args.smollm2:
+        (OUT / "results").mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds if args.reuse_runs else []:
+            for name in adopt_default_run(seed, Path(args.reuse_runs.format(seed=seed))):
+                print(f"adopted {name} from {args.reuse_runs.format(seed=seed)}")
         child_argv = ["--smollm2", "--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
         text = smollm2_table(run_all(jobs, args.jobs, child_argv), args.seeds)
         (OUT / "smollm2_table.md").write_text(text)

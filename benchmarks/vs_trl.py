@@ -20,8 +20,10 @@ Two models:
   path, small enough for a CPU smoke test): a Llama built from a config with random weights
   (random-0.5b: Qwen2.5-0.5B's body, hidden 896, 24 layers, GQA 14/2, with the SmolLM2 tokenizer),
   saved once under ``--work-dir``; nothing is downloaded. bf16 autocast on CUDA (fp32 weights),
-  fp32 on CPU; P=8, G=8, T=128 on CUDA; TRL without gradient checkpointing (its GRPOConfig's
-  default is on, kept in the smollm2 comparison; gfnlm does not recompute). TRL is used if ``import trl`` (version 1.16.0) works in
+  fp32 on CPU; P=8, G=8, T=128 on CUDA. TRL runs without gradient checkpointing in both comparisons
+  (its GRPOConfig's default is on; gfnlm does not recompute, so off is the same work;
+  ``--trl-gradient-checkpointing default`` keeps TRL's default for the smollm2 comparison).
+  TRL is used if ``import trl`` (version 1.16.0) works in
   ``--trl-python`` (default: the TRL venv if present, else this interpreter, e.g. with carried
   wheels on PYTHONPATH); otherwise one line says so and gfnlm runs alone. Reports per system the
   step time, rollout tokens/s (generated tokens / synchronised generation time), update tokens/s
@@ -222,9 +224,12 @@ def main() -> int:
     parser.add_argument("--trl-python", default=None,
                         help="random models: interpreter that imports trl (default: the TRL venv, else this one)")
     parser.add_argument("--no-trl", action="store_true", help="random models: gfnlm alone")
-    parser.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="default",
-                        help="smollm2 comparison: TRL with GRPOConfig's default (on) or without recomputation, "
-                             "as gfnlm")
+    parser.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="off",
+                        help="smollm2 comparison: TRL without recomputation, as gfnlm (the default), or with "
+                             "GRPOConfig's default (on)")
+    parser.add_argument("--plain-loop", action="store_true",
+                        help="smollm2 comparison: also time the issue's plain loop (HF generate + base forward + "
+                             "policy forward/backward + AdamW), to compare this machine with the issue's")
     parser.add_argument("--pairs", choices=["both", "powerflow", "grpo"], default="both",
                         help="random models: both pairs, or PowerFlow vs TRL beta=0.04, or GRPO vs TRL beta=0")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -272,6 +277,8 @@ def issue_comparison(args: argparse.Namespace) -> int:
     }
     for name in ("TRL GRPO beta=0.04", "TRL GRPO beta=0"):
         runs[name] += ["--gradient-checkpointing", args.trl_gradient_checkpointing]
+    if args.plain_loop:  # a machine-speed reference (the issue's third row), in no pair
+        runs["plain loop (reference)"] = [sys.executable, str(HERE / "plain_run.py")]
     steps: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, float] = {name: 0.0 for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
