@@ -296,8 +296,9 @@ def issue_comparison(args: argparse.Namespace) -> int:
                     raise SystemExit(str(error)) from None
                 steps[name] += result["step_times"][1:]  # step 1 is warm-up
                 rss[name] = max(rss[name], result["peak_rss_gb"])
+                generate = f"   generate {summary(result['generate_times'][1:])} s" if "generate_times" in result else ""
                 print(f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
-                      f"{summary(result['step_times'][1:])} s   peak RSS {result['peak_rss_gb']:.2f} GB   "
+                      f"{summary(result['step_times'][1:])} s{generate}   peak RSS {result['peak_rss_gb']:.2f} GB   "
                       f"(process {time.perf_counter() - started:.0f} s)", flush=True)
     header = f"| system | s/step, median (min-max) of steps 2-{args.steps} x {args.rounds} round(s) | peak RSS (GB) |"
     lines = [header, "|---|---|---|"]
