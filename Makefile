@@ -81,7 +81,7 @@ bench-step: setup
 	$(PY) benchmarks/step_time.py
 
 bench-trl: setup
-	$(PY) benchmarks/vs_trl.py --steps 6 --rounds 2
+	$(PY) benchmarks/vs_trl.py --steps 6 --rounds 2 --plain-loop
 
 bench-creative: setup
 	nice -n 10 $(PY) benchmarks/creativity.py
