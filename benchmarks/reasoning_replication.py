@@ -307,10 +307,14 @@ def run_smollm2(method: str, seed: int) -> dict:
         results = trainer.train()
         before, after = results["before"], results["after"]
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return {**smollm2_record(method, seed, before, after), "seconds": time.perf_counter() - started}
+
+
+def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
+    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation) before and after."""
     return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
             "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
-            "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after,
-            "seconds": time.perf_counter() - started}
+            "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after}
 
 
 def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
@@ -342,10 +346,7 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
         path = result_path((method, seed, None))
         if path.is_file():
             continue
-        record = {"method": method, "seed": seed, "alpha": None, "avg": result["accuracy_t1"],
-                  "maj": result["majority_at_k"], "pass": result["pass_at_k"], "length": result["mean_length"],
-                  "greedy": result["greedy_accuracy"], "truncated": 0.0, "before_avg": before["accuracy_t1"],
-                  "eval": result, "seconds": None, "source": str(run_dir)}
+        record = {**smollm2_record(method, seed, before, result), "seconds": None, "source": str(run_dir)}
         path.write_text(json.dumps(record, indent=1))
         adopted.append(path.stem)
     return adopted
@@ -432,7 +433,8 @@ def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) ->
 
 
 def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list[str]) -> list[dict]:
-    """``parallel`` worker processes (one thread each) share the jobs; finished results are kept."""
+    """``parallel`` worker processes (the cores split between them) share the jobs; finished results
+    are kept."""
     (OUT / "results").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(claims_dir(), ignore_errors=True)
     claims_dir().mkdir(parents=True)
@@ -463,15 +465,19 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def method_label(method: str) -> str:
+    """A method's name in the tables, with its α or temperature."""
+    return {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
+            "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
+
+
 def main_table(results: list[dict], seeds: list[int]) -> str:
     rows = ["| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |", "|---|---|---|---|---|"]
     for method in TABLE_ORDER:
         runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
         if not runs:
             continue
-        label = {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
-                 "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
-        rows.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+        rows.append(f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
                     f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
     return "\n".join(rows)
 
@@ -483,8 +489,7 @@ def smollm2_table(results: list[dict], seeds: list[int]) -> str:
     for method in SMOL_ORDER:
         runs = [r for r in results if r["method"] == method]
         if runs:
-            label = {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
-            rows.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+            rows.append(f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
                         f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['greedy'] for r in runs], 100)} "
                         f"| {mean_std([r['length'] for r in runs])} |")
     return "\n".join(rows) + "\n"
@@ -579,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or []) - set(allowed))
     if unknown:
         parser.error(f"--only {unknown[0]!r}: must be one of {', '.join(allowed)}")
+    if args.reuse_runs and not args.smollm2:
+        parser.error("--reuse-runs: only with --smollm2 (it reads runs of configs/default.yaml)")
     SUITE["name"] = "smollm2" if args.smollm2 else "tiny"
     files = write_prompt_files(OUT / "data")
     jobs = jobs_for(args.seeds, args.only, SUITE["name"])
@@ -598,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smollm2:
         (OUT / "results").mkdir(parents=True, exist_ok=True)
         for seed in args.seeds if args.reuse_runs else []:
-            for name in adopt_default_run(seed, Path(args.reuse_runs.format(seed=seed))):
-                print(f"adopted {name} from {args.reuse_runs.format(seed=seed)}")
+            run_dir = Path(args.reuse_runs.format(seed=seed))
+            for name in adopt_default_run(seed, run_dir):
+                print(f"adopted {name} from {run_dir}")
         child_argv = ["--smollm2", "--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
         text = smollm2_table(run_all(jobs, args.jobs, child_argv), args.seeds)
         (OUT / "smollm2_table.md").write_text(text)

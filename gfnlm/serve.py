@@ -50,7 +50,7 @@ def stop(signum, frame):
     os.killpg(0, signal.SIGKILL)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
-code = server.wait()
+server.wait()
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 os.killpg(0, signal.SIGKILL)
 """
