@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from gfnlm.config import ConfigError, RunConfig, load_config
+from gfnlm.errors import GfnlmError, InputError, Terminated, raise_on_sigterm
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -177,26 +178,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``gfnlm serve``: start a SGLang server for a model folder, print its URL, and stop it (and
-    every process it started) on Ctrl-C, SIGTERM or any error."""
+    every process it started) on Ctrl-C, SIGTERM or any error. ``--cpu`` applies the repository's
+    CPU recipe (``tools/sglang_cpu``: the ``make sglang-cpu`` venv, its stubs, environment and flags)."""
     from gfnlm.models import resolve_model_path
-    from gfnlm.serve import LaunchConfig, SGLangServer
+    from gfnlm.serve import SGLangServer, resolve_launch
+    from gfnlm.sglang_client import ServerError
 
-    model_dir = resolve_model_path(args.model)
-    env = {}
+    options: dict = {"args": list(args.server_args), "env": {}, "port": args.port,
+                     "startup_timeout_s": args.startup_timeout, "cpu": args.cpu}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--env={item!r}: must be KEY=VALUE")
-        env[key] = value
-    launch = LaunchConfig(python=args.python, args=list(args.server_args), env=env, port=args.port,
-                          startup_timeout_s=args.startup_timeout)
+        options["env"][key] = value
+    if args.python is not None:
+        options["python"] = args.python
+    if args.startup_timeout is None:  # the recipe's (CPU start-up is slow) or LaunchConfig's default
+        del options["startup_timeout_s"]
+    elif not args.startup_timeout > 0:
+        raise ConfigError(f"--startup-timeout={args.startup_timeout:g}: must be > 0 (seconds)")
+    flag = {"args": "the flags after --"}
+    launch = resolve_launch(options, lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-")))
+    model_dir = resolve_model_path(args.model)
     with SGLangServer(model_dir, launch) as server:
         print(f"SGLang server for {model_dir} at {server.url} (pid {server.process.pid}); "
               f"use sampling.sampler=sglang sampling.sampler_options.url={server.url}; Ctrl-C stops it",
               flush=True)
         while server.alive():
             time.sleep(1.0)
-        raise RuntimeError(f"SGLang server {server.url} exited on its own; last output: {server.log_tail()}")
+        raise ServerError(f"SGLang server {server.url} exited on its own; last output: {server.log_tail()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,11 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="start a SGLang server for a model (stopped on Ctrl-C)")
     serve.add_argument("model", nargs="?", default="smollm2", help="model folder, or 'smollm2' (default)")
-    serve.add_argument("--python", default=sys.executable, help="interpreter with sglang installed")
+    serve.add_argument("--python", default=None,
+                       help="interpreter with sglang installed (default: this one; with --cpu: .bench-venvs/sglang)")
+    serve.add_argument("--cpu", action="store_true",
+                       help="CPU server with the repository's recipe (tools/sglang_cpu; build it with make sglang-cpu)")
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     serve.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                        help="environment variable for the server process (repeatable)")
-    serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /health")
+    serve.add_argument("--startup-timeout", type=float, default=None,
+                       help="seconds to wait for /health (default 300; 600 with --cpu)")
     serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to sglang.launch_server
 
     for name, func, help_text in (("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
@@ -262,21 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         args.server_args = server_args
-    from gfnlm.serve import stop_servers_on_sigterm
-
-    stop_servers_on_sigterm()  # SIGTERM unwinds like Ctrl-C, so launched servers are stopped
+    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: launched servers stop, a save never half-switches
     try:
         return int(args.func(args))
-    except (ValueError, RuntimeError) as error:  # ConfigError, RegistryError, TrainingError, ...
+    except GfnlmError as error:  # bad input (exit 2) or a run that cannot go on (exit 1); bugs keep tracebacks
         if os.environ.get("GFNLM_DEBUG"):
             raise
         print(f"gfnlm {args.command}: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, ValueError) else 1
-    except KeyboardInterrupt:
+        return 2 if isinstance(error, InputError) else 1
+    except KeyboardInterrupt as interrupt:
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         kept = {"train": "; the last checkpoint is intact", "serve": "; the server is stopped"}.get(args.command, "")
-        print(f"gfnlm {args.command}: interrupted{kept}", file=sys.stderr)
-        return 130
-
+        print(f"gfnlm {args.command}: {how}{kept}", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,32 +9,60 @@ Example::
     cfg = load_config("configs/powerflow_reasoning.yaml", ["train.steps=20", "target.options.alpha=2"])
 """
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gfnlm.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad configuration value, reported in one line that names the field."""
+
+
+def field_name(instance: object, attribute: attrs.Attribute) -> str:
+    """``train.steps`` rather than ``steps``: the config section (``section`` of the class) and the field."""
+    section = getattr(type(instance), "section", "")
+    return f"{section}.{attribute.name}" if section else attribute.name
 
 
 def _one_of(*allowed: str):
     def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
         if value not in allowed:
-            raise ConfigError(f"{attribute.name}={value!r}: must be one of {', '.join(allowed)}")
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be one of {', '.join(allowed)}")
 
     return check
 
 
 def _at_least(minimum: float):
+    """``value >= minimum`` and finite (NaN compares false both ways, so it is rejected by name)."""
     def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite number >= {minimum}")
         if value < minimum:
-            raise ConfigError(f"{attribute.name}={value!r}: must be >= {minimum}")
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be >= {minimum}")
 
     return check
+
+
+def _positive_fraction(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 < value <= 1:  # also false for NaN
+        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in (0, 1]")
+
+
+def _not_empty(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if not str(value).strip():
+        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must not be empty")
+
+
+def _finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite number")
 
 
 @attrs.define
@@ -53,11 +81,13 @@ class ModelConfig:
     second copy); without it, a frozen copy. ``dtype='auto'``: bf16 autocast on CUDA, fp32 on CPU.
     """
 
-    path: str = "smollm2"
+    section: ClassVar[str] = "model"
+
+    path: str = attrs.field(default="smollm2", validator=_not_empty)
     lora: bool = True
     lora_r: int = attrs.field(default=8, validator=_at_least(1))
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    lora_alpha: float = attrs.field(default=16.0, validator=_finite)
+    lora_dropout: float = attrs.field(default=0.0, validator=_at_least(0.0))
     lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
     dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64"))
     gradient_checkpointing: bool = False
@@ -67,7 +97,9 @@ class ModelConfig:
 class DataConfig:
     """Prompt files (JSONL with ``question``; eval files also ``answers``), or bundled set names."""
 
-    train: str = "factual_train"
+    section: ClassVar[str] = "data"
+
+    train: str = attrs.field(default="factual_train", validator=_not_empty)
     eval: str = "factual_eval"
     max_prompt_tokens: int = attrs.field(default=256, validator=_at_least(1))
     eval_max_questions: int = attrs.field(default=0, validator=_at_least(0))  # 0 = all
@@ -77,10 +109,12 @@ class DataConfig:
 class SamplingConfig:
     """How rollouts are drawn: sampler component, G samples per prompt, sampling parameters."""
 
+    section: ClassVar[str] = "sampling"
+
     sampler: str = "hf"
     samples_per_prompt: int = attrs.field(default=8, validator=_at_least(1))
     temperature: float = attrs.field(default=1.0, validator=_at_least(1e-6))
-    top_p: float = attrs.field(default=1.0, validator=_at_least(1e-6))
+    top_p: float = attrs.field(default=1.0, validator=_positive_fraction)
     max_new_tokens: int = attrs.field(default=24, validator=_at_least(1))
     sampler_options: dict[str, Any] = attrs.field(factory=dict)
 
@@ -88,6 +122,8 @@ class SamplingConfig:
 @attrs.define
 class TrainConfig:
     """The loop: steps of (sample → score → ``updates_per_batch`` passes of minibatch updates)."""
+
+    section: ClassVar[str] = "train"
 
     steps: int = attrs.field(default=40, validator=_at_least(1))
     prompts_per_step: int = attrs.field(default=4, validator=_at_least(1))
@@ -98,14 +134,14 @@ class TrainConfig:
     # Before the first update, shift log Z so the first batch's mean residual is zero (TB-style
     # residuals are log Z + c). Saves the many steps a small log Z learning rate would need.
     logz_warm_start: bool = True
-    weight_decay: float = 0.0
+    weight_decay: float = attrs.field(default=0.0, validator=_at_least(0.0))
     grad_clip: float = attrs.field(default=1.0, validator=_at_least(0.0))  # 0 = off
     seed: int = 0
     device: str = attrs.field(default="auto", validator=_one_of("auto", "cpu", "cuda"))
     eval_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only before/after
     eval_samples: int = attrs.field(default=8, validator=_at_least(1))
     save_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only at the end
-    out_dir: str = "runs/default"
+    out_dir: str = attrs.field(default="runs/default", validator=_not_empty)
     resume: bool = True
     threads: int = attrs.field(default=0, validator=_at_least(0))  # 0 = torch's default
     # Under torchrun with several processes: DDP (replicated weights, averaged gradients) or FSDP2
@@ -139,9 +175,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     layers = [OmegaConf.structured(RunConfig)]
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config={str(path)!r}: no such file")
-        layers.append(OmegaConf.load(path))
+        layers.append(_load_yaml(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=20")
@@ -155,6 +189,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_describe_error(error)) from None
     assert isinstance(config, RunConfig)
     return config
+
+
+def _load_yaml(path: Path) -> Any:
+    """The config file as an OmegaConf mapping; a missing, unreadable or non-mapping file is one line."""
+    if path.is_dir():
+        raise ConfigError(f"config={str(path)!r}: is a directory, expected a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config={str(path)!r}: no such file")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config={str(path)!r}: not valid YAML{where} ({problem})") from None
+    except (OSError, UnicodeDecodeError, OmegaConfBaseException) as error:
+        raise ConfigError(f"config={str(path)!r}: cannot read it ({str(error).splitlines()[0]})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config={str(path)!r}: must be a mapping of sections (model:, train:, ...), "
+                          f"got a {type(loaded).__name__.removesuffix('Config').lower()}")
+    return loaded
 
 
 def _drop_options_of_replaced_components(merged: Any, overrides: Any) -> None:

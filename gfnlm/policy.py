@@ -22,11 +22,11 @@ from gfnlm.config import ConfigError, ModelConfig
 from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error. On CUDA
-    the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
+def resolve_device(requested: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error naming
+    ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
+        raise ConfigError(f"{field}='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
@@ -35,9 +35,14 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
-def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
-    """The folder's tokenizer, left-padding (prompts end at the same position)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def load_tokenizer(model_dir: Path, field: str = "model.path") -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, left-padding (prompts end at the same position); a folder without a
+    usable tokenizer is a one-line error naming ``field``."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError) as error:  # transformers' many ways of saying "no tokenizer"
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{field}={str(model_dir)!r}: cannot load a tokenizer from it ({reason})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

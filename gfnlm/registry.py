@@ -22,11 +22,13 @@ Example::
 
 import difflib
 import importlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
+from gfnlm.errors import InputError
 from gfnlm.shapes import wrap_public_methods
 
 KINDS = ("target", "objective", "sampler", "logz", "task", "metric")
@@ -34,7 +36,7 @@ KINDS = ("target", "objective", "sampler", "logz", "task", "metric")
 C = TypeVar("C", bound=type)
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A bad registry request: unknown kind or name, duplicate name, bad config, bad composition."""
 
 
@@ -122,6 +124,9 @@ def build(kind: str, name: str, config: Mapping[str, Any] | None = None, **overr
                 f"{kind} {name!r} has no option {key!r}; options are: "
                 f"{', '.join(fields) or 'none'}{hint}"
             )
+    for key, value in options.items():  # NaN slips through every `value < bound` check
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a finite number")
     try:
         return cls(**options)
     except (TypeError, ValueError) as error:

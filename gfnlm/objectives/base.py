@@ -24,6 +24,12 @@ class Objective:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
 
+    @property
+    def min_samples_per_prompt(self) -> int:
+        """Responses per prompt the loss needs: objectives built on group statistics need 2 (with
+        one, every residual or advantage is exactly zero and nothing is learned)."""
+        return 1
+
     def loss(
         self,
         rollouts: Rollouts,

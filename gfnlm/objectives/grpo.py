@@ -75,6 +75,11 @@ class GRPO(Objective):
     def requires(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset({"ref_logp"}) if self.kl_beta else frozenset()
 
+    @property
+    def min_samples_per_prompt(self) -> int:
+        """Advantages are centred on the group mean: one response per prompt has advantage 0."""
+        return 2
+
     def loss(
         self,
         rollouts: Rollouts,

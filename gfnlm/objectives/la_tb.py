@@ -65,6 +65,11 @@ class LengthAwareTB(Objective):
         """A learned log Z component, unless ``log_z_source='group_mean'``."""
         return frozenset({"log_z"}) if self.log_z_source == "learned" else frozenset()
 
+    @property
+    def min_samples_per_prompt(self) -> int:
+        """``group_mean`` estimates log Z from the group: one response gives a zero residual."""
+        return 2 if self.log_z_source == "group_mean" else 1
+
     def loss(
         self,
         rollouts: Rollouts,
