@@ -87,8 +87,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _write_reason(error: BaseException) -> str:
-    """Why a write failed, in words (torch's writer reports a full disk as 'unexpected pos')."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "unexpected pos" in str(error):
+    """Why a write failed, in words (torch's writer reports a full disk as 'unexpected pos',
+    safetensors' as 'os error 28')."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
+            any(sign in str(error) for sign in ("unexpected pos", "No space left", "os error 28")):
         return "no space left on device"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
@@ -175,7 +177,7 @@ def save_checkpoint(
         write_text_atomic(checkpoints_dir / LATEST, final.name)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError | RuntimeError):
+        if isinstance(error, OSError | RuntimeError | SafetensorError):
             previous = latest_checkpoint(checkpoints_dir)
             kept = f"{str(previous)!r} is intact" if previous else "no earlier checkpoint exists"
             raise CheckpointError(f"cannot write checkpoint {str(final)!r}: {_write_reason(error)}; {kept}") from None

@@ -10,6 +10,7 @@ Commands::
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -63,36 +64,74 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_count(flag: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{flag}={value}: must be >= {minimum}")
+
+
+def _check_sampling_flags(args: argparse.Namespace) -> None:
+    """The flags ``eval`` and ``sample`` share, checked before any model loads."""
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature={args.temperature}: must be a finite number > 0 (1/alpha for the "
+                          "low-temperature baseline)")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
+    _check_count("--max-new-tokens", args.max_new_tokens, 0)
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"--run={args.run!r}: no such run directory")
+
+
+class _RunCheckpoint:
+    """A run directory's newest complete checkpoint and its config, found before any model loads."""
+
+    def __init__(self, run: str) -> None:
+        from gfnlm import checkpoint
+
+        run_dir = Path(run)
+        point = None
+        if (run_dir / checkpoint.STATE_FILE).is_file():  # a checkpoint folder given directly
+            point = checkpoint.ResumePoint(run_dir, *checkpoint.load_checkpoint(run_dir))
+        elif (run_dir / "checkpoints").is_dir():
+            point = checkpoint.find_resume_point(run_dir / "checkpoints")
+        if point is None:
+            raise ConfigError(f"--run={run!r}: no checkpoint found (expected RUN_DIR/checkpoints/step_*)")
+        if point.note:
+            print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
+        config_file = point.path / checkpoint.CONFIG_FILE
+        self.config = load_config(config_file if config_file.is_file() else run_dir / "config.yaml")
+        self.weights = point.policy_state
+
+
 def _policy_for(run: str | None, model: str, device: str):
-    """The policy of a run's latest checkpoint, or the plain base model."""
-    from gfnlm import checkpoint
+    """The policy of a run's newest complete checkpoint, or the plain base model. Everything that
+    needs no weights (the device, the run's files, the model folder) is checked first."""
     from gfnlm.models import resolve_model_path
     from gfnlm.policy import CausalLMPolicy, resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, field="--device")
     if run is None:
         config = RunConfig()
         config.model.path = model
         config.model.lora = False
         return CausalLMPolicy.from_config(config.model, resolve_model_path(model), torch_device), config
-    run_dir = Path(run)
-    ckpt = checkpoint.latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
-    if ckpt is None and (run_dir / checkpoint.STATE_FILE).is_file():
-        ckpt = run_dir
-    if ckpt is None:
-        raise ConfigError(f"--run={run!r}: no checkpoint found (expected RUN_DIR/checkpoints/latest)")
-    config = load_config(ckpt / "config.yaml")
+    saved = _RunCheckpoint(run)
+    config = saved.config
     policy = CausalLMPolicy.from_config(config.model, resolve_model_path(config.model.path), torch_device)
-    weights, _ = checkpoint.load_checkpoint(ckpt)
-    policy.load_trainable_state_dict(weights)
+    policy.load_trainable_state_dict(saved.weights)
     return policy, config
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``gfnlm eval``: evaluate a run's latest checkpoint (or the base model) and print the table."""
     from gfnlm.evaluation import evaluate
-    from gfnlm.prompts import PromptSet
+    from gfnlm.prompts import PromptSet, resolve_prompt_file
+    from gfnlm.tasks import load_prompt_file
 
+    _check_sampling_flags(args)
+    _check_count("--samples", args.samples, 1)
+    _check_count("--threads", args.threads, 0)
+    if args.prompts:  # a bad prompt file fails before the model loads
+        load_prompt_file(resolve_prompt_file(args.prompts, "--prompts"))
     if args.metrics == "creative":
         return cmd_eval_creative(args)
     torch.manual_seed(args.seed)
@@ -129,8 +168,6 @@ def cmd_eval_creative(args: argparse.Namespace) -> int:
         raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
     if args.samples < 2:
         raise ConfigError(f"--samples={args.samples}: must be >= 2 with --metrics creative")
-    if not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
     checks = load_checks(args.prompts, "--prompts")  # bad prompt files fail before any model loads
     minilm_path()
     if args.threads:
@@ -161,6 +198,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from gfnlm.samplers.hf import HFSampler
     from gfnlm.tasks import format_prompt
 
+    _check_sampling_flags(args)
+    _check_count("-n", args.n, 1)
+    if not args.prompt.strip():
+        raise ConfigError(f"--prompt={args.prompt!r}: must not be empty")
     torch.manual_seed(args.seed)
     policy, config = _policy_for(args.run, args.model, args.device)
     text = format_prompt(policy.tokenizer, args.prompt, args.template)
@@ -195,8 +236,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["python"] = args.python
     if args.startup_timeout is None:  # the recipe's (CPU start-up is slow) or LaunchConfig's default
         del options["startup_timeout_s"]
-    elif not args.startup_timeout > 0:
-        raise ConfigError(f"--startup-timeout={args.startup_timeout:g}: must be > 0 (seconds)")
     flag = {"args": "the flags after --"}
     launch = resolve_launch(options, lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-")))
     model_dir = resolve_model_path(args.model)
@@ -273,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     server_args: list[str] = []
     if argv[:1] == ["serve"] and "--" in argv:  # gfnlm serve [options] -- sglang flags
         argv, server_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "train":  # key=value overrides may come after flags: train CFG --quiet a=1
+        args.overrides += [item for item in unknown if "=" in item and not item.startswith("-")]
+        unknown = [item for item in unknown if item not in args.overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "serve":
         args.server_args = server_args
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: launched servers stop, a save never half-switches

@@ -15,6 +15,7 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
+from gfnlm.errors import InputError
 from gfnlm.prompts import PromptSet
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
 from gfnlm.tasks import first_sentence, is_correct, normalize_answer
@@ -50,7 +51,7 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
     The k samples are drawn at ``temperature`` (1 for the avg@k the docs report; ``1/α`` is the
     low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at that T)."""
     if any(a is None for a in prompts.answers):
-        raise ValueError("evaluation needs a prompt file whose every line has 'answers'")
+        raise InputError("evaluation needs a prompt file whose every line has 'answers'")
     sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
@@ -138,9 +139,9 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     from gfnlm import metrics
 
     if samples < 2:
-        raise ValueError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
+        raise InputError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
     if len(checks) != len(prompts):
-        raise ValueError(f"checks: {len(checks)} rule sets for {len(prompts)} prompts")
+        raise InputError(f"checks: {len(checks)} rule sets for {len(prompts)} prompts")
     embedder = embedder or metrics.SentenceEmbedder()
     sampler = HFSampler(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     sampler.setup(policy)

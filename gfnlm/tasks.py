@@ -87,7 +87,9 @@ def load_prompt_file(path: str | Path) -> list[dict]:
         if key is None:
             raise PromptFileError(f"{where}: missing 'question' (or 'prompt') field")
         question = record[key]
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise PromptFileError(f"{where}: {key!r} must be a string, got {type(question).__name__} {question!r}")
+        if not question.strip():
             raise PromptFileError(f"{where}: empty {key!r}")
         record = {**record, "question": question}
         if record.get("template", "short_answer") not in TEMPLATES:
