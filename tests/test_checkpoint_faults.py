@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ class FileSystemFaults:
     """Counts every file-system step a save takes; at step ``at`` raises :class:`Killed`, after
     which no further step touches the disk (the process is dead as far as files are concerned)."""
 
-    STEPS = [(safetensors.torch, "save_file"), (torch, "save"), (checkpoint.os, "replace"),
+    STEPS: ClassVar = [(safetensors.torch, "save_file"), (torch, "save"), (checkpoint.os, "replace"),
              (checkpoint.os, "fsync"), (checkpoint.os, "open"), (checkpoint.shutil, "rmtree"),
              (checkpoint.tempfile, "mkdtemp"), (checkpoint.tempfile, "mkstemp"), (Path, "write_text"),
              (Path, "mkdir"), (Path, "unlink")]
@@ -222,7 +223,7 @@ def small_file_system(tmp_path: Path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+                            check=False, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the full-disk test (run as root): {result.stderr.strip()}")
     try:
