@@ -124,8 +124,13 @@ def build(kind: str, name: str, config: Mapping[str, Any] | None = None, **overr
                 f"{kind} {name!r} has no option {key!r}; options are: "
                 f"{', '.join(fields) or 'none'}{hint}"
             )
-    for key, value in options.items():  # NaN slips through every `value < bound` check
-        if isinstance(value, float) and not math.isfinite(value):
+    for key, value in options.items():
+        if fields[key].type in (float, "float") and isinstance(value, str):  # `alpha=inf` on the CLI is text
+            try:
+                value = options[key] = float(value)
+            except ValueError:
+                raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a number") from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN slips through `value < bound` checks
             raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a finite number")
     try:
         return cls(**options)

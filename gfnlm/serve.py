@@ -3,22 +3,32 @@ on SIGTERM, and (Linux) when this process dies without cleaning up.
 
 The server runs in its own process group, so stopping it stops its scheduler and detokenizer
 children too. On Linux a small supervisor leads that group and gets ``PR_SET_PDEATHSIG``: even a
-``kill -9`` of the trainer makes it stop the whole group (after 10 s of grace, by SIGKILL).
+``kill -9`` of the trainer makes it stop the whole group (after 10 s of grace, by SIGKILL). The
+server's output goes to a temporary log, deleted when the server stops (error messages quote its
+tail first).
+
+:func:`resolve_launch` turns user options into a :class:`LaunchConfig` and checks them before any
+model loads: the interpreter exists and has ``sglang``, and ``cpu`` applies the repository's CPU
+recipe (``tools/sglang_cpu``: its venv, import stubs, environment and flags).
 """
 
 import atexit
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
 import attrs
 
+from gfnlm.config import ConfigError
 from gfnlm.sglang_client import ServerError, SGLangClient
 
 _RUNNING: "weakref.WeakSet[SGLangServer]" = weakref.WeakSet()
@@ -73,6 +83,82 @@ class LaunchConfig:
     startup_timeout_s: float = 300.0
 
 
+# The repository's CPU recipe (a checkout has it; an installed wheel does not).
+CPU_RECIPE = Path(__file__).resolve().parents[1] / "tools" / "sglang_cpu" / "launch.py"
+LAUNCH_OPTIONS = (*(f.name for f in attrs.fields(LaunchConfig)), "cpu")
+_FIND_SGLANG = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sglang') is None)"
+_SGLANG_HINT = ("install sglang==0.5.23 there (GPU); on CPU run `make sglang-cpu` in the repository "
+                "and use its CPU recipe (gfnlm serve --cpu, or the launch option cpu: true)")
+
+
+def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> LaunchConfig:
+    """A :class:`LaunchConfig` from user options (``LaunchConfig`` fields, plus ``cpu: true`` for the
+    CPU recipe), checked without starting anything. ``field(key)`` names an option in messages
+    (``sampling.sampler_options.launch.python``, ``--python``)."""
+    options = dict(options)
+    unknown = sorted(set(options) - set(LAUNCH_OPTIONS))
+    if unknown:
+        raise ConfigError(f"{field(unknown[0])}: unknown; allowed: {', '.join(LAUNCH_OPTIONS)}")
+    cpu = options.pop("cpu", False)
+    if not isinstance(cpu, bool):
+        raise ConfigError(f"{field('cpu')}={cpu!r}: must be true or false")
+    if cpu:
+        options = _with_cpu_recipe(options, field("cpu"))
+    if not isinstance(options.get("args", []), list):
+        raise ConfigError(f"{field('args')}={options['args']!r}: must be a list of server flags")
+    if not isinstance(options.get("env", {}), dict):
+        raise ConfigError(f"{field('env')}={options['env']!r}: must be a mapping of variable to value")
+    port = options.get("port", 0)
+    if not (isinstance(port, int) and 0 <= port <= 65535):
+        raise ConfigError(f"{field('port')}={port!r}: must be a port in 1-65535, or 0 for a free one")
+    startup = options.get("startup_timeout_s", 1.0)
+    if not (isinstance(startup, int | float) and startup > 0):
+        raise ConfigError(f"{field('startup_timeout_s')}={startup!r}: must be > 0 (seconds)")
+    launch = LaunchConfig(**options)
+    launch.args = [str(arg) for arg in launch.args]
+    launch.env = {str(k): str(v) for k, v in launch.env.items()}
+    check_python(launch.python, field("python"), launch.env)
+    return launch
+
+
+def _with_cpu_recipe(options: dict[str, Any], field: str) -> dict[str, Any]:
+    """``options`` on top of ``tools/sglang_cpu``'s launch: its venv unless ``python`` is given,
+    its flags then the user's (the last of a repeated flag wins), its environment then the user's."""
+    if not CPU_RECIPE.is_file():
+        raise ConfigError(f"{field}: the CPU recipe tools/sglang_cpu is not here ({CPU_RECIPE.parent}); "
+                          "it comes with a checkout of the gfnlm repository, not with an installed package")
+    spec = importlib.util.spec_from_file_location("gfnlm_sglang_cpu_recipe", CPU_RECIPE)
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    try:
+        # A user's ``python`` replaces the recipe's venv (and is checked under its own name later).
+        base = recipe.cpu_launch(**({"python": sys.executable} if "python" in options else {}))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    return {**base, **options, "args": [*base["args"], *options.get("args", [])],
+            "env": {**base["env"], **options.get("env", {})}}
+
+
+def check_python(python: str, field: str, env: Mapping[str, str] | None = None) -> None:
+    """``python`` exists, is executable and can import ``sglang`` (found, not imported: a fraction
+    of a second), so a wrong interpreter fails before any model loads, not after."""
+    path = python if os.sep in python else shutil.which(python)
+    if path is None or not Path(path).is_file():
+        raise ConfigError(f"{field}={python!r}: no such interpreter; give the path of a Python that has sglang")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{field}={python!r}: not executable; give the path of a Python that has sglang")
+    try:
+        found = subprocess.run([path, "-c", _FIND_SGLANG], check=False, capture_output=True, timeout=10,
+                               env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return  # a slow file system, not a verdict: the launch itself will tell
+    except OSError as error:
+        raise ConfigError(f"{field}={python!r}: cannot run it ({error.strerror})") from None
+    if found.returncode != 0:
+        raise ConfigError(f"{field}={python!r}: cannot import sglang; {_SGLANG_HINT}")
+
+
 class SGLangServer:
     """A SGLang server this process owns. Use as a context manager, or call :meth:`start` and
     :meth:`stop` (also registered with ``atexit``)."""
@@ -92,15 +178,18 @@ class SGLangServer:
 
     def start(self) -> Self:
         """Start the process and wait until ``/health`` answers; stops it again if that fails."""
-        if not Path(self.launch.python).exists() and os.sep in self.launch.python:
-            raise ServerError(f"sampling.sampler_options.launch.python={self.launch.python!r}: no such interpreter")
         command = self.command()
         if sys.platform.startswith("linux"):
             command = [self.launch.python, "-c", _SUPERVISOR, *command]
         with tempfile.NamedTemporaryFile(prefix="gfnlm-sglang-", suffix=".log", delete=False) as log:
             self.log_path = Path(log.name)
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **self.launch.env}, start_new_session=True)
+            try:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, env={**os.environ, **self.launch.env},
+                                                start_new_session=True)
+            except OSError as error:
+                self._remove_log()
+                raise ServerError(f"SGLang server: cannot run {self.launch.python!r} ({error.strerror})") from None
         _RUNNING.add(self)
         try:
             SGLangClient(self.url).wait_healthy(self.launch.startup_timeout_s, alive=self.alive)
@@ -120,29 +209,23 @@ class SGLangServer:
         """The end of the server's output, on one line (for error messages)."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:].replace("\n", " | ")
+        return self.log_path.read_text(errors="replace")[-chars:].replace("\r", " ").replace("\n", " | ")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``. Idempotent."""
+        """Stop the whole process group (SIGTERM, then SIGKILL after ``grace_s``) and delete the
+        server's log. Idempotent."""
         process, self.process = self.process, None
         _RUNNING.discard(self)
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The group may outlive its leader for a moment (scheduler children): make sure it is gone.
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            if process is not None:
+                _stop_group(process, grace_s)
+        finally:
+            self._remove_log()
+
+    def _remove_log(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -151,16 +234,27 @@ class SGLangServer:
         self.stop()
 
 
+def _stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # The group may outlive its leader for a moment (scheduler children): make sure it is gone.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @atexit.register
 def _stop_all() -> None:
     for server in list(_RUNNING):
         server.stop()
-
-
-def stop_servers_on_sigterm() -> None:
-    """Turn SIGTERM into ``SystemExit`` (so ``finally`` blocks and ``atexit`` stop our servers);
-    called by the CLI, never on import."""
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)

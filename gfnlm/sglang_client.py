@@ -1,60 +1,126 @@
-"""A small client for SGLang's native HTTP API: the calls a rollout sampler needs, each with a
-timeout and bounded retries, and every failure as one line naming the URL and the operation.
+"""A small client for SGLang's native HTTP API: the calls a rollout sampler needs, each under one
+total deadline, and every failure as one line naming the URL, the operation and the deadline.
 
-Built on ``requests`` (with urllib3's ``Retry`` for connection-level retries): the standard,
-well-kept synchronous HTTP client, already a dependency of ``transformers``; requests run in a
-thread pool for concurrency, so no event loop leaks into the trainer.
+Built on ``requests``: the standard, well-kept synchronous HTTP client, already a dependency of
+``transformers``; requests run in a thread pool for concurrency, so no event loop leaks into the
+trainer.
+
+Retries are only for requests that provably did not reach the server (the connection was refused
+or could not be opened) and for 502/503/504 (a proxy or a server not ready yet). A request that
+timed out while the server was reading or answering it is never sent again: ``/generate`` and the
+weight updates are not idempotent, and the server may still be working on it.
+
+While a call waits longer than :data:`PROGRESS_EVERY_S`, one line per interval goes to stderr
+(``waiting for SGLang server URL/generate (generate): 20 s of 120 s``), so a silent server is
+visible instead of a silent hang.
 """
 
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from urllib3.exceptions import NewConnectionError
+
+from gfnlm.errors import RunError
+
+PROGRESS_EVERY_S = 10.0  # how often a waiting call reports itself on stderr
+RETRY_STATUSES = (502, 503, 504)
 
 
-class ServerError(RuntimeError):
+class ServerError(RunError):
     """A SGLang server did not answer, answered with an error, or is not the server we expect."""
+
+
+def print_progress(line: str) -> None:
+    """Write a progress line to stderr without breaking a tqdm bar that may be on screen."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    except ImportError:  # pragma: no cover (tqdm comes with transformers)
+        print(line, file=sys.stderr, flush=True)
+
+
+class _Waits:
+    """The calls in flight. One daemon thread (alive only while calls are in flight) reports the
+    longest-waiting call every ``every_s``: one line per interval, however many requests run
+    concurrently, so a slow batch of 8 requests is not 8 lines every 10 s."""
+
+    def __init__(self, every_s: float, report: Callable[[str], None]) -> None:
+        self.every_s = every_s
+        self.report = report
+        self._lock = threading.Lock()
+        self._calls: dict[object, tuple[str, str, float, float]] = {}
+        self._watcher: threading.Thread | None = None
+
+    @contextmanager
+    def track(self, where: str, operation: str, deadline_s: float) -> Iterator[None]:
+        token = object()
+        with self._lock:
+            self._calls[token] = (where, operation, time.monotonic(), deadline_s)
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="sglang-waits", daemon=True)
+                self._watcher.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._calls[token]
+
+    def _watch(self) -> None:
+        reported: tuple[object, int] = (None, 0)  # (call, intervals already reported)
+        while True:
+            time.sleep(min(0.5, self.every_s / 4))
+            with self._lock:
+                if not self._calls:
+                    self._watcher = None  # a later call starts a new watcher
+                    return
+                token, (where, operation, started, deadline_s) = min(self._calls.items(), key=lambda c: c[1][2])
+                count = len(self._calls)
+            waited = time.monotonic() - started
+            intervals = int(waited // self.every_s)
+            done = reported[1] if reported[0] is token else 0
+            if intervals > done:
+                reported = (token, intervals)
+                others = f" ({count} requests in flight)" if count > 1 else ""
+                self.report(f"waiting for SGLang server {where} ({operation}): "
+                            f"{intervals * self.every_s:g} s of {deadline_s:g} s{others}")
 
 
 class SGLangClient:
     """The native endpoints of one server (``/generate``, ``/health``, ``/model_info``,
     ``/update_weights_from_disk``, ``/load_lora_adapter``, ``/unload_lora_adapter``).
 
-    ``timeout_s`` bounds each attempt (connect and read); ``retries`` bounds the extra attempts on
-    connection errors and 502/503/504, so a dead or hung server fails within about
-    ``(retries + 1) * timeout_s`` seconds.
+    ``timeout_s`` is the deadline of a whole call, retries included: a dead, hung or silent server
+    fails within ``timeout_s`` seconds (plus at most one connect timeout of a few seconds).
+    ``retries`` bounds the extra attempts for requests that never reached the server (connection
+    refused) and for 502/503/504; a read timeout is final (see the module docstring).
     """
 
-    def __init__(self, url: str, timeout_s: float = 120.0, retries: int = 2, pool_size: int = 16) -> None:
+    def __init__(self, url: str, timeout_s: float = 120.0, retries: int = 2, pool_size: int = 16,
+                 report: Callable[[str], None] = print_progress) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
-        retry = Retry(total=retries, connect=retries, read=False, status=retries, backoff_factor=0.2,
-                      status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False)
+        self.report = report
         self.session = requests.Session()
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=pool_size)
+        # No urllib3 retries at all: every retry is decided below, where the deadline is known.
+        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._waits = _Waits(PROGRESS_EVERY_S, report)
 
     def _request(self, method: str, endpoint: str, operation: str, timeout_s: float | None = None,
                  **kwargs: Any) -> Any:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline_s = self.timeout_s if timeout_s is None else float(timeout_s)
         where = f"{self.url}{endpoint}"
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            try:
-                response = self.session.request(method, where, timeout=(min(timeout, 10.0), timeout), **kwargs)
-                break
-            except requests.exceptions.ReadTimeout:
-                # A hung server: one more full wait is allowed, no more (bounded time).
-                if attempt + 1 == attempts:
-                    raise ServerError(f"SGLang server {where} did not answer {operation} within "
-                                      f"{timeout:g} s ({attempts} attempts)") from None
-            except requests.exceptions.RequestException as exc:
-                reason = _short_reason(exc)
-                raise ServerError(f"SGLang server {where} unreachable during {operation}: {reason}") from None
+        with self._waits.track(where, operation, deadline_s):
+            response = self._send(method, where, operation, deadline_s, **kwargs)
         if response.status_code != 200:
             body = response.text.strip().replace("\n", " ")[:200]
             raise ServerError(f"SGLang server {where} refused {operation}: HTTP {response.status_code} {body}")
@@ -64,25 +130,53 @@ class SGLangClient:
             raise ServerError(f"SGLang server {where} sent non-JSON for {operation}: "
                               f"{response.text[:120]!r}") from None
 
+    def _send(self, method: str, where: str, operation: str, deadline_s: float, **kwargs: Any) -> requests.Response:
+        """One request, re-sent only when it provably did not reach the server or got 502/503/504,
+        at most ``retries`` times and never past the deadline."""
+        end = time.monotonic() + deadline_s
+        for attempt in range(self.retries + 1):
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                # Each socket read may wait for what is left of the deadline (SGLang answers a
+                # non-streaming request in one piece, so this bounds the whole answer).
+                response = self.session.request(method, where, timeout=(min(left, 10.0), left), **kwargs)
+            except requests.exceptions.ReadTimeout:
+                break  # the server has the request: sending it again could run it twice
+            except requests.exceptions.RequestException as exc:
+                if not _never_sent(exc) or attempt == self.retries:
+                    raise ServerError(f"SGLang server {where} unreachable during {operation}: "
+                                      f"{_short_reason(exc)}") from None
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    return response
+            time.sleep(min(0.2 * 2**attempt, max(end - time.monotonic(), 0.0)))
+        raise ServerError(f"SGLang server {where} did not answer {operation} within its deadline of "
+                          f"{deadline_s:g} s (sampling.sampler_options.timeout_s); the request was not sent again")
+
     # ------------------------------------------------------------------ readiness and identity
-    def healthy(self) -> bool:
-        """Whether ``GET /health`` answers 200 now (no retries, short timeout)."""
+    def healthy(self, timeout_s: float = 5.0) -> bool:
+        """Whether ``GET /health`` answers 200 now (no retries, at most ``timeout_s``)."""
         try:
-            return requests.get(f"{self.url}/health", timeout=(2.0, 5.0)).status_code == 200
+            return requests.get(f"{self.url}/health", timeout=(min(2.0, timeout_s), timeout_s)).status_code == 200
         except requests.exceptions.RequestException:
             return False
 
-    def wait_healthy(self, timeout_s: float, alive: Any = None) -> None:
-        """Poll ``/health`` until it answers or ``timeout_s`` passes; ``alive()`` (optional) says
-        whether the server process still runs, so a crashed launch fails at once."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.healthy():
-                return
-            if alive is not None and not alive():
-                raise ServerError(f"SGLang server {self.url} exited before /health answered")
-            time.sleep(0.5)
-        raise ServerError(f"SGLang server {self.url}/health did not answer within {timeout_s:g} s")
+    def wait_healthy(self, timeout_s: float, alive: Callable[[], bool] | None = None) -> None:
+        """Poll ``/health`` until it answers or ``timeout_s`` passes, with a progress line every
+        :data:`PROGRESS_EVERY_S`; ``alive()`` (optional) says whether the server process still
+        runs, so a crashed launch fails at once."""
+        end = time.monotonic() + timeout_s
+        with self._waits.track(f"{self.url}/health", "start-up", timeout_s):
+            while (left := end - time.monotonic()) > 0:
+                if self.healthy(min(5.0, left)):
+                    return
+                if alive is not None and not alive():
+                    raise ServerError(f"SGLang server {self.url} exited before /health answered")
+                time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
+        raise ServerError(f"SGLang server {self.url}/health did not answer within the start-up deadline of "
+                          f"{timeout_s:g} s (launch option startup_timeout_s)")
 
     def model_info(self) -> dict[str, Any]:
         """``GET /model_info`` (the served model's path, among others)."""
@@ -136,6 +230,17 @@ class SGLangClient:
     def unload_lora_adapter(self, name: str) -> None:
         """Drop the adapter ``name`` from the server."""
         self._request("POST", "/unload_lora_adapter", f"unload_lora_adapter ({name})", json={"lora_name": name})
+
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether a failed request provably never reached the server: the connection could not be
+    opened (refused, unresolvable name, connect timeout). A reset or a closed connection after
+    sending does not count: the server may have read the request."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 def _short_reason(exc: Exception) -> str:

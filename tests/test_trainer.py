@@ -253,3 +253,26 @@ def test_entropy_minimisation_trains_through_the_policy_entropy(tiny_model_dir: 
     first = trainer.update(rollouts, scores)
     assert first["loss"] == pytest.approx(first["entropy"], rel=1e-6)
     assert trainer.update(rollouts, scores)["loss"] < first["loss"]
+
+
+def test_a_moved_run_or_another_server_is_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume identity is what changes the computation: not the run's path, the device, or how a
+    server is reached; data given by another path to the same bytes is the same data."""
+    from gfnlm.trainer import config_differences
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "q"}\n')
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(data.read_bytes())
+    base = ["sampling.sampler=sglang", "sampling.sampler_options.url=http://127.0.0.1:30000",
+            f"data.train={data}", "train.out_dir=runs/a"]
+    saved = load_config(REPO / "configs/default.yaml", base)
+    monkeypatch.chdir(tmp_path)
+    moved = load_config(REPO / "configs/default.yaml", [
+        "sampling.sampler=sglang", "sampling.sampler_options.url=http://127.0.0.1:41234",
+        "data.train=copy.jsonl", f"train.out_dir={tmp_path / 'b'}", "train.device=cpu"])
+    assert config_differences(moved, saved) == []
+    copy.write_text('{"question": "another"}\n')
+    changed = load_config(REPO / "configs/default.yaml", [*base[:2], "data.train=copy.jsonl",
+                                                          "sampling.sampler_options.sync_every=2"])
+    assert [name for name, _, _ in config_differences(changed, saved)] == ["sampling.sampler_options", "data.train"]

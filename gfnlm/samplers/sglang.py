@@ -15,15 +15,20 @@ the policy's.
   ``logprob_start_len``), from a request without the adapter (``lora``) or from ``base_url``.
 * ``launch``: start the server itself (:mod:`gfnlm.serve`), stopped on exit, errors and Ctrl-C.
 
-Every HTTP call has a timeout and bounded retries; a dead, hung or wrong server (another
-tokenizer, other weights) is a one-line :class:`~gfnlm.sglang_client.ServerError`.
+Every HTTP call has one total deadline (``timeout_s``) and retries only what never reached the
+server; a dead, hung or wrong server (another tokenizer, other weights) is a one-line
+:class:`~gfnlm.sglang_client.ServerError`. Options that need no model (the URL, the launch
+interpreter and its sglang) are checked when the sampler is built, before the model loads.
 """
 
 import math
 import os
 import shutil
 import tempfile
+import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ from gfnlm.config import ConfigError
 from gfnlm.registry import register
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import rollouts_from_generated
-from gfnlm.serve import LaunchConfig, SGLangServer
+from gfnlm.serve import LaunchConfig, SGLangServer, resolve_launch
 from gfnlm.sglang_client import ServerError, SGLangClient
 from gfnlm.types import PromptBatch, Rollouts, SequenceLogProbs
 
@@ -46,7 +51,18 @@ _PROBE = "The capital of France is Paris. The capital of Italy is"
 @register("sampler", "sglang")
 @attrs.define
 class SGLangSampler(Sampler):
-    """Ancestral sampling on a SGLang server (temperature / top-p, top-k and min-p off)."""
+    """Ancestral sampling on a SGLang server (temperature / top-p, top-k and min-p off).
+
+    Options (``sampling.sampler_options``): ``url`` of a running server, or ``launch`` to start one
+    (:class:`~gfnlm.serve.LaunchConfig` fields ``python``, ``args``, ``env``, ``host``, ``port``,
+    ``startup_timeout_s``, plus ``cpu: true`` for the repository's CPU recipe in
+    ``tools/sglang_cpu``); ``weight_sync``, ``sync_every``, ``sync_dir``, ``weights_dtype``;
+    ``timeout_s``: the deadline of one whole HTTP call, retries included (default 120 s; a call
+    waiting longer than 10 s prints a progress line every 10 s); ``retries``: extra attempts for
+    requests that never reached the server (connection refused) or got 502/503/504 — a request
+    that timed out is never sent again; ``concurrency``; ``scores_base`` and ``base_url``;
+    ``identity_tolerance``.
+    """
 
     provides = frozenset({"response_text", "base_scores"})
 
@@ -54,15 +70,15 @@ class SGLangSampler(Sampler):
     top_p: float = 1.0
     max_new_tokens: int = 24
     url: str = ""  # e.g. http://127.0.0.1:30000; empty with ``launch``
-    launch: dict[str, Any] | None = None  # LaunchConfig fields: python, args, env, port, startup_timeout_s
+    launch: dict[str, Any] | None = None  # LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu
     weight_sync: str = "full"  # full | lora | none
     sync_every: int = 1
     sync_dir: str = ""  # where weights are written for the server (default: a temp dir); must be visible to it
     # dtype of the full weights written for the server: float32 is exact; bfloat16 halves the
     # bytes when the server computes in bf16 anyway (its usual GPU setting)
     weights_dtype: str = "float32"
-    timeout_s: float = 120.0
-    retries: int = 2
+    timeout_s: float = 120.0  # deadline of one whole HTTP call, retries included
+    retries: int = 2  # only for requests that never reached the server, and 502/503/504
     concurrency: int = 8
     scores_base: bool = False  # the target's base log-probs from the server instead of the trainer
     base_url: str = ""  # a server with the frozen base weights (default: this server without adapter)
@@ -73,6 +89,7 @@ class SGLangSampler(Sampler):
     _client: SGLangClient | None = attrs.field(default=None, init=False, repr=False)
     _base_client: SGLangClient | None = attrs.field(default=None, init=False, repr=False)
     _server: SGLangServer | None = attrs.field(default=None, init=False, repr=False)
+    _launch_config: LaunchConfig | None = attrs.field(default=None, init=False, repr=False)
     _sync_root: Path | None = attrs.field(default=None, init=False, repr=False)
     _served: Path | None = attrs.field(default=None, init=False, repr=False)
     _lora_name: str | None = attrs.field(default=None, init=False, repr=False)
@@ -80,8 +97,10 @@ class SGLangSampler(Sampler):
     def __attrs_post_init__(self) -> None:
         if not self.url and self.launch is None:
             raise ConfigError(f"{_OPTION}.url='': give the server's URL, or launch options to start one")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{_OPTION}.url={self.url!r}: must start with http:// or https://")
+        if self.url:
+            _check_url(f"{_OPTION}.url", self.url)
+        if self.base_url:
+            _check_url(f"{_OPTION}.base_url", self.base_url)
         if self.weight_sync not in ("full", "lora", "none"):
             raise ConfigError(f"{_OPTION}.weight_sync={self.weight_sync!r}: must be one of full, lora, none")
         if self.weights_dtype not in ("bfloat16", "float16", "float32"):
@@ -99,27 +118,48 @@ class SGLangSampler(Sampler):
             raise ConfigError(f"{_OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
                               "weights, not the base model's; use weight_sync=lora or give base_url")
         if self.launch is not None:
-            unknown = set(self.launch) - {f.name for f in attrs.fields(LaunchConfig)}
-            if unknown:
-                raise ConfigError(f"{_OPTION}.launch.{min(unknown)}: unknown; allowed: "
-                                  f"{', '.join(f.name for f in attrs.fields(LaunchConfig))}")
+            if not isinstance(self.launch, dict):
+                raise ConfigError(f"{_OPTION}.launch={self.launch!r}: must be a mapping of launch options")
+            # The interpreter and its sglang are checked now, before the model loads.
+            self._launch_config = resolve_launch(self.launch, lambda key: f"{_OPTION}.launch.{key}")
 
     # ------------------------------------------------------------------ set-up and weights
     def setup(self, policy: Any) -> None:
-        """Connect (or launch), check the server's tokenizer and weights, push the policy's weights."""
+        """Connect (or launch), check the server's tokenizer and weights, push the policy's weights.
+        On failure nothing is left behind: a launched server is stopped, the weight folders go."""
         self._policy = policy
-        if self.launch is not None:
+        try:
+            with self._explained():
+                self._connect(policy)
+                self._check_tokenizer(self._client)
+                self.sync(policy, 0, force=True)
+                self._check_weights(policy)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, policy: Any) -> None:
+        if self._launch_config is not None:
             model_path = str(policy.transformer_config._name_or_path)
-            self._server = SGLangServer(model_path, LaunchConfig(**self.launch)).start()
+            self._server = SGLangServer(model_path, self._launch_config).start()
             self.url = self._server.url
         self._client = SGLangClient(self.url, self.timeout_s, self.retries, pool_size=self.concurrency)
         if self.base_url:
             self._base_client = SGLangClient(self.base_url, self.timeout_s, self.retries, self.concurrency)
         self._sync_root = Path(self.sync_dir or tempfile.mkdtemp(prefix="gfnlm-weights-"))
         self._sync_root.mkdir(parents=True, exist_ok=True)
-        self._check_tokenizer(self._client)
-        self.sync(policy, 0, force=True)
-        self._check_weights(policy)
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        """A failed call to a server this sampler launched and that has died says so, with the end
+        of its output (its log is deleted when it is stopped)."""
+        try:
+            yield
+        except ServerError as error:
+            server = self._server
+            if server is None or server.alive():
+                raise
+            raise ServerError(f"{error}; the launched server exited; its last output: {server.log_tail()}") from None
 
     def sync(self, policy: Any, version: int, force: bool = False) -> None:
         """Push the policy's weights as ``version`` (every ``sync_every`` versions, or ``force``).
@@ -133,10 +173,11 @@ class SGLangSampler(Sampler):
         if weights is not None and self.version < 0:
             self._check_architecture(weights)  # before the first push: a wrong push can kill a server
         if self._server is not None or _rank() == 0:
-            if self.weight_sync == "full":
-                self._push_full(weights, version)
-            else:
-                self._push_lora(policy, version)
+            with self._explained():
+                if self.weight_sync == "full":
+                    self._push_full(weights, version)
+                else:
+                    self._push_lora(policy, version)
         _barrier()
         self.version = version
 
@@ -246,7 +287,7 @@ class SGLangSampler(Sampler):
 
     def _map(self, client: SGLangClient, requests: list[dict[str, Any]], operation: str) -> list[list[dict[str, Any]]]:
         """Send the requests concurrently; answers in request order."""
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+        with self._explained(), ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(lambda r: client.generate(r, operation), requests))
 
     # ------------------------------------------------------------------ base scoring
@@ -287,8 +328,9 @@ class SGLangSampler(Sampler):
         if self._server is not None:
             self._server.stop()
             self._server = None
-        if self._sync_root is not None and not self.sync_dir:
-            shutil.rmtree(self._sync_root, ignore_errors=True)
+        root, self._sync_root, self._served = self._sync_root, None, None
+        if root is not None and not self.sync_dir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -317,6 +359,20 @@ def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, t
     if tied:
         out.pop("lm_head.weight", None)
     return out
+
+
+def _check_url(name: str, url: str) -> None:
+    """``url`` is ``http(s)://HOST[:PORT][/PATH]``: a typo fails now, not after the model loaded."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        parts, port = None, 0
+    bad = (parts is None or any(c.isspace() for c in url) or parts.scheme not in ("http", "https")
+           or not parts.hostname or port == 0 or parts.query or parts.fragment)
+    if bad:
+        raise ConfigError(f"{name}={url!r}: not a server URL; allowed: http://HOST[:PORT] or "
+                          "https://HOST[:PORT] with PORT in 1-65535, e.g. http://127.0.0.1:30000")
 
 
 def _finite(value: float | None) -> float:

@@ -16,9 +16,12 @@ PYTHON = Path(os.environ.get("GFNLM_SGLANG_PYTHON", ROOT / ".bench-venvs" / "sgl
 
 
 def cpu_launch(dtype: str = "float32", max_total_tokens: int = 8192, **overrides) -> dict:
-    """``sampler_options.launch`` for the CPU recipe (float32 by default: exact comparisons)."""
-    if not PYTHON.exists():
-        raise FileNotFoundError(f"{PYTHON}: no SGLang CPU venv; build it with `make sglang-cpu`")
+    """``sampler_options.launch`` for the CPU recipe (float32 by default: exact comparisons).
+
+    ``overrides`` replace fields; the interpreter (``python``, default this repository's
+    ``.bench-venvs/sglang``) must exist. ``gfnlm serve --cpu`` and the launch option ``cpu: true``
+    use this function too.
+    """
     launch = {
         "python": str(PYTHON),
         "args": ["--device", "cpu", "--attention-backend", "torch_native", "--disable-overlap-schedule",
@@ -28,4 +31,7 @@ def cpu_launch(dtype: str = "float32", max_total_tokens: int = 8192, **overrides
         "env": {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": str(STUBS)},
         "startup_timeout_s": 600.0,
     }
-    return {**launch, **overrides}
+    launch = {**launch, **overrides}
+    if not Path(launch["python"]).exists():
+        raise FileNotFoundError(f"{launch['python']}: no SGLang CPU venv; build it with `make sglang-cpu`")
+    return launch

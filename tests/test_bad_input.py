@@ -1,0 +1,188 @@
+"""Every bad input a user can give the CLI: one line, exit status 2, raised before any model
+weights load, and nothing under the run directory changed. The table on the docs' Troubleshooting
+page is generated from these cases (``GFNLM_WRITE_DOCS=1 pytest tests/test_bad_input.py``
+rewrites it; otherwise the test fails when the page and the messages differ)."""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+from test_trainer import REPO, tiny_overrides
+
+from gfnlm import cli
+from gfnlm.policy import CausalLMPolicy
+
+PAGE = REPO / "docs" / "troubleshooting.md"
+MARKER = "bad-input"
+
+
+@attrs.frozen
+class Case:
+    """``argv`` with placeholders (CONFIG, RUN, MODEL, DIR and TINY for the tiny run's overrides);
+    ``expected``: a regular expression the one-line message must match."""
+
+    argv: str
+    expected: str
+
+
+CASES = [
+    # configuration values
+    Case("train CONFIG TINY train.lr=nan", r"train\.lr=nan: must be a finite number"),
+    Case("train CONFIG TINY train.steps=0", r"train\.steps=0: must be >= 1"),
+    Case("train CONFIG TINY sampling.top_p=0", r"sampling\.top_p=0\.0: must be in \(0, 1\]"),
+    Case("train CONFIG TINY target.options.alpha=inf", r"alpha=inf: must be a finite number"),
+    Case("train CONFIG TINY target.options.alpha=0", r"alpha=0\.0: must be > 0"),
+    Case("train CONFIG TINY train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),
+    Case("train CONFIG TINY objective.name=la_tbb", r"unknown objective 'la_tbb'.*did you mean 'la_tb'"),
+    Case("train CONFIG TINY logz.name=scalr", r"unknown logz 'scalr'.*did you mean 'scalar'"),
+    Case("train CONFIG TINY sampling.samples_per_prompt=1", r"sampling\.samples_per_prompt=1: .*needs >= 2"),
+    Case("train CONFIG TINY objective.name=subtb target.options.format_penalty=-0.5",
+         r"objective 'subtb' requires 'prefix_rewards'"),
+    Case("train CONFIG TINY train.device=cuda", r"train\.device='cuda': no CUDA device"),
+    Case("train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.url=localhost:30000",
+         r"sampling\.sampler_options\.url='localhost:30000'"),
+    Case("train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.url=http://127.0.0.1:99999",
+         r"sampling\.sampler_options\.url='http://127\.0\.0\.1:99999'"),
+    Case("train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.launch.python=DIR/no/python",
+         r"sampling\.sampler_options\.launch\.python='DIR/no/python'"),
+    # config files
+    Case("train DIR/missing.yaml", r"config='DIR/missing\.yaml': no such file"),
+    Case("train DIR", r"config='DIR': is a directory"),
+    Case("train DIR/malformed.yaml", r"config='DIR/malformed\.yaml': not valid YAML at line \d+, column \d+"),
+    Case("train DIR/list.yaml", r"config='DIR/list\.yaml': must be a mapping of sections.*got a list"),
+    # model, data and run folders
+    Case("train CONFIG TINY model.path=DIR/nonexistent", r"model\.path='DIR/nonexistent': not a directory with config\.json"),
+    Case("train CONFIG TINY model.path=DIR/no-tokenizer", r"model\.path='DIR/no-tokenizer': cannot load a tokenizer"),
+    Case("train CONFIG TINY data.train=DIR", r"data\.train='DIR': is a directory"),
+    Case("train CONFIG TINY data.train=DIR/missing.jsonl", r"data\.train='DIR/missing\.jsonl': no such file"),
+    Case("train CONFIG TINY data.train=DIR/empty.jsonl", r"DIR/empty\.jsonl: prompt file is empty"),
+    Case("train CONFIG TINY data.train=DIR/numeric.jsonl", r"DIR/numeric\.jsonl:1: 'question' must be a string, got int 42"),
+    Case("train CONFIG TINY data.train=DIR/bad.jsonl", r"DIR/bad\.jsonl:2: invalid JSON"),
+    Case("train CONFIG TINY train.out_dir=DIR/a-file", r"train\.out_dir='DIR/a-file': not a directory"),
+    Case("train CONFIG TINY train.out_dir=DIR/a-file/run", r"train\.out_dir='DIR/a-file/run': not a directory"),
+    Case("train CONFIG TINY train.out_dir=DIR/read-only/run", r"train\.out_dir='DIR/read-only/run': .* is not writable"),
+    Case("train CONFIG TINY target.options.alpha=2", r"target\.options=.*differs from the run being resumed in 'runs/demo'"),
+    Case("train CONFIG TINY train.resume=false", r"train\.out_dir='runs/demo' already holds a run's checkpoints"),
+    # eval and sample
+    Case("eval --run RUN --samples 0", r"--samples=0: must be >= 1"),
+    Case("eval --run RUN --samples -3", r"--samples=-3: must be >= 1"),
+    Case("eval --run RUN --temperature 0", r"--temperature=0\.0: must be a finite number > 0"),
+    Case("eval --run RUN --top-p 0", r"--top-p=0\.0: must be in \(0, 1\]"),
+    Case("eval --run RUN --top-p 1.5", r"--top-p=1\.5: must be in \(0, 1\]"),
+    Case("eval --run RUN --max-new-tokens -1", r"--max-new-tokens=-1: must be >= 0"),
+    Case("eval --run RUN --prompts DIR/missing.jsonl", r"--prompts='DIR/missing\.jsonl': no such file"),
+    Case("eval --run RUN --prompts DIR", r"--prompts='DIR': is a directory"),
+    Case("eval --run RUN --device cuda", r"--device='cuda': no CUDA device"),
+    Case("eval --run DIR/no-run", r"--run='DIR/no-run': no such run directory"),
+    Case("eval --run DIR", r"--run='DIR': no checkpoint found"),
+    Case("eval --run RUN --metrics creative --samples 1 --prompts creative_eval", r"--samples=1: must be >= 2"),
+    Case("sample RUN --prompt hello -n 0", r"-n=0: must be >= 1"),
+    Case("sample RUN --prompt hello -n -2", r"-n=-2: must be >= 1"),
+    Case("sample RUN --prompt=", r"--prompt='': must not be empty"),
+    Case("sample RUN --prompt hello --temperature -1", r"--temperature=-1\.0: must be a finite number > 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished one-step run, and the bad files and folders the cases name."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    train = folder / "train.jsonl"
+    train.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("What colour is grass?", "Who wrote Hamlet?")))
+    run = folder / "run"
+    overrides = tiny_overrides(tiny_model_dir, train, "''", run, **{"train.steps": 1})
+    assert cli.main(["train", str(REPO / "configs/default.yaml"), *overrides, "--quiet"]) == 0
+    (folder / "malformed.yaml").write_text("train:\n  steps: [1\n")
+    (folder / "list.yaml").write_text("- train\n- steps\n")
+    (folder / "empty.jsonl").write_text("\n")
+    (folder / "numeric.jsonl").write_text('{"question": 42}\n')
+    (folder / "bad.jsonl").write_text('{"question": "ok"}\n{not json\n')
+    (folder / "a-file").write_text("not a folder")
+    (folder / "no-tokenizer").mkdir()
+    (folder / "no-tokenizer" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    read_only = folder / "read-only"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
+                             check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a read-only tmpfs (run as root): {mounted.stderr.strip()}")
+    try:
+        yield {"DIR": folder, "RUN": run, "MODEL": tiny_model_dir, "TRAIN": train, "overrides": overrides}
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+def expand(case: Case, world: dict) -> list[str]:
+    argv = []
+    for word in case.argv.split(" "):
+        if word == "TINY":
+            argv += world["overrides"]
+        elif word == "CONFIG":
+            argv.append(str(REPO / "configs/default.yaml"))
+        else:
+            for name in ("RUN", "DIR"):  # RUN first: it lies inside DIR
+                word = word.replace(name, str(world[name]))
+            argv.append(word)
+    return argv
+
+
+def shown(text: str, world: dict) -> str:
+    """A message or command as the docs show it: the test's folders as short placeholders."""
+    for name, short in (("RUN", "runs/demo"), ("MODEL", "models/tiny"), ("TRAIN", "DIR/train.jsonl"), ("DIR", "DIR")):
+        text = text.replace(str(world[name]), short)
+    return text
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def run_case(case: Case, world: dict, capsys, monkeypatch) -> tuple[int, str]:
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the bad input was rejected")
+
+    monkeypatch.setattr(CausalLMPolicy, "from_config", refuse)
+    monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)  # keep pytest's own SIGTERM handling
+    capsys.readouterr()
+    code = cli.main(expand(case, world))
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.argv.replace("TINY ", "") for c in CASES])
+def test_bad_input_is_one_line_exit_2_before_the_model_and_changes_nothing(case: Case, world, capsys,
+                                                                           monkeypatch) -> None:
+    if "cuda" in case.argv and torch.cuda.is_available():
+        pytest.skip("a GPU exists here")
+    before = snapshot(world["RUN"])
+    code, err = run_case(case, world, capsys, monkeypatch)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert re.search(case.expected, shown(err, world)), shown(err, world)
+    assert snapshot(world["RUN"]) == before, "the run directory changed"
+
+
+def test_troubleshooting_page_lists_every_case_with_its_message(world, capsys, monkeypatch) -> None:
+    rows = ["| command | message (exit status 2) |", "|---|---|"]
+    for case in CASES:
+        if "cuda" in case.argv and torch.cuda.is_available():
+            continue
+        _, err = run_case(case, world, capsys, monkeypatch)
+        command = "gfnlm " + shown(" ".join(expand(case, world)), world).replace(
+            shown(" ".join(world["overrides"]), world), "…").replace(str(REPO) + "/", "")
+        message = shown(err, world).replace(str(REPO) + "/", "").replace("|", "\\|")
+        rows.append(f"| `{command}` | `{message}` |")
+    table = "\n".join(rows) + "\n"
+    content = PAGE.read_text()
+    begin, end = f"<!-- {MARKER}:begin -->\n", f"<!-- {MARKER}:end -->"
+    assert begin in content and end in content, f"{PAGE} lacks the {MARKER} markers"
+    start, stop = content.index(begin) + len(begin), content.index(end)
+    current = content[start:stop]
+    if os.environ.get("GFNLM_WRITE_DOCS"):
+        PAGE.write_text(content[:start] + table + content[stop:])
+    else:
+        assert current == table, f"{PAGE} is out of date: GFNLM_WRITE_DOCS=1 pytest tests/test_bad_input.py"
