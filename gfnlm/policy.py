@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from gfnlm.config import ConfigError, ModelConfig
+from gfnlm.errors import RunError
 from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
 
 
@@ -117,7 +118,8 @@ class CausalLMPolicy(nn.Module):
         params = dict(self.model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]!r}")
+            raise RunError(f"the checkpoint lacks {len(missing)} of the policy's trainable tensors, e.g. "
+                           f"{missing[0]!r}: it was written for another model.path or LoRA setting")
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(place_like(value, params[name]))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from gfnlm.errors import InputError
 from gfnlm.types import Rollouts
 
 
@@ -13,7 +14,7 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
     """Share of distinct words among a response's words (0 for an empty response): a cheap,
     label-free reward that varies within a group, used by the speed benchmarks."""
     if rollouts.response_text is None:
-        raise ValueError("distinct_words needs rollouts with response_text")
+        raise InputError("distinct_words needs rollouts with response_text")
     values = []
     for text in rollouts.response_text:
         words = text.lower().split()
@@ -27,7 +28,7 @@ def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None) -> t
         from gfnlm.evaluation import answer_key as key
 
     if rollouts.response_text is None:
-        raise ValueError("answer-based rewards need rollouts with response_text")
+        raise InputError("answer-based rewards need rollouts with response_text")
     return [key(t) for t in rollouts.response_text], rollouts.group.tolist()
 
 
@@ -75,11 +76,11 @@ def factual_verifier(rollouts: Rollouts) -> torch.Tensor:
     from gfnlm.tasks import is_correct
 
     if rollouts.response_text is None or rollouts.prompt_text is None:
-        raise ValueError("factual_verifier needs rollouts with response_text and prompt_text")
+        raise InputError("factual_verifier needs rollouts with response_text and prompt_text")
     answers = _factual_answers()
     missing = next((q for q in rollouts.prompt_text if q not in answers), None)
     if missing is not None:
-        raise ValueError(f"factual_verifier: question {missing!r} is not in factual_candidates.jsonl")
+        raise InputError(f"factual_verifier: question {missing!r} is not in factual_candidates.jsonl")
     values = [float(is_correct(r, list(answers[q]))) for r, q in zip(rollouts.response_text, rollouts.prompt_text,
                                                                        strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)

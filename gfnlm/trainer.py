@@ -397,9 +397,8 @@ class Trainer:
         if self.eval_prompts is None:
             return None
         path = self.out_dir / "eval" / f"step_{step:06d}.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
-        else:
+        result = _read_cached_eval(path)
+        if result is None:
             # A forked RNG: evaluation never changes the training randomness, so a resumed run
             # (which reuses cached evaluations) stays identical to an uninterrupted one. The same
             # seed at every evaluation (common random numbers: before/after differ by the model,
@@ -496,6 +495,18 @@ class Trainer:
         self.prompt_rng.set_state(rng["prompts"])
         self.step = self._saved_step = int(state["step"])
         return True
+
+
+def _read_cached_eval(path: Path) -> dict[str, float] | None:
+    """A cached evaluation, or ``None`` when there is none or it cannot be read (then it is redone)."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        print(f"gfnlm: {path} is unreadable; evaluating again", file=sys.stderr, flush=True)
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:

@@ -49,7 +49,7 @@ def test_load_reads_question_and_prompt_records(tmp_path):
         ('{"question": "ok"}\n\n{"text": "no field"}\n', r"prompts\.jsonl:3: missing 'question'"),
         ('{"question": "   "}\n', r"prompts\.jsonl:1: empty 'question'"),
         ('{"prompt": ""}\n', r"prompts\.jsonl:1: empty 'prompt'"),
-        ('{"question": 3}\n', r"prompts\.jsonl:1: empty 'question'"),
+        ('{"question": 3}\n', r"prompts\.jsonl:1: 'question' must be a string, got int 3"),
         ('["a list"]\n', r"prompts\.jsonl:1: expected a JSON object, got list"),
         ('{"question": "q", "answers": []}\n', r"prompts\.jsonl:1: 'answers' must be"),
         ('{"question": "q", "answers": {"a": 1}}\n', r"prompts\.jsonl:1: 'answers' must be"),
