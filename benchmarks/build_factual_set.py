@@ -10,7 +10,8 @@ accepted answers) this script measures, with the real model and the task's promp
 The "latent knowledge" task wants questions the model gets right greedily but often wrong when
 sampling, so the selection keeps candidates that are greedy-correct and whose measured T=1
 accuracy is at most ``--max-t1-acc``. The selection is split at random (seeded) into train
-questions (written without answers) and held-out eval questions (with answers). Because the
+questions and held-out eval questions, both with answers (PowerFlow and the label-free baselines
+never read the training answers; GRPO's verifier does). Because the
 selection looked at the same samples, the eval set's T=1 accuracy on them is biased low
 (regression to the mean); the eval set is therefore sampled again with a fresh seed
 (``--confirm-samples``) and both numbers are printed. Greedy accuracy on the selected set is 100%
@@ -258,13 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"measurements written to {args.measurements}")
 
     if args.write:
-        with open(FACTUAL_TRAIN, "w") as fh:
-            for i in train_idx:
-                fh.write(json.dumps({"question": questions[i]}, ensure_ascii=False) + "\n")
-        with open(FACTUAL_EVAL, "w") as fh:
-            for i in eval_idx:
-                row = {"question": questions[i], "answers": answers[i]}
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # Training questions carry their answers too (labels travel with the prompts): PowerFlow and
+        # the label-free baselines never read them; GRPO's verifier reward does.
+        for path, indices in ((FACTUAL_TRAIN, train_idx), (FACTUAL_EVAL, eval_idx)):
+            with open(path, "w") as fh:
+                for i in indices:
+                    fh.write(json.dumps({"question": questions[i], "answers": answers[i]}, ensure_ascii=False) + "\n")
         print(f"wrote {FACTUAL_TRAIN} ({len(train_idx)}) and {FACTUAL_EVAL} ({len(eval_idx)})")
 
 

@@ -3,7 +3,7 @@
 Commands::
 
     gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
-    gfnlm eval [--run RUN_DIR] [--prompts FILE] [--samples K]
+    gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K] [--json OUT.json]
     gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
     gfnlm serve [MODEL_DIR] [--python SGLANG_PYTHON] [--port P] [--env K=V] [-- SGLANG_FLAGS ...]
@@ -29,10 +29,11 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def format_eval_table(columns: dict[str, dict[str, float]]) -> str:
-    """Rows of metrics, one column per evaluated model (e.g. before / after)."""
+def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None) -> str:
+    """Rows of metrics, one column per evaluated model (e.g. before / after); ``k`` of pass@k when
+    it differs from the number of samples."""
     metrics = [("accuracy_t1", "accuracy at T=1 (avg@k)", True), ("greedy_accuracy", "greedy accuracy", True),
-               ("pass_at_k", "pass@k", True), ("majority_at_k", "majority@k", True),
+               ("pass_at_k", f"pass@{k}" if k else "pass@k", True), ("majority_at_k", "majority@k", True),
                ("mean_length", "mean length at T=1 (tokens)", False),
                ("greedy_mean_length", "mean length greedy (tokens)", False)]
     rows = [("metric", *columns)]
@@ -77,6 +78,9 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
+    from gfnlm.policy import resolve_device
+
+    resolve_device(args.device, field="--device")  # cuda without a GPU fails here, before anything loads
     if args.run is not None and not Path(args.run).is_dir():
         raise ConfigError(f"--run={args.run!r}: no such run directory")
 
@@ -102,47 +106,83 @@ class _RunCheckpoint:
         self.weights = point.policy_state
 
 
-def _policy_for(run: str | None, model: str, device: str):
+def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", RunConfig]:
+    """The run's checkpoint and config (``--run``), or the config of the plain base model (``--model``)."""
+    if args.run is not None:
+        saved = _RunCheckpoint(args.run)
+        return saved, saved.config
+    config = RunConfig()
+    config.model.path = args.model
+    config.model.lora = False
+    return None, config
+
+
+def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str):
     """The policy of a run's newest complete checkpoint, or the plain base model. Everything that
     needs no weights (the device, the run's files, the model folder) is checked first."""
     from gfnlm.models import resolve_model_path
     from gfnlm.policy import CausalLMPolicy, resolve_device
 
     torch_device = resolve_device(device, field="--device")
-    if run is None:
-        config = RunConfig()
-        config.model.path = model
-        config.model.lora = False
-        return CausalLMPolicy.from_config(config.model, resolve_model_path(model), torch_device), config
-    saved = _RunCheckpoint(run)
-    config = saved.config
-    policy = CausalLMPolicy.from_config(config.model, resolve_model_path(config.model.path), torch_device)
-    policy.load_trainable_state_dict(saved.weights)
-    return policy, config
+    model_dir = resolve_model_path(config.model.path)
+    policy = CausalLMPolicy.from_config(config.model, model_dir, torch_device)
+    if saved is not None:
+        policy.load_trainable_state_dict(saved.weights)
+    return policy
+
+
+def _eval_task(args: argparse.Namespace, config: RunConfig):
+    """``--task`` (with the run's options when it is the run's own task), else the run's task."""
+    from gfnlm.registry import build
+
+    name = args.task or config.task.name
+    options = config.task.options if name == config.task.name else {}
+    return build("task", name, options)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``gfnlm eval``: evaluate a run's latest checkpoint (or the base model) and print the table."""
+    """``gfnlm eval``: evaluate a run's newest checkpoint (or the base model) on held-out prompts,
+    graded by the task, and print the table (``--json``: also write the numbers)."""
+    import json
+
     from gfnlm.evaluation import evaluate
-    from gfnlm.prompts import PromptSet, resolve_prompt_file
-    from gfnlm.tasks import load_prompt_file
+    from gfnlm.prompts import PromptSet
+    from gfnlm.tasks.records import load_records
 
     _check_sampling_flags(args)
     _check_count("--samples", args.samples, 1)
+    _check_count("--k", args.k, 0)
+    if args.k > args.samples:
+        raise ConfigError(f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)")
     _check_count("--threads", args.threads, 0)
-    if args.prompts:  # a bad prompt file fails before the model loads
-        load_prompt_file(resolve_prompt_file(args.prompts, "--prompts"))
-    if args.metrics == "creative":
-        return cmd_eval_creative(args)
+    saved, config = _run_and_config(args)
+    task = _eval_task(args, config)
+    if args.metrics == "creative" or task.metrics == "creative":
+        return cmd_eval_creative(args, saved, config, task)
+    spec = args.prompts or config.data.eval
+    if not spec:
+        raise ConfigError("--prompts: required (the run has no data.eval); a data set with answers")
+    columns = {"question_field": args.question_field or config.data.question_field,
+               "answer_field": args.answer_field or config.data.answer_field}
+    load_records(spec, "--prompts", **columns)  # a bad data set fails before the model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    policy, config = _policy_for(args.run, args.model, args.device)
-    prompts = PromptSet.load(args.prompts or config.data.eval, "--prompts", policy.tokenizer,
-                             config.data.max_prompt_tokens, require_answers=True)
+    policy = _policy_for(saved, config, args.device)
+    prompts = PromptSet.load(spec, "--prompts", policy.tokenizer, config.data.max_prompt_tokens,
+                             require_answers=True, task=task, **columns)
     result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens,
-                      temperature=args.temperature)
+                      temperature=args.temperature, task=task, k=args.k)
     label = "checkpoint" if args.run else "base model"
-    print(f"{len(prompts)} questions, k={args.samples} samples at T={args.temperature:g}, seed {args.seed}:")
-    print(format_eval_table({label: result.as_dict()}))
+    print(f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
+          f"T={args.temperature:g} (pass@{result.k}), seed {args.seed}:")
+    print(format_eval_table({label: result.as_dict()}, k=result.k))
+    if args.json:
+        out = {"run": args.run, "model": config.model.path, "task": task.registry_name, "prompts": spec,
+               "temperature": args.temperature, "samples": args.samples, "seed": args.seed,
+               "metrics": result.as_dict()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 
@@ -155,7 +195,8 @@ CREATIVE_ROWS = [("semantic_diversity", "semantic diversity (1 - mean cos, MiniL
                  ("mean_length", "mean length (tokens)")]
 
 
-def cmd_eval_creative(args: argparse.Namespace) -> int:
+def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", config: RunConfig,
+                      task) -> int:
     """``gfnlm eval --metrics creative``: diversity / redundancy / quality proxies of k samples per
     open-ended prompt (:mod:`gfnlm.metrics`); ``--json`` also writes them with the responses."""
     import json
@@ -173,8 +214,8 @@ def cmd_eval_creative(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    policy, config = _policy_for(args.run, args.model, args.device)
-    prompts = PromptSet.load(args.prompts, "--prompts", policy.tokenizer, config.data.max_prompt_tokens)
+    policy = _policy_for(saved, config, args.device)
+    prompts = PromptSet.load(args.prompts, "--prompts", policy.tokenizer, config.data.max_prompt_tokens, task=task)
     result = evaluate_creative(policy, prompts, checks, args.samples,
                                args.max_new_tokens or config.sampling.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, embedder=SentenceEmbedder())
@@ -203,7 +244,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ConfigError(f"--prompt={args.prompt!r}: must not be empty")
     torch.manual_seed(args.seed)
-    policy, config = _policy_for(args.run, args.model, args.device)
+    saved, config = _run_and_config(args)
+    policy = _policy_for(saved, config, args.device)
     text = format_prompt(policy.tokenizer, args.prompt, args.template)
     ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
@@ -285,13 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
                            help="plain: the prompt is the whole user message (creative prompts)")
         else:
             p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
-            p.add_argument("--prompts", default=None, help="JSONL with question + answers, or a bundled set")
-            p.add_argument("--samples", type=int, default=8, help="k samples per question at --temperature")
+            p.add_argument("--prompts", default=None,
+                           help="data set with questions and answers: JSONL, parquet, JSON, CSV, a "
+                                "save_to_disk folder, or a bundled set (default: the run's data.eval)")
+            p.add_argument("--task", default=None,
+                           help="task that formats and grades the prompts: factual, math, creative, chain_sum, "
+                                "or a registered one (default: the run's task, else factual)")
+            p.add_argument("--question-field", default=None, help="question column (default: the run's, 'question')")
+            p.add_argument("--answer-field", default=None, help="answer column (default: the run's, 'answers')")
+            p.add_argument("--samples", type=int, default=8, help="n samples per question at --temperature")
+            p.add_argument("--k", type=int, default=0,
+                           help="k of pass@k, unbiased estimate from the n samples (default: n)")
             p.add_argument("--metrics", default="accuracy", choices=("accuracy", "creative"),
                            help="accuracy: questions with answers; creative: diversity and quality "
                                 "proxies of open-ended responses (gfnlm.metrics)")
             p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
-            p.add_argument("--json", default=None, help="also write the metrics and responses here (creative)")
+            p.add_argument("--json", default=None,
+                           help="also write the metrics here (creative: with the responses)")
             p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--temperature", type=float, default=1.0,
                        help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")

@@ -95,12 +95,15 @@ class ModelConfig:
 
 @attrs.define
 class DataConfig:
-    """Prompt files (JSONL with ``question``; eval files also ``answers``), or bundled set names."""
+    """Data sets of prompts: JSONL, parquet, JSON or CSV files, ``save_to_disk`` folders, or bundled
+    set names; ``question_field`` and ``answer_field`` name their columns (eval sets need answers)."""
 
     section: ClassVar[str] = "data"
 
     train: str = attrs.field(default="factual_train", validator=_not_empty)
     eval: str = "factual_eval"
+    question_field: str = attrs.field(default="question", validator=_not_empty)
+    answer_field: str = attrs.field(default="answers", validator=_not_empty)
     max_prompt_tokens: int = attrs.field(default=256, validator=_at_least(1))
     eval_max_questions: int = attrs.field(default=0, validator=_at_least(0))  # 0 = all
 
@@ -159,6 +162,8 @@ class RunConfig:
     target: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("alpha_power"))
     objective: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("la_tb"))
     logz: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("scalar"))
+    # What the data means: prompt format, answer grading, the rewards and metrics it offers.
+    task: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("factual"))
     sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
@@ -215,7 +220,7 @@ def _load_yaml(path: Path) -> Any:
 def _drop_options_of_replaced_components(merged: Any, overrides: Any) -> None:
     """``objective.name=subtb`` on the command line starts from subtb's own defaults (plus any
     ``objective.options.*`` overrides): the file's options were meant for the component it named."""
-    for section in ("target", "objective", "logz"):
+    for section in ("target", "objective", "logz", "task"):
         given = overrides.get(section) or {}
         if "name" in given and given["name"] != merged[section]["name"]:
             merged[section]["options"] = {}

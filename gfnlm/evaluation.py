@@ -1,14 +1,19 @@
-"""Held-out evaluation of a policy on questions with answers: avg@k at T=1, pass@k, maj@k, greedy
-(and, for open-ended prompts, :func:`evaluate_creative` with the metrics of :mod:`gfnlm.metrics`).
+"""Held-out evaluation of a policy on questions with answers: avg@n at T=1, pass@k, maj@n, greedy,
+graded by the run's task (and, for open-ended prompts, :func:`evaluate_creative` with the metrics
+of :mod:`gfnlm.metrics`). With ``n`` samples per question:
 
-* ``accuracy_t1`` (avg@k): mean correctness over k samples per question at temperature 1, top-p 1;
-* ``pass_at_k``: share of questions with at least one correct sample among the k;
-* ``majority_at_k``: correctness of the most frequent answer among the k (answers compared after
-  :func:`answer_key` normalisation; ties go to the answer seen first);
+* ``accuracy_t1`` (avg@n): mean correctness over the n samples at temperature 1, top-p 1;
+* ``pass_at_k``: the unbiased estimate of the chance that at least one of k samples is correct,
+  ``1 − C(n−c, k) / C(n, k)`` with ``c`` correct of ``n`` (Chen et al. 2021, "Evaluating large
+  language models trained on code"), averaged over questions; ``k = n`` unless given;
+* ``majority_at_k``: correctness of the most frequent answer among the n samples (answers compared
+  by the task's :meth:`~gfnlm.tasks.base.Task.answer_key`; ties go to the answer seen first);
 * ``greedy_accuracy``: one greedy response per question;
-* ``mean_length``: mean number of response tokens (EOS counted) of the T=1 samples.
+* ``mean_length``: mean number of response tokens (EOS counted) of the T=1 samples;
+* ``format_ok_rate``: share of the T=1 samples in the task's answer format (what ψ checks).
 """
 
+import math
 from collections import Counter
 
 import attrs
@@ -16,14 +21,21 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnlm.errors import InputError
-from gfnlm.prompts import PromptSet
+from gfnlm.prompts import PromptSet, default_task
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
-from gfnlm.tasks import first_sentence, is_correct, normalize_answer
+from gfnlm.tasks import first_sentence, normalize_answer
 
 
 def answer_key(response: str) -> str:
-    """What majority voting compares: the normalised first sentence of a response."""
+    """What majority voting compares on the factual task: the normalised first sentence."""
     return normalize_answer(first_sentence(response))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``c`` correct of ``n`` samples: ``1 − C(n−c, k) / C(n, k)``."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 @attrs.frozen
@@ -38,6 +50,8 @@ class EvalResult:
     greedy_mean_length: float
     num_questions: int
     samples_per_question: int
+    k: int = 0  # the k of pass@k (the number of samples when 0)
+    format_ok_rate: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         """The fields as a plain dict (cached as JSON in the run directory)."""
@@ -45,16 +59,24 @@ class EvalResult:
 
 
 def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
-             batch_questions: int = 16, progress: bool = True, temperature: float = 1.0) -> EvalResult:
-    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``.
+             batch_questions: int = 16, progress: bool = True, temperature: float = 1.0,
+             task=None, k: int = 0) -> EvalResult:
+    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``,
+    graded by ``task`` (default: the ``factual`` task).
 
-    The k samples are drawn at ``temperature`` (1 for the avg@k the docs report; ``1/α`` is the
-    low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at that T)."""
+    The n = ``samples`` samples are drawn at ``temperature`` (1 for the avg@n the docs report; ``1/α``
+    is the low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at that T);
+    ``k`` (default n) is the k of pass@k."""
+    task = task if task is not None else default_task()
+    k = k or samples
+    if not 1 <= k <= samples:
+        raise InputError(f"k={k}: pass@k needs 1 <= k <= the number of samples ({samples})")
     if any(a is None for a in prompts.answers):
         raise InputError("evaluation needs a prompt file whose every line has 'answers'")
     sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
+    format_ok = []
     chunks = range(0, len(prompts), batch_questions)
     for start in tqdm(chunks, desc="eval", unit="batch", disable=not progress, leave=False):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
@@ -66,26 +88,28 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
         for q, i in enumerate(indices):
             answers = list(prompts.answers[i] or ())
             group = texts[q * samples : (q + 1) * samples]
-            correct = [is_correct(t, answers) for t in group]
+            correct = [task.is_correct(t, answers) for t in group]
             sample_correct.append(correct)
-            votes = Counter(answer_key(t) for t in group)
-            top_key = votes.most_common(1)[0][0]
-            representative = next(t for t in group if answer_key(t) == top_key)
-            majority_correct.append(is_correct(representative, answers))
+            format_ok.extend(task.format_ok(t) for t in group)
+            keys = [task.answer_key(t) for t in group]
+            top_key = Counter(keys).most_common(1)[0][0]
+            majority_correct.append(correct[keys.index(top_key)])
         greedy_texts, greedy_lens = greedy_responses(policy, batch, max_new_tokens)
         greedy_lengths.extend(greedy_lens)
-        greedy_correct.extend(is_correct(t, list(prompts.answers[i] or ()))
+        greedy_correct.extend(task.is_correct(t, list(prompts.answers[i] or ()))
                               for t, i in zip(greedy_texts, indices, strict=True))
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return EvalResult(
         accuracy_t1=mean([mean(c) for c in sample_correct]),
-        pass_at_k=mean([any(c) for c in sample_correct]),
+        pass_at_k=mean([pass_at_k(len(c), sum(c), k) for c in sample_correct]),
         majority_at_k=mean(majority_correct),
         greedy_accuracy=mean(greedy_correct),
         mean_length=mean(lengths),
         greedy_mean_length=mean(greedy_lengths),
         num_questions=len(prompts),
         samples_per_question=samples,
+        k=k,
+        format_ok_rate=mean(format_ok),
     )
 
 

@@ -1,14 +1,14 @@
-"""Prompt sets: a JSONL file (or a bundled set's name) → chat-formatted, tokenised prompts."""
+"""Prompt sets: a data set (or a bundled set's name) → task-formatted, tokenised prompts with their gold answers."""
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from gfnlm.config import ConfigError
-from gfnlm.tasks import format_prompt, load_prompt_file
 from gfnlm.types import PromptBatch
 
 
@@ -34,6 +34,13 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
     return path
 
 
+def default_task() -> Any:
+    """The ``factual`` task with its default options (the embedded default's task)."""
+    from gfnlm.registry import build
+
+    return build("task", "factual")
+
+
 @attrs.frozen
 class PromptSet:
     """Questions (with optional answers), formatted with the model's chat template and tokenised."""
@@ -46,21 +53,30 @@ class PromptSet:
 
     @classmethod
     def load(cls, spec: str, field: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
-             require_answers: bool = False) -> "PromptSet":
-        """Load a JSONL file or bundled set (``spec``), chat-format and tokenise every question.
+             require_answers: bool = False, task: Any = None, question_field: str = "question",
+             answer_field: str = "answers") -> "PromptSet":
+        """Load a data set (JSONL, parquet, JSON, CSV, a ``save_to_disk`` folder, or a bundled set's
+        name; :func:`~gfnlm.tasks.records.load_records`), format every record with ``task`` (default:
+        the ``factual`` task) and tokenise it.
 
-        ``field`` names the config field in error messages; prompts longer than ``max_tokens``
-        tokens and, with ``require_answers``, lines without ``answers`` are one-line errors.
+        ``field`` names the config field in error messages; gold answers the task cannot grade,
+        prompts longer than ``max_tokens`` tokens and, with ``require_answers``, records without
+        answers are one-line errors naming the row.
         """
-        path = resolve_prompt_file(spec, field)
-        records = load_prompt_file(path)
-        questions = tuple(str(r.get("question", r.get("prompt"))) for r in records)
-        answers = tuple(tuple(r["answers"]) if r.get("answers") else None for r in records)
+        from gfnlm.tasks.records import load_records  # local: tasks import this module's helpers
+
+        task = task if task is not None else default_task()
+        records = load_records(spec, field, question_field=question_field, answer_field=answer_field)
+        questions = tuple(str(r["question"]) for r in records)
+        answers = tuple(task.answers_for(r) for r in records)
+        for row, gold in enumerate(answers, start=1):
+            if gold is not None:
+                task.check_answers(gold, f"{field}={spec!r} row {row}")
         if require_answers and any(a is None for a in answers):
-            line = next(i for i, a in enumerate(answers) if a is None) + 1
-            raise ConfigError(f"{field}={spec!r}: line {line} has no 'answers' (needed for evaluation)")
-        texts = tuple(format_prompt(tokenizer, q, r.get("template", "short_answer"))
-                      for q, r in zip(questions, records, strict=True))
+            row = next(i for i, a in enumerate(answers) if a is None) + 1
+            raise ConfigError(f"{field}={spec!r}: row {row} has no answer (column {answer_field!r}; needed "
+                              "for evaluation)")
+        texts = tuple(task.format_prompt(tokenizer, r) for r in records)
         token_ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         for i, ids in enumerate(token_ids):
             if len(ids) > max_tokens:
@@ -83,4 +99,5 @@ class PromptSet:
             ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
             mask[row, width - len(tokens):] = True
         return PromptBatch(prompt_ids=ids, prompt_mask=mask, prompt_index=torch.tensor(indices),
-                           prompt_text=tuple(self.questions[i] for i in indices))
+                           prompt_text=tuple(self.questions[i] for i in indices),
+                           labels=tuple(self.answers[i] for i in indices))

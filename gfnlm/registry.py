@@ -31,7 +31,7 @@ import attrs
 from gfnlm.errors import InputError
 from gfnlm.shapes import wrap_public_methods
 
-KINDS = ("target", "objective", "sampler", "logz", "task", "metric")
+KINDS = ("target", "objective", "sampler", "logz", "task")
 
 C = TypeVar("C", bound=type)
 
@@ -48,6 +48,7 @@ _BUILTIN_MODULES = (
     "gfnlm.objectives",
     "gfnlm.logz",
     "gfnlm.samplers",
+    "gfnlm.tasks.builtin",
 )
 
 

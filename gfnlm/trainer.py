@@ -45,14 +45,27 @@ class Components:
     objective: Any
     logz: Any | None
     sampler: Any
+    task: Any
 
     def as_dict(self) -> dict[str, Any]:
         """Role → component, as :func:`gfnlm.registry.check_composition` takes it."""
-        return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler}
+        return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
+                "task": self.task}
 
 
-def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Components:
-    """Build every component from the config and check they fit together (cheap: no model)."""
+def build_task(config: RunConfig) -> Any:
+    """The run's task (cheap: no model), checked against what the data settings ask of it."""
+    task = build("task", config.task.name, config.task.options)
+    if config.data.eval and task.metrics != "accuracy":
+        raise ConfigError(f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
+                          f"data.eval='' and evaluate with gfnlm eval --task {config.task.name} --run RUN")
+    return task
+
+
+def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: Any = None) -> Components:
+    """Build every component from the config and check they fit together (cheap: no model). The
+    task is given to the components that grade or check responses (``bind_task``)."""
+    task = task if task is not None else build_task(config)
     target = build("target", config.target.name, config.target.options)
     objective = build("objective", config.objective.name, config.objective.options)
     needed = objective.min_samples_per_prompt
@@ -71,7 +84,10 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int) -> Comp
         "temperature": sampling.temperature, "top_p": sampling.top_p,
         "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
     })
-    components = Components(target, objective, logz, sampler)
+    components = Components(target, objective, logz, sampler, task)
+    for component in (target, objective, sampler):
+        if hasattr(component, "bind_task"):
+            component.bind_task(task)
     check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad"})
     return components
 
@@ -174,17 +190,19 @@ class Trainer:
                               f"the number of processes ({self.world.size})")
         self.model_dir = resolve_model_path(config.model.path)
         model_config = _read_model_config(self.model_dir)
+        self.task = build_task(config)
         tokenizer = load_tokenizer(self.model_dir)
-        self.train_prompts = PromptSet.load(config.data.train, "data.train", tokenizer,
-                                            config.data.max_prompt_tokens)
+        data = config.data
+        columns = {"task": self.task, "question_field": data.question_field, "answer_field": data.answer_field}
+        self.train_prompts = PromptSet.load(data.train, "data.train", tokenizer, data.max_prompt_tokens, **columns)
         self.eval_prompts = None
-        if config.data.eval:
-            self.eval_prompts = PromptSet.load(config.data.eval, "data.eval", tokenizer,
-                                               config.data.max_prompt_tokens, require_answers=True)
+        if data.eval:
+            self.eval_prompts = PromptSet.load(data.eval, "data.eval", tokenizer, data.max_prompt_tokens,
+                                               require_answers=True, **columns)
             if config.data.eval_max_questions:
                 self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
         self._check_context(model_config)
-        self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts))
+        self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts), self.task)
         if self.world.is_main:
             check_writable_dir(self.out_dir, "train.out_dir")
         self.resume_point = self._find_resume_point()
@@ -408,7 +426,7 @@ class Trainer:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.config.train.seed + 1_000_003)
                 result = evaluate(self.policy, self.eval_prompts, self.config.train.eval_samples,
-                                  self.config.sampling.max_new_tokens,
+                                  self.config.sampling.max_new_tokens, task=self.task,
                                   progress=self.progress and self.world.is_main).as_dict()
             if self.world.is_main:
                 checkpoint.write_text_atomic(path, json.dumps(result, indent=2))

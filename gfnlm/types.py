@@ -42,6 +42,9 @@ class PromptBatch:
     prompt_mask: Bool[Tensor, "N P"]
     prompt_index: Int[Tensor, " N"]
     prompt_text: tuple[str, ...] | None = None
+    # Each prompt's gold answers (None for a prompt without any), carried to the rollouts for the
+    # task's grading: never looked up by text.
+    labels: tuple[tuple[str, ...] | None, ...] | None = None
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
@@ -72,6 +75,7 @@ class Rollouts:
     weight_version: int = 0
     response_text: tuple[str, ...] | None = None
     prompt_text: tuple[str, ...] | None = None
+    labels: tuple[tuple[str, ...] | None, ...] | None = None  # each response's prompt's gold answers
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
@@ -107,6 +111,7 @@ class Rollouts:
             prompt_text=None
             if self.prompt_text is None
             else tuple(self.prompt_text[i] for i in idx_list),
+            labels=None if self.labels is None else tuple(self.labels[i] for i in idx_list),
         )
 
     def to(self, device: torch.device | str) -> "Rollouts":

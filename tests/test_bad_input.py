@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import attrs
+import datasets
 import pytest
 import torch
 from test_trainer import REPO, tiny_overrides
@@ -50,6 +51,16 @@ CASES = [
          r"sampling\.sampler_options\.url='http://127\.0\.0\.1:99999'"),
     Case("train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.launch.python=DIR/no/python",
          r"sampling\.sampler_options\.launch\.python='DIR/no/python'"),
+    # tasks and data sets
+    Case("train CONFIG TINY task.name=mathh", r"unknown task 'mathh'.*did you mean 'math'"),
+    Case("train CONFIG TINY task.options.sytem_prompt=x", r"task 'factual' has no option 'sytem_prompt'"),
+    Case("train CONFIG TINY data.train=DIR/math.parquet data.question_field=question",
+         r"data\.train='DIR/math\.parquet': no column 'question' \(or 'prompt'\); columns: problem, answer"),
+    Case("train CONFIG TINY data.train=DIR/empty.parquet", r"data\.train='DIR/empty\.parquet': .*empty"),
+    Case("train CONFIG TINY task.name=math data.eval=DIR/bad-gold.jsonl",
+         r"data\.eval='DIR/bad-gold\.jsonl' row 2: answer '\\\\frac\{' cannot be parsed"),
+    Case("train CONFIG TINY data.train=DIR/math.parquet data.question_field=problem data.answer_field=solution",
+         r"no column 'solution'"),
     # config files
     Case("train DIR/missing.yaml", r"config='DIR/missing\.yaml': no such file"),
     Case("train DIR", r"config='DIR': is a directory"),
@@ -58,7 +69,7 @@ CASES = [
     # model, data and run folders
     Case("train CONFIG TINY model.path=DIR/nonexistent", r"model\.path='DIR/nonexistent': not a directory with config\.json"),
     Case("train CONFIG TINY model.path=DIR/no-tokenizer", r"model\.path='DIR/no-tokenizer': cannot load a tokenizer"),
-    Case("train CONFIG TINY data.train=DIR", r"data\.train='DIR': is a directory"),
+    Case("train CONFIG TINY data.train=DIR", r"data\.train='DIR': is a folder but not one written by save_to_disk"),
     Case("train CONFIG TINY data.train=DIR/missing.jsonl", r"data\.train='DIR/missing\.jsonl': no such file"),
     Case("train CONFIG TINY data.train=DIR/empty.jsonl", r"DIR/empty\.jsonl: prompt file is empty"),
     Case("train CONFIG TINY data.train=DIR/numeric.jsonl", r"DIR/numeric\.jsonl:1: 'question' must be a string, got int 42"),
@@ -76,8 +87,11 @@ CASES = [
     Case("eval --run RUN --top-p 1.5", r"--top-p=1\.5: must be in \(0, 1\]"),
     Case("eval --run RUN --max-new-tokens -1", r"--max-new-tokens=-1: must be >= 0"),
     Case("eval --run RUN --prompts DIR/missing.jsonl", r"--prompts='DIR/missing\.jsonl': no such file"),
-    Case("eval --run RUN --prompts DIR", r"--prompts='DIR': is a directory"),
+    Case("eval --run RUN --prompts DIR", r"--prompts='DIR': is a folder but not one written by save_to_disk"),
     Case("eval --run RUN --device cuda", r"--device='cuda': no CUDA device"),
+    Case("eval --run RUN --task mathh", r"unknown task 'mathh'"),
+    Case("eval --run RUN --k 9", r"--k=9: must be <= --samples=8"),
+    Case("eval --run RUN --prompts DIR/math.parquet", r"--prompts='DIR/math\.parquet': no column 'question'"),
     Case("eval --run DIR/no-run", r"--run='DIR/no-run': no such run directory"),
     Case("eval --run DIR", r"--run='DIR': no checkpoint found"),
     Case("eval --run RUN --metrics creative --samples 1 --prompts creative_eval", r"--samples=1: must be >= 2"),
@@ -103,6 +117,10 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     (folder / "numeric.jsonl").write_text('{"question": 42}\n')
     (folder / "bad.jsonl").write_text('{"question": "ok"}\n{not json\n')
     (folder / "a-file").write_text("not a folder")
+    datasets.Dataset.from_dict({"problem": ["What is 1+1?"], "answer": ["2"]}).to_parquet(str(folder / "math.parquet"))
+    datasets.Dataset.from_dict({"question": [], "answers": []}).to_parquet(str(folder / "empty.parquet"))
+    (folder / "bad-gold.jsonl").write_text('{"question": "What is 1+1?", "answers": ["2"]}\n'
+                                           '{"question": "Solve x + 1 = 3.", "answers": ["\\\\frac{"]}\n')
     (folder / "no-tokenizer").mkdir()
     (folder / "no-tokenizer" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     read_only = folder / "read-only"

@@ -69,16 +69,16 @@ def test_register_then_unregister_frees_the_name():
         x: int = 1
 
     name = "test_registry_temp"
-    registry.register("metric", name)(Temp)
+    registry.register("task", name)(Temp)
     try:
-        assert registry.build("metric", name, x=3).x == 3
+        assert registry.build("task", name, x=3).x == 3
         with pytest.raises(RegistryError, match="already registered"):
-            registry.register("metric", name)(Temp)
+            registry.register("task", name)(Temp)
     finally:
-        registry.unregister("metric", name)
-    assert name not in registry.names("metric")
+        registry.unregister("task", name)
+    assert name not in registry.names("task")
     with pytest.raises(RegistryError, match="unknown metric"):
-        registry.lookup("metric", name)
+        registry.lookup("task", name)
 
 
 def test_non_attrs_class_is_rejected():
@@ -86,8 +86,8 @@ def test_non_attrs_class_is_rejected():
         pass
 
     with pytest.raises(RegistryError, match="must be an attrs class"):
-        registry.register("metric", "test_registry_plain")(Plain)
-    assert "test_registry_plain" not in registry.names("metric")
+        registry.register("task", "test_registry_plain")(Plain)
+    assert "test_registry_plain" not in registry.names("task")
 
 
 def test_unknown_option_names_option_lists_options_and_suggests():

@@ -43,15 +43,25 @@ def test_answer_rewards_need_texts():
         majority_vote(rollouts)
 
 
-def test_factual_verifier_reads_the_questions_answers():
-    """GRPO's supervised reward on the factual task: 1 for a correct first sentence, 0 otherwise;
-    a question without known answers is a one-line error."""
-    from gfnlm.rewards import factual_verifier
+def test_verifier_grades_with_the_labels_that_travel_with_the_rollouts():
+    """GRPO's supervised reward: 1 for a correct response to its own prompt's gold answers (the
+    rollouts' labels, never a lookup by question text), graded by the task; a prompt without an
+    answer is a one-line error naming it."""
+    from gfnlm.registry import build
+    from gfnlm.rewards import factual_verifier, verifier
 
     texts = ["Paris.", "It is Lyon. Paris is larger.", "Berlin is the capital."]
-    rollouts = attrs.evolve(rollouts_with(texts, [0, 0, 1]), prompt_text=(
-        "What is the capital of France?", "What is the capital of France?", "What is the capital of Germany?"))
+    rollouts = attrs.evolve(rollouts_with(texts, [0, 0, 1]), labels=(("Paris",), ("Paris",), ("Berlin",)),
+                            prompt_text=("Q1", "Q1", "Q2"))
+    assert verifier(rollouts, task=build("task", "factual")).tolist() == [1.0, 0.0, 1.0]
     assert factual_verifier(rollouts).tolist() == [1.0, 0.0, 1.0]
-    unknown = attrs.evolve(rollouts, prompt_text=("What is the capital of Atlantis?",) * 3)
-    with pytest.raises(ValueError, match="Atlantis"):
-        factual_verifier(unknown)
+    # Labels, not the question text, decide: the same texts with swapped labels grade the other way.
+    swapped = attrs.evolve(rollouts, labels=(("Lyon",), ("Lyon",), ("Paris",)))
+    assert verifier(swapped).tolist() == [0.0, 1.0, 0.0]
+    unlabelled = attrs.evolve(rollouts, labels=(("Paris",), None, ("Berlin",)))
+    with pytest.raises(ValueError, match="prompt 'Q1' has no answer"):
+        verifier(unlabelled)
+    math = build("task", "math")
+    boxed = attrs.evolve(rollouts_with(["so \\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "1/2"], [0, 0, 0]),
+                         labels=(("1/2",),) * 3)
+    assert verifier(boxed, task=math).tolist() == [1.0, 1.0, 0.0]

@@ -4,6 +4,7 @@ real SmolLM2 tokenizer (so the chat template, EOS and vocabulary are the real on
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -234,8 +235,30 @@ def test_every_shipped_config_loads_and_composes(name: str) -> None:
     """Each file in configs/ is a valid config whose components fit together (no model needed)."""
     from gfnlm.trainer import compose
 
-    config = load_config(REPO / "configs" / f"{name}.yaml")
+    # The GPU recipe's config has no default model, data or server: its script gives them.
+    required = {"powerflow_qwen_math": ["model.path=/models/qwen", "data.train=/data/train.parquet",
+                                        "sampling.sampler_options.url=http://127.0.0.1:30000"]}
+    config = load_config(REPO / "configs" / f"{name}.yaml", required.get(name, []))
     compose(config, hidden_size=64, num_train_prompts=10)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], r"MODEL_DIR and TRAIN_DATA are required"),
+    (["/nonexistent/qwen", "/nonexistent/train.parquet"], r"MODEL_DIR='/nonexistent/qwen': not a model folder"),
+    (["MODEL", "/nonexistent/train.parquet"], r"TRAIN_DATA='/nonexistent/train\.parquet': no such file"),
+])
+def test_gpu_math_recipe_without_weights_or_data_fails_in_one_line(args, expected, tiny_model_dir: Path) -> None:
+    args = [str(tiny_model_dir) if a == "MODEL" else a for a in args]
+    result = subprocess.run(["bash", str(REPO / "recipes/powerflow_qwen_math.sh"), *args], capture_output=True,
+                            text=True, cwd=REPO, timeout=60, check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+
+
+def test_the_gpu_math_config_names_what_it_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(["train", str(REPO / "configs/powerflow_qwen_math.yaml"), "--quiet"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Missing mandatory value" in err, err
 
 
 def test_entropy_minimisation_trains_through_the_policy_entropy(tiny_model_dir: Path, prompt_files,

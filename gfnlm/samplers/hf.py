@@ -117,12 +117,14 @@ def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated
         torch.cat([prompt_ids, generated.to(device)], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
     texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
     prompt_text = None if prompts.prompt_text is None else tuple(t for t in prompts.prompt_text for _ in range(n))
+    labels = None if prompts.labels is None else tuple(a for a in prompts.labels for _ in range(n))
     return Rollouts(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask.bool(), response_ids=response_ids,
         response_mask=mask, lengths=lengths, ended_with_eos=ended,
         group=torch.arange(len(prompts), device=device).repeat_interleave(n),
         prompt_index=prompts.prompt_index.to(device).repeat_interleave(n),
         behaviour_logp=behaviour.to(device).masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
+        labels=labels,
     )
 
 

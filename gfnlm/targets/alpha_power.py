@@ -2,7 +2,8 @@
 
 α > 1 sharpens the base model (majority voting is the α→∞ limit), α < 1 flattens it, α = 1 is
 the base model itself. ψ is an optional format penalty: ``format_penalty`` (PowerFlow uses −0.5)
-when the response text does not match ``format_regex`` (default: a ``\\boxed{...}`` answer), else 0.
+when the response is not in the run's task's answer format (:meth:`~gfnlm.tasks.base.Task.format_ok`;
+the ``math`` task: a closed ``\\boxed{...}``), or does not match ``format_regex`` when one is given, else 0.
 Written with ``|y|·ψ`` so that after LA-TB's division by ``|y|`` the bracket reads
 ``α·[(1/|y|)·log p_base + ψ]`` as in the PowerFlow paper.
 
@@ -12,13 +13,14 @@ finished responses only).
 """
 
 import re
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
 
 from gfnlm.registry import register
-from gfnlm.targets.base import Target
+from gfnlm.targets.base import Target, task_field
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 
@@ -52,7 +54,10 @@ class AlphaPowerTarget(Target):
 
     alpha: float = attrs.field(default=4.0, converter=float, validator=_positive)
     format_penalty: float = attrs.field(default=0.0, converter=float)
-    format_regex: str = r"\\boxed\{"
+    # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{});
+    # a regular expression here overrides it
+    format_regex: str = ""
+    task: Any = task_field()
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]
@@ -79,7 +84,10 @@ class AlphaPowerTarget(Target):
         if not self.format_penalty:
             return torch.zeros_like(like)
         assert rollouts.response_text is not None  # guaranteed by the composition check
-        pattern = re.compile(self.format_regex)
-        ok = [pattern.search(text) is not None for text in rollouts.response_text]
+        if self.format_regex:
+            pattern = re.compile(self.format_regex)
+            ok = [pattern.search(text) is not None for text in rollouts.response_text]
+        else:
+            ok = [self.task.format_ok(text) for text in rollouts.response_text]
         return torch.tensor([0.0 if good else self.format_penalty for good in ok],
                             dtype=like.dtype, device=like.device)

@@ -1,6 +1,8 @@
 """The Target interface: an unnormalised log-density over whole responses (and prefixes)."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import attrs
 
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
@@ -26,3 +28,14 @@ class Target:
     def score(self, rollouts: Rollouts, base: SequenceLogProbs) -> TargetScores:
         """Score the responses; subclasses implement this."""
         raise NotImplementedError
+
+    def bind_task(self, task: Any) -> None:
+        """Receive the run's task (its format check, grading and answer extraction) from the
+        trainer. Targets that use it declare a non-option field ``task`` (see :func:`task_field`)."""
+        if "task" in attrs.fields_dict(type(self)):
+            object.__setattr__(self, "task", task)
+
+
+def task_field() -> Any:
+    """The ``task`` field of a target that uses the run's task: set by the trainer, not an option."""
+    return attrs.field(default=None, init=False, repr=False, eq=False)

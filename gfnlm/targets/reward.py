@@ -6,11 +6,13 @@ GFlowNet target it is the Gibbs distribution ``exp(r)``. The base model is not n
 trainer skips the base forward pass.
 """
 
+from typing import Any
+
 import attrs
 
 from gfnlm.registry import register
-from gfnlm.targets.base import Target
-from gfnlm.targets.reward_tilted import RewardFn, resolve_callable
+from gfnlm.targets.base import Target, task_field
+from gfnlm.targets.reward_tilted import RewardFn, call_reward, resolve_callable
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 
@@ -20,10 +22,11 @@ class RewardTarget(Target):
     """``exp(r(q, y))``: the reward function alone."""
 
     reward: RewardFn = attrs.field(converter=resolve_callable)
+    task: Any = task_field()
     needs_base = False
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs | None) -> TargetScores:
-        reward = self.reward(rollouts).to(rollouts.behaviour_logp)
+        reward = call_reward(self.reward, rollouts, self.task).to(rollouts.behaviour_logp)
         if reward.shape != (rollouts.batch_size,):
             raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
         return TargetScores(log_reward=reward, metrics={"target/reward_mean": float(reward.mean())})

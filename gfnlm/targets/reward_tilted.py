@@ -7,6 +7,7 @@ and DB cannot be combined with this target (the run is rejected when composed).
 """
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,18 @@ import attrs
 import torch
 
 from gfnlm.registry import register
-from gfnlm.targets.base import Target
+from gfnlm.targets.base import Target, task_field
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
-RewardFn = Callable[[Rollouts], torch.Tensor]
+RewardFn = Callable[..., torch.Tensor]
+
+
+def call_reward(reward: RewardFn, rollouts: Rollouts, task: Any) -> torch.Tensor:
+    """``reward(rollouts)``, or ``reward(rollouts, task=task)`` for a reward function that takes the
+    run's task (a verifier grades with it, majority voting compares its answers)."""
+    if "task" in inspect.signature(reward).parameters:
+        return reward(rollouts, task=task)
+    return reward(rollouts)
 
 
 def resolve_callable(spec: Any) -> RewardFn:
@@ -40,11 +49,12 @@ class RewardTiltedTarget(Target):
 
     reward: RewardFn = attrs.field(converter=resolve_callable)
     beta: float = attrs.field(default=1.0, converter=float)
+    task: Any = task_field()
     provides = frozenset({"ref_logp"})
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs) -> TargetScores:
         ref_logp = (base.token_logp * rollouts.response_mask).sum(-1)
-        reward = self.reward(rollouts).to(ref_logp)
+        reward = call_reward(self.reward, rollouts, self.task).to(ref_logp)
         if reward.shape != ref_logp.shape:
             raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
         return TargetScores(
