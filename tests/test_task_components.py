@@ -86,7 +86,7 @@ def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected) -> None:
 
 def _math_records() -> dict[str, list]:
     return {"problem": ["What is $1/2 + 1/4$?", "What is 6 times 7?", "Compute $10 - 3$.", "What is 9 / 3?"],
-            "solution_answer": ["\\frac{3}{4}", 42, "7", 3]}
+            "solution_answer": ["\\frac{3}{4}", "42", "7", "3"]}
 
 
 @pytest.mark.parametrize("kind", ["parquet", "save_to_disk"])
