@@ -8,6 +8,7 @@ them shows up in the losses.
 
 import contextlib
 import json
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,3 +154,18 @@ def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
     evaluation = tmp_path / "eval.jsonl"
     evaluation.write_text(json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n")
     return train, evaluation
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``mount_point`` with ``options`` (``ro``, ``size=2m``), unmounted
+    afterwards. Needs root, as CI has: a read-only or full file system cannot be had otherwise."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                            check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs ({options}) at {mount_point} (run as root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -6,13 +6,13 @@ rewrites it; otherwise the test fails when the page and the messages differ)."""
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import attrs
 import datasets
 import pytest
 import torch
+from conftest import mounted_tmpfs
 from test_trainer import REPO, tiny_overrides
 
 from gfnlm import cli
@@ -123,16 +123,8 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
                                            '{"question": "Solve x + 1 = 3.", "answers": ["\\\\frac{"]}\n')
     (folder / "no-tokenizer").mkdir()
     (folder / "no-tokenizer" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    read_only = folder / "read-only"
-    read_only.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
-                             check=False, capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a read-only tmpfs (run as root): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(folder / "read-only", "ro,size=1m"):
         yield {"DIR": folder, "RUN": run, "MODEL": tiny_model_dir, "TRAIN": train, "overrides": overrides}
-    finally:
-        subprocess.run(["umount", "-l", str(read_only)], check=False)
 
 
 def expand(case: Case, world: dict) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from conftest import mounted_tmpfs
 from test_trainer import REPO, tiny_overrides
 
 from gfnlm import checkpoint
@@ -220,16 +221,8 @@ def test_a_checkpoint_written_before_manifests_and_tensor_rng_states_loads(tmp_p
 @pytest.fixture
 def small_file_system(tmp_path: Path):
     """A real 2 MiB tmpfs (needs root, as CI has): the disk fills up during a save."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                            check=False, capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test (run as root): {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "size=2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_survives(small_file_system: Path) -> None:

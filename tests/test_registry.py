@@ -77,7 +77,7 @@ def test_register_then_unregister_frees_the_name():
     finally:
         registry.unregister("task", name)
     assert name not in registry.names("task")
-    with pytest.raises(RegistryError, match="unknown metric"):
+    with pytest.raises(RegistryError, match="unknown task"):
         registry.lookup("task", name)
 
 

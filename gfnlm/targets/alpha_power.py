@@ -54,8 +54,8 @@ class AlphaPowerTarget(Target):
 
     alpha: float = attrs.field(default=4.0, converter=float, validator=_positive)
     format_penalty: float = attrs.field(default=0.0, converter=float)
-    # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{});
-    # a regular expression here overrides it
+    # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{}; a
+    # target built outside a run checks that too); a regular expression here overrides it
     format_regex: str = ""
     task: Any = task_field()
 
@@ -87,7 +87,11 @@ class AlphaPowerTarget(Target):
         if self.format_regex:
             pattern = re.compile(self.format_regex)
             ok = [pattern.search(text) is not None for text in rollouts.response_text]
-        else:
+        elif self.task is not None:
             ok = [self.task.format_ok(text) for text in rollouts.response_text]
+        else:  # built outside a run: PowerFlow's own ψ, a closed \boxed{} answer
+            from gfnlm.tasks.math_answers import format_ok
+
+            ok = [format_ok(text) for text in rollouts.response_text]
         return torch.tensor([0.0 if good else self.format_penalty for good in ok],
                             dtype=like.dtype, device=like.device)
