@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from gfnlm import synthetic_reasoning as task
 from gfnlm.models import default_cache_dir, save_random_llama
+from gfnlm.registry import build
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "reasoning_replication"
@@ -58,18 +59,20 @@ BUDGET = {"train.steps": 60, "train.prompts_per_step": 8, "sampling.samples_per_
 EVAL_QUESTIONS, EVAL_K, EVAL_EVERY = 48, 16, 15
 ALPHA = 4.0
 
-# method → (config file, overrides beyond the budget). Rewards are the task's own functions.
+# method → (config file, overrides beyond the budget). Every run uses the chain_sum task, and the
+# baselines' rewards grade or compare answers through it (gfnlm.rewards with the run's task).
+TASK = ["task.name=chain_sum"]
 METHODS = {
     "PowerFlow": ("default.yaml", ["target.options.alpha=4.0"]),
     "TB-traj": ("tb_traj.yaml", ["target.options.alpha=4.0"]),
     "TB-token": ("tb_token.yaml", ["target.options.alpha=4.0"]),
     "RL-traj": ("rl_traj.yaml", []),
-    "TTRL": ("ttrl.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:majority_vote"]),
-    "EMPO": ("empo.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:answer_cluster_share"]),
+    "TTRL": ("ttrl.yaml", ["target.options.reward=gfnlm.rewards:majority_vote"]),
+    "EMPO": ("empo.yaml", ["target.options.reward=gfnlm.rewards:answer_cluster_share"]),
     "Intuitor": ("intuitor.yaml", []),
     "RENT": ("rent.yaml", []),
     "EM": ("em.yaml", []),
-    "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.synthetic_reasoning:verifier"]),
+    "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.rewards:verifier"]),
 }
 CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
 SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
@@ -87,6 +90,9 @@ SMOL_METHODS = {
     "GRPO": ["target.name=reward", "target.options.reward=gfnlm.rewards:factual_verifier", "objective.name=grpo"],
 }
 SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
+
+
+CHAIN_SUM = build("task", "chain_sum")  # how the synthetic task's prompts are formatted and graded
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -183,7 +189,8 @@ def pretrain(target: Path) -> None:
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -> dict[str, float]:
     """avg@k, maj@k (majority of the extracted answers; no answer counts as wrong), pass@k and
-    mean length (tokens, EOS counted) of ``sampler``'s k responses per question, by the task's scorer."""
+    mean length (tokens, EOS counted) of ``sampler``'s k responses per question, graded by the
+    chain_sum task against the gold answers that travel with the prompts."""
     correct, majority, lengths, truncated = [], [], [], []
     for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
@@ -192,10 +199,10 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
         lengths += rollouts.lengths.tolist()
         truncated += (~rollouts.ended_with_eos).tolist()
         for row, i in enumerate(indices):
-            question, group = prompts.questions[i], texts[row * k : (row + 1) * k]
-            correct.append([task.is_correct(t, question) for t in group])
-            votes = Counter(a for a in map(task.answer_key, group) if a)
-            majority.append(bool(votes) and votes.most_common(1)[0][0] == task.solve(question))
+            gold, group = prompts.answers[i], texts[row * k : (row + 1) * k]
+            correct.append([CHAIN_SUM.is_correct(t, gold) for t in group])
+            votes = Counter(a for a in map(CHAIN_SUM.answer_key, group) if a)
+            majority.append(bool(votes) and votes.most_common(1)[0][0] in gold)
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return {"avg": mean([mean(c) for c in correct]), "maj": mean(majority), "pass": mean([any(c) for c in correct]),
             "length": mean(lengths), "truncated": mean(truncated)}
@@ -204,7 +211,7 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
 def load_eval_prompts(tokenizer, eval_file: Path):
     from gfnlm.prompts import PromptSet
 
-    return PromptSet.load(str(eval_file), "eval", tokenizer, 256, require_answers=True)
+    return PromptSet.load(str(eval_file), "eval", tokenizer, 256, require_answers=True, task=CHAIN_SUM)
 
 
 def make_trainer_class():
@@ -257,7 +264,7 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
         f"model.path={model_dir}", "model.lora=false", f"data.train={train_file}", "data.eval=''",
         f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.out_dir={out_dir}",
         f"train.eval_every={EVAL_EVERY if (method in CURVE_METHODS or alpha is not None) else 0}",
-        "train.save_every=0", *extra]
+        "train.save_every=0", *TASK, *extra]
     if alpha is not None:
         overrides.append(f"target.options.alpha={alpha}")
     config = load_config(REPO / "configs" / config_file, overrides + list(probe or []))

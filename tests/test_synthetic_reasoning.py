@@ -61,3 +61,23 @@ def test_rewards_by_hand():
     assert task.verifier(rollouts).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     assert task.majority_vote(rollouts).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # tie: first seen
     assert task.answer_cluster_share(rollouts).tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+
+
+def test_the_chain_sum_task_gives_the_generic_rewards_the_task_s_own_values():
+    """The replication benchmark's baselines use gfnlm.rewards through the chain_sum task: on
+    random noisy solutions they equal the task module's own reward functions."""
+    from gfnlm import rewards
+    from gfnlm.registry import build
+
+    chain_sum, rng = build("task", "chain_sum"), random.Random(3)
+    questions = [task.make_question(rng) for _ in range(6)]
+    texts = tuple(task.noisy_solution(q, rng, 0.3, 0.2) for q in questions for _ in range(4))
+    prompt_text = tuple(q for q in questions for _ in range(4))
+    rollouts = attrs.evolve(build_rollouts([2] * 24, [True] * 24, 3, response_text=texts),
+                            group=torch.arange(6).repeat_interleave(4), prompt_text=prompt_text,
+                            labels=tuple(chain_sum.answers_for({"question": q}) for q in prompt_text))
+    assert rewards.verifier(rollouts, task=chain_sum).tolist() == task.verifier(rollouts).tolist()
+    assert rewards.majority_vote(rollouts, task=chain_sum).tolist() == task.majority_vote(rollouts).tolist()
+    assert (rewards.answer_cluster_share(rollouts, task=chain_sum).tolist()
+            == task.answer_cluster_share(rollouts).tolist())
+    assert 0 < sum(task.verifier(rollouts).tolist()) < 24  # some right, some wrong: the check can fail
