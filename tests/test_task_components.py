@@ -155,3 +155,14 @@ def test_the_verifier_reward_grades_math_through_the_labels(tiny_model_dir: Path
 
     scores = trainer.components.target.score(attrs.evolve(rollouts, response_text=boxed), None)
     assert scores.log_reward.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_the_factual_task_refuses_an_answer_nothing_can_match(tokenizer, tmp_path: Path) -> None:
+    """Gold answers are the task's to check: "The" normalises to nothing for the factual task (and
+    would be a fine answer for another task), so loading the set with the factual task fails."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "q1", "answers": ["Paris"]}) + "\n"
+                    + json.dumps({"question": "q2", "answers": ["The"]}) + "\n")
+    with pytest.raises(ValueError, match=r"data\.eval='.*qa\.jsonl' row 2: answer 'The' has no letters or digits"):
+        PromptSet.load(str(data), "data.eval", tokenizer, 256, task=build("task", "factual"))
+    assert PromptSet.load(str(data), "data.eval", tokenizer, 256, task=build("task", "creative")).answers[1] == ("The",)

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from gfnlm.errors import InputError
 from gfnlm.registry import register
 from gfnlm.tasks.base import Task, chat_prompt
 from gfnlm.tasks.factual_answers import first_sentence, is_correct, normalize_answer
@@ -42,6 +43,12 @@ class FactualTask(Task):
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
+
+    def check_answers(self, answers: tuple[str, ...], where: str) -> None:
+        for answer in answers:  # matched after normalisation: something must be left to match
+            if not normalize_answer(answer):
+                raise InputError(f"{where}: answer {answer!r} has no letters or digits left after "
+                                 "normalisation (articles and punctuation are dropped), so nothing can match it")
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         return is_correct(response, list(answers))

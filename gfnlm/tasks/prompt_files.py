@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from gfnlm.errors import InputError
-from gfnlm.tasks.factual_answers import normalize_answer
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 FACTUAL_TRAIN = DATA_DIR / "factual_train.jsonl"
@@ -50,10 +49,9 @@ def load_prompt_file(path: str | Path) -> list[dict]:
 
     Blank lines are skipped. A record may give its text as ``"question"`` or ``"prompt"`` (copied
     to ``"question"``); ``"template"``, when present, must name one of :data:`TEMPLATES`;
-    ``"answers"``, when present, must be a non-empty list of non-empty strings
-    (a single string is wrapped in a list) and each must keep some text after
-    :func:`~gfnlm.tasks.factual_answers.normalize_answer` (a bare ``"A"`` or ``"the"`` cannot be matched). Other fields are
-    kept as they are.
+    ``"answers"``, when present, must be a non-empty list of non-empty strings (a single string is
+    wrapped in a list); whether the task can grade them is the task's check
+    (:meth:`~gfnlm.tasks.base.Task.check_answers`). Other fields are kept as they are.
 
     Raises :class:`PromptFileError` (a ``ValueError``) with a one-line message naming the file and
     line for: a missing or empty file, invalid JSON, a line that is not an object, a missing
@@ -97,11 +95,8 @@ def load_prompt_file(path: str | Path) -> list[dict]:
             if not isinstance(answers, list) or not answers:
                 raise PromptFileError(f"{where}: 'answers' must be a non-empty list of strings")
             for answer in answers:
-                if not isinstance(answer, str) or not normalize_answer(answer):
-                    raise PromptFileError(
-                        f"{where}: answer {answer!r} is not a string with letters or digits "
-                        "left after normalisation (articles and punctuation are dropped)"
-                    )
+                if not isinstance(answer, str) or not answer.strip():
+                    raise PromptFileError(f"{where}: answer {answer!r} must be a non-empty string")
             record["answers"] = answers
         records.append(record)
     if not records:
