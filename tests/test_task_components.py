@@ -14,6 +14,7 @@ from gfnlm.config import load_config
 from gfnlm.evaluation import pass_at_k
 from gfnlm.models import ensure_smollm2
 from gfnlm.policy import load_tokenizer
+from gfnlm.prompts import PromptSet
 from gfnlm.registry import RegistryError, build, names
 from gfnlm.synthetic_reasoning import save_tokenizer
 from gfnlm.tasks import format_prompt
