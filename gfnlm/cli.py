@@ -20,6 +20,7 @@ import torch
 
 from gfnlm.config import ConfigError, RunConfig, load_config
 from gfnlm.errors import GfnlmError, InputError, Terminated, raise_on_sigterm
+from gfnlm.registry import import_components
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -48,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gfnlm.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
+    config.imports = [*config.imports, *args.imports]
     trainer = Trainer(config, progress=not args.quiet)
     try:
         results = trainer.train()
@@ -156,6 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)")
     _check_count("--threads", args.threads, 0)
     saved, config = _run_and_config(args)
+    import_components([*config.imports, *args.imports])
     task = _eval_task(args, config)
     if args.metrics == "creative" or task.metrics == "creative":
         return cmd_eval_creative(args, saved, config, task)
@@ -300,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first, so the components it registers can be named (repeatable)")
     train.set_defaults(func=cmd_train)
 
     serve = sub.add_parser("serve", help="start a SGLang server for a model (stopped on Ctrl-C)")
@@ -345,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", default=None,
                            help="also write the metrics here (creative: with the responses)")
             p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+            p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                           help="import MODULE first (a task or component of your own; repeatable)")
         p.add_argument("--temperature", type=float, default=1.0,
                        help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
         p.add_argument("--model", default="smollm2", help="base model when no run is given")

@@ -167,6 +167,9 @@ class RunConfig:
     sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
+    # Modules imported before the run is composed, so the components they register can be named
+    # above (the same as gfnlm train --import MODULE).
+    imports: list[str] = attrs.field(factory=list)
 
 
 def _describe_error(error: OmegaConfBaseException) -> str:

@@ -22,6 +22,7 @@ Example::
 
 import difflib
 import importlib
+import importlib.metadata
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -52,9 +53,46 @@ _BUILTIN_MODULES = (
 )
 
 
+# Installed packages register their components through this entry-point group: each entry point
+# names a module whose import registers them, e.g. in the plugin's pyproject.toml
+#   [project.entry-points."gfnlm.components"]
+#   my_components = "my_pkg.components"
+ENTRY_POINT_GROUP = "gfnlm.components"
+_plugins_loaded = False
+
+
 def _load_builtins() -> None:
+    global _plugins_loaded
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+    if not _plugins_loaded:
+        _plugins_loaded = True  # first: a plugin that looks names up while importing must not recurse
+        load_plugins()
+
+
+def load_plugins() -> list[str]:
+    """Import the modules of every installed ``gfnlm.components`` entry point; returns their names.
+    A plugin that fails to import is a one-line error naming it."""
+    loaded = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as error:  # noqa: BLE001 - any failure of a third-party import is reported by name
+            raise RegistryError(f"plugin {entry_point.name!r} ({entry_point.value}, entry point group "
+                                f"{ENTRY_POINT_GROUP!r}) failed to import: {type(error).__name__}: {error}") from None
+        loaded.append(entry_point.name)
+    return loaded
+
+
+def import_components(modules: Iterable[str], field: str = "--import") -> None:
+    """Import modules that register components (``--import my_pkg.components``, a config's
+    ``imports``); a module that cannot be imported is a one-line error naming ``field``."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise RegistryError(f"{field}={module!r}: cannot import it ({error}); it must be importable "
+                                "from this Python (installed, or on PYTHONPATH)") from None
 
 
 def _check_kind(kind: str) -> None:
@@ -67,7 +105,9 @@ def register(kind: str, name: str) -> Callable[[C], C]:
     _check_kind(kind)
 
     def decorator(cls: C) -> C:
-        if name in _REGISTRY[kind]:
+        if name in _REGISTRY[kind] and _same_class(_REGISTRY[kind][name], cls):
+            pass  # the same class defined again (a notebook cell run twice): the new definition wins
+        elif name in _REGISTRY[kind]:
             other = _REGISTRY[kind][name]
             raise RegistryError(
                 f"{kind} {name!r} is already registered (by {other.__module__}.{other.__qualname__}); "
@@ -82,6 +122,10 @@ def register(kind: str, name: str) -> Callable[[C], C]:
         return cls
 
     return decorator
+
+
+def _same_class(a: type, b: type) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def unregister(kind: str, name: str) -> None:
@@ -108,7 +152,9 @@ def lookup(kind: str, name: str) -> type:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RegistryError(
-            f"unknown {kind} {name!r}; registered {kind}s: {', '.join(known) or 'none'}{hint}"
+            f"unknown {kind} {name!r}; registered {kind}s: {', '.join(known) or 'none'}{hint} (your own "
+            f"components: --import your.module or imports: [your.module] in the config, or a package's "
+            f"{ENTRY_POINT_GROUP!r} entry point)"
         ) from None
 
 

@@ -29,7 +29,7 @@ from gfnlm.evaluation import evaluate
 from gfnlm.models import resolve_model_path
 from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, place_like, resolve_device
 from gfnlm.prompts import PromptSet
-from gfnlm.registry import build, check_composition, lookup
+from gfnlm.registry import build, check_composition, import_components, lookup
 from gfnlm.types import Rollouts, TargetScores
 
 
@@ -55,6 +55,7 @@ class Components:
 
 def build_task(config: RunConfig) -> Any:
     """The run's task (cheap: no model), checked against what the data settings ask of it."""
+    import_components(config.imports, "imports")
     task = build("task", config.task.name, config.task.options)
     if config.data.eval and task.metrics != "accuracy":
         raise ConfigError(f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
@@ -65,6 +66,7 @@ def build_task(config: RunConfig) -> Any:
 def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: Any = None) -> Components:
     """Build every component from the config and check they fit together (cheap: no model). The
     task is given to the components that grade or check responses (``bind_task``)."""
+    import_components(config.imports, "imports")
     task = task if task is not None else build_task(config)
     target = build("target", config.target.name, config.target.options)
     objective = build("objective", config.objective.name, config.objective.options)
@@ -160,6 +162,8 @@ def config_differences(mine: RunConfig, theirs: RunConfig) -> list[tuple[str, An
     a, b = attrs.asdict(mine), attrs.asdict(theirs)
     found = []
     for section, values in a.items():
+        if not isinstance(values, dict):  # imports: where components come from, not what they compute
+            continue
         for key, value in values.items():
             other = b[section].get(key)
             if (section, key) in _RESUMABLE_CHANGES or value == other:

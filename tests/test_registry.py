@@ -72,8 +72,12 @@ def test_register_then_unregister_frees_the_name():
     registry.register("task", name)(Temp)
     try:
         assert registry.build("task", name, x=3).x == 3
+        @attrs.frozen
+        class Another:
+            x: int = 2
+
         with pytest.raises(RegistryError, match="already registered"):
-            registry.register("task", name)(Temp)
+            registry.register("task", name)(Another)
     finally:
         registry.unregister("task", name)
     assert name not in registry.names("task")
