@@ -1,4 +1,4 @@
-"""Creativity: does PowerFlow with α < 1 raise diversity without losing quality? (issue 5)
+"""Creativity: does PowerFlow with α < 1 raise diversity without losing quality?
 
 Compares, on the held-out creative prompts (``gfnlm/data/creative_eval.jsonl``: 24 poem, story
 opening and joke prompts, each with the rules it states), k samples per prompt from:

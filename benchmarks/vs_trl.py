@@ -1,4 +1,4 @@
-"""gfnlm vs TRL's GRPOTrainer, per training step, on the same work (issue: "Faster per step than TRL").
+"""gfnlm vs TRL's GRPOTrainer, per training step, on the same work (goal: faster per step than TRL).
 
 Configuration (both systems): LoRA r=8 (alpha 16) on q_proj/v_proj, AdamW lr 1e-5, grad-clip 1.0;
 each step P prompts x G completions of <= T new tokens at T=1, top-p 1, top-k off; the same prompts
@@ -11,7 +11,7 @@ model's template), the same reward for the GRPO pair (share of distinct words). 
 
 Two models:
 
-* ``--model smollm2`` (the default on CPU; the issue's comparison): SmolLM2-135M-Instruct, fp32,
+* ``--model smollm2`` (the default on CPU; the comparison with the reference figures): SmolLM2-135M-Instruct, fp32,
   P=4, G=4, T=24. TRL runs in its own venv (``.bench-venvs/trl``, created on first use with torch
   and transformers pinned by ``constraints.txt``); it is never a dependency of gfnlm. Writes
   ``benchmarks/out/vs_trl.csv`` and ``vs_trl.md`` and replaces the table in ``docs/benchmarks.md``
@@ -196,7 +196,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.budget_s is not None and args.budget_s <= 0:
         parser.error(f"argument --budget-s: must be > 0, got {args.budget_s}")
     if args.model == "smollm2" and args.device != "cpu":
-        parser.error("argument --model: smollm2 is the issue's CPU comparison (fp32, TRL venv built here); "
+        parser.error("argument --model: smollm2 is the CPU comparison (fp32, TRL venv built here); "
                      f"with --device {args.device} use one of {', '.join(RANDOM_MODELS)}")
     if args.device == "cuda":
         import torch
@@ -228,8 +228,8 @@ def main() -> int:
                         help="smollm2 comparison: TRL without recomputation, as gfnlm (the default), or with "
                              "GRPOConfig's default (on)")
     parser.add_argument("--plain-loop", action="store_true",
-                        help="smollm2 comparison: also time the issue's plain loop (HF generate + base forward + "
-                             "policy forward/backward + AdamW), to compare this machine with the issue's")
+                        help="smollm2 comparison: also time a plain loop (HF generate + base forward + "
+                             "policy forward/backward + AdamW), to compare this machine with the reference figures")
     parser.add_argument("--pairs", choices=["both", "powerflow", "grpo"], default="both",
                         help="random models: both pairs, or PowerFlow vs TRL beta=0.04, or GRPO vs TRL beta=0")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -260,12 +260,12 @@ def load_questions(count: int) -> list[str]:
 
 
 def issue_comparison(args: argparse.Namespace) -> int:
-    """The issue's CPU comparison on SmolLM2-135M-Instruct (measured; see docs/benchmarks.md)."""
+    """The CPU comparison on SmolLM2-135M-Instruct (measured; see docs/benchmarks.md)."""
     from gfnlm.models import ensure_smollm2
 
     args.steps = args.steps or 6
     if (args.prompts or 4, args.samples or 4, args.max_new_tokens or 24) != (4, 4, 24):
-        raise SystemExit("vs_trl.py: error: --prompts/--samples/--max-new-tokens are fixed to the issue's "
+        raise SystemExit("vs_trl.py: error: --prompts/--samples/--max-new-tokens are fixed to the reference "
                          "4/4/24 with --model smollm2")
     trl_python = ensure_trl_venv()
     model = str(ensure_smollm2())
@@ -277,7 +277,7 @@ def issue_comparison(args: argparse.Namespace) -> int:
     }
     for name in ("TRL GRPO beta=0.04", "TRL GRPO beta=0"):
         runs[name] += ["--gradient-checkpointing", args.trl_gradient_checkpointing]
-    if args.plain_loop:  # a machine-speed reference (the issue's third row), in no pair
+    if args.plain_loop:  # a machine-speed reference (the reference figures' third row), in no pair
         runs["plain loop (reference)"] = [sys.executable, str(HERE / "plain_run.py")]
     steps: dict[str, list[float]] = {name: [] for name in runs}
     rss: dict[str, float] = {name: 0.0 for name in runs}

@@ -184,7 +184,7 @@ def test_troubleshooting_page_lists_every_case_with_its_message(world, capsys, m
         _, err = run_case(case, world, capsys, monkeypatch)
         command = "gfnlm " + shown(" ".join(expand(case, world)), world).replace(
             shown(" ".join(world["overrides"]), world), "…").replace(str(REPO) + "/", "")
-        message = shown(err, world).replace(str(REPO) + "/", "").replace("|", "\\|")
+        message = shown(err, world).replace(str(REPO) + "/", "").replace("|", "\\|").replace("`", "'")
         rows.append(f"| `{command}` | `{message}` |")
     table = "\n".join(rows) + "\n"
     content = PAGE.read_text()

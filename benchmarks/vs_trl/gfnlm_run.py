@@ -1,4 +1,4 @@
-"""One gfnlm run for benchmarks/vs_trl.py: the issue's TRL configuration, PowerFlow or GRPO.
+"""One gfnlm run for benchmarks/vs_trl.py: the reference TRL configuration, PowerFlow or GRPO.
 
 Prints one JSON line: per-step wall times (s), the step-time split, the tokens each step generated
 and processed in its update (with the synchronised sample/update times they were made in), peak RSS

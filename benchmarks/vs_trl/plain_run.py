@@ -1,4 +1,4 @@
-"""The issue's "plain loop" for benchmarks/vs_trl.py --plain-loop: a machine-speed reference, not a
+"""A "plain loop" for benchmarks/vs_trl.py --plain-loop: a machine-speed reference, not a
 system under test. Per step, with transformers and peft only: ``generate`` for P prompts x G
 completions, one no-grad forward of the base model (adapter disabled), one policy forward and
 backward of a REINFORCE loss (log-ratio to the base as reward, group-centred), grad-clip 1.0, AdamW.

@@ -8,7 +8,7 @@ import torch
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
-    """Device, precision and the step's size (defaults: the issue's CPU comparison)."""
+    """Device, precision and the step's size (defaults: the CPU comparison)."""
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "auto"], default="float32",
                         help="auto: bf16 autocast on CUDA (fp32 weights)")
