@@ -263,8 +263,15 @@ def test_concepts_formulas_are_typeset(served: str, tmp_path_factory: pytest.Tem
 def test_api_page_lists_the_registered_components(served: str) -> None:
     dom = browse(served + "api/")
     table = dom[dom.index('id="registered-components"'):]
-    for kind in ("target", "objective", "logz", "sampler"):
+    for kind in registry.KINDS:
         names = registry.names(kind)
         assert names, kind
         for name in names:
             assert f"<code>{name}</code>" in table, f"{kind} {name!r} is missing from the API page"
+
+
+def test_home_page_lists_every_registered_component(served: str) -> None:
+    dom = browse(served)
+    for kind in registry.KINDS:
+        for name in registry.names(kind):
+            assert f"<code>{name}</code>" in dom, f"{kind} {name!r} is missing from the home page"

@@ -6,6 +6,7 @@ drift from it. A page asks for one with an HTML comment on a line of its own:
   from :func:`gfnlm.registry.names` / :func:`gfnlm.registry.lookup`.
 * ``<!-- gfnlm:cli-help -->``: the ``--help`` text of ``gfnlm`` and of each subcommand, from
   :func:`gfnlm.cli.build_parser`.
+* ``<!-- gfnlm:component-names -->``: each kind's registered names in one row (the home page).
 """
 
 import argparse
@@ -48,7 +49,20 @@ def _summary(cls: type, to_markdown: Any) -> str:
 
 
 _KIND_TITLES = {"target": "Targets", "objective": "Objectives", "logz": "log Z providers",
-                "sampler": "Samplers", "task": "Tasks", "metric": "Metrics"}
+                "sampler": "Samplers", "task": "Tasks"}
+_KIND_PAGES = {"target": "concepts.md#targets", "objective": "concepts.md#objectives", "logz": "concepts.md#log-z",
+               "sampler": "concepts.md#samplers", "task": "extending.md#a-new-task"}
+
+
+def component_names_table() -> str:
+    """Markdown: each kind with its registered names and the page that explains it (the home page)."""
+    from gfnlm import registry
+
+    rows = ["| component | registered names | the page that explains it |", "|---|---|---|"]
+    for kind in registry.KINDS:
+        names = ", ".join(f"`{name}`" for name in registry.names(kind)) or "none yet"
+        rows.append(f"| {kind} | {names} | [{_KIND_TITLES.get(kind, kind)}]({_KIND_PAGES.get(kind, 'api/index.md')}) |")
+    return "\n".join(rows)
 
 
 def registered_components_table() -> str:
@@ -105,6 +119,7 @@ def cli_help() -> str:
 _GENERATORS = {
     "<!-- gfnlm:registered-components -->": registered_components_table,
     "<!-- gfnlm:cli-help -->": cli_help,
+    "<!-- gfnlm:component-names -->": component_names_table,
 }
 
 
