@@ -275,3 +275,26 @@ def test_home_page_lists_every_registered_component(served: str) -> None:
     for kind in registry.KINDS:
         for name in registry.names(kind):
             assert f"<code>{name}</code>" in dom, f"{kind} {name!r} is missing from the home page"
+
+
+# A path in the docs or a docstring that names no file of the repository is a dead reference.
+# Allowed: what a command generates into a git-ignored folder, and files the guides ask users to write.
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:configs|docs|benchmarks|gfnlm|tests|tools|recipes|\.ci)/[\w./-]*"
+                        r"\.(?:py|yaml|yml|md|jsonl|sh|txt|csv|png|json|toml))")
+_USER_FILES = {"tests/test_my_components.py"}
+
+
+def test_every_file_the_docs_and_docstrings_name_exists() -> None:
+    sources = [*DOCS.rglob("*.md"), REPO / "README.md", *(REPO / "gfnlm").rglob("*.py"),
+               *(REPO / "benchmarks").rglob("*.py"), *(REPO / "benchmarks").rglob("*.sh"),
+               *(REPO / "configs").glob("*.yaml"), *(REPO / "recipes").glob("*.sh")]
+    dead = []
+    for source in sources:
+        for match in _REPO_PATH.finditer(source.read_text(errors="replace")):
+            path = match.group(1).rstrip(".")
+            if (REPO / path).exists() or path in _USER_FILES:
+                continue
+            ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False).returncode == 0
+            if not ignored:
+                dead.append(f"{source.relative_to(REPO)}: {path}")
+    assert not dead, "files named but not in the repository:\n  " + "\n  ".join(dead)
