@@ -6,17 +6,21 @@ Layout of a run directory::
       config.yaml              resolved config of the run
       checkpoints/
         step_000010/           one complete checkpoint (written as .tmp-*, then renamed)
-          policy.safetensors   trainable weights (the LoRA adapter, or all weights)
+          policy.safetensors   trainable weights (the LoRA adapter, or all weights): what resume reads
           state.pt             log Z, optimiser, RNG states, step (tensors and plain types only)
           config.yaml
-          manifest.json        the step and each file's size, written last
+          adapter/             LoRA runs: the adapter in PEFT's format (adapter_config.json,
+                               adapter_model.safetensors), for PeftModel.from_pretrained
+          manifest.json        the step and each file's size (adapter/ files included), written last
         step_000010-1/         a second save of step 10 (never over the first one)
         latest                 name of the newest complete checkpoint (replaced atomically)
 
 The guarantees are structural: a save writes a new folder under a name no other checkpoint has,
 switches ``latest`` to it, and only then prunes older ones, never the one ``latest`` names; so
 whatever instant a save is killed at, ``latest`` names a complete checkpoint (the new one or the
-previous one). Loading checks the manifest and reads the state with ``weights_only=True`` (no
+previous one). Files a caller adds (``extra_files``, e.g. the PEFT adapter folder) are written
+into the same temporary folder before the manifest, so they share these guarantees; the checkpoint
+layer does not know what they are. Loading checks the manifest and reads the state with ``weights_only=True`` (no
 pickled code runs). When ``latest`` is missing, dangling or names a broken checkpoint,
 :func:`find_resume_point` falls back to the newest checkpoint that loads and says why.
 """
@@ -28,6 +32,7 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST = "manifest.json"
 LATEST = "latest"
+ADAPTER_DIR = "adapter"  # LoRA runs: the adapter as PeftModel.save_pretrained writes it
 _NAME = re.compile(r"^step_(\d+)(?:-(\d+))?$")
 # What reading a damaged file raises: safetensors' own error, or (torch.load of a cut or garbled
 # zip) EOFError, UnpicklingError, RuntimeError, OSError.
@@ -159,9 +165,14 @@ def save_checkpoint(
     state: dict[str, Any],
     config_yaml: str,
     keep: int = 2,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``step`` under a new name, point ``latest`` at it, then
-    prune to the newest ``keep`` (never the one ``latest`` names). Non-finite weights are refused."""
+    prune to the newest ``keep`` (never the one ``latest`` names). Non-finite weights are refused.
+
+    ``extra_files(folder)``, when given, writes more files into the checkpoint's temporary folder
+    (e.g. :meth:`~gfnlm.policy.CausalLMPolicy.adapter_writer`'s PEFT adapter under ``adapter/``);
+    they are listed in the manifest and appear with the rest of the checkpoint, or not at all."""
     bad = non_finite_tensors(policy_state) + non_finite_tensors(state.get("logz") or {}, "logz")
     if bad:
         raise CheckpointError(f"not saving step {step}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]!r}); "
@@ -171,7 +182,7 @@ def save_checkpoint(
     final = _fresh_name(checkpoints_dir, step)
     tmp = Path(tempfile.mkdtemp(dir=checkpoints_dir, prefix=f".tmp-{final.name}-"))
     try:
-        _write_files(tmp, step, policy_state, state, config_yaml)
+        _write_files(tmp, step, policy_state, state, config_yaml, extra_files)
         os.replace(tmp, final)
         _fsync_dir(checkpoints_dir)
         write_text_atomic(checkpoints_dir / LATEST, final.name)
@@ -187,15 +198,21 @@ def save_checkpoint(
 
 
 def _write_files(folder: Path, step: int, policy_state: dict[str, torch.Tensor], state: dict[str, Any],
-                 config_yaml: str) -> None:
+                 config_yaml: str, extra_files: Callable[[Path], None] | None = None) -> None:
     save_file({k: v.contiguous() for k, v in policy_state.items()}, folder / POLICY_FILE)
     torch.save(state, folder / STATE_FILE)
     (folder / CONFIG_FILE).write_text(config_yaml)
-    names = (POLICY_FILE, STATE_FILE, CONFIG_FILE)
+    names = [POLICY_FILE, STATE_FILE, CONFIG_FILE]
+    if extra_files is not None:
+        extra_files(folder)
+        names += sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                        if p.is_file() and p.relative_to(folder).as_posix() not in (*names, MANIFEST))
     manifest = {"step": step, "files": {name: (folder / name).stat().st_size for name in names}}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     for name in (*names, MANIFEST):
         _fsync_file(folder / name)
+    for sub in sorted({(folder / name).parent for name in names} - {folder}):
+        _fsync_dir(sub)  # the entries of the extra files' folders (the checkpoints folder is synced after the rename)
 
 
 def remove_stale_temporaries(checkpoints_dir: Path) -> None:
@@ -233,23 +250,44 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return path if (path / STATE_FILE).is_file() and (path / POLICY_FILE).is_file() else None
 
 
-def check_manifest(path: Path) -> None:
-    """Raise :class:`CheckpointError` when a file is missing, empty or not the size it was written
-    with (a truncated copy, a full disk). Checkpoints from before manifests get the first checks."""
+def _manifest_sizes(path: Path) -> dict[str, int]:
+    """{file name: size} from the checkpoint's manifest ({} for checkpoints from before manifests)."""
     manifest_path = path / MANIFEST
-    sizes: dict[str, int] = {}
-    if manifest_path.is_file():
-        try:
-            sizes = json.loads(manifest_path.read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__})") from None
-    for name in (POLICY_FILE, STATE_FILE):
+    if not manifest_path.is_file():
+        return {}
+    try:
+        sizes = json.loads(manifest_path.read_text())["files"]
+        if not isinstance(sizes, dict):
+            raise TypeError("files is not a mapping")
+        return sizes
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__})") from None
+
+
+def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE)) -> None:
+    """Raise :class:`CheckpointError` when one of ``names`` (default: the two files resume reads)
+    is missing, empty or not the size it was written with (a truncated copy, a full disk).
+    Checkpoints from before manifests get the first checks."""
+    sizes = _manifest_sizes(path)
+    for name in names:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
         size = file.stat().st_size
         if size == 0 or (name in sizes and size != sizes[name]):
             raise CheckpointError(f"{file}: truncated ({size} bytes, written with {sizes.get(name, 'more')})")
+
+
+def adapter_folder(path: Path) -> Path | None:
+    """The checkpoint's PEFT adapter folder (``adapter/``, LoRA runs), its files checked against
+    the manifest; ``None`` when the checkpoint has none (a full fine-tuning run, or a checkpoint
+    written before adapters were saved)."""
+    prefix = f"{ADAPTER_DIR}/"
+    names = tuple(name for name in _manifest_sizes(path) if name.startswith(prefix))
+    if not names:
+        return None
+    check_manifest(path, names)
+    return path / ADAPTER_DIR
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

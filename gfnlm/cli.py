@@ -1,4 +1,4 @@
-"""``gfnlm`` command line: ``train``, ``eval``, ``sample`` and ``serve``.
+"""``gfnlm`` command line: ``train``, ``eval``, ``sample``, ``export`` and ``serve``.
 
 Commands::
 
@@ -6,6 +6,7 @@ Commands::
     gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K] [--json OUT.json]
     gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
+    gfnlm export RUN_DIR [--step N] (--merged OUT_DIR | --adapter OUT_DIR) [--dtype bfloat16] [--force]
     gfnlm serve [MODEL_DIR] [--python SGLANG_PYTHON] [--port P] [--env K=V] [-- SGLANG_FLAGS ...]
 """
 
@@ -293,6 +294,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ServerError(f"SGLang server {server.url} exited on its own; last output: {server.log_tail()}")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``gfnlm export``: a run's newest complete checkpoint (or ``--step``'s) as a Hugging Face model
+    folder with LoRA merged in (``--merged``) or as the PEFT adapter folder (``--adapter``),
+    written atomically; every input is checked before the model loads."""
+    from gfnlm.export import export_checkpoint
+
+    kind, out = ("merged", args.merged) if args.merged is not None else ("adapter", args.adapter)
+    if not out:
+        raise ConfigError(f"--{kind}: give the output folder")
+    print(f"gfnlm export: {export_checkpoint(args.run, kind, out, args.step, args.dtype, args.force)}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gfnlm`` argument parser with its ``train``, ``eval`` and ``sample`` subcommands."""
     parser = argparse.ArgumentParser(prog="gfnlm", description=__doc__,
@@ -319,6 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--startup-timeout", type=float, default=None,
                        help="seconds to wait for /health (default 300; 600 with --cpu)")
     serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to sglang.launch_server
+
+    export = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (LoRA merged) "
+                                           "or as its PEFT adapter")
+    export.add_argument("run", help="run directory (or one checkpoint folder)")
+    export.add_argument("--step", type=int, default=None,
+                        help="export the checkpoint of this step (default: the newest complete one)")
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--merged", metavar="OUT", default=None,
+                      help="write a model folder (weights with LoRA merged in, config, tokenizer) that "
+                           "transformers, SGLang and vLLM load")
+    what.add_argument("--adapter", metavar="OUT", default=None,
+                      help="write the PEFT adapter folder (LoRA runs) for PeftModel.from_pretrained")
+    export.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the written weights (default: float32 for --merged, as trained "
+                             "for --adapter)")
+    export.add_argument("--force", action="store_true", help="replace OUT when it exists and is not empty")
+    export.set_defaults(func=cmd_export)
 
     for name, func, help_text in (("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
                                   ("sample", cmd_sample, "print responses of a checkpoint to one prompt")):

@@ -9,7 +9,7 @@ Log-probs are computed only at the ``T+1`` positions that predict response token
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
+from gfnlm.checkpoint import ADAPTER_DIR
 from gfnlm.config import ConfigError, ModelConfig
 from gfnlm.errors import RunError
 from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
@@ -54,7 +55,9 @@ class CausalLMPolicy(nn.Module):
     """The trainable policy (optionally LoRA) and access to its base model."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: ModelConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, keep_base: bool = True) -> None:
+        """``keep_base=False``: without LoRA, no frozen copy of the base model is made (half the
+        memory; :meth:`base_model` and :meth:`score_base` are then unavailable), e.g. for export."""
         super().__init__()
         self.config = config
         self.device = device
@@ -71,7 +74,7 @@ class CausalLMPolicy(nn.Module):
                               lora_dropout=config.lora_dropout,
                               target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
             model = get_peft_model(model, lora)
-        else:
+        elif keep_base:
             frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model.to(device)
         # Kept outside the module tree so it is never saved, optimised or counted as the policy.
@@ -88,11 +91,12 @@ class CausalLMPolicy(nn.Module):
         self.entropy_grad = False
 
     @classmethod
-    def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device) -> "CausalLMPolicy":
-        """Load the folder's weights (fp32) and wrap them as configured."""
+    def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device,
+                    keep_base: bool = True) -> "CausalLMPolicy":
+        """Load the folder's weights (fp32) and wrap them as configured (``keep_base``: see ``__init__``)."""
         tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        return cls(model, tokenizer, config, device)
+        return cls(model, tokenizer, config, device, keep_base=keep_base)
 
     @property
     def hidden_size(self) -> int:
@@ -124,6 +128,38 @@ class CausalLMPolicy(nn.Module):
             for name, value in state.items():
                 params[name].copy_(place_like(value, params[name]))
 
+    def adapter_writer(self, state: dict[str, Tensor] | None = None) -> Callable[[Path], None] | None:
+        """With LoRA, a function that writes the adapter in PEFT's format into ``folder/adapter``
+        (``extra_files`` of :func:`gfnlm.checkpoint.save_checkpoint`); ``None`` without LoRA.
+        ``state`` is :meth:`trainable_state_dict`'s result when the caller has it (already gathered
+        under FSDP2, so only rank 0 needs to write)."""
+        if not isinstance(self.model, PeftModel):
+            return None
+        return lambda folder: self.save_adapter(Path(folder) / ADAPTER_DIR, state)
+
+    def save_adapter(self, folder: Path, state: dict[str, Tensor] | None = None,
+                     dtype: torch.dtype | None = None) -> None:
+        """Write the LoRA adapter as ``PeftModel.save_pretrained`` does (``adapter_config.json`` and
+        ``adapter_model.safetensors``; no model card), loadable with ``PeftModel.from_pretrained(base,
+        folder)``. ``state``: the trainable tensors (default: the policy's own); ``dtype``: cast them."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if not isinstance(self.model, PeftModel):
+            raise RunError("the policy has no LoRA adapter (model.lora=false): there is no adapter to save")
+        state = self.trainable_state_dict() if state is None else state
+        tensors = get_peft_model_state_dict(self.model, state_dict=state, adapter_name="default",
+                                            save_embedding_layers=False)
+        tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in tensors.items()}
+        config = copy.deepcopy(self.model.peft_config["default"])
+        config.inference_mode = True
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = str(self.transformer_config._name_or_path) or None
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        config.save_pretrained(str(folder))
+
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """bf16 autocast on CUDA (unless ``model.dtype`` says otherwise); a no-op on CPU."""
@@ -152,7 +188,8 @@ class CausalLMPolicy(nn.Module):
         if self._frozen_base:
             yield self._frozen_base[0]
         else:
-            assert isinstance(self.model, PeftModel)
+            if not isinstance(self.model, PeftModel):
+                raise RunError("this policy was built with keep_base=False: it has no copy of the base model")
             with self.model.disable_adapter():
                 yield self.model
 

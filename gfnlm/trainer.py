@@ -482,7 +482,8 @@ class Trainer:
             return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
         if self.world.is_main:
-            checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config))
+            checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config),
+                                       extra_files=self.policy.adapter_writer(policy_state))
         dist_utils.barrier(self.world)
         self._saved_step = self.step
 
