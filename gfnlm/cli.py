@@ -238,10 +238,10 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt."""
+    """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt,
+    formatted by the task (``--task``, else the run's; ``--template`` picks the factual templates)."""
     from gfnlm.prompts import PromptSet
     from gfnlm.samplers.hf import HFSampler
-    from gfnlm.tasks import format_prompt
 
     _check_sampling_flags(args)
     _check_count("-n", args.n, 1)
@@ -249,8 +249,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompt={args.prompt!r}: must not be empty")
     torch.manual_seed(args.seed)
     saved, config = _run_and_config(args)
+    task = _eval_task(args, config)
     policy = _policy_for(saved, config, args.device)
-    text = format_prompt(policy.tokenizer, args.prompt, args.template)
+    record = {"question": args.prompt, **({"template": args.template} if args.template else {})}
+    text = task.format_prompt(policy.tokenizer, record)
     ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
     sampler = HFSampler(temperature=args.temperature, top_p=args.top_p,
@@ -359,8 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", required=True)
             p.add_argument("-n", type=int, default=4, help="number of responses")
             p.add_argument("--top-p", type=float, default=1.0)
-            p.add_argument("--template", default="short_answer", choices=("short_answer", "plain"),
-                           help="plain: the prompt is the whole user message (creative prompts)")
+            p.add_argument("--template", default=None, choices=("short_answer", "plain"),
+                           help="plain: the prompt is the whole user message (creative prompts); "
+                                "default: the task's own")
+            p.add_argument("--task", default=None,
+                           help="task that formats the prompt (default: the run's task, else factual)")
         else:
             p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
             p.add_argument("--prompts", default=None,
