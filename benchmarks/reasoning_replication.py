@@ -1,4 +1,4 @@
-"""A miniature replication of the PowerFlow paper's reasoning results (method.md §4), on CPU.
+"""A miniature replication of the PowerFlow paper's reasoning results (Chen et al. 2026, arXiv:2603.18363), on CPU.
 
 1. A tiny Llama (2 layers, hidden 96) is pre-trained here, once, on the synthetic step-by-step task
    of :mod:`gfnlm.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),

@@ -1,6 +1,6 @@
 """Group-relative policy optimisation (Shao et al. 2024, "DeepSeekMath"), the RL baseline family
-of the PowerFlow paper: GRPO with a verifier reward, and with label-free rewards TTRL, EMPO,
-Intuitor and RENT (method.md §3). The reward is the target's ``log_reward`` (use the ``reward``
+of the PowerFlow paper (Chen et al. 2026, arXiv:2603.18363): GRPO with a verifier reward, and with
+label-free rewards TTRL, EMPO, Intuitor and RENT. The reward is the target's ``log_reward`` (use the ``reward``
 target, whose ``log R = r``).
 
 .. math::
