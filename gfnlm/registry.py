@@ -158,11 +158,25 @@ def lookup(kind: str, name: str) -> type:
         ) from None
 
 
-def build(kind: str, name: str, config: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
-    """Instantiate ``name`` of ``kind`` from keyword config; unknown options are rejected by name."""
+def run_fact(name: str, **field_kwargs: Any) -> Any:
+    """An option the run fills in when the config leaves it out: ``name`` is one of the facts the
+    trainer knows before the model loads (``num_train_prompts``, ``hidden_size``), e.g.
+    ``num_prompts: int = run_fact("num_train_prompts", default=1)``."""
+    metadata = {**field_kwargs.pop("metadata", {}), "run_fact": name}
+    return attrs.field(metadata=metadata, **field_kwargs)
+
+
+def build(kind: str, name: str, config: Mapping[str, Any] | None = None,
+          run_facts: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+    """Instantiate ``name`` of ``kind`` from keyword config; unknown options are rejected by name.
+    Options declared with :func:`run_fact` and not given take their value from ``run_facts``."""
     cls = lookup(kind, name)
     options = {**(config or {}), **overrides}
     fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    for field in fields.values():
+        fact = field.metadata.get("run_fact")
+        if fact is not None and field.name not in options and run_facts and fact in run_facts:
+            options[field.name] = run_facts[fact]
     for key in options:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)

@@ -78,9 +78,8 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
     lookup("logz", config.logz.name)  # a typo is an error even when this objective uses no log Z
     logz = None
     if "log_z" in objective.requires:
-        defaults = {"table": {"num_prompts": num_train_prompts}, "mlp": {"hidden_size": hidden_size}}
-        options = {**defaults.get(config.logz.name, {}), **config.logz.options}
-        logz = build("logz", config.logz.name, options)
+        facts = {"num_train_prompts": num_train_prompts, "hidden_size": hidden_size}
+        logz = build("logz", config.logz.name, config.logz.options, run_facts=facts)
     sampling = config.sampling
     sampler = build("sampler", sampling.sampler, {
         "temperature": sampling.temperature, "top_p": sampling.top_p,

@@ -214,3 +214,29 @@ def test_format_penalty_without_response_text_is_rejected():
         "alpha_power",
         "response_text",
     )
+
+
+def test_run_facts_fill_the_options_a_component_declares() -> None:
+    """A component names the run facts it needs (``run_fact``); composing a run fills them in when
+    the config leaves them out, for any registered name — the trainer knows no component's options."""
+    from gfnlm.config import load_config
+    from gfnlm.trainer import compose
+
+    @attrs.frozen
+    class NeedsFacts:
+        provides = frozenset({"log_z"})
+        width: int = registry.run_fact("hidden_size", default=0)
+        rows: int = registry.run_fact("num_train_prompts", default=0)
+        other: int = 7
+
+    registry.register("logz", "test_registry_facts")(NeedsFacts)
+    try:
+        built = registry.build("logz", "test_registry_facts", {"other": 1},
+                               run_facts={"hidden_size": 64, "num_train_prompts": 12})
+        assert (built.width, built.rows, built.other) == (64, 12, 1)
+        given = registry.build("logz", "test_registry_facts", {"rows": 3}, run_facts={"num_train_prompts": 12})
+        assert given.rows == 3  # the config's own value wins
+        config = load_config(None, ["objective.name=tb", "logz.name=test_registry_facts"])
+        assert compose(config, hidden_size=96, num_train_prompts=5).logz == NeedsFacts(96, 5, 7)
+    finally:
+        registry.unregister("logz", "test_registry_facts")

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from gfnlm.registry import register
+from gfnlm.registry import register, run_fact
 
 
 class LogZ(nn.Module):
@@ -77,7 +77,7 @@ class ScalarLogZ(LogZ):
 class TableLogZ(LogZ):
     """One learnable value per training prompt."""
 
-    num_prompts: int = attrs.field(default=1, converter=int)
+    num_prompts: int = run_fact("num_train_prompts", default=1, converter=int)
     init: float = 0.0
 
     def build(self) -> None:
@@ -108,7 +108,7 @@ class MLPLogZ(LogZ):
     """FlowRL-style head on the mean prompt hidden state."""
 
     requires = frozenset({"prompt_hidden"})
-    hidden_size: int = attrs.field(default=0, converter=int)
+    hidden_size: int = run_fact("hidden_size", default=0, converter=int)
     width: int = 256
     dropout: float = 0.0
     init: float = 0.0
