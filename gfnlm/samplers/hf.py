@@ -6,11 +6,17 @@ Two engines draw from the same distribution (softmax of logits / temperature, th
   rows that emitted EOS leave the batch, so short answers stop costing compute. Behaviour
   log-probs are gathered per step from the processed logits (never a ``[B, T, V]`` stack).
 * ``generate``: ``model.generate(do_sample=True, output_scores=True)``, the reference path.
+
+Rows are grouped by prompt: the ``n`` samples of prompt ``i`` are rows ``i*n … i*n+n-1``. The
+expansion from prompts to samples is written with einops (``"prompt ... -> (prompt sample) ..."``),
+which names that layout where ``repeat_interleave`` leaves it implicit; elementwise broadcasting
+elsewhere stays ``x[:, None]``, which is as clear.
 """
 
 from typing import Any
 
 import attrs
+import einops
 import torch
 from transformers import DynamicCache, GenerationConfig
 
@@ -79,9 +85,9 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
                 logits_to_keep=1)
     if n > 1:
         cache.batch_repeat_interleave(n)
-    logits = out.logits[:, -1].repeat_interleave(n, 0)
-    mask = mask.repeat_interleave(n, 0)
-    next_position = positions[:, -1].repeat_interleave(n) + 1
+    logits = per_sample(out.logits[:, -1], n)
+    mask = per_sample(mask, n)
+    next_position = per_sample(positions[:, -1], n) + 1
     rows = torch.arange(mask.shape[0], device=mask.device)  # output row of each live batch row
     tokens = torch.full((mask.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=mask.device)
     logps = torch.zeros(tokens.shape, dtype=wide(logits).dtype, device=mask.device)
@@ -105,14 +111,19 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     return tokens[:, :width], logps[:, :width]
 
 
+def per_sample(per_prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """A per-prompt tensor repeated for each of the prompt's ``n`` samples, rows grouped by prompt."""
+    return einops.repeat(per_prompt, "prompt ... -> (prompt sample) ...", sample=n)
+
+
 def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated: torch.Tensor,
                             behaviour: torch.Tensor) -> Rollouts:
     """The :class:`Rollouts` of ``n`` generated continuations per prompt (rows grouped by prompt):
     ``generated`` ``[N*n, W]`` may hold anything after a row's first EOS; ``behaviour`` holds the
     per-token log-probs to record (zeroed past each response)."""
     device, pad = policy.device, policy.tokenizer.pad_token_id
-    prompt_ids = prompts.prompt_ids.to(device).repeat_interleave(n, 0)
-    prompt_mask = prompts.prompt_mask.to(device).repeat_interleave(n, 0)
+    prompt_ids = per_sample(prompts.prompt_ids.to(device), n)
+    prompt_mask = per_sample(prompts.prompt_mask.to(device), n)
     response_ids, mask, lengths, ended = responses_from_generation(
         torch.cat([prompt_ids, generated.to(device)], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
     texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
@@ -121,8 +132,8 @@ def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated
     return Rollouts(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask.bool(), response_ids=response_ids,
         response_mask=mask, lengths=lengths, ended_with_eos=ended,
-        group=torch.arange(len(prompts), device=device).repeat_interleave(n),
-        prompt_index=prompts.prompt_index.to(device).repeat_interleave(n),
+        group=per_sample(torch.arange(len(prompts), device=device), n),
+        prompt_index=per_sample(prompts.prompt_index.to(device), n),
         behaviour_logp=behaviour.to(device).masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
         labels=labels,
     )
@@ -190,7 +201,7 @@ class HFSampler(Sampler):
                     policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
                     eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
                     temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding)
-            return self._generate(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0))
+            return self._generate(per_sample(prompt_ids, n), per_sample(prompt_mask, n))
 
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
