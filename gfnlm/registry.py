@@ -158,6 +158,12 @@ def lookup(kind: str, name: str) -> type:
         ) from None
 
 
+def option(default: Any, help: str, **field_kwargs: Any) -> Any:
+    """A component option with a one-line description (attrs field metadata ``help``), which the
+    API reference shows with the option's type and default."""
+    return attrs.field(default=default, metadata={**field_kwargs.pop("metadata", {}), "help": help}, **field_kwargs)
+
+
 def run_fact(name: str, **field_kwargs: Any) -> Any:
     """An option the run fills in when the config leaves it out: ``name`` is one of the facts the
     trainer knows before the model loads (``num_train_prompts``, ``hidden_size``), e.g.

@@ -298,3 +298,20 @@ def test_every_file_the_docs_and_docstrings_name_exists() -> None:
             if not ignored:
                 dead.append(f"{source.relative_to(REPO)}: {path}")
     assert not dead, "files named but not in the repository:\n  " + "\n  ".join(dead)
+
+
+def test_api_page_shows_every_components_options_with_their_help(served: str) -> None:
+    import attrs as attrs_module
+
+    dom = browse(served + "api/")
+    section = dom[dom.index('id="component-options"'):]
+    for kind in registry.KINDS:
+        for name in registry.names(kind):
+            cls = registry.lookup(kind, name)
+            start = section.index(f'id="{kind}-{name}"')
+            entry = section[start:section.find('<h3', start + 1)]
+            for field in attrs_module.fields(cls):
+                if field.init:
+                    assert f"<code>{field.name}</code>" in entry, f"{kind} {name}: option {field.name} not shown"
+                    help_words = field.metadata["help"].split()[0]
+                    assert help_words.replace("&", "&amp;") in entry or "'" in help_words, (kind, name, field.name)

@@ -240,3 +240,12 @@ def test_run_facts_fill_the_options_a_component_declares() -> None:
         assert compose(config, hidden_size=96, num_train_prompts=5).logz == NeedsFacts(96, 5, 7)
     finally:
         registry.unregister("logz", "test_registry_facts")
+
+
+def test_every_option_of_every_registered_component_says_what_it_means() -> None:
+    """The API reference shows each option's type, default and its one-line ``help`` (attrs field
+    metadata, see ``registry.option``): none may be left without one."""
+    missing = [f"{kind} {name}: {field.name}" for kind in registry.KINDS for name in registry.names(kind)
+               for field in attrs.fields(registry.lookup(kind, name))
+               if field.init and not field.metadata.get("help")]
+    assert not missing, "options without a help text:\n  " + "\n  ".join(missing)

@@ -7,6 +7,8 @@ drift from it. A page asks for one with an HTML comment on a line of its own:
 * ``<!-- gfnlm:cli-help -->``: the ``--help`` text of ``gfnlm`` and of each subcommand, from
   :func:`gfnlm.cli.build_parser`.
 * ``<!-- gfnlm:component-names -->``: each kind's registered names in one row (the home page).
+* ``<!-- gfnlm:component-options -->``: each component's constructor and options (type, default,
+  the ``help`` of its attrs field metadata) and its source file.
 """
 
 import argparse
@@ -65,6 +67,57 @@ def component_names_table() -> str:
     return "\n".join(rows)
 
 
+def _default_text(field: Any) -> str:
+    import attrs
+
+    if field.default is attrs.NOTHING:
+        return "required"
+    if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        return f"`{field.default.factory()!r}`"
+    return f"`{field.default!r}`"
+
+
+def _type_text(cls: type, field: Any) -> str:
+    import typing
+
+    try:
+        hint = typing.get_type_hints(cls).get(field.name, field.type)
+    except Exception:  # noqa: BLE001 - a hint that does not resolve is shown as written
+        hint = field.type
+    text = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return f"`{text}`".replace("|", "\\|")
+
+
+def _help_text(field: Any) -> str:
+    return field.metadata.get("help", "—").replace("|", "\\|")  # a | would split the table cell
+
+
+def component_options() -> str:
+    """Markdown: each registered component's constructor, and per option its type, default and the
+    one-line description of its attrs field metadata (``help``); the source file it is defined in."""
+    import attrs
+
+    from gfnlm import registry
+
+    parts = []
+    for kind in registry.KINDS:
+        for name in registry.names(kind):
+            cls = registry.lookup(kind, name)
+            fields = [f for f in attrs.fields(cls) if f.init]
+            signature = ", ".join(f"{f.name}={_default_text(f).strip('`')}" for f in fields)
+            source = inspect.getsourcefile(cls) or ""
+            where = os.path.relpath(source, _HERE.parent) if source else "?"
+            rows = [f"### `{kind}` `{name}`", "",
+                    f"`{cls.__qualname__}({signature})` — defined in `{where}`", ""]
+            if fields:
+                rows += ["| option | type | default | meaning |", "|---|---|---|---|"]
+                rows += [f"| `{f.name}` | {_type_text(cls, f)} | {_default_text(f)} | {_help_text(f)} |" for f in fields]
+            else:
+                rows.append("No options.")
+            parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
 def registered_components_table() -> str:
     """Markdown: one table of the registered components per kind."""
     from gfnlm import registry
@@ -120,6 +173,7 @@ _GENERATORS = {
     "<!-- gfnlm:registered-components -->": registered_components_table,
     "<!-- gfnlm:cli-help -->": cli_help,
     "<!-- gfnlm:component-names -->": component_names_table,
+    "<!-- gfnlm:component-options -->": component_options,
 }
 
 

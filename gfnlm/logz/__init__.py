@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from gfnlm.registry import register, run_fact
+from gfnlm.registry import option, register, run_fact
 
 
 class LogZ(nn.Module):
@@ -57,7 +57,7 @@ def _attrs_module(cls: type) -> type:
 class ScalarLogZ(LogZ):
     """One learnable scalar for every prompt."""
 
-    init: float = 0.0
+    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
 
     def build(self) -> None:
         self.value = nn.Parameter(torch.tensor(float(self.init)))
@@ -77,8 +77,9 @@ class ScalarLogZ(LogZ):
 class TableLogZ(LogZ):
     """One learnable value per training prompt."""
 
-    num_prompts: int = run_fact("num_train_prompts", default=1, converter=int)
-    init: float = 0.0
+    num_prompts: int = run_fact("num_train_prompts", default=1, converter=int,
+                                metadata={"help": "rows of the table: the number of training prompts (filled in by the run)"})
+    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
 
     def build(self) -> None:
         if self.num_prompts < 1:
@@ -108,10 +109,11 @@ class MLPLogZ(LogZ):
     """FlowRL-style head on the mean prompt hidden state."""
 
     requires = frozenset({"prompt_hidden"})
-    hidden_size: int = run_fact("hidden_size", default=0, converter=int)
-    width: int = 256
-    dropout: float = 0.0
-    init: float = 0.0
+    hidden_size: int = run_fact("hidden_size", default=0, converter=int,
+                                metadata={"help": "input width: the policy's hidden size (filled in by the run)"})
+    width: int = option(256, "width of the two hidden layers")
+    dropout: float = option(0.0, "dropout after each hidden layer")
+    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
 
     def build(self) -> None:
         if self.hidden_size < 1:

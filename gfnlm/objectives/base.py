@@ -53,7 +53,8 @@ def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float
 
 def penalty_field() -> Penalty:
     """The attrs field every GFlowNet objective uses for its ``penalty`` option (default squared)."""
-    return attrs.field(default="squared", validator=attrs.validators.in_(("squared", "huber")))
+    return attrs.field(default="squared", validator=attrs.validators.in_(("squared", "huber")),
+                       metadata={"help": "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))"})
 
 
 def safe_lengths(rollouts: Rollouts, like: Tensor) -> Tensor:
@@ -101,7 +102,9 @@ def residual_metrics(residual: Tensor) -> dict[str, float]:
 def log_z_source_field() -> LogZSource:
     """The ``log_z_source`` option of the objectives that use log Z: ``learned`` (the run's log Z
     component) or ``group_mean`` (estimated from each prompt's group, see :func:`group_mean_log_z`)."""
-    return attrs.field(default="learned", validator=attrs.validators.in_(("learned", "group_mean")))
+    return attrs.field(default="learned", validator=attrs.validators.in_(("learned", "group_mean")),
+                       metadata={"help": "log Z from the run's log Z component ('learned') or each prompt's group "
+                                         "('group_mean', VarGrad)"})
 
 
 def group_mean_log_z(partial_residual: Float[Tensor, " B"], group: Tensor) -> Float[Tensor, " B"]:

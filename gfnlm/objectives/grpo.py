@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gfnlm.objectives.base import Objective, group_mean, masked_mean
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
@@ -58,18 +58,23 @@ def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor, scal
 class GRPO(Objective):
     """PPO-clipped policy gradient with group-normalised advantages of the target's reward."""
 
-    eps_low: float = attrs.field(default=0.2, converter=float)
-    eps_high: float = attrs.field(default=0.2, converter=float)
-    scale_rewards: bool = True
-    loss_type: Literal["token", "sequence"] = attrs.field(
-        default="token", validator=attrs.validators.in_(("token", "sequence")))
+    eps_low: float = option(0.2, "PPO clip: the ratio is clipped to [1 − eps_low, 1 + eps_high]",
+        converter=float)
+    eps_high: float = option(0.2, "PPO clip upper bound", converter=float)
+    scale_rewards: bool = option(True, "divide the group-centred rewards by the group's standard deviation")
+    loss_type: Literal["token", "sequence"] = option(
+        "token", "'token': mean over the batch's tokens; 'sequence': mean per response, then over responses",
+        validator=attrs.validators.in_(("token", "sequence")))
     # Where r comes from: the target's log_reward (GRPO with a verifier, TTRL, EMPO through reward
     # functions), or the policy's own tokens: RENT (minus the mean token entropy) and Intuitor (the
     # mean self-certainty), both computed without gradient from the same forward pass.
-    reward: Literal["target", "neg_entropy", "self_certainty"] = attrs.field(
-        default="target", validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")))
-    kl_beta: float = attrs.field(default=0.0, converter=float, validator=attrs.validators.ge(0.0))
-    kl_estimator: Literal["k1", "k3"] = attrs.field(default="k1", validator=attrs.validators.in_(("k1", "k3")))
+    reward: Literal["target", "neg_entropy", "self_certainty"] = option(
+        "target", "r: the target's log_reward, minus the mean token entropy (RENT) or the self-certainty (Intuitor)",
+        validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")))
+    kl_beta: float = option(0.0, "weight of the KL to the base model (0 = none, the PowerFlow paper's setting)",
+        converter=float, validator=attrs.validators.ge(0.0))
+    kl_estimator: Literal["k1", "k3"] = option("k1", "'k1' (in the reward) or 'k3' (in the loss) estimate of the KL",
+        validator=attrs.validators.in_(("k1", "k3")))
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]

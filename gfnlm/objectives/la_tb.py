@@ -40,7 +40,7 @@ from gfnlm.objectives.base import (
     residual_metrics,
     safe_lengths,
 )
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
@@ -54,10 +54,12 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 class LengthAwareTB(Objective):
     """PowerFlow's LA-TB with a per-token ``log Z'(q)`` and a clipped importance weight."""
 
-    eps_low: float = attrs.field(default=0.2, converter=float, validator=_non_negative)
-    eps_high: float = attrs.field(default=0.28, converter=float, validator=_non_negative)
+    eps_low: float = option(0.2, "clip-higher lower bound: the importance weight is clipped to [1 − eps_low, 1 + eps_high]",
+        converter=float, validator=_non_negative)
+    eps_high: float = option(0.28, "clip-higher upper bound (ε_high > ε_low keeps several minibatch updates per batch safe)",
+        converter=float, validator=_non_negative)
     penalty: Penalty = penalty_field()
-    huber_delta: float = 1.0
+    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
     log_z_source: LogZSource = log_z_source_field()
 
     @property

@@ -30,7 +30,7 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
@@ -40,9 +40,9 @@ class SubTrajectoryBalance(Objective):
     """λ-weighted SubTB over all sub-trajectories of each response."""
 
     requires = frozenset({"prefix_rewards"})
-    lamda: float = attrs.field(default=1.0, converter=float)
+    lamda: float = option(1.0, "λ: weight λ^(j−i) of each sub-trajectory (1 = all equal)", converter=float)
     penalty: Penalty = penalty_field()
-    huber_delta: float = 1.0
+    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def loss(
         self,

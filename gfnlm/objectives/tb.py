@@ -24,7 +24,7 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
@@ -35,7 +35,7 @@ class TrajectoryBalance(Objective):
 
     requires = frozenset({"log_z"})
     penalty: Penalty = penalty_field()
-    huber_delta: float = 1.0
+    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def loss(
         self,

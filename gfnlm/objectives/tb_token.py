@@ -25,7 +25,7 @@ from gfnlm.objectives.base import (
     residual_metrics,
     safe_lengths,
 )
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
@@ -36,7 +36,7 @@ class TokenNormalisedTB(Objective):
 
     requires = frozenset({"log_z"})
     penalty: Penalty = penalty_field()
-    huber_delta: float = 1.0
+    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def loss(
         self,

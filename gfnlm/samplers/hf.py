@@ -22,7 +22,7 @@ from transformers import DynamicCache, GenerationConfig
 
 from gfnlm.config import ConfigError
 from gfnlm.policy import wide
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.samplers.base import Sampler
 from gfnlm.types import PromptBatch, Rollouts
 
@@ -147,11 +147,11 @@ class HFSampler(Sampler):
     KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same distribution.
     """
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 24
-    batch_size: int = 0  # max sequences per decoding call; 0 = all at once
-    engine: str = "cached"
+    temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
+    top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p; 1 = off)")
+    max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
+    batch_size: int = option(0, "most sequences per decoding call (0 = all at once)")  # max sequences per decoding call; 0 = all at once
+    engine: str = option("cached", "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution")
     version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
     _policy: Any = attrs.field(default=None, init=False, repr=False)
 

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import torch
 
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import decode_with_cache, rollouts_from_generated
 from gfnlm.types import PromptBatch, Rollouts
@@ -108,13 +108,13 @@ class PowerMHSampler(Sampler):
     of the latest call.
     """
 
-    alpha: float = 4.0
-    max_new_tokens: int = 24
-    block_size: int = 0  # 0: max_new_tokens / 16 (at least 1), the published 16 blocks
-    mh_steps: int = 10
-    seed: int = 0
-    temperature: float = 1.0  # unused (the proposal runs at 1/alpha); accepted for config symmetry
-    top_p: float = 1.0
+    alpha: float = option(4.0, "α of the power distribution sampled by Metropolis–Hastings")
+    max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
+    block_size: int = option(0, "tokens added per block before the MH steps (0: max_new_tokens / 16, the published 16 blocks)")
+    mh_steps: int = option(10, "MH steps per block")
+    seed: int = option(0, "seed of the sampler's own random numbers")
+    temperature: float = option(1.0, "unused: the proposal runs at 1/alpha (accepted like every sampler's)")
+    top_p: float = option(1.0, "unused: the proposal samples the whole vocabulary (accepted like every sampler's)")
     _policy: Any = attrs.field(default=None, init=False, repr=False)
     last_stats: MHStats = attrs.field(factory=MHStats, init=False)
 

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from gfnlm.config import ConfigError
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import rollouts_from_generated
 from gfnlm.serve import LaunchConfig, SGLangServer, resolve_launch
@@ -66,23 +66,23 @@ class SGLangSampler(Sampler):
 
     provides = frozenset({"response_text", "base_scores"})
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 24
-    url: str = ""  # e.g. http://127.0.0.1:30000; empty with ``launch``
-    launch: dict[str, Any] | None = None  # LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu
-    weight_sync: str = "full"  # full | lora | none
-    sync_every: int = 1
-    sync_dir: str = ""  # where weights are written for the server (default: a temp dir); must be visible to it
+    temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
+    top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p); behaviour log-probs are exact only at 1")
+    max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
+    url: str = option("", "a running server, e.g. http://127.0.0.1:30000 ('' with launch)")
+    launch: dict[str, Any] | None = option(None, "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true")
+    weight_sync: str = option("full", "how the policy reaches the server after each step: full, lora or none")
+    sync_every: int = option(1, "push the weights every N optimiser steps")
+    sync_dir: str = option("", "where weights are written for the server ('' = a temp dir); the server must read it")
     # dtype of the full weights written for the server: float32 is exact; bfloat16 halves the
     # bytes when the server computes in bf16 anyway (its usual GPU setting)
-    weights_dtype: str = "float32"
-    timeout_s: float = 120.0  # deadline of one whole HTTP call, retries included
-    retries: int = 2  # only for requests that never reached the server, and 502/503/504
-    concurrency: int = 8
-    scores_base: bool = False  # the target's base log-probs from the server instead of the trainer
-    base_url: str = ""  # a server with the frozen base weights (default: this server without adapter)
-    identity_tolerance: float = 0.1  # max mean |Δ log p| between server and local policy on a probe
+    weights_dtype: str = option("float32", "dtype of the pushed full weights: float32 (exact), bfloat16 or float16")
+    timeout_s: float = option(120.0, "deadline of one whole HTTP call, retries included (seconds)")
+    retries: int = option(2, "extra attempts, only for requests that never reached the server and 502/503/504")
+    concurrency: int = option(8, "requests in flight at once")
+    scores_base: bool = option(False, "the target's base log-probs from the server instead of the trainer")
+    base_url: str = option("", "a server with the frozen base weights ('' = this server without the adapter)")
+    identity_tolerance: float = option(0.1, "largest mean |Δ log p| between server and policy on a probe before refusing")
 
     version: int = attrs.field(default=-1, init=False)
     _policy: Any = attrs.field(default=None, init=False, repr=False)

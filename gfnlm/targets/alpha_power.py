@@ -19,7 +19,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.targets.base import Target, task_field
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
@@ -52,11 +52,13 @@ def prefix_terminal_log_rewards(
 class AlphaPowerTarget(Target):
     """``p_base(y|q)^α`` (times ``exp(α·|y|·ψ(y))`` with a format penalty)."""
 
-    alpha: float = attrs.field(default=4.0, converter=float, validator=_positive)
-    format_penalty: float = attrs.field(default=0.0, converter=float)
+    alpha: float = option(4.0, "α: > 1 sharpens the base model, < 1 flattens it, 1 is the base model",
+        converter=float, validator=_positive)
+    format_penalty: float = option(0.0, "ψ added per token to a response not in the task's answer format (PowerFlow: −0.5); 0 = off",
+        converter=float)
     # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{}; a
     # target built outside a run checks that too); a regular expression here overrides it
-    format_regex: str = ""
+    format_regex: str = option("", "a regular expression a well-formatted response matches; '' = the run's task decides")
     task: Any = task_field()
 
     @property

@@ -21,7 +21,8 @@ from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 class RewardTarget(Target):
     """``exp(r(q, y))``: the reward function alone."""
 
-    reward: RewardFn = attrs.field(converter=resolve_callable)
+    reward: RewardFn = attrs.field(converter=resolve_callable, metadata={
+        "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"})
     task: Any = task_field()
     needs_base = False
 

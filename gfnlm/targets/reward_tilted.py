@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import torch
 
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.targets.base import Target, task_field
 from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
@@ -47,8 +47,9 @@ def resolve_callable(spec: Any) -> RewardFn:
 class RewardTiltedTarget(Target):
     """``p_ref(y|q) · exp(β·r(q,y))``."""
 
-    reward: RewardFn = attrs.field(converter=resolve_callable)
-    beta: float = attrs.field(default=1.0, converter=float)
+    reward: RewardFn = attrs.field(converter=resolve_callable, metadata={
+        "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"})
+    beta: float = option(1.0, "β, the weight of r against the reference log-probability", converter=float)
     task: Any = task_field()
     provides = frozenset({"ref_logp"})
 

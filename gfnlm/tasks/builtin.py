@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from gfnlm.errors import InputError
-from gfnlm.registry import register
+from gfnlm.registry import option, register
 from gfnlm.tasks.base import Task, chat_prompt
 from gfnlm.tasks.factual_answers import first_sentence, is_correct, normalize_answer
 from gfnlm.tasks.prompt_files import TEMPLATES
@@ -38,8 +38,9 @@ class FactualTask(Task):
     in the first sentence (:func:`~gfnlm.tasks.factual_answers.is_correct`); majority voting
     compares normalised first sentences; ψ's format is a non-empty first sentence."""
 
-    template: str = attrs.field(default="short_answer", validator=_check_template)
-    system_prompt: str = ""
+    template: str = option("short_answer", "the user message: a template name (short_answer, plain) or a format string with {question}",
+        validator=_check_template)
+    system_prompt: str = option("", "a system message before the user message ('' = none)")
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
@@ -70,8 +71,9 @@ class MathTask(Task):
     non-empty ``\\boxed{}``. The default prompt is Qwen2.5-Math's: the system message
     :data:`MATH_SYSTEM_PROMPT` and the question as the user message."""
 
-    system_prompt: str = MATH_SYSTEM_PROMPT
-    template: str = attrs.field(default="{question}", validator=_check_template)
+    system_prompt: str = option(MATH_SYSTEM_PROMPT, "a system message before the user message ('' = none)")
+    template: str = option("{question}", "the user message: a template name (short_answer, plain) or a format string with {question}",
+        validator=_check_template)
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
@@ -105,8 +107,9 @@ class CreativeTask(Task):
     creative metrics of :mod:`gfnlm.metrics` (diversity, redundancy, fluency, the prompts' own checks)."""
 
     metrics = "creative"
-    template: str = attrs.field(default="plain", validator=_check_template)
-    system_prompt: str = ""
+    template: str = option("plain", "the user message: a template name (short_answer, plain) or a format string with {question}",
+        validator=_check_template)
+    system_prompt: str = option("", "a system message before the user message ('' = none)")
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
@@ -118,7 +121,8 @@ class ChainSumTask(Task):
     """The synthetic chain-sum task of the replication benchmark (:mod:`gfnlm.synthetic_reasoning`):
     the gold answer is computed from the question, the answer is the digit after the last ``A``."""
 
-    template: str = attrs.field(default="short_answer", validator=_check_template)
+    template: str = option("short_answer", "the user message: a template name (short_answer, plain) or a format string with {question}",
+        validator=_check_template)
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         return chat_prompt(tokenizer, _user_message(self.template, record))
