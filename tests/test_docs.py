@@ -315,3 +315,15 @@ def test_api_page_shows_every_components_options_with_their_help(served: str) ->
                     assert f"<code>{field.name}</code>" in entry, f"{kind} {name}: option {field.name} not shown"
                     help_words = field.metadata["help"].split()[0]
                     assert help_words.replace("&", "&amp;") in entry or "'" in help_words, (kind, name, field.name)
+
+
+@pytest.mark.parametrize(("page", "expected"), [
+    ("install/", "Supported versions"),
+    ("troubleshooting/", "train.lr=nan: must be a finite number"),   # the generated table
+    ("api/tasks/", "gfnlm.tasks.base.Task"),
+    ("api/errors/", "gfnlm.errors.InputError"),
+])
+def test_the_user_pages_render_in_a_browser(served: str, page: str, expected: str) -> None:
+    dom = browse(served + page)
+    assert expected in dom, f"{page}: {expected!r} not rendered"
+    assert "404" not in dom.split("<title>")[1].split("</title>")[0]
