@@ -322,6 +322,7 @@ def test_api_page_shows_every_components_options_with_their_help(served: str) ->
     ("troubleshooting/", "train.lr=nan: must be a finite number"),   # the generated table
     ("api/tasks/", "gfnlm.tasks.base.Task"),
     ("api/errors/", "gfnlm.errors.InputError"),
+    ("benchmarks/", "per objective and α ∈ {0.5, 2, 4}"),   # attr_list once ate a trailing {…}
 ])
 def test_the_user_pages_render_in_a_browser(served: str, page: str, expected: str) -> None:
     dom = browse(served + page)
