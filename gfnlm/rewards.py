@@ -21,6 +21,7 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
         values.append(len(set(words)) / len(words) if words else 0.0)
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
+
 def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
                       task: Any = None) -> tuple[list[str], list[int]]:
     """Each response's answer (``key``, else the task's :meth:`~gfnlm.tasks.base.Task.answer_key`,
@@ -33,6 +34,7 @@ def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
     if rollouts.response_text is None:
         raise InputError("answer-based rewards need rollouts with response_text")
     return [key(t) for t in rollouts.response_text], rollouts.group.tolist()
+
 
 def majority_vote(rollouts: Rollouts, key: Callable[[str], str] | None = None, task: Any = None) -> torch.Tensor:
     """TTRL (Zuo et al. 2025): 1 if a response's answer equals its group's most frequent answer
@@ -47,6 +49,7 @@ def majority_vote(rollouts: Rollouts, key: Callable[[str], str] | None = None, t
     values = [float(a == majority[g]) for a, g in zip(answers, groups, strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
+
 def answer_cluster_share(rollouts: Rollouts, key: Callable[[str], str] | None = None,
                          task: Any = None) -> torch.Tensor:
     """EMPO (Zhang et al. 2025): the share of a response's group whose answer is the same as its
@@ -60,6 +63,7 @@ def answer_cluster_share(rollouts: Rollouts, key: Callable[[str], str] | None = 
         same[group, answer] = same.get((group, answer), 0) + 1
     values = [same[g, a] / sizes[g] for a, g in zip(answers, groups, strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
+
 
 def verifier(rollouts: Rollouts, task: Any = None) -> torch.Tensor:
     """GRPO's supervised reward: 1 if the response is correct for its prompt's gold answers (which
@@ -79,6 +83,7 @@ def verifier(rollouts: Rollouts, task: Any = None) -> torch.Tensor:
     values = [float(task.is_correct(text, gold)) for text, gold in zip(rollouts.response_text, rollouts.labels,
                                                                          strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
+
 
 def factual_verifier(rollouts: Rollouts, task: Any = None) -> torch.Tensor:
     """:func:`verifier` under its earlier name (the factual task's supervised reference)."""

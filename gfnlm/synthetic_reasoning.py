@@ -14,19 +14,13 @@ temperature-1 sample is right only with probability about ``((1−e)(1−s))^{n�
 vary in length, with EOS able to come early. ``|y| = 4n + 1`` tokens for a complete solution.
 
 The task's own scorer: :func:`extract_answer` reads the digit after the last ``A``; :func:`solve`
-computes the right one from the question. Reward functions for the trainer (by import path):
-:func:`verifier` (GRPO with labels: it recomputes the answer from the question, so no answer file
-is read), :func:`majority_vote` (TTRL) and :func:`answer_cluster_share` (EMPO), the last two by the
-extracted answer.
+computes the right one from the question. The registered ``chain_sum`` task
+(:mod:`gfnlm.tasks.builtin`) grades with them, so the baselines' rewards are the generic ones of
+:mod:`gfnlm.rewards` (``verifier``, ``majority_vote``, ``answer_cluster_share``) with that task.
 """
 
 import random
 from pathlib import Path
-
-import torch
-
-from gfnlm import rewards
-from gfnlm.types import Rollouts
 
 LETTERS = "abcdefgh"
 DIGITS = "0123456789"
@@ -115,22 +109,3 @@ def is_correct(response: str, question: str) -> bool:
 def answer_key(response: str) -> str:
     """What majority voting compares: the extracted answer (``""`` when there is none)."""
     return extract_answer(response) or ""
-
-
-def verifier(rollouts: Rollouts) -> torch.Tensor:
-    """GRPO's supervised reward: 1 for a correct answer, else 0 (the answer is recomputed from the
-    question text, the only use of labels in the replication besides the evaluation)."""
-    if rollouts.response_text is None or rollouts.prompt_text is None:
-        raise ValueError("verifier needs rollouts with response_text and prompt_text")
-    values = [float(is_correct(r, q)) for r, q in zip(rollouts.response_text, rollouts.prompt_text, strict=True)]
-    return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
-
-
-def majority_vote(rollouts: Rollouts) -> torch.Tensor:
-    """TTRL on this task: :func:`gfnlm.rewards.majority_vote` with :func:`answer_key`."""
-    return rewards.majority_vote(rollouts, key=answer_key)
-
-
-def answer_cluster_share(rollouts: Rollouts) -> torch.Tensor:
-    """EMPO on this task: :func:`gfnlm.rewards.answer_cluster_share` with :func:`answer_key`."""
-    return rewards.answer_cluster_share(rollouts, key=answer_key)

@@ -51,21 +51,28 @@ def test_tokenizer_round_trip_and_chat_prompt(tmp_path):
 
 
 def test_rewards_by_hand():
-    """Two prompts of three responses: verifier from the question, TTRL majority and EMPO cluster
-    share by the extracted answer (a response without an answer has key '')."""
+    """Two prompts of three responses, through the chain_sum task: the verifier grades against the
+    answer computed from the question, TTRL majority and EMPO cluster share compare the extracted
+    answers (a response without an answer has key '')."""
+    from gfnlm import rewards
+    from gfnlm.registry import build
+
+    chain_sum = build("task", "chain_sum")
     texts = ("a 3 b 5 = 8 A 8", "a 3 b 5 = 1 A 1", "a 3 b 5 = 8 A 8",
              "a 1 b 1 = 2 A 2", "a 1 A", "a 1 A 1")
+    questions = ("Q a 3 b 5",) * 3 + ("Q a 1 b 1",) * 3
     rollouts = build_rollouts([3] * 6, [True] * 6, 4, response_text=texts)
-    rollouts = attrs.evolve(rollouts, group=torch.tensor([0, 0, 0, 1, 1, 1]),
-                            prompt_text=("Q a 3 b 5",) * 3 + ("Q a 1 b 1",) * 3)
-    assert task.verifier(rollouts).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
-    assert task.majority_vote(rollouts).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # tie: first seen
-    assert task.answer_cluster_share(rollouts).tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+    rollouts = attrs.evolve(rollouts, group=torch.tensor([0, 0, 0, 1, 1, 1]), prompt_text=questions,
+                            labels=tuple(chain_sum.answers_for({"question": q}) for q in questions))
+    assert rewards.verifier(rollouts, task=chain_sum).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert rewards.majority_vote(rollouts, task=chain_sum).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # tie: first
+    assert rewards.answer_cluster_share(rollouts, task=chain_sum).tolist() == pytest.approx(
+        [2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
 
 
-def test_the_chain_sum_task_gives_the_generic_rewards_the_task_s_own_values():
-    """The replication benchmark's baselines use gfnlm.rewards through the chain_sum task: on
-    random noisy solutions they equal the task module's own reward functions."""
+def test_the_verifier_through_chain_sum_grades_as_the_task_module_does():
+    """On random noisy solutions the generic verifier with the chain_sum task and its labels gives
+    the task module's own verdict (the answer recomputed from the question)."""
     from gfnlm import rewards
     from gfnlm.registry import build
 
@@ -76,8 +83,6 @@ def test_the_chain_sum_task_gives_the_generic_rewards_the_task_s_own_values():
     rollouts = attrs.evolve(build_rollouts([2] * 24, [True] * 24, 3, response_text=texts),
                             group=torch.arange(6).repeat_interleave(4), prompt_text=prompt_text,
                             labels=tuple(chain_sum.answers_for({"question": q}) for q in prompt_text))
-    assert rewards.verifier(rollouts, task=chain_sum).tolist() == task.verifier(rollouts).tolist()
-    assert rewards.majority_vote(rollouts, task=chain_sum).tolist() == task.majority_vote(rollouts).tolist()
-    assert (rewards.answer_cluster_share(rollouts, task=chain_sum).tolist()
-            == task.answer_cluster_share(rollouts).tolist())
-    assert 0 < sum(task.verifier(rollouts).tolist()) < 24  # some right, some wrong: the check can fail
+    expected = [float(task.is_correct(t, q)) for t, q in zip(texts, prompt_text, strict=True)]
+    assert rewards.verifier(rollouts, task=chain_sum).tolist() == expected
+    assert 0 < sum(expected) < 24  # some right, some wrong: the check can fail
