@@ -168,13 +168,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--prompts: required (the run has no data.eval); a data set with answers")
     columns = {"question_field": args.question_field or config.data.question_field,
                "answer_field": args.answer_field or config.data.answer_field}
-    load_records(spec, "--prompts", **columns)  # a bad data set fails before the model loads
+    records = load_records(spec, "--prompts", **columns)  # a bad data set fails before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     policy = _policy_for(saved, config, args.device)
-    prompts = PromptSet.load(spec, "--prompts", policy.tokenizer, config.data.max_prompt_tokens,
-                             require_answers=True, task=task, **columns)
+    prompts = PromptSet.from_records(records, spec, "--prompts", policy.tokenizer, config.data.max_prompt_tokens,
+                                     require_answers=True, task=task, answer_field=columns["answer_field"])
     result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens,
                       temperature=args.temperature, task=task, k=args.k)
     label = "checkpoint" if args.run else "base model"

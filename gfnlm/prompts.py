@@ -65,8 +65,16 @@ class PromptSet:
         """
         from gfnlm.tasks.records import load_records  # local: tasks import this module's helpers
 
-        task = task if task is not None else default_task()
         records = load_records(spec, field, question_field=question_field, answer_field=answer_field)
+        return cls.from_records(records, spec, field, tokenizer, max_tokens, require_answers, task, answer_field)
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], spec: str, field: str, tokenizer: PreTrainedTokenizerBase,
+                     max_tokens: int, require_answers: bool = False, task: Any = None,
+                     answer_field: str = "answers") -> "PromptSet":
+        """:meth:`load` from records already read (:func:`~gfnlm.tasks.records.load_records`);
+        ``spec`` and ``answer_field`` only name the data set in error messages."""
+        task = task if task is not None else default_task()
         questions = tuple(str(r["question"]) for r in records)
         answers = tuple(task.answers_for(r) for r in records)
         for row, gold in enumerate(answers, start=1):
