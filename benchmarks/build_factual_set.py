@@ -45,7 +45,6 @@ warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gfnlm.models import resolve_model_path
 from gfnlm.tasks import (
     DATA_DIR,
     FACTUAL_EVAL,
@@ -55,6 +54,7 @@ from gfnlm.tasks import (
     is_correct,
     load_prompt_file,
 )
+from gfnlm.training.models import resolve_model_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

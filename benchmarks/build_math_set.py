@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 from gfnlm.tasks.math_answers import parse_gold
 
 MAX_WORDS = 120

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from docs_page import write_between_markers
 
-from gfnlm.config import load_config
+from gfnlm.training.config import load_config
 
 CONFIG = REPO / "configs" / "powerflow_creative.yaml"
 OUT = REPO / "benchmarks" / "out" / "creativity"
@@ -68,7 +68,7 @@ def held_out_prompts(every: int) -> str:
     file lists 8 poems, 8 stories, 8 jokes) written to a file under OUT."""
     if every == 1:
         return PROMPTS
-    from gfnlm.prompts import resolve_prompt_file
+    from gfnlm.tasks.prompts import resolve_prompt_file
 
     lines = [ln for ln in resolve_prompt_file(PROMPTS, "--prompts").read_text().splitlines() if ln.strip()]
     path = OUT / f"{PROMPTS}_every{every}.jsonl"

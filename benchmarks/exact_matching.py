@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gfnlm import registry
-from gfnlm.exact import ExactReport, ExactSetting, default_lrs, train_exact
+from gfnlm.contracts import registry
+from gfnlm.training.exact import ExactReport, ExactSetting, default_lrs, train_exact
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TV_GOAL = 0.05

@@ -1,7 +1,7 @@
 """A miniature replication of the PowerFlow paper's reasoning results (Chen et al. 2026, arXiv:2603.18363), on CPU.
 
 1. A tiny Llama (2 layers, hidden 96) is pre-trained here, once, on the synthetic step-by-step task
-   of :mod:`gfnlm.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),
+   of :mod:`gfnlm.tasks.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),
    and cached as a Hugging Face folder under the gfnlm cache (``$GFNLM_CACHE`` or
    ``~/.cache/gfnlm``). Its most likely solution is right far more often than a T = 1 sample.
 2. Every method is trained from it by the gfnlm trainer with the same budget (steps, prompts per
@@ -39,9 +39,9 @@ import torch
 from docs_page import write_between_markers
 from tqdm.auto import tqdm
 
-from gfnlm import synthetic_reasoning as task
-from gfnlm.models import default_cache_dir, save_random_llama
-from gfnlm.registry import build
+from gfnlm.contracts.registry import build
+from gfnlm.tasks import synthetic_reasoning as task
+from gfnlm.training.models import default_cache_dir, save_random_llama
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "reasoning_replication"
@@ -60,19 +60,19 @@ EVAL_QUESTIONS, EVAL_K, EVAL_EVERY = 48, 16, 15
 ALPHA = 4.0
 
 # method → (config file, overrides beyond the budget). Every run uses the chain_sum task, and the
-# baselines' rewards grade or compare answers through it (gfnlm.rewards with the run's task).
+# baselines' rewards grade or compare answers through it (gfnlm.tasks.rewards with the run's task).
 TASK = ["task.name=chain_sum"]
 METHODS = {
     "PowerFlow": ("default.yaml", ["target.options.alpha=4.0"]),
     "TB-traj": ("tb_traj.yaml", ["target.options.alpha=4.0"]),
     "TB-token": ("tb_token.yaml", ["target.options.alpha=4.0"]),
     "RL-traj": ("rl_traj.yaml", []),
-    "TTRL": ("ttrl.yaml", ["target.options.reward=gfnlm.rewards:majority_vote"]),
-    "EMPO": ("empo.yaml", ["target.options.reward=gfnlm.rewards:answer_cluster_share"]),
+    "TTRL": ("ttrl.yaml", ["target.options.reward=gfnlm.tasks.rewards:majority_vote"]),
+    "EMPO": ("empo.yaml", ["target.options.reward=gfnlm.tasks.rewards:answer_cluster_share"]),
     "Intuitor": ("intuitor.yaml", []),
     "RENT": ("rent.yaml", []),
     "EM": ("em.yaml", []),
-    "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.rewards:verifier"]),
+    "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.tasks.rewards:verifier"]),
 }
 CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
 SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
@@ -86,8 +86,8 @@ POWER_MH = {"block_size": 16, "mh_steps": 3}
 SMOL_METHODS = {
     "PowerFlow": [],
     "TB-traj": ["objective.name=tb", "logz.name=scalar", "train.logz_lr=0.1"],
-    "TTRL": ["target.name=reward", "target.options.reward=gfnlm.rewards:majority_vote", "objective.name=grpo"],
-    "GRPO": ["target.name=reward", "target.options.reward=gfnlm.rewards:factual_verifier", "objective.name=grpo"],
+    "TTRL": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:majority_vote", "objective.name=grpo"],
+    "GRPO": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:factual_verifier", "objective.name=grpo"],
 }
 SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 
@@ -138,8 +138,8 @@ def pretrain(target: Path) -> None:
     """Next-token training on prompt + noisy solution (loss on the solution and EOS only)."""
     from transformers import AutoModelForCausalLM
 
-    from gfnlm.policy import load_tokenizer
     from gfnlm.tasks import format_prompt
+    from gfnlm.training.policy import load_tokenizer
 
     work = target.with_name(target.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +209,7 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
 
 
 def load_eval_prompts(tokenizer, eval_file: Path):
-    from gfnlm.prompts import PromptSet
+    from gfnlm.tasks.prompts import PromptSet
 
     return PromptSet.load(str(eval_file), "eval", tokenizer, 256, require_answers=True, task=CHAIN_SUM)
 
@@ -218,7 +218,7 @@ def make_trainer_class():
     """The gfnlm Trainer, evaluating with the task's scorer (its own evaluation scores the factual
     task); everything else (sampling, targets, objectives, updates) is the trainer's own."""
     from gfnlm.samplers.hf import HFSampler
-    from gfnlm.trainer import Trainer
+    from gfnlm.training.trainer import Trainer
 
     class ReplicationTrainer(Trainer):
         def __init__(self, config, eval_file: Path) -> None:
@@ -255,7 +255,7 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
     if method in SAMPLING_BASELINES:
         return {"method": method, "seed": seed, **sample_baseline(method, seed, model_dir, eval_file),
                 "seconds": time.perf_counter() - started}
-    from gfnlm.config import load_config
+    from gfnlm.training.config import load_config
 
     config_file, extra = METHODS[method]
     out_dir = OUT / ("probes" if probe else "runs") / run_name(method, seed, alpha)
@@ -287,9 +287,9 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
 def run_smollm2(method: str, seed: int) -> dict:
     """One method of the SmolLM2 comparison: configs/default.yaml with the method's components;
     Base and Low-temp evaluate the base model as the trainer's own evaluation does (same seed)."""
-    from gfnlm.config import load_config
-    from gfnlm.evaluation import evaluate
-    from gfnlm.trainer import Trainer
+    from gfnlm.tasks.evaluation import evaluate
+    from gfnlm.training.config import load_config
+    from gfnlm.training.trainer import Trainer
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))  # the cores run_all gave this worker
     torch.set_num_threads(threads)
@@ -318,7 +318,7 @@ def run_smollm2(method: str, seed: int) -> dict:
 
 
 def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
-    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation) before and after."""
+    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.tasks.evaluation) before and after."""
     return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
             "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
             "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after}
@@ -330,7 +330,7 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
     (thread count, device and output folder aside): the same run, not re-paid in CPU time."""
     import yaml
 
-    from gfnlm.config import load_config, to_yaml
+    from gfnlm.training.config import load_config, to_yaml
 
     def comparable(config) -> dict:
         tree = yaml.safe_load(to_yaml(config))
@@ -361,10 +361,10 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
 
 def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
     """Base (T = 1), low temperature (T = 1/α) and power sampling (MH, α) from the base model."""
-    from gfnlm.config import ModelConfig
-    from gfnlm.policy import CausalLMPolicy
     from gfnlm.samplers.hf import HFSampler
     from gfnlm.samplers.power_mh import MHStats, PowerMHSampler
+    from gfnlm.training.config import ModelConfig
+    from gfnlm.training.policy import CausalLMPolicy
 
     policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora=False), model_dir,
                                         torch.device("cpu"))

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from docs_page import write_between_markers
 
-from gfnlm.config import ModelConfig, load_config
-from gfnlm.models import ensure_smollm2
-from gfnlm.policy import CausalLMPolicy
-from gfnlm.prompts import PromptSet
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.samplers.sglang import SGLangSampler
-from gfnlm.serve import LaunchConfig, SGLangServer
-from gfnlm.trainer import Trainer
+from gfnlm.serving.serve import LaunchConfig, SGLangServer
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training.config import ModelConfig, load_config
+from gfnlm.training.models import ensure_smollm2
+from gfnlm.training.policy import CausalLMPolicy
+from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))

@@ -3,7 +3,7 @@
 For each model (SmolLM2-135M-Instruct and a tiny random Llama with the same tokenizer) and each of
 ``--steps`` rounds (after ``--warmup`` rounds), on the same prompts and seeds:
 
-* ``trainer``: :meth:`gfnlm.trainer.Trainer.train_step` (PowerFlow: sample → base scoring → LA-TB
+* ``trainer``: :meth:`gfnlm.training.trainer.Trainer.train_step` (PowerFlow: sample → base scoring → LA-TB
   update), with the time split the trainer itself logs;
 * ``parts alone``: the same heavy calls with no trainer around them — the sampler's decoding, the
   no-grad base forward (adapter disabled), one policy forward + backward, ``optimizer.step()`` —
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from gfnlm.config import load_config
-from gfnlm.models import ensure_smollm2, save_random_llama
-from gfnlm.trainer import Trainer
+from gfnlm.training.config import load_config
+from gfnlm.training.models import ensure_smollm2, save_random_llama
+from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,20 @@
+"""gfnlm: fine-tune language models as GFlowNet samplers of a chosen target distribution.
+
+The package is laid out by layer; a component author needs only the first two rows.
+
+==========================  ===================================================================
+``gfnlm.contracts``         data classes with tensor shapes, the registry, errors
+``gfnlm.targets``,          the registered components: what to sample (target), how to learn it
+``gfnlm.objectives``,       (objective), how log Z is parameterised, how rollouts are generated
+``gfnlm.logz``,             (sampler)
+``gfnlm.samplers``
+``gfnlm.tasks``             prompts, answer checking, rewards, metrics, evaluation
+``gfnlm.training``          configuration, the trainer, policy, checkpoints, distributed, exact check
+``gfnlm.serving``           SGLang server and client, export of adapters and merged models
+``gfnlm.cli``               the ``gfnlm`` command
+==========================  ===================================================================
+"""
+
+from gfnlm._compat import install_moved_module_aliases
+
+install_moved_module_aliases()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from gfnlm.config import ConfigError, RunConfig, load_config
-from gfnlm.errors import GfnlmError, InputError, Terminated, raise_on_sigterm
-from gfnlm.registry import import_components
+from gfnlm.contracts.errors import GfnlmError, InputError, Terminated, raise_on_sigterm
+from gfnlm.contracts.registry import import_components
+from gfnlm.training.config import ConfigError, RunConfig, load_config
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -46,8 +46,8 @@ def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``gfnlm train``: load the config, train (or resume), print the before/after table."""
-    from gfnlm import distributed as dist_utils
-    from gfnlm.trainer import Trainer
+    from gfnlm.training import distributed as dist_utils
+    from gfnlm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     config.imports = [*config.imports, *args.imports]
@@ -81,7 +81,7 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
-    from gfnlm.policy import resolve_device
+    from gfnlm.training.policy import resolve_device
 
     resolve_device(args.device, field="--device")  # cuda without a GPU fails here, before anything loads
     if args.run is not None and not Path(args.run).is_dir():
@@ -92,8 +92,7 @@ class _RunCheckpoint:
     """A run directory's newest complete checkpoint and its config, found before any model loads."""
 
     def __init__(self, run: str) -> None:
-        from gfnlm import checkpoint
-
+        from gfnlm.training import checkpoint
         run_dir = Path(run)
         point = None
         if (run_dir / checkpoint.STATE_FILE).is_file():  # a checkpoint folder given directly
@@ -123,8 +122,8 @@ def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", 
 def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str):
     """The policy of a run's newest complete checkpoint, or the plain base model. Everything that
     needs no weights (the device, the run's files, the model folder) is checked first."""
-    from gfnlm.models import resolve_model_path
-    from gfnlm.policy import CausalLMPolicy, resolve_device
+    from gfnlm.training.models import resolve_model_path
+    from gfnlm.training.policy import CausalLMPolicy, resolve_device
 
     torch_device = resolve_device(device, field="--device")
     model_dir = resolve_model_path(config.model.path)
@@ -136,7 +135,7 @@ def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str):
 
 def _eval_task(args: argparse.Namespace, config: RunConfig):
     """``--task`` (with the run's options when it is the run's own task), else the run's task."""
-    from gfnlm.registry import build
+    from gfnlm.contracts.registry import build
 
     name = args.task or config.task.name
     options = config.task.options if name == config.task.name else {}
@@ -148,8 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     graded by the task, and print the table (``--json``: also write the numbers)."""
     import json
 
-    from gfnlm.evaluation import evaluate
-    from gfnlm.prompts import PromptSet
+    from gfnlm.tasks.evaluation import evaluate
+    from gfnlm.tasks.prompts import PromptSet
     from gfnlm.tasks.records import load_records
 
     _check_sampling_flags(args)
@@ -202,12 +201,12 @@ CREATIVE_ROWS = [("semantic_diversity", "semantic diversity (1 - mean cos, MiniL
 def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", config: RunConfig,
                       task) -> int:
     """``gfnlm eval --metrics creative``: diversity / redundancy / quality proxies of k samples per
-    open-ended prompt (:mod:`gfnlm.metrics`); ``--json`` also writes them with the responses."""
+    open-ended prompt (:mod:`gfnlm.tasks.metrics`); ``--json`` also writes them with the responses."""
     import json
 
-    from gfnlm.evaluation import evaluate_creative
-    from gfnlm.metrics import SentenceEmbedder, load_checks, minilm_path
-    from gfnlm.prompts import PromptSet
+    from gfnlm.tasks.evaluation import evaluate_creative
+    from gfnlm.tasks.metrics import SentenceEmbedder, load_checks, minilm_path
+    from gfnlm.tasks.prompts import PromptSet
 
     if not args.prompts:
         raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
@@ -240,8 +239,8 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt,
     formatted by the task (``--task``, else the run's; ``--template`` picks the factual templates)."""
-    from gfnlm.prompts import PromptSet
     from gfnlm.samplers.hf import HFSampler
+    from gfnlm.tasks.prompts import PromptSet
 
     _check_sampling_flags(args)
     _check_count("-n", args.n, 1)
@@ -269,9 +268,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``gfnlm serve``: start a SGLang server for a model folder, print its URL, and stop it (and
     every process it started) on Ctrl-C, SIGTERM or any error. ``--cpu`` applies the repository's
     CPU recipe (``tools/sglang_cpu``: the ``make sglang-cpu`` venv, its stubs, environment and flags)."""
-    from gfnlm.models import resolve_model_path
-    from gfnlm.serve import SGLangServer, resolve_launch
-    from gfnlm.sglang_client import ServerError
+    from gfnlm.serving.serve import SGLangServer, resolve_launch
+    from gfnlm.serving.sglang_client import ServerError
+    from gfnlm.training.models import resolve_model_path
 
     options: dict = {"args": list(args.server_args), "env": {}, "port": args.port,
                      "startup_timeout_s": args.startup_timeout, "cpu": args.cpu}
@@ -300,7 +299,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``gfnlm export``: a run's newest complete checkpoint (or ``--step``'s) as a Hugging Face model
     folder with LoRA merged in (``--merged``) or as the PEFT adapter folder (``--adapter``),
     written atomically; every input is checked before the model loads."""
-    from gfnlm.export import export_checkpoint
+    from gfnlm.serving.export import export_checkpoint
 
     kind, out = ("merged", args.merged) if args.merged is not None else ("adapter", args.adapter)
     if not out:
@@ -381,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="k of pass@k, unbiased estimate from the n samples (default: n)")
             p.add_argument("--metrics", default="accuracy", choices=("accuracy", "creative"),
                            help="accuracy: questions with answers; creative: diversity and quality "
-                                "proxies of open-ended responses (gfnlm.metrics)")
+                                "proxies of open-ended responses (gfnlm.tasks.metrics)")
             p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
             p.add_argument("--json", default=None,
                            help="also write the metrics here (creative: with the responses)")

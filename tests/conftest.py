@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfnlm import registry
-from gfnlm.models import ensure_smollm2, save_random_llama
-from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs, TargetScores
+from gfnlm.contracts import registry
+from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs, TargetScores
+from gfnlm.training.models import ensure_smollm2, save_random_llama
 
 registry.names("objective")  # import the built-ins now, before any test registers a test component
 

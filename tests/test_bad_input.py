@@ -16,7 +16,7 @@ from conftest import mounted_tmpfs
 from test_trainer import REPO, tiny_overrides
 
 from gfnlm import cli
-from gfnlm.policy import CausalLMPolicy
+from gfnlm.training.policy import CausalLMPolicy
 
 PAGE = REPO / "docs" / "troubleshooting.md"
 MARKER = "bad-input"

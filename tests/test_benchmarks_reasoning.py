@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gfnlm.config import load_config, to_yaml
+from gfnlm.training.config import load_config, to_yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 DEFAULT_CONFIG = BENCHMARKS.parent / "configs" / "default.yaml"

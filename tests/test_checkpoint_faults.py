@@ -19,9 +19,14 @@ import torch
 from conftest import mounted_tmpfs
 from test_trainer import REPO, tiny_overrides
 
-from gfnlm import checkpoint
-from gfnlm.checkpoint import CheckpointError, find_resume_point, load_checkpoint, save_checkpoint
 from gfnlm.cli import main
+from gfnlm.training import checkpoint
+from gfnlm.training.checkpoint import (
+    CheckpointError,
+    find_resume_point,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def weights(value: float) -> dict[str, torch.Tensor]:
@@ -115,7 +120,7 @@ def test_sigkill_at_random_moments_of_saves_and_re_saves(tmp_path: Path) -> None
     script = f"""
 import torch
 from pathlib import Path
-from gfnlm.checkpoint import save_checkpoint
+from gfnlm.training.checkpoint import save_checkpoint
 print("ready", flush=True)
 for step in range(1, 10_000):
     for value in (float(step), step + 0.5):

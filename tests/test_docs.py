@@ -3,7 +3,7 @@
 * The Python code blocks of the pages (```` ```python ````, collected with ``mktestdocs``) run, in
   order, in one namespace per page, from the repository root. A block meant to be shown only (it
   needs a real model or a long run) is fenced as ```` ```py ````.
-* The configuration reference lists exactly the fields of the attrs classes of ``gfnlm.config``,
+* The configuration reference lists exactly the fields of the attrs classes of ``gfnlm.training.config``,
   with their types and defaults.
 * ``mkdocs build --strict`` passes with no warning, and the built site loads nothing from the
   network (MathJax is served from the site itself).
@@ -33,9 +33,9 @@ import pytest
 import yaml
 from mktestdocs import grab_code_blocks
 
-from gfnlm import config as config_module
-from gfnlm import registry
-from gfnlm.serve import free_port
+from gfnlm.contracts import registry
+from gfnlm.serving.serve import free_port
+from gfnlm.training import config as config_module
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -321,7 +321,7 @@ def test_api_page_shows_every_components_options_with_their_help(served: str) ->
     ("install/", "Supported versions"),
     ("troubleshooting/", "train.lr=nan: must be a finite number"),   # the generated table
     ("api/tasks/", "gfnlm.tasks.base.Task"),
-    ("api/errors/", "gfnlm.errors.InputError"),
+    ("api/errors/", "gfnlm.contracts.errors.InputError"),
     ("benchmarks/", "per objective and α ∈ {0.5, 2, 4}"),   # attr_list once ate a trailing {…}
 ])
 def test_the_user_pages_render_in_a_browser(served: str, page: str, expected: str) -> None:

@@ -19,12 +19,12 @@ from test_checkpoint_faults import FileSystemFaults, Killed
 from test_trainer import REPO, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gfnlm import checkpoint
 from gfnlm.cli import main
-from gfnlm.config import load_config, to_yaml
-from gfnlm.policy import CausalLMPolicy
-from gfnlm.trainer import Trainer
-from gfnlm.types import Rollouts
+from gfnlm.contracts.types import Rollouts
+from gfnlm.training import checkpoint
+from gfnlm.training.config import load_config, to_yaml
+from gfnlm.training.policy import CausalLMPolicy
+from gfnlm.training.trainer import Trainer
 
 FP32_TOL = 1e-5
 TEXTS = [("What is the capital of France?", " Paris is the capital."),
@@ -144,7 +144,7 @@ def test_a_kill_at_every_step_of_a_save_with_an_adapter_leaves_a_loadable_latest
                                                                                  tmp_path: Path, monkeypatch) -> None:
     """As tests/test_checkpoint_faults.py, with the policy's adapter writer: the adapter's files go
     through the same (instrumented) file-system calls inside the temporary folder."""
-    from gfnlm.config import ModelConfig
+    from gfnlm.training.config import ModelConfig
 
     policy = CausalLMPolicy.from_config(ModelConfig(path=str(tiny_model_dir), lora_targets=["q_proj", "v_proj"]),
                                         tiny_model_dir, torch.device("cpu"))
@@ -311,7 +311,7 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(lora
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    import gfnlm.export as export_module
+    import gfnlm.serving.export as export_module
 
     real_copy = export_module.copy_adapter
 
@@ -339,7 +339,7 @@ def test_sglang_serves_the_merged_export_with_the_policys_logprobs(lora_run: Pat
     from test_sglang import LOGP_TOL, cpu_launch, prompt_batch, served_logp_gap
 
     from gfnlm.samplers.sglang import SGLangSampler
-    from gfnlm.serve import LaunchConfig, SGLangServer
+    from gfnlm.serving.serve import LaunchConfig, SGLangServer
 
     out = tmp_path / "merged"
     assert export(lora_run, "--merged", out) == 0

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gfnlm import registry
-from gfnlm.shapes import ShapeError
+from gfnlm.contracts import registry
+from gfnlm.contracts.shapes import ShapeError
 
 
 def logz(name: str, **config):

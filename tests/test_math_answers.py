@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 from gfnlm.tasks import math_answers
 from gfnlm.tasks.math_answers import (
     MAX_ANSWER_CHARS,

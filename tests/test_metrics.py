@@ -1,4 +1,4 @@
-"""Creative metrics (gfnlm.metrics) on hand-made examples, with the real MiniLM embedding model; the
+"""Creative metrics (gfnlm.tasks.metrics) on hand-made examples, with the real MiniLM embedding model; the
 prompt-check rules; the bundled creative prompt sets; ``evaluate_creative`` and ``gfnlm eval
 --metrics creative`` on a tiny random Llama with the real SmolLM2 tokenizer."""
 
@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfnlm import metrics
 from gfnlm.cli import main
-from gfnlm.config import ModelConfig
-from gfnlm.evaluation import evaluate_creative
-from gfnlm.models import ensure_smollm2
-from gfnlm.policy import CausalLMPolicy, load_tokenizer
-from gfnlm.prompts import PromptSet
 from gfnlm.samplers.hf import HFSampler
-from gfnlm.tasks import PromptFileError, format_prompt, load_prompt_file
+from gfnlm.tasks import DATA_DIR, PromptFileError, format_prompt, load_prompt_file, metrics
+from gfnlm.tasks.evaluation import evaluate_creative
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training.config import ModelConfig
+from gfnlm.training.models import ensure_smollm2
+from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
 
 POEM = "The sea is dark tonight\nand the moon hangs low above the waves."
 DISJOINT = [
@@ -149,8 +148,8 @@ def test_bad_checks_are_one_line_errors(checks, message: str) -> None:
 
 
 def test_bundled_creative_sets() -> None:
-    train = load_prompt_file(Path(metrics.__file__).parent / "data" / "creative_train.jsonl")
-    held_out = load_prompt_file(Path(metrics.__file__).parent / "data" / "creative_eval.jsonl")
+    train = load_prompt_file(DATA_DIR / "creative_train.jsonl")
+    held_out = load_prompt_file(DATA_DIR / "creative_eval.jsonl")
     assert len(train) + len(held_out) >= 60 and len(held_out) >= 20
     assert not {r["question"] for r in train} & {r["question"] for r in held_out}
     for records, spec in ((train, "creative_train"), (held_out, "creative_eval")):

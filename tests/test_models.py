@@ -1,12 +1,12 @@
-"""Model resolution and the embedded SmolLM2 conversion (:mod:`gfnlm.models`)."""
+"""Model resolution and the embedded SmolLM2 conversion (:mod:`gfnlm.training.models`)."""
 
 import importlib.util
 import json
 
 import pytest
 
-from gfnlm import models
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
+from gfnlm.training import models
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):

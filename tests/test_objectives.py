@@ -10,10 +10,16 @@ from conftest import temporarily_registered
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm import registry
+from gfnlm.contracts import registry
+from gfnlm.contracts.shapes import ShapeError
+from gfnlm.contracts.types import (
+    ObjectiveOutput,
+    PolicyEval,
+    Rollouts,
+    SequenceLogProbs,
+    TargetScores,
+)
 from gfnlm.objectives.base import Objective
-from gfnlm.shapes import ShapeError
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, SequenceLogProbs, TargetScores
 
 DTYPE = torch.float64
 
@@ -609,7 +615,7 @@ def test_grpo_kl_k3_in_the_loss_by_hand(two):
 
 def test_grpo_kl_needs_a_target_with_reference_log_probs():
     """kl_beta > 0 with the reward-only ``uniform`` target is rejected when composed."""
-    from gfnlm.registry import RegistryError, check_composition
+    from gfnlm.contracts.registry import RegistryError, check_composition
 
     grpo = build("grpo", kl_beta=1.0)
     with pytest.raises(RegistryError, match="ref_logp"):

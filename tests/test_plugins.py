@@ -12,16 +12,16 @@ import attrs
 import pytest
 from test_trainer import REPO
 
-from gfnlm import registry
-from gfnlm.config import load_config
-from gfnlm.registry import RegistryError
-from gfnlm.trainer import compose
+from gfnlm.contracts import registry
+from gfnlm.contracts.registry import RegistryError
+from gfnlm.training.config import load_config
+from gfnlm.training.trainer import compose
 
 PLUGIN = textwrap.dedent('''
     import attrs
-    from gfnlm.registry import register
+    from gfnlm.contracts.registry import register
     from gfnlm.targets.base import Target
-    from gfnlm.types import TargetScores
+    from gfnlm.contracts.types import TargetScores
 
     @register("target", "{name}")
     @attrs.frozen

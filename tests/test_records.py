@@ -15,7 +15,7 @@ import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 from gfnlm.tasks.prompt_files import PromptFileError, load_prompt_file
 from gfnlm.tasks.records import bundled_sets, load_records
 
@@ -165,7 +165,7 @@ def test_jsonl_custom_columns(tmp_path: Path) -> None:
 
 
 def test_bundled_names_match_prompts_module() -> None:
-    from gfnlm.prompts import bundled_sets as prompts_bundled_sets
+    from gfnlm.tasks.prompts import bundled_sets as prompts_bundled_sets
 
     assert bundled_sets() == prompts_bundled_sets()
 

@@ -4,9 +4,9 @@ import attrs
 import pytest
 import torch
 
-from gfnlm import registry
+from gfnlm.contracts import registry
+from gfnlm.contracts.registry import RegistryError
 from gfnlm.objectives import TrajectoryBalance
-from gfnlm.registry import RegistryError
 
 BUILTIN_OBJECTIVES = ["db", "la_tb", "subtb", "tb", "tb_token"]
 
@@ -219,8 +219,8 @@ def test_format_penalty_without_response_text_is_rejected():
 def test_run_facts_fill_the_options_a_component_declares() -> None:
     """A component names the run facts it needs (``run_fact``); composing a run fills them in when
     the config leaves them out, for any registered name — the trainer knows no component's options."""
-    from gfnlm.config import load_config
-    from gfnlm.trainer import compose
+    from gfnlm.training.config import load_config
+    from gfnlm.training.trainer import compose
 
     @attrs.frozen
     class NeedsFacts:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import build_rollouts
 
-from gfnlm.rewards import answer_cluster_share, distinct_words, majority_vote
+from gfnlm.tasks.rewards import answer_cluster_share, distinct_words, majority_vote
 
 
 def rollouts_with(texts: list[str], groups: list[int]):
@@ -47,8 +47,8 @@ def test_verifier_grades_with_the_labels_that_travel_with_the_rollouts():
     """GRPO's supervised reward: 1 for a correct response to its own prompt's gold answers (the
     rollouts' labels, never a lookup by question text), graded by the task; a prompt without an
     answer is a one-line error naming it."""
-    from gfnlm.registry import build
-    from gfnlm.rewards import factual_verifier, verifier
+    from gfnlm.contracts.registry import build
+    from gfnlm.tasks.rewards import factual_verifier, verifier
 
     texts = ["Paris.", "It is Lyon. Paris is larger.", "Berlin is the capital."]
     rollouts = attrs.evolve(rollouts_with(texts, [0, 0, 1]), labels=(("Paris",), ("Paris",), ("Berlin",)),

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from gfnlm.config import ConfigError, ModelConfig
-from gfnlm.policy import CausalLMPolicy, load_tokenizer
-from gfnlm.prompts import PromptSet
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, top_p_filter
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training.config import ConfigError, ModelConfig
+from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
 
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "Who wrote the play Hamlet, and when?"]
 
@@ -175,7 +175,7 @@ def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_pa
 def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_path):
     """At T → 0 (the low-temperature baseline's limit) every sample is the greedy answer, so the
     sampled mean length equals the greedy one; at T = 1 on a random model it does not."""
-    from gfnlm.evaluation import evaluate
+    from gfnlm.tasks.evaluation import evaluate
 
     policy = make_policy(tiny_model_dir)
     path = tmp_path / "eval.jsonl"

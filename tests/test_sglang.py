@@ -23,15 +23,15 @@ import torch
 from test_trainer import REPO, scalars, tiny_overrides
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from gfnlm.config import ConfigError, ModelConfig, load_config
-from gfnlm.models import ensure_smollm2
-from gfnlm.policy import CausalLMPolicy
-from gfnlm.prompts import PromptSet
 from gfnlm.samplers.sglang import SGLangSampler, merged_state_dict
-from gfnlm.serve import LaunchConfig, SGLangServer, free_port
-from gfnlm.sglang_client import ServerError
+from gfnlm.serving.serve import LaunchConfig, SGLangServer, free_port
+from gfnlm.serving.sglang_client import ServerError
 from gfnlm.tasks import format_prompt
-from gfnlm.trainer import Trainer
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training.config import ConfigError, ModelConfig, load_config
+from gfnlm.training.models import ensure_smollm2
+from gfnlm.training.policy import CausalLMPolicy
+from gfnlm.training.trainer import Trainer
 
 sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
 from launch import cpu_launch
@@ -141,7 +141,7 @@ def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path:
     found = re.search(r"at (http://\S+) \(pid (\d+)\)", line)
     assert found, (line, process.stderr.read() if process.poll() is not None else "")
     url, pid = found.group(1), int(found.group(2))
-    from gfnlm.sglang_client import SGLangClient
+    from gfnlm.serving.sglang_client import SGLangClient
 
     assert SGLangClient(url).healthy()
     if how == "ctrl_c":
@@ -186,8 +186,7 @@ def test_killing_the_launched_server_mid_run_is_a_clear_error(small_smollm2: Pat
     assert server.url in message and ("unreachable" in message or "did not answer" in message)
     assert "\n" not in message and time.monotonic() - started < 300
     # The checkpoints written before the kill load; no server process is left.
-    from gfnlm import checkpoint
-
+    from gfnlm.training import checkpoint
     last = checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert last is not None and checkpoint.load_checkpoint(last)[1]["step"] >= 1
     assert trainer.components.sampler._server is None
@@ -297,8 +296,7 @@ def test_two_ranks_share_one_server(server, small_smollm2: Path, prompt_files, t
     after each step; at the end the server serves the run's final policy."""
     import subprocess
 
-    from gfnlm import checkpoint
-
+    from gfnlm.training import checkpoint
     train, evaluation = prompt_files
     out = tmp_path / "run"
     overrides = tiny_overrides(small_smollm2, train, evaluation, out, **{

@@ -24,12 +24,14 @@ import pytest
 import torch
 from test_trainer import REPO, tiny_overrides
 
-from gfnlm import cli, registry, serve, sglang_client
-from gfnlm.config import ModelConfig
-from gfnlm.errors import InputError
-from gfnlm.policy import CausalLMPolicy
-from gfnlm.serve import free_port
-from gfnlm.sglang_client import ServerError, SGLangClient
+from gfnlm import cli
+from gfnlm.contracts import registry
+from gfnlm.contracts.errors import InputError
+from gfnlm.serving import serve, sglang_client
+from gfnlm.serving.serve import free_port
+from gfnlm.serving.sglang_client import ServerError, SGLangClient
+from gfnlm.training.config import ModelConfig
+from gfnlm.training.policy import CausalLMPolicy
 
 OPTION = "sampling.sampler_options"
 

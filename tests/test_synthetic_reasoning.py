@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import build_rollouts
 
-from gfnlm import synthetic_reasoning as task
+from gfnlm.tasks import synthetic_reasoning as task
 
 
 def test_solve_and_extract_by_hand():
@@ -37,8 +37,8 @@ def test_noisy_solution_without_noise_is_the_correct_chain_and_with_noise_varies
 
 
 def test_tokenizer_round_trip_and_chat_prompt(tmp_path):
-    from gfnlm.policy import load_tokenizer
     from gfnlm.tasks import format_prompt
+    from gfnlm.training.policy import load_tokenizer
 
     tokenizer = load_tokenizer(task.save_tokenizer(tmp_path))
     prompt = format_prompt(tokenizer, "Q a 3 b 5")
@@ -54,8 +54,8 @@ def test_rewards_by_hand():
     """Two prompts of three responses, through the chain_sum task: the verifier grades against the
     answer computed from the question, TTRL majority and EMPO cluster share compare the extracted
     answers (a response without an answer has key '')."""
-    from gfnlm import rewards
-    from gfnlm.registry import build
+    from gfnlm.contracts.registry import build
+    from gfnlm.tasks import rewards
 
     chain_sum = build("task", "chain_sum")
     texts = ("a 3 b 5 = 8 A 8", "a 3 b 5 = 1 A 1", "a 3 b 5 = 8 A 8",
@@ -73,8 +73,8 @@ def test_rewards_by_hand():
 def test_the_verifier_through_chain_sum_grades_as_the_task_module_does():
     """On random noisy solutions the generic verifier with the chain_sum task and its labels gives
     the task module's own verdict (the answer recomputed from the question)."""
-    from gfnlm import rewards
-    from gfnlm.registry import build
+    from gfnlm.contracts.registry import build
+    from gfnlm.tasks import rewards
 
     chain_sum, rng = build("task", "chain_sum"), random.Random(3)
     questions = [task.make_question(rng) for _ in range(6)]

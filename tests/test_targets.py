@@ -7,10 +7,10 @@ from conftest import temporarily_registered
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm import registry
-from gfnlm.shapes import ShapeError
+from gfnlm.contracts import registry
+from gfnlm.contracts.shapes import ShapeError
+from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.targets import Target
-from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 DTYPE = torch.float64
 

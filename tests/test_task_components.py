@@ -10,16 +10,16 @@ import datasets
 import pytest
 from test_trainer import REPO, run_cli, scalars, tiny_overrides
 
-from gfnlm.config import load_config
-from gfnlm.evaluation import pass_at_k
-from gfnlm.models import ensure_smollm2
-from gfnlm.policy import load_tokenizer
-from gfnlm.prompts import PromptSet
-from gfnlm.registry import RegistryError, build, names
-from gfnlm.synthetic_reasoning import save_tokenizer
+from gfnlm.contracts.registry import RegistryError, build, names
 from gfnlm.tasks import format_prompt
 from gfnlm.tasks.base import chat_prompt
-from gfnlm.trainer import Trainer
+from gfnlm.tasks.evaluation import pass_at_k
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.tasks.synthetic_reasoning import save_tokenizer
+from gfnlm.training.config import load_config
+from gfnlm.training.models import ensure_smollm2
+from gfnlm.training.policy import load_tokenizer
+from gfnlm.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_the_verifier_reward_grades_math_through_the_labels(tiny_model_dir: Path
     carry each prompt's gold answers."""
     overrides = tiny_overrides(tiny_model_dir, "math_train", "''", tmp_path, **{
         "task.name": "math", "objective.name": "grpo", "target.name": "reward",
-        "target.options.reward": "gfnlm.rewards:verifier", "sampling.samples_per_prompt": 2})
+        "target.options.reward": "gfnlm.tasks.rewards:verifier", "sampling.samples_per_prompt": 2})
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
     assert trainer.components.target.task is trainer.task
     rollouts = trainer.components.sampler.sample(trainer.train_prompts.batch([0, 1]), 2)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gfnlm import checkpoint
 from gfnlm.cli import main
-from gfnlm.config import load_config
-from gfnlm.trainer import Trainer, TrainingError
+from gfnlm.training import checkpoint
+from gfnlm.training.config import load_config
+from gfnlm.training.trainer import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 @pytest.fixture
 def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad input must be rejected before any model weights are loaded."""
-    from gfnlm.policy import CausalLMPolicy
+    from gfnlm.training.policy import CausalLMPolicy
 
     def refuse(*args, **kwargs):
         raise AssertionError("model weights were loaded before the bad input was rejected")
@@ -204,13 +204,13 @@ def test_replacing_a_component_on_the_command_line_drops_the_files_options() -> 
 
 
 @pytest.mark.parametrize(("target", "reward"), [
-    (["target.name=reward", "target.options.reward=gfnlm.rewards:distinct_words"], "target"),  # reward fn
+    (["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:distinct_words"], "target"),  # reward fn
     (["target.name=uniform"], "neg_entropy"),  # RENT
     (["target.name=uniform"], "self_certainty"),  # Intuitor
 ])
 def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Path, prompt_files, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch, target, reward) -> None:
-    from gfnlm.policy import CausalLMPolicy
+    from gfnlm.training.policy import CausalLMPolicy
 
     def refuse(*args, **kwargs):
         raise AssertionError("the reward target needs no base model pass")
@@ -233,7 +233,7 @@ def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Pa
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_loads_and_composes(name: str) -> None:
     """Each file in configs/ is a valid config whose components fit together (no model needed)."""
-    from gfnlm.trainer import compose
+    from gfnlm.training.trainer import compose
 
     # The GPU recipe's config has no default model, data or server: its script gives them.
     required = {"powerflow_qwen_math": ["model.path=/models/qwen", "data.train=/data/train.parquet",
@@ -281,7 +281,7 @@ def test_entropy_minimisation_trains_through_the_policy_entropy(tiny_model_dir: 
 def test_a_moved_run_or_another_server_is_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resume identity is what changes the computation: not the run's path, the device, or how a
     server is reached; data given by another path to the same bytes is the same data."""
-    from gfnlm.trainer import config_differences
+    from gfnlm.training.trainer import config_differences
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"question": "q"}\n')

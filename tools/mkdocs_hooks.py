@@ -3,7 +3,7 @@ drift from it. A page asks for one with an HTML comment on a line of its own:
 
 * ``<!-- gfnlm:registered-components -->``: a table of every registered component (kind, name,
   class with a link to its API entry, what it requires and provides, the first docstring line),
-  from :func:`gfnlm.registry.names` / :func:`gfnlm.registry.lookup`.
+  from :func:`gfnlm.contracts.registry.names` / :func:`gfnlm.contracts.registry.lookup`.
 * ``<!-- gfnlm:cli-help -->``: the ``--help`` text of ``gfnlm`` and of each subcommand, from
   :func:`gfnlm.cli.build_parser`.
 * ``<!-- gfnlm:component-names -->``: each kind's registered names in one row (the home page).
@@ -30,8 +30,7 @@ def _load_rst_converter() -> Any:
 
 
 def _capabilities(cls: type, attribute: str) -> str:
-    from gfnlm import registry
-
+    from gfnlm.contracts import registry
     value = getattr(cls, attribute, frozenset())
     if isinstance(value, property):  # depends on the options: show a default instance's
         try:
@@ -58,8 +57,7 @@ _KIND_PAGES = {"target": "concepts.md#targets", "objective": "concepts.md#object
 
 def component_names_table() -> str:
     """Markdown: each kind with its registered names and the page that explains it (the home page)."""
-    from gfnlm import registry
-
+    from gfnlm.contracts import registry
     rows = ["| component | registered names | the page that explains it |", "|---|---|---|"]
     for kind in registry.KINDS:
         names = ", ".join(f"`{name}`" for name in registry.names(kind)) or "none yet"
@@ -97,8 +95,7 @@ def component_options() -> str:
     one-line description of its attrs field metadata (``help``); the source file it is defined in."""
     import attrs
 
-    from gfnlm import registry
-
+    from gfnlm.contracts import registry
     parts = []
     for kind in registry.KINDS:
         for name in registry.names(kind):
@@ -120,8 +117,7 @@ def component_options() -> str:
 
 def registered_components_table() -> str:
     """Markdown: one table of the registered components per kind."""
-    from gfnlm import registry
-
+    from gfnlm.contracts import registry
     to_markdown = _load_rst_converter()
     parts, empty = [], []
     for kind in registry.KINDS:

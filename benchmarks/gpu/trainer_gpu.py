@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from gfnlm import distributed as dist_utils
-from gfnlm.config import load_config
-from gfnlm.trainer import Trainer
+from gfnlm.training import distributed as dist_utils
+from gfnlm.training.config import load_config
+from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from workload import add_workload_arguments, synchronize
 
-from gfnlm.config import load_config
-from gfnlm.trainer import Trainer
+from gfnlm.training.config import load_config
+from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = [
@@ -26,7 +26,7 @@ COMMON = [
 ]
 OBJECTIVES = {
     "powerflow": ["target.name=alpha_power", "target.options.alpha=4", "objective.name=la_tb"],
-    "grpo": ["target.name=reward", "target.options.reward=gfnlm.rewards:distinct_words", "objective.name=grpo"],
+    "grpo": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:distinct_words", "objective.name=grpo"],
 }
 
 

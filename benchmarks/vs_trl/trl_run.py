@@ -19,7 +19,7 @@ from workload import add_workload_arguments, synchronize
 
 
 def distinct_words(completions, **kwargs):
-    """Share of distinct words (the same reward as gfnlm.rewards.distinct_words)."""
+    """Share of distinct words (the same reward as gfnlm.tasks.rewards.distinct_words)."""
     values = []
     for completion in completions:
         text = completion[0]["content"] if isinstance(completion, list) else completion

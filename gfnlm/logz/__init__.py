@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from gfnlm.registry import option, register, run_fact
+from gfnlm.contracts.registry import option, register, run_fact
 
 
 class LogZ(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 Penalty = Literal["squared", "huber"]
 LogZSource = Literal["learned", "group_mean"]

@@ -21,9 +21,9 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
+from gfnlm.contracts.registry import register
+from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import Objective, masked_mean
-from gfnlm.registry import register
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
 @register("objective", "entropy_min")

@@ -36,9 +36,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import Objective, group_mean, masked_mean
-from gfnlm.registry import option, register
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
 def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor, scale: bool = True,

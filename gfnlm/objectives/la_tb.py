@@ -29,6 +29,8 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
     LogZSource,
     Objective,
@@ -40,8 +42,6 @@ from gfnlm.objectives.base import (
     residual_metrics,
     safe_lengths,
 )
-from gfnlm.registry import option, register
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:

@@ -17,6 +17,8 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
     Objective,
     Penalty,
@@ -24,8 +26,6 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
-from gfnlm.registry import option, register
-from gfnlm.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 
 
 @register("objective", "tb")

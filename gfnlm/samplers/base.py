@@ -1,8 +1,8 @@
-"""The Sampler interface: prompts in, :class:`~gfnlm.types.Rollouts` out."""
+"""The Sampler interface: prompts in, :class:`~gfnlm.contracts.types.Rollouts` out."""
 
 from typing import ClassVar
 
-from gfnlm.types import PromptBatch, Rollouts
+from gfnlm.contracts.types import PromptBatch, Rollouts
 
 
 class Sampler:

@@ -20,11 +20,11 @@ import einops
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from gfnlm.config import ConfigError
-from gfnlm.policy import wide
-from gfnlm.registry import option, register
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import PromptBatch, Rollouts
 from gfnlm.samplers.base import Sampler
-from gfnlm.types import PromptBatch, Rollouts
+from gfnlm.training.config import ConfigError
+from gfnlm.training.policy import wide
 
 
 def responses_from_generation(

@@ -30,10 +30,10 @@ from typing import Any
 import attrs
 import torch
 
-from gfnlm.registry import option, register
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import PromptBatch, Rollouts
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import decode_with_cache, rollouts_from_generated
-from gfnlm.types import PromptBatch, Rollouts
 
 # propose(prefix, max_tokens) -> (suffix tokens, log q of each): ancestral sampling at T = 1/α,
 # stopping after EOS or max_tokens tokens.

@@ -13,11 +13,11 @@ the policy's.
   the recorded behaviour log-probs, so staleness is covered.
 * ``score_base``: the base model's log-probs from the server (teacher-forced ``/generate`` with
   ``logprob_start_len``), from a request without the adapter (``lora``) or from ``base_url``.
-* ``launch``: start the server itself (:mod:`gfnlm.serve`), stopped on exit, errors and Ctrl-C.
+* ``launch``: start the server itself (:mod:`gfnlm.serving.serve`), stopped on exit, errors and Ctrl-C.
 
 Every HTTP call has one total deadline (``timeout_s``) and retries only what never reached the
 server; a dead, hung or wrong server (another tokenizer, other weights) is a one-line
-:class:`~gfnlm.sglang_client.ServerError`. Options that need no model (the URL, the launch
+:class:`~gfnlm.serving.sglang_client.ServerError`. Options that need no model (the URL, the launch
 interpreter and its sglang) are checked when the sampler is built, before the model loads.
 """
 
@@ -36,13 +36,13 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
-from gfnlm.config import ConfigError
-from gfnlm.registry import option, register
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import PromptBatch, Rollouts, SequenceLogProbs
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import rollouts_from_generated
-from gfnlm.serve import LaunchConfig, SGLangServer, resolve_launch
-from gfnlm.sglang_client import ServerError, SGLangClient
-from gfnlm.types import PromptBatch, Rollouts, SequenceLogProbs
+from gfnlm.serving.serve import LaunchConfig, SGLangServer, resolve_launch
+from gfnlm.serving.sglang_client import ServerError, SGLangClient
+from gfnlm.training.config import ConfigError
 
 _OPTION = "sampling.sampler_options"
 _PROBE = "The capital of France is Paris. The capital of Italy is"
@@ -54,7 +54,7 @@ class SGLangSampler(Sampler):
     """Ancestral sampling on a SGLang server (temperature / top-p, top-k and min-p off).
 
     Options (``sampling.sampler_options``): ``url`` of a running server, or ``launch`` to start one
-    (:class:`~gfnlm.serve.LaunchConfig` fields ``python``, ``args``, ``env``, ``host``, ``port``,
+    (:class:`~gfnlm.serving.serve.LaunchConfig` fields ``python``, ``args``, ``env``, ``host``, ``port``,
     ``startup_timeout_s``, plus ``cpu: true`` for the repository's CPU recipe in
     ``tools/sglang_cpu``); ``weight_sync``, ``sync_every``, ``sync_dir``, ``weights_dtype``;
     ``timeout_s``: the deadline of one whole HTTP call, retries included (default 120 s; a call
@@ -336,7 +336,7 @@ class SGLangSampler(Sampler):
 def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The model's weights under their Hugging Face names, LoRA deltas merged in (the model is
     not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call)."""
-    from gfnlm.policy import full_tensor
+    from gfnlm.training.policy import full_tensor
 
     peft = hasattr(model, "peft_config")
     modules = dict(model.named_modules())

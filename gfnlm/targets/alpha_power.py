@@ -19,9 +19,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from gfnlm.registry import option, register
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.targets.base import Target, task_field
-from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 
 def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:

@@ -4,11 +4,11 @@ from typing import Any, ClassVar
 
 import attrs
 
-from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
+from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 
 
 class Target:
-    """Maps rollouts and the reference model's log-probs to :class:`~gfnlm.types.TargetScores`.
+    """Maps rollouts and the reference model's log-probs to :class:`~gfnlm.contracts.types.TargetScores`.
 
     A target is pure math: the trainer computes the reference (base) model's log-probs over the
     responses in one forward pass (the policy with its LoRA adapter disabled, a frozen copy, or a

@@ -10,10 +10,10 @@ from typing import Any
 
 import attrs
 
-from gfnlm.registry import register
+from gfnlm.contracts.registry import register
+from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.targets.base import Target, task_field
 from gfnlm.targets.reward_tilted import RewardFn, call_reward, resolve_callable
-from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 
 @register("target", "reward")

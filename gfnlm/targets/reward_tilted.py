@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 import torch
 
-from gfnlm.registry import option, register
+from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.targets.base import Target, task_field
-from gfnlm.types import Rollouts, SequenceLogProbs, TargetScores
 
 RewardFn = Callable[..., torch.Tensor]
 

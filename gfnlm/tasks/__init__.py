@@ -1,6 +1,17 @@
 """Tasks: how a record becomes a prompt, how a response is graded, which rewards and metrics a
-task offers. Prompt files (:mod:`gfnlm.tasks.prompt_files`) and the factual answer checker
-(:mod:`gfnlm.tasks.factual_answers`) are re-exported here under their earlier names."""
+task offers, and how a model is evaluated on it.
+
+* :mod:`gfnlm.tasks.base` and :mod:`gfnlm.tasks.builtin`: the ``task`` component and the registered
+  tasks (factual, math, creative, chain_sum);
+* :mod:`gfnlm.tasks.records` and :mod:`gfnlm.tasks.prompt_files`: reading data sets (JSONL, parquet,
+  JSON, CSV, ``datasets`` folders) and the bundled prompt files;
+* :mod:`gfnlm.tasks.prompts`: records → task-formatted, tokenised prompt batches;
+* :mod:`gfnlm.tasks.math_answers` and :mod:`gfnlm.tasks.factual_answers`: answer checkers;
+* :mod:`gfnlm.tasks.rewards`, :mod:`gfnlm.tasks.metrics`, :mod:`gfnlm.tasks.evaluation`: rewards,
+  creative metrics, pass@k / majority-vote evaluation;
+* :mod:`gfnlm.tasks.synthetic_reasoning`: the synthetic chain-sum task of the replication benchmark.
+
+The factual answer checker and prompt-file helpers are re-exported here under their earlier names."""
 
 from gfnlm.tasks.factual_answers import (
     first_sentence,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from jinja2 import TemplateError
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 
 
 def chat_prompt(tokenizer: Any, user: str, system: str = "") -> str:
@@ -54,7 +54,7 @@ class Task:
         return tuple(answers) if answers else None
 
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
-        """Raise :class:`~gfnlm.errors.InputError` naming ``where`` when a gold answer cannot be graded."""
+        """Raise :class:`~gfnlm.contracts.errors.InputError` naming ``where`` when a gold answer cannot be graded."""
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         """Whether ``response`` gives one of the gold ``answers``."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import attrs
 
-from gfnlm.errors import InputError
-from gfnlm.registry import option, register
+from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.registry import option, register
 from gfnlm.tasks.base import Task, chat_prompt
 from gfnlm.tasks.factual_answers import first_sentence, is_correct, normalize_answer
 from gfnlm.tasks.prompt_files import TEMPLATES
@@ -104,7 +104,7 @@ class MathTask(Task):
 @attrs.frozen
 class CreativeTask(Task):
     """Open-ended prompts (stories, poems, ideas): no gold answers; ``gfnlm eval`` reports the
-    creative metrics of :mod:`gfnlm.metrics` (diversity, redundancy, fluency, the prompts' own checks)."""
+    creative metrics of :mod:`gfnlm.tasks.metrics` (diversity, redundancy, fluency, the prompts' own checks)."""
 
     metrics = "creative"
     template: str = option("plain", "the user message: a template name (short_answer, plain) or a format string with {question}",
@@ -118,7 +118,7 @@ class CreativeTask(Task):
 @register("task", "chain_sum")
 @attrs.frozen
 class ChainSumTask(Task):
-    """The synthetic chain-sum task of the replication benchmark (:mod:`gfnlm.synthetic_reasoning`):
+    """The synthetic chain-sum task of the replication benchmark (:mod:`gfnlm.tasks.synthetic_reasoning`):
     the gold answer is computed from the question, the answer is the digit after the last ``A``."""
 
     template: str = option("short_answer", "the user message: a template name (short_answer, plain) or a format string with {question}",
@@ -128,17 +128,17 @@ class ChainSumTask(Task):
         return chat_prompt(tokenizer, _user_message(self.template, record))
 
     def answers_for(self, record: dict[str, Any]) -> tuple[str, ...]:
-        from gfnlm.synthetic_reasoning import solve
+        from gfnlm.tasks.synthetic_reasoning import solve
 
         return (solve(str(record["question"])),)
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
-        from gfnlm.synthetic_reasoning import extract_answer
+        from gfnlm.tasks.synthetic_reasoning import extract_answer
 
         return extract_answer(response) in answers
 
     def answer_key(self, response: str) -> str:
-        from gfnlm.synthetic_reasoning import answer_key
+        from gfnlm.tasks.synthetic_reasoning import answer_key
 
         return answer_key(response)
 

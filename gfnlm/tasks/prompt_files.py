@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 FACTUAL_TRAIN = DATA_DIR / "factual_train.jsonl"

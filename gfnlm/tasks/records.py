@@ -7,7 +7,7 @@ Formatting prompts and grading answers belong to the tasks, not to this module.
 
 Specs, tried in this order:
 
-* a bundled set's name (``gfnlm/data/<name>.jsonl``, as :func:`gfnlm.prompts.resolve_prompt_file`
+* a bundled set's name (``gfnlm/data/<name>.jsonl``, as :func:`gfnlm.tasks.prompts.resolve_prompt_file`
   accepts);
 * a ``.jsonl`` file: read by :func:`~gfnlm.tasks.prompt_files.load_prompt_file`, so its checks and
   messages are today's. With custom ``question_field``/``answer_field`` names it is read like a
@@ -31,7 +31,7 @@ an integer in a float column as a float), and a null, blank or empty answer mean
 In the Arrow-backed formats a null cell in another column is dropped from the row, because Arrow
 gives every row every column and a null there means the field was absent.
 
-Every problem is a one-line :class:`~gfnlm.errors.InputError` naming ``field`` and the spec
+Every problem is a one-line :class:`~gfnlm.contracts.errors.InputError` naming ``field`` and the spec
 (problems with a file's content are :class:`~gfnlm.tasks.prompt_files.PromptFileError`).
 """
 
@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 from gfnlm.tasks.prompt_files import PromptFileError, load_prompt_file
 
 # File suffix → the ``datasets`` packaged builder that reads it (".jsonl" goes to load_prompt_file).
@@ -63,12 +63,12 @@ def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
 
     ``field`` names the config field or flag (``data.train``, ``--prompts``) in error messages;
     with ``require_answers`` a missing answer column or a row without an answer is an error.
-    Raises :class:`~gfnlm.errors.InputError` (one line) before returning anything.
+    Raises :class:`~gfnlm.contracts.errors.InputError` (one line) before returning anything.
     """
     where = f"{field}={spec!r}"
     if not spec.strip():  # Path("") is the working directory, which is never what was meant
         raise InputError(f"{where}: empty; {_what_is_allowed()}")
-    bundled = _bundled_path(spec)
+    bundled = bundled_path(spec)
     if bundled is not None:
         return _from_jsonl(bundled, where, question_field, answer_field, require_answers)
     path, split = _local_path(spec, where)
@@ -91,17 +91,13 @@ def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
 
 
 def bundled_sets() -> list[str]:
-    """Names of the bundled prompt sets (``gfnlm/data/*.jsonl``).
-
-    The same list as :func:`gfnlm.prompts.bundled_sets`, read here so that loading records does
-    not import torch and transformers (which :mod:`gfnlm.prompts` does).
-    """
+    """Names of the bundled prompt sets (``gfnlm/data/*.jsonl``)."""
     return sorted(p.name.removesuffix(".jsonl") for p in resources.files("gfnlm.data").iterdir()
                   if p.name.endswith(".jsonl"))
 
 
-def _bundled_path(spec: str) -> Path | None:
-    # A bundled name wins over a same-named local path, as in resolve_prompt_file.
+def bundled_path(spec: str) -> Path | None:
+    """The bundled set named ``spec``, or None; a bundled name wins over a same-named local path."""
     if spec in bundled_sets():
         return Path(str(resources.files("gfnlm.data") / f"{spec}.jsonl"))
     return None

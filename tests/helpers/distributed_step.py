@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from gfnlm import distributed as dist_utils
-from gfnlm.config import load_config
-from gfnlm.policy import full_tensor
-from gfnlm.trainer import Trainer
+from gfnlm.training import distributed as dist_utils
+from gfnlm.training.config import load_config
+from gfnlm.training.policy import full_tensor
+from gfnlm.training.trainer import Trainer
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ vary in length, with EOS able to come early. ``|y| = 4n + 1`` tokens for a compl
 The task's own scorer: :func:`extract_answer` reads the digit after the last ``A``; :func:`solve`
 computes the right one from the question. The registered ``chain_sum`` task
 (:mod:`gfnlm.tasks.builtin`) grades with them, so the baselines' rewards are the generic ones of
-:mod:`gfnlm.rewards` (``verifier``, ``majority_vote``, ``answer_cluster_share``) with that task.
+:mod:`gfnlm.tasks.rewards` (``verifier``, ``majority_vote``, ``answer_cluster_share``) with that task.
 """
 
 import random

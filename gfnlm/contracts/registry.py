@@ -8,7 +8,7 @@ A component is an attrs class whose fields are its configuration. It may declare
 
 :func:`check_composition` fails when a run is composed, not mid-training, if a requirement has no
 provider. Registration wraps every public tensor method with run-time shape checks
-(:mod:`gfnlm.shapes`).
+(:mod:`gfnlm.contracts.shapes`).
 
 Example::
 
@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from gfnlm.errors import InputError
-from gfnlm.shapes import wrap_public_methods
+from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.shapes import wrap_public_methods
 
 KINDS = ("target", "objective", "sampler", "logz", "task")
 

@@ -1,13 +1,13 @@
 """Reward functions ``Rollouts -> Tensor[B]`` for the ``reward`` / ``reward_tilted`` targets,
-named in configs by import path (``target.options.reward=gfnlm.rewards:distinct_words``)."""
+named in configs by import path (``target.options.reward=gfnlm.tasks.rewards:distinct_words``)."""
 
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from gfnlm.errors import InputError
-from gfnlm.types import Rollouts
+from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.types import Rollouts
 
 
 def distinct_words(rollouts: Rollouts) -> torch.Tensor:
@@ -25,11 +25,11 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
 def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
                       task: Any = None) -> tuple[list[str], list[int]]:
     """Each response's answer (``key``, else the task's :meth:`~gfnlm.tasks.base.Task.answer_key`,
-    else the factual task's :func:`gfnlm.evaluation.answer_key`) and its group id."""
+    else the factual task's :func:`gfnlm.tasks.evaluation.answer_key`) and its group id."""
     if key is None and task is not None:
         key = task.answer_key
     if key is None:  # a local import: evaluation imports the sampler stack
-        from gfnlm.evaluation import answer_key as key
+        from gfnlm.tasks.evaluation import answer_key as key
 
     if rollouts.response_text is None:
         raise InputError("answer-based rewards need rollouts with response_text")
@@ -70,7 +70,7 @@ def verifier(rollouts: Rollouts, task: Any = None) -> torch.Tensor:
     travel with the rollouts, ``Rollouts.labels``) as the run's task grades it, else 0. Uses labels:
     the supervised reference, not a label-free method."""
     if task is None:
-        from gfnlm.prompts import default_task
+        from gfnlm.tasks.prompts import default_task
 
         task = default_task()
     if rollouts.response_text is None or rollouts.labels is None:

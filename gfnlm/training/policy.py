@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM as a policy: one forward pass → :class:`~gfnlm.types.PolicyEval`, and
+"""A Hugging Face causal LM as a policy: one forward pass → :class:`~gfnlm.contracts.types.PolicyEval`, and
 the base model's log-probs (adapter disabled, or a frozen copy) → :class:`SequenceLogProbs`.
 
 Log-probs are computed only at the ``T+1`` positions that predict response tokens
@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
-from gfnlm.checkpoint import ADAPTER_DIR
-from gfnlm.config import ConfigError, ModelConfig
-from gfnlm.errors import RunError
-from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
+from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
+from gfnlm.training.checkpoint import ADAPTER_DIR
+from gfnlm.training.config import ConfigError, ModelConfig
 
 
 def resolve_device(requested: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
@@ -130,7 +130,7 @@ class CausalLMPolicy(nn.Module):
 
     def adapter_writer(self, state: dict[str, Tensor] | None = None) -> Callable[[Path], None] | None:
         """With LoRA, a function that writes the adapter in PEFT's format into ``folder/adapter``
-        (``extra_files`` of :func:`gfnlm.checkpoint.save_checkpoint`); ``None`` without LoRA.
+        (``extra_files`` of :func:`gfnlm.training.checkpoint.save_checkpoint`); ``None`` without LoRA.
         ``state`` is :meth:`trainable_state_dict`'s result when the caller has it (already gathered
         under FSDP2, so only rank 0 needs to write)."""
         if not isinstance(self.model, PeftModel):

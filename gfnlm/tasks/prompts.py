@@ -1,6 +1,5 @@
 """Prompt sets: a data set (or a bundled set's name) → task-formatted, tokenised prompts with their gold answers."""
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -8,20 +7,16 @@ import attrs
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from gfnlm.config import ConfigError
-from gfnlm.types import PromptBatch
-
-
-def bundled_sets() -> list[str]:
-    """Names of the prompt sets shipped inside the package (``gfnlm/data/*.jsonl``)."""
-    return sorted(p.name.removesuffix(".jsonl") for p in resources.files("gfnlm.data").iterdir()
-                  if p.name.endswith(".jsonl"))
+from gfnlm.contracts.types import PromptBatch
+from gfnlm.tasks.records import bundled_path, bundled_sets
+from gfnlm.training.config import ConfigError
 
 
 def resolve_prompt_file(spec: str, field: str) -> Path:
     """A bundled set name or a path to a JSONL file; one-line error naming ``field`` otherwise."""
-    if spec in bundled_sets():
-        return Path(str(resources.files("gfnlm.data") / f"{spec}.jsonl"))
+    bundled = bundled_path(spec)
+    if bundled is not None:
+        return bundled
     path = Path(spec)
     if path.is_dir():
         raise ConfigError(f"{field}={spec!r}: is a directory; give a JSONL prompt file or one of the bundled sets "
@@ -36,7 +31,7 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
 
 def default_task() -> Any:
     """The ``factual`` task with its default options (the embedded default's task)."""
-    from gfnlm.registry import build
+    from gfnlm.contracts.registry import build
 
     return build("task", "factual")
 

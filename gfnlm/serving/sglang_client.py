@@ -26,7 +26,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from gfnlm.errors import RunError
+from gfnlm.contracts.errors import RunError
 
 PROGRESS_EVERY_S = 10.0  # how often a waiting call reports itself on stderr
 RETRY_STATUSES = (502, 503, 504)

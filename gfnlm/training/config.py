@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 
 
 class ConfigError(InputError):

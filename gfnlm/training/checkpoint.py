@@ -42,7 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gfnlm.errors import RunError
+from gfnlm.contracts.errors import RunError
 
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "state.pt"
@@ -171,7 +171,7 @@ def save_checkpoint(
     prune to the newest ``keep`` (never the one ``latest`` names). Non-finite weights are refused.
 
     ``extra_files(folder)``, when given, writes more files into the checkpoint's temporary folder
-    (e.g. :meth:`~gfnlm.policy.CausalLMPolicy.adapter_writer`'s PEFT adapter under ``adapter/``);
+    (e.g. :meth:`~gfnlm.training.policy.CausalLMPolicy.adapter_writer`'s PEFT adapter under ``adapter/``);
     they are listed in the manifest and appear with the rest of the checkpoint, or not at all."""
     bad = non_finite_tensors(policy_state) + non_finite_tensors(state.get("logz") or {}, "logz")
     if bad:

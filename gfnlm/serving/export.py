@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from gfnlm import checkpoint
-from gfnlm.config import ConfigError, RunConfig, load_config
+from gfnlm.training import checkpoint
+from gfnlm.training.config import ConfigError, RunConfig, load_config
 
 if TYPE_CHECKING:
-    from gfnlm.policy import CausalLMPolicy
+    from gfnlm.training.policy import CausalLMPolicy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KINDS = ("merged", "adapter")
@@ -51,7 +51,7 @@ class ExportSource:
 def find_source(run: str, step: int | None = None) -> ExportSource:
     """The run's newest complete checkpoint (or the newest complete one of ``step``), read without
     loading a model. ``run`` is a run directory or one checkpoint folder. A missing run or step is a
-    one-line :class:`~gfnlm.config.ConfigError`; a broken checkpoint a ``CheckpointError``."""
+    one-line :class:`~gfnlm.training.config.ConfigError`; a broken checkpoint a ``CheckpointError``."""
     run_dir = Path(run).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"RUN={run!r}: no such run directory")
@@ -177,7 +177,7 @@ def write_atomically(out: Path, flag: str, write: Callable[[Path], None], stagin
 def load_policy(source: ExportSource, model_dir: Path) -> "CausalLMPolicy":
     """The run's model on CPU, in float32 (float64 for float64 runs), holding the checkpoint's
     weights: the PEFT model of a LoRA run, the plain model of a full fine-tuning run."""
-    from gfnlm.policy import CausalLMPolicy
+    from gfnlm.training.policy import CausalLMPolicy
 
     dtype = "float64" if source.config.model.dtype == "float64" else "float32"
     model_config = attrs.evolve(source.config.model, dtype=dtype, gradient_checkpointing=False)
@@ -221,7 +221,7 @@ def export_checkpoint(run: str, kind: str, out: str, step: int | None = None, dt
     """Export ``run``'s newest complete checkpoint (or ``step``'s) as ``kind`` (``merged`` or
     ``adapter``) into the folder ``out``; returns the line that says what was written where.
     ``dtype``: of the written weights (default float32 for ``merged``, as saved for ``adapter``)."""
-    from gfnlm.models import resolve_model_path
+    from gfnlm.training.models import resolve_model_path
 
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")

@@ -21,16 +21,22 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from gfnlm import checkpoint
-from gfnlm import distributed as dist_utils
-from gfnlm.config import ConfigError, RunConfig, to_yaml
-from gfnlm.errors import RunError
-from gfnlm.evaluation import evaluate
-from gfnlm.models import resolve_model_path
-from gfnlm.policy import CausalLMPolicy, full_tensor, load_tokenizer, place_like, resolve_device
-from gfnlm.prompts import PromptSet
-from gfnlm.registry import build, check_composition, import_components, lookup
-from gfnlm.types import Rollouts, TargetScores
+from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.registry import build, check_composition, import_components, lookup
+from gfnlm.contracts.types import Rollouts, TargetScores
+from gfnlm.tasks.evaluation import evaluate
+from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training import checkpoint
+from gfnlm.training import distributed as dist_utils
+from gfnlm.training.config import ConfigError, RunConfig, to_yaml
+from gfnlm.training.models import resolve_model_path
+from gfnlm.training.policy import (
+    CausalLMPolicy,
+    full_tensor,
+    load_tokenizer,
+    place_like,
+    resolve_device,
+)
 
 
 class TrainingError(RunError):
@@ -48,7 +54,7 @@ class Components:
     task: Any
 
     def as_dict(self) -> dict[str, Any]:
-        """Role → component, as :func:`gfnlm.registry.check_composition` takes it."""
+        """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
         return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
                 "task": self.task}
 
@@ -250,7 +256,7 @@ class Trainer:
                 f"train.out_dir={str(self.out_dir)!r} already holds a run's checkpoints; pass "
                 "train.resume=true to continue it, or choose another train.out_dir"
             )
-        from gfnlm.config import load_config  # local: avoids a cycle at import time
+        from gfnlm.training.config import load_config  # local: avoids a cycle at import time
 
         saved = point.path / checkpoint.CONFIG_FILE
         if not saved.is_file():

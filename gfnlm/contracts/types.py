@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from gfnlm.shapes import check_bundle
+from gfnlm.contracts.shapes import check_bundle
 
 
 def _validate(self: Any) -> None:
