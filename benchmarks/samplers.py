@@ -1,21 +1,26 @@
-"""Rollout throughput and training-step time: the in-process ``hf`` sampler vs the ``sglang``
-sampler (a real SGLang server this script launches and stops), on SmolLM2-135M-Instruct with the
-same prompts, sampling settings and seeds.
+"""Rollout throughput and training-step time: the in-process ``hf`` sampler vs the ``sglang`` and
+``vllm`` samplers (real SGLang and vLLM servers this script launches and stops), on
+SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
 
 * throughput: ``sampler.sample(prompts, n)`` on the first ``--prompts`` bundled training
   questions, ``n`` samples each, ≤ ``--max-new-tokens`` tokens at T = 1; tokens/s = generated
   tokens (EOS included) / wall time. Rounds alternate which sampler goes first.
-* training step: :meth:`Trainer.train_step` of the default PowerFlow config plus, for SGLang,
-  the weight sync that follows every step (LoRA merged, written, ``/update_weights_from_disk``).
+* training step: :meth:`Trainer.train_step` of the default PowerFlow config plus, for a server
+  sampler, the weight sync that follows every step: SGLang's full sync (LoRA merged, written,
+  ``/update_weights_from_disk``), vLLM's adapter sync (``lora``: the adapter written,
+  ``/v1/load_lora_adapter``) and its full sync (``full``: merged weights written, reloaded in place).
 
-Prints medians with min-max over the rounds, the SGLang/HF throughput ratio (goal ≥ 2×) and the
-step times, and writes the table into docs/benchmarks.md (``samplers`` markers).
+Prints medians with min-max over the rounds, each server's throughput over HF's (goals: SGLang
+≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
+into docs/benchmarks.md (``samplers`` markers).
 
-    python benchmarks/samplers.py                 # CPU: the SGLang CPU recipe of tools/sglang_cpu
-    python benchmarks/samplers.py --device cuda --server-python "$(which python)"   # GPU, no stubs
+    python benchmarks/samplers.py                 # CPU: the CPU recipes of tools/sglang_cpu, tools/vllm_cpu
+    python benchmarks/samplers.py --device cuda --server-python "$(which python)" \
+        --vllm-python "$(which python)"          # GPU: the ordinary sglang and vllm packages
 """
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -27,7 +32,9 @@ from docs_page import write_between_markers
 
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.samplers.sglang import SGLangSampler
+from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig, SGLangServer
+from gfnlm.serving.vllm_serve import VLLMServer, resolve_vllm_launch
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig, load_config
 from gfnlm.training.models import ensure_smollm2
@@ -36,6 +43,11 @@ from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
+SERVERS = ("sglang", "vllm")
+LABELS = {"hf": "hf (in-process KV-cache loop)", "sglang": "sglang (HTTP server, full sync)",
+          "vllm": "vllm (HTTP server)", "vllm-lora": "vllm (HTTP server, LoRA sync)", "vllm-full": "vllm (HTTP server, full sync)"}
+GOALS = {"sglang": 2.0, "vllm": 3.0}  # throughput over HF's
+STEP_GOAL = 0.6  # vLLM step time over HF's
 
 
 def server_launch(args: argparse.Namespace) -> LaunchConfig:
@@ -49,13 +61,26 @@ def server_launch(args: argparse.Namespace) -> LaunchConfig:
                         args=["--dtype", args.server_dtype, "--mem-fraction-static", "0.5"])
 
 
+def vllm_launch(args: argparse.Namespace) -> LaunchConfig:
+    """The CPU recipe of tools/vllm_cpu (its venv, a 1 GB KV cache) on CPU; ``--vllm-python`` on GPU."""
+    if args.device == "cpu":
+        options = {"cpu": True, "args": ["--dtype", args.vllm_dtype],
+                   **({"python": args.vllm_python} if args.vllm_python else {})}
+        return resolve_vllm_launch(options, lambda key: f"--vllm-{key}")
+    return LaunchConfig(python=args.vllm_python or sys.executable, startup_timeout_s=600.0,
+                        args=["--dtype", args.vllm_dtype, "--gpu-memory-utilization", "0.4"])
+
+
 def summary(values: list[float], digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str, list[float]]:
-    """tokens/s of each sampler per round, the same seed for both within a round."""
+    """tokens/s of each sampler per round, the same seed for all within a round, after one untimed
+    warm-up call each (a first call is slower: allocations, a server's first batch)."""
     rates: dict[str, list[float]] = {name: [] for name in samplers}
+    for sampler in samplers.values():
+        sampler.sample(prompts, n)
     for round_index in range(rounds):
         order = list(samplers) if round_index % 2 == 0 else list(reversed(samplers))
         for name in order:
@@ -69,19 +94,28 @@ def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str
     return rates
 
 
-def trainer_for(sampler: str, url: str, args: argparse.Namespace, out_dir: Path) -> Trainer:
+def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_dir: Path) -> Trainer:
+    """A default-config trainer with sampler ``name`` (``vllm-lora``, ``vllm-full``: vllm with that
+    weight sync)."""
+    sampler = name.split("-")[0]
     overrides = [f"train.out_dir={out_dir}", "train.steps=1000", "data.eval=''", f"train.device={args.device}",
                  f"sampling.max_new_tokens={args.max_new_tokens}", f"sampling.sampler={sampler}"]
-    if sampler == "sglang":
-        overrides += [f"sampling.sampler_options.url={url}", "sampling.sampler_options.timeout_s=600"]
+    if sampler in SERVERS:
+        overrides += [f"sampling.sampler_options.url={urls[sampler]}", "sampling.sampler_options.timeout_s=600",
+                      f"sampling.sampler_options.concurrency={args.prompts}"]
+    if sampler == "vllm":
+        overrides.append(f"sampling.sampler_options.weight_sync={name.split('-')[1]}")
     return Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
 
 
-def measure_steps(url: str, args: argparse.Namespace, rounds: int) -> dict[str, dict[str, list[float]]]:
+def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -> dict[str, dict[str, list[float]]]:
     """Seconds per training step (and its parts) with each sampler, steps alternating."""
     times: dict[str, dict[str, list[float]]] = {}
+    names = ["hf", *(["sglang"] if "sglang" in urls else [])]
+    if "vllm" in urls:
+        names += [f"vllm-{sync}" for sync in ("lora", "full") if args.vllm_sync in (sync, "both")]
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: trainer_for(name, url, args, Path(tmp) / name) for name in ("hf", "sglang")}
+        trainers = {name: trainer_for(name, urls, args, Path(tmp) / name) for name in names}
         for round_index in range(rounds + 1):  # the first step of each is a warm-up
             for name, trainer in trainers.items():
                 torch.manual_seed(round_index)
@@ -104,25 +138,43 @@ def measure_steps(url: str, args: argparse.Namespace, rounds: int) -> dict[str, 
     return times
 
 
+def ratio_line(what: str, values: list[float], goal: str, passed: bool) -> str:
+    return (f"{what}: **{statistics.median(values):.2f}×** ({min(values):.2f}-{max(values):.2f}); "
+            f"goal {goal}: **{'PASS' if passed else 'FAIL'}**.")
+
+
 def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace, device: str) -> str:
-    ratio = [s / h for s, h in zip(rates["sglang"], rates["hf"], strict=True)]
+    servers = [name for name in SERVERS if name in rates]
+    engines = "; ".join(({"sglang": f"SGLang 0.5.23 server in {args.server_dtype}",
+                          "vllm": f"vLLM (vllm-cpu 0.32.0 on CPU) server in {args.vllm_dtype}"
+                                  + (", LoRA enabled" if args.vllm_sync != "full" else "")})[name]
+                        for name in servers)
     lines = [
         (f"Device: {device}. SmolLM2-135M-Instruct (LoRA r=8 on q/k/v/o as configs/default.yaml), "
-        f"{args.prompts} prompts × {args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
-        f"SGLang 0.5.23 server in {args.server_dtype}; {args.rounds} rounds (seeds 0-{args.rounds - 1}), "
-        "median (min-max)."),
+         f"{args.prompts} prompts × {args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
+         f"{engines}; {args.rounds} rounds (torch seeds 0-{args.rounds - 1}; the servers sample unseeded), "
+         "median (min-max)."),
         "",
         "| sampler | rollout tokens/s | training step (s) | sample | base score | update | weight sync |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, label in (("hf", "hf (in-process KV-cache loop)"), ("sglang", "sglang (HTTP server)")):
-        t = steps.get(name, {})
+    for name in ("hf", "sglang", *(("vllm-lora", "vllm-full") if steps else ("vllm",))):
+        t, sampler = steps.get(name, {}), name.split("-")[0]
+        if sampler not in rates or (name.startswith("vllm-") and not t):
+            continue
         cells = [summary(t[k], 2) if k in t else "–" for k in ("step", "sample", "score", "update", "sync")]
-        lines.append(f"| {label} | {summary(rates[name])} | " + " | ".join(cells) + " |")
-    verdict = "PASS" if statistics.median(ratio) >= 2 else "FAIL"
-    lines += ["", (f"SGLang / HF rollout throughput: **{statistics.median(ratio):.2f}×** "
-                  f"({min(ratio):.2f}-{max(ratio):.2f}); goal ≥ 2×: **{verdict}**.")]
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {LABELS[name]} | {summary(rates[sampler])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name in servers:
+        ratio = [s / h for s, h in zip(rates[name], rates["hf"], strict=True)]
+        lines += [ratio_line(f"{name} / hf rollout throughput", ratio,
+                             f"≥ {GOALS[name]:g}×", statistics.median(ratio) >= GOALS[name]), ""]
+    for name in ("vllm-lora", "vllm-full"):
+        if name in steps and "hf" in steps:
+            ratio = [v / h for v, h in zip(steps[name]["step"], steps["hf"]["step"], strict=True)]
+            lines += [ratio_line(f"{LABELS[name]} / hf training step", ratio, f"≤ {STEP_GOAL:g}×",
+                                 statistics.median(ratio) <= STEP_GOAL), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,38 +185,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--step-rounds", type=int, default=3, help="training steps timed per sampler (0: skip)")
+    parser.add_argument("--servers", default="sglang,vllm", help="which server samplers to compare with hf")
     parser.add_argument("--server-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--server-python", default="", help="interpreter with sglang (default: the CPU venv)")
+    parser.add_argument("--vllm-dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--vllm-python", default="", help="interpreter with vllm (default: the CPU venv)")
+    parser.add_argument("--vllm-sync", default="both", choices=("lora", "full", "both"),
+                        help="vLLM weight sync(s) to time; 'full' alone starts the server without LoRA")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     for name in ("prompts", "n", "max_new_tokens", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    servers = [name for name in args.servers.split(",") if name]
+    if not servers or set(servers) - set(SERVERS):
+        parser.error(f"--servers={args.servers!r}: a comma-separated subset of {','.join(SERVERS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device=cuda: no CUDA device visible")
 
     model_dir = ensure_smollm2()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    with SGLangServer(model_dir, server_launch(args)) as server:
-        print(f"SGLang server up at {server.url}", flush=True)
+    with contextlib.ExitStack() as running:
+        urls = {}
+        if "sglang" in servers:
+            urls["sglang"] = running.enter_context(SGLangServer(model_dir, server_launch(args))).url
+        if "vllm" in servers:
+            lora_rank = 0 if args.vllm_sync == "full" else 8
+            urls["vllm"] = running.enter_context(VLLMServer(model_dir, vllm_launch(args), lora_rank=lora_rank)).url
+        print(f"servers up: {urls}", flush=True)
         policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj",
                                                                                              "v_proj", "o_proj"]),
                                             model_dir, device)
         prompts = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256)
         batch = prompts.batch(list(range(args.prompts)))
-        hf = HFSampler(max_new_tokens=args.max_new_tokens)
-        hf.setup(policy)
-        sglang = SGLangSampler(url=server.url, max_new_tokens=args.max_new_tokens, weight_sync="none",
-                               timeout_s=600, concurrency=args.prompts)
-        sglang.setup(policy)
+        samplers = {"hf": HFSampler(max_new_tokens=args.max_new_tokens)}
+        classes = {"sglang": SGLangSampler, "vllm": VLLMSampler}
+        for server in servers:
+            samplers[server] = classes[server](url=urls[server], max_new_tokens=args.max_new_tokens,
+                                               weight_sync="none", timeout_s=600, concurrency=args.prompts)
+        for sampler in samplers.values():
+            sampler.setup(policy)
         print("throughput:", flush=True)
-        rates = measure_throughput({"hf": hf, "sglang": sglang}, batch, args.n, args.rounds)
+        rates = measure_throughput(samplers, batch, args.n, args.rounds)
+        for sampler in samplers.values():
+            sampler.close()
         del policy
         steps = {}
         if args.step_rounds:
             print("training steps:", flush=True)
-            steps = measure_steps(server.url, args, args.step_rounds)
+            steps = measure_steps(urls, args, args.step_rounds)
     table = report(rates, steps, args, name)
     print("\n" + table)
     if not args.no_docs:

@@ -1,9 +1,10 @@
-"""Samplers: :class:`Sampler`, the registered in-process ``hf`` sampler, the ``sglang`` server
-sampler and the ``power_mh`` inference-time baseline (power sampling by Metropolis-Hastings)."""
+"""Samplers: :class:`Sampler`, the registered in-process ``hf`` sampler, the ``sglang`` and ``vllm``
+server samplers and the ``power_mh`` inference-time baseline (power sampling by Metropolis-Hastings)."""
 
 from gfnlm.samplers.base import Sampler
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.samplers.power_mh import PowerMHSampler
 from gfnlm.samplers.sglang import SGLangSampler
+from gfnlm.samplers.vllm import VLLMSampler
 
-__all__ = ["HFSampler", "PowerMHSampler", "SGLangSampler", "Sampler"]
+__all__ = ["HFSampler", "PowerMHSampler", "SGLangSampler", "Sampler", "VLLMSampler"]

@@ -1,5 +1,6 @@
-"""Launch a SGLang server process and guarantee it stops: on normal exit, on errors, on Ctrl-C,
-on SIGTERM, and (Linux) when this process dies without cleaning up.
+"""Launch an inference server process (SGLang here, vLLM in :mod:`gfnlm.serving.vllm_serve`) and guarantee
+it stops: on normal exit, on errors, on Ctrl-C, on SIGTERM, and (Linux) when this process dies
+without cleaning up.
 
 The server runs in its own process group, so stopping it stops its scheduler and detokenizer
 children too. On Linux a small supervisor leads that group and gets ``PR_SET_PDEATHSIG``: even a
@@ -28,10 +29,10 @@ from typing import Any, Self
 
 import attrs
 
-from gfnlm.serving.sglang_client import ServerError, SGLangClient
+from gfnlm.serving.sglang_client import ServerClient, ServerError, SGLangClient
 from gfnlm.training.config import ConfigError
 
-_RUNNING: "weakref.WeakSet[SGLangServer]" = weakref.WeakSet()
+_RUNNING: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
 
 
 def free_port() -> int:
@@ -68,9 +69,9 @@ os.killpg(0, signal.SIGKILL)
 
 @attrs.define
 class LaunchConfig:
-    """How to start ``python -m sglang.launch_server``.
+    """How to start a server (``python -m sglang.launch_server``, or vLLM's OpenAI server).
 
-    ``python``: the interpreter that has SGLang (default: this one). ``args``: extra server flags
+    ``python``: the interpreter that has the server's package (default: this one). ``args``: extra server flags
     (e.g. ``--dtype bfloat16 --mem-fraction-static 0.8``). ``env``: extra environment variables.
     ``startup_timeout_s``: how long to wait for ``/health``.
     """
@@ -86,15 +87,19 @@ class LaunchConfig:
 # The repository's CPU recipe (a checkout has it; an installed wheel does not).
 CPU_RECIPE = Path(__file__).resolve().parents[2] / "tools" / "sglang_cpu" / "launch.py"
 LAUNCH_OPTIONS = (*(f.name for f in attrs.fields(LaunchConfig)), "cpu")
-_FIND_SGLANG = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sglang') is None)"
 _SGLANG_HINT = ("install sglang==0.5.23 there (GPU); on CPU run `make sglang-cpu` in the repository "
                 "and use its CPU recipe (gfnlm serve --cpu, or the launch option cpu: true)")
 
 
-def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> LaunchConfig:
+def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str], module: str = "sglang",
+                   recipe: Path | None = None, hint: str = _SGLANG_HINT,
+                   recipe_name: str = "tools/sglang_cpu") -> LaunchConfig:
     """A :class:`LaunchConfig` from user options (``LaunchConfig`` fields, plus ``cpu: true`` for the
     CPU recipe), checked without starting anything. ``field(key)`` names an option in messages
-    (``sampling.sampler_options.launch.python``, ``--python``)."""
+    (``sampling.sampler_options.launch.python``, ``--python``). ``module`` is the server's package
+    the interpreter must have, ``recipe`` the CPU recipe's ``launch.py`` (default
+    :data:`CPU_RECIPE`, SGLang's) and ``recipe_name`` its folder in the repository, ``hint`` how to
+    install ``module``."""
     options = dict(options)
     unknown = sorted(set(options) - set(LAUNCH_OPTIONS))
     if unknown:
@@ -103,7 +108,7 @@ def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> L
     if not isinstance(cpu, bool):
         raise ConfigError(f"{field('cpu')}={cpu!r}: must be true or false")
     if cpu:
-        options = _with_cpu_recipe(options, field("cpu"))
+        options = _with_cpu_recipe(options, field("cpu"), recipe or CPU_RECIPE, recipe_name)
     if not isinstance(options.get("args", []), list):
         raise ConfigError(f"{field('args')}={options['args']!r}: must be a list of server flags")
     if not isinstance(options.get("env", {}), dict):
@@ -117,17 +122,18 @@ def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> L
     launch = LaunchConfig(**options)
     launch.args = [str(arg) for arg in launch.args]
     launch.env = {str(k): str(v) for k, v in launch.env.items()}
-    check_python(launch.python, field("python"), launch.env)
+    check_python(launch.python, field("python"), launch.env, module, hint)
     return launch
 
 
-def _with_cpu_recipe(options: dict[str, Any], field: str) -> dict[str, Any]:
-    """``options`` on top of ``tools/sglang_cpu``'s launch: its venv unless ``python`` is given,
-    its flags then the user's (the last of a repeated flag wins), its environment then the user's."""
-    if not CPU_RECIPE.is_file():
-        raise ConfigError(f"{field}: the CPU recipe tools/sglang_cpu is not here ({CPU_RECIPE.parent}); "
+def _with_cpu_recipe(options: dict[str, Any], field: str, recipe_path: Path, name: str) -> dict[str, Any]:
+    """``options`` on top of the recipe's launch (``tools/sglang_cpu``, ``tools/vllm_cpu``): its
+    venv unless ``python`` is given, its flags then the user's (the last of a repeated flag wins),
+    its environment then the user's."""
+    if not recipe_path.is_file():
+        raise ConfigError(f"{field}: the CPU recipe {name} is not here ({recipe_path.parent}); "
                           "it comes with a checkout of the gfnlm repository, not with an installed package")
-    spec = importlib.util.spec_from_file_location("gfnlm_sglang_cpu_recipe", CPU_RECIPE)
+    spec = importlib.util.spec_from_file_location(f"gfnlm_{Path(name).name}_recipe", recipe_path)
     assert spec is not None and spec.loader is not None
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -140,28 +146,34 @@ def _with_cpu_recipe(options: dict[str, Any], field: str) -> dict[str, Any]:
             "env": {**base["env"], **options.get("env", {})}}
 
 
-def check_python(python: str, field: str, env: Mapping[str, str] | None = None) -> None:
-    """``python`` exists, is executable and can import ``sglang`` (found, not imported: a fraction
+def check_python(python: str, field: str, env: Mapping[str, str] | None = None, module: str = "sglang",
+                 hint: str = _SGLANG_HINT) -> None:
+    """``python`` exists, is executable and can import ``module`` (found, not imported: a fraction
     of a second), so a wrong interpreter fails before any model loads, not after."""
     path = python if os.sep in python else shutil.which(python)
     if path is None or not Path(path).is_file():
-        raise ConfigError(f"{field}={python!r}: no such interpreter; give the path of a Python that has sglang")
+        raise ConfigError(f"{field}={python!r}: no such interpreter; give the path of a Python that has {module}")
     if not os.access(path, os.X_OK):
-        raise ConfigError(f"{field}={python!r}: not executable; give the path of a Python that has sglang")
+        raise ConfigError(f"{field}={python!r}: not executable; give the path of a Python that has {module}")
+    find = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
-        found = subprocess.run([path, "-c", _FIND_SGLANG], check=False, capture_output=True, timeout=10,
+        found = subprocess.run([path, "-c", find], check=False, capture_output=True, timeout=10,
                                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return  # a slow file system, not a verdict: the launch itself will tell
     except OSError as error:
         raise ConfigError(f"{field}={python!r}: cannot run it ({error.strerror})") from None
     if found.returncode != 0:
-        raise ConfigError(f"{field}={python!r}: cannot import sglang; {_SGLANG_HINT}")
+        raise ConfigError(f"{field}={python!r}: cannot import {module}; {hint}")
 
 
-class SGLangServer:
-    """A SGLang server this process owns. Use as a context manager, or call :meth:`start` and
-    :meth:`stop` (also registered with ``atexit``)."""
+class ManagedServer:
+    """A server process this process owns, under the supervisor above. Use as a context manager,
+    or call :meth:`start` and :meth:`stop` (also registered with ``atexit``). A subclass gives the
+    :meth:`command` line and the :attr:`client` class that answers ``/health``."""
+
+    engine = "SGLang"
+    client: type[ServerClient] = SGLangClient
 
     def __init__(self, model_path: str | Path, launch: LaunchConfig | None = None) -> None:
         self.model_path = str(model_path)
@@ -173,15 +185,14 @@ class SGLangServer:
 
     def command(self) -> list[str]:
         """The server's command line."""
-        return [self.launch.python, "-m", "sglang.launch_server", "--model-path", self.model_path,
-                "--host", self.launch.host, "--port", str(self.port), *self.launch.args]
+        raise NotImplementedError
 
     def start(self) -> Self:
         """Start the process and wait until ``/health`` answers; stops it again if that fails."""
         command = self.command()
         if sys.platform.startswith("linux"):
             command = [self.launch.python, "-c", _SUPERVISOR, *command]
-        with tempfile.NamedTemporaryFile(prefix="gfnlm-sglang-", suffix=".log", delete=False) as log:
+        with tempfile.NamedTemporaryFile(prefix=f"gfnlm-{self.engine.lower()}-", suffix=".log", delete=False) as log:
             self.log_path = Path(log.name)
             try:
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -189,10 +200,10 @@ class SGLangServer:
                                                 start_new_session=True)
             except OSError as error:
                 self._remove_log()
-                raise ServerError(f"SGLang server: cannot run {self.launch.python!r} ({error.strerror})") from None
+                raise ServerError(f"{self.engine} server: cannot run {self.launch.python!r} ({error.strerror})") from None
         _RUNNING.add(self)
         try:
-            SGLangClient(self.url).wait_healthy(self.launch.startup_timeout_s, alive=self.alive)
+            self.client(self.url).wait_healthy(self.launch.startup_timeout_s, alive=self.alive)
         except BaseException as exc:
             tail = self.log_tail()
             self.stop()
@@ -232,6 +243,15 @@ class SGLangServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SGLangServer(ManagedServer):
+    """A SGLang server (``python -m sglang.launch_server``) this process owns."""
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [self.launch.python, "-m", "sglang.launch_server", "--model-path", self.model_path,
+                "--host", self.launch.host, "--port", str(self.port), *self.launch.args]
 
 
 def _stop_group(process: subprocess.Popen, grace_s: float) -> None:

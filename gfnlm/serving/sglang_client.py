@@ -1,5 +1,7 @@
-"""A small client for SGLang's native HTTP API: the calls a rollout sampler needs, each under one
-total deadline, and every failure as one line naming the URL, the operation and the deadline.
+"""A small client for an inference server's HTTP API (:class:`ServerClient`: deadlines, retries,
+progress lines, one-line errors) and SGLang's native endpoints on top of it (:class:`SGLangClient`;
+vLLM's are in :mod:`gfnlm.serving.vllm_client`): the calls a rollout sampler needs, each under one total
+deadline, and every failure as one line naming the URL, the operation and the deadline.
 
 Built on ``requests``: the standard, well-kept synchronous HTTP client, already a dependency of
 ``transformers``; requests run in a thread pool for concurrency, so no event loop leaks into the
@@ -33,7 +35,8 @@ RETRY_STATUSES = (502, 503, 504)
 
 
 class ServerError(RunError):
-    """A SGLang server did not answer, answered with an error, or is not the server we expect."""
+    """An inference server (SGLang, vLLM) did not answer, answered with an error, or is not the
+    server we expect."""
 
 
 def print_progress(line: str) -> None:
@@ -51,9 +54,10 @@ class _Waits:
     longest-waiting call every ``every_s``: one line per interval, however many requests run
     concurrently, so a slow batch of 8 requests is not 8 lines every 10 s."""
 
-    def __init__(self, every_s: float, report: Callable[[str], None]) -> None:
+    def __init__(self, every_s: float, report: Callable[[str], None], engine: str = "SGLang") -> None:
         self.every_s = every_s
         self.report = report
+        self.engine = engine
         self._lock = threading.Lock()
         self._calls: dict[object, tuple[str, str, float, float]] = {}
         self._watcher: threading.Thread | None = None
@@ -64,7 +68,7 @@ class _Waits:
         with self._lock:
             self._calls[token] = (where, operation, time.monotonic(), deadline_s)
             if self._watcher is None:
-                self._watcher = threading.Thread(target=self._watch, name="sglang-waits", daemon=True)
+                self._watcher = threading.Thread(target=self._watch, name="server-waits", daemon=True)
                 self._watcher.start()
         try:
             yield
@@ -88,19 +92,20 @@ class _Waits:
             if intervals > done:
                 reported = (token, intervals)
                 others = f" ({count} requests in flight)" if count > 1 else ""
-                self.report(f"waiting for SGLang server {where} ({operation}): "
+                self.report(f"waiting for {self.engine} server {where} ({operation}): "
                             f"{intervals * self.every_s:g} s of {deadline_s:g} s{others}")
 
 
-class SGLangClient:
-    """The native endpoints of one server (``/generate``, ``/health``, ``/model_info``,
-    ``/update_weights_from_disk``, ``/load_lora_adapter``, ``/unload_lora_adapter``).
+class ServerClient:
+    """The HTTP plumbing shared by the server clients: ``/health`` and JSON requests.
 
     ``timeout_s`` is the deadline of a whole call, retries included: a dead, hung or silent server
     fails within ``timeout_s`` seconds (plus at most one connect timeout of a few seconds).
     ``retries`` bounds the extra attempts for requests that never reached the server (connection
     refused) and for 502/503/504; a read timeout is final (see the module docstring).
     """
+
+    engine = "SGLang"  # how messages name the server (a subclass for another engine sets its own)
 
     def __init__(self, url: str, timeout_s: float = 120.0, retries: int = 2, pool_size: int = 16,
                  report: Callable[[str], None] = print_progress) -> None:
@@ -113,21 +118,24 @@ class SGLangClient:
         adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._waits = _Waits(PROGRESS_EVERY_S, report)
+        self._waits = _Waits(PROGRESS_EVERY_S, report, self.engine)
 
     def _request(self, method: str, endpoint: str, operation: str, timeout_s: float | None = None,
-                 **kwargs: Any) -> Any:
+                 text: bool = False, **kwargs: Any) -> Any:
+        """One call; the answer's JSON (``text``: its text, for endpoints that answer in plain text)."""
         deadline_s = self.timeout_s if timeout_s is None else float(timeout_s)
         where = f"{self.url}{endpoint}"
         with self._waits.track(where, operation, deadline_s):
             response = self._send(method, where, operation, deadline_s, **kwargs)
         if response.status_code != 200:
             body = response.text.strip().replace("\n", " ")[:200]
-            raise ServerError(f"SGLang server {where} refused {operation}: HTTP {response.status_code} {body}")
+            raise ServerError(f"{self.engine} server {where} refused {operation}: HTTP {response.status_code} {body}")
+        if text:
+            return response.text
         try:
             return response.json() if response.content else None
         except ValueError:
-            raise ServerError(f"SGLang server {where} sent non-JSON for {operation}: "
+            raise ServerError(f"{self.engine} server {where} sent non-JSON for {operation}: "
                               f"{response.text[:120]!r}") from None
 
     def _send(self, method: str, where: str, operation: str, deadline_s: float, **kwargs: Any) -> requests.Response:
@@ -139,20 +147,20 @@ class SGLangClient:
             if left <= 0:
                 break
             try:
-                # Each socket read may wait for what is left of the deadline (SGLang answers a
-                # non-streaming request in one piece, so this bounds the whole answer).
+                # Each socket read may wait for what is left of the deadline (the servers answer
+                # a non-streaming request in one piece, so this bounds the whole answer).
                 response = self.session.request(method, where, timeout=(min(left, 10.0), left), **kwargs)
             except requests.exceptions.ReadTimeout:
                 break  # the server has the request: sending it again could run it twice
             except requests.exceptions.RequestException as exc:
                 if not _never_sent(exc) or attempt == self.retries:
-                    raise ServerError(f"SGLang server {where} unreachable during {operation}: "
+                    raise ServerError(f"{self.engine} server {where} unreachable during {operation}: "
                                       f"{_short_reason(exc)}") from None
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     return response
             time.sleep(min(0.2 * 2**attempt, max(end - time.monotonic(), 0.0)))
-        raise ServerError(f"SGLang server {where} did not answer {operation} within its deadline of "
+        raise ServerError(f"{self.engine} server {where} did not answer {operation} within its deadline of "
                           f"{deadline_s:g} s (sampling.sampler_options.timeout_s); the request was not sent again")
 
     # ------------------------------------------------------------------ readiness and identity
@@ -173,10 +181,16 @@ class SGLangClient:
                 if self.healthy(min(5.0, left)):
                     return
                 if alive is not None and not alive():
-                    raise ServerError(f"SGLang server {self.url} exited before /health answered")
+                    raise ServerError(f"{self.engine} server {self.url} exited before /health answered")
                 time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
-        raise ServerError(f"SGLang server {self.url}/health did not answer within the start-up deadline of "
+        raise ServerError(f"{self.engine} server {self.url}/health did not answer within the start-up deadline of "
                           f"{timeout_s:g} s (launch option startup_timeout_s)")
+
+
+
+class SGLangClient(ServerClient):
+    """The native endpoints of one SGLang server (``/generate``, ``/health``, ``/model_info``,
+    ``/update_weights_from_disk``, ``/load_lora_adapter``, ``/unload_lora_adapter``)."""
 
     def model_info(self) -> dict[str, Any]:
         """``GET /model_info`` (the served model's path, among others)."""

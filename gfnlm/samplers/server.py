@@ -1,0 +1,327 @@
+"""What every rollout sampler backed by an inference server shares (``sglang``, ``vllm``).
+
+:class:`ServerSampler` holds the options, their early checks, the server's lifetime (connect, or
+launch and supervise), the weight sync (full weights or a LoRA adapter written atomically to a
+fresh folder, every ``sync_every`` versions, rank 0 only for a shared server), the identity probe
+(the server's log-probs on a probe text equal the policy's) and the clean-up. A subclass names its
+engine and says how to talk to it: its client and server classes, how a folder of weights or an
+adapter is loaded, and how rollouts and base scores are requested.
+
+Every HTTP call has one total deadline (``timeout_s``) and retries only what never reached the
+server; a dead, hung or wrong server is a one-line :class:`~gfnlm.serving.sglang_client.ServerError`.
+Options that need no model (the URL, the launch interpreter and its server package) are checked
+when the sampler is built, before the model loads.
+"""
+
+import math
+import os
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from safetensors.torch import save_file
+
+from gfnlm.contracts.registry import option
+from gfnlm.samplers.base import Sampler
+from gfnlm.serving.serve import LaunchConfig, ManagedServer
+from gfnlm.serving.sglang_client import ServerClient, ServerError
+from gfnlm.training.config import ConfigError
+
+OPTION = "sampling.sampler_options"
+PROBE = "The capital of France is Paris. The capital of Italy is"
+
+
+@attrs.define
+class ServerSampler(Sampler):
+    """The options and mechanics shared by the server samplers (see the module docstring)."""
+
+    provides = frozenset({"response_text", "base_scores"})
+    engine: ClassVar[str] = "server"  # how messages name the engine
+
+    temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
+    top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p)")
+    max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
+    url: str = option("", "a running server, e.g. http://127.0.0.1:30000 ('' with launch)")
+    launch: dict[str, Any] | None = option(None, "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true")
+    weight_sync: str = option("full", "how the policy reaches the server after each step: full, lora or none")
+    sync_every: int = option(1, "push the weights every N optimiser steps")
+    sync_dir: str = option("", "where weights are written for the server ('' = a temp dir); the server must read it")
+    # dtype of the full weights written for the server: float32 is exact; bfloat16 halves the
+    # bytes when the server computes in bf16 anyway (its usual GPU setting)
+    weights_dtype: str = option("float32", "dtype of the pushed full weights: float32 (exact), bfloat16 or float16")
+    timeout_s: float = option(120.0, "deadline of one whole HTTP call, retries included (seconds)")
+    retries: int = option(2, "extra attempts, only for requests that never reached the server and 502/503/504")
+    concurrency: int = option(8, "requests in flight at once")
+    scores_base: bool = option(False, "the target's base log-probs from the server instead of the trainer")
+    base_url: str = option("", "a server with the frozen base weights ('' = this server without the adapter)")
+    identity_tolerance: float = option(0.1, "largest mean |Δ log p| between server and policy on a probe before refusing")
+
+    version: int = attrs.field(default=-1, init=False)
+    _policy: Any = attrs.field(default=None, init=False, repr=False)
+    _client: Any = attrs.field(default=None, init=False, repr=False)
+    _base_client: Any = attrs.field(default=None, init=False, repr=False)
+    _server: ManagedServer | None = attrs.field(default=None, init=False, repr=False)
+    _launch_config: LaunchConfig | None = attrs.field(default=None, init=False, repr=False)
+    _sync_root: Path | None = attrs.field(default=None, init=False, repr=False)
+    _served: Path | None = attrs.field(default=None, init=False, repr=False)
+    _lora_name: str | None = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.url and self.launch is None:
+            raise ConfigError(f"{OPTION}.url='': give the server's URL, or launch options to start one")
+        if self.url:
+            check_url(f"{OPTION}.url", self.url)
+        if self.base_url:
+            check_url(f"{OPTION}.base_url", self.base_url)
+        if self.weight_sync not in ("full", "lora", "none"):
+            raise ConfigError(f"{OPTION}.weight_sync={self.weight_sync!r}: must be one of full, lora, none")
+        if self.weights_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"{OPTION}.weights_dtype={self.weights_dtype!r}: must be one of bfloat16, float16, float32")
+        for name in ("sync_every", "concurrency"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{OPTION}.{name}={getattr(self, name)!r}: must be >= 1")
+        if not self.timeout_s > 0 or int(self.retries) < 0:
+            raise ConfigError(f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0")
+        if not self.temperature > 0:
+            raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
+        if self.scores_base and self.weight_sync == "full" and not self.base_url:
+            raise ConfigError(f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
+                              "weights, not the base model's; use weight_sync=lora or give base_url")
+        if self.launch is not None:
+            if not isinstance(self.launch, dict):
+                raise ConfigError(f"{OPTION}.launch={self.launch!r}: must be a mapping of launch options")
+            # The interpreter and its server package are checked now, before the model loads.
+            self._launch_config = self._resolve_launch(self.launch, lambda key: f"{OPTION}.launch.{key}")
+
+    # ------------------------------------------------------------------ what a subclass gives
+    def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
+        raise NotImplementedError
+
+    def _new_server(self, model_path: str, launch: LaunchConfig) -> ManagedServer:
+        raise NotImplementedError
+
+    def _new_client(self, url: str) -> ServerClient:
+        raise NotImplementedError
+
+    def _check_tokenizer(self, client: Any) -> None:
+        """The server tokenises :data:`PROBE` as the trainer does (else: another tokenizer)."""
+        raise NotImplementedError
+
+    def _check_architecture(self, weights: dict[str, torch.Tensor]) -> None:
+        """Before the first full push: the server has parameters of these names and sizes."""
+
+    def _served_logp(self, ids: list[int]) -> torch.Tensor:
+        """The served policy's log-probs of ``ids[1:]`` given their prefixes (float64)."""
+        raise NotImplementedError
+
+    def _load_full(self, folder: Path, version: int) -> None:
+        raise NotImplementedError
+
+    def _load_lora(self, name: str, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _unload_lora(self, name: str) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ set-up and weights
+    def setup(self, policy: Any) -> None:
+        """Connect (or launch), check the server's tokenizer and weights, push the policy's weights.
+        On failure nothing is left behind: a launched server is stopped, the weight folders go."""
+        self._policy = policy
+        try:
+            with self._explained():
+                self._connect(policy)
+                self._check_tokenizer(self._client)
+                self.sync(policy, 0, force=True)
+                self._check_weights(policy)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, policy: Any) -> None:
+        if self._launch_config is not None:
+            model_path = str(policy.transformer_config._name_or_path)
+            self._server = self._new_server(model_path, self._launch_config).start()
+            self.url = self._server.url
+        self._client = self._new_client(self.url)
+        if self.base_url:
+            self._base_client = self._new_client(self.base_url)
+        self._sync_root = Path(self.sync_dir or tempfile.mkdtemp(prefix="gfnlm-weights-"))
+        self._sync_root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        """A failed call to a server this sampler launched and that has died says so, with the end
+        of its output (its log is deleted when it is stopped)."""
+        try:
+            yield
+        except ServerError as error:
+            server = self._server
+            if server is None or server.alive():
+                raise
+            raise ServerError(f"{error}; the launched server exited; its last output: {server.log_tail()}") from None
+
+    def sync(self, policy: Any, version: int, force: bool = False) -> None:
+        """Push the policy's weights as ``version`` (every ``sync_every`` versions, or ``force``).
+
+        Under ``torch.distributed`` every rank must call this (FSDP2 gathers shards); with a shared
+        server (``url``) only rank 0 pushes, a server each rank launched gets its own push.
+        """
+        if self.weight_sync == "none" or (not force and version % self.sync_every):
+            return
+        weights = self._export(policy)
+        if weights is not None and self.version < 0:
+            self._check_architecture(weights)  # before the first push: a wrong push can kill a server
+        if self._server is not None or _rank() == 0:
+            with self._explained():
+                if self.weight_sync == "full":
+                    self._push_full(weights, version)
+                else:
+                    self._push_lora(policy, version)
+        _barrier()
+        self.version = version
+        if self.weight_sync == "lora":  # every rank names the adapter rank 0 (or its own server) loaded
+            self._lora_name = lora_name(version)
+
+    def _export(self, policy: Any) -> dict[str, torch.Tensor] | None:
+        return merged_state_dict(policy.model, getattr(torch, self.weights_dtype)) if self.weight_sync == "full" else None
+
+    def _publish(self, folder: str, write: Any) -> Path:
+        """``write(staging_dir)``, then rename it to ``sync_root/folder``: the server only ever sees
+        a complete folder."""
+        assert self._sync_root is not None
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=self._sync_root))
+        write(staging)
+        final = self._sync_root / folder
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        return final
+
+    def _retire(self, final: Path) -> None:
+        """Remember ``final`` as the served folder and delete the one served before it."""
+        previous, self._served = self._served, final
+        if previous is not None and previous != final:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def _push_full(self, weights: dict[str, torch.Tensor], version: int) -> None:
+        config = Path(str(self._policy.transformer_config._name_or_path)) / "config.json"
+
+        def write(staging: Path) -> None:
+            save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
+            if config.is_file():
+                shutil.copy(config, staging / "config.json")
+
+        final = self._publish(f"v{version:06d}", write)
+        self._load_full(final, version)
+        self._retire(final)
+
+    def _push_lora(self, policy: Any, version: int) -> None:
+        final = self._publish(f"lora{version:06d}", policy.model.save_pretrained)
+        name = lora_name(version)
+        self._load_lora(name, final)
+        if self._lora_name is not None and self._lora_name != name:
+            self._unload_lora(self._lora_name)
+        self._retire(final)
+
+    # ------------------------------------------------------------------ identity check
+    def _check_weights(self, policy: Any) -> None:
+        """The server's log-probs on a probe equal the local policy's (else: another model)."""
+        ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        served = self._served_logp(ids)
+        with policy.decoding():
+            logits = policy.model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1].double()
+        local = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None]).squeeze(1).cpu()
+        gap = float((served - local).abs().mean())
+        if not gap <= self.identity_tolerance:
+            raise ServerError(f"{self.engine} server {self.url} does not serve the policy's weights: mean |Δ log p| "
+                              f"= {gap:.3f} on a probe (tolerance {self.identity_tolerance}); another model?")
+
+    # ------------------------------------------------------------------ requests
+    def _map(self, call: Callable[[Any], Any], requests: list[Any], concurrency: int | None = None) -> list[Any]:
+        """``call(request)`` for every request, ``concurrency`` (default: the option) at a time;
+        answers in request order."""
+        workers = min(concurrency or self.concurrency, len(requests))
+        with self._explained(), ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(call, requests))
+
+    def close(self) -> None:
+        """Stop a launched server and delete the weight folders written for it."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        root, self._sync_root, self._served = self._sync_root, None, None
+        if root is not None and not self.sync_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def lora_name(version: int) -> str:
+    """The name under which the adapter of policy version ``version`` is loaded on the server."""
+    return f"gfnlm-v{version}"
+
+
+def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's weights under their Hugging Face names, LoRA deltas merged in (the model is
+    not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call)."""
+    from gfnlm.training.policy import full_tensor
+
+    peft = hasattr(model, "peft_config")
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            value = full_tensor(param.detach())
+            if peft:
+                if ".lora_" in name:
+                    continue
+                name = name.removeprefix("base_model.model.")
+                if ".base_layer." in name:
+                    layer = modules["base_model.model." + name.split(".base_layer.")[0]]
+                    if name.endswith(".weight") and not getattr(layer, "merged", False):
+                        for adapter in layer.active_adapters:
+                            value = value + full_tensor(layer.get_delta_weight(adapter))
+                    name = name.replace(".base_layer.", ".")
+            out[name] = value.to(dtype=dtype, device="cpu").contiguous().clone()
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if tied:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def check_url(name: str, url: str) -> None:
+    """``url`` is ``http(s)://HOST[:PORT][/PATH]``: a typo fails now, not after the model loaded."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        parts, port = None, 0
+    bad = (parts is None or any(c.isspace() for c in url) or parts.scheme not in ("http", "https")
+           or not parts.hostname or port == 0 or parts.query or parts.fragment)
+    if bad:
+        raise ConfigError(f"{name}={url!r}: not a server URL; allowed: http://HOST[:PORT] or "
+                          "https://HOST[:PORT] with PORT in 1-65535, e.g. http://127.0.0.1:30000")
+
+
+def finite_logp(value: float | None) -> float:
+    """A log-prob from a server's JSON: SGLang writes -inf as -999999999.0 (or null), vLLM as null
+    or a very large negative number; all become -inf."""
+    if value is None or value <= -1e8:
+        return -math.inf
+    return float(value)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

