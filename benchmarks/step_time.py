@@ -14,7 +14,9 @@ For each model (SmolLM2-135M-Instruct and a tiny random Llama with the same toke
 Prints medians with min-max, the trainer's overhead over the sum of the parts (goal ≤ 10 %) and the
 PowerFlow step over the plain policy-gradient step (goal ≤ 1.15×).
 
-    python benchmarks/step_time.py [--models smollm2 tiny] [--steps 5] [--device cpu]
+    python benchmarks/step_time.py [--models smollm2 tiny] [--steps 5] [--device cpu] [--set key=value ...]
+
+``--set`` adds configuration overrides, e.g. ``--set model.logp_chunk_size=0`` for the full-logits path.
 """
 
 import argparse
@@ -84,7 +86,7 @@ def run_model(name: str, model_path: str, args: argparse.Namespace, out: Path) -
     overrides = [f"model.path={model_path}", "data.eval=''", f"train.device={args.device}",
                  f"train.out_dir={out / name}", f"train.prompts_per_step={args.prompts}",
                  f"sampling.samples_per_prompt={args.samples}", f"sampling.max_new_tokens={args.max_new_tokens}",
-                 "train.logz_warm_start=false"]
+                 "train.logz_warm_start=false", *args.set]
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
     times: dict[str, list[float]] = {}
     for round_index in range(args.warmup + args.steps):
@@ -119,10 +121,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra configuration overrides")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
           f"{args.prompts} prompts x {args.samples} samples, <= {args.max_new_tokens} new tokens; "
-          f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds 0..{args.warmup + args.steps - 1}")
+          f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds 0..{args.warmup + args.steps - 1}"
+          + (f"; overrides {' '.join(args.set)}" if args.set else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = str(ensure_smollm2()) if name == "smollm2" else str(tiny_model(Path(tmp) / "tiny"))

@@ -87,6 +87,30 @@ def test_two_ranks_on_halves_equal_one_process_on_the_whole_batch(tiny_model_dir
     assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-8)
 
 
+@pytest.mark.parametrize(("parallel", "lora"), [("ddp", "true"), ("fsdp2", "false")])
+def test_two_ranks_chunked_log_probs_equal_full_logits(tiny_model_dir, prompt_files, tmp_path, parallel, lora):
+    """Under 2-rank DDP (LoRA) and FSDP2 (full fine-tuning: the tied embedding / output matrix is
+    sharded), one step with chunked log-probs (3 positions per chunk) gives the gradients and
+    weights of the same step on the model's full logits (float64, 1e-10)."""
+    train, _ = prompt_files
+    results = {}
+    for chunk in (3, 0):
+        args = overrides(tiny_model_dir, train, **{"train.parallel": parallel, "model.dtype": "float64",
+                                                   "model.lora": lora, "model.logp_chunk_size": chunk,
+                                                   "train.out_dir": tmp_path / "unused"})
+        run([str(HELPER), str(tmp_path / f"chunk{chunk}.pt"), *args], nproc=2)
+        results[chunk] = torch.load(tmp_path / f"chunk{chunk}.pt")
+    chunked, plain = results[3], results[0]
+    assert chunked["grads"].keys() == plain["grads"].keys()
+    if lora == "false":
+        assert "model.embed_tokens.weight" in plain["grads"]  # the tied output matrix is trained
+    for kind in ("grads", "policy"):
+        for name, value in plain[kind].items():
+            torch.testing.assert_close(chunked[kind][name], value, atol=1e-10, rtol=0,
+                                       msg=lambda detail, name=name: f"{kind} {name}: {detail}")
+    assert max(float(v.abs().max()) for v in plain["grads"].values()) > 1e-4
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
 def test_two_process_checkpoint_is_resumed_by_one_process(tiny_model_dir, prompt_files, tmp_path, parallel):
     train, evaluation = prompt_files

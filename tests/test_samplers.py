@@ -132,7 +132,7 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
         base = policy.score_base(rollouts, need_eos_logp=True)
         results[shared] = (evaluation, grads, base)
     (ev_s, grads_s, base_s), (ev_f, grads_f, base_f) = results[True], results[False]
-    for name in ("token_logp", "entropy") + (("prompt_hidden",) if need_hidden else ()):
+    for name in ("token_logp", "entropy_sample") + (("prompt_hidden",) if need_hidden else ()):
         torch.testing.assert_close(getattr(ev_s, name), getattr(ev_f, name), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ev_s.eos_logp[visited], ev_f.eos_logp[visited], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(base_s.token_logp, base_f.token_logp, atol=1e-4, rtol=1e-4)
@@ -161,8 +161,10 @@ def response_logits(policy: CausalLMPolicy, rollouts) -> torch.Tensor:
 
 def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_path):
     """``self_certainty = logsumexp(z) − mean(z) − log|V|`` = KL(Uniform ‖ π) ≥ 0, recomputed here
-    from the model's full logits at the response positions."""
+    from the model's full logits at the response positions (computed when a component asks:
+    ``token_statistics``)."""
     policy, rollouts = policy_and_rollouts(tiny_model_dir, tmp_path)
+    policy.token_statistics = True
     evaluation = policy.evaluate(rollouts)
     with torch.no_grad():
         logits = response_logits(policy, rollouts)
@@ -190,10 +192,12 @@ def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_pat
 
 
 def test_policy_entropy_keeps_its_gradient_only_when_requested(tiny_model_dir, tmp_path):
-    """Default: ``entropy`` is a no-grad statistic. With ``entropy_grad`` (EM's capability) the same
-    values come with a graph, and their gradient equals the one of ``−Σ p log p`` recomputed from
-    the model's full logits."""
+    """Default: no per-position entropy; with ``token_statistics`` it is a no-grad statistic. With
+    ``entropy_grad`` (EM's capability) the same values come with a graph, and their gradient equals
+    the one of ``−Σ p log p`` recomputed from the model's full logits."""
     policy, rollouts = policy_and_rollouts(tiny_model_dir, tmp_path)
+    assert policy.evaluate(rollouts).entropy is None
+    policy.token_statistics = True
     plain = policy.evaluate(rollouts)
     assert not plain.entropy.requires_grad
     policy.entropy_grad = True

@@ -144,7 +144,9 @@ class PolicyEval:
     """What ONE forward pass of the policy over prompt+response gives the objectives.
 
     ``token_logp``/``eos_logp`` as in :class:`SequenceLogProbs` (with gradient). ``entropy[b, t]`` is
-    the policy's token entropy at state ``s_t`` (for logging and entropy baselines).
+    the policy's token entropy at state ``s_t`` (for entropy rewards and losses); ``None`` when no
+    component asked for it, and then ``entropy_sample`` holds the entropy at a subsample of the
+    real response positions (for logging: :meth:`mean_entropy`).
     ``prompt_hidden`` is the mean of the last hidden states over the prompt tokens (for the MLP
     log Z head); ``None`` when not requested. ``self_certainty[b, t]`` is
     ``KL(Uniform ‖ π(·|s_t)) = logsumexp(z) − mean(z) − log|V|`` (Intuitor's reward; no gradient),
@@ -153,12 +155,23 @@ class PolicyEval:
 
     token_logp: Float[Tensor, "B T"]
     eos_logp: Float[Tensor, "B T+1"]
-    entropy: Float[Tensor, "B T"]
+    entropy: Float[Tensor, "B T"] | None = None
     prompt_hidden: Float[Tensor, "B H"] | None = None
     self_certainty: Float[Tensor, "B T"] | None = None
+    entropy_sample: Float[Tensor, " S"] | None = None
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
+
+    def mean_entropy(self, response_mask: Bool[Tensor, "B T"]) -> float:
+        """The mean token entropy over real response tokens (estimated from ``entropy_sample``
+        when ``entropy`` was not computed at every position; NaN when neither is there)."""
+        if self.entropy is not None:
+            weights = response_mask.to(self.entropy.dtype)
+            return float((self.entropy.detach() * weights).sum() / weights.sum().clamp_min(1))
+        if self.entropy_sample is None or self.entropy_sample.numel() == 0:
+            return float("nan")
+        return float(self.entropy_sample.detach().mean())
 
     def sequence_logp(self, response_mask: Bool[Tensor, "B T"]) -> Float[Tensor, " B"]:
         """``log pi(y|q)`` summed over real response tokens."""

@@ -78,7 +78,9 @@ class GRPO(Objective):
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"ref_logp"}) if self.kl_beta else frozenset()
+        # RENT / Intuitor read the policy's entropy / self-certainty at every response position.
+        needs = {"ref_logp"} if self.kl_beta else set()
+        return frozenset(needs | ({"token_statistics"} if self.reward != "target" else set()))
 
     @property
     def min_samples_per_prompt(self) -> int:
@@ -131,10 +133,10 @@ class GRPO(Objective):
         """``r`` per response (detached), from the source named by ``reward``."""
         if self.reward == "target":
             return target.log_reward.detach()
-        mask = rollouts.response_mask.to(policy.entropy.dtype)
-        count = mask.sum(-1).clamp_min(1.0)
-        if self.reward == "neg_entropy":
-            return -(policy.entropy.detach() * mask).sum(-1) / count
-        if policy.self_certainty is None:
-            raise ValueError("reward='self_certainty' needs a policy that reports self_certainty")
-        return (policy.self_certainty.detach() * mask).sum(-1) / count
+        statistic = policy.entropy if self.reward == "neg_entropy" else policy.self_certainty
+        if statistic is None:
+            raise ValueError(f"reward={self.reward!r} needs a policy that reports "
+                             f"{'entropy' if self.reward == 'neg_entropy' else 'self_certainty'} at every position")
+        mask = rollouts.response_mask.to(statistic.dtype)
+        mean = (statistic.detach() * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return -mean if self.reward == "neg_entropy" else mean

@@ -23,8 +23,8 @@ from transformers import DynamicCache, GenerationConfig
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts
 from gfnlm.samplers.base import Sampler
+from gfnlm.training.chunked_logps import wide
 from gfnlm.training.config import ConfigError
-from gfnlm.training.policy import wide
 
 
 def responses_from_generation(
@@ -207,9 +207,10 @@ class HFSampler(Sampler):
         out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
                                           generation_config=self.generation_config())
         generated = out.sequences[:, prompt_ids.shape[1]:]
-        scores = torch.stack(out.scores, 1).float()  # [B, T, V], after temperature / top-p
-        behaviour = scores.log_softmax(-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)
-        return generated, behaviour
+        # One step's [B, V] scores (after temperature / top-p) at a time: no widened [B, T, V] stack.
+        behaviour = [wide(step_scores).log_softmax(-1).gather(-1, generated[:, i, None]).squeeze(-1)
+                     for i, step_scores in enumerate(out.scores)]
+        return generated, torch.stack(behaviour, 1)
 
 
 def _pad_right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:

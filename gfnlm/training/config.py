@@ -91,6 +91,9 @@ class ModelConfig:
     lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
     dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64"))
     gradient_checkpointing: bool = False
+    # Positions per chunk of the output layer in the log-prob passes (never [B, T, V] logits);
+    # 0 = the model's full logits (the plain path).
+    logp_chunk_size: int = attrs.field(default=1024, validator=_at_least(0))
 
 
 @attrs.define

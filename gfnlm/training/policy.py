@@ -1,9 +1,13 @@
 """A Hugging Face causal LM as a policy: one forward pass → :class:`~gfnlm.contracts.types.PolicyEval`, and
 the base model's log-probs (adapter disabled, or a frozen copy) → :class:`SequenceLogProbs`.
 
-Log-probs are computed only at the ``T+1`` positions that predict response tokens
-(``logits_to_keep``), so the 49k-vocabulary output layer never runs over the prompt, and
-``[B, T+1, V]`` is reduced to ``[B, T+1]`` by a gather and a logsumexp (no fp32 log-softmax copy).
+Log-probs are computed only at the ``T+1`` positions that predict response tokens, so the output
+layer never runs over the prompt. By default (``model.logp_chunk_size`` > 0) the final hidden states
+go through the output layer a chunk of positions at a time (:mod:`gfnlm.training.chunked_logps`), so
+``[B, T+1, V]`` logits never exist; entropy and self-certainty are computed at every position only
+when a component asks for them (``token_statistics``, ``entropy_grad``), otherwise on an evenly
+spaced subsample of positions for logging. ``logp_chunk_size=0`` is the plain path: full logits
+from the model, reduced by a gather and a logsumexp.
 """
 
 import contextlib
@@ -21,6 +25,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
 from gfnlm.training.checkpoint import ADAPTER_DIR
+from gfnlm.training.chunked_logps import (
+    check_output_layer,
+    chunked_logps,
+    final_hidden_states,
+    output_layer_of,
+    wide,
+)
 from gfnlm.training.config import ConfigError, ModelConfig
 
 
@@ -89,6 +100,13 @@ class CausalLMPolicy(nn.Module):
         # Keep the graph of PolicyEval.entropy (the "entropy_grad" capability, for objectives that
         # minimise it); off by default, where entropy is a no-grad statistic for logging and rewards.
         self.entropy_grad = False
+        # Entropy and self-certainty at every response position (e.g. for a reward made of them);
+        # off by default, where the chunked path estimates the logged entropy from a subsample.
+        self.token_statistics = False
+        self.logp_chunk_size = config.logp_chunk_size
+        if self.logp_chunk_size:
+            with self.decoding():
+                _check_chunkable(self.model, self.eos_token_id)
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device,
@@ -197,6 +215,25 @@ class CausalLMPolicy(nn.Module):
         """One forward pass of the policy (with gradient) over prompt + response; ``entropy`` keeps
         its gradient only when :attr:`entropy_grad` is set (by the trainer, for an objective that
         requires ``entropy_grad``)."""
+        if not self.logp_chunk_size:
+            return self._evaluate_full_logits(rollouts, need_prompt_hidden)
+        statistics = self.token_statistics or self.entropy_grad
+        with self.autocast():
+            final, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts,
+                                             final_hidden=True)
+            token_logp, eos_logp, entropy, self_certainty = _chunked_response_logps(
+                final, self.model, rollouts, self.eos_token_id, self.logp_chunk_size, statistics)
+            entropy_sample = None if statistics else _entropy_sample(final, self.model, rollouts,
+                                                                     self.logp_chunk_size)
+        if statistics:
+            entropy = entropy if self.entropy_grad else entropy.detach()
+            entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
+        return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
+                          prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
+                          self_certainty=self_certainty, entropy_sample=entropy_sample)
+
+    def _evaluate_full_logits(self, rollouts: Rollouts, need_prompt_hidden: bool) -> PolicyEval:
+        """:meth:`evaluate` from the model's full ``[B, T+1, V]`` logits (``logp_chunk_size=0``)."""
         with self.autocast():
             logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts)
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
@@ -204,25 +241,73 @@ class CausalLMPolicy(nn.Module):
             entropy, self_certainty = _token_statistics(logits[:, :-1], lse[:, :-1])
             entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
         self_certainty = self_certainty.detach()
-        prompt_hidden = None
-        if need_prompt_hidden:
-            prompt_hidden = _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)
         return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
-                          prompt_hidden=prompt_hidden, self_certainty=self_certainty)
+                          prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
+                          self_certainty=self_certainty)
 
     @torch.no_grad()
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's log-probs over the responses, one forward pass, no gradient."""
         with self.base_model() as base, self.autocast():
-            logits, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts)
-        token_logp, eos_logp, _ = _gather_logps(logits, rollouts, self.eos_token_id)
+            if self.logp_chunk_size:
+                final, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts,
+                                            final_hidden=True)
+                token_logp, eos_logp, _, _ = _chunked_response_logps(final, base, rollouts, self.eos_token_id,
+                                                                     self.logp_chunk_size, statistics=False)
+            else:
+                logits, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts)
+                token_logp, eos_logp, _ = _gather_logps(logits, rollouts, self.eos_token_id)
         return SequenceLogProbs(token_logp=token_logp, eos_logp=eos_logp if need_eos_logp else None)
 
 
-def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
-                     share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
+# Positions whose entropy is logged when no component needs it at every position.
+ENTROPY_SAMPLE_POSITIONS = 256
+
+
+def _check_chunkable(model: nn.Module, eos_token_id: int) -> None:
+    """Fail at load (one two-token forward) if the model's logits are not its output layer applied
+    to its decoder's output, which the chunked path relies on."""
+    layer = output_layer_of(model)
+    ids = torch.full((1, 2), eos_token_id, dtype=torch.long, device=layer.weight.device)
+    with torch.no_grad(), final_hidden_states(model) as captured:
+        out = model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    check_output_layer(out.logits[:, -1], captured[-1][:, -1], layer)
+
+
+def _chunked_response_logps(final: Tensor, model: nn.Module, rollouts: Rollouts, eos_token_id: int,
+                            chunk_size: int, statistics: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Token log-probs [B, T], EOS log-probs [B, T+1] and (``statistics``) entropy and
+    self-certainty [B, T] from the final hidden states at the T+1 predicting positions."""
+    eos_column = torch.full_like(rollouts.response_ids[:, :1], eos_token_id)
+    targets = torch.cat([rollouts.response_ids, eos_column], dim=1)
+    token_logp, eos_logp, entropy, certainty = chunked_logps(final, output_layer_of(model), targets, eos_token_id,
+                                                             chunk_size, statistics)
+    token_logp = token_logp[:, :-1] * rollouts.response_mask
+    if statistics:
+        entropy, certainty = entropy[:, :-1], certainty[:, :-1]
+    return token_logp, eos_logp, entropy, certainty
+
+
+@torch.no_grad()
+def _entropy_sample(final: Tensor, model: nn.Module, rollouts: Rollouts, chunk_size: int) -> Tensor:
+    """The policy's entropy at up to :data:`ENTROPY_SAMPLE_POSITIONS` response positions, evenly
+    spaced over the batch's real tokens (deterministic: no draw from the run's random stream)."""
+    rows, cols = rollouts.response_mask.nonzero(as_tuple=True)
+    if rows.numel() > ENTROPY_SAMPLE_POSITIONS:
+        keep = torch.linspace(0, rows.numel() - 1, ENTROPY_SAMPLE_POSITIONS, device=rows.device).long()
+        rows, cols = rows[keep], cols[keep]
+    chosen = final[rows, cols]
+    _, _, entropy, _ = chunked_logps(chosen, output_layer_of(model), rollouts.response_ids[rows, cols], 0,
+                                     chunk_size, statistics=True)
+    return entropy
+
+
+def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, share_prompts: bool = True,
+                     final_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
     """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V],
-    and (``need_hidden``) the last layer's hidden states over the prompt, [B, P, H].
+    and (``need_hidden``) the last layer's hidden states over the prompt, [B, P, H]. With
+    ``final_hidden``: the final hidden states at those positions, [B, T+1, H], instead of logits
+    (the model's output layer then runs on one position per pass only).
 
     Rows that share a prompt (the ``G`` samples of a group) share ONE forward pass over it: the
     distinct prompts run first with a KV cache, which is then indexed out to every row (gradients
@@ -231,37 +316,49 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
     """
     prompts, row_prompt = torch.unique(rollouts.prompt_ids, dim=0, return_inverse=True)
     if not share_prompts or prompts.shape[0] == rollouts.batch_size:
-        return _full_sequence_logits(model, rollouts, need_hidden)
+        return _full_sequence_logits(model, rollouts, need_hidden, final_hidden)
     rows = torch.arange(rollouts.batch_size, device=row_prompt.device)
     first_row = torch.full_like(row_prompt[: prompts.shape[0]], rollouts.batch_size).scatter_reduce(
         0, row_prompt, rows, "amin")
     prompt_mask = rollouts.prompt_mask[first_row].long()
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
     cache = DynamicCache(config=model.config)
-    prompt_out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions,
-                       cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden)
-    cache.batch_select_indices(row_prompt)
-    attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
-    num_tokens = rollouts.response_ids.shape[1]
-    positions = prompt_positions[row_prompt, -1:] + 1 + torch.arange(num_tokens, device=prompts.device)
-    response_out = model(input_ids=rollouts.response_ids, attention_mask=attention_mask, position_ids=positions,
-                         cache=cache, use_cache=True)
-    logits = torch.cat([prompt_out.logits[row_prompt], response_out.logits], dim=1)
+    with _final_hidden_if(model, final_hidden) as captured:
+        prompt_out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions,
+                           cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden)
+        cache.batch_select_indices(row_prompt)
+        attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
+        num_tokens = rollouts.response_ids.shape[1]
+        positions = prompt_positions[row_prompt, -1:] + 1 + torch.arange(num_tokens, device=prompts.device)
+        response_out = model(input_ids=rollouts.response_ids, attention_mask=attention_mask, position_ids=positions,
+                             cache=cache, use_cache=True, logits_to_keep=1 if final_hidden else 0)
+    if final_hidden:
+        values = torch.cat([captured[0][:, -1:][row_prompt], captured[1]], dim=1)
+    else:
+        values = torch.cat([prompt_out.logits[row_prompt], response_out.logits], dim=1)
     hidden = prompt_out.hidden_states[-1][row_prompt] if need_hidden else None
-    return logits, hidden
+    return values, hidden
 
 
-def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool) -> tuple[Tensor, Tensor | None]:
+def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
+                          final_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
     """:func:`_response_logits` as one forward pass over every row's prompt + response."""
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
     attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
     # Left-padded prompts: positions count real tokens only, as generate() does.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     num_positions = rollouts.response_ids.shape[1] + 1
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=num_positions, output_hidden_states=need_hidden, use_cache=False)
+    with _final_hidden_if(model, final_hidden) as captured:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    logits_to_keep=1 if final_hidden else num_positions, output_hidden_states=need_hidden,
+                    use_cache=False)
     hidden = out.hidden_states[-1] if need_hidden else None
-    return out.logits, hidden
+    return (captured[-1][:, -num_positions:] if final_hidden else out.logits), hidden
+
+
+def _final_hidden_if(model: nn.Module, capture: bool) -> contextlib.AbstractContextManager[list[Tensor]]:
+    """:func:`~gfnlm.training.chunked_logps.final_hidden_states` when ``capture``, else an unused list."""
+    return final_hidden_states(model) if capture else contextlib.nullcontext([])
 
 
 def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -283,6 +380,11 @@ def _token_statistics(logits: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
     return entropy, lse - logits.mean(-1) - math.log(logits.shape[-1])
 
 
+def _prompt_hidden(hidden: Tensor, rollouts: Rollouts) -> Tensor:
+    """The mean last-layer hidden state over each row's real prompt tokens, [B, H]."""
+    return _masked_mean(hidden[:, : rollouts.prompt_ids.shape[1]], rollouts.prompt_mask)
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     weights = mask.to(values.dtype).unsqueeze(-1)
     return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
@@ -301,8 +403,3 @@ def place_like(value, param: Tensor):
     if isinstance(param, DTensor):
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     return value.to(param.device)
-
-
-def wide(tensor: Tensor) -> Tensor:
-    """At least float32 (bf16/fp16 logits are widened; float64 stays float64)."""
-    return tensor if tensor.dtype == torch.float64 else tensor.float()

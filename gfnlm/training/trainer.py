@@ -95,7 +95,7 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
     for component in (target, objective, sampler):
         if hasattr(component, "bind_task"):
             component.bind_task(task)
-    check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad"})
+    check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad", "token_statistics"})
     return components
 
 
@@ -221,6 +221,7 @@ class Trainer:
         _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
         self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device)
         self.policy.entropy_grad = "entropy_grad" in self.components.objective.requires
+        self.policy.token_statistics = "token_statistics" in self.components.objective.requires
         self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
         if self.logz is not None and config.model.dtype == "float64":
             self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
@@ -368,8 +369,7 @@ class Trainer:
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
                 record = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
-                mask = sub.response_mask
-                record["entropy"] = float((evaluation.entropy.detach() * mask).sum() / mask.sum().clamp_min(1))
+                record["entropy"] = evaluation.mean_entropy(sub.response_mask)
                 if log_z is not None:
                     record["log_z"] = float(log_z.detach().mean())
                 for key, value in record.items():
