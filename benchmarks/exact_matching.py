@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from gfnlm.contracts import registry
-from gfnlm.training.exact import ExactReport, ExactSetting, default_lrs, train_exact
+from gfnlm.training.exact import ExactReport, ExactSetting, random_bases, train_exact
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TV_GOAL = 0.05
@@ -53,8 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=4, help="ordinary tokens (EOS is extra)")
     parser.add_argument("--max-len", type=int, default=6, help="max response length L")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=None, help="policy lr (default: per objective)")
-    parser.add_argument("--logz-lr", type=float, default=None, help="log Z lr (default: per objective)")
+    parser.add_argument("--lr", type=float, default=0.05, help="policy lr")
+    parser.add_argument("--logz-lr", type=float, default=0.1, help="log Z lr")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     parser.add_argument("--base-scale", type=float, default=1.5, help="std of the base's logits")
     parser.add_argument("--base-seed", type=int, default=None,
@@ -68,12 +68,15 @@ def run_all(args: argparse.Namespace) -> list[ExactReport]:
     """One training run per (objective, α, seed), with a progress bar."""
     runs = list(itertools.product(args.objectives, args.alphas, args.seeds))
     reports = []
-    for objective, alpha, seed in tqdm(runs, desc="exact runs", unit="run", file=sys.stderr):
+    setting = ExactSetting(args.vocab, args.max_len)
+    for name, alpha, seed in tqdm(runs, desc="exact runs", unit="run", file=sys.stderr):
+        objective = registry.build("objective", name)
+        logz = registry.build("logz", "scalar") if "log_z" in objective.requires else None
+        base = random_bases(setting, args.base_scale, [seed if args.base_seed is None else args.base_seed])
         reports.append(train_exact(
-            objective, alpha, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            logz_lr=args.logz_lr, seed=seed, vocab_size=args.vocab, max_len=args.max_len,
-            base_scale=args.base_scale, base_seed=args.base_seed, lr_schedule=args.lr_schedule,
-            num_threads=args.threads,
+            objective, registry.build("target", "alpha_power", alpha=alpha), base, logz=logz,
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, logz_lr=args.logz_lr, seed=seed,
+            lr_schedule=args.lr_schedule, num_threads=args.threads,
         ))
     return reports
 
@@ -164,13 +167,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def header(args: argparse.Namespace, reports: Sequence[ExactReport]) -> str:
     setting = ExactSetting(args.vocab, args.max_len)
-    lrs = {o: default_lrs(o) for o in args.objectives}
-    lr_text = ", ".join(
-        f"{o}: lr={args.lr if args.lr is not None else d.lr:g}"
-        + (f" logz_lr={args.logz_lr if args.logz_lr is not None else d.logz_lr:g}"
-           if "log_z" in registry.lookup("objective", o).requires else "")
-        for o, d in lrs.items()
-    )
+    lr_text = f"lr={args.lr:g}, log Z lr={args.logz_lr:g}"
     stars = sorted({(r.seed, r.alpha, round(r.lambda_star, 3)) for r in reports})
     star_text = "; ".join(f"seed {s} a={a:g}: lambda*={lam}" for s, a, lam in stars)
     base_lengths = sorted({(r.seed, round(r.len_base, 2)) for r in reports})

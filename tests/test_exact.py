@@ -5,6 +5,7 @@ registered objectives against the exact distributions."""
 import math
 from collections import Counter
 
+import attrs
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -18,6 +19,8 @@ from gfnlm.training.exact import (
     expected_length,
     lambda_star,
     length_matching_lambda,
+    per_token_sharpened,
+    random_bases,
     total_variation,
     train_exact,
 )
@@ -187,12 +190,17 @@ def test_each_objective_has_zero_loss_exactly_at_its_fixed_point(objective: str)
     base = TabularPolicy.random(SMALL, seed=6)
     target = alpha_power(2.0)
     dists = exact_distributions(SMALL, base, target)
-    fixed = TabularPolicy.from_response_distribution(SMALL, dists.fixed_point(objective))
+    built = registry.build("objective", objective)
+    declared = dists.fixed_point(built)  # declared on the objective's class
+    fixed = TabularPolicy.from_response_distribution(SMALL, declared.log_probs)
     responses = dists.responses
-    assert total_variation(fixed.response_log_probs(responses), dists.fixed_point(objective)) < 1e-12
+    assert total_variation(fixed.response_log_probs(responses), declared.log_probs) < 1e-12
     scores = target.score(responses, base.sequence_log_probs(responses))
-    log_z = torch.full((responses.batch_size,), dists.expected_log_z(objective), dtype=torch.float64)
-    loss = registry.build("objective", objective).loss
+    assert math.isnan(declared.log_z) == ("log_z" not in built.requires)
+    log_z = torch.full((responses.batch_size,), declared.log_z, dtype=torch.float64)
+    # Every row sampled by the policy itself: LA-TB's importance weight is 1.
+    responses = attrs.evolve(responses, behaviour_logp=fixed.evaluate(responses).token_logp)
+    loss = built.loss
     with torch.no_grad():
         at_fixed_point = loss(responses, fixed.evaluate(responses), scores, log_z).loss
         at_base = loss(responses, base.evaluate(responses), scores, log_z).loss
@@ -204,11 +212,41 @@ def test_report_of_the_target_itself() -> None:
     base = TabularPolicy.random(SMALL, seed=7)
     dists = exact_distributions(SMALL, base, alpha_power(2.0))
     at_target = TabularPolicy.from_response_distribution(SMALL, dists.log_target)
-    report = exact_report(at_target, dists, alpha=2.0, objective="tb")
+    report = exact_report(at_target, dists, registry.build("objective", "tb"), alpha=2.0)
     assert report.tv_target < 1e-12 and abs(report.kl_policy_target) < 1e-12
     assert report.tv_tilted > 0.01  # α ≠ 1: the tilt is a different distribution
     assert report.policy_mass == pytest.approx(1.0)
+    assert report.tv_fixed_point < 1e-12  # TB declares the normalised target
     assert report.as_row()["num_responses"] == SMALL.num_responses
+
+
+@pytest.mark.parametrize(("objective", "declared"), [("tb", "log_target"), ("subtb", "log_target"),
+                                                     ("db", "log_target"), ("la_tb", "log_tilted"),
+                                                     ("tb_token", "log_token_fixed_point")])
+def test_objectives_declare_their_fixed_points(objective: str, declared: str) -> None:
+    dists = exact_distributions(SMALL, TabularPolicy.random(SMALL, seed=8), alpha_power(3.0))
+    fixed_point = dists.fixed_point(registry.build("objective", objective))
+    torch.testing.assert_close(fixed_point.log_probs, getattr(dists, declared))
+
+
+@pytest.mark.parametrize("objective", ["grpo", "entropy_min"])
+def test_objectives_without_a_target_distribution_declare_none(objective: str) -> None:
+    dists = exact_distributions(SMALL, TabularPolicy.random(SMALL, seed=8), alpha_power(3.0))
+    assert dists.fixed_point(registry.build("objective", objective)) is None
+
+
+def test_per_token_sharpening_is_not_the_power_distribution() -> None:
+    """Temperature 1/α sharpens each next-token distribution; p^α renormalises whole responses."""
+    base = TabularPolicy.random(SMALL, scale=1.5, seed=9)
+    dists = exact_distributions(SMALL, base, alpha_power(3.0))
+    sharpened = per_token_sharpened(base, 3.0)
+    log_sharpened = sharpened.response_log_probs(dists.responses)
+    # By hand at the root: π_T(⊤|s_0) = p(⊤|s_0)^3 / Σ_a p(a|s_0)^3.
+    root = base.logits[0].detach().log_softmax(-1)
+    by_hand = 3 * root[-1] - torch.logsumexp(3 * root, 0)
+    assert float(log_sharpened[0]) == pytest.approx(float(by_hand), abs=1e-12)
+    assert total_variation(log_sharpened, dists.log_target) > 0.05
+    assert per_token_sharpened(base, 1.0).response_log_probs(dists.responses).allclose(dists.log_base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,18 +256,24 @@ def test_report_of_the_target_itself() -> None:
 TRAIN_SEED = 3  # its random base is far from both p^2 and the tilt (TV > 0.3 to each)
 
 
+def build_run(objective: str, logz: str | None = "scalar", **objective_options):
+    """The objective and, when it learns one, its log Z."""
+    built = registry.build("objective", objective, **objective_options)
+    return built, (registry.build("logz", logz) if "log_z" in built.requires and logz else None)
+
+
 @pytest.mark.parametrize(
     ("objective", "own", "other"),
     [("tb", "tv_target", "tv_tilted"), ("la_tb", "tv_tilted", "tv_target"),
      ("subtb", "tv_target", "tv_tilted"), ("db", "tv_target", "tv_tilted")],
 )
 def test_training_reaches_the_fixed_point(objective: str, own: str, other: str) -> None:
-    base = TabularPolicy.random(SMALL, seed=TRAIN_SEED)
-    before = exact_report(base, exact_distributions(SMALL, base, alpha_power(2.0)), alpha=2.0)
+    base = random_bases(SMALL, 1.5, [TRAIN_SEED])
+    before = exact_report(base, exact_distributions(SMALL, base, alpha_power(2.0)))
     assert getattr(before, own) > 0.25  # doing nothing does not pass the bound below
 
-    report = train_exact(objective, alpha=2.0, steps=400, batch_size=64, seed=TRAIN_SEED,
-                         vocab_size=3, max_len=4)
+    built, logz = build_run(objective)
+    report = train_exact(built, alpha_power(2.0), base, logz=logz, steps=400, batch_size=64, seed=TRAIN_SEED)
     assert report.tv_fixed_point == getattr(report, own)
     assert report.tv_fixed_point < 0.1
     # p^2 and the LA-TB tilt differ here: the run went to its own fixed point, not the other one.
@@ -240,7 +284,141 @@ def test_training_reaches_the_fixed_point(objective: str, own: str, other: str) 
 
 def test_la_tb_with_group_mean_log_z_reaches_the_same_fixed_point() -> None:
     """The VarGrad estimate changes how log Z' is obtained, not where training converges."""
-    report = train_exact("la_tb", alpha=2.0, steps=400, batch_size=64, seed=TRAIN_SEED, vocab_size=3,
-                         max_len=4, objective_config={"log_z_source": "group_mean"})
+    built, logz = build_run("la_tb", log_z_source="group_mean")
+    assert logz is None
+    report = train_exact(built, alpha_power(2.0), random_bases(SMALL, 1.5, [TRAIN_SEED]), steps=400,
+                         batch_size=64, seed=TRAIN_SEED)
     assert report.tv_tilted < 0.1
     assert report.tv_target > 2 * report.tv_tilted
+    assert report.log_z_error < 0.1  # the group-mean estimate of log Z' is at λ* as well
+
+
+def test_group_mean_log_z_is_checked_per_prompt() -> None:
+    built, _ = build_run("la_tb", log_z_source="group_mean")
+    report = train_exact(built, alpha_power(2.0), THREE_PROMPTS, steps=300, batch_size=32, lr=0.1)
+    assert report.tv_fixed_point_worst < 0.05
+    assert report.log_z_error < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Several prompts: per-prompt log Z
+
+
+THREE_PROMPTS = random_bases(SMALL, [1.0, 2.0, 1.5], [2, 3, 4])  # three prompts, three different bases
+
+
+@pytest.mark.parametrize("objective", ["tb", "la_tb"])
+@pytest.mark.parametrize("logz", ["table", "mlp"])
+def test_per_prompt_log_z_converges_to_each_prompts_limit(objective: str, logz: str) -> None:
+    built = registry.build("objective", objective)
+    options = {"num_prompts": 3} if logz == "table" else {"hidden_size": 3, "width": 16}
+    report = train_exact(built, alpha_power(2.0), THREE_PROMPTS, logz=registry.build("logz", logz, **options),
+                         steps=300, batch_size=32, lr=0.1)
+    assert report.num_prompts == 3
+    assert report.tv_fixed_point_worst < 0.05
+    assert report.log_z_error < 0.1  # each prompt's log Z at its own log Σ R (TB) or λ* (LA-TB)
+
+
+def test_one_scalar_log_z_cannot_serve_prompts_with_different_partition_functions() -> None:
+    built, logz = build_run("tb")
+    report = train_exact(built, alpha_power(2.0), THREE_PROMPTS, logz=logz, steps=300, batch_size=32, lr=0.1)
+    assert report.log_z_error > 0.5  # log Σ R differs by > 2 nats between the prompts
+
+
+def test_prompts_are_independent_models() -> None:
+    rollouts = THREE_PROMPTS.sample(5, torch.Generator().manual_seed(0))
+    assert rollouts.prompt_index.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    for prompt in range(3):
+        alone = TabularPolicy(SMALL, THREE_PROMPTS.logits[prompt])
+        rows = rollouts.select(torch.arange(5 * prompt, 5 * prompt + 5))
+        single = attrs.evolve(rows, prompt_index=torch.zeros(5, dtype=torch.long))
+        torch.testing.assert_close(THREE_PROMPTS.response_log_probs(rows), alone.response_log_probs(single))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exploration and replay
+
+
+@pytest.mark.parametrize(("name", "options"), [("tempered", {"temperature": 2.0}), ("uniform_mix", {"epsilon": 0.3})])
+def test_exploration_samples_the_distribution_it_reports(name: str, options: dict) -> None:
+    """The recorded behaviour_logp is the probability of what was drawn, and the draws follow it."""
+    exploration = registry.build("exploration", name, **options)
+    policy = TabularPolicy.random(ExactSetting(2, 2), scale=2.0, seed=1)
+    rollouts = policy.sample(20_000, torch.Generator().manual_seed(0), exploration)
+    keys = response_keys(rollouts)
+    recorded = dict(zip(keys, rollouts.behaviour_logp.sum(-1).tolist(), strict=True))
+    everything = policy.setting.enumerate_responses()
+    log_pi = policy.response_log_probs(everything)
+    counts = Counter(keys)
+    expected = [math.exp(recorded[k]) * len(keys) for k in response_keys(everything)]
+    observed = [counts[k] for k in response_keys(everything)]
+    assert sum(math.exp(recorded[k]) for k in response_keys(everything)) == pytest.approx(1.0, abs=1e-9)
+    assert chisquare(observed, expected).pvalue > 1e-3
+    # ...and it is not the policy's distribution (exploration changed it).
+    assert max(abs(math.exp(recorded[k]) - float(p.exp())) for k, p in zip(response_keys(everything), log_pi)) > 0.02
+
+
+def test_uniform_mix_by_hand() -> None:
+    mix = registry.build("exploration", "uniform_mix", epsilon=0.2)
+    log_probs = torch.tensor([[0.5, 0.5, 0.0, 0.0]]).log()
+    torch.testing.assert_close(mix.behaviour_log_probs(log_probs).exp(), torch.tensor([[0.45, 0.45, 0.05, 0.05]]))
+    tempered = registry.build("exploration", "tempered", temperature=2.0)
+    flat = tempered.behaviour_log_probs(torch.tensor([[0.8, 0.2]]).log()).exp()
+    torch.testing.assert_close(flat, torch.tensor([[2 / 3, 1 / 3]]))  # √.8 : √.2 = 2 : 1
+
+
+@pytest.mark.parametrize(("name", "option", "value"), [("tempered", "temperature", 0.5),
+                                                       ("tempered", "temperature", math.inf),
+                                                       ("uniform_mix", "epsilon", 1.0),
+                                                       ("uniform_mix", "epsilon", 0.0)])
+def test_bad_exploration_options_are_one_line_errors(name: str, option: str, value: float) -> None:
+    with pytest.raises(registry.RegistryError, match=f"{option}") as info:
+        registry.build("exploration", name, **{option: value})
+    assert "\n" not in str(info.value)
+
+
+def test_replay_keeps_the_best_distinct_responses_and_mixes_them_in() -> None:
+    replay = registry.build("replay", "reward_prioritised", capacity=3, ratio=0.5)
+    policy = TabularPolicy.random(SMALL, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    fresh = policy.sample(8, generator)
+    assert replay.mix(fresh, generator).batch_size == 8  # nothing stored yet
+    log_reward = -torch.arange(8, dtype=torch.float64)
+    replay.add(fresh, log_reward)
+    stored, rewards = replay.stored(0)
+    distinct = {}
+    for key, reward in zip(response_keys(fresh), log_reward.tolist(), strict=True):
+        distinct.setdefault(key, reward)  # the first occurrence of a repeated response is kept
+    best = sorted(distinct.items(), key=lambda kv: -kv[1])[:3]
+    assert response_keys(stored) == [k for k, _ in best]
+    assert rewards.tolist() == [r for _, r in best]
+    mixed = replay.mix(policy.sample(8, generator), generator)
+    assert mixed.batch_size == 12  # 8 fresh + round(0.5 × 8) replayed
+    assert set(response_keys(mixed.select(torch.arange(8, 12)))) <= {k for k, _ in best}
+    assert mixed.group.unique().tolist() == [0]  # replayed rows join their prompt's group
+
+
+@pytest.mark.parametrize("objective", ["tb", "subtb", "db", "la_tb", "tb_token"])
+def test_off_policy_training_reaches_the_same_fixed_point(objective: str) -> None:
+    built, logz = build_run(objective)
+    exploration = registry.build("exploration", "tempered", temperature=1.5)
+    replay = registry.build("replay", "reward_prioritised")
+    report = train_exact(built, alpha_power(2.0), random_bases(SMALL, 1.5, [TRAIN_SEED]), logz=logz,
+                         exploration=exploration, replay=replay, steps=400, batch_size=64, seed=TRAIN_SEED)
+    assert report.tv_fixed_point < 0.1
+    assert (report.exploration, report.replay) == ("tempered", "reward_prioritised")
+
+
+def test_objectives_state_where_they_are_valid() -> None:
+    from gfnlm.exploration import check_off_policy
+
+    explore, replay = registry.build("exploration", "tempered"), registry.build("replay", "reward_prioritised")
+    for name in ("tb", "subtb", "db", "la_tb", "tb_token"):
+        check_off_policy(registry.build("objective", name), explore, replay)
+    check_off_policy(registry.build("objective", "grpo"), explore, None)  # an exact ratio corrects it
+    with pytest.raises(registry.RegistryError, match="replay.name='reward_prioritised': objective 'grpo'"):
+        check_off_policy(registry.build("objective", "grpo"), None, replay)
+    with pytest.raises(registry.RegistryError, match="exploration.name='tempered': objective 'entropy_min'"):
+        check_off_policy(registry.build("objective", "entropy_min"), explore, None)
+    check_off_policy(registry.build("objective", "entropy_min"), registry.build("exploration", "none"),
+                     registry.build("replay", "none"))

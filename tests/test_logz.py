@@ -117,3 +117,14 @@ def test_output_batch_matches_index(name, config):
     module = logz(name, **config)
     for batch in (1, 4):
         assert module(torch.arange(batch)).shape == (batch,)
+
+
+@pytest.mark.parametrize(("name", "options", "count"), [("scalar", {}, 1), ("table", {"num_prompts": 3}, 3),
+                                                        ("mlp", {"hidden_size": 4, "width": 8}, None)])
+def test_every_log_z_registers_its_parameters(name, options, count):
+    """Fields with converters must not give the class attrs' __setattr__ (it would hide the
+    parameters from nn.Module: no optimiser step, no dtype change)."""
+    logz = registry.build("logz", name, **options)
+    params = list(logz.parameters())
+    assert params and (count is None or sum(p.numel() for p in params) == count)
+    assert all(p.dtype == torch.float64 for p in logz.double().parameters())

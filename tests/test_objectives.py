@@ -618,7 +618,8 @@ def test_grpo_kl_needs_a_target_with_reference_log_probs():
     from gfnlm.contracts.registry import RegistryError, check_composition
 
     grpo = build("grpo", kl_beta=1.0)
+    sampler = registry.build("sampler", "hf")  # exact behaviour log-probs, which GRPO's ratio needs
     with pytest.raises(RegistryError, match="ref_logp"):
-        check_composition({"target": registry.build("target", "uniform"), "objective": grpo})
-    check_composition({"target": registry.build("target", "alpha_power"), "objective": grpo})
-    check_composition({"target": registry.build("target", "uniform"), "objective": build("grpo")})
+        check_composition({"target": registry.build("target", "uniform"), "objective": grpo, "sampler": sampler})
+    check_composition({"target": registry.build("target", "alpha_power"), "objective": grpo, "sampler": sampler})
+    check_composition({"target": registry.build("target", "uniform"), "objective": build("grpo"), "sampler": sampler})

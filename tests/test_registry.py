@@ -160,8 +160,8 @@ def components(target: str, objective: str, logz: str | None, **target_config):
     [
         ("alpha_power", "subtb", None, {}, ()),
         ("alpha_power", "db", None, {}, ()),
-        ("alpha_power", "la_tb", "scalar", {}, ()),
-        ("alpha_power", "la_tb", "table", {"format_penalty": -0.5}, ("response_text",)),
+        ("alpha_power", "la_tb", "scalar", {}, ("exact_behaviour_logp",)),
+        ("alpha_power", "la_tb", "table", {"format_penalty": -0.5}, ("response_text", "exact_behaviour_logp")),
         ("alpha_power", "tb", "mlp", {}, ("prompt_hidden",)),
         ("reward_tilted", "tb_token", "scalar", {}, ()),
     ],
@@ -195,14 +195,14 @@ def test_subtb_with_format_penalty_is_rejected():
 @pytest.mark.parametrize("objective", ["la_tb", "tb", "tb_token"])
 def test_log_z_objective_without_log_z_is_rejected(objective):
     message = assert_composition_rejected(
-        components("alpha_power", objective, None), (), "objective", objective, "log_z"
+        components("alpha_power", objective, None), ("exact_behaviour_logp",), "objective", objective, "log_z"
     )
     assert "logz 'scalar'" in message  # names the providers
 
 
 def test_mlp_log_z_without_prompt_hidden_is_rejected():
     assert_composition_rejected(
-        components("alpha_power", "la_tb", "mlp"), (), "logz", "mlp", "prompt_hidden"
+        components("alpha_power", "la_tb", "mlp"), ("exact_behaviour_logp",), "logz", "mlp", "prompt_hidden"
     )
 
 
@@ -249,3 +249,53 @@ def test_every_option_of_every_registered_component_says_what_it_means() -> None
                for field in attrs.fields(registry.lookup(kind, name))
                if field.init and not field.metadata.get("help")]
     assert not missing, "options without a help text:\n  " + "\n  ".join(missing)
+
+
+# ------------------------------------------------------------------------------------------------
+# Honest importance weights: exact_behaviour_logp
+
+
+def test_power_mh_with_la_tb_is_rejected_naming_the_capability():
+    built = components("alpha_power", "la_tb", "scalar")
+    built["sampler"] = registry.build("sampler", "power_mh")
+    message = assert_composition_rejected(built, (), "objective", "la_tb", "exact_behaviour_logp")
+    assert "exact log-probability each rollout was sampled with" in message
+    assert "sampler 'power_mh' withholds it" in message
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.5])
+def test_sglang_below_top_p_one_with_grpo_is_rejected(top_p):
+    sampler = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=top_p)
+    built = {"target": registry.build("target", "alpha_power"), "objective": registry.build("objective", "grpo"),
+             "sampler": sampler}
+    message = assert_composition_rejected(built, (), "objective", "grpo", "exact_behaviour_logp")
+    assert f"sampler 'sglang' withholds it: top_p={top_p:g} < 1" in message
+
+
+@pytest.mark.parametrize("objective", ["la_tb", "grpo"])
+def test_exact_samplers_are_accepted_by_importance_weighted_objectives(objective):
+    exact = [registry.build("sampler", "hf"), registry.build("sampler", "hf", top_p=0.9),
+             registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=1.0)]
+    for sampler in exact:
+        assert "exact_behaviour_logp" in registry.capabilities(sampler, "provides")
+        built = components("alpha_power", objective, "scalar")
+        registry.check_composition({**built, "sampler": sampler})
+
+
+def test_samplers_provide_exact_behaviour_logp_only_when_true():
+    assert "exact_behaviour_logp" not in registry.capabilities(registry.build("sampler", "power_mh"), "provides")
+    sglang = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=0.95)
+    assert "exact_behaviour_logp" not in registry.capabilities(sglang, "provides")
+    # TB-family objectives do not weight by behaviour_logp: any sampler will do.
+    for name in ("tb", "subtb", "db", "tb_token"):
+        assert "exact_behaviour_logp" not in registry.build("objective", name).requires
+
+
+def test_exploration_needs_a_sampler_that_can_apply_it():
+    built = components("alpha_power", "tb", "scalar")
+    built["exploration"] = registry.build("exploration", "tempered", temperature=1.5)
+    registry.check_composition({**built, "sampler": registry.build("sampler", "hf")})
+    sampler = registry.build("sampler", "hf", engine="generate")
+    message = assert_composition_rejected({**built, "sampler": sampler}, (), "exploration", "tempered",
+                                          "behaviour_transform")
+    assert "engine='generate'" in message

@@ -131,6 +131,17 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     ("train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),
     ("objective.name=subtb target.options.format_penalty=-0.5",
      r"objective 'subtb' requires 'prefix_rewards'"),
+    ("exploration.name=tempered exploration.options.temperature=0.5",
+     r"exploration 'tempered': temperature=0\.5: must be a finite number >= 1"),
+    ("exploration.name=uniform_mix exploration.options.epsilon=1.5", r"epsilon=1\.5: must be in \(0, 1\)"),
+    ("exploration.name=tempred", r"unknown exploration 'tempred'.*did you mean 'tempered'"),
+    ("replay.name=reward_prioritised replay.options.capacity=0", r"capacity=0: must be a finite number >= 1"),
+    ("replay.name=reward_prioritised objective.name=grpo",
+     r"replay\.name='reward_prioritised': objective 'grpo'.*not valid on replayed trajectories"),
+    ("exploration.name=tempered objective.name=entropy_min",
+     r"exploration\.name='tempered': objective 'entropy_min' is valid on its own samples only"),
+    ("exploration.name=tempered sampling.sampler_options.engine=generate",
+     r"exploration 'tempered' requires 'behaviour_transform'.*engine='generate'"),
 ])
 def test_bad_config_is_a_one_line_error(override: str, expected: str, tiny_model_dir: Path, prompt_files,
                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -299,3 +310,35 @@ def test_a_moved_run_or_another_server_is_the_same_run(tmp_path: Path, monkeypat
     changed = load_config(REPO / "configs/default.yaml", [*base[:2], "data.train=copy.jsonl",
                                                           "sampling.sampler_options.sync_every=2"])
     assert [name for name, _, _ in config_differences(changed, saved)] == ["sampling.sampler_options", "data.train"]
+
+
+@pytest.mark.parametrize("exploration", ["tempered", "uniform_mix"])
+def test_exploration_and_replay_train_a_real_model(tiny_model_dir: Path, prompt_files, tmp_path: Path,
+                                                   exploration: str) -> None:
+    """The sampler draws through the exploration component (behaviour_logp is what it drew with),
+    replayed responses join each batch, and training runs."""
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{
+        "train.steps": 3, "exploration.name": exploration, "replay.name": "reward_prioritised",
+        "replay.options.ratio": 1.0, "objective.name": "tb"})
+    trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    sampler = trainer.components.sampler
+    assert sampler._exploration is trainer.components.exploration
+    prompts = trainer.train_prompts.batch([0, 1])
+    torch.manual_seed(0)
+    rollouts = sampler.sample(prompts, 4)
+    # The recorded log-probs are the exploration's: recompute them from the policy's own.
+    evaluation_ = trainer.policy.evaluate(rollouts)
+    with torch.no_grad():
+        full = trainer.policy.model(input_ids=torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1),
+                                    attention_mask=torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long())
+    logits = full.logits[:, rollouts.prompt_ids.shape[1] - 1 : -1].double()
+    behaviour = trainer.components.exploration.behaviour_log_probs(logits.log_softmax(-1))
+    expected = behaviour.gather(-1, rollouts.response_ids[..., None]).squeeze(-1) * rollouts.response_mask
+    torch.testing.assert_close(rollouts.behaviour_logp.double(), expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(evaluation_.token_logp.double() * rollouts.response_mask, expected, atol=1e-3)
+    trainer.train()
+    found = scalars(tmp_path / "tb")
+    shares = [value for _, value in found["train/replay/share"]]
+    assert shares[0] == 0.0 and shares[-1] > 0.0  # nothing stored before the first batch, then replay
+    assert all(np.isfinite(value) for _, value in found["train/loss"])

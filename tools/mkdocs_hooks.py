@@ -50,9 +50,11 @@ def _summary(cls: type, to_markdown: Any) -> str:
 
 
 _KIND_TITLES = {"target": "Targets", "objective": "Objectives", "logz": "log Z providers",
-                "sampler": "Samplers", "task": "Tasks"}
+                "sampler": "Samplers", "task": "Tasks", "exploration": "Exploration", "replay": "Replay"}
 _KIND_PAGES = {"target": "concepts.md#targets", "objective": "concepts.md#objectives", "logz": "concepts.md#log-z",
-               "sampler": "concepts.md#samplers", "task": "extending.md#a-new-task"}
+               "sampler": "concepts.md#samplers", "task": "extending.md#a-new-task",
+               "exploration": "concepts.md#off-policy-training-exploration-and-replay",
+               "replay": "concepts.md#off-policy-training-exploration-and-replay"}
 
 
 def component_names_table() -> str:

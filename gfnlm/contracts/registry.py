@@ -4,7 +4,10 @@ A component is an attrs class whose fields are its configuration. It may declare
 
 * ``requires``: capabilities it needs from the other components of the run
   (e.g. SubTB requires ``"prefix_rewards"``, LA-TB requires ``"log_z"``);
-* ``provides``: capabilities it offers (the α-power target provides ``"prefix_rewards"``).
+* ``provides``: capabilities it offers (the α-power target provides ``"prefix_rewards"``);
+* ``withheld()``: optionally, the capabilities its kind usually offers but this configuration does
+  not, each with the reason (the SGLang sampler at ``top_p < 1`` withholds
+  ``"exact_behaviour_logp"``), quoted in the composition error.
 
 :func:`check_composition` fails when a run is composed, not mid-training, if a requirement has no
 provider. Registration wraps every public tensor method with run-time shape checks
@@ -32,7 +35,15 @@ import attrs
 from gfnlm.contracts.errors import InputError
 from gfnlm.contracts.shapes import wrap_public_methods
 
-KINDS = ("target", "objective", "sampler", "logz", "task")
+KINDS = ("target", "objective", "sampler", "logz", "task", "exploration", "replay")
+
+# What a capability promises, quoted by the composition error (capabilities not listed are named only).
+CAPABILITY_MEANINGS = {
+    "exact_behaviour_logp": "behaviour_logp is the exact log-probability each rollout was sampled with",
+    "behaviour_transform": "the sampler can draw each token from a transformed next-token distribution",
+    "prefix_rewards": "the target scores stopping after every prefix",
+    "log_z": "a learned log Z",
+}
 
 C = TypeVar("C", bound=type)
 
@@ -50,6 +61,7 @@ _BUILTIN_MODULES = (
     "gfnlm.logz",
     "gfnlm.samplers",
     "gfnlm.tasks.builtin",
+    "gfnlm.exploration",
 )
 
 
@@ -229,11 +241,24 @@ def check_composition(components: Mapping[str, Any], provided_by_run: Iterable[s
         for need in sorted(capabilities(component, "requires")):
             if need not in offered:
                 providers = _providers_of(need)
+                meaning = f" ({CAPABILITY_MEANINGS[need]})" if need in CAPABILITY_MEANINGS else ""
                 raise RegistryError(
-                    f"{role} {_label(component)} requires {need!r}, which no component of this run "
-                    f"provides ({_describe_components(components)}); "
+                    f"{role} {_label(component)} requires {need!r}{meaning}, which no component of this run "
+                    f"provides ({_describe_components(components)}){_withheld_reasons(components, need)}; "
                     f"provided by: {', '.join(providers) or 'the run configuration'}"
                 )
+
+
+def _withheld_reasons(components: Mapping[str, Any], capability: str) -> str:
+    """``; sampler 'sglang' withholds it: <why>`` for each component that says why it does not
+    provide ``capability`` in this configuration."""
+    reasons = []
+    for role, component in components.items():
+        withheld = getattr(component, "withheld", None)
+        why = withheld().get(capability) if callable(withheld) else None
+        if why:
+            reasons.append(f"; {role} {_label(component)} withholds it: {why}")
+    return "".join(reasons)
 
 
 def _label(component: Any) -> str:

@@ -48,8 +48,11 @@ class LogZ(nn.Module):
 
 
 def _attrs_module(cls: type) -> type:
-    # attrs must not generate __eq__/__hash__ (nn.Module needs identity hashing) nor slots.
-    return attrs.define(cls, slots=False, eq=False, init=True)
+    # attrs must not generate __eq__/__hash__ (nn.Module needs identity hashing) nor slots, nor a
+    # __setattr__ (it would for a field with a converter or validator): that would replace
+    # nn.Module.__setattr__, and the parameters made in build() would not be registered (no
+    # .parameters(), no optimiser step, no .to()).
+    return attrs.define(cls, slots=False, eq=False, init=True, on_setattr=attrs.setters.NO_OP)
 
 
 @register("logz", "scalar")

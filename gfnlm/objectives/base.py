@@ -13,16 +13,39 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+from gfnlm.objectives.fixed_points import FixedPoint
 
 Penalty = Literal["squared", "huber"]
 LogZSource = Literal["learned", "group_mean"]
+# Which trajectories an objective's loss is valid on (see Objective.off_policy).
+OffPolicy = Literal["any", "importance_weighted", "on_policy"]
 
 
 class Objective:
-    """Base class. ``requires`` names capabilities the run must provide (checked when composed)."""
+    """Base class. ``requires`` names capabilities the run must provide (checked when composed).
+
+    ``off_policy`` states which trajectories the loss is valid on, which decides whether
+    exploration and replay (:mod:`gfnlm.exploration`) may feed it:
+
+    * ``"any"``: a balance residual, zero on every trajectory at the fixed point, so the fixed point
+      is the same for any full-support behaviour policy and for replayed trajectories (TB family).
+    * ``"importance_weighted"``: a policy gradient that corrects for the behaviour policy with
+      ``behaviour_logp`` (GRPO's ratio): valid under exploration, whose probability is exact, but
+      not on replayed trajectories, whose reward-prioritised selection has no tractable probability.
+    * ``"on_policy"`` (the default for a new objective): only the policy's own samples.
+
+    :meth:`fixed_point` states the distribution the loss converges to (``None``: none known).
+    """
 
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
+    off_policy: ClassVar[OffPolicy] = "on_policy"
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint | None:
+        """The distribution this objective converges to over every response ``y`` of one prompt,
+        given the target's ``log R(y)`` and ``|y|`` (EOS counts), and where its learned log Z goes;
+        ``None`` when it targets no particular distribution. Used by the exact checker."""
+        return None
 
     @property
     def min_samples_per_prompt(self) -> int:

@@ -8,7 +8,9 @@ Deleu et al. 2022 for the terminate-anywhere parameterisation): SubTB's one-step
                - \\log R(s_{i+1}\\top) - \\log\\pi(\\top|s_i)
 
 averaged per response, then over responses with at least one transition. Fixed point: as SubTB,
-``π(s ⊤) ∝ R(s ⊤)`` for every prefix, i.e. the normalised target. Needs prefix rewards; no log Z.
+``π(s ⊤) ∝ R(s ⊤)`` for every prefix, i.e. the normalised target. Needs prefix rewards; no log Z. Valid off-policy (``off_policy = "any"``):
+every residual is zero at the fixed point on any trajectory, so exploration and replayed
+trajectories need no importance weight.
 """
 
 import attrs
@@ -26,6 +28,7 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
+from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 
 @register("objective", "db")
@@ -34,8 +37,13 @@ class DetailedBalance(Objective):
     """Mean squared one-step residual over the visited transitions of each response."""
 
     requires = frozenset({"prefix_rewards"})
+    off_policy = "any"
     penalty: Penalty = penalty_field()
     huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+        """The normalised target (no log Z)."""
+        return normalised_target(log_reward, with_log_z=False)
 
     def loss(
         self,

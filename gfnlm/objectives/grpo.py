@@ -12,6 +12,9 @@ target, whose ``log R = r``).
 
 over the responses of each prompt's group ``G(q)`` (token-level mean over the batch, as DAPO and
 TRL's default ``loss_type``; ``loss_type='sequence'`` averages per response first, as the original).
+``ρ`` reads ``behaviour_logp`` as the exact sampling probability, so GRPO requires a sampler that
+provides ``exact_behaviour_logp``; it is valid under an exploration policy (whose probabilities are
+exact) but not on replayed trajectories (``off_policy = "importance_weighted"``).
 It converges to no particular distribution: it maximises the expected reward (for a 0/1 verifier,
 towards a deterministic policy on a correct answer). By default there is no KL term (``kl_beta=0``,
 as in the EMPO/TTRL recipes the paper follows).
@@ -76,10 +79,15 @@ class GRPO(Objective):
     kl_estimator: Literal["k1", "k3"] = option("k1", "'k1' (in the reward) or 'k3' (in the loss) estimate of the KL",
         validator=attrs.validators.in_(("k1", "k3")))
 
+    # The ratio ρ corrects for sampling by behaviour_logp, exactly: valid under an exploration
+    # policy, not on replayed trajectories (their reward-prioritised selection has no probability).
+    off_policy = "importance_weighted"
+
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
-        # RENT / Intuitor read the policy's entropy / self-certainty at every response position.
-        needs = {"ref_logp"} if self.kl_beta else set()
+        """Exact behaviour log-probs (for ρ); ``ref_logp`` with a KL term; per-position entropy /
+        self-certainty for the RENT / Intuitor rewards."""
+        needs = {"exact_behaviour_logp"} | ({"ref_logp"} if self.kl_beta else set())
         return frozenset(needs | ({"token_statistics"} if self.reward != "target" else set()))
 
     @property

@@ -13,7 +13,13 @@ divided by ``|y|``:
 
 (for α-power, ``log R/|y| = α·[(1/|y|)·log p_base + ψ]``). ``w`` is a detached, clipped
 sequence-level importance ratio against the behaviour policy ("clip-higher": ε_high > ε_low), which
-makes several minibatch updates per rollout batch safe.
+makes several minibatch updates per rollout batch safe. It reads ``behaviour_logp`` as the exact
+sampling probability, so it requires a sampler that provides ``exact_behaviour_logp``.
+
+Off-policy: valid on any trajectories (``off_policy = "any"``). The residual is zero on every
+response at the fixed point, so trajectories from an exploration policy or a replay buffer leave the
+fixed point unchanged; ``w`` is taken against the probability each was sampled with (an
+exploration policy's exact probability, a replayed trajectory's original sampler).
 
 Fixed point: not ``R`` itself but the length-tilted ``π*(y|q) = R(q,y)·exp(−λ*·|y|)``, where λ* is the
 root of ``Σ_y R(q,y)·exp(−λ|y|) = 1`` and ``log Z'`` converges to λ*. For α > 1, λ* < 0 (favours
@@ -42,6 +48,7 @@ from gfnlm.objectives.base import (
     residual_metrics,
     safe_lengths,
 )
+from gfnlm.objectives.fixed_points import FixedPoint, length_tilt
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -61,11 +68,20 @@ class LengthAwareTB(Objective):
     penalty: Penalty = penalty_field()
     huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
     log_z_source: LogZSource = log_z_source_field()
+    # Its residual is zero on every trajectory at the fixed point, so any behaviour policy and
+    # replayed trajectories leave the fixed point unchanged; w weighs by the behaviour probability.
+    off_policy = "any"
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
-        """A learned log Z component, unless ``log_z_source='group_mean'``."""
-        return frozenset({"log_z"}) if self.log_z_source == "learned" else frozenset()
+        """Exact behaviour log-probs (for ``w``) and a learned log Z component, unless
+        ``log_z_source='group_mean'``."""
+        learned = frozenset({"log_z"}) if self.log_z_source == "learned" else frozenset()
+        return frozenset({"exact_behaviour_logp"}) | learned
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+        """The length tilt ``R·exp(−λ*|y|)``; log Z' (learned, or the group-mean estimate) → λ*."""
+        return length_tilt(log_reward, lengths)  # learned or estimated (group_mean), log Z' → λ*
 
     @property
     def min_samples_per_prompt(self) -> int:

@@ -12,7 +12,9 @@ residual is
 The loss averages ``(Σ_{k=i}^{j−1} δ_k)²`` over all pairs ``0 ≤ i < j ≤ n`` of visited states with
 weight ``λ^{j−i−1}`` (normalised by the sum of weights), per response, then over responses with at
 least one transition. No ``log Z`` is needed. Fixed point: ``π(s ⊤) ∝ R(s ⊤)`` for every prefix, so
-the policy samples the normalised target (``p_base^α`` for α-power). Needs prefix rewards.
+the policy samples the normalised target (``p_base^α`` for α-power). Needs prefix rewards. Valid
+off-policy (``off_policy = "any"``): the residuals vanish at the fixed point on any trajectory, so
+exploration and replayed trajectories need no importance weight.
 """
 
 import attrs
@@ -32,6 +34,7 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
+from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 
 @register("objective", "subtb")
@@ -40,9 +43,14 @@ class SubTrajectoryBalance(Objective):
     """λ-weighted SubTB over all sub-trajectories of each response."""
 
     requires = frozenset({"prefix_rewards"})
+    off_policy = "any"
     lamda: float = option(1.0, "λ: weight λ^(j−i) of each sub-trajectory (1 = all equal)", converter=float)
     penalty: Penalty = penalty_field()
     huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+        """The normalised target (no log Z)."""
+        return normalised_target(log_reward, with_log_z=False)
 
     def loss(
         self,

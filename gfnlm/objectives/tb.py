@@ -8,8 +8,8 @@ GFlowNets"; for LMs Hu et al. 2023, "Amortizing intractable inference in large l
 
 Generation is a tree, so the backward policy is 1 and trajectory = response. The loss is zero on
 every response iff ``π_θ(y|q) = R(q,y)/Z(q)``: the fixed point is the normalised target (for α-power,
-``p_base^α`` normalised). Valid off-policy (any full-support behaviour policy), so no importance
-weight is applied. Known failure on LMs: ``log p`` falls linearly in ``|y|``, so for α > 1 the policy
+``p_base^α`` normalised). Valid off-policy (``off_policy = "any"``: any full-support behaviour
+policy, replayed trajectories included), so no importance weight is applied. Known failure on LMs: ``log p`` falls linearly in ``|y|``, so for α > 1 the policy
 collapses to short responses, for α < 1 it drifts to long ones.
 """
 
@@ -26,6 +26,7 @@ from gfnlm.objectives.base import (
     regression_penalty,
     residual_metrics,
 )
+from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 
 @register("objective", "tb")
@@ -34,8 +35,13 @@ class TrajectoryBalance(Objective):
     """Sequence-level TB with a learnable prompt-level ``log Z`` (the "TB-traj" baseline)."""
 
     requires = frozenset({"log_z"})
+    off_policy = "any"
     penalty: Penalty = penalty_field()
     huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+        """The normalised target; log Z → ``log Σ R``."""
+        return normalised_target(log_reward)
 
     def loss(
         self,

@@ -10,7 +10,8 @@ The sequence sum in the *target only* is replaced by a per-token mean; ``log Z``
 For α-power, ``log R/|y| = α·mean_t log p_base(y_t|…) + α·ψ``. The published text does not give the
 exact form; this is the one implemented. Fixed point: ``π(y|q) ∝ exp(log R(q,y)/|y|)``, which rewards
 responses of high *average* base log-prob, so it drifts toward long repetitions of likely tokens
-(it trains well at first, then degrades). ``|y|`` counts EOS and is clamped at 1.
+(it trains well at first, then degrades). ``|y|`` counts EOS and is clamped at 1. Valid off-policy
+like TB (``off_policy = "any"``).
 """
 
 import attrs
@@ -27,6 +28,7 @@ from gfnlm.objectives.base import (
     residual_metrics,
     safe_lengths,
 )
+from gfnlm.objectives.fixed_points import FixedPoint, per_token_target
 
 
 @register("objective", "tb_token")
@@ -35,8 +37,13 @@ class TokenNormalisedTB(Objective):
     """TB against the per-token-mean target ``exp(log R/|y|)``."""
 
     requires = frozenset({"log_z"})
+    off_policy = "any"
     penalty: Penalty = penalty_field()
     huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
+
+    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+        """``∝ exp(log R/|y|)``; log Z → its log-normaliser."""
+        return per_token_target(log_reward, lengths)
 
     def loss(
         self,

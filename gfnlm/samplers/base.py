@@ -27,6 +27,11 @@ class Sampler:
     def sync(self, policy: object, version: int, force: bool = False) -> None:
         """Make the sampler use the policy's current weights, tagged ``version``."""
 
+    def explore_with(self, exploration: object) -> None:
+        """Draw every token through ``exploration`` (a :mod:`gfnlm.exploration` component); only
+        samplers that provide ``behaviour_transform`` implement it (checked when composed)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot apply an exploration component")
+
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         """``n`` responses for each prompt, grouped: rows ``i*n .. i*n+n-1`` answer prompt ``i``."""
         raise NotImplementedError

@@ -56,12 +56,15 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                greedy: bool, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step from ``[B, V]`` logits: tokens and their log-probs under the processed
-    distribution (0 for greedy: the choice is deterministic)."""
+    distribution (0 for greedy: the choice is deterministic). An ``exploration`` component maps the
+    processed distribution to the one actually sampled (and whose log-probs are returned)."""
     if greedy:
         return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
     logp = top_p_filter(wide(logits) / temperature, top_p).log_softmax(-1)
+    if exploration is not None:
+        logp = exploration.behaviour_log_probs(logp)
     tokens = torch.multinomial(logp.exp(), 1).squeeze(1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(1)
 
@@ -70,13 +73,14 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, *,
                       max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
                       top_p: float = 1.0, greedy: bool = False,
-                      synced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      synced: bool = False, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` continuations of each left-padded prompt: generated ids ``[B*n, W]`` (pad after EOS;
     rows grouped by prompt) and their behaviour log-probs, ``W <= max_new_tokens``.
 
     The prompts are prefilled once and the cache repeated ``n`` times; finished rows are dropped
     from the cache, so each step runs only the rows still generating. ``synced``: always run
     ``max_new_tokens`` steps on every row (FSDP2: every rank must make the same forward passes).
+    ``exploration``: see :func:`next_tokens`.
     """
     mask = prompt_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -93,7 +97,7 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     logps = torch.zeros(tokens.shape, dtype=wide(logits).dtype, device=mask.device)
     width = 0
     for step in range(max_new_tokens):
-        token, logp = next_tokens(logits, temperature, top_p, greedy)
+        token, logp = next_tokens(logits, temperature, top_p, greedy, exploration)
         tokens[rows, step], logps[rows, step] = token, logp
         width = step + 1
         alive = token != eos_token_id
@@ -145,6 +149,11 @@ class HFSampler(Sampler):
     """Ancestral sampling from the policy at an explicit temperature / top-p (top-k off), with
     behaviour log-probs of the distribution actually sampled from. ``engine``: ``cached`` (our
     KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same distribution.
+
+    Its ``behaviour_logp`` is always the exact sampling log-probability (taken after temperature,
+    top-p and any exploration), so it provides ``exact_behaviour_logp``. The ``cached`` engine also
+    applies an exploration component (:mod:`gfnlm.exploration`) to each step's distribution
+    (``behaviour_transform``); ``generate`` cannot.
     """
 
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
@@ -154,6 +163,22 @@ class HFSampler(Sampler):
     engine: str = option("cached", "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution")
     version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
     _policy: Any = attrs.field(default=None, init=False, repr=False)
+    _exploration: Any = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def provides(self) -> frozenset[str]:  # type: ignore[override]
+        transform = frozenset({"behaviour_transform"}) if self.engine == "cached" else frozenset()
+        return frozenset({"response_text", "exact_behaviour_logp"}) | transform
+
+    def withheld(self) -> dict[str, str]:
+        """Why ``behaviour_transform`` is missing with ``engine='generate'``."""
+        if self.engine == "cached":
+            return {}
+        return {"behaviour_transform": "engine='generate' samples inside model.generate; use engine='cached'"}
+
+    def explore_with(self, exploration: Any) -> None:
+        """Draw every token from ``exploration.behaviour_log_probs`` of the policy's distribution."""
+        self._exploration = exploration
 
     def __attrs_post_init__(self) -> None:
         if self.engine not in ("cached", "generate"):
@@ -200,7 +225,8 @@ class HFSampler(Sampler):
                 return decode_with_cache(
                     policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
                     eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                    temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding)
+                    temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding,
+                    exploration=self._exploration)
             return self._generate(per_sample(prompt_ids, n), per_sample(prompt_mask, n))
 
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

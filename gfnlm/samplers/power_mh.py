@@ -104,8 +104,9 @@ class PowerMHSampler(Sampler):
     """Block-wise MH power sampling from the policy's base model (an inference-time baseline).
 
     ``behaviour_logp`` of the returned rollouts holds ``log p_base`` per token (the chain's output
-    has no tractable sampling probability). ``last_stats`` holds the acceptance rate and token cost
-    of the latest call.
+    has no tractable sampling probability), so it never provides ``exact_behaviour_logp``: objectives
+    that importance-weight by it (``la_tb``, ``grpo``) are rejected with it. ``last_stats`` holds the
+    acceptance rate and token cost of the latest call.
     """
 
     alpha: float = option(4.0, "α of the power distribution sampled by Metropolis–Hastings")
@@ -117,6 +118,12 @@ class PowerMHSampler(Sampler):
     top_p: float = option(1.0, "unused: the proposal samples the whole vocabulary (accepted like every sampler's)")
     _policy: Any = attrs.field(default=None, init=False, repr=False)
     last_stats: MHStats = attrs.field(factory=MHStats, init=False)
+
+    def withheld(self) -> dict[str, str]:
+        """Why this sampler offers neither exact behaviour log-probs nor an exploration hook."""
+        return {"exact_behaviour_logp": "its behaviour_logp holds log p_base, the MH chain's output has no "
+                                        "tractable sampling probability",
+                "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha"}
 
     def setup(self, policy: Any) -> None:
         self._policy = policy

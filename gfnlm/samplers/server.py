@@ -42,7 +42,6 @@ PROBE = "The capital of France is Paris. The capital of Italy is"
 class ServerSampler(Sampler):
     """The options and mechanics shared by the server samplers (see the module docstring)."""
 
-    provides = frozenset({"response_text", "base_scores"})
     engine: ClassVar[str] = "server"  # how messages name the engine
 
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
@@ -72,6 +71,25 @@ class ServerSampler(Sampler):
     _sync_root: Path | None = attrs.field(default=None, init=False, repr=False)
     _served: Path | None = attrs.field(default=None, init=False, repr=False)
     _lora_name: str | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def behaviour_logp_is_exact(self) -> bool:
+        """Whether the server's log-probs are the exact probability each token was sampled with."""
+        raise NotImplementedError
+
+    @property
+    def provides(self) -> frozenset[str]:  # type: ignore[override]
+        """``exact_behaviour_logp`` only where :attr:`behaviour_logp_is_exact` holds."""
+        exact = frozenset({"exact_behaviour_logp"}) if self.behaviour_logp_is_exact else frozenset()
+        return frozenset({"response_text", "base_scores"}) | exact
+
+    def withheld(self) -> dict[str, str]:
+        """Why ``exact_behaviour_logp`` may be missing, and why there is no ``behaviour_transform``."""
+        reasons = {"behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"}
+        if not self.behaviour_logp_is_exact:
+            reasons["exact_behaviour_logp"] = (f"top_p={self.top_p:g} < 1, and the {self.engine} server reports "
+                                               "log-probs taken before top-p; use top_p=1")
+        return reasons
 
     def __attrs_post_init__(self) -> None:
         if not self.url and self.launch is None:

@@ -168,6 +168,10 @@ class RunConfig:
     # What the data means: prompt format, answer grading, the rewards and metrics it offers.
     task: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("factual"))
     sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
+    # Off-policy training (gfnlm.exploration): the distribution the sampler draws each token from,
+    # and stored trajectories mixed into each batch. Both off by default (on-policy).
+    exploration: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("none"))
+    replay: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("none"))
     data: DataConfig = attrs.field(factory=DataConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     # Modules imported before the run is composed, so the components they register can be named
@@ -226,7 +230,7 @@ def _load_yaml(path: Path) -> Any:
 def _drop_options_of_replaced_components(merged: Any, overrides: Any) -> None:
     """``objective.name=subtb`` on the command line starts from subtb's own defaults (plus any
     ``objective.options.*`` overrides): the file's options were meant for the component it named."""
-    for section in ("target", "objective", "logz", "task"):
+    for section in ("target", "objective", "logz", "task", "exploration", "replay"):
         given = overrides.get(section) or {}
         if "name" in given and given["name"] != merged[section]["name"]:
             merged[section]["options"] = {}

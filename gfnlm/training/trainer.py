@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.contracts.types import Rollouts, TargetScores
+from gfnlm.exploration import check_off_policy
 from gfnlm.tasks.evaluation import evaluate
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training import checkpoint
@@ -52,11 +53,19 @@ class Components:
     logz: Any | None
     sampler: Any
     task: Any
+    exploration: Any = None
+    replay: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
-        return {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
-                "task": self.task}
+        roles = {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
+                 "task": self.task}
+        # exploration/replay take part only when they do something (``none`` needs and offers nothing)
+        if self.exploration is not None and self.exploration.changes_sampling:
+            roles["exploration"] = self.exploration
+        if self.replay is not None and self.replay.active:
+            roles["replay"] = self.replay
+        return roles
 
 
 def build_task(config: RunConfig) -> Any:
@@ -91,11 +100,16 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
         "temperature": sampling.temperature, "top_p": sampling.top_p,
         "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
     })
-    components = Components(target, objective, logz, sampler, task)
+    exploration = build("exploration", config.exploration.name, config.exploration.options)
+    replay = build("replay", config.replay.name, config.replay.options)
+    components = Components(target, objective, logz, sampler, task, exploration, replay)
     for component in (target, objective, sampler):
         if hasattr(component, "bind_task"):
             component.bind_task(task)
     check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad", "token_statistics"})
+    check_off_policy(objective, exploration, replay)
+    if exploration.changes_sampling:
+        sampler.explore_with(exploration)
     return components
 
 
@@ -232,6 +246,9 @@ class Trainer:
         self.components.sampler.setup(self.policy)
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
+        # Replay draws from its own stream: the prompt stream must stay identical on every rank,
+        # and each rank's buffer differs. (The buffer is not checkpointed: a resumed run refills it.)
+        self.replay_rng = torch.Generator().manual_seed(config.train.seed + 7919 * self.world.rank + 1)
         self.step = 0
         self._saved_step: int | None = None  # the step whose checkpoint is on disk and unchanged since
         self.writer: SummaryWriter | None = None
@@ -327,7 +344,9 @@ class Trainer:
         cfg = self.config
         started = time.perf_counter()
         prompts = self.train_prompts.batch(self._next_prompt_indices())
-        rollouts = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
+        fresh = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
+        replay = self.components.replay
+        rollouts = replay.mix(fresh, self.replay_rng)  # fresh rows first, then replayed ones
         sampled = time.perf_counter()
         target = self.components.target
         base = None
@@ -335,10 +354,11 @@ class Trainer:
             scorer = self.components.sampler if self.components.sampler.scores_base else self.policy
             base = scorer.score_base(rollouts, target.needs_eos_logp)
         scores = target.score(rollouts, base)
+        replay.add(fresh, scores.log_reward[: fresh.batch_size])
         scored = time.perf_counter()
         metrics = self.update(rollouts, scores)
         updated = time.perf_counter()
-        metrics |= _rollout_metrics(rollouts, scores)
+        metrics |= _rollout_metrics(rollouts, scores) | replay.metrics()
         metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
         metrics |= {"time/sample": sampled - started, "time/score": scored - sampled,
                     "time/update": updated - scored, "time/step": updated - started}

@@ -1,0 +1,300 @@
+"""Off-policy training: exploration policies and a reward-prioritised replay buffer.
+
+On-policy GFlowNet training can drop a mode for good: once the policy stops sampling a response,
+no residual on it is ever seen again. The answer of the GFlowNet-LLM work (Hu et al. 2023,
+"Amortizing intractable inference in large language models"; also torchgfn) is to train on
+trajectories the policy would not sample itself:
+
+* **exploration** components change the distribution each token is drawn from, and report the
+  exact log-probability of what was drawn (``behaviour_logp``):
+
+  - ``tempered``: ``π(·|s)^{1/T}`` renormalised, ``T >= 1`` (flatter than the policy);
+  - ``uniform_mix``: ``(1 − ε)·π(·|s) + ε·uniform`` over the vocabulary;
+  - ``none``: the policy itself (on-policy).
+
+  They need a sampler that applies a per-token transform (the ``behaviour_transform`` capability:
+  the ``hf`` sampler's ``cached`` engine, and the exact checker's tabular sampler).
+* **replay** components mix stored trajectories into each batch:
+
+  - ``reward_prioritised``: per prompt, the ``capacity`` distinct responses of highest reward seen
+    so far; each batch adds ``ratio × (fresh responses of the prompt)`` drawn from them with
+    probability ``∝ R^priority`` (with replacement), to the prompt's group;
+  - ``none``: no replay.
+
+Which objectives may use them is stated by each objective's ``off_policy``
+(:class:`~gfnlm.objectives.base.Objective`) and checked by :func:`check_off_policy` when a run is
+composed: balance residuals (``"any"``: TB, SubTB, DB, TB-token, LA-TB) take both, a
+policy gradient with an exact importance ratio (``"importance_weighted"``: GRPO) takes exploration
+but not replay, an on-policy loss (``entropy_min``) neither.
+"""
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from gfnlm.contracts.registry import RegistryError, option, register
+from gfnlm.contracts.types import Rollouts
+
+
+def _finite_at_least(minimum: float):
+    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
+        if not (math.isfinite(value) and value >= minimum):
+            raise ValueError(f"{attribute.name}={value!r}: must be a finite number >= {minimum}")
+
+    return check
+
+
+def _open_unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{attribute.name}={value!r}: must be in (0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exploration
+
+
+class Exploration:
+    """Maps the policy's next-token log-probs to those of the distribution actually sampled.
+
+    ``behaviour_log_probs`` takes normalised log-probs ``[..., A]`` (after the sampler's temperature
+    and top-p) and returns normalised log-probs of the same shape; the sampler draws from them and
+    records the drawn token's entry as ``behaviour_logp``, so that stays the exact sampling
+    probability. ``changes_sampling`` is false only for the identity (``none``).
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({"behaviour_transform"})
+    provides: ClassVar[frozenset[str]] = frozenset()
+    changes_sampling: ClassVar[bool] = True
+
+    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+        """The sampled distribution's log-probs; subclasses implement this."""
+        raise NotImplementedError
+
+
+@register("exploration", "none")
+@attrs.frozen
+class NoExploration(Exploration):
+    """On-policy: tokens are drawn from the policy itself."""
+
+    requires = frozenset()
+    changes_sampling = False
+
+    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+        return log_probs
+
+
+@register("exploration", "tempered")
+@attrs.frozen
+class TemperedExploration(Exploration):
+    """``π(·|s)^{1/T}`` renormalised: a flatter policy that still prefers what π prefers."""
+
+    temperature: float = option(2.0, "T >= 1 of the behaviour policy π^(1/T) (1 = on-policy)",
+                                converter=float, validator=_finite_at_least(1.0))
+
+    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+        return (log_probs / self.temperature).log_softmax(-1)
+
+
+@register("exploration", "uniform_mix")
+@attrs.frozen
+class UniformMixExploration(Exploration):
+    """``(1 − ε)·π(·|s) + ε/A``: every token keeps at least ``ε/A`` probability."""
+
+    epsilon: float = option(0.1, "ε in (0, 1): the share of each token's draw taken uniformly",
+                            converter=float, validator=_open_unit_interval)
+
+    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+        uniform = math.log(self.epsilon / log_probs.shape[-1])
+        return torch.logaddexp(log_probs + math.log1p(-self.epsilon), torch.full_like(log_probs, uniform))
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay
+
+
+class Replay:
+    """Mixes stored trajectories into each batch (``mix``) and stores the fresh ones (``add``)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+    active: ClassVar[bool] = True
+
+    def mix(self, fresh: Any, generator: torch.Generator | None = None) -> Rollouts:
+        """``fresh`` (a :class:`Rollouts`) followed by replayed rows; subclasses implement this."""
+        raise NotImplementedError
+
+    def add(self, rollouts: Rollouts, log_reward: Float[Tensor, " B"]) -> None:
+        """Offer freshly sampled rollouts and their log-rewards to the buffer."""
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log (buffer size, replayed share)."""
+        return {}
+
+
+@register("replay", "none")
+@attrs.define
+class NoReplay(Replay):
+    """No replay: every batch is the sampler's."""
+
+    active = False
+
+    def mix(self, fresh: Any, generator: torch.Generator | None = None) -> Rollouts:
+        return fresh
+
+
+@register("replay", "reward_prioritised")
+@attrs.define
+class RewardPrioritisedReplay(Replay):
+    """Per prompt, the ``capacity`` distinct responses of highest log-reward seen so far; each batch
+    gets ``round(ratio × n)`` of them per prompt with ``n`` fresh responses, drawn with
+    probability ``∝ exp(priority · log R)``. A replayed row keeps the ``behaviour_logp`` it was
+    sampled with and joins the group of its prompt's fresh responses. The buffer lives in memory:
+    a resumed run starts with an empty one."""
+
+    capacity: int = option(64, "distinct responses kept per prompt (those of highest reward)",
+                           converter=int, validator=_finite_at_least(1))
+    ratio: float = option(0.5, "replayed responses per fresh response of the same prompt (> 0)",
+                          converter=float, validator=_finite_at_least(1e-9))
+    priority: float = option(1.0, "β: a stored response is drawn with probability ∝ R^β (0 = uniformly)",
+                             converter=float, validator=_finite_at_least(0.0))
+    _stored: Rollouts | None = attrs.field(default=None, init=False, repr=False)  # every prompt's rows
+    _rewards: Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _last_replayed: float = attrs.field(default=0.0, init=False, repr=False)
+
+    def stored(self, prompt: int) -> tuple[Rollouts | None, Tensor | None]:
+        """The stored rollouts of ``prompt`` and their log-rewards, best first (``None`` if none)."""
+        if self._stored is None:
+            return None, None
+        rows = (self._stored.prompt_index == prompt).nonzero().squeeze(1)
+        return (self._stored.select(rows), self._rewards[rows]) if rows.numel() else (None, None)
+
+    def mix(self, fresh: Any, generator: torch.Generator | None = None) -> Rollouts:
+        if self._stored is None:
+            self._last_replayed = 0.0
+            return fresh
+        stored_prompts = self._stored.prompt_index.cpu()
+        picks, groups = [], []
+        prompts, counts = torch.unique(fresh.prompt_index.cpu(), return_counts=True)
+        for prompt, count in zip(prompts.tolist(), counts.tolist(), strict=True):
+            rows = (stored_prompts == prompt).nonzero().squeeze(1)
+            take = round(self.ratio * count)
+            if not rows.numel() or take < 1:
+                continue
+            log_reward = self._rewards.cpu()[rows]
+            weights = (self.priority * (log_reward - log_reward.max())).exp()
+            picks.append(rows[torch.multinomial(weights, take, replacement=True, generator=generator)])
+            group = int(fresh.group[fresh.prompt_index == prompt][0])
+            groups.append(torch.full((take,), group, dtype=torch.long))
+        if not picks:
+            self._last_replayed = 0.0
+            return fresh
+        device = self._stored.response_ids.device
+        replayed = self._stored.select(torch.cat(picks).to(device))
+        replayed = attrs.evolve(replayed, group=torch.cat(groups).to(device))
+        self._last_replayed = replayed.batch_size / (replayed.batch_size + fresh.batch_size)
+        return concat_rollouts([fresh, replayed])
+
+    def add(self, rollouts: Rollouts, log_reward: Float[Tensor, " B"]) -> None:
+        candidates, rewards = rollouts, log_reward.detach()
+        if self._stored is not None:  # stored rows first: they win ties and keep their behaviour_logp
+            candidates = concat_rollouts([self._stored, rollouts])
+            rewards = torch.cat([self._rewards, rewards])
+        keep = _distinct_rows(candidates)
+        # Best first within each prompt: sort by reward, then (stably) by prompt.
+        keep = keep[rewards[keep].argsort(descending=True, stable=True)]
+        keep = keep[candidates.prompt_index[keep].argsort(stable=True)]
+        prompt = candidates.prompt_index[keep]
+        first_of_prompt = torch.searchsorted(prompt, prompt)  # sorted: index of the prompt's first row
+        keep = keep[torch.arange(keep.numel(), device=keep.device) - first_of_prompt < self.capacity]
+        self._stored, self._rewards = candidates.select(keep), rewards[keep]
+
+    def metrics(self) -> dict[str, float]:
+        if self._stored is None:
+            return {"replay/share": 0.0, "replay/stored_per_prompt": 0.0}
+        prompts = torch.unique(self._stored.prompt_index).numel()
+        return {"replay/share": self._last_replayed,
+                "replay/stored_per_prompt": self._stored.batch_size / prompts}
+
+
+def _distinct_rows(rollouts: Rollouts) -> Tensor:
+    """Indices of the first occurrence of each distinct (prompt, response) pair."""
+    key = torch.cat([rollouts.prompt_index[:, None], rollouts.lengths[:, None],
+                     torch.where(rollouts.response_mask, rollouts.response_ids, -1)], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    return first.sort().values
+
+
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+    """The rows of ``parts`` in order, as one :class:`Rollouts`: responses right-padded and prompts
+    left-padded to the widest (masked, id 0); texts and labels kept when every part has them; the
+    first part's ``weight_version``."""
+    if len(parts) == 1:
+        return parts[0]
+    response_width = max(p.response_ids.shape[1] for p in parts)
+    prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+
+    def right(x: Tensor, value: float | bool) -> Tensor:
+        return F.pad(x, (0, response_width - x.shape[1]), value=value)
+
+    def left(x: Tensor, value: float | bool) -> Tensor:
+        return F.pad(x, (prompt_width - x.shape[1], 0), value=value)
+
+    def joined(name: str) -> tuple[Any, ...] | None:
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else tuple(x for v in values for x in v)
+
+    return Rollouts(
+        prompt_ids=torch.cat([left(p.prompt_ids, 0) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, False) for p in parts]),
+        response_ids=torch.cat([right(p.response_ids, 0) for p in parts]),
+        response_mask=torch.cat([right(p.response_mask, False) for p in parts]),
+        lengths=torch.cat([p.lengths for p in parts]),
+        ended_with_eos=torch.cat([p.ended_with_eos for p in parts]),
+        group=torch.cat([p.group for p in parts]),
+        prompt_index=torch.cat([p.prompt_index for p in parts]),
+        behaviour_logp=torch.cat([right(p.behaviour_logp, 0.0) for p in parts]),
+        weight_version=parts[0].weight_version,
+        response_text=joined("response_text"),
+        prompt_text=joined("prompt_text"),
+        labels=joined("labels"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Which objectives may train on what
+
+
+def check_off_policy(objective: Any, exploration: Any = None, replay: Any = None) -> None:
+    """Refuse, in one line, an objective fed trajectories its loss is not valid on (see
+    :attr:`Objective.off_policy <gfnlm.objectives.base.Objective.off_policy>`)."""
+    validity = getattr(objective, "off_policy", "on_policy")
+    name = getattr(objective, "registry_name", type(objective).__name__)
+    if exploration is not None and getattr(exploration, "changes_sampling", True) and validity == "on_policy":
+        label = getattr(exploration, "registry_name", type(exploration).__name__)
+        raise RegistryError(f"exploration.name={label!r}: objective {name!r} is valid on its own samples only "
+                            "(off_policy='on_policy'); use exploration.name=none")
+    if replay is not None and getattr(replay, "active", True) and validity != "any":
+        label = getattr(replay, "registry_name", type(replay).__name__)
+        raise RegistryError(f"replay.name={label!r}: objective {name!r} (off_policy={validity!r}) is not valid on "
+                            "replayed trajectories, whose reward-prioritised selection has no sampling "
+                            "probability; use replay.name=none")
+
+
+__all__ = [
+    "Exploration",
+    "NoExploration",
+    "NoReplay",
+    "Replay",
+    "RewardPrioritisedReplay",
+    "TemperedExploration",
+    "UniformMixExploration",
+    "check_off_policy",
+    "concat_rollouts",
+]
