@@ -32,7 +32,6 @@ Per-run rows go to ``benchmarks/out/exact_sweep_runs.csv``.
 import argparse
 import csv
 import itertools
-import math
 import random
 import resource
 import statistics
@@ -250,7 +249,7 @@ def per_token_rows(groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], 
                                             generator=torch.Generator().manual_seed(prompt))
             floor_keys = [everything[i] for i in exact_draws.tolist()]
 
-            def trained(mode: str) -> float:
+            def trained(mode: str, group=group, prompt=prompt) -> float:
                 return next(r["tv_target"] for r in run_rows if (r["group"], r["prompt"], r["objective"], r["mode"])
                             == (group.index, prompt, "tb", mode))
 

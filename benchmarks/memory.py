@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 151_936  # Qwen2.5's vocabulary
@@ -86,7 +87,7 @@ def random_model_and_ids(args: argparse.Namespace, seq_len: int, seed: int):
 class PeakCudaMemory:
     """``torch.cuda.max_memory_allocated`` while the block runs (bytes); synchronised."""
 
-    def __enter__(self) -> "PeakCudaMemory":
+    def __enter__(self) -> Self:
         import torch
 
         torch.cuda.synchronize()
@@ -104,7 +105,7 @@ class PeakCudaMemory:
 class PeakRSS:
     """The process's resident set size sampled every 2 ms while the block runs (bytes)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> Self:
         self.before = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -296,8 +297,8 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
     cells: dict[tuple, list[dict]] = {}
     for record in results.values():
         cells.setdefault((record["op"], record["T"], record["path"]), []).append(record)
-    lines = ["| operation | T | path | runs (seeds) | time, s | peak RSS, GB | added RSS, GB | "
-             "chunked / this: time | chunked / this: peak RSS |",
+    lines = [("| operation | T | path | runs (seeds) | time, s | peak RSS, GB | added RSS, GB | "
+              "chunked / this: time | chunked / this: peak RSS |"),
              "|---|---|---|---|---|---|---|---|---|"]
     cap = f"> {args.cap_gb:g} GB (cap)"
     for op in OPS:

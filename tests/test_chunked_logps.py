@@ -68,7 +68,7 @@ def test_kernel_equals_full_logits_values_and_gradients(dtype, chunk_size):
 def test_kernel_without_statistics_returns_none_and_skips_frozen_weight_gradients():
     layer = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
-    token, eos, entropy, certainty = chunked_logps(hidden, layer, torch.zeros(2, 5, dtype=torch.long), 1, 3)
+    token, _eos, entropy, certainty = chunked_logps(hidden, layer, torch.zeros(2, 5, dtype=torch.long), 1, 3)
     assert entropy is None and certainty is None
     token.sum().backward()
     assert hidden.grad is not None and layer.weight.grad is None

@@ -107,7 +107,7 @@ def test_two_ranks_chunked_log_probs_equal_full_logits(tiny_model_dir, prompt_fi
     for kind in ("grads", "policy"):
         for name, value in plain[kind].items():
             torch.testing.assert_close(chunked[kind][name], value, atol=1e-10, rtol=0,
-                                       msg=lambda detail, name=name: f"{kind} {name}: {detail}")
+                                       msg=lambda detail, name=name, kind=kind: f"{kind} {name}: {detail}")
     assert max(float(v.abs().max()) for v in plain["grads"].values()) > 1e-4
 
 

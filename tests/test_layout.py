@@ -19,7 +19,7 @@ def test_top_level_holds_only_the_cli_and_layer_packages():
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert modules == ["__init__.py", "_compat.py", "cli.py"]
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert packages == ["contracts", "data", "logz", "objectives", "samplers", "serving", "targets",
+    assert packages == ["contracts", "data", "exploration", "logz", "objectives", "samplers", "serving", "targets",
                         "tasks", "training"]
 
 
