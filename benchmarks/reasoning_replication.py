@@ -19,6 +19,14 @@ between the ``reasoning_replication`` markers. Finished runs are kept and skippe
     python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
     python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] [--reuse-runs 'runs/seed{seed}']
                                                   # the SmolLM2 comparison
+    python benchmarks/reasoning_replication.py --forks [--seeds 0 1 2] [--jobs 2]
+                                                  # the forks task: sequence- vs token-level sharpening
+
+``--forks`` runs the same comparison on :mod:`gfnlm.tasks.synthetic_forks` (the same questions and
+scorer; pre-training solutions that take a common ``guess`` route with many wrong continuations or
+a rarer ``work`` route with the one right one), under ``benchmarks/out/forks_replication/``, with
+the exact comparison of T = 1/α and p^α on the enumerable model first, a curves plot (forks_curves) in docs/img
+and the tables between the ``forks_replication`` markers.
 """
 
 import argparse
@@ -40,6 +48,7 @@ from docs_page import write_between_markers
 from tqdm.auto import tqdm
 
 from gfnlm.contracts.registry import build
+from gfnlm.tasks import synthetic_forks as forks
 from gfnlm.tasks import synthetic_reasoning as task
 from gfnlm.training.models import default_cache_dir, save_random_llama
 
@@ -49,6 +58,7 @@ DOCS_IMG = REPO / "docs" / "img"
 
 # The task and the base model.
 ERROR_RATE, STOP_RATE = 0.12, 0.12
+TERMS = (3, 6)  # the questions' chain lengths (min, max)
 MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 128,
          "max_positions": 96}
 PRETRAIN = {"steps": 1500, "batch": 32, "lr": 3e-3, "seed": 1234}
@@ -75,6 +85,7 @@ METHODS = {
     "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.tasks.rewards:verifier"]),
 }
 CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
+SUITE = {"name": "tiny"}  # tiny (chain sum), forks or smollm2
 SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
 TABLE_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TB-token", "RL-traj", "TTRL",
                "EMPO", "Intuitor", "RENT", "EM", "GRPO")
@@ -92,7 +103,31 @@ SMOL_METHODS = {
 SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 
 
+# The forks suite: the chain-sum questions and scorer, pre-training solutions of gfnlm.tasks.synthetic_forks
+# (PowerFlow at α = 2 and 4; the length-collapse studies TB-token and RL-traj are left out).
+FORKS_OUT = REPO / "benchmarks" / "out" / "forks_replication"
+FORKS_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TTRL", "EMPO", "Intuitor", "RENT",
+               "EM", "GRPO")
+FORKS_CURVES = ("PowerFlow", "TB-traj", "TTRL", "EM", "GRPO")
+FORKS_SWEEP = (2.0, 4.0)
+EXACT_ALPHAS = (2.0, 4.0)
+# The tiny model does not learn to add from a mixture where only 35 % of the solutions show the
+# right sums (measured: its work-route answers stayed at chance after 4,000 steps), so its
+# pre-training is a curriculum: the first `clean_steps` show work solutions only (it learns to
+# add), the rest the 35/65 mixture (it learns to guess more often than it works).
+FORKS_PRETRAIN = {"steps": 4000, "clean_steps": 1500}
+FORKS_TERMS = (2, 4)
+
 CHAIN_SUM = build("task", "chain_sum")  # how the synthetic task's prompts are formatted and graded
+
+
+def use_forks_suite() -> None:
+    """Point the module's settings at the forks suite (the main process and each worker call this)."""
+    global OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS, TERMS
+    SUITE["name"] = "forks"
+    TERMS = FORKS_TERMS
+    OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS = FORKS_OUT, FORKS_CURVES, FORKS_ORDER, FORKS_SWEEP
+    PRETRAIN.update(FORKS_PRETRAIN)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -103,7 +138,7 @@ def write_prompt_files(directory: Path) -> tuple[Path, Path]:
     seen: set[str] = set()
     questions = []
     while len(questions) < 512 + EVAL_QUESTIONS:
-        q = task.make_question(rng)
+        q = task.make_question(rng, *TERMS)
         if q not in seen:
             seen.add(q)
             questions.append(q)
@@ -126,16 +161,28 @@ def _write_if_changed(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------- base model
 def base_model_dir() -> Path:
     """The pre-trained tiny model (trained and cached on first use)."""
-    key = f"e{ERROR_RATE}-s{STOP_RATE}-h{MODEL['hidden_size']}-l{MODEL['num_layers']}-n{PRETRAIN['steps']}"
-    target = default_cache_dir() / f"reasoning-tiny-{key}"
+    shape = f"h{MODEL['hidden_size']}-l{MODEL['num_layers']}-n{PRETRAIN['steps']}"
+    if SUITE["name"] == "forks":
+        target = default_cache_dir() / (f"forks-tiny-w{forks.WORK_RATE}-t{TERMS[0]}{TERMS[1]}"
+                                        f"-c{PRETRAIN['clean_steps']}-{shape}")
+    else:
+        target = default_cache_dir() / f"reasoning-tiny-e{ERROR_RATE}-s{STOP_RATE}-{shape}"
     if (target / "pretrain.json").is_file():
         return target
     pretrain(target)
     return target
 
 
+def pretraining_solution(question: str, rng: random.Random, step: int) -> str:
+    """A solution of the base model's training data at pre-training ``step``: noisy chains, or the
+    forks task's routes (work only for the first ``clean_steps``, then the mixture)."""
+    if SUITE["name"] == "forks":
+        return forks.fork_solution(question, rng, 1.0 if step < PRETRAIN["clean_steps"] else forks.WORK_RATE)
+    return task.noisy_solution(question, rng, ERROR_RATE, STOP_RATE)
+
+
 def pretrain(target: Path) -> None:
-    """Next-token training on prompt + noisy solution (loss on the solution and EOS only)."""
+    """Next-token training on prompt + solution (loss on the solution and EOS only)."""
     from transformers import AutoModelForCausalLM
 
     from gfnlm.tasks import format_prompt
@@ -143,7 +190,7 @@ def pretrain(target: Path) -> None:
 
     work = target.with_name(target.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    task.save_tokenizer(work / "tokenizer")
+    task.save_tokenizer(work / "tokenizer", forks.ROUTES if SUITE["name"] == "forks" else ())
     save_random_llama(work, work / "tokenizer", seed=PRETRAIN["seed"], **MODEL)
     tokenizer = load_tokenizer(work)
     model = AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32)
@@ -155,13 +202,13 @@ def pretrain(target: Path) -> None:
     torch.manual_seed(PRETRAIN["seed"])
     started, losses = time.perf_counter(), []
     bar = tqdm(range(PRETRAIN["steps"]), desc="pre-train base", unit="step")
-    for _ in bar:
+    for step in bar:
         rows, targets = [], []
         for _ in range(PRETRAIN["batch"]):
-            q = task.make_question(rng)
+            q = task.make_question(rng, *TERMS)
             prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
-            answer = tokenizer(task.noisy_solution(q, rng, ERROR_RATE, STOP_RATE),
-                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer = tokenizer(pretraining_solution(q, rng, step), add_special_tokens=False)["input_ids"] + [
+                tokenizer.eos_token_id]
             rows.append(prompt + answer)
             targets.append([-100] * len(prompt) + answer)
         width = max(map(len, rows))
@@ -179,8 +226,10 @@ def pretrain(target: Path) -> None:
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
     shutil.rmtree(work / "tokenizer")
+    data = {"work_rate": forks.WORK_RATE, "terms": TERMS} if SUITE["name"] == "forks" else {"error_rate": ERROR_RATE,
+                                                                            "stop_rate": STOP_RATE}
     (work / "pretrain.json").write_text(json.dumps({
-        "error_rate": ERROR_RATE, "stop_rate": STOP_RATE, **MODEL, **PRETRAIN,
+        **data, **MODEL, **PRETRAIN,
         "final_loss": statistics.mean(losses[-100:]), "seconds": time.perf_counter() - started}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     work.rename(target)
@@ -190,14 +239,16 @@ def pretrain(target: Path) -> None:
 def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -> dict[str, float]:
     """avg@k, maj@k (majority of the extracted answers; no answer counts as wrong), pass@k and
     mean length (tokens, EOS counted) of ``sampler``'s k responses per question, graded by the
-    chain_sum task against the gold answers that travel with the prompts."""
-    correct, majority, lengths, truncated = [], [], [], []
+    chain_sum task against the gold answers that travel with the prompts; ``work_route``: the share
+    of responses that open with the forks task's ``work`` route."""
+    correct, majority, lengths, truncated, work_route = [], [], [], [], []
     for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
         rollouts = sampler.sample(prompts.batch(indices), k)
         texts = rollouts.response_text
         lengths += rollouts.lengths.tolist()
         truncated += (~rollouts.ended_with_eos).tolist()
+        work_route += [forks.route_of(t) == "work" for t in texts]
         for row, i in enumerate(indices):
             gold, group = prompts.answers[i], texts[row * k : (row + 1) * k]
             correct.append([CHAIN_SUM.is_correct(t, gold) for t in group])
@@ -205,7 +256,7 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
             majority.append(bool(votes) and votes.most_common(1)[0][0] in gold)
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return {"avg": mean([mean(c) for c in correct]), "maj": mean(majority), "pass": mean([any(c) for c in correct]),
-            "length": mean(lengths), "truncated": mean(truncated)}
+            "length": mean(lengths), "truncated": mean(truncated), "work_route": mean(work_route)}
 
 
 def load_eval_prompts(tokenizer, eval_file: Path):
@@ -407,9 +458,6 @@ def jobs_for(seeds: list[int], only: list[str] | None, suite: str = "tiny") -> l
     return jobs
 
 
-SUITE = {"name": "tiny"}
-
-
 def result_path(job: tuple[str, int, float | None]) -> Path:
     prefix = "smollm2_" if SUITE["name"] == "smollm2" else ""
     return OUT / "results" / f"{prefix}{run_name(*job)}.json"
@@ -478,14 +526,26 @@ def method_label(method: str) -> str:
             "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
 
 
+def route_column(runs: list[dict] | None = None) -> str:
+    """The forks suite's extra column: the share of responses that take the ``work`` route
+    (its header without ``runs``; empty in the other suites)."""
+    if SUITE["name"] != "forks":
+        return ""
+    if runs is None:
+        return " work route % |"
+    return f" {mean_std([r['work_route'] for r in runs], 100)} |"
+
+
 def main_table(results: list[dict], seeds: list[int]) -> str:
-    rows = ["| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |", "|---|---|---|---|---|"]
+    rows = [f"| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |{route_column()}",
+            "|---|---|---|---|---|" + ("---|" if route_column() else "")]
     for method in TABLE_ORDER:
         runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
         if not runs:
             continue
         rows.append(f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                    f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
+                    f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
+                    f"{route_column(runs)}")
     return "\n".join(rows)
 
 
@@ -503,40 +563,47 @@ def smollm2_table(results: list[dict], seeds: list[int]) -> str:
 
 
 def sweep_table(results: list[dict]) -> str:
-    rows = ["| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |", "|---|---|---|---|---|"]
+    rows = [f"| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |{route_column()}",
+            "|---|---|---|---|---|" + ("---|" if route_column() else "")]
     for alpha in SWEEP_ALPHAS:
         runs = [r for r in results if r["method"] == "PowerFlow"
                 and (r.get("alpha") == alpha or (alpha == ALPHA and r.get("alpha") is None))]
         if runs:
             rows.append(f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |")
+                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
+                        f"{route_column(runs)}")
     return "\n".join(rows)
 
 
 def write_curves(results: list[dict]) -> tuple[Path, Path]:
-    """Held-out avg@16 and mean length against step (mean ± std over seeds) for the curve methods."""
+    """Held-out avg@16 and mean length (forks: work-route share) against step (mean ± std over
+    seeds) for the curve methods."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = DOCS_IMG / "reasoning_curves.csv", DOCS_IMG / "reasoning_curves.png"
+    stem = "forks_curves" if SUITE["name"] == "forks" else "reasoning_curves"
+    csv_path, png_path = DOCS_IMG / f"{stem}.csv", DOCS_IMG / f"{stem}.png"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "seed", "step", "avg_at_16", "maj_at_16", "mean_length"])
+        writer.writerow(["method", "seed", "step", "avg_at_16", "maj_at_16", "mean_length", "work_route"])
         for r in results:
             if r["method"] in CURVE_METHODS and r.get("alpha") is None:
                 for point in r["curve"]:
                     writer.writerow([r["method"], r["seed"], point["step"], f"{point['avg']:.4f}",
-                                     f"{point['maj']:.4f}", f"{point['length']:.3f}"])
+                                     f"{point['maj']:.4f}", f"{point['length']:.3f}",
+                                     f"{point.get('work_route', 0.0):.4f}"])
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    # the forks task's routes are equally long: its right panel shows which route the policy takes
+    right_key, right_scale = ("work_route", 100) if SUITE["name"] == "forks" else ("length", 1)
     for method in CURVE_METHODS:
         runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
         if not runs:
             continue
         steps = [p["step"] for p in runs[0]["curve"]]
-        for axis, key, scale in ((left, "avg", 100), (right, "length", 1)):
+        for axis, key, scale in ((left, "avg", 100), (right, right_key, right_scale)):
             table = [[p[key] * scale for p in r["curve"]] for r in runs]
             mean = [statistics.mean(col) for col in zip(*table, strict=True)]
             std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*table, strict=True)]
@@ -544,11 +611,31 @@ def write_curves(results: list[dict]) -> tuple[Path, Path]:
             axis.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                               [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
     left.set(xlabel="step", ylabel="held-out avg@16 at T=1 (%)", title="accuracy")
-    right.set(xlabel="step", ylabel="mean response length (tokens)", title="length")
+    if SUITE["name"] == "forks":
+        right.set(xlabel="step", ylabel="responses opening with 'work' (%)", title="route")
+    else:
+        right.set(xlabel="step", ylabel="mean response length (tokens)", title="length")
     left.legend()
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     return png_path, csv_path
+
+
+def exact_forks_table() -> str:
+    """The exact comparison on the enumerable model of the forks structure (gfnlm.tasks.synthetic_forks)."""
+    rows = ["| α | TV(T=1/α, p^α) | P(right) base | P(right) T=1/α | P(right) p^α | answer ranked first: base / T=1/α / p^α |",
+            "|---|---|---|---|---|---|"]
+    first = lambda answer: "right" if answer == 0 else "a wrong one"
+    for alpha in EXACT_ALPHAS:
+        e = forks.exact_fork_comparison(alpha)
+        rows.append(f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | {e['low_temp_right']:.3f} "
+                    f"| {e['power_right']:.3f} | {first(e['base_top_answer'])} ({e['base_top_answer_p']:.3f}) / "
+                    f"{first(e['low_temp_top_answer'])} ({e['low_temp_top_answer_p']:.3f}) / "
+                    f"{first(e['power_top_answer'])} ({e['power_top_answer_p']:.3f}) |")
+    e = forks.exact_fork_comparison(EXACT_ALPHAS[0])
+    return (f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route token and "
+            f"{e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} responses):\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def write_outputs(results: list[dict], seeds: list[int]) -> str:
@@ -578,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (the cores split between them)")
     parser.add_argument("--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--forks", action="store_true",
+                        help="the forks task (gfnlm.tasks.synthetic_forks): sequence-level vs per-token sharpening")
     parser.add_argument("--smollm2", action="store_true",
                         help=f"the smaller comparison on the SmolLM2 default task ({', '.join(SMOL_ORDER)})")
     parser.add_argument("--probe", metavar="METHOD", help="one investigation run (first seed, in this process): "
@@ -587,13 +676,17 @@ def main(argv: list[str] | None = None) -> int:
                         "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.forks and args.smollm2:
+        parser.error("--forks and --smollm2: choose one suite")
+    if args.forks:
+        use_forks_suite()
     allowed = SMOL_ORDER if args.smollm2 else (*TABLE_ORDER, "sweep")
     unknown = sorted(set(args.only or []) - set(allowed))
     if unknown:
         parser.error(f"--only {unknown[0]!r}: must be one of {', '.join(allowed)}")
     if args.reuse_runs and not args.smollm2:
         parser.error("--reuse-runs: only with --smollm2 (it reads runs of configs/default.yaml)")
-    SUITE["name"] = "smollm2" if args.smollm2 else "tiny"
+    SUITE["name"] = "smollm2" if args.smollm2 else SUITE["name"]
     files = write_prompt_files(OUT / "data")
     jobs = jobs_for(args.seeds, args.only, SUITE["name"])
     if args.probe:
@@ -624,15 +717,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"base model: {base_model_dir()}")
     print((base_model_dir() / "pretrain.json").read_text())
-    child_argv = ["--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
+    child_argv = ["--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else []),
+                  *(["--forks"] if args.forks else [])]
     results = run_all(jobs, args.jobs, child_argv)
     text = write_outputs(results, args.seeds)
+    if args.forks:
+        text = exact_forks_table() + "\n" + text
+        (OUT / "table.md").write_text(text)
     if any(r["method"] in CURVE_METHODS for r in results):
         png, csv_path = write_curves(results)
         print(f"curves: {png}, {csv_path}")
     print(text)
     if not args.no_docs and not args.only:
-        write_between_markers(text, "reasoning_replication")
+        write_between_markers(text, "forks_replication" if args.forks else "reasoning_replication")
     return 0
 
 

@@ -80,6 +80,8 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
                           "low-temperature baseline)")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
+    if not 0 <= args.min_p < 1:
+        raise ConfigError(f"--min-p={args.min_p}: must be in [0, 1)")
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
     from gfnlm.training.policy import resolve_device
 
@@ -221,15 +223,16 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     prompts = PromptSet.load(args.prompts, "--prompts", policy.tokenizer, config.data.max_prompt_tokens, task=task)
     result = evaluate_creative(policy, prompts, checks, args.samples,
                                args.max_new_tokens or config.sampling.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, embedder=SentenceEmbedder())
+                               temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                               embedder=SentenceEmbedder())
     label = "checkpoint" if args.run else "base model"
     print(f"{len(prompts)} prompts, k={args.samples} samples at T={args.temperature:g}, "
-          f"top-p={args.top_p:g}, seed {args.seed}:")
+          f"top-p={args.top_p:g}, min-p={args.min_p:g}, seed {args.seed}:")
     values = result.as_dict()
     print(_table([("metric", label), *((name, f"{values[key]:.4f}") for key, name in CREATIVE_ROWS)]))
     if args.json:
         out = {"run": args.run, "model": args.model, "prompts": args.prompts, "temperature": args.temperature,
-               "top_p": args.top_p, "seed": args.seed, "metrics": values,
+               "top_p": args.top_p, "min_p": args.min_p, "seed": args.seed, "metrics": values,
                "responses": [list(group) for group in result.responses]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
@@ -254,7 +257,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     text = task.format_prompt(policy.tokenizer, record)
     ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
-    sampler = HFSampler(temperature=args.temperature, top_p=args.top_p,
+    sampler = HFSampler(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
                         max_new_tokens=args.max_new_tokens or config.sampling.max_new_tokens)
     sampler.setup(policy)
     rollouts = sampler.sample(prompts.batch([0]), args.n)
@@ -389,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="import MODULE first (a task or component of your own; repeatable)")
         p.add_argument("--temperature", type=float, default=1.0,
                        help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
+        p.add_argument("--min-p", type=float, default=0.0,
+                       help="min-p truncation, relative to the most likely token (sample; eval --metrics creative); 0 = off")
         p.add_argument("--model", default="smollm2", help="base model when no run is given")
         p.add_argument("--max-new-tokens", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

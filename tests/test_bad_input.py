@@ -36,6 +36,8 @@ CASES = [
     Case("train CONFIG TINY train.lr=nan", r"train\.lr=nan: must be a finite number"),
     Case("train CONFIG TINY train.steps=0", r"train\.steps=0: must be >= 1"),
     Case("train CONFIG TINY sampling.top_p=0", r"sampling\.top_p=0\.0: must be in \(0, 1\]"),
+    Case("eval --min-p 1.5", r"--min-p=1\.5: must be in \[0, 1\)"),
+    Case("train CONFIG TINY sampling.min_p=1", r"sampling\.min_p=1\.0: must be in \[0, 1\)"),
     Case("train CONFIG TINY target.options.alpha=inf", r"alpha=inf: must be a finite number"),
     Case("train CONFIG TINY target.options.alpha=0", r"alpha=0\.0: must be > 0"),
     Case("train CONFIG TINY train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from gfnlm.samplers.hf import HFSampler, decode_with_cache, top_p_filter
+from gfnlm.samplers.hf import HFSampler, decode_with_cache, min_p_filter, next_tokens, top_p_filter
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ConfigError, ModelConfig
 from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
@@ -40,14 +40,14 @@ def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> C
     return CausalLMPolicy(model, tokenizer, config, torch.device("cpu"))
 
 
-@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
-def test_cached_engine_draws_the_same_tokens_as_generate(tiny_model_dir, tmp_path, temperature, top_p):
+@pytest.mark.parametrize(("temperature", "top_p", "min_p"), [(1.0, 1.0, 0.0), (0.7, 0.9, 0.0), (1.3, 1.0, 0.1)])
+def test_cached_engine_draws_the_same_tokens_as_generate(tiny_model_dir, tmp_path, temperature, top_p, min_p):
     """Same seed, no row ends early → the RNG is consumed identically, so the tokens must be equal."""
     policy = make_policy(tiny_model_dir)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     drawn = {}
     for engine in ("cached", "generate"):
-        sampler = HFSampler(temperature=temperature, top_p=top_p, max_new_tokens=8, engine=engine)
+        sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=8, engine=engine)
         sampler.setup(policy)
         torch.manual_seed(0)
         drawn[engine] = sampler.sample(batch, 4)
@@ -95,7 +95,26 @@ def test_top_p_filter_keeps_what_transformers_keeps(top_p):
     assert torch.equal(torch.isinf(top_p_filter(logits, top_p)), torch.isinf(expected))
 
 
+def test_min_p_gives_the_hand_computed_distribution():
+    """p = (0.5, 0.3, 0.15, 0.05). min-p 0.2 keeps the tokens with p >= 0.2 · 0.5 = 0.1: (0.5, 0.3,
+    0.15)/0.95. At T = 0.5 the probabilities become p²/Σp² = (0.25, 0.09, 0.0225, 0.0025)/0.365 and
+    min-p 0.1 keeps those >= 0.1 · 0.25/0.365, i.e. the first two: (0.25, 0.09)/0.34."""
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = min_p_filter(logits, 0.2).softmax(-1)[0]
+    torch.testing.assert_close(kept, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    assert torch.equal(min_p_filter(logits, 0.0), logits)  # 0 = off
+    torch.manual_seed(0)
+    tokens, logp = next_tokens(logits.expand(20_000, 4), temperature=0.5, top_p=1.0, greedy=False, min_p=0.1)
+    expected = torch.tensor([0.25, 0.09, 0.0, 0.0]) / 0.34
+    frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
+    assert frequencies[2:].sum() == 0
+    assert abs(float(frequencies[0]) - float(expected[0])) < 4 * math.sqrt(0.735 * 0.265 / len(tokens))
+    torch.testing.assert_close(logp, expected.log()[tokens])  # the behaviour log-probs of the truncated law
+
+
 @pytest.mark.parametrize(("options", "message"), [
+    ({"min_p": 1.0}, "sampling.min_p=1.0: must be in [0, 1)"),
+    ({"min_p": -0.1}, "sampling.min_p=-0.1: must be in [0, 1)"),
     ({"engine": "vllm"}, "engine='vllm': must be one of cached, generate"),
     ({"top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
     ({"temperature": 0.0}, "sampling.temperature=0.0: must be > 0"),

@@ -1,6 +1,7 @@
 """In-process sampler: batched decoding with a KV cache on the policy's own Hugging Face model.
 
-Two engines draw from the same distribution (softmax of logits / temperature, then top-p):
+Two engines draw from the same distribution (softmax of logits / temperature, then top-p, then
+min-p):
 
 * ``cached`` (default): each prompt is prefilled ONCE and its KV cache shared by its ``n`` samples;
   rows that emitted EOS leave the batch, so short answers stop costing compute. Behaviour
@@ -18,7 +19,7 @@ from typing import Any
 import attrs
 import einops
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache, GenerationConfig, MinPLogitsWarper
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts
@@ -55,14 +56,24 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, -torch.inf)
 
 
-def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                greedy: bool, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Min-p truncation (Nguyen et al. 2024) by ``transformers``' MinPLogitsWarper, the one
+    ``generate`` applies: drop the tokens whose probability is below ``min_p`` times the most likely
+    token's (the most likely token always stays); 0 = off."""
+    if min_p <= 0.0:
+        return logits
+    return MinPLogitsWarper(min_p=min_p)(None, logits)
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
+                min_p: float = 0.0, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step from ``[B, V]`` logits: tokens and their log-probs under the processed
-    distribution (0 for greedy: the choice is deterministic). An ``exploration`` component maps the
-    processed distribution to the one actually sampled (and whose log-probs are returned)."""
+    distribution (temperature, top-p, then min-p, the order of ``generate``; 0 for greedy: the
+    choice is deterministic). An ``exploration`` component maps the processed distribution to the
+    one actually sampled (and whose log-probs are returned)."""
     if greedy:
         return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
-    logp = top_p_filter(wide(logits) / temperature, top_p).log_softmax(-1)
+    logp = min_p_filter(top_p_filter(wide(logits) / temperature, top_p), min_p).log_softmax(-1)
     if exploration is not None:
         logp = exploration.behaviour_log_probs(logp)
     tokens = torch.multinomial(logp.exp(), 1).squeeze(1)
@@ -72,7 +83,7 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.no_grad()
 def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, *,
                       max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                      top_p: float = 1.0, greedy: bool = False,
+                      top_p: float = 1.0, greedy: bool = False, min_p: float = 0.0,
                       synced: bool = False, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` continuations of each left-padded prompt: generated ids ``[B*n, W]`` (pad after EOS;
     rows grouped by prompt) and their behaviour log-probs, ``W <= max_new_tokens``.
@@ -97,7 +108,7 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     logps = torch.zeros(tokens.shape, dtype=wide(logits).dtype, device=mask.device)
     width = 0
     for step in range(max_new_tokens):
-        token, logp = next_tokens(logits, temperature, top_p, greedy, exploration)
+        token, logp = next_tokens(logits, temperature, top_p, greedy, min_p, exploration)
         tokens[rows, step], logps[rows, step] = token, logp
         width = step + 1
         alive = token != eos_token_id
@@ -146,7 +157,7 @@ def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated
 @register("sampler", "hf")
 @attrs.define
 class HFSampler(Sampler):
-    """Ancestral sampling from the policy at an explicit temperature / top-p (top-k off), with
+    """Ancestral sampling from the policy at an explicit temperature / top-p / min-p (top-k off), with
     behaviour log-probs of the distribution actually sampled from. ``engine``: ``cached`` (our
     KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same distribution.
 
@@ -159,6 +170,7 @@ class HFSampler(Sampler):
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
     top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p; 1 = off)")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
+    min_p: float = option(0.0, "min-p threshold relative to the most likely token (set from sampling.min_p; 0 = off)")
     batch_size: int = option(0, "most sequences per decoding call (0 = all at once)")  # max sequences per decoding call; 0 = all at once
     engine: str = option("cached", "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution")
     version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
@@ -187,6 +199,8 @@ class HFSampler(Sampler):
             raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise ConfigError(f"sampling.min_p={self.min_p!r}: must be in [0, 1)")
 
     def setup(self, policy: Any) -> None:
         self._policy = policy
@@ -198,7 +212,7 @@ class HFSampler(Sampler):
         """The ``GenerationConfig`` of the ``generate`` engine (pure ancestral sampling)."""
         tokenizer = self._policy.tokenizer
         return GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, min_p=self.min_p or None,
             max_new_tokens=self.max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
             eos_token_id=self._policy.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             output_scores=True, return_dict_in_generate=True,
@@ -225,15 +239,16 @@ class HFSampler(Sampler):
                 return decode_with_cache(
                     policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
                     eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                    temperature=self.temperature, top_p=self.top_p, synced=policy.synced_decoding,
-                    exploration=self._exploration)
+                    temperature=self.temperature, top_p=self.top_p, min_p=self.min_p,
+                    synced=policy.synced_decoding, exploration=self._exploration)
             return self._generate(per_sample(prompt_ids, n), per_sample(prompt_mask, n))
 
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
                                           generation_config=self.generation_config())
         generated = out.sequences[:, prompt_ids.shape[1]:]
-        # One step's [B, V] scores (after temperature / top-p) at a time: no widened [B, T, V] stack.
+        # One step's [B, V] scores (after temperature / top-p / min-p) at a time: no widened
+        # [B, T, V] stack.
         behaviour = [wide(step_scores).log_softmax(-1).gather(-1, generated[:, i, None]).squeeze(-1)
                      for i, step_scores in enumerate(out.scores)]
         return generated, torch.stack(behaviour, 1)

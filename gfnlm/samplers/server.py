@@ -46,6 +46,7 @@ class ServerSampler(Sampler):
 
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
     top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p)")
+    min_p: float = option(0.0, "min-p threshold (set from sampling.min_p; 0 = off)")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
     url: str = option("", "a running server, e.g. http://127.0.0.1:30000 ('' with launch)")
     launch: dict[str, Any] | None = option(None, "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true")
@@ -87,8 +88,8 @@ class ServerSampler(Sampler):
         """Why ``exact_behaviour_logp`` may be missing, and why there is no ``behaviour_transform``."""
         reasons = {"behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"}
         if not self.behaviour_logp_is_exact:
-            reasons["exact_behaviour_logp"] = (f"top_p={self.top_p:g} < 1, and the {self.engine} server reports "
-                                               "log-probs taken before top-p; use top_p=1")
+            reasons["exact_behaviour_logp"] = (f"top_p={self.top_p:g}, min_p={self.min_p:g}: the {self.engine} server "
+                                               "reports log-probs taken before top-p and min-p; use top_p=1 and min_p=0")
         return reasons
 
     def __attrs_post_init__(self) -> None:
@@ -111,6 +112,8 @@ class ServerSampler(Sampler):
             raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise ConfigError(f"sampling.min_p={self.min_p!r}: must be in [0, 1)")
         if self.scores_base and self.weight_sync == "full" and not self.base_url:
             raise ConfigError(f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
                               "weights, not the base model's; use weight_sync=lora or give base_url")

@@ -59,9 +59,9 @@ class SGLangSampler(ServerSampler):
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
-        """SGLang's log-probs are taken after temperature, before top-p: the exact probability
-        the rollout was sampled with only when top-p is off."""
-        return self.top_p >= 1.0
+        """SGLang's log-probs are taken after temperature, before top-p and min-p: the exact
+        probability the rollout was sampled with only when both are off."""
+        return self.top_p >= 1.0 and self.min_p <= 0.0
 
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_launch(options, field)
@@ -112,7 +112,7 @@ class SGLangSampler(ServerSampler):
         policy = self._policy
         prompt_ids = [row[mask].tolist() for row, mask in zip(prompts.prompt_ids, prompts.prompt_mask, strict=True)]
         params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "top_k": -1, "min_p": 0.0, "min_new_tokens": 0, "ignore_eos": False,
+                  "top_k": -1, "min_p": self.min_p, "min_new_tokens": 0, "ignore_eos": False,
                   "stop_token_ids": [policy.eos_token_id], "skip_special_tokens": False}
         requests = [{"input_ids": [ids] * n, "sampling_params": params, "return_logprob": True,
                      "logprob_start_len": -1, **self._adapter()} for ids in prompt_ids]

@@ -66,7 +66,7 @@ class VLLMSampler(ServerSampler):
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
-        """Always: the server's log-probs are of the processed (temperature, top-p) distribution,
+        """Always: the server's log-probs are of the processed (temperature, min-p, top-p) distribution,
         and a server that returns raw ones is refused at set-up where the two differ."""
         return True
 
@@ -145,7 +145,7 @@ class VLLMSampler(ServerSampler):
     # ------------------------------------------------------------------ sampling
     def _sampling(self, ids: list[int], n: int, lora: bool) -> dict[str, Any]:
         return {"model": self._model(self._client, lora), "prompt": ids, "n": n, "max_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "top_k": -1, "min_p": 0.0, "min_tokens": 0,
+                "temperature": self.temperature, "top_p": self.top_p, "top_k": -1, "min_p": self.min_p, "min_tokens": 0,
                 "ignore_eos": False, "stop_token_ids": [self._policy.eos_token_id], "skip_special_tokens": False,
                 "logprobs": 0, "return_tokens_as_token_ids": True}
 

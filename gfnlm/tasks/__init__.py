@@ -9,7 +9,9 @@ task offers, and how a model is evaluated on it.
 * :mod:`gfnlm.tasks.math_answers` and :mod:`gfnlm.tasks.factual_answers`: answer checkers;
 * :mod:`gfnlm.tasks.rewards`, :mod:`gfnlm.tasks.metrics`, :mod:`gfnlm.tasks.evaluation`: rewards,
   creative metrics, pass@k / majority-vote evaluation;
-* :mod:`gfnlm.tasks.synthetic_reasoning`: the synthetic chain-sum task of the replication benchmark.
+* :mod:`gfnlm.tasks.synthetic_reasoning` and :mod:`gfnlm.tasks.synthetic_forks`: the synthetic
+  chain-sum tasks of the replication benchmark (the second one separates sequence-level from
+  per-token sharpening by construction).
 
 The factual answer checker and prompt-file helpers are re-exported here under their earlier names."""
 

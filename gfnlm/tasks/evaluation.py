@@ -155,9 +155,10 @@ class CreativeResult:
 
 
 def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: int, max_new_tokens: int, *,
-                      temperature: float = 1.0, top_p: float = 1.0, embedder=None, batch_questions: int = 8,
+                      temperature: float = 1.0, top_p: float = 1.0, min_p: float = 0.0, embedder=None,
+                      batch_questions: int = 8,
                       progress: bool = True) -> CreativeResult:
-    """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` and score them with
+    """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` / ``min_p`` and score them with
     :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
     ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM)."""
     from gfnlm.tasks import metrics
@@ -166,7 +167,7 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     if len(checks) != len(prompts):
         raise InputError(f"checks: {len(checks)} rule sets for {len(prompts)} prompts")
     embedder = embedder or metrics.SentenceEmbedder()
-    sampler = HFSampler(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     per_prompt: dict[str, list[float]] = {k: [] for k in ("div", "red", "d1", "d2", "d3")}
     per_response: dict[str, list[float]] = {k: [] for k in ("len", "flu", "rep", "ok", "trunc")}

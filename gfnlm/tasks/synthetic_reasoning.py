@@ -31,19 +31,19 @@ CHAT_TEMPLATE = ("{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
-def vocabulary() -> list[str]:
-    """Every token, specials first."""
-    words = [*SPECIAL, "Q", "A", "=", *DIGITS, *LETTERS, *PROMPT_WORDS]
+def vocabulary(extra_words: tuple[str, ...] = ()) -> list[str]:
+    """Every token, specials first; ``extra_words`` (a variant task's own words) last."""
+    words = [*SPECIAL, "Q", "A", "=", *DIGITS, *LETTERS, *PROMPT_WORDS, *extra_words]
     return list(dict.fromkeys(words))
 
 
-def save_tokenizer(out_dir: Path) -> Path:
-    """A word-level Hugging Face tokenizer of :func:`vocabulary` (split at spaces and punctuation, a chat template,
+def save_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()) -> Path:
+    """A word-level Hugging Face tokenizer of :func:`vocabulary` with ``extra_words`` (split at spaces and punctuation, a chat template,
     ``<eos>`` as EOS and ``<pad>`` as padding) saved into ``out_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(vocabulary())}
+    vocab = {token: i for i, token in enumerate(vocabulary(extra_words))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # tokens joined by spaces

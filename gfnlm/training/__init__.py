@@ -8,5 +8,6 @@
 * :mod:`gfnlm.training.models`: loading models and tokenizers (the embedded SmolLM2 default);
 * :mod:`gfnlm.training.checkpoint`: atomic checkpoints and resume;
 * :mod:`gfnlm.training.distributed`: DDP/FSDP2 set-up;
-* :mod:`gfnlm.training.exact`: the exact check on an enumerable (tabular) model.
+* :mod:`gfnlm.training.exact`: the exact check on an enumerable (tabular) model;
+* :mod:`gfnlm.training.collapse`: a mode-collapsed model by self-distillation (for α < 1 studies).
 """

@@ -55,6 +55,11 @@ def _positive_fraction(instance: object, attribute: attrs.Attribute, value: floa
         raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in (0, 1]")
 
 
+def _fraction_below_one(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value < 1:  # also false for NaN
+        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in [0, 1)")
+
+
 def _not_empty(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if not str(value).strip():
         raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must not be empty")
@@ -121,6 +126,8 @@ class SamplingConfig:
     samples_per_prompt: int = attrs.field(default=8, validator=_at_least(1))
     temperature: float = attrs.field(default=1.0, validator=_at_least(1e-6))
     top_p: float = attrs.field(default=1.0, validator=_positive_fraction)
+    # Min-p truncation: drop tokens below min_p × the most likely token's probability (0 = off).
+    min_p: float = attrs.field(default=0.0, validator=_fraction_below_one)
     max_new_tokens: int = attrs.field(default=24, validator=_at_least(1))
     sampler_options: dict[str, Any] = attrs.field(factory=dict)
 

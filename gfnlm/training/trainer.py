@@ -99,6 +99,8 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
     sampler = build("sampler", sampling.sampler, {
         "temperature": sampling.temperature, "top_p": sampling.top_p,
         "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
+        # only when set: a sampler without min-p support then rejects it by name
+        **({"min_p": sampling.min_p} if sampling.min_p else {}),
     })
     exploration = build("exploration", config.exploration.name, config.exploration.options)
     replay = build("replay", config.replay.name, config.replay.options)
