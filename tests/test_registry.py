@@ -263,13 +263,13 @@ def test_power_mh_with_la_tb_is_rejected_naming_the_capability():
     assert "sampler 'power_mh' withholds it" in message
 
 
-@pytest.mark.parametrize("top_p", [0.9, 0.5])
-def test_sglang_below_top_p_one_with_grpo_is_rejected(top_p):
-    sampler = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=top_p)
+@pytest.mark.parametrize(("top_p", "min_p"), [(0.9, 0.0), (0.5, 0.0), (1.0, 0.1)])
+def test_sglang_with_top_p_or_min_p_and_grpo_is_rejected(top_p, min_p):
+    sampler = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=top_p, min_p=min_p)
     built = {"target": registry.build("target", "alpha_power"), "objective": registry.build("objective", "grpo"),
              "sampler": sampler}
     message = assert_composition_rejected(built, (), "objective", "grpo", "exact_behaviour_logp")
-    assert f"sampler 'sglang' withholds it: top_p={top_p:g} < 1" in message
+    assert f"sampler 'sglang' withholds it: top_p={top_p:g}, min_p={min_p:g}" in message
 
 
 @pytest.mark.parametrize("objective", ["la_tb", "grpo"])
