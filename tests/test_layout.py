@@ -53,3 +53,13 @@ def test_old_import_paths_are_the_new_modules_and_warn():
 def test_unknown_module_is_still_an_import_error():
     with warnings.catch_warnings(), pytest.raises(ModuleNotFoundError):
         importlib.import_module("gfnlm.no_such_module")
+
+
+def test_repository_paths_the_modules_name_exist():
+    # Module-level paths into the checkout (the CPU server recipes) are relative to the module's
+    # own folder: a module moved one level deeper must still find them.
+    from gfnlm.serving import serve, vllm_serve
+    from gfnlm.tasks import prompt_files
+
+    for path in (serve.CPU_RECIPE, vllm_serve.CPU_RECIPE, prompt_files.DATA_DIR):
+        assert path.exists(), path

