@@ -3,6 +3,7 @@
 from typing import ClassVar
 
 from gfnlm.contracts.types import PromptBatch, Rollouts
+from gfnlm.training.config import ConfigError
 
 
 class Sampler:
@@ -38,3 +39,13 @@ class Sampler:
 
     def close(self) -> None:
         """Release resources (servers, threads)."""
+
+
+def check_sampling_settings(temperature: float, top_p: float, min_p: float) -> None:
+    """One-line errors for sampling settings no sampler can use (checked before any model loads)."""
+    if not temperature > 0:
+        raise ConfigError(f"sampling.temperature={temperature!r}: must be > 0")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"sampling.top_p={top_p!r}: must be in (0, 1]")
+    if not 0 <= min_p < 1:
+        raise ConfigError(f"sampling.min_p={min_p!r}: must be in [0, 1)")

@@ -23,7 +23,7 @@ from transformers import DynamicCache, GenerationConfig, MinPLogitsWarper
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts
-from gfnlm.samplers.base import Sampler
+from gfnlm.samplers.base import Sampler, check_sampling_settings
 from gfnlm.training.chunked_logps import wide
 from gfnlm.training.config import ConfigError
 
@@ -195,12 +195,7 @@ class HFSampler(Sampler):
     def __attrs_post_init__(self) -> None:
         if self.engine not in ("cached", "generate"):
             raise ConfigError(f"sampling.sampler_options.engine={self.engine!r}: must be one of cached, generate")
-        if not self.temperature > 0:
-            raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
-        if not 0 <= self.min_p < 1:
-            raise ConfigError(f"sampling.min_p={self.min_p!r}: must be in [0, 1)")
+        check_sampling_settings(self.temperature, self.top_p, self.min_p)
 
     def setup(self, policy: Any) -> None:
         self._policy = policy

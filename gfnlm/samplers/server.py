@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from gfnlm.contracts.registry import option
-from gfnlm.samplers.base import Sampler
+from gfnlm.samplers.base import Sampler, check_sampling_settings
 from gfnlm.serving.serve import LaunchConfig, ManagedServer
 from gfnlm.serving.sglang_client import ServerClient, ServerError
 from gfnlm.training.config import ConfigError
@@ -108,12 +108,7 @@ class ServerSampler(Sampler):
                 raise ConfigError(f"{OPTION}.{name}={getattr(self, name)!r}: must be >= 1")
         if not self.timeout_s > 0 or int(self.retries) < 0:
             raise ConfigError(f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0")
-        if not self.temperature > 0:
-            raise ConfigError(f"sampling.temperature={self.temperature!r}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p={self.top_p!r}: must be in (0, 1]")
-        if not 0 <= self.min_p < 1:
-            raise ConfigError(f"sampling.min_p={self.min_p!r}: must be in [0, 1)")
+        check_sampling_settings(self.temperature, self.top_p, self.min_p)
         if self.scores_base and self.weight_sync == "full" and not self.base_url:
             raise ConfigError(f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
                               "weights, not the base model's; use weight_sync=lora or give base_url")
