@@ -30,7 +30,6 @@ Per-run rows go to ``benchmarks/out/exact_sweep_runs.csv``.
 """
 
 import argparse
-import csv
 import itertools
 import random
 import resource
@@ -45,6 +44,7 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+from exact_matching import write_csv  # the sibling benchmark's (benchmarks/ is on sys.path)
 from tqdm import tqdm
 
 from gfnlm.contracts import registry
@@ -276,14 +276,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(text(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _cpu_seconds(who: int) -> float:
