@@ -237,11 +237,12 @@ def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: 
     sampler.close()
 
 
-def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path) -> None:
-    policy = make_policy(small_smollm2)
-    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", sync_every=2)
+def check_sync_serves_the_updated_policy(sampler, model_dir: Path) -> None:
+    """With ``sync_every=2``: version 1 is not pushed (stale rollouts, visibly), version 2 is (the
+    server's log-probs match the updated policy). Closes ``sampler``."""
+    policy = make_policy(model_dir)
     sampler.setup(policy)  # pushes version 0 (the base weights: LoRA B starts at 0)
-    changed = make_policy(small_smollm2, lora_seed=1)
+    changed = make_policy(model_dir, lora_seed=1)
     policy.model.load_state_dict(changed.model.state_dict())
     sampler.sync(policy, 1)  # sync_every=2: version 1 is not pushed, the rollouts stay stale
     stale = sampler.sample(prompt_batch(policy), 2)
@@ -250,6 +251,11 @@ def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small
     fresh = sampler.sample(prompt_batch(policy), 2)
     assert fresh.weight_version == 2 and served_logp_gap(policy, fresh) < LOGP_TOL
     sampler.close()
+
+
+def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path) -> None:
+    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", sync_every=2)
+    check_sync_serves_the_updated_policy(sampler, small_smollm2)
 
 
 def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_model_dir: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_sglang import (
     LOGP_TOL,
+    check_sync_serves_the_updated_policy,
     live_processes_in_group,
     make_policy,
     prompt_batch,
@@ -173,18 +174,8 @@ def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: 
 @pytest.mark.parametrize("weight_sync", ["full", "lora"])
 def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path,
                                                                    weight_sync: str) -> None:
-    policy = make_policy(small_smollm2)
     sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync=weight_sync, sync_every=2)
-    sampler.setup(policy)  # pushes version 0 (the base weights: LoRA B starts at 0)
-    changed = make_policy(small_smollm2, lora_seed=1)
-    policy.model.load_state_dict(changed.model.state_dict())
-    sampler.sync(policy, 1)  # sync_every=2: version 1 is not pushed, the rollouts stay stale
-    stale = sampler.sample(prompt_batch(policy), 2)
-    assert stale.weight_version == 0 and served_logp_gap(policy, stale) > 0.01
-    sampler.sync(policy, 2)
-    fresh = sampler.sample(prompt_batch(policy), 2)
-    assert fresh.weight_version == 2 and served_logp_gap(policy, fresh) < LOGP_TOL
-    sampler.close()
+    check_sync_serves_the_updated_policy(sampler, small_smollm2)
     if weight_sync == "full":  # leave the shared server with the base weights again
         restore = VLLMSampler(url=server.url, weight_sync="full")
         restore.setup(make_policy(small_smollm2))
