@@ -248,7 +248,9 @@ def run_cell(args: argparse.Namespace, python: str, path: str, op: str, seq_len:
 
     command = [python, str(Path(__file__).resolve()), "--worker", path, "--op", op, "--seq-len", str(seq_len),
                "--seed", str(seed), *shared_options(args)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    # The repository first, then whatever the caller put on the path (carried wheels on a GPU machine).
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit, env=env, check=False,
                           timeout=args.timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -297,8 +299,10 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
     cells: dict[tuple, list[dict]] = {}
     for record in results.values():
         cells.setdefault((record["op"], record["T"], record["path"]), []).append(record)
-    lines = [("| operation | T | path | runs (seeds) | time, s | peak RSS, GB | added RSS, GB | "
-              "chunked / this: time | chunked / this: peak RSS |"),
+    peak = "peak GPU memory" if args.device == "cuda" else "peak RSS"
+    added = "added GPU memory" if args.device == "cuda" else "added RSS"
+    lines = [(f"| operation | T | path | runs (seeds) | time, s | {peak}, GB | {added}, GB | "
+              f"chunked / this: time | chunked / this: {peak} |"),
              "|---|---|---|---|---|---|---|---|---|"]
     cap = f"> {args.cap_gb:g} GB (cap)"
     for op in OPS:

@@ -115,7 +115,9 @@ def find_trl(explicit: str | None) -> tuple[str | None, str]:
                                text=True, check=False)
         version = probe.stdout.strip()
         if probe.returncode == 0 and version == TRL_VERSION:
-            return python, f"TRL {version} ({python})"
+            # Named relative to the repository, or by its file name: no machine's paths in the tables.
+            shown = os.path.relpath(python, REPO) if Path(python).absolute().is_relative_to(REPO) else Path(python).name
+            return python, f"TRL {version} ({shown})"
         last = (probe.stderr.strip().splitlines() or [f"trl {version}, not {TRL_VERSION}"])[-1]
         reasons.append(f"{python}: {last}")
     return None, "; ".join(reasons)
