@@ -110,7 +110,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a policy lr for one objective (db: its credit moves one transition per update; "
                              "at lr 0.1 it needs ~2000 steps on sharp bases)")
     parser.add_argument("--logz-lr", type=float, default=0.1)
-    parser.add_argument("--temperature", type=float, default=1.5, help="exploration temperature")
+    parser.add_argument("--exploration", default="uniform_mix", choices=["tempered", "uniform_mix"],
+                        help="the behaviour policy of the explore mode")
+    parser.add_argument("--temperature", type=float, default=1.5, help="the tempered exploration's temperature")
+    parser.add_argument("--epsilon", type=float, default=0.5, help="the uniform_mix exploration's ε")
     parser.add_argument("--replay-ratio", type=float, default=0.25)
     parser.add_argument("--goal", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=2)
@@ -131,7 +134,7 @@ def run_one(job: tuple[Group, str, str, argparse.Namespace]) -> list[dict[str, A
         logz = registry.build("logz", "table", num_prompts=base.num_prompts)
     exploration = replay = None
     if mode == "explore":
-        exploration = registry.build("exploration", "tempered", temperature=args.temperature)
+        exploration = registry.build("exploration", args.exploration, **exploration_options(args))
         replay = registry.build("replay", "reward_prioritised", ratio=args.replay_ratio)
     policy, report = train_exact_policy(objective, target, base, logz=logz, exploration=exploration, replay=replay,
                                         steps=args.steps, batch_size=args.batch_size, lr=objective_lr(args, objective_name),
@@ -150,6 +153,15 @@ def run_one(job: tuple[Group, str, str, argparse.Namespace]) -> list[dict[str, A
             "steps": args.steps, "cpu_s_group": report.cpu_time_s,
         })
     return rows
+
+
+def exploration_options(args: argparse.Namespace) -> dict[str, float]:
+    """The chosen exploration's one option."""
+    return {"temperature": args.temperature} if args.exploration == "tempered" else {"epsilon": args.epsilon}
+
+
+def describe_exploration(args: argparse.Namespace) -> str:
+    return " ".join([args.exploration, *(f"{'T' if k == 'temperature' else 'ε'}={v:g}" for k, v in exploration_options(args).items())])
 
 
 def objective_lr(args: argparse.Namespace, objective: str) -> float:
@@ -299,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"exact sweep: {settings} settings ({args.groups} groups x {args.seeds_per_group} bases, draw seed "
           f"{args.draw_seed}, <= {args.max_responses} responses each) x {len(args.objectives)} objectives x "
           f"{len(args.modes)} modes = {len(jobs)} runs; {args.steps} Adam steps, batch {args.batch_size} per prompt, "
-          f"lr {args.lr} cosine ({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); explore = tempered T={args.temperature} + "
+          f"lr {args.lr} cosine ({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); explore = {describe_exploration(args)} + "
           f"reward_prioritised replay (ratio {args.replay_ratio})")
     print(f"wall {wall:.0f} s with {args.workers} worker processes; CPU {cpu:.0f} s (this process and its workers, "
           "imports included)")

@@ -422,3 +422,24 @@ def test_objectives_state_where_they_are_valid() -> None:
         check_off_policy(registry.build("objective", "entropy_min"), explore, None)
     check_off_policy(registry.build("objective", "entropy_min"), registry.build("exploration", "none"),
                      registry.build("replay", "none"))
+
+
+# A setting where the fixed point is far from the base and nearly flat (V=6, L=4, logit scale 2.21):
+# at α = 0.5 TB-token's fixed point ∝ p^(α/|y|) is about p^(1/8) on the long responses, the same
+# distribution TB reaches at α = 1/8. Covering the deep prefixes is what decides convergence there.
+FAR_AND_FLAT = ExactSetting(vocab_size=6, max_len=4)
+
+
+@pytest.mark.parametrize(("objective", "alpha"), [("tb_token", 0.5), ("tb", 0.125)])
+def test_a_flat_fixed_point_far_from_the_base_needs_exploration_that_covers_the_prefixes(objective: str, alpha: float) -> None:
+    base = random_bases(FAR_AND_FLAT, 2.21, [6534])
+
+    def tv(exploration: str, **options: float) -> float:
+        return train_exact(registry.build("objective", objective), alpha_power(alpha), base,
+                           logz=registry.build("logz", "table", num_prompts=1),
+                           exploration=registry.build("exploration", exploration, **options),
+                           replay=registry.build("replay", "reward_prioritised", ratio=0.25),
+                           steps=1000, batch_size=64, lr=0.1, seed=4).tv_fixed_point
+
+    assert tv("tempered", temperature=1.5) > 0.1  # a mild tempering leaves the deep prefixes undertrained
+    assert tv("uniform_mix", epsilon=0.5) < 0.05
