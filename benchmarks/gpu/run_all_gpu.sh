@@ -12,20 +12,9 @@
 #   bash benchmarks/gpu/run_all_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-carry=benchmarks/gpu/vs_trl_carry
+source benchmarks/gpu/use_carry.sh
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
-if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/gpu-site "$carry"/wheels/*.whl || echo "installing the carried wheels failed"
-  export PYTHONPATH=/tmp/gpu-site:${PYTHONPATH:-}
-else
-  echo "no wheels in $carry/wheels (run make bench-trl-gpu-carry and carry $carry): TRL may be missing"
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers',
-transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
 part() {  # part NAME LIMIT_S COMMAND...: run one benchmark, timed, its output teed to $out/NAME.log
   local name=$1 limit=$2; shift 2
   echo "=== $name (at most $limit s): $*"

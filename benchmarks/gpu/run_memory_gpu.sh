@@ -7,17 +7,8 @@
 # when set. Usage (repo root), extra arguments go to memory.py:
 #   bash benchmarks/gpu/run_memory_gpu.sh [--repeats 3] [--seq-lens 4096]
 set -uo pipefail
-carry=benchmarks/gpu/vs_trl_carry
+source benchmarks/gpu/use_carry.sh
 log=${OUT:-/tmp}/memory_gpu.log
-if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/memory-site "$carry"/wheels/*.whl || echo "installing the carried wheels failed"
-  export PYTHONPATH=/tmp/memory-site:${PYTHONPATH:-}
-else
-  echo "no wheels in $carry/wheels (run benchmarks/gpu/vs_trl_carry.sh here and carry $carry): TRL may be missing"
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 paths="chunked current trl"
 python3 -c "import trl" 2>/dev/null || { echo "trl does not import: measuring gfnlm's paths only"; paths="chunked current"; }
 # TRL runs with this interpreter (the GPU machine has no network to build a venv).

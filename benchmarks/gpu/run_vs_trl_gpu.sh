@@ -7,20 +7,9 @@
 # BUDGET_S (default 330) bounds the benchmark runs; the model build, the installs and the imports
 # take about a minute more; the whole script is stopped at BUDGET_S + 120 s.
 set -uo pipefail
-carry=benchmarks/gpu/vs_trl_carry
+source benchmarks/gpu/use_carry.sh
 budget=${BUDGET_S:-330}
 log=${OUT:-/tmp}/vs_trl_gpu.log
-if ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/vs-trl-site "$carry"/wheels/*.whl || echo "installing the carried wheels failed"
-  export PYTHONPATH=/tmp/vs-trl-site:${PYTHONPATH:-}
-else
-  echo "no wheels in $carry/wheels (run benchmarks/gpu/vs_trl_carry.sh here and carry $carry): TRL may be missing"
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, transformers, peft; print('python3: torch', torch.__version__, 'transformers',
-transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
 python3 -c "import pyarrow, datasets, trl; print('trl', trl.__version__, 'datasets', datasets.__version__,
 'pyarrow', pyarrow.__version__)" 2>&1 | tail -1
 timeout $((budget + 120)) python3 benchmarks/vs_trl.py --device cuda --tokenizer "$carry/tokenizer" \
