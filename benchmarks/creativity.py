@@ -74,7 +74,11 @@ COLLAPSED_CONDITIONS = {
     "collapsed T=1.5, min-p 0.1": (1.5, 1.0, None, 0.1),
     "PowerFlow α=0.75": (1.0, 1.0, 0.75),
     "PowerFlow α=0.5": (1.0, 1.0, 0.5),
+    "PowerFlow α=0.75, 24 steps at lr 1e-3": (1.0, 1.0, 0.75),
 }
+# Training overrides of one configuration (after the suite's): the same α with twice the steps at
+# half the lr, i.e. about the same distance moved with half the gradient noise's variance.
+CONDITION_TRAINING = {"PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"]}
 COLLAPSE = CollapseOptions(temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3)
 # PowerFlow from the collapsed model: twice the steps of configs/powerflow_creative.yaml.
 COLLAPSED_TRAINING = ["train.steps=12"]
@@ -133,7 +137,8 @@ def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, pro
     run_dir = OUT / "runs" / f"{slug(name)}_seed{seed}"
     suite = [f"model.path={model}", *COLLAPSED_TRAINING] if SUITE["name"] == "creativity_collapsed" else []
     train = [*gfnlm, "train", str(CONFIG), f"target.options.alpha={alpha}", f"train.seed={seed}",
-             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *suite, *args.overrides, "--quiet"]
+             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *suite, *CONDITION_TRAINING.get(name, []),
+             *args.overrides, "--quiet"]
     return [train, [*evaluate, "--run", str(run_dir)]]
 
 
