@@ -45,7 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
 SERVERS = ("sglang", "vllm")
 LABELS = {"hf": "hf (in-process KV-cache loop)", "sglang": "sglang (HTTP server, full sync)",
-          "vllm": "vllm (HTTP server)", "vllm-lora": "vllm (HTTP server, LoRA sync)", "vllm-full": "vllm (HTTP server, full sync)"}
+          "vllm": "vllm (HTTP server)", "vllm-lora": "vllm (HTTP server, LoRA sync)", "vllm-full": "vllm (HTTP server, full sync)",
+          "vllm-lora-async": "vllm (LoRA sync, async rollouts)", "vllm-full-async": "vllm (full sync, async rollouts)"}
+VLLM_ROWS = ("vllm-lora", "vllm-full", "vllm-lora-async", "vllm-full-async")
 GOALS = {"sglang": 2.0, "vllm": 3.0}  # throughput over HF's
 STEP_GOAL = 0.6  # vLLM step time over HF's
 
@@ -64,7 +66,8 @@ def server_launch(args: argparse.Namespace) -> LaunchConfig:
 def vllm_launch(args: argparse.Namespace) -> LaunchConfig:
     """The CPU recipe of tools/vllm_cpu (its venv, a 1 GB KV cache) on CPU; ``--vllm-python`` on GPU."""
     if args.device == "cpu":
-        options = {"cpu": True, "args": ["--dtype", args.vllm_dtype],
+        env = {"VLLM_CPU_OMP_THREADS_BIND": args.vllm_omp_bind} if args.vllm_omp_bind else {}
+        options = {"cpu": True, "args": ["--dtype", args.vllm_dtype], "env": env,
                    **({"python": args.vllm_python} if args.vllm_python else {})}
         return resolve_vllm_launch(options, lambda key: f"--vllm-{key}")
     return LaunchConfig(python=args.vllm_python or sys.executable, startup_timeout_s=600.0,
@@ -96,7 +99,7 @@ def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str
 
 def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_dir: Path) -> Trainer:
     """A default-config trainer with sampler ``name`` (``vllm-lora``, ``vllm-full``: vllm with that
-    weight sync)."""
+    weight sync; ``-async``: with ``sampling.async_rollouts``)."""
     sampler = name.split("-")[0]
     overrides = [f"train.out_dir={out_dir}", "train.steps=1000", "data.eval=''", f"train.device={args.device}",
                  f"sampling.max_new_tokens={args.max_new_tokens}", f"sampling.sampler={sampler}"]
@@ -105,6 +108,10 @@ def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_d
                       f"sampling.sampler_options.concurrency={args.prompts}"]
     if sampler == "vllm":
         overrides.append(f"sampling.sampler_options.weight_sync={name.split('-')[1]}")
+    if name.endswith("-async"):
+        overrides.append("sampling.async_rollouts=true")
+        if args.async_threads:
+            overrides.append(f"train.threads={args.async_threads}")
     return Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
 
 
@@ -127,13 +134,44 @@ def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -
                 ended = time.perf_counter()
                 if round_index == 0:
                     continue
-                record = times.setdefault(name, {})
-                for key in ("sample", "score", "update"):
-                    record.setdefault(key, []).append(metrics[f"time/{key}"])
-                record.setdefault("sync", []).append(ended - synced)
-                record.setdefault("step", []).append(ended - started)
+                record_step(times.setdefault(name, {}), metrics, ended - synced, ended - started)
                 print(f"  step {round_index} {name}: {ended - started:.1f} s", flush=True)
         for trainer in trainers.values():
+            trainer.components.sampler.close()
+        if "vllm" in urls:
+            times |= measure_async_steps(urls, args, rounds, Path(tmp))
+    return times
+
+
+def record_step(record: dict[str, list[float]], metrics: dict[str, float], sync: float, step: float) -> None:
+    for key in ("sample", "score", "update"):
+        record.setdefault(key, []).append(metrics[f"time/{key}"])
+    record.setdefault("sync", []).append(sync)
+    record.setdefault("step", []).append(step)
+
+
+def measure_async_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int,
+                        tmp: Path) -> dict[str, dict[str, list[float]]]:
+    """Seconds per step with async rollouts: consecutive steps of one trainer at a time (its next
+    batch is drawn during its step, so no other trainer may run in between), after one warm-up
+    step. A step's time includes the wait for its batch and the weight sync it starts with."""
+    times: dict[str, dict[str, list[float]]] = {}
+    for name in (f"vllm-{sync}-async" for sync in ("lora", "full") if args.vllm_sync in (sync, "both")):
+        trainer = trainer_for(name, urls, args, tmp / name)
+        try:
+            for round_index in range(rounds + 1):
+                torch.manual_seed(round_index)
+                started = time.perf_counter()
+                metrics = trainer.train_step()
+                trainer.step += 1
+                ended = time.perf_counter()
+                parts = ", ".join(f"{key} {metrics.get(f'time/{key}', 0.0):.2f}" for key in ("sample", "sync", "score",
+                                                                                               "update"))
+                print(f"  step {round_index} {name}: {ended - started:.1f} s ({parts})", flush=True)
+                if round_index:
+                    record_step(times.setdefault(name, {}), metrics, metrics.get("time/sync", 0.0), ended - started)
+        finally:
+            trainer.prefetch.close()
             trainer.components.sampler.close()
     return times
 
@@ -158,7 +196,7 @@ def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace,
         "| sampler | rollout tokens/s | training step (s) | sample | base score | update | weight sync |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("hf", "sglang", *(("vllm-lora", "vllm-full") if steps else ("vllm",))):
+    for name in ("hf", "sglang", *(VLLM_ROWS if steps else ("vllm",))):
         t, sampler = steps.get(name, {}), name.split("-")[0]
         if sampler not in rates or (name.startswith("vllm-") and not t):
             continue
@@ -169,7 +207,7 @@ def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace,
         ratio = [s / h for s, h in zip(rates[name], rates["hf"], strict=True)]
         lines += [ratio_line(f"{name} / hf rollout throughput", ratio,
                              f"≥ {GOALS[name]:g}×", statistics.median(ratio) >= GOALS[name]), ""]
-    for name in ("vllm-lora", "vllm-full"):
+    for name in VLLM_ROWS:
         if name in steps and "hf" in steps:
             ratio = [v / h for v, h in zip(steps[name]["step"], steps["hf"]["step"], strict=True)]
             lines += [ratio_line(f"{LABELS[name]} / hf training step", ratio, f"≤ {STEP_GOAL:g}×",
@@ -192,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-python", default="", help="interpreter with vllm (default: the CPU venv)")
     parser.add_argument("--vllm-sync", default="both", choices=("lora", "full", "both"),
                         help="vLLM weight sync(s) to time; 'full' alone starts the server without LoRA")
+    parser.add_argument("--vllm-omp-bind", default="",
+                        help="VLLM_CPU_OMP_THREADS_BIND of the CPU server, e.g. 1 (one core); default vLLM's auto")
+    parser.add_argument("--async-threads", type=int, default=0,
+                        help="train.threads of the async-rollout trainers (0: torch's default)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     for name in ("prompts", "n", "max_new_tokens", "rounds"):

@@ -29,6 +29,7 @@ from test_sglang_reliability import ScriptedServer, SilentServer
 from test_trainer import REPO, scalars, tiny_overrides
 
 from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.registry import RegistryError
 from gfnlm.samplers.hf import top_p_filter
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig, free_port
@@ -36,6 +37,7 @@ from gfnlm.serving.sglang_client import ServerError
 from gfnlm.serving.vllm_client import VLLMClient
 from gfnlm.serving.vllm_serve import VLLMServer
 from gfnlm.training.config import ConfigError, load_config
+from gfnlm.training.policy import CausalLMPolicy
 from gfnlm.training.trainer import Trainer
 
 small_smollm2 = small_smollm2_fixture  # the module fixture, shared with test_sglang
@@ -75,6 +77,27 @@ def test_bad_options_fail_before_any_connection() -> None:
         VLLMSampler(url="127.0.0.1:8000")
     with pytest.raises(ConfigError, match=rf"launch.python='{sys.executable}': cannot import vllm; .*make vllm-cpu"):
         VLLMSampler(launch={"python": sys.executable})
+
+
+def test_async_rollouts_refuse_on_policy_objectives_and_the_hf_sampler(tiny_model_dir: Path, prompt_files,
+                                                                        tmp_path: Path, monkeypatch) -> None:
+    """Refused when the run is composed, before the model loads (a model load here fails the test)."""
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the configuration was refused")
+
+    monkeypatch.setattr(CausalLMPolicy, "from_config", no_model_load)
+    train, _ = prompt_files
+    common = {"sampling.async_rollouts": "true", "data.eval": "''"}
+    on_policy = tiny_overrides(tiny_model_dir, train, "", tmp_path / "a", **common, **{
+        "sampling.sampler": "vllm", "sampling.sampler_options.url": "http://127.0.0.1:1", "objective.name": "entropy_min",
+        "objective.options": "{}"})
+    with pytest.raises(RegistryError, match=r"^sampling.async_rollouts=true: objective 'entropy_min' is valid on its "
+                                            r"own samples only \(off_policy='on_policy'\).*allowed: "):
+        Trainer(load_config(REPO / "configs/default.yaml", on_policy), progress=False)
+    in_process = tiny_overrides(tiny_model_dir, train, "", tmp_path / "b", **common)
+    with pytest.raises(ConfigError, match=r"^sampling.async_rollouts=true with sampling.sampler='hf': .*allowed: a "
+                                          r"server sampler \(sglang, vllm\) or sampling.async_rollouts=false$"):
+        Trainer(load_config(REPO / "configs/default.yaml", in_process), progress=False)
 
 
 def test_a_hung_or_dead_server_is_one_line(tiny_model_dir: Path) -> None:
@@ -204,3 +227,39 @@ def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt
     assert served_logp_gap(trainer.policy, check.sample(prompt_batch(trainer.policy), 2)) < LOGP_TOL
     check.close()
     trainer.components.sampler.close()
+
+
+def test_async_rollouts_are_drawn_by_the_weights_before_the_last_update(server, small_smollm2: Path, prompt_files,
+                                                                         tmp_path: Path) -> None:
+    """With ``sampling.async_rollouts`` the server draws step k+1's batch while the trainer updates on
+    step k's: from the second step on, a batch's behaviour log-probs are those of the weights before
+    the previous update (staleness 1), not those of the weights it updates."""
+    train, evaluation = prompt_files
+    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
+        "sampling.sampler": "vllm", "sampling.sampler_options.url": server.url, "sampling.async_rollouts": "true",
+        "sampling.sampler_options.weight_sync": "lora", "train.steps": 3, "data.eval": "''"})
+    trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    trained = [(name, param) for name, param in trainer.policy.model.named_parameters() if param.requires_grad]
+    batches, weights = [], []
+    update = trainer.update
+
+    def recording_update(rollouts, scores):  # the batch, and the weights this update starts from
+        batches.append(rollouts)
+        weights.append([param.detach().clone() for _, param in trained])
+        return update(rollouts, scores)
+
+    trainer.update = recording_update
+    trainer.train()
+    logged = scalars(tmp_path / "run" / "tb")
+    assert [value for _, value in logged["train/sampler/staleness"]] == [0, 1, 1]
+
+    def gap(rollouts, state) -> float:  # the batch's behaviour log-probs vs the policy with ``state``
+        with torch.no_grad():
+            for (_, param), value in zip(trained, state, strict=True):
+                param.copy_(value)
+        return served_logp_gap(trainer.policy, rollouts)
+
+    assert gap(batches[0], weights[0]) < LOGP_TOL  # the first batch is drawn at once, by the current weights
+    for k in (1, 2):
+        assert gap(batches[k], weights[k - 1]) < LOGP_TOL
+        assert gap(batches[k], weights[k]) > 10 * LOGP_TOL

@@ -271,11 +271,18 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
 # Which objectives may train on what
 
 
-def check_off_policy(objective: Any, exploration: Any = None, replay: Any = None) -> None:
+def check_off_policy(objective: Any, exploration: Any = None, replay: Any = None,
+                     async_rollouts: bool = False) -> None:
     """Refuse, in one line, an objective fed trajectories its loss is not valid on (see
-    :attr:`Objective.off_policy <gfnlm.objectives.base.Objective.off_policy>`)."""
+    :attr:`Objective.off_policy <gfnlm.objectives.base.Objective.off_policy>`): explored, replayed,
+    or (``async_rollouts``) drawn by the weights of one update before."""
     validity = getattr(objective, "off_policy", "on_policy")
     name = getattr(objective, "registry_name", type(objective).__name__)
+    if async_rollouts and validity == "on_policy":
+        raise RegistryError(f"sampling.async_rollouts=true: objective {name!r} is valid on its own samples only "
+                            "(off_policy='on_policy'), and async rollouts come from the weights of one update "
+                            "before; allowed: sampling.async_rollouts=false, or an objective with off_policy "
+                            "'any' or 'importance_weighted'")
     if exploration is not None and getattr(exploration, "changes_sampling", True) and validity == "on_policy":
         label = getattr(exploration, "registry_name", type(exploration).__name__)
         raise RegistryError(f"exploration.name={label!r}: objective {name!r} is valid on its own samples only "

@@ -19,6 +19,9 @@ class Sampler:
 
     provides: ClassVar[frozenset[str]] = frozenset({"response_text"})
     requires: ClassVar[frozenset[str]] = frozenset()
+    # Whether ``sample`` may run in a background thread while the trainer updates the policy
+    # (``sampling.async_rollouts``): only where the sampler holds its own copy of the weights.
+    overlaps_training: ClassVar[bool] = False
 
     def setup(self, policy: object) -> None:
         """Attach to the policy (called once before sampling)."""

@@ -43,6 +43,7 @@ class ServerSampler(Sampler):
     """The options and mechanics shared by the server samplers (see the module docstring)."""
 
     engine: ClassVar[str] = "server"  # how messages name the engine
+    overlaps_training: ClassVar[bool] = True  # the server samples with its own copy of the weights
 
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
     top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p)")

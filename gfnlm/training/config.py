@@ -130,6 +130,9 @@ class SamplingConfig:
     min_p: float = attrs.field(default=0.0, validator=_fraction_below_one)
     max_new_tokens: int = attrs.field(default=24, validator=_at_least(1))
     sampler_options: dict[str, Any] = attrs.field(factory=dict)
+    # A server sampler draws the next step's rollouts while the trainer scores and updates on this
+    # step's: rollouts one update stale (staleness 1), for objectives valid off-policy only.
+    async_rollouts: bool = False
 
 
 @attrs.define

@@ -38,6 +38,7 @@ from gfnlm.training.policy import (
     place_like,
     resolve_device,
 )
+from gfnlm.training.prefetch import RolloutPrefetch
 
 
 class TrainingError(RunError):
@@ -109,7 +110,12 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
         if hasattr(component, "bind_task"):
             component.bind_task(task)
     check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad", "token_statistics"})
-    check_off_policy(objective, exploration, replay)
+    check_off_policy(objective, exploration, replay, sampling.async_rollouts)
+    if sampling.async_rollouts and not sampler.overlaps_training:
+        raise ConfigError(f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: this sampler "
+                          "draws with the policy being trained, in the trainer's process, so it cannot sample "
+                          "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
+                          "sampling.async_rollouts=false")
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
@@ -246,6 +252,7 @@ class Trainer:
         if self.world.distributed:
             _seed_everything(config.train.seed + 7919 * self.world.rank)  # each rank samples its own rollouts
         self.components.sampler.setup(self.policy)
+        self.prefetch = RolloutPrefetch(self.components.sampler)
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
         # Replay draws from its own stream: the prompt stream must stay identical on every rank,
@@ -324,7 +331,8 @@ class Trainer:
             while self.step < cfg.steps:
                 metrics = dist_utils.reduce_metrics(self.train_step(), self.world, self.device)
                 self.step += 1
-                sampler.sync(self.policy, self.step)
+                if not self.config.sampling.async_rollouts:  # async: train_step syncs, the server idle
+                    sampler.sync(self.policy, self.step)
                 self.log(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3g}", len=f"{metrics['length/mean']:.1f}")
@@ -336,6 +344,7 @@ class Trainer:
             results["after"] = self.evaluate_cached(self.step)
         finally:
             bar.close()
+            self.prefetch.close()
             sampler.close()
             if self.writer is not None:
                 self.writer.close()
@@ -345,8 +354,8 @@ class Trainer:
         """One step: sample, score, update. Returns scalar metrics."""
         cfg = self.config
         started = time.perf_counter()
-        prompts = self.train_prompts.batch(self._next_prompt_indices())
-        fresh = self.components.sampler.sample(prompts, cfg.sampling.samples_per_prompt)
+        timing: dict[str, float] = {}
+        fresh = self._async_rollouts(timing) if cfg.sampling.async_rollouts else self._rollouts()
         replay = self.components.replay
         rollouts = replay.mix(fresh, self.replay_rng)  # fresh rows first, then replayed ones
         sampled = time.perf_counter()
@@ -362,9 +371,32 @@ class Trainer:
         updated = time.perf_counter()
         metrics |= _rollout_metrics(rollouts, scores) | replay.metrics()
         metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
-        metrics |= {"time/sample": sampled - started, "time/score": scored - sampled,
-                    "time/update": updated - scored, "time/step": updated - started}
+        metrics |= {"time/sample": sampled - started - timing.get("time/sync", 0.0), "time/score": scored - sampled,
+                    "time/update": updated - scored, "time/step": updated - started} | timing
         return metrics
+
+    def _rollouts(self) -> Rollouts:
+        """This step's rollouts, drawn now by the current weights."""
+        prompts = self.train_prompts.batch(self._next_prompt_indices())
+        return self.components.sampler.sample(prompts, self.config.sampling.samples_per_prompt)
+
+    def _async_rollouts(self, timing: dict[str, float]) -> Rollouts:
+        """This step's rollouts, drawn during the previous step by the weights before its update
+        (the first step of a run draws them now); then the last update's weights go to the idle
+        server, which starts on the next step's rollouts (see :mod:`gfnlm.training.prefetch`)."""
+        sampler = self.components.sampler
+        fresh = self.prefetch.take()
+        if fresh is None:  # the server already serves the current weights (set-up or resume)
+            fresh = self._rollouts()
+        else:
+            synced = time.perf_counter()
+            sampler.sync(self.policy, self.step)
+            timing["time/sync"] = time.perf_counter() - synced
+        if self.step + 1 < self.config.train.steps:  # no batch for a step that will not run
+            prompt_state = self.prompt_rng.get_state()
+            prompts = self.train_prompts.batch(self._next_prompt_indices())
+            self.prefetch.submit(prompts, self.config.sampling.samples_per_prompt, prompt_state)
+        return fresh
 
     def update(self, rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
         """``updates_per_batch`` passes of minibatch optimiser steps over the rollouts."""
@@ -481,7 +513,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python": random.getstate(),
                 "numpy": checkpoint.portable_rng_state(np.random.get_state()),
-                "prompts": self.prompt_rng.get_state(),
+                "prompts": self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state(),
             },
         }
 

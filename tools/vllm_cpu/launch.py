@@ -23,7 +23,11 @@ def cpu_launch(dtype: str = "float32", kv_cache_gb: int = 1, max_model_len: int 
     launch = {
         "python": str(PYTHON),
         "args": ["--dtype", dtype, "--max-model-len", str(max_model_len)],
-        "env": {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)},
+        # The model runs in the engine's process instead of a worker process of its own: vLLM's
+        # worker busy-polls its shared-memory queue for 1 s after every call (a hard-coded spin
+        # in vllm.distributed.device_communicators.shm_broadcast), which on a small CPU takes a
+        # core from the engine while it samples and from the trainer after every request.
+        "env": {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
         "startup_timeout_s": 600.0,
     }
     launch = {**launch, **overrides}
