@@ -1,6 +1,6 @@
 """A miniature replication of the PowerFlow paper's reasoning results (Chen et al. 2026, arXiv:2603.18363), on CPU.
 
-1. A tiny Llama (2 layers, hidden 96) is pre-trained here, once, on the synthetic step-by-step task
+1. A tiny Llama (2 layers, hidden 64) is pre-trained here, once, on the synthetic step-by-step task
    of :mod:`gfnlm.tasks.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),
    and cached as a Hugging Face folder under the gfnlm cache (``$GFNLM_CACHE`` or
    ``~/.cache/gfnlm``). Its most likely solution is right far more often than a T = 1 sample.
@@ -21,6 +21,8 @@ between the ``reasoning_replication`` markers. Finished runs are kept and skippe
                                                   # the SmolLM2 comparison
     python benchmarks/reasoning_replication.py --forks [--seeds 0 1 2] [--jobs 2]
                                                   # the forks task: sequence- vs token-level sharpening
+    python benchmarks/reasoning_replication.py --forks --sum-probe 4000 [--seeds 1234]
+                                                  # when the forks base learns to add (see pretrain)
 
 ``--forks`` runs the same comparison on :mod:`gfnlm.tasks.synthetic_forks` (the same questions and
 scorer; pre-training solutions that take a common ``guess`` route with many wrong continuations or
@@ -111,11 +113,14 @@ FORKS_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TT
 FORKS_CURVES = ("PowerFlow", "TB-traj", "TTRL", "EM", "GRPO")
 FORKS_SWEEP = (2.0, 4.0)
 EXACT_ALPHAS = (2.0, 4.0)
-# The tiny model does not learn to add from a mixture where only 35 % of the solutions show the
-# right sums (measured: its work-route answers stayed at chance after 4,000 steps), so its
-# pre-training is a curriculum: the first `clean_steps` show work solutions only (it learns to
-# add), the rest the 35/65 mixture (it learns to guess more often than it works).
-FORKS_PRETRAIN = {"steps": 4000, "clean_steps": 1500}
+# The forks base model's pre-training is a curriculum of two phases, each annealed by its own
+# one-cycle schedule: `clean_steps` of work solutions only (it learns to add), then the rest of the
+# 35/65 mixture at a lower peak lr `mixture_lr` (it learns to guess more often than it works without
+# unlearning the sums). Learning the sums is a sudden drop from a plateau (0.33 nats/token, the loss
+# of a model that copies every digit but draws the sums) whose timing varies with the seed, so the
+# work phase is checked on held-out solutions and repeated (at most `work_cycles` times) until its
+# running sums are right at least `min_sum_accuracy` of the time.
+FORKS_PRETRAIN = {"steps": 4000, "clean_steps": 1500, "mixture_lr": 1e-3, "work_cycles": 3, "min_sum_accuracy": 0.95}
 FORKS_TERMS = (2, 4)
 
 CHAIN_SUM = build("task", "chain_sum")  # how the synthetic task's prompts are formatted and graded
@@ -160,11 +165,13 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- base model
 def base_model_dir() -> Path:
-    """The pre-trained tiny model (trained and cached on first use)."""
+    """The pre-trained tiny model (trained and cached on first use; the name holds every setting of
+    the pre-training, so a change trains a new one)."""
     shape = f"h{MODEL['hidden_size']}-l{MODEL['num_layers']}-n{PRETRAIN['steps']}"
     if SUITE["name"] == "forks":
         target = default_cache_dir() / (f"forks-tiny-w{forks.WORK_RATE}-t{TERMS[0]}{TERMS[1]}"
-                                        f"-c{PRETRAIN['clean_steps']}-{shape}")
+                                        f"-c{PRETRAIN['clean_steps']}x{PRETRAIN['work_cycles']}"
+                                        f"-m{PRETRAIN['mixture_lr']:g}-i{MODEL['intermediate_size']}-{shape}")
     else:
         target = default_cache_dir() / f"reasoning-tiny-e{ERROR_RATE}-s{STOP_RATE}-{shape}"
     if (target / "pretrain.json").is_file():
@@ -173,63 +180,152 @@ def base_model_dir() -> Path:
     return target
 
 
-def pretraining_solution(question: str, rng: random.Random, step: int) -> str:
-    """A solution of the base model's training data at pre-training ``step``: noisy chains, or the
-    forks task's routes (work only for the first ``clean_steps``, then the mixture)."""
-    if SUITE["name"] == "forks":
-        return forks.fork_solution(question, rng, 1.0 if step < PRETRAIN["clean_steps"] else forks.WORK_RATE)
-    return task.noisy_solution(question, rng, ERROR_RATE, STOP_RATE)
+def pretraining_phases() -> list[tuple[str, int, float]]:
+    """The pre-training curriculum: (solutions, steps, peak lr) of each phase, each phase annealed by
+    its own one-cycle schedule. Chain sum: one phase of noisy solutions. Forks: ``work`` solutions
+    only (where the model learns to add), then the 35/65 mixture of routes at a lower peak lr."""
+    if SUITE["name"] != "forks":
+        return [("noisy", PRETRAIN["steps"], PRETRAIN["lr"])]
+    return [("work", PRETRAIN["clean_steps"], PRETRAIN["lr"]),
+            ("mixture", PRETRAIN["steps"] - PRETRAIN["clean_steps"], PRETRAIN["mixture_lr"])]
 
 
-def pretrain(target: Path) -> None:
-    """Next-token training on prompt + solution (loss on the solution and EOS only)."""
-    from transformers import AutoModelForCausalLM
+def pretraining_solution(question: str, rng: random.Random, solutions: str) -> str:
+    """One solution of a pre-training phase's kind (see :func:`pretraining_phases`)."""
+    if solutions == "work":
+        return forks.fork_solution(question, rng, 1.0)
+    if solutions == "mixture":
+        return forks.fork_solution(question, rng, forks.WORK_RATE)
+    if solutions == "noisy":
+        return task.noisy_solution(question, rng, ERROR_RATE, STOP_RATE)
+    raise ValueError(f"solutions={solutions!r}: must be work, mixture or noisy")
 
+
+def solution_batch(tokenizer, rng: random.Random, solutions: str, size: int):
+    """``size`` random questions with a solution each, as prompt + solution + EOS token ids, labels
+    (-100 on the prompt and the padding) and the attention mask."""
     from gfnlm.tasks import format_prompt
-    from gfnlm.training.policy import load_tokenizer
 
-    work = target.with_name(target.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    task.save_tokenizer(work / "tokenizer", forks.ROUTES if SUITE["name"] == "forks" else ())
-    save_random_llama(work, work / "tokenizer", seed=PRETRAIN["seed"], **MODEL)
-    tokenizer = load_tokenizer(work)
-    model = AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32)
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, PRETRAIN["lr"], total_steps=PRETRAIN["steps"],
+    rows, targets = [], []
+    for _ in range(size):
+        q = task.make_question(rng, *TERMS)
+        prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(pretraining_solution(q, rng, solutions), add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id]
+        rows.append(prompt + answer)
+        targets.append([-100] * len(prompt) + answer)
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+    mask = (labels != -100) | (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None])
+    return ids, labels, mask
+
+
+def held_out_sums(model, tokenizer, questions: int = 256) -> tuple[float, float]:
+    """On held-out ``work`` solutions, teacher-forced: the share of running sums (the token after each
+    ``=``) that the model ranks first (1.0 for a model that adds, about 0.1 for one that guesses) and
+    their mean loss in nats (ln 10 ≈ 2.30 for a uniform guess)."""
+    ids, labels, mask = solution_batch(tokenizer, random.Random(99), "work", questions)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
+    is_sum = ids[:, :-1] == tokenizer.convert_tokens_to_ids("=")
+    targets = labels[:, 1:][is_sum]
+    accuracy = (logits[is_sum].argmax(-1) == targets).float().mean()
+    return float(accuracy), float(torch.nn.functional.cross_entropy(logits[is_sum], targets))
+
+
+def train_phase(model, tokenizer, optimiser, rng: random.Random, solutions: str, steps: int, lr: float,
+                losses: list[float], schedule_steps: int | None = None, report=None) -> None:
+    """Next-token training on ``steps`` batches of the phase's solutions (loss on the solution and
+    EOS only), under a one-cycle schedule peaking at ``lr`` over ``schedule_steps`` (default
+    ``steps``); ``report(step)`` is called every 100 steps when given."""
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=schedule_steps or steps,
                                                    pct_start=0.05)
-    rng = random.Random(PRETRAIN["seed"])
-    torch.manual_seed(PRETRAIN["seed"])
-    started, losses = time.perf_counter(), []
-    bar = tqdm(range(PRETRAIN["steps"]), desc="pre-train base", unit="step")
+    model.train()
+    bar = tqdm(range(steps), desc=f"pre-train base ({solutions})", unit="step")
     for step in bar:
-        rows, targets = [], []
-        for _ in range(PRETRAIN["batch"]):
-            q = task.make_question(rng, *TERMS)
-            prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
-            answer = tokenizer(pretraining_solution(q, rng, step), add_special_tokens=False)["input_ids"] + [
-                tokenizer.eos_token_id]
-            rows.append(prompt + answer)
-            targets.append([-100] * len(prompt) + answer)
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
-        mask = (labels != -100) | (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None])
+        if report and step % 100 == 0:
+            report(step)
+        ids, labels, mask = solution_batch(tokenizer, rng, solutions, PRETRAIN["batch"])
         loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{statistics.mean(losses[-50:]):.3f}")
+    model.eval()
+
+
+def fresh_model(directory: Path, seed: int):
+    """The suite's tokenizer and a randomly initialised model of ``MODEL``'s shape, saved into
+    ``directory``; returns (tokenizer, model, optimiser)."""
+    from transformers import AutoModelForCausalLM
+
+    from gfnlm.training.policy import load_tokenizer
+
+    task.save_tokenizer(directory / "tokenizer", forks.ROUTES if SUITE["name"] == "forks" else ())
+    save_random_llama(directory, directory / "tokenizer", seed=seed, **MODEL)
+    tokenizer = load_tokenizer(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.01)
+    return tokenizer, model, optimiser
+
+
+def probe_sum_learning(schedule_steps: int, seed: int, steps: int = 1500) -> None:
+    """When does the model learn to add? Pre-train a fresh base (the suite's model) on ``work``
+    solutions only for ``steps`` steps of a one-cycle schedule ``schedule_steps`` long (the earlier
+    curriculum: 1,500 of 4,000), printing the held-out running sums (:func:`held_out_sums`) every 100
+    steps."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer, model, optimiser = fresh_model(Path(directory), seed)
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+
+        def report(step: int) -> None:
+            model.eval()
+            accuracy, loss = held_out_sums(model, tokenizer)
+            model.train()
+            tqdm.write(f"seed {seed} schedule {schedule_steps} step {step:5d}: held-out sums ranked first "
+                       f"{100 * accuracy:5.1f} %, sum loss {loss:.3f} nats")
+
+        train_phase(model, tokenizer, optimiser, rng, "work", steps, PRETRAIN["lr"], [], schedule_steps, report)
+        report(steps)
+
+
+def pretrain(target: Path) -> None:
+    """Pre-train the base model through :func:`pretraining_phases`; a ``work`` phase is repeated
+    until its held-out running sums are right (:func:`held_out_sums`), at most ``work_cycles`` times."""
+    work = target.with_name(target.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    tokenizer, model, optimiser = fresh_model(work, PRETRAIN["seed"])
+    rng = random.Random(PRETRAIN["seed"])
+    torch.manual_seed(PRETRAIN["seed"])
+    started, losses, record = time.perf_counter(), [], {}
+    for solutions, steps, lr in pretraining_phases():
+        train_phase(model, tokenizer, optimiser, rng, solutions, steps, lr, losses)
+        if solutions == "work":
+            accuracies = [held_out_sums(model, tokenizer)[0]]
+            while accuracies[-1] < PRETRAIN["min_sum_accuracy"] and len(accuracies) < PRETRAIN["work_cycles"]:
+                train_phase(model, tokenizer, optimiser, rng, solutions, steps, lr, losses)
+                accuracies.append(held_out_sums(model, tokenizer)[0])
+            record["work_phase_sum_accuracy"] = accuracies
+            if accuracies[-1] < PRETRAIN["min_sum_accuracy"]:
+                raise SystemExit(f"pre-training: after {len(accuracies)} work phases of {steps} steps the model ranks "
+                                 f"the right running sum first {accuracies[-1]:.0%} of the time (needs "
+                                 f"{PRETRAIN['min_sum_accuracy']:.0%}): it has not learnt to add")
+    if SUITE["name"] == "forks":
+        record["final_sum_accuracy"] = held_out_sums(model, tokenizer)[0]
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
     shutil.rmtree(work / "tokenizer")
     data = {"work_rate": forks.WORK_RATE, "terms": TERMS} if SUITE["name"] == "forks" else {"error_rate": ERROR_RATE,
                                                                             "stop_rate": STOP_RATE}
     (work / "pretrain.json").write_text(json.dumps({
-        **data, **MODEL, **PRETRAIN,
+        **data, **MODEL, **PRETRAIN, **record,
         "final_loss": statistics.mean(losses[-100:]), "seconds": time.perf_counter() - started}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     work.rename(target)
@@ -240,8 +336,9 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
     """avg@k, maj@k (majority of the extracted answers; no answer counts as wrong), pass@k and
     mean length (tokens, EOS counted) of ``sampler``'s k responses per question, graded by the
     chain_sum task against the gold answers that travel with the prompts; ``work_route``: the share
-    of responses that open with the forks task's ``work`` route."""
-    correct, majority, lengths, truncated, work_route = [], [], [], [], []
+    of responses that open with the forks task's ``work`` route; ``work_right``: the share of those
+    whose answer is right (0 when there are none)."""
+    correct, majority, lengths, truncated, work_route, work_right = [], [], [], [], [], []
     for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
         rollouts = sampler.sample(prompts.batch(indices), k)
@@ -252,11 +349,13 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
         for row, i in enumerate(indices):
             gold, group = prompts.answers[i], texts[row * k : (row + 1) * k]
             correct.append([CHAIN_SUM.is_correct(t, gold) for t in group])
+            work_right += [right for t, right in zip(group, correct[-1], strict=True) if forks.route_of(t) == "work"]
             votes = Counter(a for a in map(CHAIN_SUM.answer_key, group) if a)
             majority.append(bool(votes) and votes.most_common(1)[0][0] in gold)
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return {"avg": mean([mean(c) for c in correct]), "maj": mean(majority), "pass": mean([any(c) for c in correct]),
-            "length": mean(lengths), "truncated": mean(truncated), "work_route": mean(work_route)}
+            "length": mean(lengths), "truncated": mean(truncated), "work_route": mean(work_route),
+            "work_right": mean(work_right)}
 
 
 def load_eval_prompts(tokenizer, eval_file: Path):
@@ -532,13 +631,14 @@ def route_column(runs: list[dict] | None = None) -> str:
     if SUITE["name"] != "forks":
         return ""
     if runs is None:
-        return " work route % |"
-    return f" {mean_std([r['work_route'] for r in runs], 100)} |"
+        return " work route % | `work` answers right % |"
+    return (f" {mean_std([r['work_route'] for r in runs], 100)} |"
+            f" {mean_std([r.get('work_right', 0.0) for r in runs], 100)} |")
 
 
 def main_table(results: list[dict], seeds: list[int]) -> str:
     rows = [f"| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |{route_column()}",
-            "|---|---|---|---|---|" + ("---|" if route_column() else "")]
+            "|---|---|---|---|---|" + ("---|---|" if route_column() else "")]
     for method in TABLE_ORDER:
         runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
         if not runs:
@@ -564,7 +664,7 @@ def smollm2_table(results: list[dict], seeds: list[int]) -> str:
 
 def sweep_table(results: list[dict]) -> str:
     rows = [f"| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |{route_column()}",
-            "|---|---|---|---|---|" + ("---|" if route_column() else "")]
+            "|---|---|---|---|---|" + ("---|---|" if route_column() else "")]
     for alpha in SWEEP_ALPHAS:
         runs = [r for r in results if r["method"] == "PowerFlow"
                 and (r.get("alpha") == alpha or (alpha == ALPHA and r.get("alpha") is None))]
@@ -674,12 +774,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for --probe")
     parser.add_argument("--reuse-runs", metavar="PATTERN", help="with --smollm2: take Base and PowerFlow from "
                         "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)")
+    parser.add_argument("--sum-probe", type=int, metavar="SCHEDULE_STEPS",
+                        help="with --forks: pre-train a fresh base on work solutions for 1,500 steps of a one-cycle "
+                        "schedule this long and print its held-out running sums every 100 steps (seed: --seeds)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.forks and args.smollm2:
         parser.error("--forks and --smollm2: choose one suite")
+    if args.sum_probe and not args.forks:
+        parser.error("--sum-probe: only with --forks")
     if args.forks:
         use_forks_suite()
+    if args.sum_probe:
+        for seed in args.seeds:
+            probe_sum_learning(args.sum_probe, seed)
+        return 0
     allowed = SMOL_ORDER if args.smollm2 else (*TABLE_ORDER, "sweep")
     unknown = sorted(set(args.only or []) - set(allowed))
     if unknown:
