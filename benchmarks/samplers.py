@@ -138,7 +138,7 @@ def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -
                 print(f"  step {round_index} {name}: {ended - started:.1f} s", flush=True)
         for trainer in trainers.values():
             trainer.components.sampler.close()
-        if "vllm" in urls:
+        if "vllm" in urls and not args.no_async:
             times |= measure_async_steps(urls, args, rounds, Path(tmp))
     return times
 
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="vLLM weight sync(s) to time; 'full' alone starts the server without LoRA")
     parser.add_argument("--vllm-omp-bind", default="",
                         help="VLLM_CPU_OMP_THREADS_BIND of the CPU server, e.g. 1 (one core); default vLLM's auto")
+    parser.add_argument("--no-async", action="store_true",
+                        help="skip the async-rollout rows (on a 2-core CPU each such step takes over a minute)")
     parser.add_argument("--async-threads", type=int, default=0,
                         help="train.threads of the async-rollout trainers (0: torch's default)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
