@@ -28,6 +28,7 @@ class RolloutPrefetch:
 
     @property
     def pending(self) -> bool:
+        """Whether a batch is in flight (submitted and not yet taken)."""
         return self._pending is not None
 
     def submit(self, prompts: PromptBatch, n: int, prompt_state: Any) -> None:
