@@ -293,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.startup_timeout is None:  # the recipe's (CPU start-up is slow) or LaunchConfig's default
         del options["startup_timeout_s"]
     flag = {"args": "the flags after --"}
-    field = lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-"))  # noqa: E731
+    field = lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-"))
     model_dir = resolve_model_path(args.model)
     if args.engine == "vllm":
         server = VLLMServer(model_dir, resolve_vllm_launch(options, field), lora_rank=args.lora_rank)
