@@ -75,10 +75,13 @@ COLLAPSED_CONDITIONS = {
     "PowerFlow α=0.75": (1.0, 1.0, 0.75),
     "PowerFlow α=0.5": (1.0, 1.0, 0.5),
     "PowerFlow α=0.75, 24 steps at lr 1e-3": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.75, lr 1e-3": (1.0, 1.0, 0.75),
 }
-# Training overrides of one configuration (after the suite's): the same α with twice the steps at
-# half the lr, i.e. about the same distance moved with half the gradient noise's variance.
-CONDITION_TRAINING = {"PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"]}
+# Training overrides of a configuration (after the suite's): the same α with twice the steps at half
+# the lr (about the same distance moved, half the gradient noise's variance), and with half the lr
+# alone (about half the distance moved).
+CONDITION_TRAINING = {"PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"],
+                      "PowerFlow α=0.75, lr 1e-3": ["train.lr=1e-3"]}
 COLLAPSE = CollapseOptions(temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3)
 # PowerFlow from the collapsed model: twice the steps of configs/powerflow_creative.yaml.
 COLLAPSED_TRAINING = ["train.steps=12"]
