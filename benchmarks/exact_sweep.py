@@ -161,7 +161,9 @@ def exploration_options(args: argparse.Namespace) -> dict[str, float]:
 
 
 def describe_exploration(args: argparse.Namespace) -> str:
-    return " ".join([args.exploration, *(f"{'T' if k == 'temperature' else 'ε'}={v:g}" for k, v in exploration_options(args).items())])
+    """The chosen exploration and its option, as the report names them (e.g. ``uniform_mix ε=0.5``)."""
+    (value,) = exploration_options(args).values()
+    return f"{args.exploration} {'T' if args.exploration == 'tempered' else 'ε'}={value:g}"
 
 
 def objective_lr(args: argparse.Namespace, objective: str) -> float:
