@@ -97,6 +97,29 @@ def live_processes_in_group(pgid: int) -> list[int]:
     return alive
 
 
+def start_serve(command: list[str], tmp_path: Path, url_line: str = r"at (http://\S+) \(pid (\d+)\)"):
+    """Start ``gfnlm serve`` (``command``) with its temporary files under ``tmp_path``; return the
+    process, the URL and the server's process group from the first line it prints."""
+    import re
+    import subprocess
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})
+    line = process.stdout.readline()
+    found = re.search(url_line, line)
+    if not found:
+        process.kill()
+        raise AssertionError((line, process.stderr.read()))
+    return process, found.group(1), int(found.group(2))
+
+
+def stop_serve_with_ctrl_c(process, tmp_path: Path, engine: str) -> None:
+    """Ctrl-C ends ``gfnlm serve`` with status 130 and deletes the server's log."""
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert "the server is stopped" in process.stderr.read()
+    assert not list(tmp_path.glob(f"gfnlm-{engine}-*.log"))  # deleted with the server
+
 
 # Tests that need no server, or start their own, run first: the module's shared server starts at
 # the first test that asks for it, so two servers never compete for the CPU.
@@ -125,9 +148,6 @@ def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path:
     and so does a ``kill -9`` of ``gfnlm serve`` itself (the supervisor's parent-death signal).
     ``ctrl_c`` starts it the documented way (``--cpu``: the repository's CPU recipe) and checks
     that the server's log is deleted; ``kill_9`` spells the recipe out as flags."""
-    import re
-    import subprocess
-
     if how == "ctrl_c":
         command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--cpu"]
     else:
@@ -135,20 +155,12 @@ def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path:
         command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--python", launch["python"],
                    "--startup-timeout", "600", *(f"--env={k}={v}" for k, v in launch["env"].items()),
                    "--", *launch["args"]]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})
-    line = process.stdout.readline()
-    found = re.search(r"at (http://\S+) \(pid (\d+)\)", line)
-    assert found, (line, process.stderr.read() if process.poll() is not None else "")
-    url, pid = found.group(1), int(found.group(2))
+    process, url, pid = start_serve(command, tmp_path)
     from gfnlm.serving.sglang_client import SGLangClient
 
     assert SGLangClient(url).healthy()
     if how == "ctrl_c":
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
-        assert "the server is stopped" in process.stderr.read()
-        assert not list(tmp_path.glob("gfnlm-sglang-*.log"))  # deleted with the server
+        stop_serve_with_ctrl_c(process, tmp_path, "sglang")
     else:
         process.kill()
         process.wait(timeout=10)

@@ -2,15 +2,17 @@
 line, used by the ``vllm`` sampler through its URL, and stopped with everything it started on Ctrl-C;
 bad flags are one line before anything starts."""
 
-import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_sglang import check_sync_serves_the_updated_policy, live_processes_in_group
+from test_sglang import (
+    check_sync_serves_the_updated_policy,
+    live_processes_in_group,
+    start_serve,
+    stop_serve_with_ctrl_c,
+)
 from test_sglang import small_smollm2 as small_smollm2_fixture
 
 from gfnlm import cli
@@ -33,20 +35,14 @@ def test_bad_serve_flags_are_one_line(flags: list[str], message: str, capsys: py
 def test_gfnlm_serve_vllm_serves_the_sampler_and_leaves_nothing_behind(small_smollm2: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--engine", "vllm", "--cpu",
                "--lora-rank", "8"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})
+    process, url, pid = start_serve(
+        command, tmp_path, r"^vLLM server for .* at (http://\S+) \(pid (\d+)\); use sampling.sampler=vllm")
     try:
-        line = process.stdout.readline()
-        found = re.search(r"^vLLM server for .* at (http://\S+) \(pid (\d+)\); use sampling.sampler=vllm", line)
-        assert found, (line, process.stderr.read() if process.poll() is not None else "")
-        url, pid = found.group(1), int(found.group(2))
         # The sampler uses the running server; LoRA sync works because of --lora-rank.
         check_sync_serves_the_updated_policy(VLLMSampler(url=url, max_new_tokens=10, weight_sync="lora", sync_every=2),
                                              small_smollm2)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        stop_serve_with_ctrl_c(process, tmp_path, "vllm")
     finally:
         if process.poll() is None:
             process.kill()
     assert not live_processes_in_group(pid) and not VLLMClient(url, timeout_s=5, retries=0).healthy()
-    assert not list(tmp_path.glob("gfnlm-vllm-*.log"))  # the server's log goes with it
