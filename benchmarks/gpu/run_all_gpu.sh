@@ -13,15 +13,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/use_carry.sh
-out=${OUT:-benchmarks/out}
-mkdir -p "$out"
-part() {  # part NAME LIMIT_S COMMAND...: run one benchmark, timed, its output teed to $out/NAME.log
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (at most $limit s): $*"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
-  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
-}
 launch="python3 -m torch.distributed.run --standalone --nproc_per_node 1"
 part trainer_lora 90 $launch benchmarks/gpu/trainer_gpu.py --tokenizer "$carry/tokenizer" --steps ${TRAINER_STEPS:-5}
 part trainer_full 70 $launch benchmarks/gpu/trainer_gpu.py --tokenizer "$carry/tokenizer" --steps ${TRAINER_STEPS:-5} --full

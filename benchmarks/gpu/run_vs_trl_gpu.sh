@@ -9,14 +9,10 @@
 set -uo pipefail
 source benchmarks/gpu/use_carry.sh
 budget=${BUDGET_S:-330}
-log=${OUT:-/tmp}/vs_trl_gpu.log
 python3 -c "import pyarrow, datasets, trl; print('trl', trl.__version__, 'datasets', datasets.__version__,
 'pyarrow', pyarrow.__version__)" 2>&1 | tail -1
-timeout $((budget + 120)) python3 benchmarks/vs_trl.py --device cuda --tokenizer "$carry/tokenizer" \
-  --work-dir /tmp/gfnlm-vs-trl --budget-s "$budget" "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-if [ -n "${OUT:-}" ]; then
-  cp benchmarks/out/vs_trl_cuda_*.md benchmarks/out/vs_trl_cuda_*.json "$OUT"/ 2>/dev/null || true
-fi
-[ "$status" = 124 ] && echo "vs_trl.py ran past BUDGET_S + 120 s and was stopped"
+part vs_trl_gpu $((budget + 120)) python3 benchmarks/vs_trl.py --device cuda --tokenizer "$carry/tokenizer" \
+  --work-dir /tmp/gfnlm-vs-trl --budget-s "$budget" "$@"
+status=$?
+[ "$out" != benchmarks/out ] && cp benchmarks/out/vs_trl_cuda_*.md benchmarks/out/vs_trl_cuda_*.json "$out"/ 2>/dev/null
 exit "$status"
