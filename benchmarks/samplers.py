@@ -8,7 +8,9 @@ SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
 * training step: :meth:`Trainer.train_step` of the default PowerFlow config plus, for a server
   sampler, the weight sync that follows every step: SGLang's full sync (LoRA merged, written,
   ``/update_weights_from_disk``), vLLM's adapter sync (``lora``: the adapter written,
-  ``/v1/load_lora_adapter``) and its full sync (``full``: merged weights written, reloaded in place).
+  ``/v1/load_lora_adapter``), the same with the base model scored by the server instead of the
+  trainer (``scores_base``: prompt log-probs without the adapter), and its full sync (``full``:
+  merged weights written, reloaded in place).
 
 Prints medians with min-max over the rounds, each server's throughput over HF's (goals: SGLang
 ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
@@ -46,8 +48,9 @@ sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
 SERVERS = ("sglang", "vllm")
 LABELS = {"hf": "hf (in-process KV-cache loop)", "sglang": "sglang (HTTP server, full sync)",
           "vllm": "vllm (HTTP server)", "vllm-lora": "vllm (HTTP server, LoRA sync)", "vllm-full": "vllm (HTTP server, full sync)",
+          "vllm-lora-scored": "vllm (LoRA sync, base scored by the server)",
           "vllm-lora-async": "vllm (LoRA sync, async rollouts)", "vllm-full-async": "vllm (full sync, async rollouts)"}
-VLLM_ROWS = ("vllm-lora", "vllm-full", "vllm-lora-async", "vllm-full-async")
+VLLM_ROWS = ("vllm-lora", "vllm-full", "vllm-lora-scored", "vllm-lora-async", "vllm-full-async")
 GOALS = {"sglang": 2.0, "vllm": 3.0}  # throughput over HF's
 STEP_GOAL = 0.6  # vLLM step time over HF's
 
@@ -99,7 +102,8 @@ def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str
 
 def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_dir: Path) -> Trainer:
     """A default-config trainer with sampler ``name`` (``vllm-lora``, ``vllm-full``: vllm with that
-    weight sync; ``-async``: with ``sampling.async_rollouts``)."""
+    weight sync; ``-scored``: the server scores the base model, ``scores_base``; ``-async``: with
+    ``sampling.async_rollouts``)."""
     sampler = name.split("-")[0]
     overrides = [f"train.out_dir={out_dir}", "train.steps=1000", "data.eval=''", f"train.device={args.device}",
                  f"sampling.max_new_tokens={args.max_new_tokens}", f"sampling.sampler={sampler}"]
@@ -108,6 +112,8 @@ def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_d
                       f"sampling.sampler_options.concurrency={args.prompts}"]
     if sampler == "vllm":
         overrides.append(f"sampling.sampler_options.weight_sync={name.split('-')[1]}")
+    if name.endswith("-scored"):
+        overrides.append("sampling.sampler_options.scores_base=true")
     if name.endswith("-async"):
         overrides.append("sampling.async_rollouts=true")
         if args.async_threads:
@@ -121,6 +127,7 @@ def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -
     names = ["hf", *(["sglang"] if "sglang" in urls else [])]
     if "vllm" in urls:
         names += [f"vllm-{sync}" for sync in ("lora", "full") if args.vllm_sync in (sync, "both")]
+        names += ["vllm-lora-scored"] if args.vllm_sync in ("lora", "both") else []
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {name: trainer_for(name, urls, args, Path(tmp) / name) for name in names}
         for round_index in range(rounds + 1):  # the first step of each is a warm-up

@@ -253,6 +253,28 @@ def test_every_shipped_config_loads_and_composes(name: str) -> None:
     compose(config, hidden_size=64, num_train_prompts=10)
 
 
+@pytest.mark.parametrize(("objective", "needs"), [("la_tb", False), ("tb", False), ("subtb", True), ("db", True)])
+def test_the_base_pass_returns_prefix_eos_logps_only_for_objectives_that_use_them(objective: str,
+                                                                                   needs: bool) -> None:
+    """The α-power target offers prefix rewards, but only SubTB/DB use them: for TB/LA-TB the base
+    pass needs no per-prefix EOS log-prob, so a vLLM server (which cannot return it) may score the
+    base model; with SubTB that is refused when the run is composed."""
+    from gfnlm.training.config import ConfigError
+    from gfnlm.training.trainer import compose
+
+    vllm = ["sampling.sampler=vllm", "sampling.sampler_options.url=http://127.0.0.1:1",
+            "sampling.sampler_options.weight_sync=lora", "sampling.sampler_options.scores_base=true"]
+    config = load_config(REPO / "configs/default.yaml", [f"objective.name={objective}", *vllm])
+    if not needs:
+        assert not compose(config, hidden_size=64, num_train_prompts=10).base_needs_eos_logp
+        return
+    with pytest.raises(ConfigError, match=rf"^sampling.sampler_options.scores_base=true: objective '{objective}' "
+                                          r"uses prefix rewards.*allowed: scores_base=false"):
+        compose(config, hidden_size=64, num_train_prompts=10)
+    hf = load_config(REPO / "configs/default.yaml", [f"objective.name={objective}"])
+    assert compose(hf, hidden_size=64, num_train_prompts=10).base_needs_eos_logp
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     ([], r"MODEL_DIR and TRAIN_DATA are required"),
     (["/nonexistent/qwen", "/nonexistent/train.parquet"], r"MODEL_DIR='/nonexistent/qwen': not a model folder"),

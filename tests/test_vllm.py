@@ -189,7 +189,7 @@ def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: 
     served, local = sampler.score_base(rollouts, need_eos_logp=False), policy.score_base(rollouts, False)
     assert float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max()) < LOGP_TOL
     assert float(local.token_logp[rollouts.response_mask].abs().min()) > 0  # real values, not zeros
-    with pytest.raises(RunError, match=r"^sampling.sampler_options.scores_base=true: this target needs"):
+    with pytest.raises(RunError, match=r"^sampling.sampler_options.scores_base=true: this run needs"):
         sampler.score_base(rollouts, need_eos_logp=True)
     sampler.close()
 
@@ -212,11 +212,16 @@ def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_mod
     assert "\n" not in str(error.value) and server.alive()
 
 
-def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt_files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scores_base", [False, True])
+def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt_files, tmp_path: Path,
+                                             scores_base: bool) -> None:
+    """PowerFlow (LA-TB, which needs no per-prefix EOS log-prob) trains with the rollouts from the
+    server, and with the base model scored by the server too (``scores_base``)."""
     train, evaluation = prompt_files
     overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
         "sampling.sampler": "vllm", "sampling.sampler_options.url": server.url,
-        "sampling.sampler_options.weight_sync": "lora", "train.steps": 3, "data.eval": "''"})
+        "sampling.sampler_options.weight_sync": "lora", "train.steps": 3, "data.eval": "''",
+        "sampling.sampler_options.scores_base": str(scores_base).lower()})
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
     trainer.train()
     logged = scalars(tmp_path / "run" / "tb")

@@ -27,6 +27,9 @@ class Sampler:
         """Attach to the policy (called once before sampling)."""
 
     scores_base: bool = False
+    # Whether ``score_base`` can return the base model's EOS log-prob at every prefix (what prefix
+    # rewards need); checked when the run is composed.
+    scores_eos_logp: ClassVar[bool] = True
 
     def sync(self, policy: object, version: int, force: bool = False) -> None:
         """Make the sampler use the policy's current weights, tagged ``version``."""

@@ -63,6 +63,7 @@ class VLLMSampler(ServerSampler):
     """
 
     engine = "vLLM"
+    scores_eos_logp = False  # the completions API returns the sampled/prompt tokens' log-probs only
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
@@ -181,8 +182,8 @@ class VLLMSampler(ServerSampler):
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's per-token log-probs of the responses, computed by the server (no
         adapter, or ``base_url``): the same values as ``policy.score_base``, without a local pass."""
-        if need_eos_logp:
-            raise RunError(f"{OPTION}.scores_base=true: this target needs the base model's EOS log-prob at every "
+        if need_eos_logp:  # refused when the run is composed (scores_eos_logp); kept for direct callers
+            raise RunError(f"{OPTION}.scores_base=true: this run needs the base model's EOS log-prob at every "
                            "prefix, which vLLM's completions API does not return; leave scores_base false "
                            "(the trainer scores the base model itself)")
         client = self._base_client or self._client

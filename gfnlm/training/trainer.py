@@ -68,6 +68,12 @@ class Components:
             roles["replay"] = self.replay
         return roles
 
+    @property
+    def base_needs_eos_logp(self) -> bool:
+        """Whether the base pass must return the EOS log-prob at every prefix: only when the target
+        turns it into prefix rewards and the objective uses them (SubTB, DB; not TB or LA-TB)."""
+        return bool(self.target.needs_eos_logp and "prefix_rewards" in self.objective.requires)
+
 
 def build_task(config: RunConfig) -> Any:
     """The run's task (cheap: no model), checked against what the data settings ask of it."""
@@ -116,6 +122,11 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
                           "draws with the policy being trained, in the trainer's process, so it cannot sample "
                           "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
                           "sampling.async_rollouts=false")
+    if sampler.scores_base and components.base_needs_eos_logp and not sampler.scores_eos_logp:
+        raise ConfigError(f"sampling.sampler_options.scores_base=true: objective {config.objective.name!r} uses "
+                          f"prefix rewards, which need the base model's EOS log-prob at every prefix, and the "
+                          f"{sampling.sampler!r} sampler's server does not return it; allowed: scores_base=false "
+                          "(the trainer scores the base model) or an objective without prefix rewards (tb, la_tb)")
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
@@ -363,7 +374,7 @@ class Trainer:
         base = None
         if target.needs_base:
             scorer = self.components.sampler if self.components.sampler.scores_base else self.policy
-            base = scorer.score_base(rollouts, target.needs_eos_logp)
+            base = scorer.score_base(rollouts, self.components.base_needs_eos_logp)
         scores = target.score(rollouts, base)
         replay.add(fresh, scores.log_reward[: fresh.batch_size])
         scored = time.perf_counter()

@@ -28,7 +28,7 @@ def main() -> None:
     torch.manual_seed(1234)
     prompts = trainer.train_prompts.batch(list(range(config.train.prompts_per_step)))
     rollouts = sampler.sample(prompts, config.sampling.samples_per_prompt)
-    base = trainer.policy.score_base(rollouts, trainer.components.target.needs_eos_logp)
+    base = trainer.policy.score_base(rollouts, trainer.components.base_needs_eos_logp)
     scores = trainer.components.target.score(rollouts, base)
     share = rollouts.batch_size // world.size
     rows = torch.arange(world.rank * share, (world.rank + 1) * share)
