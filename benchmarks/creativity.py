@@ -7,7 +7,10 @@ opening and joke prompts, each with the rules it states), k samples per prompt f
   with nucleus sampling at high temperature (T = 1.6, top-p = 0.9);
 * PowerFlow α = 0.5 and α = 0.75 trained from the instruct model on ``creative_train``
   (``configs/powerflow_creative.yaml``, changing only α, the seed and the output folder), sampled
-  at T = 1.
+  at T = 1;
+* the exact targets p^0.75 and p^0.5 themselves, estimated without training from 32 samples per
+  prompt of the model at T = 1, importance-weighted (``gfnlm eval --target-alpha``), printed below
+  the table with their effective sample size.
 
 Each configuration runs with 3 seeds (trained ones: training seed = sampling seed). Every job is a
 ``gfnlm train`` / ``gfnlm eval --metrics creative`` process with one torch thread, at most
@@ -69,6 +72,8 @@ CONDITIONS = {
 COLLAPSED_CONDITIONS = {
     "instruct T=1 (not collapsed)": (1.0, 1.0, None, 0.0, "smollm2"),
     "collapsed T=1": (1.0, 1.0, None),
+    "collapsed T=1.15": (1.15, 1.0, None),
+    "collapsed T=1.33 (1/0.75)": (1 / 0.75, 1.0, None),
     "collapsed T=1.5": (1.5, 1.0, None),
     "collapsed T=1.5, top-p 0.9": (1.5, 0.9, None),
     "collapsed T=1.5, min-p 0.1": (1.5, 1.0, None, 0.1),
@@ -76,12 +81,28 @@ COLLAPSED_CONDITIONS = {
     "PowerFlow α=0.5": (1.0, 1.0, 0.5),
     "PowerFlow α=0.75, 24 steps at lr 1e-3": (1.0, 1.0, 0.75),
     "PowerFlow α=0.75, lr 1e-3": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.75, 18 steps at lr 1e-3": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.75, 24 steps at lr 1e-3, k=8": (1.0, 1.0, 0.75),
+    "PowerFlow α=0.75, 18 steps at lr 1e-3, 4 prompts/step": (1.0, 1.0, 0.75),
 }
 # Training overrides of a configuration (after the suite's): the same α with twice the steps at half
-# the lr (about the same distance moved, half the gradient noise's variance), and with half the lr
-# alone (about half the distance moved).
+# the lr (about the same distance moved, half the gradient noise's variance); with half the lr alone
+# (about half the distance moved); in between (three quarters of the distance); with 8 instead of 4
+# responses per training prompt (a better log Z'(q) estimate and half the noise again); and with 4
+# instead of 2 prompts per step (the seed-to-seed spread comes from which prompts a run trains on).
 CONDITION_TRAINING = {"PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"],
-                      "PowerFlow α=0.75, lr 1e-3": ["train.lr=1e-3"]}
+                      "PowerFlow α=0.75, lr 1e-3": ["train.lr=1e-3"],
+                      "PowerFlow α=0.75, 18 steps at lr 1e-3": ["train.steps=18", "train.lr=1e-3"],
+                      "PowerFlow α=0.75, 24 steps at lr 1e-3, k=8": ["train.steps=24", "train.lr=1e-3",
+                                                                      "sampling.samples_per_prompt=8"],
+                      "PowerFlow α=0.75, 18 steps at lr 1e-3, 4 prompts/step": ["train.steps=18", "train.lr=1e-3",
+                                                                                 "train.prompts_per_step=4"]}
+# The exact targets p^α of the suite's model, estimated without training: ESTIMATE_SAMPLES responses
+# per held-out prompt from the model at T = 1, importance-weighted towards p^α (gfnlm eval
+# --target-alpha). Where a trained PowerFlow sampler lands if it matches its target.
+ESTIMATE_JOB = "exact targets (importance-weighted)"
+ESTIMATE_ALPHAS = (0.75, 0.5)
+ESTIMATE_SAMPLES = 32
 COLLAPSE = CollapseOptions(temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3)
 # PowerFlow from the collapsed model: twice the steps of configs/powerflow_creative.yaml.
 COLLAPSED_TRAINING = ["train.steps=12"]
@@ -129,9 +150,13 @@ def held_out_prompts(every: int) -> str:
 
 def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str) -> list[list[str]]:
     """The commands of one (configuration, seed): [train,] eval."""
-    temperature, top_p, alpha, min_p, model = condition(name)
     gfnlm = [sys.executable, "-m", "gfnlm.cli"]
     out_json = OUT / "json" / f"{slug(name)}_seed{seed}.json"
+    if name == ESTIMATE_JOB:
+        return [[*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(ESTIMATE_SAMPLES),
+                 "--seed", str(seed), "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads),
+                 "--model", SUITE["model"], "--target-alpha", *map(str, ESTIMATE_ALPHAS), "--json", str(out_json)]]
+    temperature, top_p, alpha, min_p, model = condition(name)
     evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(args.samples),
                 "--temperature", str(temperature), "--top-p", str(top_p), "--min-p", str(min_p), "--seed", str(seed),
                 "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--json", str(out_json)]
@@ -175,6 +200,30 @@ def aggregate(seeds: list[int]) -> dict[str, dict[str, list[float]]]:
                 for key, value in metrics.items():
                     results.setdefault(name, {}).setdefault(key, []).append(float(value))
     return results
+
+
+def estimate_summary(seeds: list[int]) -> str:
+    """A paragraph on the importance-weighted estimates of the exact targets (not table rows: their
+    effective sample size decides whether they mean anything, so it is printed with them)."""
+    found: dict[float, dict[str, list[float]]] = {}
+    for seed in seeds:
+        path = OUT / "json" / f"{slug(ESTIMATE_JOB)}_seed{seed}.json"
+        if path.is_file():
+            for alpha, values in json.loads(path.read_text())["target_estimates"].items():
+                for key, value in values.items():
+                    found.setdefault(float(alpha), {}).setdefault(key, []).append(float(value))
+    parts = []
+    for alpha, values in found.items():
+        (div, div_sd), (flu, flu_sd) = mean_std(values["semantic_diversity"]), mean_std(values["fluency"])
+        parts.append(f"p^{alpha:g}: diversity {div:.3f} ± {div_sd:.3f}, fluency {flu:.2f} ± {flu_sd:.2f}, effective "
+                     f"samples per prompt {statistics.median(values['ess_median']):.1f} (median), "
+                     f"{min(values['ess_min']):.1f} (min) of {ESTIMATE_SAMPLES}")
+    if not parts:
+        return ""
+    return (f"\nExact targets estimated without training ({ESTIMATE_SAMPLES} samples per prompt of the suite's model at "
+            f"T = 1, importance-weighted, {len(next(iter(found.values()))['fluency'])} seeds): " + "; ".join(parts) +
+            ". Where the effective samples are 1-2 of the drawn ones, one response carries each prompt's estimate "
+            "(and different α pick the same response): such numbers do not locate the targets.\n")
 
 
 def markdown_table(results: dict[str, dict[str, list[float]]]) -> str:
@@ -243,7 +292,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--collapsed", action="store_true",
                         help="the comparison on the mode-collapsed model (gfnlm.training.collapse), with min-p")
-    parser.add_argument("--only", nargs="+", default=None, choices=[*CONDITIONS, *COLLAPSED_CONDITIONS],
+    parser.add_argument("--only", nargs="+", default=None, choices=[*CONDITIONS, *COLLAPSED_CONDITIONS, ESTIMATE_JOB],
                         metavar="NAME", help=f"configurations to run (default all: {'; '.join(CONDITIONS)}; "
                         f"with --collapsed: {'; '.join(COLLAPSED_CONDITIONS)})")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)")
@@ -255,16 +304,17 @@ def main() -> int:
         parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
     if args.prompts_every < 1:
         parser.error(f"--prompts-every={args.prompts_every}: must be >= 1")
-    if args.only and set(args.only) - set(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS):
-        parser.error(f"--only: {sorted(set(args.only) - set(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS))} "
-                     "are not configurations of this suite")
+    allowed = {*(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS), ESTIMATE_JOB}
+    if args.only and set(args.only) - allowed:
+        parser.error(f"--only: {sorted(set(args.only) - allowed)} are not configurations of this suite")
     max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
     if args.collapsed:
         use_collapsed_suite()
     prompts = held_out_prompts(args.prompts_every)
-    names = args.only or list(CONDITIONS)
+    names = args.only or [*CONDITIONS, ESTIMATE_JOB]
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
-    order = sorted(((n, s) for n in names for s in args.seeds), key=lambda p: (p[1], condition(p[0])[2] is None))
+    order = sorted(((n, s) for n in names for s in args.seeds),
+                   key=lambda p: (p[1], p[0] != ESTIMATE_JOB and condition(p[0])[2] is None))
     started = time.perf_counter()
     if args.report_only:
         order = []
@@ -278,7 +328,7 @@ def main() -> int:
             bar.update(1)
             bar.write(f"{name}, seed {seed}: {'cached' if not seconds else f'{seconds / 60:.1f} min'}")
     results = aggregate(args.seeds)
-    table = markdown_table(results)
+    table = markdown_table(results) + estimate_summary(args.seeds)
     wall = (time.perf_counter() - started) / 60
     print(f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
           f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")

@@ -4,7 +4,7 @@ Commands::
 
     gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
     gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K] [--json OUT.json]
-    gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--json OUT.json]
+    gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--target-alpha 0.75 ...] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
     gfnlm export RUN_DIR [--step N] (--merged OUT_DIR | --adapter OUT_DIR) [--dtype bfloat16] [--force]
     gfnlm serve [MODEL_DIR] [--engine sglang|vllm] [--cpu] [--python PYTHON] [--port P] [--env K=V] [-- SERVER_FLAGS ...]
@@ -214,6 +214,9 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
         raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
     if args.samples < 2:
         raise ConfigError(f"--samples={args.samples}: must be >= 2 with --metrics creative")
+    for alpha in args.target_alpha:
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ConfigError(f"--target-alpha={alpha}: must be a finite number > 0")
     checks = load_checks(args.prompts, "--prompts")  # bad prompt files fail before any model loads
     minilm_path()
     if args.threads:
@@ -224,15 +227,18 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     result = evaluate_creative(policy, prompts, checks, args.samples,
                                args.max_new_tokens or config.sampling.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                               embedder=SentenceEmbedder())
+                               embedder=SentenceEmbedder(), target_alphas=tuple(args.target_alpha))
     label = "checkpoint" if args.run else "base model"
     print(f"{len(prompts)} prompts, k={args.samples} samples at T={args.temperature:g}, "
           f"top-p={args.top_p:g}, min-p={args.min_p:g}, seed {args.seed}:")
-    values = result.as_dict()
-    print(_table([("metric", label), *((name, f"{values[key]:.4f}") for key, name in CREATIVE_ROWS)]))
+    columns = {label: result.as_dict()} | {f"p_base^{a:g} (estimate)": v for a, v in result.target_estimates.items()}
+    rows = [*CREATIVE_ROWS, ("ess_min", "effective samples per prompt (min)")] if result.target_estimates else CREATIVE_ROWS
+    print(_table([("metric", *columns), *((name, *(f"{c[key]:.4f}" if key in c else "–" for c in columns.values()))
+                                          for key, name in rows)]))
     if args.json:
         out = {"run": args.run, "model": args.model, "prompts": args.prompts, "temperature": args.temperature,
-               "top_p": args.top_p, "min_p": args.min_p, "seed": args.seed, "metrics": values,
+               "top_p": args.top_p, "min_p": args.min_p, "seed": args.seed, "metrics": result.as_dict(),
+               "target_estimates": {str(alpha): v for alpha, v in result.target_estimates.items()},
                "responses": [list(group) for group in result.responses]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
@@ -403,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
             p.add_argument("--json", default=None,
                            help="also write the metrics here (creative: with the responses)")
+            p.add_argument("--target-alpha", type=float, nargs="+", default=[], metavar="ALPHA",
+                           help="--metrics creative: also estimate the metrics of the exact target p_base^ALPHA "
+                                "from the same samples (self-normalised importance weights)")
             p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
             p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                            help="import MODULE first (a task or component of your own; repeatable)")

@@ -66,6 +66,20 @@ def test_semantic_diversity_by_hand() -> None:
         metrics.semantic_diversity(embeddings[:1])
 
 
+def test_weighted_pair_means_by_hand() -> None:
+    # Cosines 0 (pair 0-1), -1 (pair 0-2), 0 (pair 1-2). Weights (2, 1, 1): pair weights 2, 2, 1.
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert metrics.semantic_diversity(embeddings, weights=[2, 1, 1]) == pytest.approx(1 - (2 * 0 + 2 * -1 + 0) / 5)
+    # A zero weight drops a response: the others' pairs alone.
+    assert metrics.semantic_diversity(embeddings, weights=[1, 0, 1]) == pytest.approx(2.0)
+    texts = ["the sea is wide", "the sea is wide", "a cat sat down"]
+    assert metrics.lexical_redundancy(texts, weights=[1, 1, 0]) == pytest.approx(1.0)
+    assert metrics.lexical_redundancy(texts, weights=[0, 1, 1]) == pytest.approx(0.0)
+    assert metrics.lexical_redundancy(texts) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="weights: must be 3 non-negative numbers"):
+        metrics.semantic_diversity(embeddings, weights=[1, -1, 1])
+
+
 def test_embedder_pooling_ignores_padding_and_is_unit_norm(embedder) -> None:
     together = embedder.encode(["A cat.", DISJOINT[1] + " " + DISJOINT[2]])
     alone = embedder.encode(["A cat."])
@@ -197,7 +211,8 @@ def test_evaluate_creative_on_a_tiny_model(tiny_model_dir: Path, creative_file: 
     prompts = PromptSet.load(str(creative_file), "--prompts", policy.tokenizer, 256)
     checks = metrics.load_checks(str(creative_file), "--prompts")
     torch.manual_seed(3)
-    result = evaluate_creative(policy, prompts, checks, 3, 10, embedder=embedder, progress=False)
+    result = evaluate_creative(policy, prompts, checks, 3, 10, embedder=embedder, progress=False,
+                               target_alphas=(1.0, 0.5))
     torch.manual_seed(3)
     sampler = HFSampler(max_new_tokens=10)
     sampler.setup(policy)
@@ -212,7 +227,23 @@ def test_evaluate_creative_on_a_tiny_model(tiny_model_dir: Path, creative_file: 
     assert result.check_pass_rate == pytest.approx(
         sum(not metrics.failed_checks(t, checks[i // 3]) for i, t in enumerate(texts)) / 6)
     assert result.num_prompts == 2 and result.samples_per_prompt == 3
-    assert "responses" not in result.as_dict()
+    assert "responses" not in result.as_dict() and "target_estimates" not in result.as_dict()
+    # The target estimates, by hand: weights softmax(α·log p_base(y) − log π(y)) within each prompt.
+    sequence_logp = (rollouts.behaviour_logp * rollouts.response_mask).sum(-1).double()
+    embedded = embedder.encode(texts)
+    for alpha in (1.0, 0.5):
+        weights = [torch.softmax((alpha - 1) * sequence_logp[i : i + 3], 0) for i in (0, 3)]
+        estimate = result.target_estimates[alpha]
+        flu = [float((w * behaviour[i : i + 3]).sum()) for w, i in zip(weights, (0, 3), strict=True)]
+        assert estimate["fluency"] == pytest.approx(sum(flu) / 2, abs=1e-4)
+        div = [metrics.semantic_diversity(embedded[i : i + 3], w) for w, i in zip(weights, (0, 3), strict=True)]
+        assert estimate["semantic_diversity"] == pytest.approx(sum(div) / 2, abs=1e-4)
+        ess = sorted(float(1 / (w**2).sum()) for w in weights)
+        assert estimate["ess_min"] == pytest.approx(ess[0], rel=1e-3)
+    # α = 1 is the policy itself (an untrained adapter): uniform weights, the drawn metrics.
+    assert result.target_estimates[1.0]["semantic_diversity"] == pytest.approx(result.semantic_diversity, abs=1e-4)
+    assert result.target_estimates[1.0]["ess_min"] == pytest.approx(3.0, abs=1e-3)
+    assert result.target_estimates[0.5]["ess_min"] < 3.0 - 1e-3
 
 
 def test_cli_train_creative_config_then_eval_creative(tiny_model_dir: Path, creative_file: Path, tmp_path: Path,
@@ -226,11 +257,13 @@ def test_cli_train_creative_config_then_eval_creative(tiny_model_dir: Path, crea
     assert code == 0 and (run / "checkpoints").is_dir()
     code = main(["eval", "--metrics", "creative", "--run", str(run), "--prompts", str(creative_file),
                  "--samples", "2", "--max-new-tokens", "6", "--temperature", "1.3", "--top-p", "0.9",
-                 "--device", "cpu", "--json", str(out)])
+                 "--device", "cpu", "--json", str(out), "--target-alpha", "0.5"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "semantic diversity" in printed and "T=1.3, top-p=0.9" in printed
+    assert "p_base^0.5 (estimate)" in printed and "effective samples per prompt" in printed
     saved = json.loads(out.read_text())
+    assert 1.0 <= saved["target_estimates"]["0.5"]["ess_min"] <= 2.0
     assert saved["temperature"] == 1.3 and saved["top_p"] == 0.9
     assert len(saved["responses"]) == 2 and all(len(g) == 2 for g in saved["responses"])
     assert 0.0 <= saved["metrics"]["lexical_redundancy"] <= 1.0
@@ -240,6 +273,7 @@ def test_cli_train_creative_config_then_eval_creative(tiny_model_dir: Path, crea
     ([], "--prompts: required with --metrics creative"),
     (["--prompts", "creative_eval", "--samples", "1"], "--samples=1: must be >= 2"),
     (["--prompts", "creative_eval", "--top-p", "0"], "--top-p=0.0: must be in (0, 1]"),
+    (["--prompts", "creative_eval", "--target-alpha", "0"], "--target-alpha=0.0: must be a finite number > 0"),
     (["--prompts", "no_such_set"], "--prompts='no_such_set': no such file"),
     (["--prompts", "BAD"], "prompt 1: checks.rhyme=True: unknown rule; allowed: lines"),
 ])

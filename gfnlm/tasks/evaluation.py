@@ -133,6 +133,9 @@ class CreativeResult:
     ``fluency`` is the reference (base) model's mean token log-prob; ``check_pass_rate`` the share
     of responses that pass every rule their prompt states; ``truncated_rate`` the share cut at
     ``max_new_tokens`` (no EOS). ``responses`` holds the sampled texts, grouped by prompt.
+    ``target_estimates`` maps α to the same metrics (without distinct-n) estimated for the exact
+    target ``p_base^α`` from these samples (:func:`evaluate_creative`'s ``target_alphas``), with
+    ``ess_min`` / ``ess_median``, the effective sample size per prompt.
     """
 
     semantic_diversity: float
@@ -148,19 +151,31 @@ class CreativeResult:
     num_prompts: int
     samples_per_prompt: int
     responses: tuple[tuple[str, ...], ...] = attrs.field(default=(), repr=False, eq=False)
+    target_estimates: dict[float, dict[str, float]] = attrs.field(factory=dict, repr=False, eq=False)
 
     def as_dict(self) -> dict[str, float]:
-        """The metrics as a plain dict (without the responses)."""
-        return attrs.asdict(self, filter=lambda a, _: a.name != "responses")
+        """The metrics as a plain dict (without the responses and the target estimates)."""
+        return attrs.asdict(self, filter=lambda a, _: a.name not in ("responses", "target_estimates"))
+
+
+# Per-response quantities of a prompt's samples that the creative metrics average.
+_PER_RESPONSE = ("fluency", "repetition_rate", "check_pass_rate", "mean_length", "truncated_rate")
 
 
 def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: int, max_new_tokens: int, *,
                       temperature: float = 1.0, top_p: float = 1.0, min_p: float = 0.0, embedder=None,
-                      batch_questions: int = 8,
+                      batch_questions: int = 8, target_alphas: tuple[float, ...] = (),
                       progress: bool = True) -> CreativeResult:
     """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` / ``min_p`` and score them with
     :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
-    ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM)."""
+    ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM).
+
+    ``target_alphas``: also estimate, from the same samples, the metrics of the exact α-power target
+    ``p_base(y|q)^α`` for each α: each response weighs ``w ∝ p_base(y|q)^α / π(y|q)`` within its
+    prompt, π being the distribution it was drawn from (its behaviour log-prob), and pairs of
+    responses ``w_i·w_j`` (self-normalised importance sampling: consistent as ``samples`` grows,
+    reliable where the effective sample size stays large). Where a trained sampler lands if it
+    matches its target."""
     from gfnlm.tasks import metrics
     if samples < 2:
         raise InputError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
@@ -169,9 +184,7 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     embedder = embedder or metrics.SentenceEmbedder()
     sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
-    per_prompt: dict[str, list[float]] = {k: [] for k in ("div", "red", "d1", "d2", "d3")}
-    per_response: dict[str, list[float]] = {k: [] for k in ("len", "flu", "rep", "ok", "trunc")}
-    groups: list[tuple[str, ...]] = []
+    groups: list[dict] = []  # one per prompt: its texts, embeddings, per-response values, log-probs
     chunks = range(0, len(prompts), batch_questions)
     for start in tqdm(chunks, desc="creative eval", unit="batch", disable=not progress, leave=False):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
@@ -179,25 +192,47 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
         texts = rollouts.response_text
         assert texts is not None
         base = policy.score_base(rollouts, need_eos_logp=False)
-        per_response["flu"].extend(metrics.mean_token_logprob(base.token_logp, rollouts.response_mask).tolist())
-        per_response["len"].extend(rollouts.lengths.tolist())
-        per_response["trunc"].extend((~rollouts.ended_with_eos).float().tolist())
+        mask = rollouts.response_mask
+        per_response = {"fluency": metrics.mean_token_logprob(base.token_logp, mask),
+                        "mean_length": rollouts.lengths, "truncated_rate": ~rollouts.ended_with_eos,
+                        "base_logp": (base.token_logp * mask).sum(-1),
+                        "behaviour_logp": (rollouts.behaviour_logp * mask).sum(-1)}
         embeddings = embedder.encode(texts)
         for q, i in enumerate(indices):
-            group = texts[q * samples : (q + 1) * samples]
-            groups.append(tuple(group))
-            per_prompt["div"].append(metrics.semantic_diversity(embeddings[q * samples : (q + 1) * samples]))
-            per_prompt["red"].append(metrics.lexical_redundancy(group))
-            for n in (1, 2, 3):
-                per_prompt[f"d{n}"].append(metrics.distinct_n(group, n))
-            per_response["rep"].extend(metrics.repetition_rate(t) for t in group)
-            per_response["ok"].extend(float(not metrics.failed_checks(t, checks[i])) for t in group)
+            rows = slice(q * samples, (q + 1) * samples)
+            group = {key: value[rows].double().cpu() for key, value in per_response.items()}
+            group["texts"] = tuple(texts[rows])
+            group["embeddings"] = embeddings[rows]
+            group["repetition_rate"] = torch.tensor([metrics.repetition_rate(t) for t in group["texts"]])
+            group["check_pass_rate"] = torch.tensor([float(not metrics.failed_checks(t, checks[i]))
+                                                     for t in group["texts"]])
+            groups.append(group)
+    drawn = _creative_metrics(groups, weights=None)
+    estimates = {}
+    for alpha in target_alphas:
+        weights = [torch.softmax(alpha * g["base_logp"] - g["behaviour_logp"], dim=0) for g in groups]
+        estimates[alpha] = _creative_metrics(groups, weights)
+        ess = sorted(float(1.0 / (w**2).sum()) for w in weights)
+        estimates[alpha] |= {"ess_min": ess[0], "ess_median": ess[len(ess) // 2]}
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return CreativeResult(
-        semantic_diversity=mean(per_prompt["div"]), lexical_redundancy=mean(per_prompt["red"]),
-        distinct_1=mean(per_prompt["d1"]), distinct_2=mean(per_prompt["d2"]), distinct_3=mean(per_prompt["d3"]),
-        mean_length=mean(per_response["len"]), fluency=mean(per_response["flu"]),
-        repetition_rate=mean(per_response["rep"]), check_pass_rate=mean(per_response["ok"]),
-        truncated_rate=mean(per_response["trunc"]), num_prompts=len(prompts), samples_per_prompt=samples,
-        responses=tuple(groups),
-    )
+        **drawn, **{f"distinct_{n}": mean([metrics.distinct_n(g["texts"], n) for g in groups]) for n in (1, 2, 3)},
+        num_prompts=len(prompts), samples_per_prompt=samples, responses=tuple(g["texts"] for g in groups),
+        target_estimates=estimates)
+
+
+def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) -> dict[str, float]:
+    """The pairwise and per-response creative metrics, averaged over prompts: as drawn
+    (``weights=None``), or with each prompt's responses weighted by ``weights[i]`` (summing to 1)."""
+    from gfnlm.tasks import metrics
+
+    per_prompt: dict[str, list[float]] = {key: [] for key in ("semantic_diversity", "lexical_redundancy",
+                                                               *_PER_RESPONSE)}
+    for i, group in enumerate(groups):
+        w = weights[i] if weights is not None else torch.full((len(group["texts"]),), 1.0 / len(group["texts"]),
+                                                             dtype=torch.float64)
+        per_prompt["semantic_diversity"].append(metrics.semantic_diversity(group["embeddings"], w))
+        per_prompt["lexical_redundancy"].append(metrics.lexical_redundancy(group["texts"], w))
+        for key in _PER_RESPONSE:
+            per_prompt[key].append(float((w * group[key].double()).sum()))
+    return {key: float(sum(values) / len(values)) for key, values in per_prompt.items()}

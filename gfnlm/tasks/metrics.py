@@ -74,38 +74,56 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def lexical_redundancy(texts: Sequence[str]) -> float:
+def lexical_redundancy(texts: Sequence[str], weights: Sequence[float] | None = None) -> float:
     """Mean pairwise ROUGE-L F1 between the responses of a group (``rouge-score``, no stemming).
 
     Can say: how much the samples repeat each other word for word, in order (longest common
     subsequence): 1 for identical responses, 0 for responses with no word in common. Cannot
     say: anything about meaning (a paraphrase scores low, a shared stock phrase high), and
     responses with no letters or digits score 0 against everything.
+
+    ``weights`` (importance weights of the responses) weigh each pair by the product of its two
+    weights: the self-normalised estimate of the mean under another distribution (see
+    :func:`weighted_pair_mean`).
     """
     _check_group(texts, "lexical_redundancy")
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    scores = [scorer.score(a, b)["rougeL"].fmeasure for a, b in itertools.combinations(texts, 2)]
-    return float(sum(scores) / len(scores))
+    k = len(texts)
+    scores = torch.zeros(k, k, dtype=torch.float64)
+    for i, j in itertools.combinations(range(k), 2):
+        scores[i, j] = scores[j, i] = scorer.score(texts[i], texts[j])["rougeL"].fmeasure
+    return weighted_pair_mean(scores, weights)
 
 
-def semantic_diversity(embeddings: torch.Tensor) -> float:
+def weighted_pair_mean(values: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None) -> float:
+    """Mean of a symmetric ``[k, k]`` matrix over the pairs ``i ≠ j``; with ``weights`` w, the
+    pairs weigh ``w_i·w_j``: ``Σ_{i≠j} w_i w_j v_ij / Σ_{i≠j} w_i w_j``. With samples from q and
+    ``w ∝ π/q`` this is the self-normalised importance-sampling estimate of ``E_{y,y'~π}[v(y, y')]``
+    for two independent draws (consistent as k grows)."""
+    k = values.shape[0]
+    w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (k,) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+        raise ValueError(f"weights: must be {k} non-negative numbers, not all 0; got {w.tolist()}")
+    pair = w[:, None] * w[None, :]
+    pair.fill_diagonal_(0.0)
+    return float((pair * values.double()).sum() / pair.sum())
+
+
+def semantic_diversity(embeddings: torch.Tensor, weights: Sequence[float] | None = None) -> float:
     """1 − mean pairwise cosine similarity of a group's sentence embeddings ``[k, d]``.
 
     Can say: how far apart the samples are in meaning as MiniLM (all-MiniLM-L6-v2, trained for
     semantic similarity) sees it: 0 for identical responses, ≈ 1 for unrelated ones (cosines can
     be negative, so it can exceed 1). Cannot say: whether the differences are good ones (noise
     and off-topic text are diverse too), and MiniLM reads only the first 256 word pieces and is
-    weak on style, rhyme and humour.
+    weak on style, rhyme and humour. ``weights``: as in :func:`lexical_redundancy`.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
         raise ValueError(f"semantic_diversity: needs [k >= 2, d] embeddings, got {tuple(embeddings.shape)}")
     unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
-    cos = unit @ unit.T
-    k = cos.shape[0]
-    off_diagonal = (cos.sum() - cos.diagonal().sum()) / (k * (k - 1))
-    return float(1.0 - off_diagonal)
+    return 1.0 - weighted_pair_mean(unit @ unit.T, weights)
 
 
 class SentenceEmbedder:
