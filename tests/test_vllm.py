@@ -205,6 +205,21 @@ def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small
         restore.close()
 
 
+def test_two_trainers_sharing_a_server_keep_their_own_adapters(server, small_smollm2: Path) -> None:
+    """Each sampler names its adapters with its own tag: a sync of one (which unloads its previous
+    adapter) leaves the other's loaded, and each is served its own policy."""
+    policies = [make_policy(small_smollm2, lora_seed=seed) for seed in (5, 6)]
+    samplers = [VLLMSampler(url=server.url, max_new_tokens=8, weight_sync="lora") for _ in policies]
+    for sampler, policy in zip(samplers, policies, strict=True):
+        sampler.setup(policy)
+    samplers[0].sync(policies[0], 1)
+    samplers[1].sync(policies[1], 1)
+    samplers[0].sync(policies[0], 2)  # unloads sampler 0's version-1 adapter, not sampler 1's
+    for sampler, policy in zip(samplers, policies, strict=True):
+        assert served_logp_gap(policy, sampler.sample(prompt_batch(policy), 2)) < LOGP_TOL
+        sampler.close()
+
+
 def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_model_dir: Path) -> None:
     other = make_policy(tiny_model_dir)  # same tokenizer, other weights: the identity probe catches it
     with pytest.raises(ServerError, match=r"does not serve the policy's weights") as error:

@@ -73,6 +73,9 @@ class ServerSampler(Sampler):
     _sync_root: Path | None = attrs.field(default=None, init=False, repr=False)
     _served: Path | None = attrs.field(default=None, init=False, repr=False)
     _lora_name: str | None = attrs.field(default=None, init=False, repr=False)
+    # Adapter names carry a tag drawn once per sampler (rank 0's, shared with the other ranks), so
+    # that trainers sharing one server never load, name or unload each other's adapters.
+    _lora_tag: str = attrs.field(default="", init=False, repr=False)
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
@@ -195,6 +198,8 @@ class ServerSampler(Sampler):
         """
         if self.weight_sync == "none" or (not force and version % self.sync_every):
             return
+        if self.weight_sync == "lora" and not self._lora_tag:
+            self._lora_tag = _shared_tag()
         weights = self._export(policy)
         if weights is not None and self.version < 0:
             self._check_architecture(weights)  # before the first push: a wrong push can kill a server
@@ -207,7 +212,7 @@ class ServerSampler(Sampler):
         _barrier()
         self.version = version
         if self.weight_sync == "lora":  # every rank names the adapter rank 0 (or its own server) loaded
-            self._lora_name = lora_name(version)
+            self._lora_name = self._adapter_name(version)
 
     def _export(self, policy: Any) -> dict[str, torch.Tensor] | None:
         return merged_state_dict(policy.model, getattr(torch, self.weights_dtype)) if self.weight_sync == "full" else None
@@ -241,9 +246,13 @@ class ServerSampler(Sampler):
         self._load_full(final, version)
         self._retire(final)
 
+    def _adapter_name(self, version: int) -> str:
+        """The name under which the adapter of policy version ``version`` is loaded on the server."""
+        return f"gfnlm-{self._lora_tag}-v{version}"
+
     def _push_lora(self, policy: Any, version: int) -> None:
         final = self._publish(f"lora{version:06d}", policy.model.save_pretrained)
-        name = lora_name(version)
+        name = self._adapter_name(version)
         self._load_lora(name, final)
         if self._lora_name is not None and self._lora_name != name:
             self._unload_lora(self._lora_name)
@@ -280,9 +289,14 @@ class ServerSampler(Sampler):
             shutil.rmtree(root, ignore_errors=True)
 
 
-def lora_name(version: int) -> str:
-    """The name under which the adapter of policy version ``version`` is loaded on the server."""
-    return f"gfnlm-v{version}"
+def _shared_tag() -> str:
+    """A short random tag, rank 0's on every rank under ``torch.distributed`` (a collective call)."""
+    import uuid
+
+    tag = [uuid.uuid4().hex[:8]]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(tag, src=0)
+    return tag[0]
 
 
 def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
