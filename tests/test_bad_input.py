@@ -53,6 +53,9 @@ CASES = [
          r"sampling\.sampler_options\.url='http://127\.0\.0\.1:99999'"),
     Case("train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.launch.python=DIR/no/python",
          r"sampling\.sampler_options\.launch\.python='DIR/no/python'"),
+    Case("train CONFIG TINY objective.name=subtb sampling.sampler=vllm sampling.sampler_options.url=http://127.0.0.1:1 "
+         "sampling.sampler_options.scores_base=true sampling.sampler_options.weight_sync=lora",
+         r"sampling\.sampler_options\.scores_base=true: objective 'subtb' uses prefix rewards"),
     # tasks and data sets
     Case("train CONFIG TINY task.name=mathh", r"unknown task 'mathh'.*did you mean 'math'"),
     Case("train CONFIG TINY task.options.sytem_prompt=x", r"task 'factual' has no option 'sytem_prompt'"),
@@ -97,6 +100,8 @@ CASES = [
     Case("eval --run DIR/no-run", r"--run='DIR/no-run': no such run directory"),
     Case("eval --run DIR", r"--run='DIR': no checkpoint found"),
     Case("eval --run RUN --metrics creative --samples 1 --prompts creative_eval", r"--samples=1: must be >= 2"),
+    Case("eval --run RUN --metrics creative --prompts creative_eval --target-alpha 0",
+         r"--target-alpha=0\.0: must be a finite number > 0"),
     Case("sample RUN --prompt hello -n 0", r"-n=0: must be >= 1"),
     Case("sample RUN --prompt hello -n -2", r"-n=-2: must be >= 1"),
     Case("sample RUN --prompt=", r"--prompt='': must not be empty"),
