@@ -173,9 +173,9 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     ``target_alphas``: also estimate, from the same samples, the metrics of the exact α-power target
     ``p_base(y|q)^α`` for each α: each response weighs ``w ∝ p_base(y|q)^α / π(y|q)`` within its
     prompt, π being the distribution it was drawn from (its behaviour log-prob), and pairs of
-    responses ``w_i·w_j`` (self-normalised importance sampling: consistent as ``samples`` grows,
-    reliable where the effective sample size stays large). Where a trained sampler lands if it
-    matches its target."""
+    responses ``w_i·w_j`` (self-normalised importance sampling: consistent as ``samples`` grows
+    where π covers the target, so not with top-p or min-p cutting the tail; reliable where the
+    effective sample size stays large). Where a trained sampler lands if it matches its target."""
     from gfnlm.tasks import metrics
     if samples < 2:
         raise InputError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
