@@ -101,8 +101,9 @@ bench-trl: setup
 bench-creative: setup
 	nice -n 10 $(PY) benchmarks/creativity.py
 
-bench-creative-collapsed: setup
+bench-creative-collapsed: setup  # the table at 12 prompts x 4 samples, then every run again at 24 x 8
 	nice -n 10 $(PY) benchmarks/creativity.py --collapsed
+	nice -n 10 $(PY) benchmarks/creativity.py --collapsed --samples 8 --prompts-every 1
 
 bench-forks: setup
 	$(PY) benchmarks/reasoning_replication.py --forks

@@ -134,6 +134,17 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.replace("α", "alpha")).strip("_")
 
 
+# The evaluation's size: the default (4 samples of every 2nd held-out prompt) writes untagged files;
+# another (e.g. --samples 8 --prompts-every 1, less evaluation noise) tags its JSON, logs, CSV, plot
+# and docs markers, and reuses the trained runs (resuming a finished run trains nothing).
+EVAL = {"tag": ""}
+
+
+def result_path(name: str, seed: int, kind: str) -> Path:
+    """The JSON (``kind="json"``) or log of one (configuration, seed) at this evaluation size."""
+    return OUT / {"json": "json", "log": "logs"}[kind] / f"{slug(name)}_seed{seed}{EVAL['tag']}.{kind}"
+
+
 def held_out_prompts(every: int) -> str:
     """``creative_eval`` itself, or every ``every``-th of its prompts (the kinds stay balanced: the
     file lists 8 poems, 8 stories, 8 jokes) written to a file under OUT."""
@@ -151,7 +162,7 @@ def held_out_prompts(every: int) -> str:
 def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str) -> list[list[str]]:
     """The commands of one (configuration, seed): [train,] eval."""
     gfnlm = [sys.executable, "-m", "gfnlm.cli"]
-    out_json = OUT / "json" / f"{slug(name)}_seed{seed}.json"
+    out_json = result_path(name, seed, "json")
     if name == ESTIMATE_JOB:
         return [[*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(ESTIMATE_SAMPLES),
                  "--seed", str(seed), "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads),
@@ -194,7 +205,7 @@ def aggregate(seeds: list[int]) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {}
     for name in CONDITIONS:
         for seed in seeds:
-            path = OUT / "json" / f"{slug(name)}_seed{seed}.json"
+            path = result_path(name, seed, "json")
             if path.is_file():
                 metrics = json.loads(path.read_text())["metrics"]
                 for key, value in metrics.items():
@@ -207,7 +218,7 @@ def estimate_summary(seeds: list[int]) -> str:
     effective sample size decides whether they mean anything, so it is printed with them)."""
     found: dict[float, dict[str, list[float]]] = {}
     for seed in seeds:
-        path = OUT / "json" / f"{slug(ESTIMATE_JOB)}_seed{seed}.json"
+        path = result_path(ESTIMATE_JOB, seed, "json")
         if path.is_file():
             for alpha, values in json.loads(path.read_text())["target_estimates"].items():
                 for key, value in values.items():
@@ -258,8 +269,8 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("fluency", "fluency: reference mean token log-prob"), ("check_pass_rate", "prompt checks passed")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+    colours = plt.get_cmap("tab20")  # up to 20 configurations, each its own colour
     for ax, (key, label) in zip(axes, panels, strict=True):
         for i, (name, metrics) in enumerate(results.items()):
             xs, ys = metrics["semantic_diversity"], metrics[key]
@@ -271,12 +282,13 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.set_xlabel("semantic diversity (1 − mean pairwise cosine, MiniLM) →")
         ax.set_ylabel(f"{label} →")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7.5, loc="lower center", ncol=3, frameon=False)
     seeds = max(len(m["semantic_diversity"]) for m in results.values())
     model = "collapsed SmolLM2-135M-Instruct" if SUITE["name"] == "creativity_collapsed" else "SmolLM2-135M-Instruct"
     fig.suptitle(f"{model}, held-out creative prompts: quality vs diversity "
                  f"(mean ± std over up to {seeds} seeds; faint: single seeds)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 * (1 + len(results) // 3), 1, 1))  # room for the legend below
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -311,7 +323,10 @@ def main() -> int:
     if args.collapsed:
         use_collapsed_suite()
     prompts = held_out_prompts(args.prompts_every)
-    names = args.only or [*CONDITIONS, ESTIMATE_JOB]
+    if (args.samples, args.prompts_every) != (4, 2):
+        EVAL["tag"] = f"_k{args.samples}_every{args.prompts_every}"
+    # The target estimate draws its own samples: it runs at the default evaluation size only.
+    names = args.only or [*CONDITIONS, *([] if EVAL["tag"] else [ESTIMATE_JOB])]
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
     order = sorted(((n, s) for n in names for s in args.seeds),
                    key=lambda p: (p[1], p[0] != ESTIMATE_JOB and condition(p[0])[2] is None))
@@ -322,7 +337,7 @@ def main() -> int:
         futures = {}
         for name, seed in order:
             commands = job(name, seed, args, max_new_tokens, prompts)
-            futures[pool.submit(run_job, commands, OUT / "logs" / f"{slug(name)}_seed{seed}.log")] = (name, seed)
+            futures[pool.submit(run_job, commands, result_path(name, seed, "log"))] = (name, seed)
         for future, (name, seed) in futures.items():
             seconds = future.result()
             bar.update(1)
@@ -334,9 +349,9 @@ def main() -> int:
           f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")
     print(table)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "creativity.md").write_text(table)
+    (OUT / f"creativity{EVAL['tag']}.md").write_text(table)
     if not args.no_docs:
-        stem = SUITE["name"]
+        stem = SUITE["name"] + EVAL["tag"]
         write_csv(results, RESULTS / f"{stem}.csv")
         plot(results, RESULTS / f"{stem}.png")
         write_between_markers(table, stem, DOCS)
