@@ -110,8 +110,9 @@ def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_d
     if sampler in SERVERS:
         overrides += [f"sampling.sampler_options.url={urls[sampler]}", "sampling.sampler_options.timeout_s=600",
                       f"sampling.sampler_options.concurrency={args.prompts}"]
-    if sampler == "vllm":
-        overrides.append(f"sampling.sampler_options.weight_sync={name.split('-')[1]}")
+    if sampler == "vllm":  # full sync writes the weights in the server's dtype (half the bytes in bf16)
+        overrides += [f"sampling.sampler_options.weight_sync={name.split('-')[1]}",
+                      f"sampling.sampler_options.weights_dtype={args.vllm_dtype}"]
     if name.endswith("-scored"):
         overrides.append("sampling.sampler_options.scores_base=true")
     if name.endswith("-async"):
