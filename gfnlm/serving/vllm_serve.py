@@ -6,8 +6,13 @@ A launched server always gets what the ``vllm`` sampler relies on: ``--logprobs-
 processed_logprobs`` (log-probs of the distribution actually sampled from, after temperature and
 top-p), ``VLLM_SERVER_DEV_MODE=1`` (``/collective_rpc`` for full-weight reloads,
 ``/reset_prefix_cache``) and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` (adapters loaded at run time).
+
+Unless the environment names a logging configuration of its own, it logs as vLLM does by default
+but without the warning a reload prints for every layer a folder leaves out: the sampler's pushes
+after the first carry only the weights training changes, which would be some hundred lines a step.
 """
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ _VLLM_HINT = ("install vllm there (GPU: pip install vllm); on CPU run `make vllm
               "and use its CPU recipe (the launch option cpu: true)")
 REQUIRED_ENV = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
 REQUIRED_ARGS = ["--logprobs-mode", "processed_logprobs"]
+LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 
 
 def resolve_vllm_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> LaunchConfig:
@@ -42,7 +48,8 @@ class VLLMServer(ManagedServer):
     def __init__(self, model_path: str | Path, launch: LaunchConfig | None = None, lora_rank: int = 0,
                  lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
         super().__init__(model_path, launch)
-        self.launch.env = {**REQUIRED_ENV, **self.launch.env}
+        logging = {} if "VLLM_LOGGING_CONFIG_PATH" in os.environ else {"VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG)}
+        self.launch.env = {**REQUIRED_ENV, **logging, **self.launch.env}
         self.lora_rank = lora_rank
         self.lora_targets = tuple(lora_targets)
 
