@@ -7,10 +7,12 @@ SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
   tokens (EOS included) / wall time. Rounds alternate which sampler goes first.
 * training step: :meth:`Trainer.train_step` of the default PowerFlow config plus, for a server
   sampler, the weight sync that follows every step: SGLang's full sync (LoRA merged, written,
-  ``/update_weights_from_disk``), vLLM's adapter sync (``lora``: the adapter written,
-  ``/v1/load_lora_adapter``), the same with the base model scored by the server instead of the
-  trainer (``scores_base``: prompt log-probs without the adapter), and its full sync (``full``:
-  merged weights written, reloaded in place).
+  ``/update_weights_from_disk``), vLLM's adapter sync (``lora``, on a server started with LoRA
+  support: the adapter written, ``/v1/load_lora_adapter``), the same with the base model scored
+  by that server instead of the trainer (``scores_base``: prompt log-probs without the adapter),
+  and its full sync (``full``, on a server without LoRA support: after the first push only the
+  weights LoRA changes, merged, written and reloaded in place), the same with the base model
+  scored by a second server the sampler launches (``base_launch``, in ``--vllm-base-dtype``).
 
 Prints medians with min-max over the rounds, each server's throughput over HF's (goals: SGLang
 ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
@@ -47,10 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "sglang_cpu"))
 SERVERS = ("sglang", "vllm")
 LABELS = {"hf": "hf (in-process KV-cache loop)", "sglang": "sglang (HTTP server, full sync)",
-          "vllm": "vllm (HTTP server)", "vllm-lora": "vllm (HTTP server, LoRA sync)", "vllm-full": "vllm (HTTP server, full sync)",
-          "vllm-lora-scored": "vllm (LoRA sync, base scored by the server)",
+          "vllm": "vllm (HTTP server without LoRA)", "vllm-lora-server": "vllm (HTTP server with LoRA support)",
+          "vllm-lora": "vllm (LoRA sync)", "vllm-lora-scored": "vllm (LoRA sync, base scored by the server)",
+          "vllm-full": "vllm (full sync, no LoRA on the server)",
+          "vllm-full-scored": "vllm (full sync, base scored by a second server)",
           "vllm-lora-async": "vllm (LoRA sync, async rollouts)", "vllm-full-async": "vllm (full sync, async rollouts)"}
-VLLM_ROWS = ("vllm-lora", "vllm-full", "vllm-lora-scored", "vllm-lora-async", "vllm-full-async")
+VLLM_ROWS = ("vllm-lora", "vllm-lora-scored", "vllm-full", "vllm-full-scored", "vllm-lora-async", "vllm-full-async")
 GOALS = {"sglang": 2.0, "vllm": 3.0}  # throughput over HF's
 STEP_GOAL = 0.6  # vLLM step time over HF's
 
@@ -66,19 +70,28 @@ def server_launch(args: argparse.Namespace) -> LaunchConfig:
                         args=["--dtype", args.server_dtype, "--mem-fraction-static", "0.5"])
 
 
-def vllm_launch(args: argparse.Namespace) -> LaunchConfig:
-    """The CPU recipe of tools/vllm_cpu (its venv, a 1 GB KV cache) on CPU; ``--vllm-python`` on GPU."""
+def vllm_launch_options(args: argparse.Namespace, dtype: str) -> dict:
+    """``launch`` options of a vLLM server in ``dtype``: the CPU recipe of tools/vllm_cpu (its venv,
+    a 1 GB KV cache) on CPU; ``--vllm-python`` on GPU."""
+    python = {"python": args.vllm_python} if args.vllm_python else {}
     if args.device == "cpu":
         env = {"VLLM_CPU_OMP_THREADS_BIND": args.vllm_omp_bind} if args.vllm_omp_bind else {}
-        options = {"cpu": True, "args": ["--dtype", args.vllm_dtype], "env": env,
-                   **({"python": args.vllm_python} if args.vllm_python else {})}
-        return resolve_vllm_launch(options, lambda key: f"--vllm-{key}")
-    return LaunchConfig(python=args.vllm_python or sys.executable, startup_timeout_s=600.0,
-                        args=["--dtype", args.vllm_dtype, "--gpu-memory-utilization", "0.4"])
+        return {"cpu": True, "args": ["--dtype", dtype], "env": env, **python}
+    return {"python": sys.executable, **python, "startup_timeout_s": 600.0,
+            "args": ["--dtype", dtype, "--gpu-memory-utilization", "0.2"]}
+
+
+def vllm_launch(args: argparse.Namespace) -> LaunchConfig:
+    return resolve_vllm_launch(vllm_launch_options(args, args.vllm_dtype), lambda key: f"--vllm-{key}")
 
 
 def summary(values: list[float], digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def rate_key(row: str) -> str:
+    """Which server's throughput a step row shares: LoRA-sync rows the server with LoRA support."""
+    return "vllm-lora-server" if row.startswith("vllm-lora") else row.split("-")[0]
 
 
 def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str, list[float]]:
@@ -101,14 +114,16 @@ def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str
 
 
 def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_dir: Path) -> Trainer:
-    """A default-config trainer with sampler ``name`` (``vllm-lora``, ``vllm-full``: vllm with that
-    weight sync; ``-scored``: the server scores the base model, ``scores_base``; ``-async``: with
-    ``sampling.async_rollouts``)."""
+    """A default-config trainer with sampler ``name`` (``vllm-lora``: vllm with LoRA sync on the server
+    with LoRA support, ``vllm-full``: full sync on the server without; ``-scored``: the base model
+    scored by the server, ``scores_base``, for full sync by a second server the sampler launches;
+    ``-async``: with ``sampling.async_rollouts``)."""
     sampler = name.split("-")[0]
     overrides = [f"train.out_dir={out_dir}", "train.steps=1000", "data.eval=''", f"train.device={args.device}",
                  f"sampling.max_new_tokens={args.max_new_tokens}", f"sampling.sampler={sampler}"]
     if sampler in SERVERS:
-        overrides += [f"sampling.sampler_options.url={urls[sampler]}", "sampling.sampler_options.timeout_s=600",
+        url = urls["vllm-lora-server" if name.startswith("vllm-lora") else sampler]
+        overrides += [f"sampling.sampler_options.url={url}", "sampling.sampler_options.timeout_s=600",
                       f"sampling.sampler_options.concurrency={args.prompts}"]
     if sampler == "vllm":  # full sync writes the weights in the server's dtype (half the bytes in bf16)
         overrides += [f"sampling.sampler_options.weight_sync={name.split('-')[1]}",
@@ -119,16 +134,19 @@ def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_d
         overrides.append("sampling.async_rollouts=true")
         if args.async_threads:
             overrides.append(f"train.threads={args.async_threads}")
-    return Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
+    config = load_config(REPO / "configs/default.yaml", overrides)
+    if name.startswith("vllm-full-scored"):  # the sampler starts (and stops) the base model's server
+        config.sampling.sampler_options["base_launch"] = vllm_launch_options(args, args.vllm_base_dtype)
+    return Trainer(config, progress=False)
 
 
 def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -> dict[str, dict[str, list[float]]]:
     """Seconds per training step (and its parts) with each sampler, steps alternating."""
     times: dict[str, dict[str, list[float]]] = {}
     names = ["hf", *(["sglang"] if "sglang" in urls else [])]
-    if "vllm" in urls:
-        names += [f"vllm-{sync}" for sync in ("lora", "full") if args.vllm_sync in (sync, "both")]
-        names += ["vllm-lora-scored"] if args.vllm_sync in ("lora", "both") else []
+    for sync, server in (("lora", "vllm-lora-server"), ("full", "vllm")):
+        if server in urls:
+            names += [f"vllm-{sync}", f"vllm-{sync}-scored"]
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {name: trainer_for(name, urls, args, Path(tmp) / name) for name in names}
         for round_index in range(rounds + 1):  # the first step of each is a warm-up
@@ -146,7 +164,7 @@ def measure_steps(urls: dict[str, str], args: argparse.Namespace, rounds: int) -
                 print(f"  step {round_index} {name}: {ended - started:.1f} s", flush=True)
         for trainer in trainers.values():
             trainer.components.sampler.close()
-        if "vllm" in urls and not args.no_async:
+        if "vllm-lora-server" in urls and "vllm" in urls and not args.no_async:
             times |= measure_async_steps(urls, args, rounds, Path(tmp))
     return times
 
@@ -164,7 +182,7 @@ def measure_async_steps(urls: dict[str, str], args: argparse.Namespace, rounds: 
     batch is drawn during its step, so no other trainer may run in between), after one warm-up
     step. A step's time includes the wait for its batch and the weight sync it starts with."""
     times: dict[str, dict[str, list[float]]] = {}
-    for name in (f"vllm-{sync}-async" for sync in ("lora", "full") if args.vllm_sync in (sync, "both")):
+    for name in (f"vllm-{sync}-async" for sync in ("lora", "full")):
         trainer = trainer_for(name, urls, args, tmp / name)
         try:
             for round_index in range(rounds + 1):
@@ -190,11 +208,14 @@ def ratio_line(what: str, values: list[float], goal: str, passed: bool) -> str:
 
 
 def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace, device: str) -> str:
-    servers = [name for name in SERVERS if name in rates]
-    engines = "; ".join(({"sglang": f"SGLang 0.5.23 server in {args.server_dtype}",
-                          "vllm": f"vLLM (vllm-cpu 0.32.0 on CPU) server in {args.vllm_dtype}"
-                                  + (", LoRA enabled" if args.vllm_sync != "full" else "")})[name]
+    servers = [name for name in (*SERVERS, "vllm-lora-server") if name in rates]
+    vllm = "vLLM 0.32.0" + (" (vllm-cpu)" if args.device == "cpu" else "")
+    engines = "; ".join({"sglang": f"SGLang 0.5.23 server in {args.server_dtype}",
+                         "vllm": f"{vllm} server in {args.vllm_dtype} without LoRA support (full sync)",
+                         "vllm-lora-server": f"{vllm} server in {args.vllm_dtype} with LoRA support (LoRA sync)"}[name]
                         for name in servers)
+    if "vllm-full-scored" in steps:
+        engines += f"; base model scored beside full sync by a {vllm} server in {args.vllm_base_dtype}"
     lines = [
         (f"Device: {device}. SmolLM2-135M-Instruct (LoRA r=8 on q/k/v/o as configs/default.yaml), "
          f"{args.prompts} prompts × {args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
@@ -204,17 +225,18 @@ def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace,
         "| sampler | rollout tokens/s | training step (s) | sample | base score | update | weight sync |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("hf", "sglang", *(VLLM_ROWS if steps else ("vllm",))):
-        t, sampler = steps.get(name, {}), name.split("-")[0]
-        if sampler not in rates or (name.startswith("vllm-") and not t):
+    for name in ("hf", "sglang", *(VLLM_ROWS if steps else ("vllm", "vllm-lora-server"))):
+        t, rate = steps.get(name, {}), rate_key(name) if steps else name
+        if rate not in rates or (steps and name.startswith("vllm-") and not t):
             continue
         cells = [summary(t[k], 2) if k in t else "–" for k in ("step", "sample", "score", "update", "sync")]
-        lines.append(f"| {LABELS[name]} | {summary(rates[sampler])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[name]} | {summary(rates[rate])} | " + " | ".join(cells) + " |")
     lines.append("")
     for name in servers:
         ratio = [s / h for s, h in zip(rates[name], rates["hf"], strict=True)]
-        lines += [ratio_line(f"{name} / hf rollout throughput", ratio,
-                             f"≥ {GOALS[name]:g}×", statistics.median(ratio) >= GOALS[name]), ""]
+        goal = GOALS[name.split("-")[0]]
+        lines += [ratio_line(f"{LABELS[name]} / hf rollout throughput", ratio,
+                             f"≥ {goal:g}×", statistics.median(ratio) >= goal), ""]
     for name in VLLM_ROWS:
         if name in steps and "hf" in steps:
             ratio = [v / h for v, h in zip(steps[name]["step"], steps["hf"]["step"], strict=True)]
@@ -235,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--server-python", default="", help="interpreter with sglang (default: the CPU venv)")
     parser.add_argument("--vllm-dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--vllm-base-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the server that scores the base model beside a full-sync server")
     parser.add_argument("--vllm-python", default="", help="interpreter with vllm (default: the CPU venv)")
     parser.add_argument("--vllm-sync", default="both", choices=("lora", "full", "both"),
-                        help="vLLM weight sync(s) to time; 'full' alone starts the server without LoRA")
+                        help="vLLM weight sync(s) to time: a server with LoRA support for 'lora', one without for 'full'")
     parser.add_argument("--vllm-omp-bind", default="",
                         help="VLLM_CPU_OMP_THREADS_BIND of the CPU server, e.g. 1 (one core); default vLLM's auto")
     parser.add_argument("--no-async", action="store_true",
@@ -262,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         urls = {}
         if "sglang" in servers:
             urls["sglang"] = running.enter_context(SGLangServer(model_dir, server_launch(args))).url
-        if "vllm" in servers:
-            lora_rank = 0 if args.vllm_sync == "full" else 8
-            urls["vllm"] = running.enter_context(VLLMServer(model_dir, vllm_launch(args), lora_rank=lora_rank)).url
+        if "vllm" in servers and args.vllm_sync in ("lora", "both"):
+            urls["vllm-lora-server"] = running.enter_context(VLLMServer(model_dir, vllm_launch(args), lora_rank=8)).url
+        if "vllm" in servers and args.vllm_sync in ("full", "both"):
+            urls["vllm"] = running.enter_context(VLLMServer(model_dir, vllm_launch(args))).url
         print(f"servers up: {urls}", flush=True)
         policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj",
                                                                                              "v_proj", "o_proj"]),
@@ -273,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         batch = prompts.batch(list(range(args.prompts)))
         samplers = {"hf": HFSampler(max_new_tokens=args.max_new_tokens)}
         classes = {"sglang": SGLangSampler, "vllm": VLLMSampler}
-        for server in servers:
-            samplers[server] = classes[server](url=urls[server], max_new_tokens=args.max_new_tokens,
-                                               weight_sync="none", timeout_s=600, concurrency=args.prompts)
+        for server, url in urls.items():
+            samplers[server] = classes[server.split("-")[0]](url=url, max_new_tokens=args.max_new_tokens,
+                                                             weight_sync="none", timeout_s=600, concurrency=args.prompts)
         for sampler in samplers.values():
             sampler.setup(policy)
         print("throughput:", flush=True)

@@ -3,6 +3,7 @@ of 2 on the two halves of a batch equals one process on the whole batch (DDP and
 so the tolerance is 1e-10 absolute), and a 2-process run's checkpoint is resumed by 1 process.
 Tiny random Llama, real SmolLM2 tokenizer."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,7 +37,12 @@ def run(args: list[str], nproc: int, timeout: int = 180) -> subprocess.Completed
             stdout, stderr = process.communicate(timeout=timeout)
             break
         except subprocess.TimeoutExpired:
+            # torchrun starts each rank in a session of its own: kill them by ancestry, not by group
+            ranks = psutil.Process(process.pid).children(recursive=True)
             os.killpg(process.pid, signal.SIGKILL)
+            for rank in ranks:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    rank.kill()
             process.communicate()
             if attempt == 2:
                 raise

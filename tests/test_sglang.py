@@ -103,8 +103,17 @@ def start_serve(command: list[str], tmp_path: Path, url_line: str = r"at (http:/
     import re
     import subprocess
 
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})
+    # A suite started in the background (nohup ... &) ignores SIGINT, and a child inherits that, so
+    # Ctrl-C would never reach gfnlm serve; with a handler here the child starts with the default.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "TMPDIR": str(tmp_path)})
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     line = process.stdout.readline()
     found = re.search(url_line, line)
     if not found:

@@ -49,7 +49,7 @@ class SGLangSampler(ServerSampler):
     ``timeout_s``: the deadline of one whole HTTP call, retries included (default 120 s; a call
     waiting longer than 10 s prints a progress line every 10 s); ``retries``: extra attempts for
     requests that never reached the server (connection refused) or got 502/503/504 — a request
-    that timed out is never sent again; ``concurrency``; ``scores_base`` and ``base_url``;
+    that timed out is never sent again; ``concurrency``; ``scores_base`` with ``base_url`` or ``base_launch``;
     ``identity_tolerance``.
     """
 

@@ -12,13 +12,14 @@ equal to the policy's.
   kills its engine when a seeded request's prefill is split over steps (its CPU generator has no
   offset to rewind), so rollouts are not reproducible from torch's seed.
 * ``sync``: ``full`` (merged LoRA or all weights written atomically to a fresh folder, reloaded
-  in place through ``/collective_rpc`` ``reload_weights``, then ``/reset_prefix_cache``) or
+  in place through ``/collective_rpc`` ``reload_weights``, then ``/reset_prefix_cache``; after the
+  first push only the modules an adapter changes, as ``reload_weights`` keeps the rest) or
   ``lora`` (the PEFT adapter folder through ``/v1/load_lora_adapter``; requests name the adapter
   as their model). Each rollout records the weight version that produced it (staleness).
 * ``score_base``: the base model's per-token log-probs from the server (``prompt_logprobs`` of
-  prompt + response, without the adapter or on ``base_url``). vLLM's completions API has no
-  per-prefix log-prob of a chosen token, so targets that need the EOS log-prob at every prefix
-  (PowerFlow's length-aware balance) score the base model in the trainer instead.
+  prompt + response, without the adapter, or on ``base_url`` or a ``base_launch`` server). vLLM's
+  completions API has no per-prefix log-prob of a chosen token, so objectives that need the EOS
+  log-prob at every prefix (``subtb``, ``db``) score the base model in the trainer instead.
 * ``launch``: start the server itself (:mod:`gfnlm.serving.vllm_serve`), stopped on exit, errors, Ctrl-C
   and a ``kill -9`` of the trainer.
 
@@ -59,7 +60,7 @@ class VLLMSampler(ServerSampler):
     ``launch`` to start one (:class:`~gfnlm.serving.serve.LaunchConfig` fields, plus ``cpu: true`` for the
     repository's CPU recipe in ``tools/vllm_cpu``); ``weight_sync``, ``sync_every``, ``sync_dir``,
     ``weights_dtype``; ``timeout_s`` (one whole HTTP call, retries included); ``retries``;
-    ``concurrency``; ``scores_base`` and ``base_url``; ``identity_tolerance``.
+    ``concurrency``; ``scores_base`` with ``base_url`` or ``base_launch``; ``identity_tolerance``.
     """
 
     engine = "vLLM"

@@ -1,0 +1,77 @@
+"""What bfloat16 does on this CPU: matrix-product throughput in float32 and bfloat16, and the
+default PowerFlow step's parts (HF sampling, base pass, update) in float32 and under
+``torch.autocast("cpu", dtype=torch.bfloat16)``. The trainer computes in float32 on CPU; this
+measures what it leaves on the table where the CPU has native bfloat16 (AVX512-BF16 or AMX).
+
+    python benchmarks/cpu_bf16.py            # 4 steps each (the first is a warm-up), ≤ 48 new tokens
+"""
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gfnlm.training.config import load_config
+from gfnlm.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = ((64, 576, 1536), (64, 576, 49152), (2048, 2048, 2048))  # a decode batch's MLP and output layer; a large square
+
+
+def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """GFLOP/s of ``[m, k] @ [k, n]`` in ``dtype``, repeated for about ``seconds``."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - started) / 1e9
+
+
+def step_parts(autocast: bool, steps: int, max_new_tokens: int) -> dict[str, list[float]]:
+    """Seconds of each part of the default config's steps (HF sampler), the first step untimed."""
+    parts: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(REPO / "configs/default.yaml", [f"train.out_dir={out}", "train.steps=1000", "data.eval=''",
+                                                             f"sampling.max_new_tokens={max_new_tokens}"])
+        trainer = Trainer(config, progress=False)
+        for index in range(steps + 1):
+            torch.manual_seed(index)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                metrics = trainer.train_step()
+            trainer.step += 1
+            if index:
+                for key in ("step", "sample", "score", "update"):
+                    parts.setdefault(key, []).append(metrics[f"time/{key}"])
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per precision (after one warm-up)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    args = parser.parse_args(argv)
+    print(f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    for m, k, n in SHAPES:
+        fp32, bf16 = gflops(m, k, n, torch.float32), gflops(m, k, n, torch.bfloat16)
+        print(f"matmul {m}x{k}x{n}: float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s ({bf16 / fp32:.2f}x)", flush=True)
+    results = {name: step_parts(name == "bf16 autocast", args.steps, args.max_new_tokens)
+               for name in ("float32", "bf16 autocast")}
+    print(f"\nDefault PowerFlow step (HF sampler, 4 prompts x 4 samples, <= {args.max_new_tokens} new tokens), "
+          f"seconds, median (min-max) of {args.steps} steps, torch seeds 1-{args.steps}:")
+    print("| precision | step | sample | base score | update |\n|---|---|---|---|---|")
+    for name, parts in results.items():
+        cells = [f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for v in parts.values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
