@@ -46,7 +46,6 @@ def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``gfnlm train``: load the config, train (or resume), print the before/after table."""
-    from gfnlm.training import distributed as dist_utils
     from gfnlm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
@@ -55,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         results = trainer.train()
     finally:
-        dist_utils.destroy(trainer.world)
+        trainer.close()
     if not trainer.world.is_main:
         return 0
     out = Path(config.train.out_dir)

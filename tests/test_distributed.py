@@ -20,10 +20,10 @@ HELPER = Path(__file__).parent / "helpers" / "distributed_step.py"
 
 
 def run(args: list[str], nproc: int, timeout: int = 180) -> subprocess.CompletedProcess:
-    """Run the helper (under torchrun with ``nproc`` > 1). A run takes ~15 s; a 2-rank gloo run was
-    seen, about once in several full suites, to leave one rank hanging at exit after the other
-    finished. Such a run is killed at ``timeout`` and tried once more: a second hang, or any failure,
-    fails the test."""
+    """Run the helper (under torchrun with ``nproc`` > 1). A run takes ~15 s. A 2-rank gloo run used
+    to leave one rank hanging at exit now and then (the DDP reducer's teardown deadlocking with a
+    gloo worker thread, fixed by :meth:`Trainer.close`); as a safeguard a run is still killed at
+    ``timeout`` and tried once more: a second hang, or any failure, fails the test."""
     launcher = [sys.executable]
     if nproc > 1:
         # --standalone: torchrun picks a free local port itself (no race with another test)

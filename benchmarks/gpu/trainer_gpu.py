@@ -94,7 +94,7 @@ def main() -> int:
         with torch.no_grad():
             recomputed = trainer.policy.evaluate(rollouts).token_logp
         diff = (recomputed - rollouts.behaviour_logp).abs()[rollouts.response_mask]
-    dist_utils.destroy(trainer.world)
+    trainer.close()
     if rank != 0:
         return 0
     timed = rows[1:] if len(rows) > 1 else rows

@@ -6,6 +6,7 @@ policy forward + backward + optimiser step each; the objective's importance weig
 policy having moved since sampling). Everything that touches files or devices lives here.
 """
 
+import gc
 import json
 import math
 import os
@@ -314,6 +315,15 @@ class Trainer:
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
+
+    def close(self) -> None:
+        """Leave ``torch.distributed`` (a no-op in one process). The DDP wrapper goes first: its
+        reducer holds the process group, and a group torn down when the reducer is freed at exit
+        (the GIL held) can deadlock with a gloo worker thread that still frees a finished
+        all-reduce's tensors (it needs the GIL): one rank then never exits."""
+        self.train_module = self.trainable
+        gc.collect()
+        dist_utils.destroy(self.world)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": self.policy.trainable_parameters(), "lr": self.config.train.lr,

@@ -40,7 +40,7 @@ def main() -> None:
     if world.is_main:
         log_z = {k: v.detach().clone() for k, v in trainer.logz.state_dict().items()}
         torch.save({"policy": state, "grads": grads, "logz": log_z, "metrics": metrics}, out_path)
-    dist_utils.destroy(world)
+    trainer.close()
 
 
 if __name__ == "__main__":
