@@ -258,6 +258,28 @@ def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: 
     sampler.close()
 
 
+def test_a_launched_base_server_scores_the_base_model(server, small_smollm2: Path) -> None:
+    """With full sync the policy's server holds no base model: base_launch starts one (the same
+    engine), its scores (and per-prefix EOS log-probs) are the local base model's, and it stops
+    with the sampler."""
+    policy = make_policy(small_smollm2, lora_seed=2)
+    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", scores_base=True,
+                            base_launch=cpu_launch())
+    sampler.setup(policy)
+    base_server = sampler._base_server
+    rollouts = sampler.sample(prompt_batch(policy), 2)
+    served, local = sampler.score_base(rollouts, need_eos_logp=True), policy.score_base(rollouts, True)
+    assert float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max()) < LOGP_TOL
+    prefixes = torch.arange(served.eos_logp.shape[1])[None, :] <= rollouts.lengths[:, None]
+    assert float(((served.eos_logp - local.eos_logp) * prefixes).abs().max()) < LOGP_TOL
+    assert served_logp_gap(policy, rollouts) < LOGP_TOL  # the rollouts came from the policy, not the base
+    sampler.close()
+    assert not base_server.alive() and server.alive()
+    restore = SGLangSampler(url=server.url, weight_sync="full")  # leave the shared server with the base weights
+    restore.setup(make_policy(small_smollm2))
+    restore.close()
+
+
 def check_sync_serves_the_updated_policy(sampler, model_dir: Path) -> None:
     """With ``sync_every=2``: version 1 is not pushed (stale rollouts, visibly), version 2 is (the
     server's log-probs match the updated policy). Closes ``sampler``."""
