@@ -65,6 +65,36 @@ def test_kernel_equals_full_logits_values_and_gradients(dtype, chunk_size):
     assert float(results[0][5].abs().max()) > 1e-3  # the compared gradients are not all zero
 
 
+@pytest.mark.parametrize("chunk_size", [7, 63, 1000])
+def test_kernel_without_statistics_equals_full_logits_gradients(chunk_size):
+    """The update's own path (token and EOS log-probs, no statistics; several chunks, one chunk of
+    exactly every row, one larger than the rows) gives the full-logits gradients, and a second
+    backward pass over the retained graph gives the same ones (nothing saved is overwritten)."""
+    generator = torch.Generator().manual_seed(3)
+    batch, positions, hidden_size, vocab, eos = 3, 21, 16, 50, 4
+    hidden = torch.randn(batch, positions, hidden_size, generator=generator, dtype=torch.float64)
+    targets = torch.randint(vocab, (batch, positions), generator=generator)
+    weights = [torch.randn(batch, positions, generator=generator, dtype=torch.float64) for _ in range(2)]
+    grads = []
+    for chunked in (True, False):
+        torch.manual_seed(1)
+        layer = torch.nn.Linear(hidden_size, vocab, bias=True, dtype=torch.float64)
+        leaf = hidden.clone().requires_grad_(True)
+        if chunked:
+            token, eos_logp, _, _ = chunked_logps(leaf, layer, targets, eos, chunk_size)
+        else:
+            token, eos_logp, _, _ = plain_logps(leaf, layer, targets, eos)
+        loss = (token * weights[0]).sum() + (eos_logp * weights[1]).sum()
+        first = torch.autograd.grad(loss, [leaf, layer.weight, layer.bias], retain_graph=True)
+        second = torch.autograd.grad(loss, [leaf, layer.weight, layer.bias])
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a, b)
+        grads.append(first)
+    for got, expected in zip(*grads, strict=True):
+        assert max_difference(got, expected) <= TOLERANCE[torch.float64]
+    assert float(grads[0][0].abs().max()) > 1e-3
+
+
 def test_kernel_without_statistics_returns_none_and_skips_frozen_weight_gradients():
     layer = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
