@@ -127,8 +127,9 @@ def test_bad_sampler_options_are_one_line_errors(options, message):
 
 @pytest.mark.parametrize("need_hidden", [False, True])
 def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_dir, tmp_path, need_hidden):
-    """The policy's one-pass-per-distinct-prompt evaluation gives the same log-probs, entropies,
-    prompt features and LoRA gradients as one forward pass over every row's full sequence."""
+    """The policy's one-pass-per-distinct-prompt evaluation (responses in length buckets, each as
+    wide as its longest) gives the same log-probs, entropies, prompt features and LoRA gradients as
+    one forward pass over every row's full sequence."""
     policy = make_policy(tiny_model_dir, eos_bias=8.0, lora=True)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     sampler = HFSampler(max_new_tokens=8)
@@ -136,6 +137,7 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
     torch.manual_seed(1)
     rollouts = sampler.sample(batch, 3)
     rollouts = rollouts.select(torch.randperm(rollouts.batch_size))  # groups scattered, as in a minibatch
+    assert len(set(rollouts.lengths.tolist())) >= 3  # the length buckets differ in width
     # EOS log-probs are defined after 0..n ordinary tokens (n = |y| - 1 with EOS, |y| truncated).
     visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
         rollouts.lengths - rollouts.ended_with_eos.long())[:, None]

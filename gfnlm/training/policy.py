@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -277,11 +278,16 @@ def _check_chunkable(model: nn.Module, eos_token_id: int) -> None:
 def _chunked_response_logps(final: Tensor, model: nn.Module, rollouts: Rollouts, eos_token_id: int,
                             chunk_size: int, statistics: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Token log-probs [B, T], EOS log-probs [B, T+1] and (``statistics``) entropy and
-    self-certainty [B, T] from the final hidden states at the T+1 predicting positions."""
+    self-certainty [B, T] from the final hidden states at the T+1 predicting positions. The output
+    layer runs at the positions a row's response reaches (``k ≤ |y|``) only; the others, padding
+    that every consumer masks, are zeros."""
     eos_column = torch.full_like(rollouts.response_ids[:, :1], eos_token_id)
     targets = torch.cat([rollouts.response_ids, eos_column], dim=1)
-    token_logp, eos_logp, entropy, certainty = chunked_logps(final, output_layer_of(model), targets, eos_token_id,
-                                                             chunk_size, statistics)
+    reached = torch.arange(targets.shape[1], device=targets.device) <= rollouts.lengths[:, None]
+    values = chunked_logps(final[reached], output_layer_of(model), targets[reached], eos_token_id, chunk_size,
+                           statistics)
+    token_logp, eos_logp, entropy, certainty = (
+        None if value is None else value.new_zeros(targets.shape).index_put((reached,), value) for value in values)
     token_logp = token_logp[:, :-1] * rollouts.response_mask
     if statistics:
         entropy, certainty = entropy[:, :-1], certainty[:, :-1]
@@ -302,6 +308,12 @@ def _entropy_sample(final: Tensor, model: nn.Module, rollouts: Rollouts, chunk_s
     return entropy
 
 
+# Rows are sorted by response length into at most this many buckets, each run as its own response
+# pass no wider than its longest response (left-over padding is where the time would go otherwise:
+# in a group of sampled responses the longest is often several times the median).
+LENGTH_BUCKETS = 4
+
+
 def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, share_prompts: bool = True,
                      final_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
     """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V],
@@ -311,8 +323,11 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
 
     Rows that share a prompt (the ``G`` samples of a group) share ONE forward pass over it: the
     distinct prompts run first with a KV cache, which is then indexed out to every row (gradients
-    flow through it), and the responses run on top. With a chat template's system prompt, this
-    halves the tokens a step computes. Without repeated prompts it is one plain forward pass.
+    flow through it), and the responses run on top, in up to :data:`LENGTH_BUCKETS` passes of rows
+    of similar length, each as wide as its longest response; positions past a row's response
+    (padding, masked by every consumer) are zeros. With a chat template's system prompt, sharing
+    halves the tokens a step computes, and the buckets skip most of the padding. Without repeated
+    prompts it is one plain forward pass.
     """
     prompts, row_prompt = torch.unique(rollouts.prompt_ids, dim=0, return_inverse=True)
     if not share_prompts or prompts.shape[0] == rollouts.batch_size:
@@ -322,20 +337,29 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
         0, row_prompt, rows, "amin")
     prompt_mask = rollouts.prompt_mask[first_row].long()
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
-    cache = DynamicCache(config=model.config)
+    prompt_cache = DynamicCache(config=model.config)
     with _final_hidden_if(model, final_hidden) as captured:
         prompt_out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions,
-                           cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden)
-        cache.batch_select_indices(row_prompt)
-        attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
-        num_tokens = rollouts.response_ids.shape[1]
-        positions = prompt_positions[row_prompt, -1:] + 1 + torch.arange(num_tokens, device=prompts.device)
-        response_out = model(input_ids=rollouts.response_ids, attention_mask=attention_mask, position_ids=positions,
-                             cache=cache, use_cache=True, logits_to_keep=1 if final_hidden else 0)
-    if final_hidden:
-        values = torch.cat([captured[0][:, -1:][row_prompt], captured[1]], dim=1)
-    else:
-        values = torch.cat([prompt_out.logits[row_prompt], response_out.logits], dim=1)
+                           cache=prompt_cache, use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden)
+        first = captured[0][:, -1:] if final_hidden else prompt_out.logits  # [prompts, 1, ·], predicts y_1
+        order = torch.argsort(rollouts.lengths, stable=True)
+        parts = []
+        for bucket in order.chunk(min(LENGTH_BUCKETS, rollouts.batch_size)):
+            width = max(1, int(rollouts.lengths[bucket].max()))
+            cache = DynamicCache(config=model.config)
+            for index, layer in enumerate(prompt_cache.layers):
+                cache.update(layer.keys[row_prompt[bucket]], layer.values[row_prompt[bucket]], index)
+            attention_mask = torch.cat([rollouts.prompt_mask[bucket], rollouts.response_mask[bucket, :width]],
+                                       dim=1).long()
+            positions = (prompt_positions[row_prompt[bucket], -1:] + 1
+                         + torch.arange(width, device=prompts.device))
+            response_out = model(input_ids=rollouts.response_ids[bucket, :width], attention_mask=attention_mask,
+                                 position_ids=positions, cache=cache, use_cache=True,
+                                 logits_to_keep=1 if final_hidden else 0)
+            response = captured[-1] if final_hidden else response_out.logits
+            values = torch.cat([first[row_prompt[bucket]], response], dim=1)
+            parts.append(F.pad(values, (0, 0, 0, rollouts.response_ids.shape[1] + 1 - values.shape[1])))
+    values = torch.cat(parts)[torch.argsort(order)]
     hidden = prompt_out.hidden_states[-1][row_prompt] if need_hidden else None
     return values, hidden
 
