@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopPLogitsWarper
 
+import gfnlm.training.policy as policy_module
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, min_p_filter, next_tokens, top_p_filter
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ConfigError, ModelConfig
@@ -125,11 +126,14 @@ def test_bad_sampler_options_are_one_line_errors(options, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("need_hidden", [False, True])
-def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_dir, tmp_path, need_hidden):
+@pytest.mark.parametrize(("need_hidden", "prefix_pass"), [(False, False), (False, True), (True, False)])
+def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_dir, tmp_path, monkeypatch,
+                                                                     need_hidden, prefix_pass):
     """The policy's one-pass-per-distinct-prompt evaluation (responses in length buckets, each as
-    wide as its longest) gives the same log-probs, entropies, prompt features and LoRA gradients as
-    one forward pass over every row's full sequence."""
+    wide as its longest; with ``prefix_pass`` the prompts' common prefix in a pass of its own, the
+    rest of each left-padded prompt on top) gives the same log-probs, entropies, prompt features and
+    LoRA gradients as one forward pass over every row's full sequence."""
+    monkeypatch.setattr(policy_module, "SHARED_PREFIX_MIN_SAVING", 0 if prefix_pass else 10**6)
     policy = make_policy(tiny_model_dir, eos_bias=8.0, lora=True)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     sampler = HFSampler(max_new_tokens=8)
@@ -141,11 +145,15 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
     # EOS log-probs are defined after 0..n ordinary tokens (n = |y| - 1 with EOS, |y| truncated).
     visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
         rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
-    results = {}
+    results, passes = {}, []
+    policy.model.register_forward_pre_hook(lambda module, args: passes.append(module))
     for shared in (True, False):
         policy.share_prompts = shared
         policy.model.zero_grad(set_to_none=True)
+        passes.clear()
         evaluation = policy.evaluate(rollouts, need_prompt_hidden=need_hidden)
+        if shared:  # the prompts, (the prefix,) and one pass per length bucket
+            assert len(passes) == 1 + prefix_pass + len(rollouts.lengths.chunk(policy_module.LENGTH_BUCKETS))
         loss = (evaluation.token_logp.sum() + evaluation.eos_logp[visited].sum()
                 + (evaluation.prompt_hidden.sum() if need_hidden else 0))
         loss.backward()
