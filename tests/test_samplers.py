@@ -13,6 +13,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 import gfnlm.training.policy as policy_module
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, min_p_filter, next_tokens, top_p_filter
 from gfnlm.tasks.prompts import PromptSet
+from gfnlm.training.chunked_logps import output_layer_of
 from gfnlm.training.config import ConfigError, ModelConfig
 from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
 
@@ -145,8 +146,10 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
     # EOS log-probs are defined after 0..n ordinary tokens (n = |y| - 1 with EOS, |y| truncated).
     visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
         rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
-    results, passes = {}, []
+    results, passes, output_rows = {}, [], []
     policy.model.register_forward_pre_hook(lambda module, args: passes.append(module))
+    # the chunked log-probs read the output layer's weight: the layer itself runs on no position
+    output_layer_of(policy.model).register_forward_hook(lambda module, args, out: output_rows.append(args[0].shape[-2]))
     for shared in (True, False):
         policy.share_prompts = shared
         policy.model.zero_grad(set_to_none=True)
@@ -159,6 +162,8 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
         loss.backward()
         grads = [p.grad.clone() for p in policy.trainable_parameters()]
         base = policy.score_base(rollouts, need_eos_logp=True)
+        assert output_rows and not any(output_rows)
+        output_rows.clear()
         results[shared] = (evaluation, grads, base)
     (ev_s, grads_s, base_s), (ev_f, grads_f, base_f) = results[True], results[False]
     for name in ("token_logp", "entropy_sample") + (("prompt_hidden",) if need_hidden else ()):

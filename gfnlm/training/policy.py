@@ -343,8 +343,9 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
     first_row = torch.full_like(row_prompt[: prompts.shape[0]], rollouts.batch_size).scatter_reduce(
         0, row_prompt, rows, "amin")
     with _final_hidden_if(model, final_hidden) as captured:
+        keep = _no_logits(prompts.device) if final_hidden else 1  # final_hidden: the caller runs the output layer
         prompt_cache, cache_mask, prompt_out = _prompt_cache(model, prompts, rollouts.prompt_mask[first_row].long(),
-                                                             need_hidden)
+                                                             need_hidden, keep)
         first = captured[-1][:, -1:] if final_hidden else prompt_out.logits  # [prompts, 1, ·], predicts y_1
         prompt_lengths = rollouts.prompt_mask.sum(1)
         order = torch.argsort(rollouts.lengths, stable=True)
@@ -359,7 +360,7 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
             positions = prompt_lengths[bucket, None] + torch.arange(width, device=prompts.device)
             response_out = model(input_ids=rollouts.response_ids[bucket, :width], attention_mask=attention_mask,
                                  position_ids=positions, cache=cache, use_cache=True,
-                                 logits_to_keep=1 if final_hidden else 0)
+                                 logits_to_keep=keep if final_hidden else 0)
             response = captured[-1] if final_hidden else response_out.logits
             values = torch.cat([first[row_prompt[bucket]], response], dim=1)
             parts.append(F.pad(values, (0, 0, 0, rollouts.response_ids.shape[1] + 1 - values.shape[1])))
@@ -368,13 +369,14 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
     return values, hidden
 
 
-def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor,
-                  need_hidden: bool) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
+def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor, need_hidden: bool,
+                  logits_to_keep: int | Tensor = 1) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
     """KV cache of the distinct left-padded prompts [N, P], its attention mask [N, K], and the
-    model's output at the prompts' last tokens. When it saves more than
-    :data:`SHARED_PREFIX_MIN_SAVING` positions, the prompts' common prefix runs once, as one row,
-    and the rest of each prompt on top of it, left-padded (the cache then holds prefix, padding,
-    rest: attention follows the mask and each key's rotary position, not where the key sits)."""
+    model's output at the prompts' last tokens (logits as ``logits_to_keep`` says). When it saves
+    more than :data:`SHARED_PREFIX_MIN_SAVING` positions, the prompts' common prefix runs once, as
+    one row, and the rest of each prompt on top of it, left-padded (the cache then holds prefix,
+    padding, rest: attention follows the mask and each key's rotary position, not where the key
+    sits)."""
     lengths = mask.sum(1)
     width = prompts.shape[1]
     starts = width - lengths
@@ -386,9 +388,9 @@ def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor,
     if need_hidden or (prompts.shape[0] - 1) * common <= SHARED_PREFIX_MIN_SAVING:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=prompts, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=1, output_hidden_states=need_hidden)
+                    logits_to_keep=logits_to_keep, output_hidden_states=need_hidden)
         return cache, mask, out
-    model(input_ids=aligned[:1, :common], cache=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=aligned[:1, :common], cache=cache, use_cache=True, logits_to_keep=_no_logits(prompts.device))
     rest = int(lengths.max()) - common
     suffix_mask = (torch.arange(width - rest, width, device=mask.device) >= (starts + common)[:, None]).long()
     expanded = DynamicCache(config=model.config)
@@ -398,8 +400,15 @@ def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor,
     cache_mask = torch.cat([torch.ones_like(mask[:, :common]), suffix_mask], dim=1)
     positions = common + (suffix_mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=prompts[:, width - rest:], attention_mask=cache_mask, position_ids=positions,
-                cache=expanded, use_cache=True, logits_to_keep=1)
+                cache=expanded, use_cache=True, logits_to_keep=logits_to_keep)
     return expanded, cache_mask, out
+
+
+def _no_logits(device: torch.device) -> Tensor:
+    """``logits_to_keep`` of a pass whose logits nobody reads (no positions): the output layer is
+    the largest matrix product of a small model's pass (SmolLM2: 49,152 × 576), and on a slice of
+    the last positions PyTorch runs it as a batched product over copies of its weight."""
+    return torch.empty(0, dtype=torch.long, device=device)
 
 
 def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
@@ -410,10 +419,10 @@ def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: boo
     # Left-padded prompts: positions count real tokens only, as generate() does.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     num_positions = rollouts.response_ids.shape[1] + 1
+    keep = _no_logits(input_ids.device) if final_hidden else num_positions
     with _final_hidden_if(model, final_hidden) as captured:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    logits_to_keep=1 if final_hidden else num_positions, output_hidden_states=need_hidden,
-                    use_cache=False)
+                    logits_to_keep=keep, output_hidden_states=need_hidden, use_cache=False)
     hidden = out.hidden_states[-1] if need_hidden else None
     return (captured[-1][:, -num_positions:] if final_hidden else out.logits), hidden
 
