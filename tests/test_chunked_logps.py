@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from test_samplers import prompt_batch
 from transformers import AutoModelForCausalLM
 
+import gfnlm.training.chunked_logps as chunked_module
 from gfnlm.contracts.errors import RunError
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.training.chunked_logps import chunked_logps
@@ -93,6 +94,23 @@ def test_kernel_without_statistics_equals_full_logits_gradients(chunk_size):
     for got, expected in zip(*grads, strict=True):
         assert max_difference(got, expected) <= TOLERANCE[torch.float64]
     assert float(grads[0][0].abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(("statistics", "chunk_size", "backward_products"), [
+    (False, 7, 8), (False, 21, 2), (False, 63, 0), (False, 1000, 0), (True, 21, 2), (True, 1000, 0)])
+def test_backward_recomputes_all_but_the_last_chunk(monkeypatch, statistics, chunk_size, backward_products):
+    """The backward pass recomputes the logits of every chunk but the last, whose buffer the
+    forward pass kept: with every row in one chunk the output layer's product runs once in all."""
+    products = []
+    real = chunked_module._chunk_logits
+    monkeypatch.setattr(chunked_module, "_chunk_logits", lambda *args: products.append(1) or real(*args))
+    layer = torch.nn.Linear(16, 50, dtype=torch.float64)
+    hidden = torch.randn(3, 21, 16, dtype=torch.float64, requires_grad=True)
+    token, eos_logp, entropy, _ = chunked_logps(hidden, layer, torch.randint(50, (3, 21)), 4, chunk_size, statistics)
+    forward_products = len(products)
+    assert forward_products == math.ceil(63 / chunk_size)
+    (token.sum() + eos_logp.sum() + (entropy.sum() if statistics else 0)).backward()
+    assert len(products) - forward_products == backward_products
 
 
 def test_kernel_without_statistics_returns_none_and_skips_frozen_weight_gradients():

@@ -9,17 +9,20 @@ for the backward pass.
 Here the final hidden states ``h`` (``N × H``) go through the output layer ``W`` (``V × H``) ``C``
 positions at a time. For each chunk the logits ``z = h_c Wᵀ`` are computed, reduced to
 ``logsumexp(z)``, ``z[y] − lse`` and ``z[EOS] − lse`` (and ``lse − Σ p·z`` for the entropy), and
-dropped; only ``[N]`` vectors survive. The backward pass recomputes each chunk's logits from the
-saved ``h`` and ``W`` and applies the closed-form gradient of those reductions,
+dropped, but for the last chunk's; only ``[N]`` vectors survive of the others. The backward pass
+recomputes each other chunk's logits from the saved ``h`` and ``W``, reads the kept last chunk's
+(as its probabilities where no entropy was asked for), and applies the closed-form gradient of
+those reductions,
 
     ∂/∂z_j  = g_tok·(1[j = y] − p_j) + g_eos·(1[j = EOS] − p_j) − g_ent·p_j·(log p_j + H),
 
 then ``∂h_c = (∂z) W`` and ``∂W += (∂z)ᵀ h_c``. Memory: the live logits are ``C × V`` (plus two or
 three temporaries of that size), independent of ``T``, against ``N × V`` and several copies for the
 plain path; at ``C = 512``, ``V = 151,936`` a fp32 chunk is 311 MB. What is saved for backward is
-``h`` (``N × H``, which the model's graph holds anyway) and ``[N]`` vectors. The price is one more
-``N × H × V`` matmul in the backward pass (the recomputed logits), about a third more output-layer
-work than the plain path's forward + backward.
+``h`` (``N × H``, which the model's graph holds anyway), ``[N]`` vectors and the last chunk's
+``C × V`` buffer. The price is one more ``(N − C) × H × V`` matmul in the backward pass (the
+recomputed logits): none where every position fits in one chunk (a short-response batch, as the
+default config's), at most a third more output-layer work than the plain path's forward + backward.
 
 The output layer is read from the model (``get_output_embeddings()``, a plain ``nn.Linear``; tied
 embeddings are the same tensor), so full fine-tuning gets ``W``'s gradient, LoRA (whose adapter does
@@ -50,11 +53,12 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
     return wide(logits), logits.dtype
 
 
-def _chunk_forward(logits: Tensor, targets: Tensor, eos_token_id: int,
-                   statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+def _chunk_forward(logits: Tensor, targets: Tensor, eos_token_id: int, statistics: bool,
+                   keep: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """``log p(target)``, ``log p(EOS)``, ``lse`` and (``statistics``) entropy ``lse − Σ p·z`` and
-    self-certainty ``KL(U ‖ π) = lse − mean(z) − log|V|`` of one chunk's logits, which are
-    overwritten (one temporary of the chunk's size at most, with ``statistics``)."""
+    self-certainty ``KL(U ‖ π) = lse − mean(z) − log|V|`` of one chunk's logits (one temporary of
+    the chunk's size at most, with ``statistics``). Without ``statistics`` the logits are
+    overwritten: by their probabilities where ``keep``, else by scratch."""
     chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     eos = logits[:, eos_token_id].clone()
     top = logits.amax(-1)
@@ -63,6 +67,9 @@ def _chunk_forward(logits: Tensor, targets: Tensor, eos_token_id: int,
         lse = logits.logsumexp(-1)
         certainty = lse - logits.mean(-1) - math.log(logits.shape[-1])
         entropy = lse - (logits - lse.unsqueeze(-1)).exp_().mul_(logits).sum(-1)
+    elif keep:  # the probabilities exp(z − lse), as the backward pass computes them from the logits
+        lse = logits.logsumexp(-1)
+        logits.sub_(lse.unsqueeze(-1)).exp_()
     else:  # logsumexp in place: max, then exp of the shifted logits
         lse = logits.sub_(top.unsqueeze(-1)).exp_().sum(-1).log_().add_(top)
     return chosen - lse, eos - lse, lse, entropy, certainty
@@ -78,14 +85,22 @@ class _ChunkedLogProbs(torch.autograd.Function):
                 chunk_size: int, statistics: bool) -> tuple[Tensor, ...]:
         rows = hidden.shape[0]
         token_logp = eos_logp = lse_all = entropy = certainty = None
+        last = (rows - 1) // chunk_size * chunk_size
+        # The last chunk's logits (or probabilities) stay for the backward pass, which then need
+        # not recompute them: one chunk-sized buffer held in between, one output-layer matmul saved.
+        keep_last = any(ctx.needs_input_grad[:3])
+        ctx.kept = None
         for start in range(0, rows, chunk_size):
             part = slice(start, start + chunk_size)
-            logits, _ = _chunk_logits(hidden[part], weight, bias)
+            logits, ctx.produced = _chunk_logits(hidden[part], weight, bias)
             if token_logp is None:
                 token_logp, eos_logp, lse_all = (logits.new_empty(rows) for _ in range(3))
                 if statistics:
                     entropy, certainty = logits.new_empty(rows), logits.new_empty(rows)
-            values = _chunk_forward(logits, targets[part], eos_token_id, statistics)
+            keep = keep_last and start == last
+            values = _chunk_forward(logits, targets[part], eos_token_id, statistics, keep)
+            if keep:
+                ctx.kept = logits
             del logits
             token_logp[part], eos_logp[part], lse_all[part] = values[:3]
             if statistics:
@@ -94,7 +109,7 @@ class _ChunkedLogProbs(torch.autograd.Function):
             entropy = certainty = token_logp.new_empty(0)
         ctx.set_materialize_grads(False)  # an unused output (e.g. a logged entropy) costs no backward work
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, entropy)
-        ctx.eos_token_id, ctx.chunk_size = eos_token_id, chunk_size
+        ctx.eos_token_id, ctx.chunk_size, ctx.statistics, ctx.last = eos_token_id, chunk_size, statistics, last
         ctx.mark_non_differentiable(certainty)
         return token_logp, eos_logp, entropy, certainty
 
@@ -108,17 +123,25 @@ class _ChunkedLogProbs(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=wide(weight).dtype, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=wide(bias).dtype, device=bias.device) if need_bias else None
         with_entropy = grad_entropy is not None and entropy.numel() > 0
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
+        for start in reversed(range(0, hidden.shape[0], ctx.chunk_size)):  # the kept last chunk first, then freed
             part = slice(start, start + ctx.chunk_size)
-            grad_logits, produced = _chunk_logit_grad(
-                hidden[part], weight, bias, targets[part], lse_all[part], ctx.eos_token_id,
+            kept, ctx.kept = (ctx.kept, None) if start == ctx.last else (None, None)  # used once, in place
+            if kept is None:
+                values, is_probs = _chunk_logits(hidden[part], weight, bias)[0].sub_(lse_all[part].unsqueeze(-1)), False
+            elif ctx.statistics:  # the logits
+                values, is_probs = kept.sub_(lse_all[part].unsqueeze(-1)), False
+            else:
+                values, is_probs = kept, True
+            grad_logits = _chunk_logit_grad(
+                values, is_probs, targets[part], lse_all[part], ctx.eos_token_id,
                 None if grad_token is None else grad_token[part], None if grad_eos is None else grad_eos[part],
                 entropy[part] if with_entropy else None, grad_entropy[part] if with_entropy else None)
-            grad_logits = grad_logits.to(produced)
+            del values, kept
+            grad_logits = grad_logits.to(ctx.produced)
             if need_hidden:
-                grad_hidden[part] = grad_logits @ weight.to(produced)
+                grad_hidden[part] = grad_logits @ weight.to(ctx.produced)
             if need_weight:
-                grad_weight += (grad_logits.T @ hidden[part].to(produced)).to(grad_weight.dtype)
+                grad_weight += (grad_logits.T @ hidden[part].to(ctx.produced)).to(grad_weight.dtype)
             if need_bias:
                 grad_bias += grad_logits.sum(0).to(grad_bias.dtype)
             del grad_logits  # before the next chunk's logits exist: one chunk-sized buffer at a time
@@ -127,27 +150,28 @@ class _ChunkedLogProbs(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def _chunk_logit_grad(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, lse: Tensor,
-                      eos_token_id: int, grad_token: Tensor | None, grad_eos: Tensor | None,
-                      entropy: Tensor | None, grad_entropy: Tensor | None) -> tuple[Tensor, torch.dtype]:
-    """∂loss/∂z for one chunk (recomputed logits ``z``), in ≥ float32, and the layer's output dtype.
-    Built in the logits' buffer (plus one temporary when the entropy has a gradient)."""
-    log_probs, produced = _chunk_logits(hidden, weight, bias)
-    log_probs.sub_(lse.unsqueeze(-1))
+def _chunk_logit_grad(values: Tensor, is_probs: bool, targets: Tensor, lse: Tensor, eos_token_id: int,
+                      grad_token: Tensor | None, grad_eos: Tensor | None, entropy: Tensor | None,
+                      grad_entropy: Tensor | None) -> Tensor:
+    """∂loss/∂z for one chunk, in ≥ float32, from its log-probs ``values`` (or, ``is_probs``, its
+    probabilities, where the entropy has no gradient). Built in their buffer (plus one temporary
+    when the entropy has a gradient)."""
     zero = lse.new_zeros(lse.shape)
     g_token = zero if grad_token is None else grad_token.to(lse.dtype)
     g_eos = zero if grad_eos is None else grad_eos.to(lse.dtype)
     g_probs = (g_token + g_eos).unsqueeze(-1)
     if grad_entropy is None:
-        grad = log_probs.exp_().mul_(-g_probs)
+        grad = (values if is_probs else values.exp_()).mul_(-g_probs)
     else:  # ∂H/∂z_j = −p_j (log p_j + H)
+        assert not is_probs, "an entropy gradient needs the chunk's log-probs"
+        log_probs = values
         probs = log_probs.exp()
         grad = log_probs.add_(entropy.unsqueeze(-1)).mul_(-grad_entropy.to(lse.dtype).unsqueeze(-1))
         grad.sub_(g_probs).mul_(probs)
         del probs
     grad.scatter_add_(-1, targets.unsqueeze(-1), g_token.unsqueeze(-1))
     grad[:, eos_token_id] += g_eos
-    return grad, produced
+    return grad
 
 
 def chunked_logps(hidden: Tensor, output_layer: nn.Linear, targets: Tensor, eos_token_id: int, chunk_size: int,
