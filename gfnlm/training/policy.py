@@ -343,9 +343,9 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
     first_row = torch.full_like(row_prompt[: prompts.shape[0]], rollouts.batch_size).scatter_reduce(
         0, row_prompt, rows, "amin")
     with _final_hidden_if(model, final_hidden) as captured:
-        keep = _no_logits(prompts.device) if final_hidden else 1  # final_hidden: the caller runs the output layer
+        no_logits = _no_logits(prompts.device)  # final_hidden: the caller runs the output layer
         prompt_cache, cache_mask, prompt_out = _prompt_cache(model, prompts, rollouts.prompt_mask[first_row].long(),
-                                                             need_hidden, keep)
+                                                             need_hidden, no_logits if final_hidden else 1)
         first = captured[-1][:, -1:] if final_hidden else prompt_out.logits  # [prompts, 1, ·], predicts y_1
         prompt_lengths = rollouts.prompt_mask.sum(1)
         order = torch.argsort(rollouts.lengths, stable=True)
@@ -360,7 +360,7 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
             positions = prompt_lengths[bucket, None] + torch.arange(width, device=prompts.device)
             response_out = model(input_ids=rollouts.response_ids[bucket, :width], attention_mask=attention_mask,
                                  position_ids=positions, cache=cache, use_cache=True,
-                                 logits_to_keep=keep if final_hidden else 0)
+                                 logits_to_keep=no_logits if final_hidden else 0)
             response = captured[-1] if final_hidden else response_out.logits
             values = torch.cat([first[row_prompt[bucket]], response], dim=1)
             parts.append(F.pad(values, (0, 0, 0, rollouts.response_ids.shape[1] + 1 - values.shape[1])))
