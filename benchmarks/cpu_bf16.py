@@ -1,9 +1,11 @@
-"""What bfloat16 does on this CPU: matrix-product throughput in float32 and bfloat16, and the
-default PowerFlow step's parts (HF sampling, base pass, update) in float32 and under
+"""What bfloat16 does on this CPU: matrix-product throughput in float32 and bfloat16, the time of
+one SmolLM2 decode step's matrix products alone (what bounds any engine's sampling step on this
+CPU), and the default PowerFlow step's parts (HF sampling, base pass, update) in float32 and under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. The trainer computes in float32 on CPU; this
 measures what it leaves on the table where the CPU has native bfloat16 (AVX512-BF16 or AMX).
 
-    python benchmarks/cpu_bf16.py            # 4 steps each (the first is a warm-up), ≤ 48 new tokens
+    python benchmarks/cpu_bf16.py                # 4 steps each (the first is a warm-up), ≤ 48 new tokens
+    python benchmarks/cpu_bf16.py --steps 0      # the matrix products only (seconds)
 """
 
 import argparse
@@ -21,6 +23,10 @@ from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ((64, 576, 1536), (64, 576, 49152), (2048, 2048, 2048))  # a decode batch's MLP and output layer; a large square
+# SmolLM2-135M's products per decode step, [k, n] each: per layer q/k/v (576 + 2 x 192 outputs), o,
+# gate/up (2 x 1536), down; then the tied output layer.
+SMOLLM2_LAYER = ((576, 960), (576, 576), (576, 3072), (1536, 576))
+SMOLLM2_LAYERS, SMOLLM2_HEAD = 30, (576, 49152)
 
 
 def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
@@ -33,6 +39,25 @@ def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> 
         a @ b
         reps += 1
     return 2 * m * k * n * reps / (time.perf_counter() - started) / 1e9
+
+
+def decode_products_ms(batch: int, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Milliseconds of one SmolLM2 decode step's matrix products at ``batch`` sequences in ``dtype``
+    (no attention, norms or sampling: a floor for an engine's decode step)."""
+    weights = [torch.randn(k, n, dtype=dtype) for _ in range(SMOLLM2_LAYERS) for k, n in SMOLLM2_LAYER]
+    weights.append(torch.randn(*SMOLLM2_HEAD, dtype=dtype))
+    inputs = {k: torch.randn(batch, k, dtype=dtype) for k in {k for k, _ in (*SMOLLM2_LAYER, SMOLLM2_HEAD)}}
+
+    def step() -> None:
+        for weight in weights:
+            inputs[weight.shape[0]] @ weight
+
+    for _ in range(3):
+        step()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - started) / repeats * 1e3
 
 
 def step_parts(autocast: bool, steps: int, max_new_tokens: int) -> dict[str, list[float]]:
@@ -55,13 +80,20 @@ def step_parts(autocast: bool, steps: int, max_new_tokens: int) -> dict[str, lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per precision (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed steps per precision (after one warm-up); 0: the matrix products only")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args(argv)
     print(f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}")
     for m, k, n in SHAPES:
         fp32, bf16 = gflops(m, k, n, torch.float32), gflops(m, k, n, torch.bfloat16)
         print(f"matmul {m}x{k}x{n}: float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s ({bf16 / fp32:.2f}x)", flush=True)
+    for batch in (16, 64):
+        fp32, bf16 = decode_products_ms(batch, torch.float32), decode_products_ms(batch, torch.bfloat16)
+        print(f"SmolLM2 decode step's matrix products, {batch} sequences: float32 {fp32:.1f} ms, "
+              f"bfloat16 {bf16:.1f} ms", flush=True)
+    if args.steps < 1:
+        return 0
     results = {name: step_parts(name == "bf16 autocast", args.steps, args.max_new_tokens)
                for name in ("float32", "bf16 autocast")}
     print(f"\nDefault PowerFlow step (HF sampler, 4 prompts x 4 samples, <= {args.max_new_tokens} new tokens), "
