@@ -1,8 +1,10 @@
 """What bfloat16 does on this CPU: matrix-product throughput in float32 and bfloat16, the time of
 one SmolLM2 decode step's matrix products alone (what bounds any engine's sampling step on this
-CPU), and the default PowerFlow step's parts (HF sampling, base pass, update) in float32 and under
-``torch.autocast("cpu", dtype=torch.bfloat16)``. The trainer computes in float32 on CPU; this
-measures what it leaves on the table where the CPU has native bfloat16 (AVX512-BF16 or AMX).
+CPU), and the default PowerFlow step's parts (HF sampling, base pass, update) in float32, under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (float32 weights cast at every product) and with
+``model.dtype=bfloat16`` (the model's weights stored in bfloat16; PEFT keeps the LoRA adapter in
+float32). The trainer computes in float32 on CPU by default; this measures what it leaves on the
+table where the CPU has native bfloat16 (AVX512-BF16 or AMX).
 
     python benchmarks/cpu_bf16.py                # 4 steps each (the first is a warm-up), ≤ 48 new tokens
     python benchmarks/cpu_bf16.py --steps 0      # the matrix products only (seconds)
@@ -60,16 +62,21 @@ def decode_products_ms(batch: int, dtype: torch.dtype, repeats: int = 10) -> flo
     return (time.perf_counter() - started) / repeats * 1e3
 
 
-def step_parts(autocast: bool, steps: int, max_new_tokens: int) -> dict[str, list[float]]:
+# name: (model.dtype, under torch.autocast to bfloat16)
+PRECISIONS = {"float32": ("float32", False), "bf16 autocast": ("float32", True), "bfloat16 weights": ("bfloat16", False)}
+
+
+def step_parts(precision: str, steps: int, max_new_tokens: int) -> dict[str, list[float]]:
     """Seconds of each part of the default config's steps (HF sampler), the first step untimed."""
     parts: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as out:
         config = load_config(REPO / "configs/default.yaml", [f"train.out_dir={out}", "train.steps=1000", "data.eval=''",
-                                                             f"sampling.max_new_tokens={max_new_tokens}"])
+                                                             f"sampling.max_new_tokens={max_new_tokens}",
+                                                             f"model.dtype={PRECISIONS[precision][0]}"])
         trainer = Trainer(config, progress=False)
         for index in range(steps + 1):
             torch.manual_seed(index)
-            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16) if PRECISIONS[precision][1] else contextlib.nullcontext():
                 metrics = trainer.train_step()
             trainer.step += 1
             if index:
@@ -94,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bfloat16 {bf16:.1f} ms", flush=True)
     if args.steps < 1:
         return 0
-    results = {name: step_parts(name == "bf16 autocast", args.steps, args.max_new_tokens)
-               for name in ("float32", "bf16 autocast")}
+    results = {name: step_parts(name, args.steps, args.max_new_tokens) for name in PRECISIONS}
     print(f"\nDefault PowerFlow step (HF sampler, 4 prompts x 4 samples, <= {args.max_new_tokens} new tokens), "
           f"seconds, median (min-max) of {args.steps} steps, torch seeds 1-{args.steps}:")
     print("| precision | step | sample | base score | update |\n|---|---|---|---|---|")
