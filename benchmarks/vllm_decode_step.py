@@ -10,14 +10,23 @@ torch (``benchmarks/cpu_bf16.py``), bf16, at the same batch sizes: no engine's s
 than those on this CPU.
 
     python benchmarks/vllm_decode_step.py            # 16 and 64 sequences, 48 tokens, 5 rounds
+    python benchmarks/vllm_decode_step.py --profile  # and where one 16-sequence batch's time goes
+
+``--profile`` starts the server with vLLM's torch profiler (``--profiler-config``) and, after the
+timed rounds, profiles one more 16-sequence batch and prints the top of vLLM's own summary of
+the engine's operators (self CPU time).
 """
 
 import argparse
+import json
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import requests
 import torch
 from cpu_bf16 import decode_products_ms
 from transformers import AutoTokenizer
@@ -29,6 +38,7 @@ from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.models import ensure_smollm2
 
 BATCHES = ((4, 4), (8, 8))  # the training step's 16 sequences, and 64
+PROFILE_ROWS = 16  # operators shown from vLLM's profiler summary
 
 
 def batch_seconds(client: VLLMClient, prompts: list[list[int]], n: int, tokens: int) -> float:
@@ -45,6 +55,28 @@ def batch_seconds(client: VLLMClient, prompts: list[list[int]], n: int, tokens: 
     return seconds
 
 
+def profiled_batch(client: VLLMClient, prompts: list[list[int]], n: int, tokens: int, trace_dir: Path) -> None:
+    """One batch under vLLM's torch profiler; prints the top of the summary the engine writes."""
+    requests.post(f"{client.url}/start_profile", timeout=600).raise_for_status()
+    seconds = batch_seconds(client, prompts, n, tokens)
+    requests.post(f"{client.url}/stop_profile", timeout=600).raise_for_status()
+    summaries = []
+    for _ in range(120):  # the engine writes its summary after the stop call returns
+        summaries = [path for path in trace_dir.glob("rank0*profiler_out.txt") if path.stat().st_size > 1]
+        if summaries:
+            break
+        time.sleep(0.5)
+    print(f"\nvLLM profiler, one batch of {len(prompts) * n} sequences x {tokens} tokens ({seconds:.2f} s, profiled):")
+    lines = summaries[0].read_text().splitlines() if summaries else ["(no summary written)"]
+    print("\n".join(lines[: 3 + PROFILE_ROWS]), flush=True)
+
+
+def prompt_ids(questions: PromptSet, count: int) -> list[list[int]]:
+    """The first ``count`` bundled questions' prompts as token ids."""
+    batch = questions.batch(list(range(count)))
+    return [row[mask].tolist() for row, mask in zip(batch.prompt_ids, batch.prompt_mask, strict=True)]
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
@@ -53,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=48, help="tokens per sequence")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="profile one more 16-sequence batch with vLLM's profiler")
     args = parser.parse_args(argv)
     if args.tokens < 1 or args.rounds < 1:
         parser.error(f"--tokens={args.tokens}, --rounds={args.rounds}: both must be >= 1")
@@ -60,17 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     questions = PromptSet.load("factual_train", "data.train", tokenizer, 256)
     step_ms: dict[int, list[float]] = {}
-    with VLLMServer(model_dir, launch_for(IN_PROCESS, [], "bfloat16")) as server:
+    trace_dir = Path(tempfile.mkdtemp(prefix="vllm-profile-"))
+    profiler = ["--profiler-config", json.dumps({"profiler": "torch", "torch_profiler_dir": str(trace_dir),
+                                                 "torch_profiler_with_stack": False})] if args.profile else []
+    with VLLMServer(model_dir, launch_for(IN_PROCESS, profiler, "bfloat16")) as server:
         client = VLLMClient(server.url, timeout_s=600)
         for prompt_count, n in BATCHES:
-            batch = questions.batch(list(range(prompt_count)))
-            prompts = [row[mask].tolist() for row, mask in zip(batch.prompt_ids, batch.prompt_mask, strict=True)]
+            prompts = prompt_ids(questions, prompt_count)
             batch_seconds(client, prompts, n, args.tokens)  # warm-up
             for round_index in range(args.rounds):
                 seconds = batch_seconds(client, prompts, n, args.tokens)
                 step_ms.setdefault(prompt_count * n, []).append(seconds / args.tokens * 1e3)
                 print(f"  {prompt_count} x {n}, round {round_index}: {seconds:.2f} s, "
                       f"{step_ms[prompt_count * n][-1]:.1f} ms per step", flush=True)
+        if args.profile:
+            profiled_batch(client, prompt_ids(questions, BATCHES[0][0]), BATCHES[0][1], args.tokens, trace_dir)
     print(f"\nCPU, {torch.get_num_threads()} threads; SmolLM2-135M-Instruct, {args.tokens} tokens per sequence, "
           f"{args.rounds} rounds, median (min-max)")
     print("| sequences | vLLM server, ms per decode step | torch bf16 matrix products alone, ms | float32, ms |")
