@@ -4,6 +4,10 @@ and how closely the trainer's recomputed policy log-probs match the sampler's be
 
     python benchmarks/gpu/trainer_gpu.py --tokenizer DIR [--steps 6] [--full] [--parallel ddp|fsdp2]
     torchrun --standalone --nproc_per_node N benchmarks/gpu/trainer_gpu.py --tokenizer DIR ...
+    python benchmarks/gpu/trainer_gpu.py --tokenizer DIR --device cpu --size tiny --steps 2   # a smoke run
+
+``--device cpu --size tiny`` runs the same code on a 2-layer model on CPU in float32 (the test
+suite does, so that the script still works when no GPU has run it for a while).
 
 Under torchrun every rank runs its share of ``--prompts`` (which must be a multiple of N); the
 tokens/s printed are summed over ranks and the peak memory is rank 0's.
@@ -30,12 +34,18 @@ from gfnlm.training.trainer import Trainer
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build_model(tokenizer_dir: Path, out: Path) -> int:
-    """A Qwen2.5-0.5B-shaped Llama (hidden 896, 24 layers) with random weights; returns #params."""
+# Llama shapes: a Qwen2.5-0.5B-shaped one, and a tiny one for smoke runs.
+SIZES = {"0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                  "num_key_value_heads": 2},
+         "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2}}
+
+
+def build_model(tokenizer_dir: Path, out: Path, size: str) -> int:
+    """A Llama of ``SIZES[size]`` with random weights; returns #params."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         max_position_embeddings=4096, tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer), **SIZES[size], max_position_embeddings=4096,
+                         tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -52,21 +62,24 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run in float32")
+    parser.add_argument("--size", default="0.5b", choices=list(SIZES), help="the random Llama's shape")
     parser.add_argument("--train", default="factual_train", help="prompt file or bundled set")
     parser.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp2"], help="under torchrun")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "gfnlm-gpu-bench",
                         help="where rank 0 saves the random model (every rank must see it)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         print("SKIP: no CUDA device here; this script measures the trainer on a GPU")
         return 0
     env = dist_utils.world_from_env()
     rank, world = env.rank, env.size
-    device_name = torch.cuda.get_device_name(0)
+    device_name = torch.cuda.get_device_name(0) if cuda else "CPU"
     model_dir, ready = args.work_dir / "model", args.work_dir / "model.ready"
     if rank == 0:
         ready.unlink(missing_ok=True)
-        params = build_model(args.tokenizer, model_dir)
+        params = build_model(args.tokenizer, model_dir, args.size)
         ready.write_text(str(params))
     while not ready.is_file():  # the other ranks wait for rank 0's model
         time.sleep(1)
@@ -74,11 +87,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"model.path={model_dir}", f"model.lora={not args.full}", "data.eval=''", f"data.train={args.train}",
                      f"train.parallel={args.parallel}",
-                     "train.device=cuda", f"train.out_dir={Path(tmp) / 'run'}", f"train.steps={args.steps}",
+                     f"train.device={args.device}", f"train.out_dir={Path(tmp) / 'run'}", f"train.steps={args.steps}",
                      f"train.prompts_per_step={args.prompts}", f"sampling.samples_per_prompt={args.samples}",
                      f"sampling.max_new_tokens={args.max_new_tokens}", "train.lr=1e-5"]
         trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         rows = []
         for step in range(args.steps):
             metrics = dist_utils.reduce_metrics(trainer.train_step(), trainer.world, trainer.device)
@@ -99,15 +113,16 @@ def main() -> int:
         return 0
     timed = rows[1:] if len(rows) > 1 else rows
     med = lambda key: statistics.median(r[key] for r in timed)
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "not measured on CPU"
     print(f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
-          f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, bf16 autocast; "
+          f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, {'bf16 autocast' if cuda else 'float32'}; "
           f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max; "
           f"{world} process(es), {args.parallel if world > 1 else 'single'}")
     print(f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample {med('time/sample'):.3f} "
           f"+ score {med('time/score'):.3f} + update {med('time/update'):.3f}; "
-          f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory "
-          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    print(f"|behaviour - recomputed| token log-prob: mean {diff.mean():.4f}, max {diff.max():.4f} (bf16)")
+          f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory {peak}")
+    print(f"|behaviour - recomputed| token log-prob: mean {diff.mean():.2e}, max {diff.max():.2e} "
+          f"({'bf16' if cuda else 'float32'})")
     return 0
 
 
