@@ -81,19 +81,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=48, help="tokens per sequence")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="profile one more 16-sequence batch with vLLM's profiler")
-    args = parser.parse_args(argv)
-    if args.tokens < 1 or args.rounds < 1:
-        parser.error(f"--tokens={args.tokens}, --rounds={args.rounds}: both must be >= 1")
-    model_dir = ensure_smollm2()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    questions = PromptSet.load("factual_train", "data.train", tokenizer, 256)
+def timed_steps(model_dir: Path, questions: PromptSet, args: argparse.Namespace,
+                trace_dir: Path) -> dict[int, list[float]]:
+    """Milliseconds per decode step of each batch size over ``args.rounds`` rounds (and, with
+    ``args.profile``, one profiled batch), on a server this function starts and stops."""
     step_ms: dict[int, list[float]] = {}
-    trace_dir = Path(tempfile.mkdtemp(prefix="vllm-profile-"))
     profiler = ["--profiler-config", json.dumps({"profiler": "torch", "torch_profiler_dir": str(trace_dir),
                                                  "torch_profiler_with_stack": False})] if args.profile else []
     with VLLMServer(model_dir, launch_for(IN_PROCESS, profiler, "bfloat16")) as server:
@@ -108,6 +100,22 @@ def main(argv: list[str] | None = None) -> int:
                       f"{step_ms[prompt_count * n][-1]:.1f} ms per step", flush=True)
         if args.profile:
             profiled_batch(client, prompt_ids(questions, BATCHES[0][0]), BATCHES[0][1], args.tokens, trace_dir)
+    return step_ms
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=48, help="tokens per sequence")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="profile one more 16-sequence batch with vLLM's profiler")
+    args = parser.parse_args(argv)
+    if args.tokens < 1 or args.rounds < 1:
+        parser.error(f"--tokens={args.tokens}, --rounds={args.rounds}: both must be >= 1")
+    model_dir = ensure_smollm2()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    questions = PromptSet.load("factual_train", "data.train", tokenizer, 256)
+    with tempfile.TemporaryDirectory(prefix="vllm-profile-") as traces:
+        step_ms = timed_steps(model_dir, questions, args, Path(traces))
     print(f"\nCPU, {torch.get_num_threads()} threads; SmolLM2-135M-Instruct, {args.tokens} tokens per sequence, "
           f"{args.rounds} rounds, median (min-max)")
     print("| sequences | vLLM server, ms per decode step | torch bf16 matrix products alone, ms | float32, ms |")
