@@ -71,12 +71,6 @@ def profiled_batch(client: VLLMClient, prompts: list[list[int]], n: int, tokens:
     print("\n".join(lines[: 3 + PROFILE_ROWS]), flush=True)
 
 
-def prompt_ids(questions: PromptSet, count: int) -> list[list[int]]:
-    """The first ``count`` bundled questions' prompts as token ids."""
-    batch = questions.batch(list(range(count)))
-    return [row[mask].tolist() for row, mask in zip(batch.prompt_ids, batch.prompt_mask, strict=True)]
-
-
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
@@ -91,7 +85,7 @@ def timed_steps(model_dir: Path, questions: PromptSet, args: argparse.Namespace,
     with VLLMServer(model_dir, launch_for(IN_PROCESS, profiler, "bfloat16")) as server:
         client = VLLMClient(server.url, timeout_s=600)
         for prompt_count, n in BATCHES:
-            prompts = prompt_ids(questions, prompt_count)
+            prompts = questions.batch(list(range(prompt_count))).token_lists()
             batch_seconds(client, prompts, n, args.tokens)  # warm-up
             for round_index in range(args.rounds):
                 seconds = batch_seconds(client, prompts, n, args.tokens)
@@ -99,7 +93,8 @@ def timed_steps(model_dir: Path, questions: PromptSet, args: argparse.Namespace,
                 print(f"  {prompt_count} x {n}, round {round_index}: {seconds:.2f} s, "
                       f"{step_ms[prompt_count * n][-1]:.1f} ms per step", flush=True)
         if args.profile:
-            profiled_batch(client, prompt_ids(questions, BATCHES[0][0]), BATCHES[0][1], args.tokens, trace_dir)
+            prompts = questions.batch(list(range(BATCHES[0][0]))).token_lists()
+            profiled_batch(client, prompts, BATCHES[0][1], args.tokens, trace_dir)
     return step_ms
 
 

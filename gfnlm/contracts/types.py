@@ -52,6 +52,10 @@ class PromptBatch:
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
 
+    def token_lists(self) -> list[list[int]]:
+        """Each prompt's token ids without its padding (what a server's request carries)."""
+        return [row[mask].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
+
 
 @attrs.frozen(kw_only=True)
 class Rollouts:

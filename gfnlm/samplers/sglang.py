@@ -116,7 +116,7 @@ class SGLangSampler(ServerSampler):
     # ------------------------------------------------------------------ sampling
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         policy = self._policy
-        prompt_ids = [row[mask].tolist() for row, mask in zip(prompts.prompt_ids, prompts.prompt_mask, strict=True)]
+        prompt_ids = prompts.token_lists()
         params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                   "top_k": -1, "min_p": self.min_p, "min_new_tokens": 0, "ignore_eos": False,
                   "stop_token_ids": [policy.eos_token_id], "skip_special_tokens": False}

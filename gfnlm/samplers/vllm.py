@@ -157,7 +157,7 @@ class VLLMSampler(ServerSampler):
 
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         policy = self._policy
-        prompt_ids = [row[mask].tolist() for row, mask in zip(prompts.prompt_ids, prompts.prompt_mask, strict=True)]
+        prompt_ids = prompts.token_lists()
         requests = [self._sampling(ids, n, lora=True) for ids in prompt_ids]
         answers = self._map(lambda request: self._client.completions(request, "generate"), requests)
         samples = [_sampled(choice) for choices in answers for choice in choices]

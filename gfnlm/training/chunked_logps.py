@@ -125,15 +125,17 @@ class _ChunkedLogProbs(torch.autograd.Function):
         with_entropy = grad_entropy is not None and entropy.numel() > 0
         for start in reversed(range(0, hidden.shape[0], ctx.chunk_size)):  # the kept last chunk first, then freed
             part = slice(start, start + ctx.chunk_size)
-            kept, ctx.kept = (ctx.kept, None) if start == ctx.last else (None, None)  # used once, in place
-            logits = kept if kept is not None else _chunk_logits(hidden[part], weight, bias)[0]
-            is_probs = kept is not None and not ctx.statistics  # the forward pass left probabilities there
+            if start == ctx.last and ctx.kept is not None:  # the forward pass's buffer, used once, in place
+                logits, ctx.kept = ctx.kept, None
+                is_probs = not ctx.statistics  # the forward pass left probabilities there
+            else:
+                logits, is_probs = _chunk_logits(hidden[part], weight, bias)[0], False
             values = logits if is_probs else logits.sub_(lse_all[part].unsqueeze(-1))
             grad_logits = _chunk_logit_grad(
                 values, is_probs, targets[part], lse_all[part], ctx.eos_token_id,
                 None if grad_token is None else grad_token[part], None if grad_eos is None else grad_eos[part],
                 entropy[part] if with_entropy else None, grad_entropy[part] if with_entropy else None)
-            del logits, values, kept
+            del logits, values
             grad_logits = grad_logits.to(ctx.produced)
             if need_hidden:
                 grad_hidden[part] = grad_logits @ weight.to(ctx.produced)

@@ -370,7 +370,7 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
 
 
 def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor, need_hidden: bool,
-                  logits_to_keep: int | Tensor = 1) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
+                  logits_to_keep: int | Tensor) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
     """KV cache of the distinct left-padded prompts [N, P], its attention mask [N, K], and the
     model's output at the prompts' last tokens (logits as ``logits_to_keep`` says). When it saves
     more than :data:`SHARED_PREFIX_MIN_SAVING` positions, the prompts' common prefix runs once, as
