@@ -11,7 +11,7 @@ Layout of a run directory::
           config.yaml
           adapter/             LoRA runs: the adapter in PEFT's format (adapter_config.json,
                                adapter_model.safetensors), for PeftModel.from_pretrained
-          manifest.json        the step and each file's size (adapter/ files included), written last
+          manifest.json        the step, each file's size and SHA-256 (adapter/ files included), written last
         step_000010-1/         a second save of step 10 (never over the first one)
         latest                 name of the newest complete checkpoint (replaced atomically)
 
@@ -20,12 +20,22 @@ switches ``latest`` to it, and only then prunes older ones, never the one ``late
 whatever instant a save is killed at, ``latest`` names a complete checkpoint (the new one or the
 previous one). Files a caller adds (``extra_files``, e.g. the PEFT adapter folder) are written
 into the same temporary folder before the manifest, so they share these guarantees; the checkpoint
-layer does not know what they are. Loading checks the manifest and reads the state with ``weights_only=True`` (no
-pickled code runs). When ``latest`` is missing, dangling or names a broken checkpoint,
-:func:`find_resume_point` falls back to the newest checkpoint that loads and says why.
+layer does not know what they are. Loading checks every file's size and SHA-256 against the
+manifest (a flipped bit is caught, not just a truncation), refuses non-finite weights, and reads
+the state with ``weights_only=True`` (no pickled code runs). ``latest`` may only name a checkpoint
+folder of its own ``checkpoints/``. When it is missing, dangling, names something else or a broken
+checkpoint, :func:`find_resume_point` falls back to the newest checkpoint that loads and says why;
+pruning counts only intact checkpoints, so it never removes the newest one that loads.
+
+One process trains in a run directory at a time: :class:`RunLock` holds an OS lock on the folder
+that the kernel releases on any exit (``kill -9`` included). Reading a run (eval, sample, export)
+takes no lock.
 """
 
+import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import pickle
@@ -34,7 +44,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import numpy as np
@@ -42,7 +52,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.errors import InputError, RunError
 
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "state.pt"
@@ -50,6 +60,7 @@ CONFIG_FILE = "config.yaml"
 MANIFEST = "manifest.json"
 LATEST = "latest"
 ADAPTER_DIR = "adapter"  # LoRA runs: the adapter as PeftModel.save_pretrained writes it
+_HASH_BLOCK = 1 << 20
 _NAME = re.compile(r"^step_(\d+)(?:-(\d+))?$")
 # What reading a damaged file raises: safetensors' own error, or (torch.load of a cut or garbled
 # zip) EOFError, UnpicklingError, RuntimeError, OSError.
@@ -75,6 +86,26 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _sha256_and_fsync(path: Path) -> str:
+    """The file's SHA-256, computed in the same pass that flushes it to disk (it is still in the
+    page cache, so this reads memory, not the disk)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -176,7 +207,7 @@ def save_checkpoint(
     bad = non_finite_tensors(policy_state) + non_finite_tensors(state.get("logz") or {}, "logz")
     if bad:
         raise CheckpointError(f"not saving step {step}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]!r}); "
-                              f"the checkpoint {str(latest_checkpoint(checkpoints_dir))!r} is intact")
+                              f"{what_is_kept(checkpoints_dir)}")
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(checkpoints_dir)
     final = _fresh_name(checkpoints_dir, step)
@@ -189,9 +220,8 @@ def save_checkpoint(
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError | RuntimeError | SafetensorError):
-            previous = latest_checkpoint(checkpoints_dir)
-            kept = f"{str(previous)!r} is intact" if previous else "no earlier checkpoint exists"
-            raise CheckpointError(f"cannot write checkpoint {str(final)!r}: {_write_reason(error)}; {kept}") from None
+            raise CheckpointError(f"cannot write checkpoint {str(final)!r}: {_write_reason(error)}; "
+                                  f"{what_is_kept(checkpoints_dir)}") from None
         raise
     prune(checkpoints_dir, keep)
     return final
@@ -207,10 +237,11 @@ def _write_files(folder: Path, step: int, policy_state: dict[str, torch.Tensor],
         extra_files(folder)
         names += sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                         if p.is_file() and p.relative_to(folder).as_posix() not in (*names, MANIFEST))
-    manifest = {"step": step, "files": {name: (folder / name).stat().st_size for name in names}}
+    digests = {name: _sha256_and_fsync(folder / name) for name in names}
+    manifest = {"step": step, "files": {name: (folder / name).stat().st_size for name in names},
+                "sha256": digests}
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    for name in (*names, MANIFEST):
-        _fsync_file(folder / name)
+    _fsync_file(folder / MANIFEST)
     for sub in sorted({(folder / name).parent for name in names} - {folder}):
         _fsync_dir(sub)  # the entries of the extra files' folders (the checkpoints folder is synced after the rename)
 
@@ -224,51 +255,85 @@ def remove_stale_temporaries(checkpoints_dir: Path) -> None:
 
 
 def prune(checkpoints_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoint folders and the one ``latest`` names; delete the rest."""
+    """Keep the newest ``keep`` intact checkpoint folders and the one ``latest`` names; delete the
+    older intact ones. A broken folder (damaged after it was written) neither counts toward
+    ``keep`` nor is deleted: it cannot push the newest loadable checkpoint out, and it stays for
+    inspection (resume skips it and says so)."""
     if keep <= 0:
         return
     protected = _read_latest_name(checkpoints_dir)
-    for old in _candidates(checkpoints_dir)[keep:]:
+    intact = [path for path in _candidates(checkpoints_dir) if _sizes_match(path)]
+    for old in intact[keep:]:
         if old.name != protected:
             shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- load
 def _read_latest_name(checkpoints_dir: Path) -> str | None:
+    """What ``latest`` says, when it says anything (see :func:`_foreign_latest` for its form)."""
     try:
         return (checkpoints_dir / LATEST).read_text().strip() or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
+
+
+def _foreign_latest(name: str) -> bool:
+    """Whether ``latest`` names something other than a checkpoint folder of its own directory
+    (``../../other_run/checkpoints/step_N``, an absolute path): such a name is never followed."""
+    return _NAME.match(name) is None
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The folder ``latest`` names, if it is there with its files (contents are checked on load)."""
+    """The folder ``latest`` names, if it is a checkpoint of this directory whose files are all
+    there at their written sizes (hashes are checked on load)."""
     name = _read_latest_name(checkpoints_dir)
-    if name is None:
+    if name is None or _foreign_latest(name):
         return None
     path = checkpoints_dir / name
-    return path if (path / STATE_FILE).is_file() and (path / POLICY_FILE).is_file() else None
+    return path if _sizes_match(path) else None
 
 
-def _manifest_sizes(path: Path) -> dict[str, int]:
-    """{file name: size} from the checkpoint's manifest ({} for checkpoints from before manifests)."""
+def what_is_kept(checkpoints_dir: Path) -> str:
+    """The end of a failure message: which checkpoint the run can resume from, if any."""
+    last = latest_checkpoint(checkpoints_dir)
+    return f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written yet"
+
+
+def point_latest_at(checkpoints_dir: Path, folder: Path) -> None:
+    """Make ``latest`` name ``folder`` (after a resume fell back to it), atomically."""
+    write_text_atomic(checkpoints_dir / LATEST, folder.name)
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    """The checkpoint's manifest ({} for checkpoints from before manifests)."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return {}
     try:
-        sizes = json.loads(manifest_path.read_text())["files"]
-        if not isinstance(sizes, dict):
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("sha256", {}), dict):
             raise TypeError("files is not a mapping")
-        return sizes
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__})") from None
 
 
-def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE)) -> None:
+def _sizes_match(path: Path) -> bool:
+    """A cheap look (no hashing): the folder's resume files are there, at their written sizes."""
+    try:
+        check_manifest(path, hashes=False)
+    except CheckpointError:
+        return False
+    return True
+
+
+def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE), hashes: bool = True) -> None:
     """Raise :class:`CheckpointError` when one of ``names`` (default: the two files resume reads)
-    is missing, empty or not the size it was written with (a truncated copy, a full disk).
-    Checkpoints from before manifests get the first checks."""
-    sizes = _manifest_sizes(path)
+    is missing, empty, not the size it was written with (a truncated copy, a full disk) or, with
+    ``hashes``, not the bytes (SHA-256) it was written with (a flipped bit). Checkpoints from
+    before manifests get the first checks."""
+    manifest = _manifest(path)
+    sizes, digests = manifest.get("files", {}), manifest.get("sha256", {})
     for name in names:
         file = path / name
         if not file.is_file():
@@ -276,6 +341,8 @@ def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE
         size = file.stat().st_size
         if size == 0 or (name in sizes and size != sizes[name]):
             raise CheckpointError(f"{file}: truncated ({size} bytes, written with {sizes.get(name, 'more')})")
+        if hashes and name in digests and sha256_file(file) != digests[name]:
+            raise CheckpointError(f"{file}: damaged (its SHA-256 differs from the one written in {MANIFEST})")
 
 
 def adapter_folder(path: Path) -> Path | None:
@@ -283,7 +350,7 @@ def adapter_folder(path: Path) -> Path | None:
     the manifest; ``None`` when the checkpoint has none (a full fine-tuning run, or a checkpoint
     written before adapters were saved)."""
     prefix = f"{ADAPTER_DIR}/"
-    names = tuple(name for name in _manifest_sizes(path) if name.startswith(prefix))
+    names = tuple(name for name in _manifest(path).get("files", {}) if name.startswith(prefix))
     if not names:
         return None
     check_manifest(path, names)
@@ -291,7 +358,8 @@ def adapter_folder(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The trainable weights and the training state of one checkpoint; a broken one is a one-line
+    """The trainable weights and the training state of one checkpoint; a broken one (a file
+    missing, truncated or not the bytes written, weights that are not finite) is a one-line
     :class:`CheckpointError` naming the file. The state is read with ``weights_only=True``."""
     check_manifest(path)
     try:
@@ -303,6 +371,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except _DAMAGED as error:
         raise CheckpointError(f"{path / STATE_FILE}: unreadable ({_first_line(error)})") from None
+    logz = state.get("logz") if isinstance(state, dict) else None
+    bad = non_finite_tensors(policy_state) + non_finite_tensors(logz or {}, "logz")
+    if bad:
+        step = state.get("step", "?") if isinstance(state, dict) else "?"
+        raise CheckpointError(f"{path}: the weights of step {step} hold NaN or inf ({len(bad)} tensors, "
+                              f"e.g. {bad[0]!r})")
     return policy_state, state
 
 
@@ -327,7 +401,10 @@ def find_resume_point(checkpoints_dir: Path) -> ResumePoint | None:
     checkpoint folders but none loads (a run never silently starts over)."""
     name = _read_latest_name(checkpoints_dir)
     problem = f"{checkpoints_dir / LATEST} is missing"
-    if name is not None:
+    if name is not None and _foreign_latest(name):
+        problem = f"{checkpoints_dir / LATEST} names {name[:200]!r}, which is not a checkpoint of this run"
+        name = None
+    elif name is not None:
         pointed = checkpoints_dir / name
         if pointed.is_dir():
             try:
@@ -346,10 +423,86 @@ def find_resume_point(checkpoints_dir: Path) -> ResumePoint | None:
             failures.append(str(error))
             continue
         skipped = f"; skipped broken: {'; '.join(failures)}" if failures else ""
-        note = f"{problem}: resuming from the newest complete checkpoint {str(candidate)!r}{skipped}"
+        note = f"{problem}: using the newest complete checkpoint {str(candidate)!r}{skipped}"
         return ResumePoint(candidate, *loaded, note=note)
     if name is None and not failures:
         return None
     raise CheckpointError(f"no complete checkpoint in {str(checkpoints_dir)!r} ({problem}"
                           f"{'; ' + '; '.join(failures) if failures else ''}); the run is not restarted "
                           "over it: delete that folder or choose another train.out_dir")
+
+
+# ---------------------------------------------------------------------- one trainer per run
+class RunLock:
+    """An exclusive OS lock (``flock``) on a run directory, held while one process trains in it.
+
+    The kernel releases it when the process exits in any way (``kill -9`` included), so no lock is
+    ever left stale and there is no lock file to clean up: the lock is on the folder itself. A
+    second trainer gets a one-line error naming the holder's PID (read from ``/proc/locks``)."""
+
+    def __init__(self, run_dir: Path, field: str = "train.out_dir") -> None:
+        self.run_dir, self.field = run_dir, field
+        self.created = False  # whether acquire() made the folder (a failed set-up removes it again)
+        self._fd: int | None = None
+
+    def acquire(self) -> Self:
+        """Take the lock (creating the folder); raise :class:`RunInUseError` when another process has it."""
+        self.created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)  # close-on-exec: servers never inherit it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise RunInUseError(f"{self.field}={str(self.run_dir)!r}: in use by another gfnlm train ({who}); "
+                                f"wait for it to finish or choose another {self.field}") from None
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Give the lock back (idempotent); exiting the process, or dropping this object, does the same."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def abandon(self) -> None:
+        """Release, and remove the folder again when acquire() made it and nothing was written."""
+        self.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # fails (and is left) when anything was written into it
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RunInUseError(InputError):
+    """Another process trains in the run directory (exit 2: the user chose a busy directory)."""
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The PID holding a ``flock`` on ``fd``'s file, from ``/proc/locks`` (Linux), else ``None``."""
+    info = os.fstat(fd)
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and inode in fields and "->" not in fields:
+            return int(fields[fields.index(inode) - 1])
+    return None

@@ -246,8 +246,20 @@ class Trainer:
                 self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
         self._check_context(model_config)
         self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts), self.task)
+        self.run_lock: checkpoint.RunLock | None = None
         if self.world.is_main:
             check_writable_dir(self.out_dir, "train.out_dir")
+            # Held until close() or exit: two trainers in one folder would interleave checkpoints.
+            self.run_lock = checkpoint.RunLock(self.out_dir).acquire()
+        try:
+            self._set_up(config)
+        except BaseException:
+            if self.run_lock is not None:
+                self.run_lock.abandon()  # a Trainer that failed to build neither holds nor leaves the folder
+            raise
+
+    def _set_up(self, config: RunConfig) -> None:
+        """Everything after the run directory is held: resume point, model, sampler, optimiser."""
         self.resume_point = self._find_resume_point()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -324,6 +336,8 @@ class Trainer:
         self.train_module = self.trainable
         gc.collect()
         dist_utils.destroy(self.world)
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": self.policy.trainable_parameters(), "lr": self.config.train.lr,
@@ -339,6 +353,8 @@ class Trainer:
         cfg = self.config.train
         main = self.world.is_main
         if main:
+            if not self.run_lock.held:  # train() called again after it released the folder
+                self.run_lock.acquire()
             self.out_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
             # purge_step drops events a crashed run logged after its last checkpoint.
@@ -369,6 +385,8 @@ class Trainer:
             sampler.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.run_lock is not None:
+                self.run_lock.release()  # the run is over: eval/resume/another train may use the folder
         return results
 
     def train_step(self) -> dict[str, float]:
@@ -469,10 +487,9 @@ class Trainer:
         return dist_utils.clip_grad_norm(params, limit)
 
     def _non_finite_message(self, value: float) -> str:
-        last = checkpoint.latest_checkpoint(self.checkpoints_dir)
-        kept = f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written yet"
         return (f"non-finite loss ({value}) at step {self.step + 1}: training stopped before the "
-                f"optimiser step; {kept}. Lower train.lr or check the target's log-rewards")
+                f"optimiser step; {checkpoint.what_is_kept(self.checkpoints_dir)}. Lower train.lr or "
+                "check the target's log-rewards")
 
     def _next_prompt_indices(self) -> list[int]:
         """This rank's slice of the step's prompts (every rank draws the same global order)."""
@@ -513,7 +530,7 @@ class Trainer:
                                   self.config.sampling.max_new_tokens, task=self.task,
                                   progress=self.progress and self.world.is_main).as_dict()
             if self.world.is_main:
-                checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
+                _write_cached_eval(path, result)
             dist_utils.barrier(self.world)
         if self.writer is not None:
             for key, value in result.items():
@@ -578,7 +595,9 @@ class Trainer:
         if point is None:
             return False
         if point.note and self.world.is_main:
-            print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
+            # Repair latest, so the next save's pruning and messages start from a loadable checkpoint.
+            checkpoint.point_latest_at(self.checkpoints_dir, point.path)
+            print(f"gfnlm: {point.note}; latest now names it", file=sys.stderr, flush=True)
         policy_state, state = point.policy_state, point.state
         self.policy.load_trainable_state_dict(policy_state)
         if self.logz is not None and state["logz"] is not None:
@@ -598,6 +617,16 @@ class Trainer:
         self.prompt_rng.set_state(rng["prompts"])
         self.step = self._saved_step = int(state["step"])
         return True
+
+
+def _write_cached_eval(path: Path, result: dict[str, float]) -> None:
+    """Cache an evaluation for resumes; a cache that cannot be written only costs a re-evaluation,
+    so the run goes on with a one-line warning."""
+    try:
+        checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
+    except OSError as error:
+        print(f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
+              "a resume evaluates that step again", file=sys.stderr, flush=True)
 
 
 def _read_cached_eval(path: Path) -> dict[str, float] | None:
