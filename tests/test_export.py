@@ -2,23 +2,32 @@
 Hugging Face model folder (LoRA merged in) or as its PEFT adapter, on real runs of a tiny random
 Llama with the real SmolLM2 tokenizer. Every export is checked against the policy gfnlm itself
 builds from the checkpoint (what ``gfnlm eval`` / ``sample`` use): same log-probs to 1e-5 in fp32.
+The export's own guarantees are checked under faults: a kill at every file-system step of
+``export --force`` (with renameat2's exchange, and with the journal used where there is none), a
+real full tmpfs, I/O errors, the leftovers of dead exports, and outputs inside a run's checkpoints.
 
 The last test serves a merged folder with a real SGLang CPU server (``make sglang-cpu``); its
 start-up alone takes ~40 s on two cores, so it is marked ``slow`` (``pytest -m slow``).
 """
 
+import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import safetensors.torch
 import torch
+from conftest import mounted_tmpfs
 from peft import PeftModel
 from test_checkpoint_faults import FileSystemFaults, Killed
 from test_trainer import REPO, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import gfnlm.serving.export as export_module
 from gfnlm.cli import main
 from gfnlm.contracts.types import Rollouts
 from gfnlm.training import checkpoint
@@ -311,8 +320,6 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(lora
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    import gfnlm.serving.export as export_module
-
     real_copy = export_module.copy_adapter
 
     def fails_half_way(adapter, folder, dtype):
@@ -321,8 +328,10 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(lora
 
     with monkeypatch.context() as patch:
         patch.setattr(export_module, "copy_adapter", fails_half_way)
-        with pytest.raises(OSError):
+        with pytest.raises(export_module.ExportError) as error:
             export_module.export_checkpoint(str(lora_run), "adapter", str(out), force=True)
+    assert str(error.value) == (f"cannot write the export to {str(out)!r}: no space left on device; "
+                                f"{str(out)!r} is unchanged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "old.txt").read_text() == "old"
     assert export(lora_run, "--adapter", out, "--force") == 0
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
@@ -330,6 +339,210 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(lora
     # An empty existing folder needs no --force.
     (tmp_path / "empty").mkdir()
     assert export(lora_run, "--adapter", tmp_path / "empty") == 0
+
+
+# ---------------------------------------------------------------------- export's guarantees under faults
+# What OUT holds before an export replaces it: a file and a sub-folder, so that an exchange of
+# folders (not of single files) is what the tests see.
+PREVIOUS = {"old.txt": b"old", "sub/kept.bin": bytes(range(256))}
+
+
+def tree(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` by its relative path, with its bytes; None when it is missing."""
+    if not folder.is_dir():
+        return None
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_tree(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def hidden(out: Path) -> list[str]:
+    """The hidden names an export to ``out`` makes next to it (staging, set-aside, journal)."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def latest_adapter(run: Path) -> dict[str, bytes]:
+    return tree(checkpoint.latest_checkpoint(run / "checkpoints") / "adapter")
+
+
+def unsupported(source: Path, target: Path, flags: int) -> None:
+    """renameat2 as on a file system without it."""
+    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), str(source), None, str(target))
+
+
+class ExportFaults(FileSystemFaults):
+    """The checkpoint tests' kill injection, with the steps an export adds: plain renames, the
+    renameat2 exchange and the copies of the adapter's files."""
+
+    STEPS: ClassVar = [*FileSystemFaults.STEPS, (os, "rename"), (export_module, "renameat2"),
+                       (shutil, "copyfile")]
+
+
+def test_renameat2_exchanges_two_folders_and_noreplace_refuses(tmp_path: Path) -> None:
+    write_tree(tmp_path / "a", {"x": b"a"})
+    write_tree(tmp_path / "b", {"y": b"b"})
+    export_module.renameat2(tmp_path / "a", tmp_path / "b", export_module.RENAME_EXCHANGE)
+    assert tree(tmp_path / "a") == {"y": b"b"} and tree(tmp_path / "b") == {"x": b"a"}
+    with pytest.raises(FileExistsError):
+        export_module.renameat2(tmp_path / "a", tmp_path / "b", export_module.RENAME_NOREPLACE)
+    with pytest.raises(FileNotFoundError):
+        export_module.renameat2(tmp_path / "a", tmp_path / "c", export_module.RENAME_EXCHANGE)
+    export_module.renameat2(tmp_path / "a", tmp_path / "c", export_module.RENAME_NOREPLACE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "journal"])
+def test_a_kill_at_every_step_of_export_force_leaves_the_old_or_the_new_export(
+        lora_run: Path, tmp_path: Path, monkeypatch, exchange: bool) -> None:
+    """``export --adapter OUT --force`` over an OUT holding other files, killed at its k-th
+    file-system step for every k until one completes: OUT then holds exactly its previous files
+    or the complete export (after the next export's journal replay, where the file system cannot
+    exchange), and the next export succeeds and leaves nothing hidden next to OUT."""
+    new, dead = latest_adapter(lora_run), dead_pid()
+    if not exchange:
+        monkeypatch.setattr(export_module, "renameat2", unsupported)
+    at, kills, left_behind, replayed = 1, [], 0, 0
+    while True:
+        out = tmp_path / f"k{at}" / "out"
+        write_tree(out, PREVIOUS)
+        with monkeypatch.context() as patch:
+            patch.setattr(export_module, "_process_id", lambda: dead)  # the killed process is gone
+            faults = ExportFaults(patch, at)
+            try:
+                export_module.export_checkpoint(str(lora_run), "adapter", str(out), force=True)
+                completed = True
+            except Killed as killed:
+                completed = False
+                kills.append(str(killed))
+        after = tree(out)
+        if after is None:  # killed between the journal's two renames: the next export repairs it
+            assert not exchange and (out.parent / ".out.export-journal").is_file(), f"kill at {kills[-1]}"
+            export_module.check_output(str(out), "--adapter", True)  # what an export does first
+            after, replayed = tree(out), replayed + 1
+        assert after == new if completed else after in (PREVIOUS, new), f"kill {at} at {kills[-1]}"
+        left_behind += bool(hidden(out))
+        assert export(lora_run, "--adapter", out, "--force") == 0, f"kill {at} at {kills[-1]}"
+        assert tree(out) == new and hidden(out) == [], (at, kills[-1], hidden(out))
+        if completed:
+            break
+        at += 1
+    assert faults.count >= 15, f"only {faults.count} file-system steps were instrumented"
+    expected = {"renameat2", "fsync", "rmtree"} if exchange else {"rename", "mkstemp", "replace", "unlink"}
+    assert expected <= set(kills), kills
+    assert left_behind, "no kill left a hidden folder: the instrumentation missed the writes"
+    assert replayed or exchange, "no kill fell between the journal's two renames"
+
+
+def test_a_dead_exports_leftovers_are_removed_and_a_running_ones_kept(lora_run: Path, tmp_path: Path) -> None:
+    out, dead = tmp_path / "out", dead_pid()
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        write_tree(tmp_path / f".out.tmp-{dead}-a1b2", {"model.safetensors": b"x" * 1000})
+        write_tree(tmp_path / f".out.old-{dead}-c3d4", PREVIOUS)
+        (tmp_path / f".out.tmp-{dead}-e5f6.journal").write_text("{}")
+        running = f".out.tmp-{sleeper.pid}-g7h8"
+        write_tree(tmp_path / running, {"part": b"y"})
+        others = f".other.tmp-{dead}-i9j0"  # another output's
+        (tmp_path / others).mkdir()
+        assert export(lora_run, "--adapter", out) == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == [others, running, "out"]
+        assert tree(out) == latest_adapter(lora_run) and tree(tmp_path / running) == {"part": b"y"}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_an_output_inside_a_runs_checkpoints_is_refused(lora_run: Path, tmp_path: Path, no_model_loads,
+                                                        capsys) -> None:
+    checkpoints = lora_run / "checkpoints"
+    copied = tmp_path / "step_copy"  # a checkpoint folder outside any run
+    shutil.copytree(checkpoints / "step_000002", copied)
+    before = tree(lora_run)
+    cases = [(checkpoints / "x", f"is inside the run's checkpoints folder {str(checkpoints.resolve())!r}"),
+             (checkpoints / "step_000002" / "out",
+              f"is inside the run's checkpoints folder {str(checkpoints.resolve())!r}"),
+             (checkpoints, f"is the run's checkpoints folder {str(checkpoints.resolve())!r}"),
+             (copied / "out", f"is inside the checkpoint {str(copied.resolve())!r}")]
+    for out, where in cases:
+        assert export(lora_run, "--merged", out, "--force") == 2, out
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = (f"gfnlm export: error: --merged={str(out)!r}: {where}, whose contents training "
+                    "prunes and replaces; choose a path outside it")
+        assert err == [expected], err
+    assert tree(lora_run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["step_copy"]
+    assert not (copied / "out").exists()
+
+
+def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """What the command printed on stderr, less transformers' progress bar of the model load."""
+    return [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Loading weights")]
+
+
+def merged_weights_size(lora_run: Path, tmp_path: Path) -> int:
+    out = tmp_path / "sized"
+    assert export(lora_run, "--merged", out) == 0
+    return (out / "model.safetensors").stat().st_size
+
+
+@pytest.mark.parametrize("room", ["none", "weights-only"])
+def test_a_full_disk_is_one_line_naming_out_and_its_previous_contents_survive(
+        lora_run: Path, tmp_path: Path, room: str, capsys) -> None:
+    """A real tmpfs too small for the merged export: the weights do not fit (safetensors' error),
+    or they fit and the tokenizer and config files after them do not (plain writes and copies)."""
+    size = 2 * 2**20 if room == "none" else merged_weights_size(lora_run, tmp_path) + 64 * 2**10
+    with mounted_tmpfs(tmp_path / "small", f"size={size}") as disk:
+        out = disk / "merged"
+        write_tree(out, PREVIOUS)
+        capsys.readouterr()
+        assert export(lora_run, "--merged", out, "--force") == 1
+        err = error_lines(capsys)
+        expected = (f"gfnlm export: error: cannot write the export to {str(out)!r}: no space left on "
+                    f"device; {str(out)!r} is unchanged")
+        assert err == [expected], err
+        assert tree(out) == PREVIOUS and sorted(p.name for p in disk.iterdir()) == ["merged"]
+        # Nothing there at all: the output is not created.
+        fresh = disk / "fresh"
+        assert export(lora_run, "--merged", fresh) == 1
+        err = error_lines(capsys)
+        assert len(err) == 1 and err[0].endswith(f"no space left on device; {str(fresh)!r} was not created"), err
+        assert sorted(p.name for p in disk.iterdir()) == ["merged"]
+
+
+@pytest.mark.parametrize("where", ["exchange", "journal-second-rename"])
+def test_an_io_error_while_publishing_is_one_line_naming_out(lora_run: Path, tmp_path: Path, monkeypatch,
+                                                              where: str, capsys) -> None:
+    out = tmp_path / "out"
+    write_tree(out, PREVIOUS)
+
+    def eio(source: Path, target: Path, flags: int = 0) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(source), None, str(target))
+
+    if where == "exchange":
+        monkeypatch.setattr(export_module, "renameat2", eio)
+    else:  # no exchange: OUT goes aside, then putting the export in its place fails
+        real_rename = os.rename
+        monkeypatch.setattr(export_module, "renameat2", unsupported)
+        monkeypatch.setattr(os, "rename", lambda a, b: eio(a, b) if Path(b) == out and ".tmp-" in str(a)
+                            else real_rename(a, b))
+    assert export(lora_run, "--adapter", out, "--force") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (f"gfnlm export: error: cannot write the export to {str(out)!r}: input/output error; "
+                f"{str(out)!r} is unchanged")
+    assert err == [expected], err
+    assert tree(out) == PREVIOUS and hidden(out) == []
+    monkeypatch.undo()
+    assert export(lora_run, "--adapter", out, "--force") == 0 and tree(out) == latest_adapter(lora_run)
 
 
 # ---------------------------------------------------------------------- served by SGLang
