@@ -623,3 +623,153 @@ def test_grpo_kl_needs_a_target_with_reference_log_probs():
         check_composition({"target": registry.build("target", "uniform"), "objective": grpo, "sampler": sampler})
     check_composition({"target": registry.build("target", "alpha_power"), "objective": grpo, "sampler": sampler})
     check_composition({"target": registry.build("target", "uniform"), "objective": build("grpo"), "sampler": sampler})
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO's loss shapes, reward scalings and truncation mask (TRL's loss_type, scale_rewards,
+# mask_truncated_completions), each against a plain-Python computation.
+
+# Two prompts × three responses of different lengths; response 3 is cut at T = 6 without EOS.
+SHAPE_LENGTHS = [2, 5, 3, 6, 1, 4]
+SHAPE_EOS = [True, True, True, False, True, True]
+SHAPE_GROUP = [0, 0, 0, 1, 1, 1]
+SHAPE_REWARD = [1.0, 0.0, 0.25, 0.2, 0.9, 0.4]
+SHAPE_T = 6
+# log π_θ − log π_old per token: inside the clip range, above 1.2 and below 0.8 (e^±0.4).
+SHAPE_LOG_RATIO = [
+    [0.1, -0.4, 0.0, 0.0, 0.0, 0.0],
+    [0.4, 0.05, -0.1, 0.3, -0.4, 0.0],
+    [-0.05, 0.4, 0.2, 0.0, 0.0, 0.0],
+    [0.3, -0.3, 0.1, 0.4, -0.2, 0.05],
+    [0.4, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [-0.4, 0.15, 0.4, -0.1, 0.0, 0.0],
+]
+
+
+def shape_batch(make_rollouts):
+    """Rollouts, the policy's log-probs (a leaf to differentiate) and the target's rewards.
+    Padding holds garbage in both log-prob tensors."""
+    policy_tok = [[-0.3 - 0.1 * b - 0.05 * t for t in range(SHAPE_T)] for b in range(6)]
+    behaviour, tok = [], []
+    for b in range(6):
+        behaviour.append([policy_tok[b][t] - SHAPE_LOG_RATIO[b][t] if t < SHAPE_LENGTHS[b] else 4.0
+                          for t in range(SHAPE_T)])
+        tok.append([policy_tok[b][t] if t < SHAPE_LENGTHS[b] else -9.0 for t in range(SHAPE_T)])
+    rollouts = make_rollouts(SHAPE_LENGTHS, SHAPE_EOS, SHAPE_T, behaviour)
+    rollouts = attrs.evolve(rollouts, group=torch.tensor(SHAPE_GROUP))
+    tok = torch.tensor(tok, dtype=DTYPE, requires_grad=True)
+    policy = PolicyEval(token_logp=tok, eos_logp=torch.zeros(6, SHAPE_T + 1, dtype=DTYPE))
+    scores = TargetScores(log_reward=torch.tensor(SHAPE_REWARD, dtype=DTYPE))
+    return rollouts, policy, scores, tok
+
+
+def grpo_by_hand(loss_type: str, scale_rewards: str, mask_truncated: bool, l_max: int = SHAPE_T):
+    """(loss, d loss / d log π_θ[b][t], advantages), written out with loops."""
+    n = len(SHAPE_REWARD)
+    advantages = []
+    batch_mean = sum(SHAPE_REWARD) / n
+    batch_std = math.sqrt(sum((r - batch_mean) ** 2 for r in SHAPE_REWARD) / (n - 1))
+    for i in range(n):
+        # Every response's reward takes part in the group statistics, truncated or not.
+        members = [SHAPE_REWARD[j] for j in range(n) if SHAPE_GROUP[j] == SHAPE_GROUP[i]]
+        mean = sum(members) / len(members)
+        centred = SHAPE_REWARD[i] - mean
+        if scale_rewards == "group":
+            std = math.sqrt(sum((r - mean) ** 2 for r in members) / (len(members) - 1))
+            advantages.append(centred / (std + 1e-4))
+        elif scale_rewards == "batch":
+            advantages.append(centred / (batch_std + 1e-4))
+        else:
+            advantages.append(centred)
+    kept = [not mask_truncated or SHAPE_EOS[i] for i in range(n)]
+    if loss_type == "token":
+        weights = [1 / sum(SHAPE_LENGTHS[i] for i in range(n) if kept[i])] * n
+    elif loss_type == "sequence":
+        weights = [1 / (SHAPE_LENGTHS[i] * sum(kept)) for i in range(n)]
+    else:
+        weights = [1 / (n * l_max)] * n
+    loss = 0.0
+    grad = [[0.0] * SHAPE_T for _ in range(n)]
+    for i in range(n):
+        if not kept[i]:
+            continue
+        a = advantages[i]
+        for t in range(SHAPE_LENGTHS[i]):
+            ratio = math.exp(SHAPE_LOG_RATIO[i][t])
+            clipped = min(max(ratio, 0.8), 1.2)
+            loss += -min(ratio * a, clipped * a) * weights[i]
+            if ratio * a <= clipped * a:  # the unclipped term is the min: d(−ρA)/d log π = −ρA
+                grad[i][t] = -ratio * a * weights[i]
+    return loss, grad, advantages
+
+
+@pytest.mark.parametrize("mask_truncated", [False, True])
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+@pytest.mark.parametrize("loss_type", ["token", "sequence", "dr_grpo"])
+def test_grpo_shapes_loss_and_gradient_by_hand(make_rollouts, loss_type, scale_rewards,
+                                               mask_truncated):
+    rollouts, policy, scores, tok = shape_batch(make_rollouts)
+    objective = build("grpo", loss_type=loss_type, scale_rewards=scale_rewards,
+                      mask_truncated=mask_truncated)
+    out = objective.loss(rollouts, policy, scores, None)
+    want, want_grad, advantages = grpo_by_hand(loss_type, scale_rewards, mask_truncated)
+    assert out.loss.item() == pytest.approx(want, rel=1e-6, abs=1e-12)
+    assert out.residual.tolist() == pytest.approx(advantages, rel=1e-6, abs=1e-12)
+    out.loss.backward()
+    for b in range(6):
+        assert tok.grad[b].tolist() == pytest.approx(want_grad[b], rel=1e-6, abs=1e-12), b
+
+
+def test_grpo_shapes_differ_on_this_batch(make_rollouts):
+    """The three shapes, and masking or not, give different losses here, so the test above would
+    fail if one silently computed another (dr_grpo as token-level, say)."""
+    for scale in ("group", "batch", "none"):
+        for masked in (False, True):
+            losses = [grpo_by_hand(shape, scale, masked)[0]
+                      for shape in ("token", "sequence", "dr_grpo")]
+            assert min(abs(x - y) for x, y in [losses[:2], losses[1:], losses[::2]]) > 1e-3, losses
+        unmasked = grpo_by_hand("token", scale, False)[0]
+        assert abs(unmasked - grpo_by_hand("token", scale, True)[0]) > 1e-3
+    advantages = [grpo_by_hand("token", scale, False)[2] for scale in ("group", "batch", "none")]
+    assert all(abs(x - y) > 1e-3 for x, y in zip(advantages[0], advantages[1], strict=True))
+    assert all(abs(x - y) > 1e-3 for x, y in zip(advantages[1], advantages[2], strict=True))
+
+
+def test_grpo_dr_grpo_divides_by_max_completion_length(make_rollouts):
+    """L_max = max_completion_length when set (independent of the batch's padding); a response
+    longer than it is a one-line error naming the option."""
+    rollouts, policy, scores, tok = shape_batch(make_rollouts)
+    objective = build("grpo", loss_type="dr_grpo", max_completion_length=10)
+    out = objective.loss(rollouts, policy, scores, None)
+    want, want_grad, _ = grpo_by_hand("dr_grpo", "group", False, l_max=10)
+    assert out.loss.item() == pytest.approx(want, rel=1e-6)
+    out.loss.backward()
+    for b in range(6):
+        assert tok.grad[b].tolist() == pytest.approx(want_grad[b], rel=1e-6, abs=1e-12), b
+    with pytest.raises(ValueError, match=r"max_completion_length=5: a response has 6 tokens"):
+        short = build("grpo", loss_type="dr_grpo", max_completion_length=5)
+        short.loss(rollouts, policy, scores, None)
+
+
+def test_grpo_accepts_trl_spellings_and_the_boolean_scale_rewards():
+    """TRL's loss_type names and the boolean scale_rewards of earlier configs (and of TRL)."""
+    assert build("grpo", loss_type="dapo").loss_type == "token"
+    assert build("grpo", loss_type="grpo").loss_type == "sequence"
+    assert build("grpo", scale_rewards=True).scale_rewards == "group"
+    assert build("grpo", scale_rewards=False).scale_rewards == "none"
+    defaults = build("grpo")
+    assert defaults.loss_type == "token" and defaults.scale_rewards == "group"
+    assert defaults.mask_truncated is False
+    assert defaults.max_completion_length is None
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("scale_rewards", "std", "group, batch, none"),
+    ("loss_type", "bnpo", "token, sequence, dr_grpo"),
+])
+def test_grpo_rejects_an_unknown_choice_in_one_line(option, value, allowed):
+    with pytest.raises(registry.RegistryError) as caught:
+        build("grpo", **{option: value})
+    message = str(caught.value)
+    assert message.startswith(f"objective 'grpo': {option}='{value}': must be one of {allowed}")
+    assert "\n" not in message

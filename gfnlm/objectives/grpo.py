@@ -1,23 +1,69 @@
 """Group-relative policy optimisation (Shao et al. 2024, "DeepSeekMath"), the RL baseline family
 of the PowerFlow paper (Chen et al. 2026, arXiv:2603.18363): GRPO with a verifier reward, and with
-label-free rewards TTRL, EMPO, Intuitor and RENT. The reward is the target's ``log_reward`` (use the ``reward``
-target, whose ``log R = r``).
+label-free rewards TTRL, EMPO, Intuitor and RENT. The reward is the target's ``log_reward`` (use the
+``reward`` target, whose ``log R = r``).
+
+Advantages (``scale_rewards``) over the responses of each prompt's group ``G(q)``, with ``std``
+the unbiased standard deviation and ``ε = 1e-4``:
 
 .. math::
 
-    A_i = \\frac{r_i - \\operatorname{mean}_{G(q)} r}{\\operatorname{std}_{G(q)} r + \\epsilon},\\qquad
-    \\mathcal{L} = -\\frac{1}{\\sum_i |y_i|}\\sum_i \\sum_{t \\le |y_i|}
-        \\min\\big(\\rho_{i,t} A_i,\\ \\mathrm{clip}(\\rho_{i,t}, 1-\\epsilon_{low}, 1+\\epsilon_{high}) A_i\\big),
-    \\qquad \\rho_{i,t} = \\frac{\\pi_\\theta(y_{i,t}|\\ldots)}{\\pi_{old}(y_{i,t}|\\ldots)}
+    A_i = \\frac{r_i - \\operatorname{mean}_{G(q)} r}{s + \\epsilon},\\qquad
+    s = \\operatorname{std}_{G(q)} r \\ (\\texttt{group}),\\quad
+    \\operatorname{std}_{\\text{batch}} r \\ (\\texttt{batch}),\\qquad
+    A_i = r_i - \\operatorname{mean}_{G(q)} r \\ (\\texttt{none}).
 
-over the responses of each prompt's group ``G(q)`` (token-level mean over the batch, as DAPO and
-TRL's default ``loss_type``; ``loss_type='sequence'`` averages per response first, as the original).
+With ``ℓ_{i,t} = −min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1−ε_low, 1+ε_high) A_i)``,
+``ρ_{i,t} = π_θ(y_{i,t}|…) / π_old(y_{i,t}|…)``, ``B`` responses and ``K`` the kept ones (all,
+or those that ended with EOS under ``mask_truncated``), the three shapes (``loss_type``) are
+
+.. math::
+
+    \\mathcal{L}_{\\text{token}} = \\frac{\\sum_{i \\in K} \\sum_{t \\le |y_i|} \\ell_{i,t}}
+        {\\sum_{i \\in K} |y_i|},\\qquad
+    \\mathcal{L}_{\\text{sequence}} = \\frac{1}{|K|} \\sum_{i \\in K} \\frac{1}{|y_i|}
+        \\sum_{t \\le |y_i|} \\ell_{i,t},\\qquad
+    \\mathcal{L}_{\\text{dr\\_grpo}} = \\frac{1}{B \\cdot L_{max}} \\sum_{i \\in K}
+        \\sum_{t \\le |y_i|} \\ell_{i,t}
+
+``sequence`` is the original GRPO (Shao et al. 2024): the per-response mean weights a token of a
+short response more, so it favours short correct and long wrong answers. ``token`` is DAPO's
+token-level loss (Yu et al. 2025, arXiv:2503.14476). ``dr_grpo`` (Liu et al. 2025, "Understanding
+R1-Zero-Like Training: A Critical Perspective", arXiv:2503.20783) divides by a constant, so no
+response's length changes its tokens' weight; the paper pairs it with ``scale_rewards='none'``
+(the std division up-weights prompts whose rewards barely differ). ``L_max`` is
+``max_completion_length``, by default the padded width of the batch's response tensor; the
+samplers pad only to the batch's longest response, so set it to ``sampling.max_new_tokens`` for a
+constant that does not change from step to step (TRL's).
+
+``mask_truncated`` gives the responses that hit the length limit without EOS zero weight (DAPO's
+overlong filtering) and removes them from the token count (``token``) and the response count
+(``sequence``); ``dr_grpo`` keeps ``B·L_max``. Their rewards still enter the group statistics, as
+TRL computes advantages before it masks.
+
+The same settings in TRL 1.16's ``GRPOConfig`` (checked against its source; advantages and
+aggregation as above):
+
+* ``loss_type='token'`` ↔ ``loss_type="dapo"`` (TRL's default; also accepted here as ``'dapo'``);
+  gfnlm takes one optimiser step per minibatch, so the token count is the minibatch's, and TRL's
+  ``"bnpo"`` is the same loss.
+* ``loss_type='sequence'`` ↔ ``loss_type="grpo"`` (also accepted as ``'grpo'``). With
+  ``mask_truncated`` TRL still divides by ``B``; gfnlm divides by ``|K|``.
+* ``loss_type='dr_grpo'`` ↔ ``loss_type="dr_grpo"``; ``max_completion_length`` ↔ the same name.
+* ``scale_rewards='group'`` / ``'batch'`` / ``'none'`` ↔ the same values (``true`` / ``false``
+  are read as ``'group'`` / ``'none'``, as TRL and earlier gfnlm configs spell them).
+* ``mask_truncated`` ↔ ``mask_truncated_completions``.
+* ``eps_low``, ``eps_high`` ↔ ``epsilon``, ``epsilon_high``; ``kl_beta`` with ``k3`` ↔ ``beta``.
+
+Group and batch statistics are those of the (mini)batch the loss is given.
+
 ``ρ`` reads ``behaviour_logp`` as the exact sampling probability, so GRPO requires a sampler that
 provides ``exact_behaviour_logp``; it is valid under an exploration policy (whose probabilities are
 exact) but not on replayed trajectories (``off_policy = "importance_weighted"``).
 It converges to no particular distribution: it maximises the expected reward (for a 0/1 verifier,
-towards a deterministic policy on a correct answer). By default there is no KL term (``kl_beta=0``,
-as in the EMPO/TTRL recipes the paper follows).
+towards a deterministic policy on a correct answer); the shapes and scalings change how responses
+and prompts are weighted on the way, not that maximiser. By default there is no KL term
+(``kl_beta=0``, as in the EMPO/TTRL recipes the paper follows).
 
 KL to the reference (base) model, ``kl_beta = β > 0``, needs a target that reports the reference's
 per-token log-probs (``ref_logp``: ``alpha_power``, ``reward_tilted``). Two estimators:
@@ -43,17 +89,47 @@ from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import Objective, group_mean, masked_mean
 
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["token", "sequence", "dr_grpo"]
+TRL_LOSS_TYPES = {"dapo": "token", "grpo": "sequence"}  # TRL's names of the same shapes
 
-def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor, scale: bool = True,
+
+def scale_rewards_name(value: object) -> object:
+    """``true`` / ``false`` (TRL's and earlier gfnlm configs' boolean) read as 'group' / 'none'."""
+    return ("group" if value else "none") if isinstance(value, bool) else value
+
+
+def loss_type_name(value: object) -> object:
+    """TRL's spellings ``dapo`` and ``grpo`` read as ``token`` and ``sequence``."""
+    return TRL_LOSS_TYPES.get(value, value) if isinstance(value, str) else value
+
+
+def one_of(*allowed: str, also: str = ""):
+    """An attrs validator: ``value`` must be one of ``allowed`` (a one-line error naming both)."""
+    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
+        if value not in allowed:
+            raise ValueError(f"{attribute.name}={value!r}: must be one of "
+                             f"{', '.join(allowed)}{also}")
+    return check
+
+
+def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor,
+                                scale: ScaleRewards | bool = "group",
                                 eps: float = 1e-4) -> Float[Tensor, " B"]:
-    """``(r − mean_G r) / (std_G r + ε)`` within each group (``scale=False``: no division).
+    """``(r − mean_G r) / (s + ε)`` within each group: ``s`` the group's standard deviation
+    ('group'), that of all rewards ('batch'), or no division ('none').
 
-    The standard deviation is the unbiased one, as TRL's; a group of one has advantage 0.
+    The standard deviations are the unbiased ones, as TRL's; a group of one has advantage 0.
     """
+    scale = scale_rewards_name(scale)
     centred = reward - group_mean(reward, group)
-    if not scale:
+    if scale == "none":
         return centred
-    return centred / (group_mean(centred.pow(2), group, correction=1).sqrt() + eps)
+    if scale == "batch":
+        std = reward.std() if reward.numel() > 1 else reward.new_zeros(())
+    else:
+        std = group_mean(centred.pow(2), group, correction=1).sqrt()
+    return centred / (std + eps)
 
 
 @register("objective", "grpo")
@@ -64,10 +140,26 @@ class GRPO(Objective):
     eps_low: float = option(0.2, "PPO clip: the ratio is clipped to [1 − eps_low, 1 + eps_high]",
         converter=float)
     eps_high: float = option(0.2, "PPO clip upper bound", converter=float)
-    scale_rewards: bool = option(True, "divide the group-centred rewards by the group's standard deviation")
-    loss_type: Literal["token", "sequence"] = option(
-        "token", "'token': mean over the batch's tokens; 'sequence': mean per response, then over responses",
-        validator=attrs.validators.in_(("token", "sequence")))
+    scale_rewards: ScaleRewards = option(
+        "group", "divide the group-centred rewards by the std of the group ('group'), of the batch "
+        "('batch') or not at all ('none'); true/false read as 'group'/'none'",
+        converter=scale_rewards_name, validator=one_of("group", "batch", "none"))
+    loss_type: LossType = option(
+        "token", "'token' (TRL's 'dapo'): mean over the batch's tokens; 'sequence' (TRL's 'grpo'): "
+        "mean per response, then over responses; 'dr_grpo': sum over tokens / (B × "
+        "max_completion_length)",
+        converter=loss_type_name,
+        validator=one_of("token", "sequence", "dr_grpo", also=" (or TRL's names dapo, grpo)"))
+    max_completion_length: int | None = option(
+        None, "constant L_max of loss_type='dr_grpo' (set it to sampling.max_new_tokens); None: "
+        "the padded width of the batch's responses",
+        validator=attrs.validators.optional([attrs.validators.instance_of(int),
+                                             attrs.validators.ge(1)]))
+    mask_truncated: bool = option(
+        False, "responses cut at the length limit (no EOS) get no weight in the loss and leave "
+        "its normaliser (TRL's mask_truncated_completions); their rewards still count in the "
+        "advantages",
+        validator=attrs.validators.instance_of(bool))
     # Where r comes from: the target's log_reward (GRPO with a verifier, TTRL, EMPO through reward
     # functions), or the policy's own tokens: RENT (minus the mean token entropy) and Intuitor (the
     # mean self-certainty), both computed without gradient from the same forward pass.
@@ -118,11 +210,7 @@ class GRPO(Objective):
             k3 = (log_ratio.exp() - log_ratio - 1.0) * mask
             metrics["kl_token_mean"] = float(masked_mean(k3.detach(), mask))
             per_token = per_token + self.kl_beta * k3
-        if self.loss_type == "token":
-            loss = masked_mean(per_token, mask)
-        else:
-            per_response = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-            loss = per_response.mean()
+        loss = self.aggregate(per_token, rollouts)
         clipped = (ratio != clipped_ratio) & mask
         metrics |= {
             "reward_mean": float(reward.mean()),
@@ -130,6 +218,23 @@ class GRPO(Objective):
             "clip_frac": float(clipped.sum() / mask.sum().clamp_min(1)),
         }
         return ObjectiveOutput(loss=loss, residual=advantage.squeeze(1).detach(), metrics=metrics)
+
+    def aggregate(self, per_token: Float[Tensor, "B T"], rollouts: Rollouts) -> Tensor:
+        """The ``loss_type`` shape of the per-token losses (see the module), over the responses
+        kept (all, or under ``mask_truncated`` those that ended with EOS)."""
+        eos = rollouts.ended_with_eos
+        kept = eos if self.mask_truncated else torch.ones_like(eos)
+        mask = rollouts.response_mask & kept[:, None]
+        summed = (per_token * mask).sum(-1)
+        if self.loss_type == "token":
+            return summed.sum() / mask.sum().clamp_min(1)
+        if self.loss_type == "sequence":
+            return (summed / mask.sum(-1).clamp_min(1)).sum() / kept.sum().clamp_min(1)
+        longest, width = int(rollouts.lengths.max()), self.max_completion_length or mask.shape[1]
+        if longest > width:
+            raise ValueError(f"max_completion_length={width}: a response has {longest} tokens; "
+                             "set it to sampling.max_new_tokens")
+        return summed.sum() / (rollouts.batch_size * width)
 
     @staticmethod
     def _ref_logp(target: TargetScores) -> Float[Tensor, "B T"]:
