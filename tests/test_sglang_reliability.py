@@ -5,23 +5,29 @@ reached the server is never sent again; waiting is visible; checks that need no 
 the model loads; and nothing is left in the temp dir.
 
 The servers here are small stand-ins on 127.0.0.1 (a listener that never answers, a minimal HTTP
-server), each in a thread that stops by itself; ``tests/test_sglang.py`` has the real SGLang ones.
+server), each in a thread that stops by itself, or short Python scripts launched as servers; one
+slow test starts a real SGLang CPU server, ``tests/test_sglang.py`` has the others.
 """
 
+import getpass
 import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from test_sglang import cpu_launch
+from test_sglang import small_smollm2 as small_smollm2_fixture
 from test_trainer import REPO, tiny_overrides
 
 from gfnlm import cli
@@ -34,6 +40,7 @@ from gfnlm.training.config import ModelConfig
 from gfnlm.training.policy import CausalLMPolicy
 
 OPTION = "sampling.sampler_options"
+small_smollm2 = small_smollm2_fixture  # the module fixture of test_sglang, for the real server
 
 
 class SilentServer:
@@ -244,20 +251,189 @@ def test_serve_without_the_cpu_recipe_is_one_line(tmp_path: Path, monkeypatch: p
 # Nothing left behind by a failed set-up
 
 
-def test_a_failed_setup_leaves_nothing_in_the_temp_dir(tiny_model_dir: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_a_failed_setup_leaves_only_the_servers_log_in_the_temp_dir(
+        tiny_model_dir: Path, tmp_path: Path, temp_dir: Path) -> None:
     policy = tiny_policy(tiny_model_dir)
     # A server that is not there: the weight folder made for it goes with the failure.
     dead = registry.build("sampler", "sglang", {"url": f"http://127.0.0.1:{free_port()}", "retries": 0})
     with pytest.raises(ServerError, match="unreachable during tokenizer check"):
         dead.setup(policy)
-    # A launch that dies at start: the error quotes its output, and its log is deleted.
+    # A launch that dies at start: the error quotes its output and names its log, which is kept;
+    # the server's private temporary folder goes.
     fake = tmp_path / "fake-python"
     fake.write_text('#!/bin/sh\ncase "$2" in *find_spec*) exit 0;; esac\necho "fake sglang: no GPU here"\nexit 3\n')
     fake.chmod(0o755)
     launched = registry.build("sampler", "sglang", {"launch": {"python": str(fake)}})
-    with pytest.raises(ServerError, match=r"exited before /health answered; last server output: fake sglang: no GPU here"):
+    expected = r"exited before /health answered; last server output \(full log: \S+\): fake sglang"
+    with pytest.raises(ServerError, match=expected + r": no GPU here$") as error:
         launched.setup(policy)
     assert launched._server is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-python"]
+    log = Path(re.search(r"full log: (\S+)\)", str(error.value)).group(1))
+    assert log.parent == temp_dir and log.read_text() == "fake sglang: no GPU here\n"
+    assert [p.name for p in temp_dir.iterdir()] == [log.name]
+
+
+# ------------------------------------------------------------------------------------------------
+# A launched server's log and temporary files: kept after a failure, gone after a clean stop
+
+# A stand-in server: answers GET /health, exits when asked (GET /exit); at start it prints its
+# TMPDIR and makes a file there, as SGLang and vLLM make their ipc:// sockets.
+HEALTH_SERVER = """
+import http.server, os, sys, tempfile, threading
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path in ("/health", "/exit") else 404)
+        self.end_headers()
+        if self.path == "/exit":
+            threading.Thread(target=self.server.shutdown).start()
+    def log_message(self, *args):
+        pass
+tempfile.mkstemp(prefix="ipc-")
+print("TMPDIR=" + os.environ["TMPDIR"], flush=True)
+print("TORCHINDUCTOR_CACHE_DIR=" + os.environ["TORCHINDUCTOR_CACHE_DIR"], flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+print("stand-in server: exiting on request", flush=True)
+"""
+
+# Long lines, then an exit before /health ever answers: the old 300-character tail cut them.
+FAILING_SERVER = """
+for i in range(8):
+    print(f"line {i}: " + "word " * 22 + f"end of line {i}")
+    print()
+raise SystemExit(3)
+"""
+
+
+class CommandServer(serve.ManagedServer):
+    """A :class:`~gfnlm.serving.serve.ManagedServer` running a Python script (with the port as its
+    argument) instead of an inference engine."""
+
+    def __init__(self, script: str, startup_timeout_s: float = 30.0) -> None:
+        super().__init__("unused", serve.LaunchConfig(startup_timeout_s=startup_timeout_s))
+        self.script = script
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.script, str(self.port)]
+
+
+# Where torch.compile caches for servers started by this suite, whatever temp dir a test sets.
+INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or serve._inductor_cache()
+
+
+@pytest.fixture
+def temp_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty folder as this process's temp dir (where servers put their logs and folders),
+    with a short path: under pytest's long one a server's folder would go to /tmp, where its
+    sockets' paths fit. Servers keep the usual torch.compile cache (vLLM's CPU build fills a new
+    one with 150 MB of precompiled headers)."""
+    folder = Path(tempfile.mkdtemp(prefix="gfnlm-test-"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", INDUCTOR_CACHE)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def quoted_log(message: str) -> Path:
+    found = re.search(r"\(full log: (\S+)\)", message)
+    assert found, message
+    return Path(found.group(1))
+
+
+def test_a_server_that_fails_at_start_keeps_its_log_and_quotes_whole_lines(temp_dir: Path) -> None:
+    """The error quotes the last non-empty lines whole (as many of the last 5 as fit in 600
+    characters: 4 of these 131-character lines) and names the log, which keeps the whole output;
+    the server's private folder is gone."""
+    lines = [f"line {i}: " + "word " * 22 + f"end of line {i}" for i in range(8)]
+    with pytest.raises(ServerError) as error:
+        CommandServer(FAILING_SERVER).start()
+    message = str(error.value)
+    log = quoted_log(message)
+    assert message.endswith("exited before /health answered; "
+                            f"last server output (full log: {log}): " + " | ".join(lines[4:]))
+    assert len(lines[4]) == 131 and lines[3] not in message
+    assert log.read_text() == "".join(f"{line}\n\n" for line in lines)
+    assert [p.name for p in temp_dir.iterdir()] == [log.name]
+
+
+def test_a_clean_stop_leaves_nothing(temp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that started and was stopped, quickly: its log, its private temp folder and the
+    file it made in its TMPDIR (that folder) are all gone. torch.compile's cache stays where it
+    would have been (torch's default: ``torchinductor_<user>`` in the temp dir)."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    server = CommandServer(HEALTH_SERVER).start()
+    private = server.temp_dir
+    assert private.parent == temp_dir and private.name.startswith("gfnlm-sglang-")
+    assert server.log_path == temp_dir / f"{private.name}.log"
+    deadline = time.monotonic() + 10
+    while "CACHE_DIR=" not in server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    output = server.log_path.read_text().splitlines()
+    assert output[:2] == [f"TMPDIR={private}", f"TORCHINDUCTOR_CACHE_DIR={temp_dir}/torchinductor_"
+                          + getpass.getuser()]
+    assert next(p.name for p in private.iterdir()).startswith("ipc-")
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5  # the supervisor does not sit out its 10 s of grace
+    assert not list(temp_dir.iterdir())
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_server_that_exits_on_its_own_keeps_its_log(temp_dir: Path, quoted: bool) -> None:
+    """After a server exited by itself, its log is kept when it is stopped, whether or not an error
+    quoted it (``log_tail``, as ``gfnlm serve`` does); the quote names the log."""
+    server = CommandServer(HEALTH_SERVER).start()
+    log, private = server.log_path, server.temp_dir
+    SGLangClient(server.url)._request("GET", "/exit", "exit")
+    deadline = time.monotonic() + 10
+    while server.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server.alive()
+    if quoted:
+        assert server.log_tail() == (f"TMPDIR={private} | "
+                                     f"TORCHINDUCTOR_CACHE_DIR={INDUCTOR_CACHE} | "
+                                     f"stand-in server: exiting on request (full log: {log})")
+    server.stop()
+    assert [p.name for p in temp_dir.iterdir()] == [log.name]
+    assert log.read_text().endswith("stand-in server: exiting on request\n")
+
+
+def test_a_long_temp_dir_path_puts_the_servers_folder_in_tmp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a temp dir whose path leaves no room for vLLM's socket names (a UUID) in a folder of
+    its own, the server's folder and log go to /tmp, and a clean stop still removes them."""
+    long = tmp_path / ("long-" * 10)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    server = CommandServer(HEALTH_SERVER).start()
+    private, log = server.temp_dir, server.log_path
+    server.stop()
+    assert private.parent == log.parent == Path("/tmp") and len(f"{private}/{'x' * 36}") <= 107
+    assert not private.exists() and not log.exists() and not list(long.iterdir())
+
+
+def test_the_quoted_lines_are_whole(tmp_path: Path) -> None:
+    """``last_lines``: empty lines skipped, a progress bar's rewritten line as a terminal shows it,
+    older lines dropped to fit, and a single line too long for the cap keeps its end after "…"."""
+    log = tmp_path / "server.log"
+    log.write_text("first\n\n  loading 10%\r  loading 100%\r\nsecond\n\n")
+    assert serve.last_lines(log) == "first | loading 100% | second"
+    assert serve.last_lines(log, lines=2) == "loading 100% | second"
+    assert serve.last_lines(log, chars=len("loading 100% | second")) == "loading 100% | second"
+    log.write_text("a" * 50 + "\n" + "b" * 700 + "z\n")
+    assert serve.last_lines(log) == "…" + "b" * 598 + "z"
+    # Only the log's end is read; a first line cut there is not quoted.
+    log.write_text("x" * 70000 + "\n" + "tail line\n")
+    assert serve.last_lines(log) == "tail line"
+
+
+@pytest.mark.slow
+def test_a_real_sglang_server_leaves_nothing_in_the_temp_dir(small_smollm2: Path,
+                                                             temp_dir: Path) -> None:
+    """A real SGLang CPU server (~35 s to start) makes its ZMQ ipc:// sockets in its private
+    folder; after a clean stop the temp dir is as it was. Launched with the temp dir as its own
+    TMPDIR, it left three sockets and two empty files named ``tmpXXXXXXXX`` there (its ipc names,
+    from ``tempfile.NamedTemporaryFile``)."""
+    with serve.SGLangServer(small_smollm2, serve.LaunchConfig(**cpu_launch())) as server:
+        assert any(p.is_socket() for p in server.temp_dir.iterdir())
+    assert not list(temp_dir.iterdir())

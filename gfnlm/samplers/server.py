@@ -210,13 +210,14 @@ class ServerSampler(Sampler):
     @contextmanager
     def _explained(self) -> Iterator[None]:
         """A failed call to a server this sampler launched and that has died says so, with the end
-        of its output (its log is deleted when it is stopped)."""
+        of its output and the path of its log (kept when the server stops, since it failed)."""
         try:
             yield
         except ServerError as error:
             for which, server in (("launched server", self._server), ("launched base server", self._base_server)):
                 if server is not None and not server.alive():
-                    raise ServerError(f"{error}; the {which} exited; its last output: {server.log_tail()}") from None
+                    note = server.failure_note()
+                    raise ServerError(f"{error}; the {which} exited; {note}") from None
             raise
 
     def sync(self, policy: Any, version: int, force: bool = False) -> None:

@@ -5,8 +5,11 @@ without cleaning up.
 The server runs in its own process group, so stopping it stops its scheduler and detokenizer
 children too. On Linux a small supervisor leads that group and gets ``PR_SET_PDEATHSIG``: even a
 ``kill -9`` of the trainer makes it stop the whole group (after 10 s of grace, by SIGKILL). The
-server's output goes to a temporary log, deleted when the server stops (error messages quote its
-tail first).
+server's output goes to a temporary log, deleted when the server stops cleanly; after a failure
+(start-up failed, the server exited on its own, or an error quoted the log) the log is kept and
+the error names it, with the last whole lines of output. Each server also gets a private temporary
+folder as its ``TMPDIR``, removed when it stops: SGLang and vLLM make their ZMQ ``ipc://`` sockets
+there under random names and leave them behind.
 
 :func:`resolve_launch` turns user options into a :class:`LaunchConfig` and checks them before any
 model loads: the interpreter exists and has ``sglang``, and ``cpu`` applies the repository's CPU
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -45,19 +49,28 @@ def free_port() -> int:
 # The server's supervisor, the leader of the server's process group. The kernel sends it SIGTERM
 # when the process that launched it dies (PR_SET_PDEATHSIG), even by SIGKILL; on SIGTERM or SIGINT
 # it asks the whole group to stop, waits up to 10 s, then kills the group (SGLang's own graceful
-# shutdown can wait forever for a client that is gone). When the server exits by itself, it kills
-# whatever the server left in the group.
+# shutdown can wait forever for a client that is gone), removes the server's private temporary
+# folder (argv[1]; the launcher removes it too, unless it was killed), then kills the group. When
+# the server exits by itself, it kills whatever the server left in the group. The handler asks
+# waitpid itself whether the server has exited: server.poll() would answer "running" for as long
+# as the interrupted server.wait() holds its lock, so every stop would take the full 10 s.
 _SUPERVISOR = """
-import ctypes, os, signal, subprocess, sys, time
+import ctypes, os, shutil, signal, subprocess, sys, time
 ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-server = subprocess.Popen(sys.argv[1:])
+server = subprocess.Popen(sys.argv[2:])
+def exited():
+    try:
+        return os.waitpid(server.pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
 def stop(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.killpg(0, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while server.poll() is None and time.monotonic() < deadline:
+    while not exited() and time.monotonic() < deadline:
         time.sleep(0.1)
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
     os.killpg(0, signal.SIGKILL)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
@@ -170,7 +183,12 @@ def check_python(python: str, field: str, env: Mapping[str, str] | None = None, 
 class ManagedServer:
     """A server process this process owns, under the supervisor above. Use as a context manager,
     or call :meth:`start` and :meth:`stop` (also registered with ``atexit``). A subclass gives the
-    :meth:`command` line and the :attr:`client` class that answers ``/health``."""
+    :meth:`command` line and the :attr:`client` class that answers ``/health``.
+
+    Its output goes to :attr:`log_path`; its temporary files to :attr:`temp_dir`, its own
+    ``TMPDIR``. :meth:`stop` removes both, except a log an error may point at: after a failed
+    start, a server that exited on its own, or a call of :meth:`log_tail` or :meth:`failure_note`.
+    """
 
     engine = "SGLang"
     client: type[ServerClient] = SGLangClient
@@ -182,33 +200,51 @@ class ManagedServer:
         self.url = f"http://{self.launch.host}:{self.port}"
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
+        self.temp_dir: Path | None = None
+        self._keep_log = False
 
     def command(self) -> list[str]:
         """The server's command line."""
         raise NotImplementedError
 
+    def temp_environment(self, folder: Path) -> dict[str, str]:
+        """Variables that send the server's temporary files into ``folder``: Python's
+        ``tempfile`` (hence the engines' ``ipc://`` sockets) reads ``TMPDIR``, ``TEMP`` or ``TMP``.
+        A subclass adds its engine's own variables."""
+        env = {"TMPDIR": str(folder), "TEMP": str(folder), "TMP": str(folder)}
+        # torch.compile's cache lives in the temp dir by default; it must survive the folder,
+        # or every start would compile again.
+        env["TORCHINDUCTOR_CACHE_DIR"] = (os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                                          or _inductor_cache())
+        return env
+
     def start(self) -> Self:
-        """Start the process and wait until ``/health`` answers; stops it again if that fails."""
+        """Start the process and wait until ``/health`` answers; stops it again if that fails,
+        keeping its log when the server failed (the error names it)."""
+        self._keep_log = False
         command = self.command()
+        self._make_temp_files()
         if sys.platform.startswith("linux"):
-            command = [self.launch.python, "-c", _SUPERVISOR, *command]
-        with tempfile.NamedTemporaryFile(prefix=f"gfnlm-{self.engine.lower()}-", suffix=".log", delete=False) as log:
-            self.log_path = Path(log.name)
+            command = [self.launch.python, "-c", _SUPERVISOR, str(self.temp_dir), *command]
+        env = {**os.environ, **self.temp_environment(self.temp_dir), **self.launch.env}
+        with self.log_path.open("a") as log:
             try:
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env={**os.environ, **self.launch.env},
+                                                stdin=subprocess.DEVNULL, env=env,
                                                 start_new_session=True)
             except OSError as error:
-                self._remove_log()
-                raise ServerError(f"{self.engine} server: cannot run {self.launch.python!r} ({error.strerror})") from None
+                self._remove_temp_files(keep_log=False)
+                raise ServerError(f"{self.engine} server: cannot run {self.launch.python!r} "
+                                  f"({error.strerror})") from None
         _RUNNING.add(self)
         try:
             self.client(self.url).wait_healthy(self.launch.startup_timeout_s, alive=self.alive)
-        except BaseException as exc:
-            tail = self.log_tail()
+        except ServerError as error:
+            note = self.failure_note()
+            self.stop(keep_log=True)
+            raise ServerError(f"{error}; {note}") from None
+        except BaseException:  # Ctrl-C while waiting: a clean stop
             self.stop()
-            if isinstance(exc, ServerError):
-                raise ServerError(f"{exc}; last server output: {tail}") from None
             raise
         return self
 
@@ -216,25 +252,60 @@ class ManagedServer:
         """Whether the server process is still running."""
         return self.process is not None and self.process.poll() is None
 
-    def log_tail(self, chars: int = 300) -> str:
-        """The end of the server's output, on one line (for error messages)."""
+    def log_tail(self) -> str:
+        """The server's last lines of output, whole, on one line, then the log's path:
+        ``line | line (full log: PATH)`` ("" when there is no log). For error messages: the log
+        is kept when the server stops, so the path stays valid."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:].replace("\r", " ").replace("\n", " | ")
+        self._keep_log = True
+        return f"{last_lines(self.log_path) or '(none)'} (full log: {self.log_path})"
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the whole process group (SIGTERM, then SIGKILL after ``grace_s``) and delete the
-        server's log. Idempotent."""
+    def failure_note(self) -> str:
+        """``last server output (full log: PATH): line | line``, the end of an error message
+        about this server; like :meth:`log_tail`, it keeps the log when the server stops."""
+        if self.log_path is None or not self.log_path.exists():
+            return "no server output kept"
+        self._keep_log = True
+        tail = last_lines(self.log_path) or "(none)"
+        return f"last server output (full log: {self.log_path}): {tail}"
+
+    def stop(self, grace_s: float = 10.0, keep_log: bool = False) -> None:
+        """Stop the whole process group (SIGTERM, then SIGKILL after ``grace_s``) and remove the
+        server's temporary folder and log; the log stays if ``keep_log``, if the server had exited
+        on its own (a failure), or if an error quoted it. Idempotent."""
         process, self.process = self.process, None
         _RUNNING.discard(self)
+        if keep_log or (process is not None and process.poll() is not None):
+            self._keep_log = True
         try:
             if process is not None:
                 _stop_group(process, grace_s)
         finally:
-            self._remove_log()
+            self._remove_temp_files(keep_log=self._keep_log)
 
-    def _remove_log(self) -> None:
-        if self.log_path is not None:
+    def _make_temp_files(self) -> None:
+        """A private folder for the server's temporary files, and its log beside it (outside, so
+        that a log kept after a failure outlives the folder): ``gfnlm-<engine>-XXXX`` and
+        ``gfnlm-<engine>-XXXX.log`` in the temp dir (see :func:`_temp_parent`)."""
+        prefix = f"gfnlm-{self.engine.lower()}-"
+        parent = _temp_parent(prefix)
+        while True:
+            folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            log = folder.with_name(folder.name + ".log")
+            try:
+                log.touch(exist_ok=False)
+            except FileExistsError:  # an earlier server's kept log has this name: pick another
+                folder.rmdir()
+                continue
+            self.temp_dir, self.log_path = folder, log
+            return
+
+    def _remove_temp_files(self, keep_log: bool) -> None:
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+        if self.log_path is not None and not keep_log:
             self.log_path.unlink(missing_ok=True)
             self.log_path = None
 
@@ -243,6 +314,64 @@ class ManagedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# A Unix socket's path holds at most 107 bytes, and vLLM names its ipc sockets by UUID (36
+# characters). mkdtemp adds 8 random characters to a prefix.
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME_MAX = 36
+
+
+def _temp_parent(prefix: str) -> str:
+    """Where a server's private folder goes: the temp dir, or ``/tmp`` where the temp dir's path
+    is so long that the sockets' paths in the folder would not fit (the engine would fail at
+    start-up where, without the folder, it would have started)."""
+    parent = tempfile.gettempdir()
+    socket = os.path.join(parent, prefix + "x" * 8, "x" * _SOCKET_NAME_MAX)
+    if len(os.fsencode(socket)) > _SOCKET_PATH_MAX and os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    return parent
+
+
+def last_lines(path: Path, lines: int = 5, chars: int = 600) -> str:
+    """The last ``lines`` non-empty lines of the file ``path``, each whole, joined with `` | ``:
+    older lines are dropped until the text fits in ``chars``; a single line longer than that keeps
+    its end after "…". A line a progress bar rewrote (``\\r``) counts as what a terminal shows."""
+    kept: deque[str] = deque(maxlen=lines)
+    for line in _end_of(path).split("\n"):
+        shown = next((part.strip() for part in reversed(line.split("\r")) if part.strip()), "")
+        if shown:
+            kept.append(shown)
+    while len(kept) > 1 and len(" | ".join(kept)) > chars:
+        kept.popleft()
+    text = " | ".join(kept)
+    return text if len(text) <= chars else "…" + text[-(chars - 1):]
+
+
+def _end_of(path: Path, size: int = 1 << 16) -> str:
+    """The file's last ``size`` bytes as text (a server's log can be large), without the partial
+    first line unless it is all there is."""
+    with path.open("rb") as file:
+        start = max(file.seek(0, os.SEEK_END) - size, 0)
+        file.seek(start)
+        text = file.read().decode(errors="replace")
+    if start > 0 and "\n" in text.rstrip("\n"):
+        text = text.split("\n", 1)[1]
+    return text
+
+
+def _inductor_cache() -> str:
+    """Where torch.compile caches by default (``torch._inductor``'s ``default_cache_dir``):
+    ``torchinductor_<user>`` in this process's temp dir."""
+    import getpass
+    import re
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (e.g. in a container)
+        user = f"uid_{os.getuid()}"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
 
 
 class SGLangServer(ManagedServer):

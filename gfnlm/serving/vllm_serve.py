@@ -7,6 +7,9 @@ processed_logprobs`` (log-probs of the distribution actually sampled from, after
 top-p), ``VLLM_SERVER_DEV_MODE=1`` (``/collective_rpc`` for full-weight reloads,
 ``/reset_prefix_cache``) and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` (adapters loaded at run time).
 
+Its ``ipc://`` sockets go into the server's private temporary folder (``VLLM_RPC_BASE_PATH``),
+removed when it stops.
+
 Unless the environment names a logging configuration of its own, it logs as vLLM does by default
 but without the warning a reload prints for every layer a folder leaves out: the sampler's pushes
 after the first carry only the weights training changes, which would be some hundred lines a step.
@@ -52,6 +55,11 @@ class VLLMServer(ManagedServer):
         self.launch.env = {**REQUIRED_ENV, **logging, **self.launch.env}
         self.lora_rank = lora_rank
         self.lora_targets = tuple(lora_targets)
+
+    def temp_environment(self, folder: Path) -> dict[str, str]:
+        """The base class's ``TMPDIR`` and the like, and ``VLLM_RPC_BASE_PATH``: vLLM makes its
+        ``ipc://`` sockets there, in the temp dir unless that variable is set."""
+        return {**super().temp_environment(folder), "VLLM_RPC_BASE_PATH": str(folder)}
 
     def command(self) -> list[str]:
         """The server's command line (the user's flags last: a repeated flag's last value wins)."""
