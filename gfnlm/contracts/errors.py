@@ -9,8 +9,27 @@
 
 Anything else is a bug or an unexpected failure (a CUDA out-of-memory, an error inside torch): the
 CLI lets it through with its traceback. Every message names the field or file, the value, and what
-is allowed or what to do.
+is allowed or what to do; a value that may be long is quoted by :func:`quoted`, so the message
+stays one short line.
 """
+
+
+def shortened(text: str, limit: int = 80) -> str:
+    """``text``, or when longer than ``limit`` characters its first ``limit // 2`` and last
+    ``limit // 4`` characters around ``…``."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}…{text[-(limit // 4):]}"
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for a message, shortened by :func:`shortened` when longer than ``limit``
+    characters (a string stays a quoted string): a pasted 5,000-character path or name must not
+    turn a one-line error into a screenful."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return repr(shortened(value, limit)) if isinstance(value, str) else shortened(text, limit)
 
 
 class GfnlmError(Exception):

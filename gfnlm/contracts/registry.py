@@ -23,16 +23,21 @@ Example::
     objective = build("objective", "my_tb", penalty="huber")
 """
 
+import contextlib
 import difflib
 import importlib
 import importlib.metadata
 import math
-from collections.abc import Callable, Iterable, Mapping
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted, shortened
 from gfnlm.contracts.shapes import wrap_public_methods
 
 KINDS = ("target", "objective", "sampler", "logz", "task", "exploration", "replay")
@@ -98,13 +103,65 @@ def load_plugins() -> list[str]:
 
 def import_components(modules: Iterable[str], field: str = "--import") -> None:
     """Import modules that register components (``--import my_pkg.components``, a config's
-    ``imports``); a module that cannot be imported is a one-line error naming ``field``."""
+    ``imports``). A module that cannot be imported, or raises while it is, is a one-line error
+    naming ``field``, the module and the first line of its error with where it was raised.
+
+    The working directory is on ``sys.path`` while they import (as ``python -m`` puts it there;
+    a console script such as ``gfnlm`` does not), so ``--import my_components`` finds the
+    ``my_components.py`` of the folder the command runs in."""
     for module in modules:
+        _import_one(module, field)
+
+
+def _import_one(module: str, field: str) -> None:
+    where = f"{field}={quoted(module)}"
+    if not module.strip():
+        raise RegistryError(f"{where}: must name a module (e.g. my_pkg.components)")
+    with _working_directory_on_path():
         try:
             importlib.import_module(module)
+        except SyntaxError as error:
+            file = Path(error.filename or module).name
+            place = f" at {file} line {error.lineno}" if error.lineno else ""
+            raise RegistryError(f"{where}: syntax error{place}: {error.msg}") from None
         except ImportError as error:
-            raise RegistryError(f"{field}={module!r}: cannot import it ({error}); it must be importable "
-                                "from this Python (installed, or on PYTHONPATH)") from None
+            raise RegistryError(f"{where}: cannot import it ({_first_line(error)}); it must be "
+                                "importable from this Python (installed, on PYTHONPATH, or a .py "
+                                "file in the working directory)") from None
+        except Exception as error:  # noqa: BLE001 - whatever a user's module raises is reported
+            raise RegistryError(f"{where}: raises {type(error).__name__}: {_first_line(error)}"
+                                f"{_raised_at(error)}") from None
+
+
+@contextlib.contextmanager
+def _working_directory_on_path() -> Iterator[None]:
+    """The working directory first on ``sys.path`` (where ``python -m`` puts it) while a module
+    imports, unless it is there already; removed afterwards, so later imports are unchanged."""
+    cwd = os.getcwd()
+    if "" in sys.path or cwd in sys.path:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return shortened(lines[0], limit=200) if lines else "(no message)"
+
+
+def _raised_at(error: BaseException) -> str:
+    """`` (my_mod.py, line 3)``: the innermost frame of the error in a real file (the import
+    machinery's frozen frames skipped), or nothing when there is none."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith("<")]
+    if not frames:
+        return ""
+    return f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})"
 
 
 def _check_kind(kind: str) -> None:
@@ -164,9 +221,9 @@ def lookup(kind: str, name: str) -> type:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RegistryError(
-            f"unknown {kind} {name!r}; registered {kind}s: {', '.join(known) or 'none'}{hint} (your own "
-            f"components: --import your.module or imports: [your.module] in the config, or a package's "
-            f"{ENTRY_POINT_GROUP!r} entry point)"
+            f"unknown {kind} {quoted(name)}; registered {kind}s: {', '.join(known) or 'none'}"
+            f"{hint} (your own components: --import your.module or imports: [your.module] in the "
+            f"config, or a package's {ENTRY_POINT_GROUP!r} entry point)"
         ) from None
 
 
@@ -200,7 +257,7 @@ def build(kind: str, name: str, config: Mapping[str, Any] | None = None,
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RegistryError(
-                f"{kind} {name!r} has no option {key!r}; options are: "
+                f"{kind} {name!r} has no option {quoted(key)}; options are: "
                 f"{', '.join(fields) or 'none'}{hint}"
             )
     for key, value in options.items():
@@ -208,7 +265,8 @@ def build(kind: str, name: str, config: Mapping[str, Any] | None = None,
             try:
                 value = options[key] = float(value)
             except ValueError:
-                raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a number") from None
+                raise RegistryError(f"{kind} {name!r}: {key}={quoted(value)}: "
+                                    "must be a number") from None
         if isinstance(value, float) and not math.isfinite(value):  # NaN slips through `value < bound` checks
             raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a finite number")
     try:

@@ -18,7 +18,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted, shortened
+from gfnlm.contracts.paths import check_path_length
 
 
 class ConfigError(InputError):
@@ -31,14 +32,6 @@ def field_name(instance: object, attribute: attrs.Attribute) -> str:
     return f"{section}.{attribute.name}" if section else attribute.name
 
 
-def _one_of(*allowed: str):
-    def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be one of {', '.join(allowed)}")
-
-    return check
-
-
 def _at_least(minimum: float):
     """``value >= minimum`` and finite (NaN compares false both ways, so it is rejected by name)."""
     def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -48,6 +41,41 @@ def _at_least(minimum: float):
             raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be >= {minimum}")
 
     return check
+
+
+# The most a count of prompts, responses or tokens may be: far above any real run, and low enough
+# that a typo (an extra zero run, 1e9) is refused in one line instead of an allocation.
+MAX_COUNT = 1_000_000
+# Learning-rate bounds (see TrainConfig.lr and logz_lr).
+MAX_LR, MAX_LOGZ_LR = 1.0, 10.0
+
+
+def _count(minimum: int, maximum: int = MAX_COUNT):
+    """An integer in ``[minimum, maximum]``."""
+    def check(instance: object, attribute: attrs.Attribute, value: int) -> None:
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in "
+                              f"[{minimum}, {maximum:_}]")
+
+    return check
+
+
+def _open_closed(low: float, high: float):
+    """A number in ``(low, high]`` (NaN and infinities are refused: they compare false)."""
+    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite "
+                              f"number in ({low:g}, {high:g}]")
+        if not low < value <= high:
+            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in "
+                              f"({low:g}, {high:g}]")
+
+    return check
+
+
+def _path(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    """A file or folder path the file system can hold (``''`` is left to the field's own rule)."""
+    check_path_length(str(value), field_name(instance, attribute))
 
 
 def _positive_fraction(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -62,7 +90,16 @@ def _fraction_below_one(instance: object, attribute: attrs.Attribute, value: flo
 
 def _not_empty(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if not str(value).strip():
-        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must not be empty")
+        raise ConfigError(f"{field_name(instance, attribute)}={quoted(value)}: must not be empty")
+
+
+def _one_of(*allowed: str):
+    def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{field_name(instance, attribute)}={quoted(value)}: must be one of "
+                              f"{', '.join(allowed)}")
+
+    return check
 
 
 def _finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -88,7 +125,7 @@ class ModelConfig:
 
     section: ClassVar[str] = "model"
 
-    path: str = attrs.field(default="smollm2", validator=_not_empty)
+    path: str = attrs.field(default="smollm2", validator=[_not_empty, _path])
     lora: bool = True
     lora_r: int = attrs.field(default=8, validator=_at_least(1))
     lora_alpha: float = attrs.field(default=16.0, validator=_finite)
@@ -108,12 +145,12 @@ class DataConfig:
 
     section: ClassVar[str] = "data"
 
-    train: str = attrs.field(default="factual_train", validator=_not_empty)
-    eval: str = "factual_eval"
+    train: str = attrs.field(default="factual_train", validator=[_not_empty, _path])
+    eval: str = attrs.field(default="factual_eval", validator=_path)
     question_field: str = attrs.field(default="question", validator=_not_empty)
     answer_field: str = attrs.field(default="answers", validator=_not_empty)
-    max_prompt_tokens: int = attrs.field(default=256, validator=_at_least(1))
-    eval_max_questions: int = attrs.field(default=0, validator=_at_least(0))  # 0 = all
+    max_prompt_tokens: int = attrs.field(default=256, validator=_count(1))
+    eval_max_questions: int = attrs.field(default=0, validator=_count(0))  # 0 = all
 
 
 @attrs.define
@@ -123,12 +160,12 @@ class SamplingConfig:
     section: ClassVar[str] = "sampling"
 
     sampler: str = "hf"
-    samples_per_prompt: int = attrs.field(default=8, validator=_at_least(1))
+    samples_per_prompt: int = attrs.field(default=8, validator=_count(1))
     temperature: float = attrs.field(default=1.0, validator=_at_least(1e-6))
     top_p: float = attrs.field(default=1.0, validator=_positive_fraction)
     # Min-p truncation: drop tokens below min_p × the most likely token's probability (0 = off).
     min_p: float = attrs.field(default=0.0, validator=_fraction_below_one)
-    max_new_tokens: int = attrs.field(default=24, validator=_at_least(1))
+    max_new_tokens: int = attrs.field(default=24, validator=_count(1))
     sampler_options: dict[str, Any] = attrs.field(factory=dict)
     # A server sampler draws the next step's rollouts while the trainer scores and updates on this
     # step's: rollouts one update stale (staleness 1), for objectives valid off-policy only.
@@ -142,11 +179,14 @@ class TrainConfig:
     section: ClassVar[str] = "train"
 
     steps: int = attrs.field(default=40, validator=_at_least(1))
-    prompts_per_step: int = attrs.field(default=4, validator=_at_least(1))
-    updates_per_batch: int = attrs.field(default=1, validator=_at_least(1))
-    minibatch_size: int = attrs.field(default=0, validator=_at_least(0))  # 0 = the whole batch
-    lr: float = attrs.field(default=1e-4, validator=_at_least(0.0))
-    logz_lr: float = attrs.field(default=1e-2, validator=_at_least(0.0))
+    prompts_per_step: int = attrs.field(default=4, validator=_count(1))
+    updates_per_batch: int = attrs.field(default=1, validator=_count(1))
+    minibatch_size: int = attrs.field(default=0, validator=_count(0))  # 0 = the whole batch
+    # In (0, 1]: an Adam-type step moves each weight by about lr, so lr > 1 moves every weight by
+    # more than 1 per step and diverges any language model.
+    lr: float = attrs.field(default=1e-4, validator=_open_closed(0.0, MAX_LR))
+    # In (0, 10]: log Z is one number per prompt (or a small head); the shipped configs use <= 0.1.
+    logz_lr: float = attrs.field(default=1e-2, validator=_open_closed(0.0, MAX_LOGZ_LR))
     # Before the first update, shift log Z so the first batch's mean residual is zero (TB-style
     # residuals are log Z + c). Saves the many steps a small log Z learning rate would need.
     logz_warm_start: bool = True
@@ -155,9 +195,9 @@ class TrainConfig:
     seed: int = 0
     device: str = attrs.field(default="auto", validator=_one_of("auto", "cpu", "cuda"))
     eval_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only before/after
-    eval_samples: int = attrs.field(default=8, validator=_at_least(1))
+    eval_samples: int = attrs.field(default=8, validator=_count(1))
     save_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only at the end
-    out_dir: str = attrs.field(default="runs/default", validator=_not_empty)
+    out_dir: str = attrs.field(default="runs/default", validator=[_not_empty, _path])
     resume: bool = True
     threads: int = attrs.field(default=0, validator=_at_least(0))  # 0 = torch's default
     # Under torchrun with several processes: DDP (replicated weights, averaged gradients) or FSDP2
@@ -201,10 +241,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         layers.append(_load_yaml(path))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=20")
-    layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+    layers.append(_overrides_layer(list(overrides or [])))
     try:
         merged = OmegaConf.merge(*layers[:-1])
         _drop_options_of_replaced_components(merged, layers[-1])
@@ -213,7 +250,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as error:
         raise ConfigError(_describe_error(error)) from None
     assert isinstance(config, RunConfig)
+    check_batch_size(config)
     return config
+
+
+def check_batch_size(config: RunConfig) -> None:
+    """A step's batch, ``train.prompts_per_step × sampling.samples_per_prompt`` responses, stays
+    within :data:`MAX_COUNT` (each factor alone may be within it and their product not)."""
+    prompts, samples = config.train.prompts_per_step, config.sampling.samples_per_prompt
+    if prompts * samples > MAX_COUNT:
+        raise ConfigError(f"train.prompts_per_step={prompts} × sampling.samples_per_prompt="
+                          f"{samples} = {prompts * samples:_} responses per step: must be <= "
+                          f"{MAX_COUNT:_}")
+
+
+def _overrides_layer(overrides: list[str]) -> Any:
+    """``key=value`` overrides as an OmegaConf mapping. Values are YAML, so one with braces or
+    ``: `` (a template ``{question} ...``) is a mapping or a YAML error unless quoted: the error
+    is one line naming the override and the quoting that makes it a string."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {quoted(item)}: expected key=value, e.g. train.steps=20")
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as error:
+            key, _, value = item.partition("=")
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            example = f"{key}='\"{shortened(value, 40)}\"'"
+            raise ConfigError(f"override {quoted(item)}: the value is not valid YAML ({problem}); "
+                              f"quote it to make it a string, e.g. {example} in the shell"
+                              ) from None
+    return OmegaConf.from_dotlist(overrides)
 
 
 def _load_yaml(path: Path) -> Any:
