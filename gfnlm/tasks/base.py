@@ -4,7 +4,9 @@ A task owns every task-specific decision, so that the trainer, ``gfnlm eval``, t
 baselines' rewards stay generic:
 
 * how a record becomes the chat prompt (:meth:`Task.format_prompt`; system and user templates are
-  options, so a user overrides them from the config),
+  options, so a user overrides them from the config), and which record fields that reads
+  (:attr:`Task.required_fields`, checked against a data set's records when it loads, before any
+  model, by :meth:`Task.check_records`),
 * the gold answers a record carries (:meth:`Task.answers_for`, checked at load time by
   :meth:`Task.check_answers`): labels travel with the prompts through the batch
   (``PromptBatch.labels`` → ``Rollouts.labels``), never looked up by text,
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 
 from jinja2 import TemplateError
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted, shortened
 
 
 def chat_prompt(tokenizer: Any, user: str, system: str = "") -> str:
@@ -43,6 +45,25 @@ class Task:
     """Base class of the registered tasks (attrs classes whose fields are the task's options)."""
 
     metrics: ClassVar[str] = "accuracy"  # "accuracy": graded answers; "creative": open-ended metrics
+    # The record fields format_prompt and answers_for read: a record without one is refused when
+    # the data set loads, naming the field and the fields the record has.
+    required_fields: ClassVar[tuple[str, ...]] = ("question",)
+
+    def check_records(self, records: Sequence[dict[str, Any]], where: str) -> None:
+        """Raise :class:`~gfnlm.contracts.errors.InputError` (one line naming ``where``, the row,
+        the missing fields and the fields the row has) when a record lacks a field of
+        :attr:`required_fields`, then let :meth:`check_record` look at each record. Called when a
+        data set loads, so a data set the task cannot read fails before any model does."""
+        for row, record in enumerate(records, start=1):
+            missing = [name for name in self.required_fields if name not in record]
+            if missing:
+                raise InputError(f"{where} row {row}: task {task_label(self)} needs the field(s) "
+                                 f"{', '.join(missing)}; the row has: {describe_fields(record)}")
+            self.check_record(record, f"{where} row {row}")
+
+    def check_record(self, record: dict[str, Any], where: str) -> None:
+        """Raise :class:`~gfnlm.contracts.errors.InputError` naming ``where`` when a record has
+        the task's fields but values it cannot read (none by default)."""
 
     def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
         """The chat prompt of one record (``record["question"]`` and any other fields it has)."""
@@ -58,7 +79,7 @@ class Task:
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         """Whether ``response`` gives one of the gold ``answers``."""
-        raise InputError(f"task {getattr(self, 'registry_name', type(self).__name__)!r} grades no answers "
+        raise InputError(f"task {task_label(self)} grades no answers "
                          "(its metrics are open-ended); choose a task with answers")
 
     def answer_key(self, response: str) -> str:
@@ -68,3 +89,15 @@ class Task:
     def format_ok(self, response: str) -> bool:
         """Whether a response has the task's answer format (ψ penalises the others)."""
         return bool(response.strip())
+
+
+def describe_fields(record: dict[str, Any]) -> str:
+    """A record's field names for a one-line message (the first ten, then how many more)."""
+    names = [str(name) for name in record]
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return ", ".join(shortened(name, limit=40) for name in names[:10]) + more
+
+
+def task_label(task: Any) -> str:
+    """A task's registered name, quoted, for messages."""
+    return quoted(getattr(task, "registry_name", type(task).__name__))

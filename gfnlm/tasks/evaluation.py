@@ -77,11 +77,12 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
     sampler.setup(policy)
     sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
     format_ok = []
-    chunks = range(0, len(prompts), batch_questions)
-    for start in tqdm(chunks, desc="eval", unit="batch", disable=not progress, leave=False):
+    bar = sequence_bar("eval", len(prompts) * samples, progress)
+    for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
         batch = prompts.batch(indices)
         rollouts = sampler.sample(batch, samples)
+        bar.update(len(indices) * samples)
         texts = rollouts.response_text
         assert texts is not None
         lengths.extend(rollouts.lengths.tolist())
@@ -98,6 +99,7 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
         greedy_lengths.extend(greedy_lens)
         greedy_correct.extend(task.is_correct(t, list(prompts.answers[i] or ()))
                               for t, i in zip(greedy_texts, indices, strict=True))
+    bar.close()
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return EvalResult(
         accuracy_t1=mean([mean(c) for c in sample_correct]),
@@ -111,6 +113,12 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
         k=k,
         format_ok_rate=mean(format_ok),
     )
+
+
+def sequence_bar(description: str, total: int, progress: bool) -> tqdm:
+    """The evaluations' progress bar, counting sampled sequences (questions × samples), not batches
+    of questions: a slow CPU evaluation of one batch would otherwise show 0/1 until it ends."""
+    return tqdm(total=total, desc=description, unit="seq", disable=not progress, leave=False)
 
 
 @torch.no_grad()
@@ -185,10 +193,11 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     groups: list[dict] = []  # one per prompt: its texts, embeddings, per-response values, log-probs
-    chunks = range(0, len(prompts), batch_questions)
-    for start in tqdm(chunks, desc="creative eval", unit="batch", disable=not progress, leave=False):
+    bar = sequence_bar("creative eval", len(prompts) * samples, progress)
+    for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
         rollouts = sampler.sample(prompts.batch(indices), samples)
+        bar.update(len(indices) * samples)
         texts = rollouts.response_text
         assert texts is not None
         base = policy.score_base(rollouts, need_eos_logp=False)
@@ -207,6 +216,7 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
             group["check_pass_rate"] = torch.tensor([float(not metrics.failed_checks(t, checks[i]))
                                                      for t in group["texts"]])
             groups.append(group)
+    bar.close()
     drawn = _creative_metrics(groups, weights=None)
     estimates = {}
     for alpha in target_alphas:

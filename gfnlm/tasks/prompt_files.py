@@ -13,10 +13,11 @@ score); ``"template"`` (optional) names how the question becomes the user messag
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 FACTUAL_TRAIN = DATA_DIR / "factual_train.jsonl"
@@ -44,14 +45,39 @@ def format_prompt(tokenizer: Any, question: str, template: str = "short_answer")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+# What answer_text returns for a value that is no answer (a bool, a dict, a nested list).
+NOT_AN_ANSWER = object()
+
+
+def answer_text(item: Any) -> Any:
+    """One gold answer as text: a string as it is (``""`` when blank), a number in its string
+    form (``4`` → ``"4"``; ``72.0`` → ``"72"``, as Arrow stores an integer in a float column),
+    ``""`` for a null or NaN (no answer); :data:`NOT_AN_ANSWER` for anything else (``True`` is an
+    ``int`` to Python but answers nothing). Every reader of answers converts through this."""
+    if item is None:
+        return ""
+    if isinstance(item, str):
+        return item if item.strip() else ""
+    if isinstance(item, bool):
+        return NOT_AN_ANSWER
+    if isinstance(item, int):
+        return str(item)
+    if isinstance(item, float):
+        if math.isnan(item):  # how pandas marks an empty CSV cell
+            return ""
+        return str(int(item)) if item.is_integer() else repr(item)
+    return NOT_AN_ANSWER
+
+
 def load_prompt_file(path: str | Path) -> list[dict]:
     """Read a JSONL prompt file into a list of records, each with a non-empty ``"question"``.
 
     Blank lines are skipped. A record may give its text as ``"question"`` or ``"prompt"`` (copied
     to ``"question"``); ``"template"``, when present, must name one of :data:`TEMPLATES`;
-    ``"answers"``, when present, must be a non-empty list of non-empty strings (a single string is
-    wrapped in a list); whether the task can grade them is the task's check
-    (:meth:`~gfnlm.tasks.base.Task.check_answers`). Other fields are kept as they are.
+    ``"answers"``, when present, must be a non-empty list of non-empty strings or numbers (a single
+    one is wrapped in a list; numbers become strings, :func:`answer_text`); whether the task can
+    grade them is the task's check (:meth:`~gfnlm.tasks.base.Task.check_answers`). Other fields
+    are kept as they are.
 
     Raises :class:`PromptFileError` (a ``ValueError``) with a one-line message naming the file and
     line for: a missing or empty file, invalid JSON, a line that is not an object, a missing
@@ -81,23 +107,27 @@ def load_prompt_file(path: str | Path) -> list[dict]:
             raise PromptFileError(f"{where}: missing 'question' (or 'prompt') field")
         question = record[key]
         if not isinstance(question, str):
-            raise PromptFileError(f"{where}: {key!r} must be a string, got {type(question).__name__} {question!r}")
+            raise PromptFileError(f"{where}: {key!r} must be a string, got "
+                                  f"{type(question).__name__} {quoted(question)}")
         if not question.strip():
             raise PromptFileError(f"{where}: empty {key!r}")
         record = {**record, "question": question}
         if record.get("template", "short_answer") not in TEMPLATES:
-            raise PromptFileError(f"{where}: template={record['template']!r}: must be one of "
+            raise PromptFileError(f"{where}: template={quoted(record['template'])}: must be one of "
                                   f"{', '.join(TEMPLATES)}")
         if "answers" in record:
             answers = record["answers"]
-            if isinstance(answers, str):
-                answers = [answers]
-            if not isinstance(answers, list) or not answers:
-                raise PromptFileError(f"{where}: 'answers' must be a non-empty list of strings")
-            for answer in answers:
-                if not isinstance(answer, str) or not answer.strip():
-                    raise PromptFileError(f"{where}: answer {answer!r} must be a non-empty string")
-            record["answers"] = answers
+            if not isinstance(answers, list):  # one answer alone; anything else is refused below
+                answers = [answers] if isinstance(answers, str | int | float) else None
+            if not answers:
+                raise PromptFileError(f"{where}: 'answers' must be a non-empty list of strings or "
+                                      "numbers")
+            texts = [answer_text(answer) for answer in answers]
+            for answer, text in zip(answers, texts, strict=True):
+                if not isinstance(text, str) or not text:
+                    raise PromptFileError(f"{where}: answer {quoted(answer)} must be a non-empty "
+                                          "string or a number")
+            record["answers"] = texts
         records.append(record)
     if not records:
         raise PromptFileError(f"{path}: prompt file is empty")

@@ -7,6 +7,7 @@ import attrs
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from gfnlm.contracts.errors import quoted
 from gfnlm.contracts.types import PromptBatch
 from gfnlm.tasks.records import bundled_path, bundled_sets
 from gfnlm.training.config import ConfigError
@@ -19,14 +20,33 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
         return bundled
     path = Path(spec)
     if path.is_dir():
-        raise ConfigError(f"{field}={spec!r}: is a directory; give a JSONL prompt file or one of the bundled sets "
-                          f"({', '.join(bundled_sets())})")
+        raise ConfigError(f"{field}={quoted(spec)}: is a directory; give a JSONL prompt file or "
+                          f"one of the bundled sets ({', '.join(bundled_sets())})")
     if not path.is_file():
         raise ConfigError(
-            f"{field}={spec!r}: no such file; use a JSONL prompt file or one of the bundled sets "
-            f"({', '.join(bundled_sets())})"
+            f"{field}={quoted(spec)}: no such file; use a JSONL prompt file or one of the bundled "
+            f"sets ({', '.join(bundled_sets())})"
         )
     return path
+
+
+def check_records(records: list[dict[str, Any]], spec: str, field: str, task: Any,
+                  require_answers: bool = False, answer_field: str = "answers") -> tuple[Any, ...]:
+    """Everything about ``records`` the task decides, checked without a tokenizer or a model: the
+    fields its prompt reads (:meth:`~gfnlm.tasks.base.Task.check_records`), the gold answers it
+    grades and, with ``require_answers``, that every record has some. Returns each record's gold
+    answers (``None`` for none); errors are one line naming ``field``, ``spec`` and the row."""
+    where = f"{field}={quoted(spec)}"
+    task.check_records(records, where)
+    answers = tuple(task.answers_for(r) for r in records)
+    for row, gold in enumerate(answers, start=1):
+        if gold is not None:
+            task.check_answers(gold, f"{where} row {row}")
+    if require_answers and any(a is None for a in answers):
+        row = next(i for i, a in enumerate(answers) if a is None) + 1
+        raise ConfigError(f"{where}: row {row} has no answer (column {answer_field!r}; needed for "
+                          "evaluation)")
+    return answers
 
 
 def default_task() -> Any:
@@ -70,22 +90,15 @@ class PromptSet:
         """:meth:`load` from records already read (:func:`~gfnlm.tasks.records.load_records`);
         ``spec`` and ``answer_field`` only name the data set in error messages."""
         task = task if task is not None else default_task()
+        answers = check_records(records, spec, field, task, require_answers, answer_field)
         questions = tuple(str(r["question"]) for r in records)
-        answers = tuple(task.answers_for(r) for r in records)
-        for row, gold in enumerate(answers, start=1):
-            if gold is not None:
-                task.check_answers(gold, f"{field}={spec!r} row {row}")
-        if require_answers and any(a is None for a in answers):
-            row = next(i for i, a in enumerate(answers) if a is None) + 1
-            raise ConfigError(f"{field}={spec!r}: row {row} has no answer (column {answer_field!r}; needed "
-                              "for evaluation)")
         texts = tuple(task.format_prompt(tokenizer, r) for r in records)
         token_ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         for i, ids in enumerate(token_ids):
             if len(ids) > max_tokens:
                 raise ConfigError(
-                    f"{field}={spec!r}: prompt on line {i + 1} has {len(ids)} tokens, more than "
-                    f"data.max_prompt_tokens={max_tokens}"
+                    f"{field}={quoted(spec)}: prompt on line {i + 1} has {len(ids)} tokens, more "
+                    f"than data.max_prompt_tokens={max_tokens}"
                 )
         return cls(questions, answers, texts, token_ids, int(tokenizer.pad_token_id))
 

@@ -41,14 +41,14 @@ import contextlib
 import glob
 import json
 import logging
-import math
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gfnlm.contracts.errors import InputError
-from gfnlm.tasks.prompt_files import PromptFileError, load_prompt_file
+from gfnlm.contracts.errors import InputError, quoted
+from gfnlm.contracts.paths import check_path_length
+from gfnlm.tasks.prompt_files import NOT_AN_ANSWER, PromptFileError, answer_text, load_prompt_file
 
 # File suffix → the ``datasets`` packaged builder that reads it (".jsonl" goes to load_prompt_file).
 BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -65,9 +65,10 @@ def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
     with ``require_answers`` a missing answer column or a row without an answer is an error.
     Raises :class:`~gfnlm.contracts.errors.InputError` (one line) before returning anything.
     """
-    where = f"{field}={spec!r}"
+    where = f"{field}={quoted(spec)}"
     if not spec.strip():  # Path("") is the working directory, which is never what was meant
         raise InputError(f"{where}: empty; {_what_is_allowed()}")
+    check_path_length(spec, field)  # before any stat, which a too long name fails with OSError
     bundled = bundled_path(spec)
     if bundled is not None:
         return _from_jsonl(bundled, where, question_field, answer_field, require_answers)
@@ -273,7 +274,7 @@ def _choose_split(splits: list[str], split: str | None, path: Path, where: str) 
         raise InputError(f"{where}: the saved DatasetDict has splits {', '.join(splits)}; choose "
                          f"one as '{path}:<split>', e.g. '{path}:{splits[0]}'")
     if split not in splits:
-        raise InputError(f"{where}: no split {split!r}; splits: {', '.join(splits)}")
+        raise InputError(f"{where}: no split {quoted(split)}; splits: {', '.join(splits)}")
     return split
 
 
@@ -301,13 +302,15 @@ def _records(rows: list[dict], columns: list[str], where: str, question_field: s
     question_col = _pick_column(columns, question_field, DEFAULT_QUESTION, QUESTION_FALLBACK)
     if question_col is None:
         also = f" (or {QUESTION_FALLBACK!r})" if question_field == DEFAULT_QUESTION else ""
-        raise PromptFileError(f"{where}: no column {question_field!r}{also}; columns: {listed}")
+        raise PromptFileError(f"{where}: no column {quoted(question_field)}{also}; "
+                              f"columns: {listed}")
     answer_col = _pick_column(columns, answer_field, DEFAULT_ANSWER, ANSWER_FALLBACK)
     # A column the user named that is not there is a typo, not "no answers".
     if answer_col is None and (require_answers or answer_field != DEFAULT_ANSWER):
         also = f" (or {ANSWER_FALLBACK!r})" if answer_field == DEFAULT_ANSWER else ""
         need = " (needed for evaluation)" if require_answers else ""
-        raise PromptFileError(f"{where}: no column {answer_field!r}{also}{need}; columns: {listed}")
+        raise PromptFileError(f"{where}: no column {quoted(answer_field)}{also}{need}; "
+                              f"columns: {listed}")
     return [_record(row, number, where, question_col, answer_col, require_answers, drop_nulls)
             for number, row in enumerate(rows, start=1)]
 
@@ -335,34 +338,13 @@ def _answers(value: Any, number: int, where: str, column: str) -> list[str]:
     items = value if isinstance(value, list | tuple) else [value]
     answers = []
     for item in items:
-        text = _answer_text(item)
-        if text is _BAD:
+        text = answer_text(item)
+        if text is NOT_AN_ANSWER:
             raise PromptFileError(f"{where}: row {number}: {column!r} must be a string, a number "
                                   f"or a list of those, got {_describe(value)}")
         if text:
             answers.append(text)
     return answers
-
-
-_BAD = object()
-
-
-def _answer_text(item: Any) -> Any:
-    """One answer as a string ("" when there is none), or ``_BAD`` for a value that is no answer."""
-    if item is None:
-        return ""
-    if isinstance(item, str):
-        return item if item.strip() else ""
-    if isinstance(item, bool):  # an int to Python, but True/False answer nothing
-        return _BAD
-    if isinstance(item, int):
-        return str(item)
-    if isinstance(item, float):
-        if math.isnan(item):  # how pandas marks an empty CSV cell
-            return ""
-        # Arrow stores GSM8K's integer answers as 72.0 in a float column; the text is "72".
-        return str(int(item)) if item.is_integer() else repr(item)
-    return _BAD
 
 
 def _describe(value: Any) -> str:
