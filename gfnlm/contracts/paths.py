@@ -66,6 +66,20 @@ def check_output_file(value: str, field: str) -> None:
                          f"(read-only file system or no permission); choose another {field}")
 
 
+def check_writable_folder(value: str, field: str) -> None:
+    """``value`` is, or can be created as, a writable folder (a run directory): checked without
+    creating anything, so a run whose other input is bad leaves no trace."""
+    check_path_length(value, field)
+    path = Path(value).expanduser()
+    existing = nearest_existing(path)
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == path else f" ({quoted(str(existing))} is a file)"
+        raise InputError(f"{field}={quoted(value)}: not a directory{where}; choose another {field}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{field}={quoted(value)}: {quoted(str(existing))} is not writable (read-only file "
+                         f"system or no permission); choose another {field}")
+
+
 def write_text_atomically(value: str, text: str, field: str) -> None:
     """Write ``text`` to ``value`` (parent folders created) through a temporary file in the same
     folder renamed over it: a reader sees the old file or the whole new one, never a part. An

@@ -9,7 +9,6 @@ policy having moved since sampling). Everything that touches files or devices li
 import gc
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -23,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.paths import check_writable_folder
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.contracts.types import Rollouts, TargetScores
 from gfnlm.exploration import check_off_policy
@@ -31,7 +31,7 @@ from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training import checkpoint
 from gfnlm.training import distributed as dist_utils
 from gfnlm.training.config import ConfigError, RunConfig, to_yaml
-from gfnlm.training.models import resolve_model_path
+from gfnlm.training.models import check_context, resolve_model_path
 from gfnlm.training.policy import (
     CausalLMPolicy,
     full_tensor,
@@ -156,22 +156,6 @@ def _read_model_config(model_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})") from None
 
 
-def check_writable_dir(path: Path, field: str) -> None:
-    """``path`` is, or can be created as, a writable directory; checked without creating anything
-    (so a run whose other input is bad leaves no trace), before any model loads."""
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "" if existing == path else f" ({str(existing)!r} is a file)"
-        raise ConfigError(f"{field}={str(path)!r}: not a directory{where}; choose another {field}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}={str(path)!r}: {str(existing)!r} is not writable (read-only file system "
-                          f"or no permission); choose another {field}")
-
-
 # Fields that do not change what a resumed run computes: how long it runs, where it lives, how it
 # is run (device, threads, processes) and how a server is reached. Everything else must match.
 _RESUMABLE_CHANGES = {("train", "steps"), ("train", "eval_every"), ("train", "save_every"), ("train", "threads"),
@@ -244,11 +228,13 @@ class Trainer:
                                                require_answers=True, **columns)
             if config.data.eval_max_questions:
                 self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
-        self._check_context(model_config)
+        longest_prompt = max(len(ids) for ids in self.train_prompts.token_ids)
+        max_new = config.sampling.max_new_tokens
+        check_context(self.model_dir, longest_prompt, max_new, f"sampling.max_new_tokens={max_new}")
         self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts), self.task)
         self.run_lock: checkpoint.RunLock | None = None
         if self.world.is_main:
-            check_writable_dir(self.out_dir, "train.out_dir")
+            check_writable_folder(str(self.out_dir), "train.out_dir")
             # Held until close() or exit: two trainers in one folder would interleave checkpoints.
             self.run_lock = checkpoint.RunLock(self.out_dir).acquire()
         try:
@@ -287,15 +273,6 @@ class Trainer:
         self.writer: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ set-up checks
-    def _check_context(self, model_config: dict[str, Any]) -> None:
-        context = int(model_config.get("max_position_embeddings", 0) or 0)
-        needed = max(len(ids) for ids in self.train_prompts.token_ids) + self.config.sampling.max_new_tokens
-        if context and needed > context:
-            raise ConfigError(
-                f"data.train: longest prompt + sampling.max_new_tokens = {needed} tokens exceeds the "
-                f"model's context of {context} (model.path={self.config.model.path!r})"
-            )
-
     def _find_resume_point(self) -> checkpoint.ResumePoint | None:
         """The checkpoint this run continues from (loaded now, before the model, so a broken run
         directory or a changed config fails first); ``None`` for a new run."""
