@@ -2,6 +2,7 @@
 an existing step included), damaged or missing files at resume, a full disk, a malicious pickle,
 non-finite weights, SIGTERM. Real files, real processes, a real full (tmpfs) file system."""
 
+import errno
 import hashlib
 import json
 import os
@@ -441,3 +442,22 @@ def test_a_killed_holder_leaves_no_stale_lock(tiny_model_dir: Path, prompt_files
         with pytest.raises(checkpoint.RunInUseError, match=rf"in use by another gfnlm train \(pid {os.getpid()}\)"):
             refused.acquire()
     assert not lock.held and sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "tb"]
+
+
+def test_an_io_error_on_the_evaluation_cache_warns_and_the_run_goes_on(tiny_model_dir: Path, prompt_files,
+                                                                       tmp_path: Path, monkeypatch, capsys) -> None:
+    train, evaluation = prompt_files
+    real = checkpoint.write_text_atomic
+
+    def eio_for_eval(path: Path, text: str) -> None:
+        if path.parent.name == "eval":
+            raise OSError(errno.EIO, "Input/output error")
+        real(path, text)
+
+    monkeypatch.setattr(checkpoint, "write_text_atomic", eio_for_eval)
+    args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
+            *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 1})]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot cache the evaluation" in line]
+    assert len(warnings) == 2 and "input/output error" in warnings[0], warnings  # before and after
+    assert find_resume_point(tmp_path / "checkpoints").state["step"] == 1
