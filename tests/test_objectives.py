@@ -19,7 +19,7 @@ from gfnlm.contracts.types import (
     SequenceLogProbs,
     TargetScores,
 )
-from gfnlm.objectives.base import Objective
+from gfnlm.objectives.base import Objective, PenalisedObjective, regression_penalty
 
 DTYPE = torch.float64
 
@@ -279,6 +279,56 @@ def test_huber_matches_squared_for_small_residuals(two, name):
 def test_unknown_penalty_is_rejected():
     with pytest.raises(registry.RegistryError, match="penalty"):
         build("tb", penalty="cubic")
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_every_gflownet_objective_shares_one_penalty_declaration(name):
+    cls = registry.lookup("objective", name)
+    assert issubclass(cls, PenalisedObjective)
+    fields = attrs.fields_dict(cls)
+    shared = attrs.fields_dict(PenalisedObjective)
+    for option in ("penalty", "huber_delta"):  # inherited, with the base's help and check
+        assert fields[option].metadata["help"] == shared[option].metadata["help"]
+        assert fields[option].validator is shared[option].validator
+    objective = build(name, penalty="huber", huber_delta=0.5)
+    assert (objective.penalty, objective.huber_delta) == ("huber", 0.5)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"penalty": "cubic"}, "objective 'subtb': penalty='cubic': must be 'squared' or 'huber'"),
+    ({"penalty": ["huber"]}, "objective 'db': penalty=['huber']: must be 'squared' or 'huber'"),
+    ({"huber_delta": 0.0}, "objective 'la_tb': huber_delta=0.0: must be a finite number > 0"),
+    ({"huber_delta": -1}, "objective 'tb_token': huber_delta=-1: must be a finite number > 0"),
+    ({"huber_delta": "abc"}, "objective 'tb': huber_delta='abc': must be a number"),
+    ({"huber_delta": True}, "objective 'tb': huber_delta=True: must be a finite number > 0"),
+])
+def test_bad_penalty_options_are_one_line_errors_naming_the_option(options, message):
+    name = message.split("'")[1]
+    with pytest.raises(registry.RegistryError) as info:
+        build(name, **options)
+    assert str(info.value) == message
+
+
+def test_penalise_is_regression_penalty_with_the_objectives_options():
+    residual = torch.tensor([0.3, -2.5, 4.0], dtype=DTYPE)
+    huber = build("tb", penalty="huber", huber_delta=0.5)
+    assert torch.equal(huber.penalise(residual), regression_penalty(residual, "huber", 0.5))
+    assert torch.equal(build("db").penalise(residual), residual.pow(2))
+
+
+def test_a_subclass_keeps_its_own_options_positional_and_may_require_one():
+    @attrs.frozen
+    class Scaled(PenalisedObjective):
+        scale: float
+
+    scaled = Scaled(2.0, penalty="huber")
+    assert (scaled.scale, scaled.penalty, scaled.huber_delta) == (2.0, "huber", 1.0)
+    assert torch.equal(scaled.penalise(torch.tensor([3.0])), torch.tensor([5.0]))  # 2·(δ|r| − δ²/2)
+
+
+def test_subtb_help_states_the_weight_the_loss_uses():
+    help_text = attrs.fields_dict(registry.lookup("objective", "subtb"))["lamda"].metadata["help"]
+    assert "λ^(j−i−1)" in help_text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ An objective is a pure function of (Rollouts, PolicyEval, TargetScores, log Z) �
 metrics. It knows nothing about models, samplers or files.
 """
 
-from typing import ClassVar, Literal
+import math
+from typing import Any, ClassVar, Literal
 
 import attrs
 import torch
@@ -12,10 +13,13 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from gfnlm.contracts.errors import quoted
+from gfnlm.contracts.registry import option
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.fixed_points import FixedPoint
 
 Penalty = Literal["squared", "huber"]
+PENALTIES: tuple[Penalty, ...] = ("squared", "huber")
 LogZSource = Literal["learned", "group_mean"]
 # Which trajectories an objective's loss is valid on (see Objective.off_policy).
 OffPolicy = Literal["any", "importance_weighted", "on_policy"]
@@ -74,10 +78,44 @@ def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float
     raise ValueError(f"penalty={kind!r}: must be 'squared' or 'huber'")
 
 
-def penalty_field() -> Penalty:
-    """The attrs field every GFlowNet objective uses for its ``penalty`` option (default squared)."""
-    return attrs.field(default="squared", validator=attrs.validators.in_(("squared", "huber")),
-                       metadata={"help": "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))"})
+def _check_penalty(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or value not in PENALTIES:
+        raise ValueError(f"{attribute.name}={quoted(value)}: must be 'squared' or 'huber'")
+
+
+def _check_huber_delta(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value > 0)):
+        raise ValueError(f"{attribute.name}={quoted(value)}: must be a finite number > 0")
+
+
+def penalty_field(**field_kwargs: Any) -> Penalty:
+    """The ``penalty`` option (default squared), checked to be ``squared`` or ``huber``; declared
+    once by :class:`PenalisedObjective`, and usable on its own by an objective that is not one."""
+    return option("squared", "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))",
+                  validator=_check_penalty, **field_kwargs)
+
+
+def huber_delta_field(**field_kwargs: Any) -> float:
+    """The ``huber_delta`` option (default 1.0), checked to be a finite number > 0."""
+    return option(1.0, "δ of the Huber penalty (with penalty='huber'), a finite number > 0",
+                  validator=_check_huber_delta, **field_kwargs)
+
+
+@attrs.frozen
+class PenalisedObjective(Objective):
+    """An objective that regresses a residual to zero. It owns the ``penalty`` and
+    ``huber_delta`` options, so every GFlowNet loss takes them under the same names, with the same
+    help and checks, and :meth:`penalise` applies them. Both are keyword-only: a subclass's own
+    options keep their positions and may be required. Subclass it with ``@attrs.frozen``."""
+
+    penalty: Penalty = penalty_field(kw_only=True)
+    huber_delta: float = huber_delta_field(kw_only=True)
+
+    def penalise(self, residual: Tensor) -> Tensor:
+        """The elementwise penalty of ``residual`` under this objective's ``penalty`` and
+        ``huber_delta`` (:func:`regression_penalty`)."""
+        return regression_penalty(residual, self.penalty, self.huber_delta)
 
 
 def safe_lengths(rollouts: Rollouts, like: Tensor) -> Tensor:

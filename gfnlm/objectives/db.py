@@ -17,15 +17,12 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.registry import register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
-    Objective,
-    Penalty,
+    PenalisedObjective,
     masked_mean,
     one_step_residuals,
-    penalty_field,
-    regression_penalty,
     residual_metrics,
 )
 from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
@@ -33,13 +30,11 @@ from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 @register("objective", "db")
 @attrs.frozen
-class DetailedBalance(Objective):
+class DetailedBalance(PenalisedObjective):
     """Mean squared one-step residual over the visited transitions of each response."""
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
-    penalty: Penalty = penalty_field()
-    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
         """The normalised target (no log Z)."""
@@ -53,7 +48,7 @@ class DetailedBalance(Objective):
         log_z: Float[Tensor, " B"] | None,
     ) -> ObjectiveOutput:
         delta, valid = one_step_residuals(rollouts, policy, target)
-        per_step = regression_penalty(delta, self.penalty, self.huber_delta)
+        per_step = self.penalise(delta)
         steps = rollouts.num_steps.to(delta.dtype)
         per_sample = (per_step * valid).sum(-1) / steps.clamp_min(1.0)
         loss = masked_mean(per_sample, rollouts.num_steps > 0)

@@ -39,12 +39,9 @@ from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
     LogZSource,
-    Objective,
-    Penalty,
+    PenalisedObjective,
     group_mean_log_z,
     log_z_source_field,
-    penalty_field,
-    regression_penalty,
     residual_metrics,
     safe_lengths,
 )
@@ -58,15 +55,13 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 
 @register("objective", "la_tb")
 @attrs.frozen
-class LengthAwareTB(Objective):
+class LengthAwareTB(PenalisedObjective):
     """PowerFlow's LA-TB with a per-token ``log Z'(q)`` and a clipped importance weight."""
 
     eps_low: float = option(0.2, "clip-higher lower bound: the importance weight is clipped to [1 − eps_low, 1 + eps_high]",
         converter=float, validator=_non_negative)
     eps_high: float = option(0.28, "clip-higher upper bound (ε_high > ε_low keeps several minibatch updates per batch safe)",
         converter=float, validator=_non_negative)
-    penalty: Penalty = penalty_field()
-    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
     log_z_source: LogZSource = log_z_source_field()
     # Its residual is zero on every trajectory at the fixed point, so any behaviour policy and
     # replayed trajectories leave the fixed point unchanged; w weighs by the behaviour probability.
@@ -103,7 +98,7 @@ class LengthAwareTB(Objective):
         assert log_z is not None
         residual = log_z + partial
         weight, clipped = self.importance_weight(policy_logp, rollouts)
-        loss = (weight * regression_penalty(residual, self.penalty, self.huber_delta)).mean()
+        loss = (weight * self.penalise(residual)).mean()
         metrics = residual_metrics(residual) | {
             "iw_mean": float(weight.mean()),
             "iw_min": float(weight.min()),

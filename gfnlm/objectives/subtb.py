@@ -10,11 +10,12 @@ residual is
                - \\log R(s_{i+1}\\top) - \\log\\pi(\\top|s_i)
 
 The loss averages ``(Σ_{k=i}^{j−1} δ_k)²`` over all pairs ``0 ≤ i < j ≤ n`` of visited states with
-weight ``λ^{j−i−1}`` (normalised by the sum of weights), per response, then over responses with at
-least one transition. No ``log Z`` is needed. Fixed point: ``π(s ⊤) ∝ R(s ⊤)`` for every prefix, so
-the policy samples the normalised target (``p_base^α`` for α-power). Needs prefix rewards. Valid
-off-policy (``off_policy = "any"``): the residuals vanish at the fixed point on any trajectory, so
-exploration and replayed trajectories need no importance weight.
+weight ``λ^{j−i−1}`` (a sub-trajectory of ``j − i`` steps; one step weighs 1), normalised by the sum
+of weights, per response, then over responses with at least one transition. No ``log Z`` is
+needed. Fixed point: ``π(s ⊤) ∝ R(s ⊤)`` for every prefix, so the policy samples the normalised
+target (``p_base^α`` for α-power). Needs prefix rewards. Valid off-policy (``off_policy = "any"``):
+the residuals vanish at the fixed point on any trajectory, so exploration and replayed trajectories
+need no importance weight.
 """
 
 import attrs
@@ -26,12 +27,9 @@ from torch import Tensor
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
-    Objective,
-    Penalty,
+    PenalisedObjective,
     masked_mean,
     one_step_residuals,
-    penalty_field,
-    regression_penalty,
     residual_metrics,
 )
 from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
@@ -39,14 +37,13 @@ from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 @register("objective", "subtb")
 @attrs.frozen
-class SubTrajectoryBalance(Objective):
+class SubTrajectoryBalance(PenalisedObjective):
     """λ-weighted SubTB over all sub-trajectories of each response."""
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
-    lamda: float = option(1.0, "λ: weight λ^(j−i) of each sub-trajectory (1 = all equal)", converter=float)
-    penalty: Penalty = penalty_field()
-    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
+    lamda: float = option(1.0, "λ: sub-trajectory s_i → s_j has weight λ^(j−i−1), one step "
+                          "weighs 1 (1 = all equal)", converter=float)
 
     def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
         """The normalised target (no log Z)."""
@@ -69,7 +66,7 @@ class SubTrajectoryBalance(Objective):
         valid = (i < j) & (j <= steps)
         gap = (j - i - 1).clamp_min(0).to(delta.dtype)
         weight = torch.where(valid, self.lamda**gap, torch.zeros_like(pair_residual))
-        per_pair = regression_penalty(pair_residual, self.penalty, self.huber_delta)
+        per_pair = self.penalise(pair_residual)
         per_sample = (weight * per_pair).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1e-12)
         has_transition = rollouts.num_steps > 0
         loss = masked_mean(per_sample, has_transition)

@@ -17,13 +17,10 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.registry import register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
-    Objective,
-    Penalty,
-    penalty_field,
-    regression_penalty,
+    PenalisedObjective,
     residual_metrics,
 )
 from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
@@ -31,13 +28,11 @@ from gfnlm.objectives.fixed_points import FixedPoint, normalised_target
 
 @register("objective", "tb")
 @attrs.frozen
-class TrajectoryBalance(Objective):
+class TrajectoryBalance(PenalisedObjective):
     """Sequence-level TB with a learnable prompt-level ``log Z`` (the "TB-traj" baseline)."""
 
     requires = frozenset({"log_z"})
     off_policy = "any"
-    penalty: Penalty = penalty_field()
-    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
         """The normalised target; log Z → ``log Σ R``."""
@@ -52,5 +47,5 @@ class TrajectoryBalance(Objective):
     ) -> ObjectiveOutput:
         assert log_z is not None
         residual = log_z + policy.sequence_logp(rollouts.response_mask) - target.log_reward
-        loss = regression_penalty(residual, self.penalty, self.huber_delta).mean()
+        loss = self.penalise(residual).mean()
         return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))

@@ -18,13 +18,10 @@ import attrs
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.registry import register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
-    Objective,
-    Penalty,
-    penalty_field,
-    regression_penalty,
+    PenalisedObjective,
     residual_metrics,
     safe_lengths,
 )
@@ -33,13 +30,11 @@ from gfnlm.objectives.fixed_points import FixedPoint, per_token_target
 
 @register("objective", "tb_token")
 @attrs.frozen
-class TokenNormalisedTB(Objective):
+class TokenNormalisedTB(PenalisedObjective):
     """TB against the per-token-mean target ``exp(log R/|y|)``."""
 
     requires = frozenset({"log_z"})
     off_policy = "any"
-    penalty: Penalty = penalty_field()
-    huber_delta: float = option(1.0, "δ of the Huber penalty (with penalty='huber')")
 
     def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
         """``∝ exp(log R/|y|)``; log Z → its log-normaliser."""
@@ -55,5 +50,5 @@ class TokenNormalisedTB(Objective):
         assert log_z is not None
         per_token_reward = target.log_reward / safe_lengths(rollouts, target.log_reward)
         residual = log_z + policy.sequence_logp(rollouts.response_mask) - per_token_reward
-        loss = regression_penalty(residual, self.penalty, self.huber_delta).mean()
+        loss = self.penalise(residual).mean()
         return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))
