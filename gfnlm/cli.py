@@ -103,20 +103,12 @@ class _RunCheckpoint:
 
     def __init__(self, run: str) -> None:
         from gfnlm.training import checkpoint
-        run_dir = Path(run)
-        point = None
-        if (run_dir / checkpoint.STATE_FILE).is_file():  # a checkpoint folder given directly
-            point = checkpoint.ResumePoint(run_dir, *checkpoint.load_checkpoint(run_dir))
-        elif (run_dir / "checkpoints").is_dir():
-            point = checkpoint.find_resume_point(run_dir / "checkpoints")
-        if point is None:
-            raise ConfigError(f"--run={quoted(run)}: no checkpoint found "
-                              "(expected RUN_DIR/checkpoints/step_*)")
-        if point.note:
-            print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
-        config_file = point.path / checkpoint.CONFIG_FILE
-        self.config = load_config(config_file if config_file.is_file() else run_dir / "config.yaml")
-        self.weights = point.policy_state
+
+        opened = checkpoint.open_run(run, field="--run")
+        if opened.note:
+            print(f"gfnlm: {opened.note}", file=sys.stderr, flush=True)
+        self.config = load_config(opened.config_file)
+        self.weights = opened.policy_state
 
 
 def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", RunConfig]:

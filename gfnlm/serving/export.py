@@ -79,51 +79,11 @@ class ExportSource:
 
 def find_source(run: str, step: int | None = None) -> ExportSource:
     """The run's newest complete checkpoint (or the newest complete one of ``step``), read without
-    loading a model. ``run`` is a run directory or one checkpoint folder. A missing run or step is a
-    one-line :class:`~gfnlm.training.config.ConfigError`; a broken checkpoint a ``CheckpointError``."""
-    run_dir = Path(run).expanduser()
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN={run!r}: no such run directory")
-    if (run_dir / checkpoint.STATE_FILE).is_file():  # a checkpoint folder given directly
-        if step is not None and checkpoint.checkpoint_key(run_dir) and checkpoint.checkpoint_step(run_dir) != step:
-            raise ConfigError(f"--step={step}: {run!r} is the checkpoint of step {checkpoint.checkpoint_step(run_dir)}")
-        folder, run_config = run_dir, run_dir.parent.parent / "config.yaml"
-        weights, _ = checkpoint.load_checkpoint(folder)
-    else:
-        checkpoints_dir = run_dir / "checkpoints"
-        run_config = run_dir / "config.yaml"
-        if step is None:
-            point = checkpoint.find_resume_point(checkpoints_dir) if checkpoints_dir.is_dir() else None
-            if point is None:
-                raise ConfigError(f"RUN={run!r}: no checkpoint found (expected RUN/checkpoints/step_*)")
-            if point.note:
-                print(f"gfnlm: {point.note}", file=sys.stderr, flush=True)
-            folder, weights = point.path, point.policy_state
-        else:
-            folder, weights = _load_step(run, checkpoints_dir, step)
-    config_file = folder / checkpoint.CONFIG_FILE
-    config_file = config_file if config_file.is_file() else run_config
-    if not config_file.is_file():
-        raise ConfigError(f"RUN={run!r}: {str(folder)!r} has no {checkpoint.CONFIG_FILE} and the run no config.yaml")
-    return ExportSource(folder, load_config(config_file), weights)
-
-
-def _load_step(run: str, checkpoints_dir: Path, step: int) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The newest save of ``step`` that loads (``step_N-k`` is a later save of step N)."""
-    found = sorted((p for p in checkpoints_dir.glob("step_*") if p.is_dir() and checkpoint.checkpoint_key(p)),
-                   key=checkpoint.checkpoint_key, reverse=True) if checkpoints_dir.is_dir() else []
-    matching = [p for p in found if checkpoint.checkpoint_step(p) == step]
-    if not matching:
-        steps = sorted({checkpoint.checkpoint_step(p) for p in found})
-        have = f"its checkpoints are of steps {', '.join(map(str, steps))}" if steps else "it has no checkpoint"
-        raise ConfigError(f"--step={step}: run {run!r} has no checkpoint of step {step}; {have}")
-    errors = []
-    for folder in matching:
-        try:
-            return folder, checkpoint.load_checkpoint(folder)[0]
-        except checkpoint.CheckpointError as error:
-            errors.append(str(error))
-    raise checkpoint.CheckpointError(f"--step={step}: no complete checkpoint of that step ({'; '.join(errors)})")
+    loading a model (:func:`~gfnlm.training.checkpoint.open_run`)."""
+    opened = checkpoint.open_run(run, step, field="RUN")
+    if opened.note:
+        print(f"gfnlm: {opened.note}", file=sys.stderr, flush=True)
+    return ExportSource(opened.path, load_config(opened.config_file), opened.policy_state)
 
 
 # ---------------------------------------------------------------------- the output path

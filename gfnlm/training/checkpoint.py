@@ -432,6 +432,64 @@ def find_resume_point(checkpoints_dir: Path) -> ResumePoint | None:
                           "over it: delete that folder or choose another train.out_dir")
 
 
+# ---------------------------------------------------------------------- reading a run
+@attrs.frozen
+class OpenedRun:
+    """A checkpoint opened for reading (eval, sample, export): its folder, weights, state, the
+    config file that describes it, and the line saying why it is not what ``latest`` names."""
+
+    path: Path
+    policy_state: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    config_file: Path
+    note: str | None = None
+
+
+def open_run(run: str, step: int | None = None, field: str = "--run") -> OpenedRun:
+    """The checkpoint a reader of ``run`` uses, found and checked without loading a model: ``run``
+    is a run directory (its newest complete checkpoint, or the newest complete save of ``step``)
+    or one checkpoint folder. A missing run, checkpoint, step or config is a one-line
+    :class:`~gfnlm.contracts.errors.InputError` naming ``field``; a broken checkpoint a
+    :class:`CheckpointError`. Takes no lock: reading never changes the run."""
+    run_dir = Path(run).expanduser()
+    if not run_dir.is_dir():
+        raise InputError(f"{field}={run!r}: no such run directory")
+    if (run_dir / STATE_FILE).is_file():  # a checkpoint folder given directly
+        key = checkpoint_key(run_dir)
+        if step is not None and key is not None and key[0] != step:
+            raise InputError(f"--step={step}: {run!r} is the checkpoint of step {key[0]}")
+        point = ResumePoint(run_dir, *load_checkpoint(run_dir))
+        run_config = run_dir.parent.parent / CONFIG_FILE
+    else:
+        point = _newest_of_step(run, run_dir / "checkpoints", step) if step is not None else \
+            find_resume_point(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+        if point is None:
+            raise InputError(f"{field}={run!r}: no checkpoint found (expected {field.lstrip('-').upper()}"
+                             "/checkpoints/step_*)")
+        run_config = run_dir / CONFIG_FILE
+    config_file = point.path / CONFIG_FILE if (point.path / CONFIG_FILE).is_file() else run_config
+    if not config_file.is_file():
+        raise InputError(f"{field}={run!r}: {str(point.path)!r} has no {CONFIG_FILE} and the run no {CONFIG_FILE}")
+    return OpenedRun(point.path, point.policy_state, point.state, config_file, point.note)
+
+
+def _newest_of_step(run: str, checkpoints_dir: Path, step: int) -> ResumePoint:
+    """The newest save of ``step`` that loads (``step_N-k`` is a later save of step N)."""
+    found = _candidates(checkpoints_dir)
+    matching = [path for path in found if checkpoint_step(path) == step]
+    if not matching:
+        steps = sorted({checkpoint_step(path) for path in found})
+        have = f"its checkpoints are of steps {', '.join(map(str, steps))}" if steps else "it has no checkpoint"
+        raise InputError(f"--step={step}: run {run!r} has no checkpoint of step {step}; {have}")
+    errors = []
+    for folder in matching:
+        try:
+            return ResumePoint(folder, *load_checkpoint(folder))
+        except CheckpointError as error:
+            errors.append(str(error))
+    raise CheckpointError(f"--step={step}: no complete checkpoint of that step ({'; '.join(errors)})")
+
+
 # ---------------------------------------------------------------------- one trainer per run
 class RunLock:
     """An exclusive OS lock (``flock``) on a run directory, held while one process trains in it.
