@@ -2,8 +2,12 @@
 
 import json
 
+import attrs
 import pytest
+from conftest import temporarily_registered
 
+from gfnlm.contracts import registry
+from gfnlm.contracts.errors import InputError
 from gfnlm.tasks import (
     FACTUAL_EVAL,
     FACTUAL_TRAIN,
@@ -15,6 +19,8 @@ from gfnlm.tasks import (
     load_prompt_file,
     normalize_answer,
 )
+from gfnlm.tasks.base import ChatTask, system_prompt_option, template_option
+from gfnlm.tasks.builtin import MATH_SYSTEM_PROMPT
 
 
 def write(tmp_path, text, name="prompts.jsonl"):
@@ -146,6 +152,64 @@ def test_format_prompt_uses_chat_template():
     assert text == (
         "<user>Answer in a few words. Question: What is the capital of France?</user><assistant>"
     )
+
+
+# --- ChatTask: the template and system_prompt options, shared ------------------------------------
+
+
+@attrs.frozen
+class Riddles(ChatTask):
+    """Riddles from a named source, answered in one word."""
+
+    template: str = template_option("Riddle from {source}: {question}")
+    system_prompt: str = system_prompt_option("Answer with one word.")
+
+
+def test_a_users_chat_task_registers_and_formats_with_its_own_template():
+    record = {"question": "  What has keys but opens no locks? ", "source": "a book"}
+    with temporarily_registered("task", "test_riddles", Riddles) as task:
+        assert [f.name for f in attrs.fields(Riddles) if f.init] == ["template", "system_prompt"]
+        assert task.format_prompt(FakeChatTokenizer(), record) == (
+            "<system>Answer with one word.</system>"
+            "<user>Riddle from a book: What has keys but opens no locks?</user><assistant>")
+        task.check_records([record], "data.train")
+        missing = r"placeholder \{source\} is not a field of data\.train row 1"
+        with pytest.raises(InputError, match=missing):
+            task.check_records([{"question": "Why?"}], "data.train")
+        plain = registry.build("task", "test_riddles", template="plain", system_prompt="")
+        assert plain.format_prompt(FakeChatTokenizer(), record) == (
+            "<user>What has keys but opens no locks?</user><assistant>")
+        with pytest.raises(registry.RegistryError, match=r"task 'test_riddles': template='Q'"):
+            registry.build("task", "test_riddles", template="Q")
+
+
+def test_a_chat_task_may_add_options_of_its_own_even_required_ones():
+    @attrs.frozen
+    class Topical(ChatTask):
+        topic: str
+
+    task = Topical("the sea", template="On {topic}: {question}")
+    assert task.format_prompt(FakeChatTokenizer(), {"question": "a poem", "topic": task.topic}) == (
+        "<user>On the sea: a poem</user><assistant>")
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("factual", {"template": "short_answer", "system_prompt": ""}),
+    ("math", {"template": "{question}", "system_prompt": MATH_SYSTEM_PROMPT}),
+    ("creative", {"template": "plain", "system_prompt": ""}),
+    ("chain_sum", {"template": "short_answer"}),  # its prompts have no system message
+])
+def test_the_shipped_tasks_are_chat_tasks_with_their_own_defaults(name, options):
+    cls = registry.lookup("task", name)
+    assert issubclass(cls, ChatTask)
+    fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    assert {key: field.default for key, field in fields.items()} == options
+    task = registry.build("task", name)
+    text = task.format_prompt(FakeChatTokenizer(), {"question": " Q a 1 b 2 "})
+    system = f"<system>{options['system_prompt']}</system>" if options.get("system_prompt") else ""
+    short = options["template"] == "short_answer"
+    user = f"{'Answer in a few words. Question: ' if short else ''}Q a 1 b 2"
+    assert text == f"{system}<user>{user}</user><assistant>"
 
 
 # --- the shipped question set -------------------------------------------------------------------

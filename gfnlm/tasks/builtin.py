@@ -3,94 +3,28 @@
 ``creative`` (open-ended prompts, creative metrics) and ``chain_sum`` (the synthetic reasoning task
 of the replication benchmark)."""
 
-import re
-import string
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from gfnlm.contracts.errors import InputError, quoted
-from gfnlm.contracts.registry import option, register
-from gfnlm.tasks.base import Task, chat_prompt, describe_fields
+from gfnlm.contracts.registry import register
+from gfnlm.tasks.base import ChatTask, describe_fields, system_prompt_option, template_option
 from gfnlm.tasks.factual_answers import first_sentence, is_correct, normalize_answer
-from gfnlm.tasks.prompt_files import TEMPLATES
 
 # The prompt of Qwen2.5-Math's chain-of-thought evaluation (and of the PowerFlow paper's runs).
-TEMPLATE_HELP = ("the user message: a template name (short_answer, plain) or a format string with "
-                 "{question} and, optionally, other fields of the records ({source})")
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def placeholders(template: str) -> tuple[str, ...]:
-    """The record fields a format string names, in order (``{source.name}`` and ``{tags[0]}``
-    name ``source`` and ``tags``); ``ValueError`` for a string that is not a format string."""
-    names = (name for _, name, _, _ in string.Formatter().parse(template) if name is not None)
-    return tuple(dict.fromkeys(re.split(r"[.\[]", name, maxsplit=1)[0] for name in names))
-
-
-def _user_message(template: str, record: dict[str, Any]) -> str:
-    """A record's user message: its own ``template`` field (a name in :data:`TEMPLATES`) wins over
-    the task's ``template``, which is a name in :data:`TEMPLATES` or a format string with
-    ``{question}`` and, optionally, other fields of the record (``{source}``)."""
-    chosen = record.get("template") or template
-    fields = {**record, "question": str(record["question"]).strip()}
-    return TEMPLATES.get(chosen, chosen).format_map(fields)
-
-
-def _check_template(instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    """A template name, or a format string naming ``{question}`` and only record fields by name
-    (whether the records have them is :meth:`TemplatedTask.check_record`'s check, at load time)."""
-    if not isinstance(value, str):  # `template={question}` on the command line is a YAML mapping
-        raise TypeError(f"{attribute.name}={quoted(value)}: must be a string (on the command line, "
-                        "quote a template with braces: task.options.template='\"Q: {question}\"')")
-    if value in TEMPLATES:
-        return
-    try:
-        names = placeholders(value)
-    except ValueError as error:  # "Single '}' encountered in format string"
-        raise ValueError(f"{attribute.name}={quoted(value)}: not a valid format string ({error}); "
-                         "write a literal brace as {{ or }}") from None
-    if "question" not in names:
-        raise ValueError(f"{attribute.name}={quoted(value)}: must be one of {', '.join(TEMPLATES)} "
-                         "or a format string containing {question}")
-    unnamed = [name for name in names if not name.isidentifier()]
-    if unnamed:
-        raise ValueError(f"{attribute.name}={quoted(value)}: placeholder {{{unnamed[0]}}} must "
-                         "name a field of the records, e.g. {question} or {source}")
-
-
-class TemplatedTask(Task):
-    """A task whose user message is its ``template`` option (or a record's own ``template``)
-    filled with the record's fields: a record must have every field the template names."""
-
-    template: str
-
-    def check_record(self, record: dict[str, Any], where: str) -> None:
-        chosen = record.get("template") or self.template
-        if chosen != self.template and chosen not in TEMPLATES:  # JSONL files: checked on reading
-            raise InputError(f"{where}: template={quoted(chosen)}: must be one of "
-                             f"{', '.join(TEMPLATES)}")
-        fields = placeholders(TEMPLATES.get(chosen, chosen))
-        missing = [name for name in fields if name not in record]
-        if missing:
-            raise InputError(f"task.options.template={quoted(self.template)}: placeholder "
-                             f"{{{missing[0]}}} is not a field of {where}; its fields: "
-                             f"{describe_fields(record)}")
 
 
 @register("task", "factual")
 @attrs.frozen
-class FactualTask(TemplatedTask):
+class FactualTask(ChatTask):
     """Short answers to factual questions: correct when an accepted answer occurs as a whole phrase
     in the first sentence (:func:`~gfnlm.tasks.factual_answers.is_correct`); majority voting
     compares normalised first sentences; ψ's format is a non-empty first sentence."""
 
-    template: str = option("short_answer", TEMPLATE_HELP, validator=_check_template)
-    system_prompt: str = option("", "a system message before the user message ('' = none)")
-
-    def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
-        return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
+    template: str = template_option("short_answer")
 
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
         for answer in answers:  # matched after normalisation: something must be left to match
@@ -110,7 +44,7 @@ class FactualTask(TemplatedTask):
 
 @register("task", "math")
 @attrs.frozen
-class MathTask(TemplatedTask):
+class MathTask(ChatTask):
     """Math word problems and exercises: the model reasons step by step and puts its final answer in
     ``\\boxed{}``; the last box is compared with the gold answers by math-verify (fractions,
     decimals, LaTeX, sets and intervals are equal when their values are;
@@ -118,11 +52,7 @@ class MathTask(TemplatedTask):
     non-empty ``\\boxed{}``. The default prompt is Qwen2.5-Math's: the system message
     :data:`MATH_SYSTEM_PROMPT` and the question as the user message."""
 
-    system_prompt: str = option(MATH_SYSTEM_PROMPT, "a system message before the user message ('' = none)")
-    template: str = option("{question}", TEMPLATE_HELP, validator=_check_template)
-
-    def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
-        return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
+    system_prompt: str = system_prompt_option(MATH_SYSTEM_PROMPT)
 
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
         from gfnlm.tasks import math_answers
@@ -148,28 +78,23 @@ class MathTask(TemplatedTask):
 
 @register("task", "creative")
 @attrs.frozen
-class CreativeTask(TemplatedTask):
+class CreativeTask(ChatTask):
     """Open-ended prompts (stories, poems, ideas): no gold answers; ``gfnlm eval`` reports the
     creative metrics of :mod:`gfnlm.tasks.metrics` (diversity, redundancy, fluency, the prompts' own checks)."""
 
     metrics = "creative"
-    template: str = option("plain", TEMPLATE_HELP, validator=_check_template)
-    system_prompt: str = option("", "a system message before the user message ('' = none)")
-
-    def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
-        return chat_prompt(tokenizer, _user_message(self.template, record), self.system_prompt)
+    template: str = template_option("plain")
 
 
 @register("task", "chain_sum")
 @attrs.frozen
-class ChainSumTask(TemplatedTask):
+class ChainSumTask(ChatTask):
     """The synthetic chain-sum task of the replication benchmark (:mod:`gfnlm.tasks.synthetic_reasoning`):
     the gold answer is computed from the question, the answer is the digit after the last ``A``."""
 
-    template: str = option("short_answer", TEMPLATE_HELP, validator=_check_template)
-
-    def format_prompt(self, tokenizer: Any, record: dict[str, Any]) -> str:
-        return chat_prompt(tokenizer, _user_message(self.template, record))
+    template: str = template_option("short_answer")
+    # Its prompts have no system message, and it has no system_prompt option (init=False).
+    system_prompt: str = attrs.field(default="", init=False, repr=False)
 
     def check_record(self, record: dict[str, Any], where: str) -> None:
         from gfnlm.tasks.synthetic_reasoning import terms
