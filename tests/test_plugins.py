@@ -15,7 +15,7 @@ from test_trainer import REPO
 from gfnlm.contracts import registry
 from gfnlm.contracts.registry import RegistryError
 from gfnlm.training.config import load_config
-from gfnlm.training.trainer import compose
+from gfnlm.training.compose import compose
 
 PLUGIN = textwrap.dedent('''
     import attrs

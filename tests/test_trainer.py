@@ -245,7 +245,7 @@ def test_grpo_with_a_reward_target_trains_without_a_base_pass(tiny_model_dir: Pa
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_loads_and_composes(name: str) -> None:
     """Each file in configs/ is a valid config whose components fit together (no model needed)."""
-    from gfnlm.training.trainer import compose
+    from gfnlm.training.compose import compose
 
     # The GPU recipe's config has no default model, data or server: its script gives them.
     required = {"powerflow_qwen_math": ["model.path=/models/qwen", "data.train=/data/train.parquet",
@@ -261,7 +261,7 @@ def test_the_base_pass_returns_prefix_eos_logps_only_for_objectives_that_use_the
     pass needs no per-prefix EOS log-prob, so a vLLM server (which cannot return it) may score the
     base model; with SubTB that is refused when the run is composed."""
     from gfnlm.training.config import ConfigError
-    from gfnlm.training.trainer import compose
+    from gfnlm.training.compose import compose
 
     vllm = ["sampling.sampler=vllm", "sampling.sampler_options.url=http://127.0.0.1:1",
             "sampling.sampler_options.weight_sync=lora", "sampling.sampler_options.scores_base=true"]
@@ -315,7 +315,7 @@ def test_entropy_minimisation_trains_through_the_policy_entropy(tiny_model_dir: 
 def test_a_moved_run_or_another_server_is_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resume identity is what changes the computation: not the run's path, the device, or how a
     server is reached; data given by another path to the same bytes is the same data."""
-    from gfnlm.training.trainer import config_differences
+    from gfnlm.training.resume import config_differences
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"question": "q"}\n')

@@ -44,6 +44,9 @@ class ServerSampler(Sampler):
     """The options and mechanics shared by the server samplers (see the module docstring)."""
 
     engine: ClassVar[str] = "server"  # how messages name the engine
+    # How the server is reached or started, not what it computes: a resumed run may change them.
+    runtime_options: ClassVar[frozenset[str]] = frozenset(
+        {"url", "base_url", "launch", "base_launch", "sync_dir", "timeout_s", "retries", "concurrency"})
     overlaps_training: ClassVar[bool] = True  # the server samples with its own copy of the weights
     # A full push after the first may carry only the weights training changes (changing_weights):
     # the engine's reload must keep the weights a folder does not name.

@@ -105,6 +105,12 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.questions)
 
+    def head(self, count: int) -> "PromptSet":
+        """The first ``count`` prompts (all of them when there are fewer)."""
+        keep = slice(0, count)
+        return attrs.evolve(self, questions=self.questions[keep], answers=self.answers[keep],
+                            texts=self.texts[keep], token_ids=self.token_ids[keep])
+
     def batch(self, indices: list[int]) -> PromptBatch:
         """The prompts at ``indices``, left-padded to a common length."""
         width = max(len(self.token_ids[i]) for i in indices)

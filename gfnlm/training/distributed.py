@@ -119,6 +119,18 @@ def shard_fsdp2(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def parallelize(module: torch.nn.Module, world: World, parallel: str, device: torch.device) -> torch.nn.Module:
+    """DDP or FSDP2 (``parallel``) around ``module`` when run by ``torchrun`` with several processes;
+    the module itself in one process."""
+    if not world.distributed:
+        return module
+    if parallel == "fsdp2":
+        return shard_fsdp2(module)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def average_replicated_grads(params: list[torch.nn.Parameter], world: World) -> None:
     """Average the gradients of parameters that FSDP2 does not shard (log Z) across ranks."""
     if not world.distributed:

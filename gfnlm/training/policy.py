@@ -15,6 +15,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,10 +68,15 @@ def load_tokenizer(model_dir: Path, field: str = "model.path") -> PreTrainedToke
 class CausalLMPolicy(nn.Module):
     """The trainable policy (optionally LoRA) and access to its base model."""
 
+    # What the policy's evaluation offers beyond log-probs, for components that require it.
+    provides: ClassVar[frozenset[str]] = frozenset({"prompt_hidden", "entropy_grad", "token_statistics"})
+
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: ModelConfig,
-                 device: torch.device, keep_base: bool = True) -> None:
+                 device: torch.device, keep_base: bool = True, entropy_grad: bool = False,
+                 token_statistics: bool = False) -> None:
         """``keep_base=False``: without LoRA, no frozen copy of the base model is made (half the
-        memory; :meth:`base_model` and :meth:`score_base` are then unavailable), e.g. for export."""
+        memory; :meth:`base_model` and :meth:`score_base` are then unavailable), e.g. for export.
+        ``entropy_grad`` and ``token_statistics``: see :meth:`evaluate` (what an objective requires)."""
         super().__init__()
         self.config = config
         self.device = device
@@ -101,10 +107,10 @@ class CausalLMPolicy(nn.Module):
         self.synced_decoding = False
         # Keep the graph of PolicyEval.entropy (the "entropy_grad" capability, for objectives that
         # minimise it); off by default, where entropy is a no-grad statistic for logging and rewards.
-        self.entropy_grad = False
+        self.entropy_grad = entropy_grad
         # Entropy and self-certainty at every response position (e.g. for a reward made of them);
         # off by default, where the chunked path estimates the logged entropy from a subsample.
-        self.token_statistics = False
+        self.token_statistics = token_statistics
         self.logp_chunk_size = config.logp_chunk_size
         if self.logp_chunk_size:
             with self.decoding():
@@ -112,11 +118,11 @@ class CausalLMPolicy(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device,
-                    keep_base: bool = True) -> "CausalLMPolicy":
-        """Load the folder's weights (fp32) and wrap them as configured (``keep_base``: see ``__init__``)."""
+                    **options: bool) -> "CausalLMPolicy":
+        """Load the folder's weights (fp32) and wrap them as configured (``options``: see ``__init__``)."""
         tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        return cls(model, tokenizer, config, device, keep_base=keep_base)
+        return cls(model, tokenizer, config, device, **options)
 
     @property
     def hidden_size(self) -> int:
@@ -474,3 +480,19 @@ def place_like(value, param: Tensor):
     if isinstance(param, DTensor):
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     return value.to(param.device)
+
+
+class TrainableModule(torch.nn.Module):
+    """Everything the optimiser updates (the policy and log Z) behind ONE forward call, so that
+    DDP sees one forward per backward and averages every gradient, log Z's included."""
+
+    def __init__(self, policy: CausalLMPolicy, logz: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.logz = logz
+
+    def forward(self, rollouts: Rollouts, need_prompt_hidden: bool) -> tuple[Any, torch.Tensor | None]:
+        """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without log Z)."""
+        evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_prompt_hidden)
+        log_z = None if self.logz is None else self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
+        return evaluation, log_z

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -23,182 +22,20 @@ from tqdm.auto import tqdm
 
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.paths import check_writable_folder
-from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.contracts.types import Rollouts, TargetScores
-from gfnlm.exploration import check_off_policy
 from gfnlm.tasks.evaluation import evaluate
 from gfnlm.tasks.prompts import PromptSet
-from gfnlm.training import checkpoint
+from gfnlm.training import checkpoint, resume
 from gfnlm.training import distributed as dist_utils
+from gfnlm.training.compose import build_task, compose, read_model_config
 from gfnlm.training.config import ConfigError, RunConfig, to_yaml
 from gfnlm.training.models import check_context, resolve_model_path
-from gfnlm.training.policy import (
-    CausalLMPolicy,
-    full_tensor,
-    load_tokenizer,
-    place_like,
-    resolve_device,
-)
+from gfnlm.training.policy import CausalLMPolicy, TrainableModule, load_tokenizer, resolve_device
 from gfnlm.training.prefetch import RolloutPrefetch
 
 
 class TrainingError(RunError):
     """Training cannot go on (e.g. a non-finite loss); the last checkpoint is left intact."""
-
-
-@attrs.define
-class Components:
-    """The registered components a run is composed of."""
-
-    target: Any
-    objective: Any
-    logz: Any | None
-    sampler: Any
-    task: Any
-    exploration: Any = None
-    replay: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
-        roles = {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
-                 "task": self.task}
-        # exploration/replay take part only when they do something (``none`` needs and offers nothing)
-        if self.exploration is not None and self.exploration.changes_sampling:
-            roles["exploration"] = self.exploration
-        if self.replay is not None and self.replay.active:
-            roles["replay"] = self.replay
-        return roles
-
-    @property
-    def base_needs_eos_logp(self) -> bool:
-        """Whether the base pass must return the EOS log-prob at every prefix: only when the target
-        turns it into prefix rewards and the objective uses them (SubTB, DB; not TB or LA-TB)."""
-        return bool(self.target.needs_eos_logp and "prefix_rewards" in self.objective.requires)
-
-
-def build_task(config: RunConfig) -> Any:
-    """The run's task (cheap: no model), checked against what the data settings ask of it."""
-    import_components(config.imports, "imports")
-    task = build("task", config.task.name, config.task.options)
-    if config.data.eval and task.metrics != "accuracy":
-        raise ConfigError(f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
-                          f"data.eval='' and evaluate with gfnlm eval --task {config.task.name} --run RUN")
-    return task
-
-
-def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: Any = None) -> Components:
-    """Build every component from the config and check they fit together (cheap: no model). The
-    task is given to the components that grade or check responses (``bind_task``)."""
-    import_components(config.imports, "imports")
-    task = task if task is not None else build_task(config)
-    target = build("target", config.target.name, config.target.options)
-    objective = build("objective", config.objective.name, config.objective.options)
-    needed = objective.min_samples_per_prompt
-    if config.sampling.samples_per_prompt < needed:
-        raise ConfigError(f"sampling.samples_per_prompt={config.sampling.samples_per_prompt}: objective "
-                          f"{config.objective.name!r} with these options needs >= {needed} (it uses group "
-                          "statistics; with one response per prompt its loss is exactly zero)")
-    lookup("logz", config.logz.name)  # a typo is an error even when this objective uses no log Z
-    logz = None
-    if "log_z" in objective.requires:
-        facts = {"num_train_prompts": num_train_prompts, "hidden_size": hidden_size}
-        logz = build("logz", config.logz.name, config.logz.options, run_facts=facts)
-    sampling = config.sampling
-    sampler = build("sampler", sampling.sampler, {
-        "temperature": sampling.temperature, "top_p": sampling.top_p,
-        "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
-        # only when set: a sampler without min-p support then rejects it by name
-        **({"min_p": sampling.min_p} if sampling.min_p else {}),
-    })
-    exploration = build("exploration", config.exploration.name, config.exploration.options)
-    replay = build("replay", config.replay.name, config.replay.options)
-    components = Components(target, objective, logz, sampler, task, exploration, replay)
-    for component in (target, objective, sampler):
-        if hasattr(component, "bind_task"):
-            component.bind_task(task)
-    check_composition(components.as_dict(), provided_by_run={"prompt_hidden", "entropy_grad", "token_statistics"})
-    check_off_policy(objective, exploration, replay, sampling.async_rollouts)
-    if sampling.async_rollouts and not sampler.overlaps_training:
-        raise ConfigError(f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: this sampler "
-                          "draws with the policy being trained, in the trainer's process, so it cannot sample "
-                          "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
-                          "sampling.async_rollouts=false")
-    if sampler.scores_base and components.base_needs_eos_logp and not sampler.scores_eos_logp:
-        raise ConfigError(f"sampling.sampler_options.scores_base=true: objective {config.objective.name!r} uses "
-                          f"prefix rewards, which need the base model's EOS log-prob at every prefix, and the "
-                          f"{sampling.sampler!r} sampler's server does not return it; allowed: scores_base=false "
-                          "(the trainer scores the base model) or an objective without prefix rewards (tb, la_tb)")
-    if exploration.changes_sampling:
-        sampler.explore_with(exploration)
-    return components
-
-
-class TrainableModule(torch.nn.Module):
-    """Everything the optimiser updates (the policy and log Z) behind ONE forward call, so that
-    DDP sees one forward per backward and averages every gradient, log Z's included."""
-
-    def __init__(self, policy: CausalLMPolicy, logz: torch.nn.Module | None) -> None:
-        super().__init__()
-        self.policy = policy
-        self.logz = logz
-
-    def forward(self, rollouts: Rollouts, need_prompt_hidden: bool) -> tuple[Any, torch.Tensor | None]:
-        """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without log Z)."""
-        evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_prompt_hidden)
-        log_z = None if self.logz is None else self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
-        return evaluation, log_z
-
-
-def _read_model_config(model_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})") from None
-
-
-# Fields that do not change what a resumed run computes: how long it runs, where it lives, how it
-# is run (device, threads, processes) and how a server is reached. Everything else must match.
-_RESUMABLE_CHANGES = {("train", "steps"), ("train", "eval_every"), ("train", "save_every"), ("train", "threads"),
-                      ("train", "parallel"), ("train", "out_dir"), ("train", "resume"), ("train", "device")}
-_SERVER_OPTIONS = {"url", "base_url", "launch", "sync_dir", "timeout_s", "retries", "concurrency"}
-
-
-def _same_location(mine: str, theirs: str) -> bool:
-    """Two spellings of a model or data location that name the same thing (a relative and an
-    absolute path, or two files with the same bytes)."""
-    if mine == theirs:
-        return True
-    a, b = Path(mine).expanduser(), Path(theirs).expanduser()
-    if a.exists() and b.exists():
-        if a.resolve() == b.resolve():
-            return True
-        return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
-    return False
-
-
-def _without_server_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (options or {}).items() if k not in _SERVER_OPTIONS}
-
-
-def config_differences(mine: RunConfig, theirs: RunConfig) -> list[tuple[str, Any, Any]]:
-    """(field, mine, theirs) for each field that changes what a resumed run computes."""
-    a, b = attrs.asdict(mine), attrs.asdict(theirs)
-    found = []
-    for section, values in a.items():
-        if not isinstance(values, dict):  # imports: where components come from, not what they compute
-            continue
-        for key, value in values.items():
-            other = b[section].get(key)
-            if (section, key) in _RESUMABLE_CHANGES or value == other:
-                continue
-            if (section, key) in {("model", "path"), ("data", "train"), ("data", "eval")} and \
-                    _same_location(str(value), str(other)):
-                continue
-            if (section, key) == ("sampling", "sampler_options") and \
-                    _without_server_options(value) == _without_server_options(other):
-                continue
-            found.append((f"{section}.{key}", value, other))
-    return found
 
 
 class Trainer:
@@ -216,7 +53,7 @@ class Trainer:
             raise ConfigError(f"train.prompts_per_step={config.train.prompts_per_step}: must be a multiple of "
                               f"the number of processes ({self.world.size})")
         self.model_dir = resolve_model_path(config.model.path)
-        model_config = _read_model_config(self.model_dir)
+        model_config = read_model_config(self.model_dir)
         self.task = build_task(config)
         tokenizer = load_tokenizer(self.model_dir)
         data = config.data
@@ -227,7 +64,7 @@ class Trainer:
             self.eval_prompts = PromptSet.load(data.eval, "data.eval", tokenizer, data.max_prompt_tokens,
                                                require_answers=True, **columns)
             if config.data.eval_max_questions:
-                self.eval_prompts = _truncate(self.eval_prompts, config.data.eval_max_questions)
+                self.eval_prompts = self.eval_prompts.head(config.data.eval_max_questions)
         longest_prompt = max(len(ids) for ids in self.train_prompts.token_ids)
         max_new = config.sampling.max_new_tokens
         check_context(self.model_dir, longest_prompt, max_new, f"sampling.max_new_tokens={max_new}")
@@ -246,19 +83,20 @@ class Trainer:
 
     def _set_up(self, config: RunConfig) -> None:
         """Everything after the run directory is held: resume point, model, sampler, optimiser."""
-        self.resume_point = self._find_resume_point()
+        self.resume_point = resume.find_resume_point(config, self.out_dir)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         dist_utils.init_process_group(self.world, self.device)
         _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
-        self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device)
-        self.policy.entropy_grad = "entropy_grad" in self.components.objective.requires
-        self.policy.token_statistics = "token_statistics" in self.components.objective.requires
+        requires = self.components.objective.requires
+        self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device,
+                                                 entropy_grad="entropy_grad" in requires,
+                                                 token_statistics="token_statistics" in requires)
         self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
         if self.logz is not None and config.model.dtype == "float64":
             self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
         self.trainable = TrainableModule(self.policy, self.logz)
-        self.train_module = self._parallelize(self.trainable)
+        self.train_module = dist_utils.parallelize(self.trainable, self.world, config.train.parallel, self.device)
         if self.world.distributed:
             _seed_everything(config.train.seed + 7919 * self.world.rank)  # each rank samples its own rollouts
         self.components.sampler.setup(self.policy)
@@ -273,38 +111,6 @@ class Trainer:
         self.writer: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ set-up checks
-    def _find_resume_point(self) -> checkpoint.ResumePoint | None:
-        """The checkpoint this run continues from (loaded now, before the model, so a broken run
-        directory or a changed config fails first); ``None`` for a new run."""
-        point = checkpoint.find_resume_point(self.checkpoints_dir)
-        if point is None:
-            return None
-        if not self.config.train.resume:
-            raise ConfigError(
-                f"train.out_dir={str(self.out_dir)!r} already holds a run's checkpoints; pass "
-                "train.resume=true to continue it, or choose another train.out_dir"
-            )
-        from gfnlm.training.config import load_config  # local: avoids a cycle at import time
-
-        saved = point.path / checkpoint.CONFIG_FILE
-        if not saved.is_file():
-            saved = self.out_dir / "config.yaml"
-        for name, mine, theirs in config_differences(self.config, load_config(saved)):
-            raise ConfigError(f"{name}={mine!r} differs from the run being resumed in {str(self.out_dir)!r} "
-                              f"({theirs!r}); keep {name}={theirs!r} to continue it, or choose another train.out_dir")
-        return point
-
-    def _parallelize(self, module: TrainableModule) -> torch.nn.Module:
-        """DDP or FSDP2 around the trainable module when run by ``torchrun`` with several processes."""
-        if not self.world.distributed:
-            return module
-        if self.config.train.parallel == "fsdp2":
-            return dist_utils.shard_fsdp2(module)
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids)
-
     def close(self) -> None:
         """Leave ``torch.distributed`` (a no-op in one process). The DDP wrapper goes first: its
         reducer holds the process group, and a group torn down when the reducer is freed at exit
@@ -518,36 +324,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """Everything besides the policy weights needed to resume: step, log Z, optimiser, RNGs."""
-        return {
-            "step": self.step,
-            "logz": None if self.logz is None else self.logz.state_dict(),
-            "optimizer": self._portable_optimizer_state(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "torch_per_rank": dist_utils.all_gather_objects(torch.get_rng_state(), self.world),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(),
-                "numpy": checkpoint.portable_rng_state(np.random.get_state()),
-                "prompts": self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state(),
-            },
-        }
-
-    def _portable_optimizer_state(self) -> dict[str, Any]:
-        """The optimiser's state keyed by parameter name, as full tensors (FSDP2 shards gathered),
-        so that a run can resume with another number of processes."""
-        names = {id(p): n for n, p in self.trainable.named_parameters()}
-        per_param = {names[id(p)]: {k: full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in state.items()}
-                     for p, state in self.optimizer.state.items()}
-        groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        return {"state": per_param, "param_groups": groups}
-
-    def _load_portable_optimizer_state(self, saved: dict[str, Any]) -> None:
-        params = dict(self.trainable.named_parameters())
-        for group, saved_group in zip(self.optimizer.param_groups, saved["param_groups"], strict=True):
-            group.update(saved_group)
-        for name, state in saved["state"].items():
-            param = params[name]
-            self.optimizer.state[param] = {k: place_like(v, param) for k, v in state.items()}
+        prompts = self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state()
+        return {"step": self.step, "logz": None if self.logz is None else self.logz.state_dict(),
+                "optimizer": resume.portable_optimizer_state(self.optimizer, self.trainable),
+                "rng": resume.rng_state(self.world, prompts)}
 
     def save(self) -> None:
         """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
@@ -566,8 +346,9 @@ class Trainer:
         return 0 if self.resume_point is None else int(self.resume_point.state["step"])
 
     def resume(self) -> bool:
-        """Load the checkpoint found at set-up (:meth:`_find_resume_point`); returns whether there
-        was one. When it is not the one ``latest`` names, one line on stderr says why."""
+        """Load the checkpoint found at set-up (:func:`~gfnlm.training.resume.find_resume_point`);
+        returns whether there was one. When it is not the one ``latest`` names, one line on stderr
+        says why, and ``latest`` is pointed at it."""
         point, self.resume_point = self.resume_point, None
         if point is None:
             return False
@@ -575,23 +356,13 @@ class Trainer:
             # Repair latest, so the next save's pruning and messages start from a loadable checkpoint.
             checkpoint.point_latest_at(self.checkpoints_dir, point.path)
             print(f"gfnlm: {point.note}; latest now names it", file=sys.stderr, flush=True)
-        policy_state, state = point.policy_state, point.state
-        self.policy.load_trainable_state_dict(policy_state)
+        state = point.state
+        self.policy.load_trainable_state_dict(point.policy_state)
         if self.logz is not None and state["logz"] is not None:
             self.logz.load_state_dict(state["logz"])
-        self._load_portable_optimizer_state(state["optimizer"])
-        rng = state["rng"]
-        per_rank = rng.get("torch_per_rank") or [rng["torch"]]
-        if len(per_rank) == self.world.size:
-            torch.set_rng_state(per_rank[self.world.rank])
-        else:  # another world size: the sampling streams cannot continue, start fresh ones
-            torch.manual_seed(self.config.train.seed + 7919 * self.world.rank + 104729 * int(state["step"]))
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
-        numpy_state = rng["numpy"]
-        np.random.set_state(checkpoint.numpy_rng_state(numpy_state) if isinstance(numpy_state, dict) else numpy_state)
-        self.prompt_rng.set_state(rng["prompts"])
+        resume.load_portable_optimizer_state(self.optimizer, self.trainable, state["optimizer"])
+        fresh_seed = self.config.train.seed + 104729 * int(state["step"])
+        resume.restore_rng_state(state["rng"], self.world, self.prompt_rng, fresh_seed)
         self.step = self._saved_step = int(state["step"])
         return True
 
@@ -634,9 +405,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _truncate(prompts: PromptSet, count: int) -> PromptSet:
-    keep = slice(0, count)
-    return attrs.evolve(prompts, questions=prompts.questions[keep], answers=prompts.answers[keep],
-                        texts=prompts.texts[keep], token_ids=prompts.token_ids[keep])
