@@ -2,7 +2,7 @@
 
 For every candidate in ``gfnlm/data/factual_candidates.jsonl`` (written by hand: question plus
 accepted answers) this script measures, with the real model and the task's prompt format
-(:func:`gfnlm.tasks.format_prompt`) and checker (:func:`gfnlm.tasks.is_correct`):
+(:func:`gfnlm.tasks.prompt_files.format_prompt`) and checker (:func:`gfnlm.tasks.factual_answers.is_correct`):
 
 * greedy correctness (one greedy answer), and
 * accuracy at temperature 1 over ``--samples`` samples (pure ancestral sampling: no top-k/top-p).
@@ -45,13 +45,12 @@ warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gfnlm.tasks import (
+from gfnlm.tasks.factual_answers import first_sentence_complete, is_correct
+from gfnlm.tasks.prompt_files import (
     DATA_DIR,
     FACTUAL_EVAL,
     FACTUAL_TRAIN,
-    first_sentence_complete,
     format_prompt,
-    is_correct,
     load_prompt_file,
 )
 from gfnlm.training.models import resolve_model_path
@@ -93,7 +92,7 @@ def rollout(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool,
     Each prompt is prefilled once (left padding) and its KV cache repeated for the greedy row
     and the sampled rows; sampling is plain ancestral sampling from softmax(logits / T) over the
     whole vocabulary (no top-k / top-p). Rows that finished (EOS, or a complete first sentence,
-    see :func:`gfnlm.tasks.first_sentence_complete`) are dropped from the batch.
+    see :func:`gfnlm.tasks.factual_answers.first_sentence_complete`) are dropped from the batch.
     """
     k = int(greedy) + samples
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -204,7 +204,7 @@ def pretraining_solution(question: str, rng: random.Random, solutions: str) -> s
 def solution_batch(tokenizer, rng: random.Random, solutions: str, size: int):
     """``size`` random questions with a solution each, as prompt + solution + EOS token ids, labels
     (-100 on the prompt and the padding) and the attention mask."""
-    from gfnlm.tasks import format_prompt
+    from gfnlm.tasks.prompt_files import format_prompt
 
     rows, targets = [], []
     for _ in range(size):

@@ -254,7 +254,7 @@ def main() -> int:
 
 
 def load_questions(count: int) -> list[str]:
-    from gfnlm.tasks import load_prompt_file
+    from gfnlm.tasks.prompt_files import load_prompt_file
     from gfnlm.tasks.prompts import resolve_prompt_file
 
     records = load_prompt_file(resolve_prompt_file("factual_train", "questions"))

@@ -15,7 +15,3 @@ The package is laid out by layer; a component author needs only the first two ro
 ``gfnlm.cli``               the ``gfnlm`` command
 ==========================  ===================================================================
 """
-
-from gfnlm._compat import install_moved_module_aliases
-
-install_moved_module_aliases()

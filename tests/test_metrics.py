@@ -10,8 +10,9 @@ import torch
 
 from gfnlm.cli import main
 from gfnlm.samplers.hf import HFSampler
-from gfnlm.tasks import DATA_DIR, PromptFileError, format_prompt, load_prompt_file, metrics
+from gfnlm.tasks import metrics
 from gfnlm.tasks.evaluation import evaluate_creative
+from gfnlm.tasks.prompt_files import DATA_DIR, PromptFileError, format_prompt, load_prompt_file
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
 from gfnlm.training.models import ensure_smollm2

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from gfnlm.samplers.sglang import SGLangSampler, merged_state_dict
 from gfnlm.serving.serve import LaunchConfig, SGLangServer, free_port
 from gfnlm.serving.sglang_client import ServerError
-from gfnlm.tasks import format_prompt
+from gfnlm.tasks.prompt_files import format_prompt
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ConfigError, ModelConfig, load_config
 from gfnlm.training.models import ensure_smollm2

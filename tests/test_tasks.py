@@ -8,19 +8,21 @@ from conftest import temporarily_registered
 
 from gfnlm.contracts import registry
 from gfnlm.contracts.errors import InputError
-from gfnlm.tasks import (
+from gfnlm.tasks.base import ChatTask, system_prompt_option, template_option
+from gfnlm.tasks.builtin import MATH_SYSTEM_PROMPT
+from gfnlm.tasks.factual_answers import (
+    first_sentence,
+    first_sentence_complete,
+    is_correct,
+    normalize_answer,
+)
+from gfnlm.tasks.prompt_files import (
     FACTUAL_EVAL,
     FACTUAL_TRAIN,
     PromptFileError,
-    first_sentence,
-    first_sentence_complete,
     format_prompt,
-    is_correct,
     load_prompt_file,
-    normalize_answer,
 )
-from gfnlm.tasks.base import ChatTask, system_prompt_option, template_option
-from gfnlm.tasks.builtin import MATH_SYSTEM_PROMPT
 
 
 def write(tmp_path, text, name="prompts.jsonl"):

@@ -11,29 +11,4 @@ task offers, and how a model is evaluated on it.
   creative metrics, pass@k / majority-vote evaluation;
 * :mod:`gfnlm.tasks.synthetic_reasoning` and :mod:`gfnlm.tasks.synthetic_forks`: the synthetic
   chain-sum tasks of the replication benchmark (the second one separates sequence-level from
-  per-token sharpening by construction).
-
-The factual answer checker and prompt-file helpers are re-exported here under their earlier names."""
-
-from gfnlm.tasks.factual_answers import (
-    first_sentence,
-    first_sentence_complete,
-    is_correct,
-    normalize_answer,
-)
-from gfnlm.tasks.prompt_files import (
-    DATA_DIR,
-    FACTUAL_EVAL,
-    FACTUAL_TRAIN,
-    PROMPT_TEMPLATE,
-    TEMPLATES,
-    PromptFileError,
-    format_prompt,
-    load_prompt_file,
-)
-
-__all__ = [
-    "DATA_DIR", "FACTUAL_EVAL", "FACTUAL_TRAIN", "PROMPT_TEMPLATE", "TEMPLATES", "PromptFileError",
-    "first_sentence", "first_sentence_complete", "format_prompt", "is_correct", "load_prompt_file",
-    "normalize_answer",
-]
+  per-token sharpening by construction)."""

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from gfnlm.contracts.errors import InputError
 from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
-from gfnlm.tasks import first_sentence, normalize_answer
+from gfnlm.tasks.factual_answers import first_sentence, normalize_answer
 from gfnlm.tasks.prompts import PromptSet, default_task
 
 

@@ -65,9 +65,6 @@ _NAME = re.compile(r"^step_(\d+)(?:-(\d+))?$")
 # What reading a damaged file raises: safetensors' own error, or (torch.load of a cut or garbled
 # zip) EOFError, UnpicklingError, RuntimeError, OSError.
 _DAMAGED = (SafetensorError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
-# Checkpoints written before the RNG state was stored as tensors hold numpy's state as an array:
-# its reconstruction (data only, no code) is allowed when loading them.
-_OLD_NUMPY_STATE = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class CheckpointError(RunError):
@@ -305,14 +302,14 @@ def point_latest_at(checkpoints_dir: Path, folder: Path) -> None:
 
 
 def _manifest(path: Path) -> dict[str, Any]:
-    """The checkpoint's manifest ({} for checkpoints from before manifests)."""
+    """The checkpoint's manifest: a folder without one was never completed by a save."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        return {}
+        raise CheckpointError(f"{manifest_path}: missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("sha256", {}), dict):
-            raise TypeError("files is not a mapping")
+        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("sha256"), dict):
+            raise TypeError("files or sha256 is not a mapping")
         return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__})") from None
@@ -330,18 +327,17 @@ def _sizes_match(path: Path) -> bool:
 def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE), hashes: bool = True) -> None:
     """Raise :class:`CheckpointError` when one of ``names`` (default: the two files resume reads)
     is missing, empty, not the size it was written with (a truncated copy, a full disk) or, with
-    ``hashes``, not the bytes (SHA-256) it was written with (a flipped bit). Checkpoints from
-    before manifests get the first checks."""
+    ``hashes``, not the bytes (SHA-256) it was written with (a flipped bit)."""
     manifest = _manifest(path)
-    sizes, digests = manifest.get("files", {}), manifest.get("sha256", {})
+    sizes, digests = manifest["files"], manifest["sha256"]
     for name in names:
         file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing")
+        if not file.is_file() or name not in sizes or name not in digests:
+            raise CheckpointError(f"{file}: missing" if not file.is_file() else f"{file}: not in {MANIFEST}")
         size = file.stat().st_size
-        if size == 0 or (name in sizes and size != sizes[name]):
-            raise CheckpointError(f"{file}: truncated ({size} bytes, written with {sizes.get(name, 'more')})")
-        if hashes and name in digests and sha256_file(file) != digests[name]:
+        if size != sizes[name]:
+            raise CheckpointError(f"{file}: truncated ({size} bytes, written with {sizes[name]})")
+        if hashes and sha256_file(file) != digests[name]:
             raise CheckpointError(f"{file}: damaged (its SHA-256 differs from the one written in {MANIFEST})")
 
 
@@ -350,7 +346,7 @@ def adapter_folder(path: Path) -> Path | None:
     the manifest; ``None`` when the checkpoint has none (a full fine-tuning run, or a checkpoint
     written before adapters were saved)."""
     prefix = f"{ADAPTER_DIR}/"
-    names = tuple(name for name in _manifest(path).get("files", {}) if name.startswith(prefix))
+    names = tuple(name for name in _manifest(path)["files"] if name.startswith(prefix))
     if not names:
         return None
     check_manifest(path, names)
@@ -367,8 +363,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except _DAMAGED as error:
         raise CheckpointError(f"{path / POLICY_FILE}: unreadable ({_first_line(error)})") from None
     try:
-        with torch.serialization.safe_globals(_OLD_NUMPY_STATE):
-            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except _DAMAGED as error:
         raise CheckpointError(f"{path / STATE_FILE}: unreadable ({_first_line(error)})") from None
     logz = state.get("logz") if isinstance(state, dict) else None
