@@ -14,8 +14,8 @@ from test_trainer import REPO
 
 from gfnlm.contracts import registry
 from gfnlm.contracts.registry import RegistryError
-from gfnlm.training.config import load_config
 from gfnlm.training.compose import compose
+from gfnlm.training.config import load_config
 
 PLUGIN = textwrap.dedent('''
     import attrs
