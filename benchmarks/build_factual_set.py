@@ -45,6 +45,7 @@ warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gfnlm.models.loading import resolve_model_path
 from gfnlm.tasks.factual_answers import first_sentence_complete, is_correct
 from gfnlm.tasks.prompt_files import (
     DATA_DIR,
@@ -53,7 +54,6 @@ from gfnlm.tasks.prompt_files import (
     format_prompt,
     load_prompt_file,
 )
-from gfnlm.training.models import resolve_model_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

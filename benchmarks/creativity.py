@@ -23,7 +23,7 @@ diversity, like the paper's Pareto figure); and the table between the ``creativi
     nice -n 10 python benchmarks/creativity.py [--seeds 0 1 2] [--jobs 2] [--samples 4]
 
 ``--collapsed`` runs the same comparison on a *mode-collapsed* instruct model, made first (once,
-cached under the gfnlm cache) by :mod:`gfnlm.training.collapse`: SmolLM2-135M-Instruct self-distilled on its
+cached under the gfnlm cache) by ``benchmarks/collapse.py``: SmolLM2-135M-Instruct self-distilled on its
 own T = 0.3 answers to the ``creative_train`` prompts. Its configurations: the original instruct
 model at T = 1 (to show the diversity drop), the collapsed model at T = 1, at high temperature,
 with top-p and with **min-p**, and PowerFlow α = 0.75 / 0.5 trained from the collapsed model with a
@@ -47,11 +47,11 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from collapse import CollapseOptions, collapse_model
 from docs_page import write_between_markers
 
-from gfnlm.training.collapse import CollapseOptions, collapse_model
+from gfnlm.models.loading import default_cache_dir
 from gfnlm.training.config import load_config
-from gfnlm.training.models import default_cache_dir
 
 CONFIG = REPO / "configs" / "powerflow_creative.yaml"
 OUT = REPO / "benchmarks" / "out" / "creativity"
@@ -303,7 +303,7 @@ def main() -> int:
                         help="evaluate every N-th held-out prompt (1: all 24; 2: 12, balanced by kind)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--collapsed", action="store_true",
-                        help="the comparison on the mode-collapsed model (gfnlm.training.collapse), with min-p")
+                        help="the comparison on the mode-collapsed model (benchmarks/collapse.py), with min-p")
     parser.add_argument("--only", nargs="+", default=None, choices=[*CONDITIONS, *COLLAPSED_CONDITIONS, ESTIMATE_JOB],
                         metavar="NAME", help=f"configurations to run (default all: {'; '.join(CONDITIONS)}; "
                         f"with --collapsed: {'; '.join(COLLAPSED_CONDITIONS)})")

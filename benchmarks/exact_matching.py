@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from gfnlm.contracts import registry
-from gfnlm.training.exact import ExactReport, ExactSetting, random_bases, train_exact
+from gfnlm.evaluation.exact import ExactReport, ExactSetting, random_bases, train_exact
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TV_GOAL = 0.05

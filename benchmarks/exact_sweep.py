@@ -48,7 +48,7 @@ from exact_matching import write_csv  # the sibling benchmark's (benchmarks/ is 
 from tqdm import tqdm
 
 from gfnlm.contracts import registry
-from gfnlm.training.exact import (
+from gfnlm.evaluation.exact import (
     ExactSetting,
     TabularPolicy,
     exact_distributions,

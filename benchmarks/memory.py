@@ -132,9 +132,9 @@ def gfnlm_operation(args: argparse.Namespace, path: str, op: str, seq_len: int, 
     import torch
 
     from gfnlm.contracts.types import Rollouts
+    from gfnlm.models.loading import ensure_smollm2, load_tokenizer
     from gfnlm.training.config import ModelConfig
-    from gfnlm.training.models import ensure_smollm2
-    from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
+    from gfnlm.training.policy import CausalLMPolicy
 
     model, prompt_ids, response_ids = random_model_and_ids(args, seq_len, seed)
     chunk = args.chunk_size if path == "chunked" else 0

@@ -50,9 +50,10 @@ from docs_page import write_between_markers
 from tqdm.auto import tqdm
 
 from gfnlm.contracts.registry import build
+from gfnlm.evaluation.exact import exact_fork_comparison
+from gfnlm.models.loading import default_cache_dir, save_random_llama
 from gfnlm.tasks import synthetic_forks as forks
 from gfnlm.tasks import synthetic_reasoning as task
-from gfnlm.training.models import default_cache_dir, save_random_llama
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "reasoning_replication"
@@ -263,7 +264,7 @@ def fresh_model(directory: Path, seed: int):
     ``directory``; returns (tokenizer, model, optimiser)."""
     from transformers import AutoModelForCausalLM
 
-    from gfnlm.training.policy import load_tokenizer
+    from gfnlm.models.loading import load_tokenizer
 
     task.save_tokenizer(directory / "tokenizer", forks.ROUTES if SUITE["name"] == "forks" else ())
     save_random_llama(directory, directory / "tokenizer", seed=seed, **MODEL)
@@ -437,7 +438,7 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
 def run_smollm2(method: str, seed: int) -> dict:
     """One method of the SmolLM2 comparison: configs/default.yaml with the method's components;
     Base and Low-temp evaluate the base model as the trainer's own evaluation does (same seed)."""
-    from gfnlm.tasks.evaluation import evaluate
+    from gfnlm.evaluation.held_out import evaluate
     from gfnlm.training.config import load_config
     from gfnlm.training.trainer import Trainer
 
@@ -468,7 +469,7 @@ def run_smollm2(method: str, seed: int) -> dict:
 
 
 def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
-    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.tasks.evaluation) before and after."""
+    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation.held_out) before and after."""
     return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
             "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
             "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after}
@@ -727,12 +728,12 @@ def exact_forks_table() -> str:
             "|---|---|---|---|---|---|"]
     first = lambda answer: "right" if answer == 0 else "a wrong one"
     for alpha in EXACT_ALPHAS:
-        e = forks.exact_fork_comparison(alpha)
+        e = exact_fork_comparison(alpha)
         rows.append(f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | {e['low_temp_right']:.3f} "
                     f"| {e['power_right']:.3f} | {first(e['base_top_answer'])} ({e['base_top_answer_p']:.3f}) / "
                     f"{first(e['low_temp_top_answer'])} ({e['low_temp_top_answer_p']:.3f}) / "
                     f"{first(e['power_top_answer'])} ({e['power_top_answer_p']:.3f}) |")
-    e = forks.exact_fork_comparison(EXACT_ALPHAS[0])
+    e = exact_fork_comparison(EXACT_ALPHAS[0])
     return (f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route token and "
             f"{e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} responses):\n\n"
             + "\n".join(rows) + "\n")

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from docs_page import write_between_markers
 
+from gfnlm.models.loading import ensure_smollm2
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.samplers.sglang import SGLangSampler
 from gfnlm.samplers.vllm import VLLMSampler
@@ -45,7 +46,6 @@ from gfnlm.serving.serve import LaunchConfig, SGLangServer
 from gfnlm.serving.vllm_serve import VLLMServer, resolve_vllm_launch
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig, load_config
-from gfnlm.training.models import ensure_smollm2
 from gfnlm.training.policy import CausalLMPolicy
 from gfnlm.training.trainer import Trainer
 

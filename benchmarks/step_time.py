@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from gfnlm.models.loading import ensure_smollm2, save_random_llama
 from gfnlm.training.config import load_config
-from gfnlm.training.models import ensure_smollm2, save_random_llama
 from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

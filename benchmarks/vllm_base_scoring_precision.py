@@ -14,12 +14,12 @@ import sys
 import torch
 from vllm_cpu_sweep import launch_for
 
+from gfnlm.models.loading import ensure_smollm2
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.vllm_serve import VLLMServer
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
-from gfnlm.training.models import ensure_smollm2
 from gfnlm.training.policy import CausalLMPolicy
 
 

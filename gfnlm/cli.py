@@ -19,10 +19,17 @@ from pathlib import Path
 
 import torch
 
-from gfnlm.contracts.errors import GfnlmError, InputError, Terminated, quoted, raise_on_sigterm
+from gfnlm.contracts.errors import (
+    ConfigError,
+    GfnlmError,
+    InputError,
+    Terminated,
+    quoted,
+    raise_on_sigterm,
+)
 from gfnlm.contracts.paths import check_output_file, check_path_length, write_text_atomically
 from gfnlm.contracts.registry import import_components
-from gfnlm.training.config import MAX_COUNT, ConfigError, RunConfig, load_config
+from gfnlm.training.config import MAX_COUNT, RunConfig, load_config
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -88,7 +95,7 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     if not 0 <= args.min_p < 1:
         raise ConfigError(f"--min-p={args.min_p}: must be in [0, 1)")
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
-    from gfnlm.training.policy import resolve_device
+    from gfnlm.models.loading import resolve_device
 
     resolve_device(args.device, field="--device")  # cuda without a GPU fails here, before anything loads
     check_path_length(args.model, "--model")
@@ -125,8 +132,7 @@ def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", 
 def _tokenizer_for(config: RunConfig):
     """The model folder and its tokenizer, cheap beside the weights: prompts are formatted,
     tokenised and checked against the model's context with them before the model loads."""
-    from gfnlm.training.models import resolve_model_path
-    from gfnlm.training.policy import load_tokenizer
+    from gfnlm.models.loading import load_tokenizer, resolve_model_path
 
     model_dir = resolve_model_path(config.model.path)
     return model_dir, load_tokenizer(model_dir)
@@ -136,7 +142,7 @@ def _check_prompt_room(args: argparse.Namespace, config: RunConfig, model_dir: P
                        prompt_tokens: int) -> int:
     """The number of new tokens to sample (``--max-new-tokens``, else the run's
     ``sampling.max_new_tokens``), checked with the longest prompt against the model's context."""
-    from gfnlm.training.models import check_context
+    from gfnlm.models.loading import check_context
 
     new_tokens = args.max_new_tokens or config.sampling.max_new_tokens
     setting = (f"--max-new-tokens={new_tokens}" if args.max_new_tokens else
@@ -148,7 +154,8 @@ def _check_prompt_room(args: argparse.Namespace, config: RunConfig, model_dir: P
 def _policy_for(saved: "_RunCheckpoint | None", config: RunConfig, device: str, model_dir: Path):
     """The policy of a run's newest complete checkpoint, or the plain base model, from
     ``model_dir``. Everything that needs no weights is checked before this is called."""
-    from gfnlm.training.policy import CausalLMPolicy, resolve_device
+    from gfnlm.models.loading import resolve_device
+    from gfnlm.training.policy import CausalLMPolicy
 
     torch_device = resolve_device(device, field="--device")
     policy = CausalLMPolicy.from_config(config.model, model_dir, torch_device)
@@ -172,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     its answers, the prompts' length and the ``--json`` path are checked before the model loads."""
     import json
 
-    from gfnlm.tasks.evaluation import evaluate
+    from gfnlm.evaluation.held_out import evaluate
     from gfnlm.tasks.prompts import PromptSet
     from gfnlm.tasks.records import load_records
 
@@ -234,7 +241,7 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     open-ended prompt (:mod:`gfnlm.tasks.metrics`); ``--json`` also writes them with the responses."""
     import json
 
-    from gfnlm.tasks.evaluation import evaluate_creative
+    from gfnlm.evaluation.held_out import evaluate_creative
     from gfnlm.tasks.metrics import SentenceEmbedder, load_checks, minilm_path
     from gfnlm.tasks.prompts import PromptSet
     from gfnlm.tasks.records import load_records
@@ -315,10 +322,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model folder, print its URL, and stop it (and every process it started) on Ctrl-C, SIGTERM or any
     error. ``--cpu`` applies the repository's CPU recipe (``tools/sglang_cpu`` or ``tools/vllm_cpu``:
     the ``make sglang-cpu`` / ``make vllm-cpu`` venv, its environment and flags)."""
+    from gfnlm.models.loading import resolve_model_path
     from gfnlm.serving.serve import SGLangServer, resolve_launch
     from gfnlm.serving.sglang_client import ServerError
     from gfnlm.serving.vllm_serve import VLLMServer, resolve_vllm_launch
-    from gfnlm.training.models import resolve_model_path
 
     if args.lora_rank < 0:
         raise ConfigError(f"--lora-rank={args.lora_rank}: must be >= 0 (0 = no LoRA adapters)")
@@ -355,7 +362,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``gfnlm export``: a run's newest complete checkpoint (or ``--step``'s) as a Hugging Face model
     folder with LoRA merged in (``--merged``) or as the PEFT adapter folder (``--adapter``),
     written atomically; every input is checked before the model loads."""
-    from gfnlm.serving.export import export_checkpoint
+    from gfnlm.training.export import export_checkpoint
 
     kind, out = ("merged", args.merged) if args.merged is not None else ("adapter", args.adapter)
     if not out:

@@ -18,7 +18,7 @@ import torch
 
 from gfnlm.contracts import registry
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs, TargetScores
-from gfnlm.training.models import ensure_smollm2, save_random_llama
+from gfnlm.models.loading import ensure_smollm2, save_random_llama
 
 registry.names("objective")  # import the built-ins now, before any test registers a test component
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gfnlm.training.models import ensure_smollm2
+from gfnlm.models.loading import ensure_smollm2
 
 GPU = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 REPO = GPU.parents[1]

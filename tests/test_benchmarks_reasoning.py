@@ -77,8 +77,8 @@ def forks_replication(replication, monkeypatch: pytest.MonkeyPatch):
 
 
 def tiny_tokenizer(tmp_path: Path, replication):
+    from gfnlm.models.loading import load_tokenizer
     from gfnlm.tasks import synthetic_reasoning
-    from gfnlm.training.policy import load_tokenizer
 
     return load_tokenizer(synthetic_reasoning.save_tokenizer(tmp_path / "tokenizer", replication.forks.ROUTES))
 
@@ -117,7 +117,7 @@ def test_each_phase_anneals_its_own_learning_rate(forks_replication, tmp_path: P
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gfnlm.training.models import save_random_llama
+    from gfnlm.models.loading import save_random_llama
 
     tokenizer = tiny_tokenizer(tmp_path, forks_replication)
     model = AutoModelForCausalLM.from_pretrained(save_random_llama(tmp_path / "m", tmp_path / "tokenizer"),

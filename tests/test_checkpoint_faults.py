@@ -453,14 +453,16 @@ def test_a_killed_holder_leaves_no_stale_lock(tiny_model_dir: Path, prompt_files
 def test_an_io_error_on_the_evaluation_cache_warns_and_the_run_goes_on(tiny_model_dir: Path, prompt_files,
                                                                        tmp_path: Path, monkeypatch, capsys) -> None:
     train, evaluation = prompt_files
-    real = checkpoint.write_text_atomic
+    from gfnlm.evaluation import held_out
+
+    real = held_out.write_text_atomic
 
     def eio_for_eval(path: Path, text: str) -> None:
         if path.parent.name == "eval":
             raise OSError(errno.EIO, "Input/output error")
         real(path, text)
 
-    monkeypatch.setattr(checkpoint, "write_text_atomic", eio_for_eval)
+    monkeypatch.setattr(held_out, "write_text_atomic", eio_for_eval)
     args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
             *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 1})]
     assert main(args) == 0

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from test_samplers import prompt_batch
 from transformers import AutoModelForCausalLM
 
-import gfnlm.training.chunked_logps as chunked_module
-from gfnlm.contracts.errors import RunError
+import gfnlm.models.chunked_logps as chunked_module
+from gfnlm.contracts.errors import ConfigError, RunError
+from gfnlm.models.chunked_logps import chunked_logps
+from gfnlm.models.loading import load_tokenizer
 from gfnlm.samplers.hf import HFSampler
-from gfnlm.training.chunked_logps import chunked_logps
-from gfnlm.training.config import ConfigError, ModelConfig, load_config
-from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
+from gfnlm.training.config import ModelConfig, load_config
+from gfnlm.training.policy import CausalLMPolicy
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 

@@ -3,17 +3,22 @@ own low-temperature answers must cut the diversity of its T = 1 samples, and the
 must load as an ordinary model."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.tasks import metrics
 from gfnlm.tasks.prompts import PromptSet
-from gfnlm.training.collapse import CollapseOptions, collapse_model
-from gfnlm.training.config import ConfigError, ModelConfig
+from gfnlm.training.config import ModelConfig
 from gfnlm.training.policy import CausalLMPolicy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from collapse import CollapseOptions, collapse_model
 
 PROMPTS = ["Write a poem about the sea.", "Tell a joke about cats.", "Begin a story set in a forest."]
 

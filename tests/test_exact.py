@@ -1,4 +1,4 @@
-"""Exact verification on a tabular model (gfnlm.training.exact): enumeration, exact log-probs, sampling,
+"""Exact verification on a tabular model (gfnlm.evaluation.exact): enumeration, exact log-probs, sampling,
 the LA-TB tilt λ*, each objective's loss at its fixed point, and short training runs of the real
 registered objectives against the exact distributions."""
 
@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chisquare
 
 from gfnlm.contracts import registry
-from gfnlm.training.exact import (
+from gfnlm.evaluation.exact import (
     ExactSetting,
     TabularPolicy,
     exact_distributions,

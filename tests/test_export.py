@@ -27,7 +27,7 @@ from test_checkpoint_faults import FileSystemFaults, Killed
 from test_trainer import REPO, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import gfnlm.serving.export as export_module
+import gfnlm.training.export as export_module
 from gfnlm.cli import main
 from gfnlm.contracts.types import Rollouts
 from gfnlm.training import checkpoint

@@ -19,8 +19,8 @@ from gfnlm import cli
 from gfnlm.contracts.errors import RunError, quoted, shortened
 from gfnlm.contracts.paths import write_text_atomically
 from gfnlm.contracts.registry import RegistryError, import_components, lookup, names, unregister
-from gfnlm.tasks import evaluation
-from gfnlm.tasks.evaluation import CreativeResult, evaluate
+from gfnlm.evaluation import held_out as evaluation
+from gfnlm.evaluation.held_out import CreativeResult, evaluate
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.tasks.records import load_records
 from gfnlm.training.config import ModelConfig

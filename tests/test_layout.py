@@ -1,58 +1,104 @@
-"""The package layout by layer, and the earlier import paths that still work for one release."""
+"""The package layout by layer: every import of every module (lazy ones inside functions included)
+points down the layers or stays in its own, never up. Checked on the source (the AST), so an
+import that only runs on some path is caught as well."""
 
-import importlib
-import json
+import ast
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
-import pytest
-
 import gfnlm
-from gfnlm._compat import MOVED_MODULES
 
 PACKAGE = Path(gfnlm.__file__).parent
 
+# Sub-package (or top-level module) → layer. A module may import its own layer and those below.
+LAYERS = {
+    "contracts": 0,
+    "models": 1, "serving": 1,
+    "objectives": 2, "logz": 2, "exploration": 2, "tasks": 2, "targets": 2, "samplers": 2,
+    "training": 3, "evaluation": 3,
+    "cli": 4,
+}
 
-def test_top_level_holds_only_the_cli_and_layer_packages():
-    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert modules == ["__init__.py", "_compat.py", "cli.py"]
+
+def layer_of(module: str) -> int | None:
+    """The layer of a dotted ``gfnlm`` module name (``None`` for the package itself and ``data``)."""
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else 0
+
+
+def module_name(path: Path, root: Path) -> str:
+    relative = path.relative_to(root.parent).with_suffix("")
+    parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
+    return ".".join(parts)
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, dotted name) of every ``gfnlm`` import in a module, wherever it stands (``from X
+    import y`` counts as X.y; relative imports are resolved against the module's package)."""
+    found = []
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                anchor = package[: len(package) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return [(line, name) for line, name in found if name == "gfnlm" or name.startswith("gfnlm.")]
+
+
+def layer_violations(root: Path) -> list[str]:
+    """``file:line: A (layer a) imports B (layer b)`` for each import of a higher layer under ``root``
+    (a folder laid out as the ``gfnlm`` package)."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        own = layer_of(module)
+        if own is None:
+            continue
+        for line, name in imported_modules(ast.parse(path.read_text()), module, path.name == "__init__.py"):
+            other = layer_of(name)
+            if other is not None and other > own:
+                problems.append(f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
+                                f"{name} (layer {other})")
+    return problems
+
+
+def test_every_sub_package_has_a_layer():
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert packages == ["contracts", "data", "exploration", "logz", "objectives", "samplers", "serving", "targets",
-                        "tasks", "training"]
+    assert set(packages) - {"data"} <= set(LAYERS), set(packages) - set(LAYERS)
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert modules == ["__init__.py", "cli.py"]
 
 
-def test_every_moved_module_exists_at_its_new_path():
-    for old, new in MOVED_MODULES.items():
-        assert not (PACKAGE / f"{old}.py").exists(), old
-        assert importlib.util.find_spec(new) is not None, new
+def test_no_module_imports_a_higher_layer():
+    assert layer_violations(PACKAGE) == []
 
 
-def test_old_import_paths_are_the_new_modules_and_warn():
-    # A fresh interpreter: in this one the aliases may already be imported (no second warning).
-    code = (
-        "import importlib, json, sys, warnings\n"
-        "moved = json.loads(sys.argv[1])\n"
-        "for old, new_name in moved.items():\n"
-        "    new = importlib.import_module(new_name)\n"
-        "    with warnings.catch_warnings(record=True) as caught:\n"
-        "        warnings.simplefilter('always')\n"
-        "        assert importlib.import_module('gfnlm.' + old) is new, old\n"
-        "    print(*[str(w.message) for w in caught if w.category is DeprecationWarning])\n"
-        "    module = __import__('gfnlm', fromlist=[old])\n"
-        "    assert getattr(module, old) is new, old\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(MOVED_MODULES)],
-                         check=False, capture_output=True, text=True, timeout=300)
+def test_the_check_finds_a_planted_back_edge(tmp_path: Path):
+    """A test of the test: a lazy import of the trainer inside a contracts function, in a copy of
+    the package, is reported with its file and line; the untouched copy is clean."""
+    copy = tmp_path / "gfnlm"
+    subprocess.run(["cp", "-r", str(PACKAGE), str(copy)], check=True)
+    assert layer_violations(copy) == []
+    errors = copy / "contracts" / "errors.py"
+    errors.write_text(errors.read_text() + "\n\ndef planted():\n    from gfnlm.training.trainer import Trainer\n"
+                      "    return Trainer\n")
+    (copy / "models" / "planted.py").write_text("from ..samplers import hf\n")  # relative, one layer up
+    found = layer_violations(copy)
+    assert len(found) == 2, found
+    assert "contracts/errors.py" in found[0] and "gfnlm.contracts.errors (layer 0) imports gfnlm.training" in found[0]
+    assert "gfnlm.models.planted (layer 1) imports gfnlm.samplers.hf (layer 2)" in found[1], found
+
+
+def test_import_gfnlm_leaves_the_import_system_alone():
+    code = ("import sys; before = list(sys.meta_path), list(sys.path_hooks); import gfnlm, gfnlm.cli; "
+            "assert (list(sys.meta_path), list(sys.path_hooks)) == before, sys.meta_path")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for old, new in MOVED_MODULES.items():
-        assert f"gfnlm.{old} moved to {new}" in out.stdout, old
-
-
-def test_unknown_module_is_still_an_import_error():
-    with warnings.catch_warnings(), pytest.raises(ModuleNotFoundError):
-        importlib.import_module("gfnlm.no_such_module")
 
 
 def test_repository_paths_the_modules_name_exist():

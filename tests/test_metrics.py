@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from gfnlm.cli import main
+from gfnlm.evaluation.held_out import evaluate_creative
+from gfnlm.models.loading import ensure_smollm2, load_tokenizer
 from gfnlm.samplers.hf import HFSampler
 from gfnlm.tasks import metrics
-from gfnlm.tasks.evaluation import evaluate_creative
 from gfnlm.tasks.prompt_files import DATA_DIR, PromptFileError, format_prompt, load_prompt_file
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
-from gfnlm.training.models import ensure_smollm2
-from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
+from gfnlm.training.policy import CausalLMPolicy
 
 POEM = "The sea is dark tonight\nand the moon hangs low above the waves."
 DISJOINT = [

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
+from gfnlm.evaluation.exact import ExactSetting, TabularPolicy
 from gfnlm.samplers.power_mh import MHStats, log_acceptance, power_sample
-from gfnlm.training.exact import ExactSetting, TabularPolicy
 
 ALPHA = 4.0
 

@@ -11,11 +11,14 @@ from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopPLogitsWarper
 
 import gfnlm.training.policy as policy_module
-from gfnlm.samplers.hf import HFSampler, decode_with_cache, min_p_filter, next_tokens, top_p_filter
+from gfnlm.contracts.errors import ConfigError
+from gfnlm.models.chunked_logps import output_layer_of
+from gfnlm.models.decoding import decode_with_cache, min_p_filter, next_tokens, top_p_filter
+from gfnlm.models.loading import load_tokenizer
+from gfnlm.samplers.hf import HFSampler
 from gfnlm.tasks.prompts import PromptSet
-from gfnlm.training.chunked_logps import output_layer_of
-from gfnlm.training.config import ConfigError, ModelConfig
-from gfnlm.training.policy import CausalLMPolicy, load_tokenizer
+from gfnlm.training.config import ModelConfig
+from gfnlm.training.policy import CausalLMPolicy
 
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "Who wrote the play Hamlet, and when?"]
 
@@ -211,7 +214,7 @@ def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_pa
 def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_path):
     """At T → 0 (the low-temperature baseline's limit) every sample is the greedy answer, so the
     sampled mean length equals the greedy one; at T = 1 on a random model it does not."""
-    from gfnlm.tasks.evaluation import evaluate
+    from gfnlm.evaluation.held_out import evaluate
 
     policy = make_policy(tiny_model_dir)
     path = tmp_path / "eval.jsonl"

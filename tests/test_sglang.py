@@ -23,13 +23,15 @@ import torch
 from test_trainer import REPO, scalars, tiny_overrides
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from gfnlm.samplers.sglang import SGLangSampler, merged_state_dict
+from gfnlm.contracts.errors import ConfigError
+from gfnlm.models.loading import ensure_smollm2
+from gfnlm.models.weights import merged_state_dict
+from gfnlm.samplers.sglang import SGLangSampler
 from gfnlm.serving.serve import LaunchConfig, SGLangServer, free_port
 from gfnlm.serving.sglang_client import ServerError
 from gfnlm.tasks.prompt_files import format_prompt
 from gfnlm.tasks.prompts import PromptSet
-from gfnlm.training.config import ConfigError, ModelConfig, load_config
-from gfnlm.training.models import ensure_smollm2
+from gfnlm.training.config import ModelConfig, load_config
 from gfnlm.training.policy import CausalLMPolicy
 from gfnlm.training.trainer import Trainer
 

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from gfnlm.evaluation.exact import exact_fork_comparison
 from gfnlm.tasks import synthetic_forks as forks
 from gfnlm.tasks import synthetic_reasoning as task
 
@@ -52,7 +53,7 @@ def test_exact_low_temperature_and_power_disagree(alpha):
     (1 − w)/27. T = 1/α sharpens the first token: P(work) = w^α / (w^α + (1 − w)^α), and leaves the
     uniform guess steps uniform; p^α weighs whole chains: P(work) = w^α / (w^α + 27 ((1 − w)/27)^α)."""
     w = forks.WORK_RATE
-    result = forks.exact_fork_comparison(alpha, work_rate=w, vocab_size=4, steps=3)
+    result = exact_fork_comparison(alpha, work_rate=w, vocab_size=4, steps=3)
     low_temp_work = w**alpha / (w**alpha + (1 - w) ** alpha)
     power_work = w**alpha / (w**alpha + 27 * ((1 - w) / 27) ** alpha)
     assert result["num_responses"] == 1365

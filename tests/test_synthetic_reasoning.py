@@ -37,8 +37,8 @@ def test_noisy_solution_without_noise_is_the_correct_chain_and_with_noise_varies
 
 
 def test_tokenizer_round_trip_and_chat_prompt(tmp_path):
+    from gfnlm.models.loading import load_tokenizer
     from gfnlm.tasks.prompt_files import format_prompt
-    from gfnlm.training.policy import load_tokenizer
 
     tokenizer = load_tokenizer(task.save_tokenizer(tmp_path))
     prompt = format_prompt(tokenizer, "Q a 3 b 5")

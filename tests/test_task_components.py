@@ -11,14 +11,13 @@ import pytest
 from test_trainer import REPO, run_cli, scalars, tiny_overrides
 
 from gfnlm.contracts.registry import RegistryError, build, names
+from gfnlm.evaluation.held_out import pass_at_k
+from gfnlm.models.loading import ensure_smollm2, load_tokenizer
 from gfnlm.tasks.base import chat_prompt
-from gfnlm.tasks.evaluation import pass_at_k
 from gfnlm.tasks.prompt_files import format_prompt
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.tasks.synthetic_reasoning import save_tokenizer
 from gfnlm.training.config import load_config
-from gfnlm.training.models import ensure_smollm2
-from gfnlm.training.policy import load_tokenizer
 from gfnlm.training.trainer import Trainer
 
 

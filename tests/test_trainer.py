@@ -260,8 +260,8 @@ def test_the_base_pass_returns_prefix_eos_logps_only_for_objectives_that_use_the
     """The α-power target offers prefix rewards, but only SubTB/DB use them: for TB/LA-TB the base
     pass needs no per-prefix EOS log-prob, so a vLLM server (which cannot return it) may score the
     base model; with SubTB that is refused when the run is composed."""
+    from gfnlm.contracts.errors import ConfigError
     from gfnlm.training.compose import compose
-    from gfnlm.training.config import ConfigError
 
     vllm = ["sampling.sampler=vllm", "sampling.sampler_options.url=http://127.0.0.1:1",
             "sampling.sampler_options.weight_sync=lora", "sampling.sampler_options.scores_base=true"]

@@ -28,16 +28,16 @@ from test_sglang import small_smollm2 as small_smollm2_fixture
 from test_sglang_reliability import ScriptedServer, SilentServer
 from test_trainer import REPO, scalars, tiny_overrides
 
-from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.contracts.registry import RegistryError
-from gfnlm.samplers.hf import top_p_filter
-from gfnlm.samplers.server import changing_weights, merged_state_dict
+from gfnlm.models.decoding import top_p_filter
+from gfnlm.models.weights import changing_weights, merged_state_dict
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig, free_port
 from gfnlm.serving.sglang_client import ServerError
 from gfnlm.serving.vllm_client import VLLMClient
 from gfnlm.serving.vllm_serve import VLLMServer
-from gfnlm.training.config import ConfigError, ModelConfig, load_config
+from gfnlm.training.config import ModelConfig, load_config
 from gfnlm.training.policy import CausalLMPolicy
 from gfnlm.training.trainer import Trainer
 

@@ -21,7 +21,7 @@ echo "downloading ${#packages[@]} wheels for CPython 3.12 x86-64: ${packages[*]}
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d "$dest/wheels" "${packages[@]}"
 rm -rf "$dest/tokenizer" && mkdir -p "$dest/tokenizer"
-smollm2=$("$python" -c "from gfnlm.training.models import ensure_smollm2; print(ensure_smollm2())")
+smollm2=$("$python" -c "from gfnlm.models.loading import ensure_smollm2; print(ensure_smollm2())")
 for f in tokenizer.json tokenizer_config.json special_tokens_map.json chat_template.jinja; do
   if [ -f "$smollm2/$f" ]; then cp "$smollm2/$f" "$dest/tokenizer/"; fi
 done

@@ -40,6 +40,10 @@ class InputError(GfnlmError, ValueError):
     """Bad user input: a config field, a file, a component name or a command-line flag (exit 2)."""
 
 
+class ConfigError(InputError):
+    """A bad configuration value, reported in one line that names the field."""
+
+
 class RunError(GfnlmError, RuntimeError):
     """The run cannot go on for a reason outside gfnlm's code; what was saved is intact (exit 1)."""
 

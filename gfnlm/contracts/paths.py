@@ -6,11 +6,12 @@
 * :func:`check_output_file`: a file that a command writes at its end (``gfnlm eval --json``) can
   be written, checked before the work that produces it, so a finished evaluation is never lost to
   a folder given as the file or a read-only folder;
-* :func:`write_text_atomically`: the file appears whole or not at all; a failure is one line.
+* :func:`write_text_atomic` (and :func:`write_text_atomically` for a user's path, a failure in
+  one line): the file appears whole, flushed to disk, or not at all.
 """
 
-import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from gfnlm.contracts.errors import InputError, RunError, quoted
@@ -80,19 +81,26 @@ def check_writable_folder(value: str, field: str) -> None:
                          f"system or no permission); choose another {field}")
 
 
-def write_text_atomically(value: str, text: str, field: str) -> None:
-    """Write ``text`` to ``value`` (parent folders created) through a temporary file in the same
-    folder renamed over it: a reader sees the old file or the whole new one, never a part. An
-    ``OSError`` (a full disk, a folder made read-only meanwhile) is a one-line
-    :class:`~gfnlm.contracts.errors.RunError` naming ``field``."""
-    path = Path(value).expanduser()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(): the umask's permissions
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file + rename (no temp file is left on failure)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(value: str, text: str, field: str) -> None:
+    """:func:`write_text_atomic` to the path a user gave as ``field``; an ``OSError`` (a full disk,
+    a folder made read-only meanwhile) is a one-line :class:`~gfnlm.contracts.errors.RunError`."""
+    try:
+        write_text_atomic(Path(value).expanduser(), text)
     except OSError as error:
-        with contextlib.suppress(OSError):  # a read-only folder refuses even this
-            temporary.unlink(missing_ok=True)
         raise RunError(f"{field}={quoted(value)}: cannot write it ({error.strerror or error}); "
                        "the results above were printed but not saved") from None

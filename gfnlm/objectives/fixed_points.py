@@ -3,7 +3,7 @@
 Each objective declares its fixed point on its class (:meth:`Objective.fixed_point
 <gfnlm.objectives.base.Objective.fixed_point>`) by returning one of these, computed from the
 target's ``log R`` and the lengths ``|y|`` (EOS counts) of every response; the exact checker
-(:mod:`gfnlm.training.exact`) compares trained policies with it, for built-in and user objectives alike.
+(:mod:`gfnlm.evaluation.exact`) compares trained policies with it, for built-in and user objectives alike.
 
 * :func:`normalised_target` — ``π ∝ R`` (TB, SubTB, DB); log Z → ``log Σ R``.
 * :func:`length_tilt` — ``π ∝ R·exp(−λ*|y|)`` with ``Σ R·exp(−λ*|y|) = 1`` (LA-TB); log Z' → λ*.

@@ -2,8 +2,8 @@
 
 from typing import ClassVar
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.types import PromptBatch, Rollouts
-from gfnlm.training.config import ConfigError
 
 
 class Sampler:

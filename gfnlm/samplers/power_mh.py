@@ -32,8 +32,8 @@ import torch
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts
+from gfnlm.models.decoding import decode_with_cache, rollouts_from_generated
 from gfnlm.samplers.base import Sampler
-from gfnlm.samplers.hf import decode_with_cache, rollouts_from_generated
 
 # propose(prefix, max_tokens) -> (suffix tokens, log q of each): ancestral sampling at T = 1/α,
 # stopping after EOS or max_tokens tokens.

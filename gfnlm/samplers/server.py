@@ -29,11 +29,12 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import option
+from gfnlm.models.weights import merged_state_dict
 from gfnlm.samplers.base import Sampler, check_sampling_settings
 from gfnlm.serving.serve import LaunchConfig, ManagedServer
 from gfnlm.serving.sglang_client import ServerClient, ServerError
-from gfnlm.training.config import ConfigError
 
 OPTION = "sampling.sampler_options"
 PROBE = "The capital of France is Paris. The capital of Italy is"
@@ -368,62 +369,6 @@ def _shared_tag() -> str:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.broadcast_object_list(tag, src=0)
     return tag[0]
-
-
-def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype, changing_only: bool = False) -> dict[str, torch.Tensor]:
-    """The model's weights under their Hugging Face names, LoRA deltas merged in (the model is
-    not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call).
-
-    ``changing_only``: only the weights that training can change (see :func:`changing_weights`)."""
-    from gfnlm.training.policy import full_tensor
-
-    peft = hasattr(model, "peft_config")
-    modules = dict(model.named_modules())
-    keep = changing_weights(model) if changing_only else None
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if peft and ".lora_" in name:
-                continue
-            hf_name = hf_parameter_name(name) if peft else name
-            if keep is not None and hf_name not in keep:
-                continue
-            value = full_tensor(param.detach())
-            if peft and ".base_layer." in name:
-                layer = modules[name.split(".base_layer.")[0]]
-                if name.endswith(".weight") and not getattr(layer, "merged", False):
-                    for adapter in layer.active_adapters:
-                        value = value + full_tensor(layer.get_delta_weight(adapter))
-            out[hf_name] = value.to(dtype=dtype, device="cpu").contiguous().clone()
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    if tied:
-        out.pop("lm_head.weight", None)
-    return out
-
-
-def hf_parameter_name(peft_name: str) -> str:
-    """A PEFT model's base parameter under its Hugging Face name."""
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-
-
-def changing_weights(model: torch.nn.Module) -> set[str]:
-    """The Hugging Face names of the weights a push after a training step must carry: every weight
-    of each module that holds a trained parameter or an adapted layer (``self_attn`` for LoRA on
-    ``q_proj``), so that an engine which packs sibling layers into one (vLLM's ``qkv_proj``,
-    ``gate_up_proj``) receives every part of a packed layer. Without an adapter: every weight.
-
-    An adapter never changes the other weights, so a server that holds the base model needs only
-    these after the first full push (for LoRA r = 8 on q/k/v/o of SmolLM2-135M: 26.5M of 135M
-    parameters)."""
-    names = [name for name, _ in model.named_parameters()]
-    if not hasattr(model, "peft_config"):
-        return set(names)
-    changed = [hf_parameter_name(name.split(".lora_")[0] + ".weight") if ".lora_" in name else hf_parameter_name(name)
-               for name, param in model.named_parameters() if param.requires_grad]
-    # the module two levels up from a weight (model.layers.3.self_attn from ….self_attn.q_proj.weight)
-    parents = {name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else "" for name in changed}
-    hf_names = {hf_parameter_name(name) for name in names if ".lora_" not in name}
-    return {name for name in hf_names if any(name.startswith(parent) for parent in parents)}
 
 
 def check_url(name: str, url: str) -> None:

@@ -29,8 +29,9 @@ import torch
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts, SequenceLogProbs
-from gfnlm.samplers.hf import rollouts_from_generated
-from gfnlm.samplers.server import PROBE, ServerSampler, finite_logp, merged_state_dict
+from gfnlm.models.decoding import rollouts_from_generated
+from gfnlm.models.weights import merged_state_dict
+from gfnlm.samplers.server import PROBE, ServerSampler, finite_logp
 from gfnlm.serving.serve import LaunchConfig, SGLangServer, resolve_launch
 from gfnlm.serving.sglang_client import ServerError, SGLangClient
 

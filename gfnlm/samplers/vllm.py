@@ -38,7 +38,7 @@ import torch
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.registry import register
 from gfnlm.contracts.types import PromptBatch, Rollouts, SequenceLogProbs
-from gfnlm.samplers.hf import rollouts_from_generated, top_p_filter
+from gfnlm.models.decoding import rollouts_from_generated, top_p_filter
 from gfnlm.samplers.server import OPTION, PROBE, ServerSampler, finite_logp
 from gfnlm.serving.serve import LaunchConfig
 from gfnlm.serving.sglang_client import ServerError

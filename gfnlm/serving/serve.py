@@ -33,8 +33,8 @@ from typing import Any, Self
 
 import attrs
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.serving.sglang_client import ServerClient, ServerError, SGLangClient
-from gfnlm.training.config import ConfigError
 
 _RUNNING: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
 

@@ -11,7 +11,8 @@ import attrs
 from gfnlm.contracts.errors import InputError, quoted
 from gfnlm.contracts.registry import register
 from gfnlm.tasks.base import ChatTask, describe_fields, system_prompt_option, template_option
-from gfnlm.tasks.factual_answers import first_sentence, is_correct, normalize_answer
+from gfnlm.tasks.factual_answers import answer_key as factual_answer_key
+from gfnlm.tasks.factual_answers import is_correct, normalize_answer
 
 # The prompt of Qwen2.5-Math's chain-of-thought evaluation (and of the PowerFlow paper's runs).
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -36,7 +37,7 @@ class FactualTask(ChatTask):
         return is_correct(response, list(answers))
 
     def answer_key(self, response: str) -> str:
-        return normalize_answer(first_sentence(response))
+        return factual_answer_key(response)
 
     def format_ok(self, response: str) -> bool:
         return bool(self.answer_key(response))

@@ -105,3 +105,8 @@ def is_correct(response: str, answers: list[str]) -> bool:
         if norm and f" {norm} " in text:
             return True
     return False
+
+
+def answer_key(response: str) -> str:
+    """What majority voting compares on the factual task: the normalised first sentence."""
+    return normalize_answer(first_sentence(response))

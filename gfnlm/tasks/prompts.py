@@ -7,10 +7,9 @@ import attrs
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from gfnlm.contracts.errors import quoted
+from gfnlm.contracts.errors import ConfigError, quoted
 from gfnlm.contracts.types import PromptBatch
 from gfnlm.tasks.records import bundled_path, bundled_sets
-from gfnlm.training.config import ConfigError
 
 
 def resolve_prompt_file(spec: str, field: str) -> Path:

@@ -25,11 +25,11 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
 def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
                       task: Any = None) -> tuple[list[str], list[int]]:
     """Each response's answer (``key``, else the task's :meth:`~gfnlm.tasks.base.Task.answer_key`,
-    else the factual task's :func:`gfnlm.tasks.evaluation.answer_key`) and its group id."""
+    else the factual task's :func:`gfnlm.tasks.factual_answers.answer_key`) and its group id."""
     if key is None and task is not None:
         key = task.answer_key
     if key is None:  # a local import: evaluation imports the sampler stack
-        from gfnlm.tasks.evaluation import answer_key as key
+        from gfnlm.tasks.factual_answers import answer_key as key
 
     if rollouts.response_text is None:
         raise InputError("answer-based rewards need rollouts with response_text")

@@ -25,8 +25,8 @@ Why the methods separate: with ``work_rate = 0.35`` the first token of a T = 1 s
 uniform choice among wrong digits stays uniform at any temperature. The sequence-level power
 distribution ``p^α`` compares whole solutions instead: the one ``work`` chain has probability 0.35
 while each ``guess`` chain has ``0.65 · 9^−(n−1)``, so ``p^α`` puts almost all of its mass on the
-``work`` route, and on the right answer. :func:`exact_fork_comparison` shows this exactly on the
-enumerable tabular model of :mod:`gfnlm.training.exact`.
+``work`` route, and on the right answer. :func:`gfnlm.evaluation.exact.exact_fork_comparison` shows this exactly on
+the enumerable tabular model of :mod:`gfnlm.evaluation.exact`.
 """
 
 import random
@@ -83,7 +83,7 @@ def answer_distribution(question: str, work_rate: float = WORK_RATE) -> dict[str
 
 def fork_response_log_probs(setting, work_rate: float = WORK_RATE, smoothing: float = 1e-6):
     """The log-probabilities over ``setting.enumerate_responses()`` of the fork structure on an
-    :class:`~gfnlm.training.exact.ExactSetting` with ``V`` tokens and ``max_len = m + 2``.
+    :class:`~gfnlm.evaluation.exact.ExactSetting` with ``V`` tokens and ``max_len = m + 2``.
 
     A response is a route token (0 = work, 1 = guess), ``m`` step tokens and EOS. The work route
     continues with one fixed chain (every step token 0, the right answer); the guess route with
@@ -121,43 +121,3 @@ def answer_marginal(setting, log_probs) -> dict[int, float]:
     for answer, p in zip(answers.tolist(), log_probs.exp().tolist(), strict=True):
         totals[answer] += p
     return dict(totals)
-
-
-def exact_fork_comparison(alpha: float, work_rate: float = WORK_RATE, vocab_size: int = 4,
-                          steps: int = 3) -> dict:
-    """Exactly, on the enumerable model of the fork structure: the base, per-token sharpening
-    (T = 1/α: the base's logits times α at every state) and sequence-level sharpening (p^α, the
-    registered ``alpha_power`` target normalised over every response, and the LA-TB optimum).
-
-    Returns the TV distances between them, the probability each puts on the right answer (token 0)
-    and on the work route, and the answer each ranks first (0 = right)."""
-    from gfnlm.contracts.registry import build
-    from gfnlm.training.exact import (
-        ExactSetting,
-        TabularPolicy,
-        exact_distributions,
-        normalise_log,
-        total_variation,
-    )
-
-    setting = ExactSetting(vocab_size=vocab_size, max_len=steps + 2)
-    base = TabularPolicy.from_response_distribution(setting, fork_response_log_probs(setting, work_rate))
-    exact = exact_distributions(setting, base, build("target", "alpha_power", {"alpha": alpha}))
-    low_temp = TabularPolicy(setting, base.logits.detach() * alpha)
-    log_low_temp = normalise_log(low_temp.response_log_probs(exact.responses))
-    work_route = exact.responses.response_ids[:, 0] == 0
-    distributions = {"base": exact.log_base, "low_temp": log_low_temp, "power": exact.log_target,
-                     "la_tb": exact.log_tilted}
-    result: dict = {"alpha": alpha, "work_rate": work_rate, "vocab_size": vocab_size, "steps": steps,
-                    "num_responses": setting.num_responses,
-                    "tv_low_temp_power": total_variation(log_low_temp, exact.log_target),
-                    "tv_base_power": total_variation(exact.log_base, exact.log_target),
-                    "tv_la_tb_power": total_variation(exact.log_tilted, exact.log_target)}
-    for name, log_p in distributions.items():
-        answers = answer_marginal(setting, log_p)
-        ranked = sorted((a for a in answers if a >= 0), key=lambda a: -answers[a])
-        result[f"{name}_right"] = answers.get(0, 0.0)
-        result[f"{name}_top_answer"] = ranked[0]
-        result[f"{name}_top_answer_p"] = answers[ranked[0]]
-        result[f"{name}_work_route"] = float(log_p.exp()[work_route].sum())
-    return result

@@ -53,6 +53,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gfnlm.contracts.errors import InputError, RunError
+from gfnlm.contracts.paths import write_text_atomic
 
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "state.pt"
@@ -103,21 +104,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename (no temp file is left on failure)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_reason(error: BaseException) -> str:

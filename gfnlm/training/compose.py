@@ -7,9 +7,10 @@ from typing import Any
 
 import attrs
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.exploration import check_off_policy
-from gfnlm.training.config import ConfigError, RunConfig
+from gfnlm.training.config import RunConfig
 from gfnlm.training.policy import CausalLMPolicy
 
 

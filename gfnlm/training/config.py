@@ -18,12 +18,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gfnlm.contracts.errors import InputError, quoted, shortened
+from gfnlm.contracts.errors import ConfigError, quoted, shortened
 from gfnlm.contracts.paths import check_path_length
-
-
-class ConfigError(InputError):
-    """A bad configuration value, reported in one line that names the field."""
 
 
 def field_name(instance: object, attribute: attrs.Attribute) -> str:

@@ -3,7 +3,7 @@ the base model's log-probs (adapter disabled, or a frozen copy) → :class:`Sequ
 
 Log-probs are computed only at the ``T+1`` positions that predict response tokens, so the output
 layer never runs over the prompt. By default (``model.logp_chunk_size`` > 0) the final hidden states
-go through the output layer a chunk of positions at a time (:mod:`gfnlm.training.chunked_logps`), so
+go through the output layer a chunk of positions at a time (:mod:`gfnlm.models.chunked_logps`), so
 ``[B, T+1, V]`` logits never exist; entropy and self-certainty are computed at every position only
 when a component asks for them (``token_statistics``, ``entropy_grad``), otherwise on an evenly
 spaced subsample of positions for logging. ``logp_chunk_size=0`` is the plain path: full logits
@@ -21,48 +21,22 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, distribute_tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from gfnlm.contracts.errors import RunError
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
-from gfnlm.training.checkpoint import ADAPTER_DIR
-from gfnlm.training.chunked_logps import (
+from gfnlm.models.chunked_logps import (
     check_output_layer,
     chunked_logps,
     final_hidden_states,
     output_layer_of,
     wide,
 )
-from gfnlm.training.config import ConfigError, ModelConfig
-
-
-def resolve_device(requested: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error naming
-    ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{field}='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(requested)
-
-
-def load_tokenizer(model_dir: Path, field: str = "model.path") -> PreTrainedTokenizerBase:
-    """The folder's tokenizer, left-padding (prompts end at the same position); a folder without a
-    usable tokenizer is a one-line error naming ``field``."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError) as error:  # transformers' many ways of saying "no tokenizer"
-        reason = " ".join(str(error).split())[:200]
-        raise ConfigError(f"{field}={str(model_dir)!r}: cannot load a tokenizer from it ({reason})") from None
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from gfnlm.models.loading import load_tokenizer
+from gfnlm.models.weights import full_tensor, place_like
+from gfnlm.training.checkpoint import ADAPTER_DIR
+from gfnlm.training.config import ModelConfig
 
 
 class CausalLMPolicy(nn.Module):
@@ -434,7 +408,7 @@ def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: boo
 
 
 def _final_hidden_if(model: nn.Module, capture: bool) -> contextlib.AbstractContextManager[list[Tensor]]:
-    """:func:`~gfnlm.training.chunked_logps.final_hidden_states` when ``capture``, else an unused list."""
+    """:func:`~gfnlm.models.chunked_logps.final_hidden_states` when ``capture``, else an unused list."""
     return final_hidden_states(model) if capture else contextlib.nullcontext([])
 
 
@@ -465,21 +439,6 @@ def _prompt_hidden(hidden: Tensor, rollouts: Rollouts) -> Tensor:
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     weights = mask.to(values.dtype).unsqueeze(-1)
     return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-def full_tensor(tensor: Tensor) -> Tensor:
-    """The whole tensor behind an FSDP2 shard (a DTensor); other tensors unchanged."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def place_like(value, param: Tensor):
-    """A saved full tensor placed like ``param``: this rank's shard under FSDP2 (a DTensor),
-    else on ``param``'s device. Non-tensors and scalars (e.g. Adam's ``step``) stay as they are."""
-    if not torch.is_tensor(value) or value.dim() == 0:
-        return value
-    if isinstance(param, DTensor):
-        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    return value.to(param.device)
 
 
 class TrainableModule(torch.nn.Module):

@@ -10,11 +10,12 @@ import attrs
 import numpy as np
 import torch
 
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import lookup
+from gfnlm.models.weights import full_tensor, place_like
 from gfnlm.training import checkpoint
 from gfnlm.training import distributed as dist_utils
-from gfnlm.training.config import ConfigError, RunConfig, load_config
-from gfnlm.training.policy import full_tensor, place_like
+from gfnlm.training.config import RunConfig, load_config
 
 
 def find_resume_point(config: RunConfig, out_dir: Path) -> checkpoint.ResumePoint | None:

@@ -7,7 +7,6 @@ policy having moved since sampling). Everything that touches files or devices li
 """
 
 import gc
-import json
 import math
 import random
 import sys
@@ -20,17 +19,17 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from gfnlm.contracts.errors import RunError
-from gfnlm.contracts.paths import check_writable_folder
+from gfnlm.contracts.errors import ConfigError, RunError
+from gfnlm.contracts.paths import check_writable_folder, write_text_atomic
 from gfnlm.contracts.types import Rollouts, TargetScores
-from gfnlm.tasks.evaluation import evaluate
+from gfnlm.evaluation.held_out import evaluate, read_cached_evaluation, write_cached_evaluation
+from gfnlm.models.loading import check_context, load_tokenizer, resolve_device, resolve_model_path
 from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training import checkpoint, resume
 from gfnlm.training import distributed as dist_utils
 from gfnlm.training.compose import build_task, compose, read_model_config
-from gfnlm.training.config import ConfigError, RunConfig, to_yaml
-from gfnlm.training.models import check_context, resolve_model_path
-from gfnlm.training.policy import CausalLMPolicy, TrainableModule, load_tokenizer, resolve_device
+from gfnlm.training.config import RunConfig, to_yaml
+from gfnlm.training.policy import CausalLMPolicy, TrainableModule
 from gfnlm.training.prefetch import RolloutPrefetch
 
 
@@ -139,7 +138,7 @@ class Trainer:
             if not self.run_lock.held:  # train() called again after it released the folder
                 self.run_lock.acquire()
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
+            write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
             # purge_step drops events a crashed run logged after its last checkpoint.
             self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1)
         sampler = self.components.sampler
@@ -299,7 +298,7 @@ class Trainer:
         if self.eval_prompts is None:
             return None
         path = self.out_dir / "eval" / f"step_{step:06d}.json"
-        result = _read_cached_eval(path)
+        result = read_cached_evaluation(path)
         if result is None:
             # A forked RNG: evaluation never changes the training randomness, so a resumed run
             # (which reuses cached evaluations) stays identical to an uninterrupted one. The same
@@ -313,7 +312,7 @@ class Trainer:
                                   self.config.sampling.max_new_tokens, task=self.task,
                                   progress=self.progress and self.world.is_main).as_dict()
             if self.world.is_main:
-                _write_cached_eval(path, result)
+                write_cached_evaluation(path, result)
             dist_utils.barrier(self.world)
         if self.writer is not None:
             for key, value in result.items():
@@ -365,28 +364,6 @@ class Trainer:
         resume.restore_rng_state(state["rng"], self.world, self.prompt_rng, fresh_seed)
         self.step = self._saved_step = int(state["step"])
         return True
-
-
-def _write_cached_eval(path: Path, result: dict[str, float]) -> None:
-    """Cache an evaluation for resumes; a cache that cannot be written only costs a re-evaluation,
-    so the run goes on with a one-line warning."""
-    try:
-        checkpoint.write_text_atomic(path, json.dumps(result, indent=2))
-    except OSError as error:
-        print(f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
-              "a resume evaluates that step again", file=sys.stderr, flush=True)
-
-
-def _read_cached_eval(path: Path) -> dict[str, float] | None:
-    """A cached evaluation, or ``None`` when there is none or it cannot be read (then it is redone)."""
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        print(f"gfnlm: {path} is unreadable; evaluating again", file=sys.stderr, flush=True)
-        return None
-    return result if isinstance(result, dict) else None
 
 
 def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:

@@ -9,9 +9,9 @@ import sys
 
 import torch
 
+from gfnlm.models.weights import full_tensor
 from gfnlm.training import distributed as dist_utils
 from gfnlm.training.config import load_config
-from gfnlm.training.policy import full_tensor
 from gfnlm.training.trainer import Trainer
 
 

@@ -42,9 +42,9 @@ import attrs
 import torch
 from safetensors import SafetensorError
 
-from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.training import checkpoint
-from gfnlm.training.config import ConfigError, RunConfig, load_config
+from gfnlm.training.config import RunConfig, load_config
 
 if TYPE_CHECKING:
     from gfnlm.training.policy import CausalLMPolicy
@@ -489,7 +489,7 @@ def write_merged(model: torch.nn.Module, model_dir: Path, folder: Path, dtype: t
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoConfig, AutoTokenizer
 
-    from gfnlm.samplers.sglang import merged_state_dict
+    from gfnlm.models.weights import merged_state_dict
 
     save_torch_state_dict(merged_state_dict(model, dtype), folder, metadata={"format": "pt"})
     config = AutoConfig.from_pretrained(model_dir)
@@ -518,7 +518,7 @@ def export_checkpoint(run: str, kind: str, out: str, step: int | None = None, dt
     """Export ``run``'s newest complete checkpoint (or ``step``'s) as ``kind`` (``merged`` or
     ``adapter``) into the folder ``out``; returns the line that says what was written where.
     ``dtype``: of the written weights (default float32 for ``merged``, as saved for ``adapter``)."""
-    from gfnlm.training.models import resolve_model_path
+    from gfnlm.models.loading import resolve_model_path
 
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")

@@ -23,7 +23,7 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from gfnlm.training.config import ConfigError
+from gfnlm.contracts.errors import ConfigError
 
 
 def _check_options(instance: "CollapseOptions", attribute: attrs.Attribute, value: float) -> None:
@@ -91,10 +91,10 @@ def collapse_model(model_path: str, prompt_file: str, out: Path, options: Collap
     write a Hugging Face folder to ``out`` (with ``collapse.json``: the options and the losses).
     An existing finished folder is returned as it is."""
     from gfnlm.contracts.registry import build
-    from gfnlm.serving.export import write_atomically, write_merged
+    from gfnlm.models.loading import resolve_model_path
     from gfnlm.tasks.prompts import PromptSet
     from gfnlm.training.config import ModelConfig
-    from gfnlm.training.models import resolve_model_path
+    from gfnlm.training.export import write_atomically, write_merged
     from gfnlm.training.policy import CausalLMPolicy
 
     if (out / "collapse.json").is_file():

