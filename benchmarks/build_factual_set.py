@@ -62,31 +62,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2", help="'smollm2' or a local HF model folder")
     p.add_argument("--candidates", type=Path, default=DATA_DIR / "factual_candidates.jsonl")
     p.add_argument("--samples", type=int, default=8, help="T=1 samples per question")
-    p.add_argument("--confirm-samples", type=int, default=16,
-                   help="fresh T=1 samples per selected eval question (0: skip)")
+    p.add_argument(
+        "--confirm-samples",
+        type=int,
+        default=16,
+        help="fresh T=1 samples per selected eval question (0: skip)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="questions per batch (each gives 1 greedy + --samples rows)")
-    p.add_argument("--max-t1-acc", type=float, default=0.75,
-                   help="keep greedy-correct questions with measured T=1 accuracy <= this")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="questions per batch (each gives 1 greedy + --samples rows)",
+    )
+    p.add_argument(
+        "--max-t1-acc",
+        type=float,
+        default=0.75,
+        help="keep greedy-correct questions with measured T=1 accuracy <= this",
+    )
     p.add_argument("--eval-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N candidates (smoke test)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--write", action="store_true", help="rewrite factual_train/eval.jsonl")
-    p.add_argument("--measurements", type=Path, default=None,
-                   help="write per-question measurements (JSONL) here")
-    p.add_argument("--reuse", type=Path, default=None,
-                   help="take greedy answers and samples from this --measurements file "
-                        "instead of generating them (re-selection without the cost)")
+    p.add_argument(
+        "--measurements",
+        type=Path,
+        default=None,
+        help="write per-question measurements (JSONL) here",
+    )
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="take greedy answers and samples from this --measurements file "
+        "instead of generating them (re-selection without the cost)",
+    )
     return p.parse_args(argv)
 
 
 @torch.no_grad()
-def rollout(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool,
-            temperature: float, max_new_tokens: int, generator: torch.Generator
-            ) -> tuple[list[str], list[list[str]]]:
+def rollout(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    samples: int,
+    greedy: bool,
+    temperature: float,
+    max_new_tokens: int,
+    generator: torch.Generator,
+) -> tuple[list[str], list[list[str]]]:
     """Greedy answer (if ``greedy``) and ``samples`` T=``temperature`` answers for each prompt.
 
     Each prompt is prefilled once (left padding) and its KV cache repeated for the greedy row
@@ -127,8 +155,13 @@ def rollout(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool,
             cache.batch_select_indices(keep_t)
         rows, tok, mask, next_pos = rows[keep_t], tok[keep_t], mask[keep_t], next_pos[keep_t]
         mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
@@ -137,16 +170,24 @@ def rollout(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool,
     return greedy_texts, sampled_texts
 
 
-def measure(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool, args,
-            seed: int, desc: str) -> tuple[list[str], list[list[str]]]:
+def measure(
+    model, tokenizer, prompts: list[str], *, samples: int, greedy: bool, args, seed: int, desc: str
+) -> tuple[list[str], list[list[str]]]:
     """:func:`rollout` over all prompts in batches of ``args.batch_size`` prompts, seeded."""
     generator = torch.Generator().manual_seed(seed)
     greedy_texts: list[str] = []
     sampled: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), args.batch_size), desc=desc, unit="batch"):
-        g, s = rollout(model, tokenizer, prompts[start : start + args.batch_size],
-                       samples=samples, greedy=greedy, temperature=args.temperature,
-                       max_new_tokens=args.max_new_tokens, generator=generator)
+        g, s = rollout(
+            model,
+            tokenizer,
+            prompts[start : start + args.batch_size],
+            samples=samples,
+            greedy=greedy,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            generator=generator,
+        )
         greedy_texts += g
         sampled += s
     return greedy_texts, sampled
@@ -154,8 +195,9 @@ def measure(model, tokenizer, prompts: list[str], *, samples: int, greedy: bool,
 
 def accuracy(samples: list[list[str]], answers: list[list[str]]) -> list[float]:
     """Per-question fraction of correct samples."""
-    return [sum(is_correct(t, a) for t in s) / len(s) for s, a in zip(samples, answers,
-                                                                      strict=True)]
+    return [
+        sum(is_correct(t, a) for t in s) / len(s) for s, a in zip(samples, answers, strict=True)
+    ]
 
 
 def pct(x: float) -> str:
@@ -196,9 +238,16 @@ def main(argv: list[str] | None = None) -> None:
         if {len(s) for s in samples} != {args.samples}:
             raise SystemExit(f"{args.reuse}: not {args.samples} samples per question")
     else:
-        greedy_texts, samples = measure(model, tokenizer, prompts, samples=args.samples,
-                                        greedy=True, args=args, seed=args.seed,
-                                        desc=f"greedy + T={args.temperature} x{args.samples}")
+        greedy_texts, samples = measure(
+            model,
+            tokenizer,
+            prompts,
+            samples=args.samples,
+            greedy=True,
+            args=args,
+            seed=args.seed,
+            desc=f"greedy + T={args.temperature} x{args.samples}",
+        )
     # Scored here (not stored) so that a changed checker applies to reused measurements too.
     greedy_ok = [is_correct(t, a) for t, a in zip(greedy_texts, answers, strict=True)]
     t1_acc = accuracy(samples, answers)
@@ -216,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"T={args.temperature} accuracy (x{args.samples})     {pct(mean(t1_acc))}")
     print(f"  on greedy-correct        {pct(mean([t1_acc[i] for i in idx_ok]))}")
     print(f"  on greedy-wrong          {pct(mean([t1_acc[i] for i in idx_bad]))}")
-    hist = {k: sum(round(t1_acc[i] * args.samples) == k for i in idx_ok)
-            for k in range(args.samples + 1)}
+    hist = {
+        k: sum(round(t1_acc[i] * args.samples) == k for i in idx_ok)
+        for k in range(args.samples + 1)
+    }
     print(f"greedy-correct questions by #correct of {args.samples} samples: {hist}")
 
     selected = [i for i in idx_ok if t1_acc[i] <= args.max_t1_acc + 1e-9]
@@ -229,19 +280,32 @@ def main(argv: list[str] | None = None) -> None:
     train_idx = sorted(shuffled[n_eval:])
     print(f"\n== selection: greedy-correct and T=1 accuracy <= {args.max_t1_acc} ==")
     print(f"selected {len(selected)} -> train {len(train_idx)}, eval {len(eval_idx)}")
-    print(f"selected: greedy 100.0% (by construction), T=1 on the selection samples "
-          f"{pct(mean([t1_acc[i] for i in selected]))}")
-    print(f"eval:     greedy 100.0% (by construction), T=1 on the selection samples "
-          f"{pct(mean([t1_acc[i] for i in eval_idx]))}")
+    print(
+        f"selected: greedy 100.0% (by construction), T=1 on the selection samples "
+        f"{pct(mean([t1_acc[i] for i in selected]))}"
+    )
+    print(
+        f"eval:     greedy 100.0% (by construction), T=1 on the selection samples "
+        f"{pct(mean([t1_acc[i] for i in eval_idx]))}"
+    )
 
     confirm: list[float] = []
     if args.confirm_samples and eval_idx:
-        _, fresh = measure(model, tokenizer, [prompts[i] for i in eval_idx],
-                           samples=args.confirm_samples, greedy=False, args=args,
-                           seed=args.seed + 1, desc=f"eval re-sample x{args.confirm_samples}")
+        _, fresh = measure(
+            model,
+            tokenizer,
+            [prompts[i] for i in eval_idx],
+            samples=args.confirm_samples,
+            greedy=False,
+            args=args,
+            seed=args.seed + 1,
+            desc=f"eval re-sample x{args.confirm_samples}",
+        )
         confirm = accuracy(fresh, [answers[i] for i in eval_idx])
-        print(f"eval:     T=1 on fresh samples (seed {args.seed + 1}, x{args.confirm_samples}) "
-              f"{pct(mean(confirm))}   <- unbiased estimate of the pre-training T=1 accuracy")
+        print(
+            f"eval:     T=1 on fresh samples (seed {args.seed + 1}, x{args.confirm_samples}) "
+            f"{pct(mean(confirm))}   <- unbiased estimate of the pre-training T=1 accuracy"
+        )
         print(f"eval:     headroom to greedy {100 * (1 - mean(confirm)):.1f} points")
 
     if args.measurements:
@@ -249,9 +313,12 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.measurements, "w") as fh:
             for i in range(n):
                 row = {
-                    "question": questions[i], "answers": answers[i],
-                    "greedy": greedy_texts[i], "greedy_correct": greedy_ok[i],
-                    "t1_acc": t1_acc[i], "samples": samples[i],
+                    "question": questions[i],
+                    "answers": answers[i],
+                    "greedy": greedy_texts[i],
+                    "greedy_correct": greedy_ok[i],
+                    "t1_acc": t1_acc[i],
+                    "samples": samples[i],
                     "split": "eval" if i in eval_idx else "train" if i in train_idx else None,
                 }
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -263,7 +330,12 @@ def main(argv: list[str] | None = None) -> None:
         for path, indices in ((FACTUAL_TRAIN, train_idx), (FACTUAL_EVAL, eval_idx)):
             with open(path, "w") as fh:
                 for i in indices:
-                    fh.write(json.dumps({"question": questions[i], "answers": answers[i]}, ensure_ascii=False) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {"question": questions[i], "answers": answers[i]}, ensure_ascii=False
+                        )
+                        + "\n"
+                    )
         print(f"wrote {FACTUAL_TRAIN} ({len(train_idx)}) and {FACTUAL_EVAL} ({len(eval_idx)})")
 
 

@@ -71,22 +71,38 @@ class Source:
 
 SOURCES = (
     Source("gsm_symbolic", n_train=100, n_eval=30),
-    Source("basic_arithmetic", n_train=50, n_eval=15,
-           config={"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2}),
-    Source("simple_equations", n_train=50, n_eval=15,
-           config={"min_terms": 2, "max_terms": 3, "min_value": 1, "max_value": 20}),
+    Source(
+        "basic_arithmetic",
+        n_train=50,
+        n_eval=15,
+        config={"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2},
+    ),
+    Source(
+        "simple_equations",
+        n_train=50,
+        n_eval=15,
+        config={"min_terms": 2, "max_terms": 3, "min_value": 1, "max_value": 20},
+    ),
 )
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of every generator and of the split")
-    p.add_argument("--out-dir", type=Path, default=REPO / "gfnlm" / "data",
-                   help=f"where {TRAIN_FILE} and {EVAL_FILE} are written")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=REPO / "gfnlm" / "data",
+        help=f"where {TRAIN_FILE} and {EVAL_FILE} are written",
+    )
     return p.parse_args(argv)
 
 
@@ -136,20 +152,21 @@ def generate(source: Source, seed: int, seen: set[str]) -> list[dict]:
     import reasoning_gym  # the `bench` extra; imported here so --help works without it
 
     need = source.n_train + source.n_eval
-    dataset = reasoning_gym.create_dataset(source.name, size=MAX_TRIES, seed=seed,
-                                           **source.config)
+    dataset = reasoning_gym.create_dataset(source.name, size=MAX_TRIES, seed=seed, **source.config)
     records: list[dict] = []
     for index in range(MAX_TRIES):
         item = dataset[index]
         question = clean_question(source.name, item["question"])
         if accept(source.name, item, question, seen):
             seen.add(question)
-            records.append({"answers": [item["answer"]], "question": question,
-                            "source": source.name})
+            records.append(
+                {"answers": [item["answer"]], "question": question, "source": source.name}
+            )
             if len(records) == need:
                 return records
-    raise SystemExit(f"{source.name}: only {len(records)} of {need} items accepted in "
-                     f"{MAX_TRIES} tries")
+    raise SystemExit(
+        f"{source.name}: only {len(records)} of {need} items accepted in {MAX_TRIES} tries"
+    )
 
 
 def build(seed: int) -> tuple[list[dict], list[dict]]:
@@ -162,7 +179,7 @@ def build(seed: int) -> tuple[list[dict], list[dict]]:
         records = generate(source, seed, seen)
         rng.shuffle(records)
         held_out += records[: source.n_eval]
-        train += records[source.n_eval:]
+        train += records[source.n_eval :]
     rng.shuffle(train)
     rng.shuffle(held_out)
     return train, held_out

@@ -49,9 +49,19 @@ def full_weights() -> dict[str, torch.Tensor]:
 
 def adam_state(weights: dict[str, torch.Tensor]) -> dict:
     """The training state a checkpoint holds beside the weights: AdamW's two moments per tensor."""
-    moments = {name: {"exp_avg": torch.randn_like(w), "exp_avg_sq": torch.rand_like(w), "step": torch.tensor(10.0)}
-               for name, w in weights.items()}
-    return {"step": 10, "logz": None, "optimizer": {"state": moments, "param_groups": [{"lr": 3e-4}]}}
+    moments = {
+        name: {
+            "exp_avg": torch.randn_like(w),
+            "exp_avg_sq": torch.rand_like(w),
+            "step": torch.tensor(10.0),
+        }
+        for name, w in weights.items()
+    }
+    return {
+        "step": 10,
+        "logz": None,
+        "optimizer": {"state": moments, "param_groups": [{"lr": 3e-4}]},
+    }
 
 
 def _fsync_only(path: Path) -> str:
@@ -69,8 +79,11 @@ def hashing(enabled: bool) -> Iterator[None]:
         return
     saved_hash, saved_check = checkpoint._sha256_and_fsync, checkpoint.check_manifest
     checkpoint._sha256_and_fsync = _fsync_only
-    checkpoint.check_manifest = lambda path, names=(checkpoint.POLICY_FILE, checkpoint.STATE_FILE), hashes=True: \
-        saved_check(path, names, hashes=False)
+    checkpoint.check_manifest = (
+        lambda path, names=(checkpoint.POLICY_FILE, checkpoint.STATE_FILE), hashes=True: (
+            saved_check(path, names, hashes=False)
+        )
+    )
     try:
         yield
     finally:
@@ -88,11 +101,13 @@ def measure(case: str, weights: dict[str, torch.Tensor], rounds: int, root: Path
     sizes = {}
     times: dict[tuple[str, bool], list[float]] = {}
     for round_index in range(rounds):
-        for enabled in ((True, False) if round_index % 2 == 0 else (False, True)):
+        for enabled in (True, False) if round_index % 2 == 0 else (False, True):
             folder = root / f"{case}-{enabled}"
             shutil.rmtree(folder, ignore_errors=True)
             with hashing(enabled):
-                save = timed(functools.partial(checkpoint.save_checkpoint, folder, 1, weights, state, "x: 1"))
+                save = timed(
+                    functools.partial(checkpoint.save_checkpoint, folder, 1, weights, state, "x: 1")
+                )
                 path = checkpoint.latest_checkpoint(folder)
                 load = timed(functools.partial(checkpoint.load_checkpoint, path))
             times.setdefault(("save", enabled), []).append(save)
@@ -100,26 +115,40 @@ def measure(case: str, weights: dict[str, torch.Tensor], rounds: int, root: Path
             sizes = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
             shutil.rmtree(folder, ignore_errors=True)
     megabytes = sum(sizes.values()) / 1e6
-    print(f"\n{case}: {megabytes:.1f} MB per checkpoint ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())})")
+    print(
+        f"\n{case}: {megabytes:.1f} MB per checkpoint ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())})"
+    )
     for what in ("save", "load"):
         with_hash, without = times[(what, True)], times[(what, False)]
         ratios = [a / b for a, b in zip(with_hash, without, strict=True)]
-        print(f"  {what}: {statistics.median(with_hash):.3f} s with SHA-256 ({min(with_hash):.3f}-{max(with_hash):.3f}), "
-              f"{statistics.median(without):.3f} s without ({min(without):.3f}-{max(without):.3f}); "
-              f"paired ratio {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        print(
+            f"  {what}: {statistics.median(with_hash):.3f} s with SHA-256 ({min(with_hash):.3f}-{max(with_hash):.3f}), "
+            f"{statistics.median(without):.3f} s without ({min(without):.3f}-{max(without):.3f}); "
+            f"paired ratio {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="paired save+load rounds per case (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="paired save+load rounds per case (default 5)"
+    )
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.rounds} rounds, seed 0")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.rounds} rounds, seed 0"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
-        measure("LoRA r=8 on q/k/v/o (configs/default.yaml)", lora_weights(), args.rounds, Path(root))
-        measure("full fine-tuning of SmolLM2-135M (float32)", full_weights(), args.rounds, Path(root))
+        measure(
+            "LoRA r=8 on q/k/v/o (configs/default.yaml)", lora_weights(), args.rounds, Path(root)
+        )
+        measure(
+            "full fine-tuning of SmolLM2-135M (float32)", full_weights(), args.rounds, Path(root)
+        )
 
 
 if __name__ == "__main__":

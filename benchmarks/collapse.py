@@ -49,8 +49,10 @@ class CollapseOptions:
 
     def key(self) -> str:
         """A short name of these options (for a cache folder)."""
-        return (f"t{self.temperature:g}-k{self.samples}-m{self.max_new_tokens}-e{self.epochs}-b{self.batch_prompts}"
-                f"-lr{self.lr:g}{'' if self.lora else '-full'}-s{self.seed}")
+        return (
+            f"t{self.temperature:g}-k{self.samples}-m{self.max_new_tokens}-e{self.epochs}-b{self.batch_prompts}"
+            f"-lr{self.lr:g}{'' if self.lora else '-full'}-s{self.seed}"
+        )
 
 
 def self_distill(policy, prompts, options: CollapseOptions, progress: bool = True) -> list[float]:
@@ -62,12 +64,21 @@ def self_distill(policy, prompts, options: CollapseOptions, progress: bool = Tru
     sampler = HFSampler(temperature=options.temperature, max_new_tokens=options.max_new_tokens)
     sampler.setup(policy)
     starts = range(0, len(prompts), options.batch_prompts)
-    answers = [sampler.sample(prompts.batch(list(range(s, min(s + options.batch_prompts, len(prompts))))),
-                              options.samples)
-               for s in tqdm(starts, desc="low-temperature answers", unit="batch", disable=not progress)]
+    answers = [
+        sampler.sample(
+            prompts.batch(list(range(s, min(s + options.batch_prompts, len(prompts))))),
+            options.samples,
+        )
+        for s in tqdm(starts, desc="low-temperature answers", unit="batch", disable=not progress)
+    ]
     optimiser = torch.optim.AdamW(policy.trainable_parameters(), lr=options.lr, weight_decay=0.0)
     order, losses = random.Random(options.seed), []
-    bar = tqdm(total=options.epochs * len(answers), desc="self-distillation", unit="step", disable=not progress)
+    bar = tqdm(
+        total=options.epochs * len(answers),
+        desc="self-distillation",
+        unit="step",
+        disable=not progress,
+    )
     for _ in range(options.epochs):
         for batch in order.sample(answers, len(answers)):
             mask = batch.response_mask
@@ -83,9 +94,14 @@ def self_distill(policy, prompts, options: CollapseOptions, progress: bool = Tru
     return losses
 
 
-def collapse_model(model_path: str, prompt_file: str, out: Path, options: CollapseOptions,
-                   lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                   progress: bool = True) -> Path:
+def collapse_model(
+    model_path: str,
+    prompt_file: str,
+    out: Path,
+    options: CollapseOptions,
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    progress: bool = True,
+) -> Path:
     """Self-distil the model at ``model_path`` (a folder or ``smollm2``) on the prompts of
     ``prompt_file`` (a file or a bundled set, e.g. ``creative_train``), merge the LoRA adapter (if any) and
     write a Hugging Face folder to ``out`` (with ``collapse.json``: the options and the losses).
@@ -102,13 +118,24 @@ def collapse_model(model_path: str, prompt_file: str, out: Path, options: Collap
     model_dir = resolve_model_path(model_path)
     config = ModelConfig(path=str(model_dir), lora=options.lora, lora_targets=list(lora_targets))
     policy = CausalLMPolicy.from_config(config, model_dir, torch.device("cpu"), keep_base=False)
-    prompts = PromptSet.load(prompt_file, "--prompts", policy.tokenizer, 256, task=build("task", "creative"))
+    prompts = PromptSet.load(
+        prompt_file, "--prompts", policy.tokenizer, 256, task=build("task", "creative")
+    )
     losses = self_distill(policy, prompts, options, progress=progress)
 
     def write(folder: Path) -> None:
         write_merged(policy.model, model_dir, folder, torch.float32)
-        (folder / "collapse.json").write_text(json.dumps(
-            {"from": str(model_path), "prompts": prompt_file, **attrs.asdict(options), "losses": losses}, indent=1))
+        (folder / "collapse.json").write_text(
+            json.dumps(
+                {
+                    "from": str(model_path),
+                    "prompts": prompt_file,
+                    **attrs.asdict(options),
+                    "losses": losses,
+                },
+                indent=1,
+            )
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, "--out", write)

@@ -90,20 +90,30 @@ COLLAPSED_CONDITIONS = {
 # (about half the distance moved); in between (three quarters of the distance); with 8 instead of 4
 # responses per training prompt (a better log Z'(q) estimate and half the noise again); and with 4
 # instead of 2 prompts per step (the seed-to-seed spread comes from which prompts a run trains on).
-CONDITION_TRAINING = {"PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"],
-                      "PowerFlow α=0.75, lr 1e-3": ["train.lr=1e-3"],
-                      "PowerFlow α=0.75, 18 steps at lr 1e-3": ["train.steps=18", "train.lr=1e-3"],
-                      "PowerFlow α=0.75, 24 steps at lr 1e-3, k=8": ["train.steps=24", "train.lr=1e-3",
-                                                                      "sampling.samples_per_prompt=8"],
-                      "PowerFlow α=0.75, 18 steps at lr 1e-3, 4 prompts/step": ["train.steps=18", "train.lr=1e-3",
-                                                                                 "train.prompts_per_step=4"]}
+CONDITION_TRAINING = {
+    "PowerFlow α=0.75, 24 steps at lr 1e-3": ["train.steps=24", "train.lr=1e-3"],
+    "PowerFlow α=0.75, lr 1e-3": ["train.lr=1e-3"],
+    "PowerFlow α=0.75, 18 steps at lr 1e-3": ["train.steps=18", "train.lr=1e-3"],
+    "PowerFlow α=0.75, 24 steps at lr 1e-3, k=8": [
+        "train.steps=24",
+        "train.lr=1e-3",
+        "sampling.samples_per_prompt=8",
+    ],
+    "PowerFlow α=0.75, 18 steps at lr 1e-3, 4 prompts/step": [
+        "train.steps=18",
+        "train.lr=1e-3",
+        "train.prompts_per_step=4",
+    ],
+}
 # The exact targets p^α of the suite's model, estimated without training: ESTIMATE_SAMPLES responses
 # per held-out prompt from the model at T = 1, importance-weighted towards p^α (gfnlm eval
 # --target-alpha). Where a trained PowerFlow sampler lands if it matches its target.
 ESTIMATE_JOB = "exact targets (importance-weighted)"
 ESTIMATE_ALPHAS = (0.75, 0.5)
 ESTIMATE_SAMPLES = 32
-COLLAPSE = CollapseOptions(temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3)
+COLLAPSE = CollapseOptions(
+    temperature=0.3, samples=4, max_new_tokens=48, epochs=3, batch_prompts=2, lr=2e-3
+)
 # PowerFlow from the collapsed model: twice the steps of configs/powerflow_creative.yaml.
 COLLAPSED_TRAINING = ["train.steps=12"]
 SUITE = {"name": "creativity", "model": "smollm2"}
@@ -114,7 +124,10 @@ def use_collapsed_suite() -> None:
     global CONDITIONS, OUT
     CONDITIONS, OUT = COLLAPSED_CONDITIONS, REPO / "benchmarks" / "out" / "creativity_collapsed"
     folder = default_cache_dir() / f"smollm2-collapsed-{COLLAPSE.key()}"
-    SUITE.update(name="creativity_collapsed", model=str(collapse_model("smollm2", "creative_train", folder, COLLAPSE)))
+    SUITE.update(
+        name="creativity_collapsed",
+        model=str(collapse_model("smollm2", "creative_train", folder, COLLAPSE)),
+    )
 
 
 def condition(name: str) -> tuple[float, float, float | None, float, str]:
@@ -123,11 +136,19 @@ def condition(name: str) -> tuple[float, float, float | None, float, str]:
     min_p = rest[0] if rest else 0.0
     model = rest[1] if len(rest) > 1 else SUITE["model"]
     return temperature, top_p, alpha, min_p, model
+
+
 # (key, column header, format)
-COLUMNS = [("semantic_diversity", "semantic diversity ↑", ".3f"), ("lexical_redundancy", "ROUGE-L redundancy ↓", ".3f"),
-           ("distinct_2", "distinct-2 ↑", ".3f"), ("fluency", "fluency (ref. log-prob/token) ↑", ".2f"),
-           ("check_pass_rate", "prompt checks passed ↑", ".3f"), ("repetition_rate", "repetition ↓", ".3f"),
-           ("mean_length", "length (tokens)", ".1f"), ("truncated_rate", "truncated", ".2f")]
+COLUMNS = [
+    ("semantic_diversity", "semantic diversity ↑", ".3f"),
+    ("lexical_redundancy", "ROUGE-L redundancy ↓", ".3f"),
+    ("distinct_2", "distinct-2 ↑", ".3f"),
+    ("fluency", "fluency (ref. log-prob/token) ↑", ".2f"),
+    ("check_pass_rate", "prompt checks passed ↑", ".3f"),
+    ("repetition_rate", "repetition ↓", ".3f"),
+    ("mean_length", "length (tokens)", ".1f"),
+    ("truncated_rate", "truncated", ".2f"),
+]
 
 
 def slug(name: str) -> str:
@@ -142,7 +163,9 @@ EVAL = {"tag": ""}
 
 def result_path(name: str, seed: int, kind: str) -> Path:
     """The JSON (``kind="json"``) or log of one (configuration, seed) at this evaluation size."""
-    return OUT / {"json": "json", "log": "logs"}[kind] / f"{slug(name)}_seed{seed}{EVAL['tag']}.{kind}"
+    return (
+        OUT / {"json": "json", "log": "logs"}[kind] / f"{slug(name)}_seed{seed}{EVAL['tag']}.{kind}"
+    )
 
 
 def held_out_prompts(every: int) -> str:
@@ -152,32 +175,94 @@ def held_out_prompts(every: int) -> str:
         return PROMPTS
     from gfnlm.tasks.prompts import resolve_prompt_file
 
-    lines = [ln for ln in resolve_prompt_file(PROMPTS, "--prompts").read_text().splitlines() if ln.strip()]
+    lines = [
+        ln
+        for ln in resolve_prompt_file(PROMPTS, "--prompts").read_text().splitlines()
+        if ln.strip()
+    ]
     path = OUT / f"{PROMPTS}_every{every}.jsonl"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(ln + "\n" for ln in lines[::every]))
     return str(path)
 
 
-def job(name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str) -> list[list[str]]:
+def job(
+    name: str, seed: int, args: argparse.Namespace, max_new_tokens: int, prompts: str
+) -> list[list[str]]:
     """The commands of one (configuration, seed): [train,] eval."""
     gfnlm = [sys.executable, "-m", "gfnlm.cli"]
     out_json = result_path(name, seed, "json")
     if name == ESTIMATE_JOB:
-        return [[*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(ESTIMATE_SAMPLES),
-                 "--seed", str(seed), "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads),
-                 "--model", SUITE["model"], "--target-alpha", *map(str, ESTIMATE_ALPHAS), "--json", str(out_json)]]
+        return [
+            [
+                *gfnlm,
+                "eval",
+                "--metrics",
+                "creative",
+                "--prompts",
+                prompts,
+                "--samples",
+                str(ESTIMATE_SAMPLES),
+                "--seed",
+                str(seed),
+                "--max-new-tokens",
+                str(max_new_tokens),
+                "--threads",
+                str(args.threads),
+                "--model",
+                SUITE["model"],
+                "--target-alpha",
+                *map(str, ESTIMATE_ALPHAS),
+                "--json",
+                str(out_json),
+            ]
+        ]
     temperature, top_p, alpha, min_p, model = condition(name)
-    evaluate = [*gfnlm, "eval", "--metrics", "creative", "--prompts", prompts, "--samples", str(args.samples),
-                "--temperature", str(temperature), "--top-p", str(top_p), "--min-p", str(min_p), "--seed", str(seed),
-                "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--json", str(out_json)]
+    evaluate = [
+        *gfnlm,
+        "eval",
+        "--metrics",
+        "creative",
+        "--prompts",
+        prompts,
+        "--samples",
+        str(args.samples),
+        "--temperature",
+        str(temperature),
+        "--top-p",
+        str(top_p),
+        "--min-p",
+        str(min_p),
+        "--seed",
+        str(seed),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--threads",
+        str(args.threads),
+        "--json",
+        str(out_json),
+    ]
     if alpha is None:
         return [[*evaluate, "--model", model]]
     run_dir = OUT / "runs" / f"{slug(name)}_seed{seed}"
-    suite = [f"model.path={model}", *COLLAPSED_TRAINING] if SUITE["name"] == "creativity_collapsed" else []
-    train = [*gfnlm, "train", str(CONFIG), f"target.options.alpha={alpha}", f"train.seed={seed}",
-             f"train.out_dir={run_dir}", f"train.threads={args.threads}", *suite, *CONDITION_TRAINING.get(name, []),
-             *args.overrides, "--quiet"]
+    suite = (
+        [f"model.path={model}", *COLLAPSED_TRAINING]
+        if SUITE["name"] == "creativity_collapsed"
+        else []
+    )
+    train = [
+        *gfnlm,
+        "train",
+        str(CONFIG),
+        f"target.options.alpha={alpha}",
+        f"train.seed={seed}",
+        f"train.out_dir={run_dir}",
+        f"train.threads={args.threads}",
+        *suite,
+        *CONDITION_TRAINING.get(name, []),
+        *args.overrides,
+        "--quiet",
+    ]
     return [train, [*evaluate, "--run", str(run_dir)]]
 
 
@@ -191,9 +276,13 @@ def run_job(commands: list[list[str]], log: Path) -> float:
         for command in commands:
             handle.write("$ " + " ".join(command) + "\n")
             handle.flush()
-            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+            result = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, check=False
+            )
             if result.returncode != 0:
-                raise RuntimeError(f"{' '.join(command[3:5])} failed (exit {result.returncode}); see {log}")
+                raise RuntimeError(
+                    f"{' '.join(command[3:5])} failed (exit {result.returncode}); see {log}"
+                )
     return time.perf_counter() - started
 
 
@@ -225,21 +314,31 @@ def estimate_summary(seeds: list[int]) -> str:
                     found.setdefault(float(alpha), {}).setdefault(key, []).append(float(value))
     parts = []
     for alpha, values in found.items():
-        (div, div_sd), (flu, flu_sd) = mean_std(values["semantic_diversity"]), mean_std(values["fluency"])
-        parts.append(f"p^{alpha:g}: diversity {div:.3f} ± {div_sd:.3f}, fluency {flu:.2f} ± {flu_sd:.2f}, effective "
-                     f"samples per prompt {statistics.median(values['ess_median']):.1f} (median), "
-                     f"{min(values['ess_min']):.1f} (min) of {ESTIMATE_SAMPLES}")
+        (div, div_sd), (flu, flu_sd) = (
+            mean_std(values["semantic_diversity"]),
+            mean_std(values["fluency"]),
+        )
+        parts.append(
+            f"p^{alpha:g}: diversity {div:.3f} ± {div_sd:.3f}, fluency {flu:.2f} ± {flu_sd:.2f}, effective "
+            f"samples per prompt {statistics.median(values['ess_median']):.1f} (median), "
+            f"{min(values['ess_min']):.1f} (min) of {ESTIMATE_SAMPLES}"
+        )
     if not parts:
         return ""
-    return (f"\nExact targets estimated without training ({ESTIMATE_SAMPLES} samples per prompt of the suite's model at "
-            f"T = 1, importance-weighted, {len(next(iter(found.values()))['fluency'])} seeds): " + "; ".join(parts) +
-            ". Where the effective samples are 1-2 of the drawn ones, one response carries each prompt's estimate "
-            "(and different α pick the same response): such numbers do not locate the targets.\n")
+    return (
+        f"\nExact targets estimated without training ({ESTIMATE_SAMPLES} samples per prompt of the suite's model at "
+        f"T = 1, importance-weighted, {len(next(iter(found.values()))['fluency'])} seeds): "
+        + "; ".join(parts)
+        + ". Where the effective samples are 1-2 of the drawn ones, one response carries each prompt's estimate "
+        "(and different α pick the same response): such numbers do not locate the targets.\n"
+    )
 
 
 def markdown_table(results: dict[str, dict[str, list[float]]]) -> str:
-    lines = ["| configuration | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| configuration | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for name, metrics in results.items():
         cells = []
         for key, _, fmt in COLUMNS:
@@ -254,7 +353,9 @@ def write_csv(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     keys = [k for k, _, _ in COLUMNS] + ["distinct_1", "distinct_3"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["configuration", "seeds", *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
+        writer.writerow(
+            ["configuration", "seeds", *(f"{k}_{s}" for k in keys for s in ("mean", "std"))]
+        )
         for name, metrics in results.items():
             row = [name, len(metrics[keys[0]])]
             for key in keys:
@@ -268,7 +369,10 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("fluency", "fluency: reference mean token log-prob"), ("check_pass_rate", "prompt checks passed")]
+    panels = [
+        ("fluency", "fluency: reference mean token log-prob"),
+        ("check_pass_rate", "prompt checks passed"),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
     colours = plt.get_cmap("tab20")  # up to 20 configurations, each its own colour
     for ax, (key, label) in zip(axes, panels, strict=True):
@@ -277,17 +381,33 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
             marker = "*" if name.startswith("PowerFlow") else "o"
             ax.scatter(xs, ys, color=colours(i), alpha=0.3, s=18, marker=marker)
             (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
-            ax.errorbar(mx, my, xerr=sx, yerr=sy, color=colours(i), marker=marker, markersize=11 if marker == "*" else 7,
-                        capsize=3, label=name)
+            ax.errorbar(
+                mx,
+                my,
+                xerr=sx,
+                yerr=sy,
+                color=colours(i),
+                marker=marker,
+                markersize=11 if marker == "*" else 7,
+                capsize=3,
+                label=name,
+            )
         ax.set_xlabel("semantic diversity (1 − mean pairwise cosine, MiniLM) →")
         ax.set_ylabel(f"{label} →")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7.5, loc="lower center", ncol=3, frameon=False)
     seeds = max(len(m["semantic_diversity"]) for m in results.values())
-    model = "collapsed SmolLM2-135M-Instruct" if SUITE["name"] == "creativity_collapsed" else "SmolLM2-135M-Instruct"
-    fig.suptitle(f"{model}, held-out creative prompts: quality vs diversity "
-                 f"(mean ± std over up to {seeds} seeds; faint: single seeds)", fontsize=10)
+    model = (
+        "collapsed SmolLM2-135M-Instruct"
+        if SUITE["name"] == "creativity_collapsed"
+        else "SmolLM2-135M-Instruct"
+    )
+    fig.suptitle(
+        f"{model}, held-out creative prompts: quality vs diversity "
+        f"(mean ± std over up to {seeds} seeds; faint: single seeds)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.05 * (1 + len(results) // 3), 1, 1))  # room for the legend below
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -295,22 +415,44 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=4, help="k samples per held-out prompt")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
-    parser.add_argument("--prompts-every", type=int, default=2,
-                        help="evaluate every N-th held-out prompt (1: all 24; 2: 12, balanced by kind)")
+    parser.add_argument(
+        "--prompts-every",
+        type=int,
+        default=2,
+        help="evaluate every N-th held-out prompt (1: all 24; 2: 12, balanced by kind)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--collapsed", action="store_true",
-                        help="the comparison on the mode-collapsed model (benchmarks/collapse.py), with min-p")
-    parser.add_argument("--only", nargs="+", default=None, choices=[*CONDITIONS, *COLLAPSED_CONDITIONS, ESTIMATE_JOB],
-                        metavar="NAME", help=f"configurations to run (default all: {'; '.join(CONDITIONS)}; "
-                        f"with --collapsed: {'; '.join(COLLAPSED_CONDITIONS)})")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: tabulate and plot the evaluations already under benchmarks/out/creativity")
-    parser.add_argument("overrides", nargs="*", help="extra key=value for the training runs (smoke tests)")
+    parser.add_argument(
+        "--collapsed",
+        action="store_true",
+        help="the comparison on the mode-collapsed model (benchmarks/collapse.py), with min-p",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        choices=[*CONDITIONS, *COLLAPSED_CONDITIONS, ESTIMATE_JOB],
+        metavar="NAME",
+        help=f"configurations to run (default all: {'; '.join(CONDITIONS)}; "
+        f"with --collapsed: {'; '.join(COLLAPSED_CONDITIONS)})",
+    )
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not write docs/ (table, CSV, PNG)"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: tabulate and plot the evaluations already under benchmarks/out/creativity",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="extra key=value for the training runs (smoke tests)"
+    )
     args = parser.parse_args()
     if args.samples < 2:
         parser.error(f"--samples={args.samples}: must be >= 2 (diversity compares samples)")
@@ -318,7 +460,9 @@ def main() -> int:
         parser.error(f"--prompts-every={args.prompts_every}: must be >= 1")
     allowed = {*(COLLAPSED_CONDITIONS if args.collapsed else CONDITIONS), ESTIMATE_JOB}
     if args.only and set(args.only) - allowed:
-        parser.error(f"--only: {sorted(set(args.only) - allowed)} are not configurations of this suite")
+        parser.error(
+            f"--only: {sorted(set(args.only) - allowed)} are not configurations of this suite"
+        )
     max_new_tokens = load_config(CONFIG, args.overrides).sampling.max_new_tokens
     if args.collapsed:
         use_collapsed_suite()
@@ -328,12 +472,17 @@ def main() -> int:
     # The target estimate draws its own samples: it runs at the default evaluation size only.
     names = args.only or [*CONDITIONS, *([] if EVAL["tag"] else [ESTIMATE_JOB])]
     # Seed by seed (a stopped benchmark still has whole seeds), the trained (longest) jobs first.
-    order = sorted(((n, s) for n in names for s in args.seeds),
-                   key=lambda p: (p[1], p[0] != ESTIMATE_JOB and condition(p[0])[2] is None))
+    order = sorted(
+        ((n, s) for n in names for s in args.seeds),
+        key=lambda p: (p[1], p[0] != ESTIMATE_JOB and condition(p[0])[2] is None),
+    )
     started = time.perf_counter()
     if args.report_only:
         order = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(order), desc="creativity", unit="job") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=args.jobs) as pool,
+        tqdm(total=len(order), desc="creativity", unit="job") as bar,
+    ):
         futures = {}
         for name, seed in order:
             commands = job(name, seed, args, max_new_tokens, prompts)
@@ -341,12 +490,16 @@ def main() -> int:
         for future, (name, seed) in futures.items():
             seconds = future.result()
             bar.update(1)
-            bar.write(f"{name}, seed {seed}: {'cached' if not seconds else f'{seconds / 60:.1f} min'}")
+            bar.write(
+                f"{name}, seed {seed}: {'cached' if not seconds else f'{seconds / 60:.1f} min'}"
+            )
     results = aggregate(args.seeds)
     table = markdown_table(results) + estimate_summary(args.seeds)
     wall = (time.perf_counter() - started) / 60
-    print(f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
-          f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n")
+    print(
+        f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
+        f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n"
+    )
     print(table)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"creativity{EVAL['tag']}.md").write_text(table)

@@ -48,7 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.5, 2.0, 4.0])
-    parser.add_argument("--objectives", nargs="+", default=["tb", "tb_token", "la_tb", "subtb", "db"])
+    parser.add_argument(
+        "--objectives", nargs="+", default=["tb", "tb_token", "la_tb", "subtb", "db"]
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--vocab", type=int, default=4, help="ordinary tokens (EOS is extra)")
     parser.add_argument("--max-len", type=int, default=6, help="max response length L")
@@ -57,8 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logz-lr", type=float, default=0.1, help="log Z lr")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     parser.add_argument("--base-scale", type=float, default=1.5, help="std of the base's logits")
-    parser.add_argument("--base-seed", type=int, default=None,
-                        help="one base for every seed (default: each seed draws its own base)")
+    parser.add_argument(
+        "--base-seed",
+        type=int,
+        default=None,
+        help="one base for every seed (default: each seed draws its own base)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     return parser.parse_args(argv)
@@ -72,12 +78,24 @@ def run_all(args: argparse.Namespace) -> list[ExactReport]:
     for name, alpha, seed in tqdm(runs, desc="exact runs", unit="run", file=sys.stderr):
         objective = registry.build("objective", name)
         logz = registry.build("logz", "scalar") if "log_z" in objective.requires else None
-        base = random_bases(setting, args.base_scale, [seed if args.base_seed is None else args.base_seed])
-        reports.append(train_exact(
-            objective, registry.build("target", "alpha_power", alpha=alpha), base, logz=logz,
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr, logz_lr=args.logz_lr, seed=seed,
-            lr_schedule=args.lr_schedule, num_threads=args.threads,
-        ))
+        base = random_bases(
+            setting, args.base_scale, [seed if args.base_seed is None else args.base_seed]
+        )
+        reports.append(
+            train_exact(
+                objective,
+                registry.build("target", "alpha_power", alpha=alpha),
+                base,
+                logz=logz,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                logz_lr=args.logz_lr,
+                seed=seed,
+                lr_schedule=args.lr_schedule,
+                num_threads=args.threads,
+            )
+        )
     return reports
 
 
@@ -102,20 +120,39 @@ def row_result(group: Sequence[ExactReport]) -> tuple[str, str]:
         return "info", f"no goal; worst TV own {worst_own:.3f}, worst cpu {worst_cpu:.0f}s"
     worst_tv = max(getattr(r, field) for r in group)
     ok = worst_tv <= TV_GOAL and worst_cpu <= CPU_GOAL_S
-    return "PASS" if ok else "FAIL", (f"worst {GOAL_LABEL[field]} {worst_tv:.3f} (<={TV_GOAL}), "
-                                      f"worst cpu {worst_cpu:.0f}s (<={CPU_GOAL_S:.0f}s)")
+    return "PASS" if ok else "FAIL", (
+        f"worst {GOAL_LABEL[field]} {worst_tv:.3f} (<={TV_GOAL}), "
+        f"worst cpu {worst_cpu:.0f}s (<={CPU_GOAL_S:.0f}s)"
+    )
 
 
-COLUMNS = ["objective", "alpha", "steps", "wall_s", "tv_p^a", "kl(pi|p^a)", "kl(p^a|pi)",
-           "tv_tilt", "tv_own_fp", "E|y|_p^a", "E|y|_pi", "E|y|_tilt", "logZ", "logZ*", "lam_match", "result",
-           "goal"]
+COLUMNS = [
+    "objective",
+    "alpha",
+    "steps",
+    "wall_s",
+    "tv_p^a",
+    "kl(pi|p^a)",
+    "kl(p^a|pi)",
+    "tv_tilt",
+    "tv_own_fp",
+    "E|y|_p^a",
+    "E|y|_pi",
+    "E|y|_tilt",
+    "logZ",
+    "logZ*",
+    "lam_match",
+    "result",
+    "goal",
+]
 
 
 def summarise(reports: Sequence[ExactReport]) -> list[dict[str, Any]]:
     """One row per (objective, α): each metric as mean±std over the seeds."""
     rows = []
-    keys = sorted({(r.objective, r.alpha) for r in reports},
-                  key=lambda k: (_order(reports, k[0]), k[1]))
+    keys = sorted(
+        {(r.objective, r.alpha) for r in reports}, key=lambda k: (_order(reports, k[0]), k[1])
+    )
     for objective, alpha in keys:
         group = [r for r in reports if (r.objective, r.alpha) == (objective, alpha)]
 
@@ -123,24 +160,28 @@ def summarise(reports: Sequence[ExactReport]) -> list[dict[str, Any]]:
             return [getattr(r, name) for r in group]
 
         result, goal = row_result(group)
-        rows.append({
-            "objective": objective, "alpha": f"{alpha:g}", "steps": str(group[0].steps),
-            "wall_s": mean_std(column("wall_time_s"), 1),
-            "tv_p^a": mean_std(column("tv_target")),
-            "kl(pi|p^a)": mean_std(column("kl_policy_target")),
-            "kl(p^a|pi)": mean_std(column("kl_target_policy")),
-            "tv_tilt": mean_std(column("tv_tilted")),
-            "tv_own_fp": mean_std(column("tv_fixed_point")),
-            "E|y|_p^a": mean_std(column("len_target"), 2),
-            "E|y|_pi": mean_std(column("len_policy"), 2),
-            "E|y|_tilt": mean_std(column("len_tilted"), 2),
-            # log Z's limit: λ* for LA-TB, log Σ R for TB, log Σ exp(log R/|y|) for TB-token.
-            "logZ": mean_std(column("log_z")),
-            "logZ*": mean_std(column("log_z_expected")),
-            "lam_match": mean_std(column("lambda_matched")),
-            "result": result,
-            "goal": goal,
-        })
+        rows.append(
+            {
+                "objective": objective,
+                "alpha": f"{alpha:g}",
+                "steps": str(group[0].steps),
+                "wall_s": mean_std(column("wall_time_s"), 1),
+                "tv_p^a": mean_std(column("tv_target")),
+                "kl(pi|p^a)": mean_std(column("kl_policy_target")),
+                "kl(p^a|pi)": mean_std(column("kl_target_policy")),
+                "tv_tilt": mean_std(column("tv_tilted")),
+                "tv_own_fp": mean_std(column("tv_fixed_point")),
+                "E|y|_p^a": mean_std(column("len_target"), 2),
+                "E|y|_pi": mean_std(column("len_policy"), 2),
+                "E|y|_tilt": mean_std(column("len_tilted"), 2),
+                # log Z's limit: λ* for LA-TB, log Σ R for TB, log Σ exp(log R/|y|) for TB-token.
+                "logZ": mean_std(column("log_z")),
+                "logZ*": mean_std(column("log_z_expected")),
+                "lam_match": mean_std(column("lambda_matched")),
+                "result": result,
+                "goal": goal,
+            }
+        )
     return rows
 
 
@@ -200,11 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [f"{r['objective']} a={r['alpha']}" for r in rows if r["result"] == "FAIL"]
     graded = [r for r in rows if r["result"] != "info"]
     print()
-    print(f"{len(graded) - len(failed)}/{len(graded)} rows with a goal PASS"
-          + (f"; FAIL: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(graded) - len(failed)}/{len(graded)} rows with a goal PASS"
+        + (f"; FAIL: {', '.join(failed)}" if failed else "")
+    )
     write_csv(args.out / "exact_matching_runs.csv", [r.as_row() for r in reports])
     write_csv(args.out / "exact_matching_summary.csv", rows)
-    print(f"wrote {args.out / 'exact_matching_runs.csv'} and {args.out / 'exact_matching_summary.csv'}")
+    print(
+        f"wrote {args.out / 'exact_matching_runs.csv'} and {args.out / 'exact_matching_summary.csv'}"
+    )
     return 0 if not failed else 1
 
 

@@ -86,9 +86,13 @@ def draw_groups(count: int, per_group: int, max_responses: int, seed: int) -> li
     groups = []
     while len(groups) < count:
         vocab = rng.randint(2, 6)
-        longest = max(L for L in range(3, 9) if ExactSetting(vocab, L).num_responses <= max_responses)
+        longest = max(
+            L for L in range(3, 9) if ExactSetting(vocab, L).num_responses <= max_responses
+        )
         max_len = rng.randint(3, longest)
-        alpha = ALPHAS[len(groups) % len(ALPHAS)] if len(groups) < len(ALPHAS) else rng.choice(ALPHAS)
+        alpha = (
+            ALPHAS[len(groups) % len(ALPHAS)] if len(groups) < len(ALPHAS) else rng.choice(ALPHAS)
+        )
         scales = tuple(round(rng.uniform(1.0, 2.5), 2) for _ in range(per_group))
         seeds = tuple(rng.randrange(10_000) for _ in range(per_group))
         groups.append(Group(len(groups), vocab, max_len, alpha, scales, seeds))
@@ -106,18 +110,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64, help="responses per prompt per step")
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--objective-lr", nargs="*", default=["db=0.3"], metavar="NAME=LR",
-                        help="a policy lr for one objective (db: its credit moves one transition per update; "
-                             "at lr 0.1 it needs ~2000 steps on sharp bases)")
+    parser.add_argument(
+        "--objective-lr",
+        nargs="*",
+        default=["db=0.3"],
+        metavar="NAME=LR",
+        help="a policy lr for one objective (db: its credit moves one transition per update; "
+        "at lr 0.1 it needs ~2000 steps on sharp bases)",
+    )
     parser.add_argument("--logz-lr", type=float, default=0.1)
-    parser.add_argument("--exploration", default="uniform_mix", choices=["tempered", "uniform_mix"],
-                        help="the behaviour policy of the explore mode")
-    parser.add_argument("--temperature", type=float, default=1.5, help="the tempered exploration's temperature")
-    parser.add_argument("--epsilon", type=float, default=0.5, help="the uniform_mix exploration's ε")
+    parser.add_argument(
+        "--exploration",
+        default="uniform_mix",
+        choices=["tempered", "uniform_mix"],
+        help="the behaviour policy of the explore mode",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.5, help="the tempered exploration's temperature"
+    )
+    parser.add_argument(
+        "--epsilon", type=float, default=0.5, help="the uniform_mix exploration's ε"
+    )
     parser.add_argument("--replay-ratio", type=float, default=0.25)
     parser.add_argument("--goal", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--per-token", action="store_true", help="also the sequence-level vs per-token table")
+    parser.add_argument(
+        "--per-token", action="store_true", help="also the sequence-level vs per-token table"
+    )
     parser.add_argument("--mh-samples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     return parser.parse_args(argv)
@@ -136,28 +155,52 @@ def run_one(job: tuple[Group, str, str, argparse.Namespace]) -> list[dict[str, A
     if mode == "explore":
         exploration = registry.build("exploration", args.exploration, **exploration_options(args))
         replay = registry.build("replay", "reward_prioritised", ratio=args.replay_ratio)
-    policy, report = train_exact_policy(objective, target, base, logz=logz, exploration=exploration, replay=replay,
-                                        steps=args.steps, batch_size=args.batch_size, lr=objective_lr(args, objective_name),
-                                        logz_lr=args.logz_lr, seed=group.index)
+    policy, report = train_exact_policy(
+        objective,
+        target,
+        base,
+        logz=logz,
+        exploration=exploration,
+        replay=replay,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=objective_lr(args, objective_name),
+        logz_lr=args.logz_lr,
+        seed=group.index,
+    )
     rows = []
     for prompt in range(base.num_prompts):
         dists = exact_distributions(group.setting, base, target, prompt)
         log_policy = policy.response_log_probs(dists.responses)
         fixed_point = dists.fixed_point(objective)
-        rows.append({
-            "group": group.index, "prompt": prompt, "vocab": group.vocab, "max_len": group.max_len,
-            "alpha": group.alpha, "scale": group.scales[prompt], "base_seed": group.seeds[prompt],
-            "responses": group.setting.num_responses, "objective": objective_name, "mode": mode,
-            "tv_own": total_variation(log_policy, fixed_point.log_probs),
-            "tv_target": total_variation(log_policy, dists.log_target),
-            "steps": args.steps, "cpu_s_group": report.cpu_time_s,
-        })
+        rows.append(
+            {
+                "group": group.index,
+                "prompt": prompt,
+                "vocab": group.vocab,
+                "max_len": group.max_len,
+                "alpha": group.alpha,
+                "scale": group.scales[prompt],
+                "base_seed": group.seeds[prompt],
+                "responses": group.setting.num_responses,
+                "objective": objective_name,
+                "mode": mode,
+                "tv_own": total_variation(log_policy, fixed_point.log_probs),
+                "tv_target": total_variation(log_policy, dists.log_target),
+                "steps": args.steps,
+                "cpu_s_group": report.cpu_time_s,
+            }
+        )
     return rows
 
 
 def exploration_options(args: argparse.Namespace) -> dict[str, float]:
     """The chosen exploration's one option."""
-    return {"temperature": args.temperature} if args.exploration == "tempered" else {"epsilon": args.epsilon}
+    return (
+        {"temperature": args.temperature}
+        if args.exploration == "tempered"
+        else {"epsilon": args.epsilon}
+    )
 
 
 def describe_exploration(args: argparse.Namespace) -> str:
@@ -178,14 +221,24 @@ def summary_rows(rows: Sequence[dict[str, Any]], goal: float) -> list[dict[str, 
         tvs = [r["tv_own"] for r in rows if r["objective"] == objective and r["mode"] == mode]
         if not tvs:
             continue
-        worst = max(rows, key=lambda r: r["tv_own"] if (r["objective"], r["mode"]) == (objective, mode) else -1)
-        out.append({
-            "objective": objective, "mode": mode, "settings": str(len(tvs)),
-            "worst TV": f"{max(tvs):.3f}", "median TV": f"{statistics.median(tvs):.3f}",
-            f"share <= {goal}": f"{sum(t <= goal for t in tvs)}/{len(tvs)}",
-            "worst setting": (f"V={worst['vocab']} L={worst['max_len']} a={worst['alpha']:g} "
-                              f"scale={worst['scale']} seed={worst['base_seed']}"),
-        })
+        worst = max(
+            rows,
+            key=lambda r: r["tv_own"] if (r["objective"], r["mode"]) == (objective, mode) else -1,
+        )
+        out.append(
+            {
+                "objective": objective,
+                "mode": mode,
+                "settings": str(len(tvs)),
+                "worst TV": f"{max(tvs):.3f}",
+                "median TV": f"{statistics.median(tvs):.3f}",
+                f"share <= {goal}": f"{sum(t <= goal for t in tvs)}/{len(tvs)}",
+                "worst setting": (
+                    f"V={worst['vocab']} L={worst['max_len']} a={worst['alpha']:g} "
+                    f"scale={worst['scale']} seed={worst['base_seed']}"
+                ),
+            }
+        )
     return out
 
 
@@ -233,7 +286,9 @@ def tabular_mh_functions(base: TabularPolicy, prompt: int, alpha: float):
     return propose, base_logp
 
 
-def empirical_log_distribution(keys: list[tuple[int, ...]], everything: list[tuple[int, ...]]) -> torch.Tensor:
+def empirical_log_distribution(
+    keys: list[tuple[int, ...]], everything: list[tuple[int, ...]]
+) -> torch.Tensor:
     counts = {k: 0 for k in everything}
     for key in keys:
         counts[key] += 1
@@ -241,7 +296,9 @@ def empirical_log_distribution(keys: list[tuple[int, ...]], everything: list[tup
     return freq.log()
 
 
-def per_token_rows(groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], samples: int) -> list[dict[str, Any]]:
+def per_token_rows(
+    groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], samples: int
+) -> list[dict[str, Any]]:
     """Per setting: TV to p^α of T = 1/α sampling, the trained TB policies and the MH power sampler."""
     from gfnlm.samplers.power_mh import power_sample
 
@@ -253,27 +310,63 @@ def per_token_rows(groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], 
         sharpened = per_token_sharpened(base, group.alpha)  # every prompt's table at T = 1/α
         for prompt in range(base.num_prompts):
             dists = exact_distributions(setting, base, target, prompt)
-            everything = [tuple(r[:n].tolist()) for r, n in zip(dists.responses.response_ids, dists.responses.lengths)]
+            everything = [
+                tuple(r[:n].tolist())
+                for r, n in zip(dists.responses.response_ids, dists.responses.lengths)
+            ]
             propose, base_logp = tabular_mh_functions(base, prompt, group.alpha)
             rng = random.Random(prompt)
             block = max(1, setting.max_len // 16)
-            keys = [tuple(power_sample(propose, base_logp, setting.eos_id, group.alpha, setting.max_len, block, 10, rng)[0])
-                    for _ in range(samples)]
-            exact_draws = torch.multinomial(dists.log_target.exp(), samples, replacement=True,
-                                            generator=torch.Generator().manual_seed(prompt))
+            keys = [
+                tuple(
+                    power_sample(
+                        propose,
+                        base_logp,
+                        setting.eos_id,
+                        group.alpha,
+                        setting.max_len,
+                        block,
+                        10,
+                        rng,
+                    )[0]
+                )
+                for _ in range(samples)
+            ]
+            exact_draws = torch.multinomial(
+                dists.log_target.exp(),
+                samples,
+                replacement=True,
+                generator=torch.Generator().manual_seed(prompt),
+            )
             floor_keys = [everything[i] for i in exact_draws.tolist()]
 
             def trained(mode: str, group=group, prompt=prompt) -> float:
-                return next(r["tv_target"] for r in run_rows if (r["group"], r["prompt"], r["objective"], r["mode"])
-                            == (group.index, prompt, "tb", mode))
+                return next(
+                    r["tv_target"]
+                    for r in run_rows
+                    if (r["group"], r["prompt"], r["objective"], r["mode"])
+                    == (group.index, prompt, "tb", mode)
+                )
 
-            rows.append({
-                "V": setting.vocab_size, "L": setting.max_len, "alpha": group.alpha, "scale": group.scales[prompt],
-                "T=1/alpha": total_variation(sharpened.response_log_probs(dists.responses), dists.log_target),
-                "TB on-policy": trained("on-policy"), "TB explore": trained("explore"),
-                "MH power": total_variation(empirical_log_distribution(keys, everything), dists.log_target),
-                "MH floor": total_variation(empirical_log_distribution(floor_keys, everything), dists.log_target),
-            })
+            rows.append(
+                {
+                    "V": setting.vocab_size,
+                    "L": setting.max_len,
+                    "alpha": group.alpha,
+                    "scale": group.scales[prompt],
+                    "T=1/alpha": total_variation(
+                        sharpened.response_log_probs(dists.responses), dists.log_target
+                    ),
+                    "TB on-policy": trained("on-policy"),
+                    "TB explore": trained("explore"),
+                    "MH power": total_variation(
+                        empirical_log_distribution(keys, everything), dists.log_target
+                    ),
+                    "MH floor": total_variation(
+                        empirical_log_distribution(floor_keys, everything), dists.log_target
+                    ),
+                }
+            )
     return rows
 
 
@@ -283,6 +376,7 @@ def per_token_rows(groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table (floats to 3 decimals)."""
+
     def text(value: Any) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -305,19 +399,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for result in tqdm(pool.map(run_one, jobs), total=len(jobs), desc="exact sweep", unit="run", file=sys.stderr):
+        for result in tqdm(
+            pool.map(run_one, jobs),
+            total=len(jobs),
+            desc="exact sweep",
+            unit="run",
+            file=sys.stderr,
+        ):
             rows.extend(result)
     wall = time.perf_counter() - wall_start
-    cpu = sum(_cpu_seconds(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # workers joined
+    cpu = sum(
+        _cpu_seconds(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )  # workers joined
     settings = len(groups) * args.seeds_per_group
-    print(f"exact sweep: {settings} settings ({args.groups} groups x {args.seeds_per_group} bases, draw seed "
-          f"{args.draw_seed}, <= {args.max_responses} responses each) x {len(args.objectives)} objectives x "
-          f"{len(args.modes)} modes = {len(jobs)} runs; {args.steps} Adam steps, batch {args.batch_size} per prompt, "
-          f"lr {args.lr} cosine ({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); explore = {describe_exploration(args)} + "
-          f"reward_prioritised replay (ratio {args.replay_ratio})")
-    print(f"wall {wall:.0f} s with {args.workers} worker processes; CPU {cpu:.0f} s (this process and its workers, "
-          "imports included)")
-    print("settings: " + "; ".join(f"V={g.vocab} L={g.max_len} a={g.alpha:g} scales={list(g.scales)}" for g in groups))
+    print(
+        f"exact sweep: {settings} settings ({args.groups} groups x {args.seeds_per_group} bases, draw seed "
+        f"{args.draw_seed}, <= {args.max_responses} responses each) x {len(args.objectives)} objectives x "
+        f"{len(args.modes)} modes = {len(jobs)} runs; {args.steps} Adam steps, batch {args.batch_size} per prompt, "
+        f"lr {args.lr} cosine ({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); explore = {describe_exploration(args)} + "
+        f"reward_prioritised replay (ratio {args.replay_ratio})"
+    )
+    print(
+        f"wall {wall:.0f} s with {args.workers} worker processes; CPU {cpu:.0f} s (this process and its workers, "
+        "imports included)"
+    )
+    print(
+        "settings: "
+        + "; ".join(
+            f"V={g.vocab} L={g.max_len} a={g.alpha:g} scales={list(g.scales)}" for g in groups
+        )
+    )
     print()
     print(format_table(summary_rows(rows, args.goal)))
     write_csv(args.out / "exact_sweep_runs.csv", rows)

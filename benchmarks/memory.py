@@ -54,20 +54,38 @@ GB = 1e9
 LORA = {"r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
 # Model bodies built from a config (the vocabulary is always VOCAB).
 MODELS = {
-    "random-small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2},
-    "random-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                    "num_attention_heads": 14, "num_key_value_heads": 2},  # Qwen2.5-0.5B's shape
+    "random-small": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "random-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },  # Qwen2.5-0.5B's shape
 }
 
 
 # ---------------------------------------------------------------- worker (one measured operation)
 
+
 def model_config(args: argparse.Namespace, seq_len: int):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=VOCAB, **MODELS[args.model], max_position_embeddings=args.prompt_len + seq_len + 8,
-                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=args.eos_id, pad_token_id=args.eos_id)
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        **MODELS[args.model],
+        max_position_embeddings=args.prompt_len + seq_len + 8,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=args.eos_id,
+        pad_token_id=args.eos_id,
+    )
 
 
 def random_model_and_ids(args: argparse.Namespace, seq_len: int, seed: int):
@@ -81,7 +99,11 @@ def random_model_and_ids(args: argparse.Namespace, seq_len: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(args.eos_id + 1, VOCAB, (1, args.prompt_len), generator=generator)
     responses = torch.randint(args.eos_id + 1, VOCAB, (args.batch, seq_len), generator=generator)
-    return model, prompt.expand(args.batch, -1).contiguous().to(args.device), responses.to(args.device)
+    return (
+        model,
+        prompt.expand(args.batch, -1).contiguous().to(args.device),
+        responses.to(args.device),
+    )
 
 
 class PeakCudaMemory:
@@ -138,19 +160,30 @@ def gfnlm_operation(args: argparse.Namespace, path: str, op: str, seq_len: int, 
 
     model, prompt_ids, response_ids = random_model_and_ids(args, seq_len, seed)
     chunk = args.chunk_size if path == "chunked" else 0
-    config = ModelConfig(path="random", lora=True, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],
-                         lora_targets=LORA["target_modules"], logp_chunk_size=chunk,
-                         dtype="auto" if args.device == "cuda" else "float32")  # bf16 autocast on CUDA
+    config = ModelConfig(
+        path="random",
+        lora=True,
+        lora_r=LORA["r"],
+        lora_alpha=LORA["lora_alpha"],
+        lora_targets=LORA["target_modules"],
+        logp_chunk_size=chunk,
+        dtype="auto" if args.device == "cuda" else "float32",
+    )  # bf16 autocast on CUDA
     tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else ensure_smollm2())
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(args.eos_id)
     policy = CausalLMPolicy(model, tokenizer, config, torch.device(args.device))
     batch, length = response_ids.shape
     rollouts = Rollouts(
-        prompt_ids=prompt_ids, prompt_mask=torch.ones_like(prompt_ids, dtype=torch.bool),
-        response_ids=response_ids, response_mask=torch.ones_like(response_ids, dtype=torch.bool),
-        lengths=torch.full((batch,), length), ended_with_eos=torch.zeros(batch, dtype=torch.bool),
-        group=torch.zeros(batch, dtype=torch.long), prompt_index=torch.zeros(batch, dtype=torch.long),
-        behaviour_logp=torch.zeros(batch, length)).to(args.device)
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones_like(prompt_ids, dtype=torch.bool),
+        response_ids=response_ids,
+        response_mask=torch.ones_like(response_ids, dtype=torch.bool),
+        lengths=torch.full((batch,), length),
+        ended_with_eos=torch.zeros(batch, dtype=torch.bool),
+        group=torch.zeros(batch, dtype=torch.long),
+        prompt_index=torch.zeros(batch, dtype=torch.long),
+        behaviour_logp=torch.zeros(batch, length),
+    ).to(args.device)
     advantage = torch.linspace(-1, 1, batch, device=args.device)[:, None]
 
     def update() -> None:
@@ -181,6 +214,7 @@ def trl_operation(args: argparse.Namespace, op: str, seq_len: int, seed: int):
     model.train()
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.ones_like(input_ids)
+
     # The trainer attributes the method reads: accelerate's autocast (bf16 on CUDA as GRPOConfig(bf16=True),
     # none on CPU).
     def autocast():
@@ -189,12 +223,21 @@ def trl_operation(args: argparse.Namespace, op: str, seq_len: int, seed: int):
         return contextlib.nullcontext()
 
     trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(autocast=autocast))
-    compute = GRPOTrainer._get_per_token_logps_and_entropies.__wrapped__  # without the profiling wrapper
+    compute = (
+        GRPOTrainer._get_per_token_logps_and_entropies.__wrapped__
+    )  # without the profiling wrapper
     advantage = torch.linspace(-1, 1, response_ids.shape[0], device=args.device)[:, None]
 
     def update() -> None:
-        logps, _, _ = compute(trainer, model, input_ids, attention_mask, seq_len, batch_size=args.batch,
-                              compute_entropy=True)
+        logps, _, _ = compute(
+            trainer,
+            model,
+            input_ids,
+            attention_mask,
+            seq_len,
+            batch_size=args.batch,
+            compute_entropy=True,
+        )
         (logps * advantage).sum().backward()
 
     def base() -> None:
@@ -225,11 +268,17 @@ def worker(args: argparse.Namespace) -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             result["seconds"] = time.perf_counter() - start
-        result |= {"peak_gb": memory.peak / GB, "added_gb": (memory.peak - memory.before) / GB,
-                   "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB}
+        result |= {
+            "peak_gb": memory.peak / GB,
+            "added_gb": (memory.peak - memory.before) / GB,
+            "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
+        }
     except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
-        if not isinstance(error, MemoryError) and "alloc" not in str(error).lower() \
-                and "out of memory" not in str(error).lower():
+        if (
+            not isinstance(error, MemoryError)
+            and "alloc" not in str(error).lower()
+            and "out of memory" not in str(error).lower()
+        ):
             raise
         result["capped"] = True
     print(json.dumps(result), flush=True)
@@ -237,7 +286,10 @@ def worker(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- driver
 
-def run_cell(args: argparse.Namespace, python: str, path: str, op: str, seq_len: int, seed: int) -> dict:
+
+def run_cell(
+    args: argparse.Namespace, python: str, path: str, op: str, seq_len: int, seed: int
+) -> dict:
     """One fresh process under the address-space cap; its JSON result (``capped`` when it died of
     the cap before reporting)."""
     cap = int(args.cap_gb * GB)
@@ -246,26 +298,64 @@ def run_cell(args: argparse.Namespace, python: str, path: str, op: str, seq_len:
         if args.device == "cpu" and cap > 0:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    command = [python, str(Path(__file__).resolve()), "--worker", path, "--op", op, "--seq-len", str(seq_len),
-               "--seed", str(seed), *shared_options(args)]
+    command = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        path,
+        "--op",
+        op,
+        "--seq-len",
+        str(seq_len),
+        "--seed",
+        str(seed),
+        *shared_options(args),
+    ]
     # The repository first, then whatever the caller put on the path (carried wheels on a GPU machine).
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit, env=env, check=False,
-                          timeout=args.timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": pythonpath,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        env=env,
+        check=False,
+        timeout=args.timeout,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
     tail = done.stderr[-2000:]
     if any(word in tail for word in ("alloc", "MemoryError", "Cannot allocate", "std::bad_alloc")):
         return {"path": path, "op": op, "T": seq_len, "seed": seed, "capped": True}
-    raise SystemExit(f"{path} {op} T={seq_len} seed={seed} failed (exit {done.returncode}):\n{tail}")
+    raise SystemExit(
+        f"{path} {op} T={seq_len} seed={seed} failed (exit {done.returncode}):\n{tail}"
+    )
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
-    options = ["--batch", str(args.batch), "--prompt-len", str(args.prompt_len), "--model", args.model,
-               "--chunk-size", str(args.chunk_size), "--threads", str(args.threads), "--eos-id", str(args.eos_id),
-               "--device", args.device]
+    options = [
+        "--batch",
+        str(args.batch),
+        "--prompt-len",
+        str(args.prompt_len),
+        "--model",
+        args.model,
+        "--chunk-size",
+        str(args.chunk_size),
+        "--threads",
+        str(args.threads),
+        "--eos-id",
+        str(args.eos_id),
+        "--device",
+        args.device,
+    ]
     return options + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
 
 
@@ -301,9 +391,13 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
         cells.setdefault((record["op"], record["T"], record["path"]), []).append(record)
     peak = "peak GPU memory" if args.device == "cuda" else "peak RSS"
     added = "added GPU memory" if args.device == "cuda" else "added RSS"
-    lines = [(f"| operation | T | path | runs (seeds) | time, s | {peak}, GB | {added}, GB | "
-              f"chunked / this: time | chunked / this: {peak} |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"| operation | T | path | runs (seeds) | time, s | {peak}, GB | {added}, GB | "
+            f"chunked / this: time | chunked / this: {peak} |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     cap = f"> {args.cap_gb:g} GB (cap)"
     for op in OPS:
         for seq_len in sorted({t for (o, t, _) in cells if o == op}):
@@ -315,25 +409,35 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
                 seeds = ",".join(str(r["seed"]) for r in runs)
                 ok = [r for r in runs if not r.get("capped")]
                 if len(ok) < len(runs):
-                    lines.append(f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | {cap} | {cap} | | | |")
+                    lines.append(
+                        f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | {cap} | {cap} | | | |"
+                    )
                     continue
                 time_ratio = rss_ratio = ""
                 if path != "chunked" and chunked:
                     median = statistics.median
                     time_ratio = f"{median(r['seconds'] for r in chunked) / median(r['seconds'] for r in ok):.2f}×"
                     rss_ratio = f"{median(r['peak_gb'] for r in chunked) / median(r['peak_gb'] for r in ok):.2f}×"
-                lines.append(f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
-                             f"{spread([r['seconds'] for r in ok], '.2f')} | {spread([r['peak_gb'] for r in ok], '.2f')} | "
-                             f"{spread([r['added_gb'] for r in ok], '.2f')} | {time_ratio} | {rss_ratio} |")
+                lines.append(
+                    f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
+                    f"{spread([r['seconds'] for r in ok], '.2f')} | {spread([r['peak_gb'] for r in ok], '.2f')} | "
+                    f"{spread([r['added_gb'] for r in ok], '.2f')} | {time_ratio} | {rss_ratio} |"
+                )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", choices=list(MODELS), help="default: random-small on CPU, random-0.5b on CUDA")
+    parser.add_argument(
+        "--model", choices=list(MODELS), help="default: random-small on CPU, random-0.5b on CUDA"
+    )
     parser.add_argument("--tokenizer", help="a tokenizer folder (default: the cached SmolLM2's)")
-    parser.add_argument("--seq-lens", type=int, nargs="+", help="default: 256 512 2048 on CPU, 4096 on CUDA")
+    parser.add_argument(
+        "--seq-lens", type=int, nargs="+", help="default: 256 512 2048 on CPU, 4096 on CUDA"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
@@ -345,11 +449,19 @@ def main() -> int:
     parser.add_argument("--cap-gb", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--no-trl", action="store_true")
-    parser.add_argument("--trl-python", help="an interpreter that imports trl 1.16.0 (default: .bench-venvs/trl)")
+    parser.add_argument(
+        "--trl-python", help="an interpreter that imports trl 1.16.0 (default: .bench-venvs/trl)"
+    )
     parser.add_argument("--results", type=Path, help="default: benchmarks/out/memory_<device>.json")
-    parser.add_argument("--into-docs", action="store_true", help="write the table into docs/benchmarks.md")
-    parser.add_argument("--report-only", action="store_true", help="print the table of --results, run nothing")
-    parser.add_argument("--rerun", action="store_true", help="measure again the cells --results already holds")
+    parser.add_argument(
+        "--into-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the table of --results, run nothing"
+    )
+    parser.add_argument(
+        "--rerun", action="store_true", help="measure again the cells --results already holds"
+    )
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--op", choices=OPS, help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
@@ -377,16 +489,24 @@ def main() -> int:
                         record = run_cell(args, pythons[path], path, op, seq_len, seed)
                         results[key(record)] = record
                         args.results.write_text(json.dumps(results, indent=1))
-                        shown = "> cap" if record.get("capped") else (
-                            f"{record['seconds']:.2f} s, peak {record['peak_gb']:.2f} GB")
+                        shown = (
+                            "> cap"
+                            if record.get("capped")
+                            else (f"{record['seconds']:.2f} s, peak {record['peak_gb']:.2f} GB")
+                        )
                         print(f"{op:6s} T={seq_len:5d} {path:8s} seed {seed}: {shown}", flush=True)
     body = MODELS[args.model]
-    where = (f"bf16 autocast on {args.device}, peak = torch.cuda.max_memory_allocated" if args.device == "cuda"
-             else f"fp32 on CPU, {args.threads} threads, address-space cap {args.cap_gb:g} GB")
-    text = (f"{args.model}: B = {args.batch}, prompt {args.prompt_len} tokens, V = {VOCAB:,}, hidden "
-            f"{body['hidden_size']}, {body['num_hidden_layers']} layers, LoRA r=8 q/v, {where}, chunk "
-            f"{args.chunk_size} positions; median (min–max) over fresh processes, seeds as listed.\n\n"
-            + table(results, args))
+    where = (
+        f"bf16 autocast on {args.device}, peak = torch.cuda.max_memory_allocated"
+        if args.device == "cuda"
+        else f"fp32 on CPU, {args.threads} threads, address-space cap {args.cap_gb:g} GB"
+    )
+    text = (
+        f"{args.model}: B = {args.batch}, prompt {args.prompt_len} tokens, V = {VOCAB:,}, hidden "
+        f"{body['hidden_size']}, {body['num_hidden_layers']} layers, LoRA r=8 q/v, {where}, chunk "
+        f"{args.chunk_size} positions; median (min–max) over fresh processes, seeds as listed.\n\n"
+        + table(results, args)
+    )
     print(text)
     if args.into_docs:
         sys.path.insert(0, str(REPO / "benchmarks"))

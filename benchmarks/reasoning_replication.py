@@ -62,13 +62,26 @@ DOCS_IMG = REPO / "docs" / "img"
 # The task and the base model.
 ERROR_RATE, STOP_RATE = 0.12, 0.12
 TERMS = (3, 6)  # the questions' chain lengths (min, max)
-MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 128,
-         "max_positions": 96}
+MODEL = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 4,
+    "intermediate_size": 128,
+    "max_positions": 96,
+}
 PRETRAIN = {"steps": 1500, "batch": 32, "lr": 3e-3, "seed": 1234}
 # The shared training budget (every method).
-BUDGET = {"train.steps": 60, "train.prompts_per_step": 8, "sampling.samples_per_prompt": 8,
-          "sampling.max_new_tokens": 32, "train.lr": 3e-4, "train.updates_per_batch": 1,
-          "train.minibatch_size": 0, "train.grad_clip": 1.0}
+BUDGET = {
+    "train.steps": 60,
+    "train.prompts_per_step": 8,
+    "sampling.samples_per_prompt": 8,
+    "sampling.max_new_tokens": 32,
+    "train.lr": 3e-4,
+    "train.updates_per_batch": 1,
+    "train.minibatch_size": 0,
+    "train.grad_clip": 1.0,
+}
 EVAL_QUESTIONS, EVAL_K, EVAL_EVERY = 48, 16, 15
 ALPHA = 4.0
 
@@ -90,8 +103,21 @@ METHODS = {
 CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
 SUITE = {"name": "tiny"}  # tiny (chain sum), forks or smollm2
 SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
-TABLE_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TB-token", "RL-traj", "TTRL",
-               "EMPO", "Intuitor", "RENT", "EM", "GRPO")
+TABLE_ORDER = (
+    "Base",
+    "Low-temp",
+    "Power sampling",
+    "PowerFlow",
+    "TB-traj",
+    "TB-token",
+    "RL-traj",
+    "TTRL",
+    "EMPO",
+    "Intuitor",
+    "RENT",
+    "EM",
+    "GRPO",
+)
 SWEEP_ALPHAS = (1.0, 2.0, 4.0, 6.0)
 POWER_MH = {"block_size": 16, "mh_steps": 3}
 
@@ -100,8 +126,16 @@ POWER_MH = {"block_size": 16, "mh_steps": 3}
 SMOL_METHODS = {
     "PowerFlow": [],
     "TB-traj": ["objective.name=tb", "logz.name=scalar", "train.logz_lr=0.1"],
-    "TTRL": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:majority_vote", "objective.name=grpo"],
-    "GRPO": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:factual_verifier", "objective.name=grpo"],
+    "TTRL": [
+        "target.name=reward",
+        "target.options.reward=gfnlm.tasks.rewards:majority_vote",
+        "objective.name=grpo",
+    ],
+    "GRPO": [
+        "target.name=reward",
+        "target.options.reward=gfnlm.tasks.rewards:factual_verifier",
+        "objective.name=grpo",
+    ],
 }
 SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 
@@ -109,8 +143,19 @@ SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 # The forks suite: the chain-sum questions and scorer, pre-training solutions of gfnlm.tasks.synthetic_forks
 # (PowerFlow at α = 2 and 4; the length-collapse studies TB-token and RL-traj are left out).
 FORKS_OUT = REPO / "benchmarks" / "out" / "forks_replication"
-FORKS_ORDER = ("Base", "Low-temp", "Power sampling", "PowerFlow", "TB-traj", "TTRL", "EMPO", "Intuitor", "RENT",
-               "EM", "GRPO")
+FORKS_ORDER = (
+    "Base",
+    "Low-temp",
+    "Power sampling",
+    "PowerFlow",
+    "TB-traj",
+    "TTRL",
+    "EMPO",
+    "Intuitor",
+    "RENT",
+    "EM",
+    "GRPO",
+)
 FORKS_CURVES = ("PowerFlow", "TB-traj", "TTRL", "EM", "GRPO")
 FORKS_SWEEP = (2.0, 4.0)
 EXACT_ALPHAS = (2.0, 4.0)
@@ -121,7 +166,13 @@ EXACT_ALPHAS = (2.0, 4.0)
 # of a model that copies every digit but draws the sums) whose timing varies with the seed, so the
 # work phase is checked on held-out solutions and repeated (at most `work_cycles` times) until its
 # running sums are right at least `min_sum_accuracy` of the time.
-FORKS_PRETRAIN = {"steps": 4000, "clean_steps": 1500, "mixture_lr": 1e-3, "work_cycles": 3, "min_sum_accuracy": 0.95}
+FORKS_PRETRAIN = {
+    "steps": 4000,
+    "clean_steps": 1500,
+    "mixture_lr": 1e-3,
+    "work_cycles": 3,
+    "min_sum_accuracy": 0.95,
+}
 FORKS_TERMS = (2, 4)
 
 CHAIN_SUM = build("task", "chain_sum")  # how the synthetic task's prompts are formatted and graded
@@ -132,7 +183,12 @@ def use_forks_suite() -> None:
     global OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS, TERMS
     SUITE["name"] = "forks"
     TERMS = FORKS_TERMS
-    OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS = FORKS_OUT, FORKS_CURVES, FORKS_ORDER, FORKS_SWEEP
+    OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS = (
+        FORKS_OUT,
+        FORKS_CURVES,
+        FORKS_ORDER,
+        FORKS_SWEEP,
+    )
     PRETRAIN.update(FORKS_PRETRAIN)
 
 
@@ -149,9 +205,16 @@ def write_prompt_files(directory: Path) -> tuple[Path, Path]:
             seen.add(q)
             questions.append(q)
     train, evaluation = directory / "train.jsonl", directory / "eval.jsonl"
-    _write_if_changed(train, "".join(json.dumps({"question": q}) + "\n" for q in questions[EVAL_QUESTIONS:]))
-    _write_if_changed(evaluation, "".join(json.dumps({"question": q, "answers": [task.solve(q)]}) + "\n"
-                                          for q in questions[:EVAL_QUESTIONS]))
+    _write_if_changed(
+        train, "".join(json.dumps({"question": q}) + "\n" for q in questions[EVAL_QUESTIONS:])
+    )
+    _write_if_changed(
+        evaluation,
+        "".join(
+            json.dumps({"question": q, "answers": [task.solve(q)]}) + "\n"
+            for q in questions[:EVAL_QUESTIONS]
+        ),
+    )
     return train, evaluation
 
 
@@ -170,9 +233,11 @@ def base_model_dir() -> Path:
     the pre-training, so a change trains a new one)."""
     shape = f"h{MODEL['hidden_size']}-l{MODEL['num_layers']}-n{PRETRAIN['steps']}"
     if SUITE["name"] == "forks":
-        target = default_cache_dir() / (f"forks-tiny-w{forks.WORK_RATE}-t{TERMS[0]}{TERMS[1]}"
-                                        f"-c{PRETRAIN['clean_steps']}x{PRETRAIN['work_cycles']}"
-                                        f"-m{PRETRAIN['mixture_lr']:g}-i{MODEL['intermediate_size']}-{shape}")
+        target = default_cache_dir() / (
+            f"forks-tiny-w{forks.WORK_RATE}-t{TERMS[0]}{TERMS[1]}"
+            f"-c{PRETRAIN['clean_steps']}x{PRETRAIN['work_cycles']}"
+            f"-m{PRETRAIN['mixture_lr']:g}-i{MODEL['intermediate_size']}-{shape}"
+        )
     else:
         target = default_cache_dir() / f"reasoning-tiny-e{ERROR_RATE}-s{STOP_RATE}-{shape}"
     if (target / "pretrain.json").is_file():
@@ -187,8 +252,10 @@ def pretraining_phases() -> list[tuple[str, int, float]]:
     only (where the model learns to add), then the 35/65 mixture of routes at a lower peak lr."""
     if SUITE["name"] != "forks":
         return [("noisy", PRETRAIN["steps"], PRETRAIN["lr"])]
-    return [("work", PRETRAIN["clean_steps"], PRETRAIN["lr"]),
-            ("mixture", PRETRAIN["steps"] - PRETRAIN["clean_steps"], PRETRAIN["mixture_lr"])]
+    return [
+        ("work", PRETRAIN["clean_steps"], PRETRAIN["lr"]),
+        ("mixture", PRETRAIN["steps"] - PRETRAIN["clean_steps"], PRETRAIN["mixture_lr"]),
+    ]
 
 
 def pretraining_solution(question: str, rng: random.Random, solutions: str) -> str:
@@ -211,14 +278,17 @@ def solution_batch(tokenizer, rng: random.Random, solutions: str, size: int):
     for _ in range(size):
         q = task.make_question(rng, *TERMS)
         prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(pretraining_solution(q, rng, solutions), add_special_tokens=False)["input_ids"] + [
-            tokenizer.eos_token_id]
+        answer = tokenizer(pretraining_solution(q, rng, solutions), add_special_tokens=False)[
+            "input_ids"
+        ] + [tokenizer.eos_token_id]
         rows.append(prompt + answer)
         targets.append([-100] * len(prompt) + answer)
     width = max(map(len, rows))
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
     labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
-    mask = (labels != -100) | (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None])
+    mask = (labels != -100) | (
+        torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    )
     return ids, labels, mask
 
 
@@ -235,13 +305,24 @@ def held_out_sums(model, tokenizer, questions: int = 256) -> tuple[float, float]
     return float(accuracy), float(torch.nn.functional.cross_entropy(logits[is_sum], targets))
 
 
-def train_phase(model, tokenizer, optimiser, rng: random.Random, solutions: str, steps: int, lr: float,
-                losses: list[float], schedule_steps: int | None = None, report=None) -> None:
+def train_phase(
+    model,
+    tokenizer,
+    optimiser,
+    rng: random.Random,
+    solutions: str,
+    steps: int,
+    lr: float,
+    losses: list[float],
+    schedule_steps: int | None = None,
+    report=None,
+) -> None:
     """Next-token training on ``steps`` batches of the phase's solutions (loss on the solution and
     EOS only), under a one-cycle schedule peaking at ``lr`` over ``schedule_steps`` (default
     ``steps``); ``report(step)`` is called every 100 steps when given."""
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=schedule_steps or steps,
-                                                   pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, lr, total_steps=schedule_steps or steps, pct_start=0.05
+    )
     model.train()
     bar = tqdm(range(steps), desc=f"pre-train base ({solutions})", unit="step")
     for step in bar:
@@ -290,10 +371,23 @@ def probe_sum_learning(schedule_steps: int, seed: int, steps: int = 1500) -> Non
             model.eval()
             accuracy, loss = held_out_sums(model, tokenizer)
             model.train()
-            tqdm.write(f"seed {seed} schedule {schedule_steps} step {step:5d}: held-out sums ranked first "
-                       f"{100 * accuracy:5.1f} %, sum loss {loss:.3f} nats")
+            tqdm.write(
+                f"seed {seed} schedule {schedule_steps} step {step:5d}: held-out sums ranked first "
+                f"{100 * accuracy:5.1f} %, sum loss {loss:.3f} nats"
+            )
 
-        train_phase(model, tokenizer, optimiser, rng, "work", steps, PRETRAIN["lr"], [], schedule_steps, report)
+        train_phase(
+            model,
+            tokenizer,
+            optimiser,
+            rng,
+            "work",
+            steps,
+            PRETRAIN["lr"],
+            [],
+            schedule_steps,
+            report,
+        )
         report(steps)
 
 
@@ -310,24 +404,42 @@ def pretrain(target: Path) -> None:
         train_phase(model, tokenizer, optimiser, rng, solutions, steps, lr, losses)
         if solutions == "work":
             accuracies = [held_out_sums(model, tokenizer)[0]]
-            while accuracies[-1] < PRETRAIN["min_sum_accuracy"] and len(accuracies) < PRETRAIN["work_cycles"]:
+            while (
+                accuracies[-1] < PRETRAIN["min_sum_accuracy"]
+                and len(accuracies) < PRETRAIN["work_cycles"]
+            ):
                 train_phase(model, tokenizer, optimiser, rng, solutions, steps, lr, losses)
                 accuracies.append(held_out_sums(model, tokenizer)[0])
             record["work_phase_sum_accuracy"] = accuracies
             if accuracies[-1] < PRETRAIN["min_sum_accuracy"]:
-                raise SystemExit(f"pre-training: after {len(accuracies)} work phases of {steps} steps the model ranks "
-                                 f"the right running sum first {accuracies[-1]:.0%} of the time (needs "
-                                 f"{PRETRAIN['min_sum_accuracy']:.0%}): it has not learnt to add")
+                raise SystemExit(
+                    f"pre-training: after {len(accuracies)} work phases of {steps} steps the model ranks "
+                    f"the right running sum first {accuracies[-1]:.0%} of the time (needs "
+                    f"{PRETRAIN['min_sum_accuracy']:.0%}): it has not learnt to add"
+                )
     if SUITE["name"] == "forks":
         record["final_sum_accuracy"] = held_out_sums(model, tokenizer)[0]
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
     shutil.rmtree(work / "tokenizer")
-    data = {"work_rate": forks.WORK_RATE, "terms": TERMS} if SUITE["name"] == "forks" else {"error_rate": ERROR_RATE,
-                                                                            "stop_rate": STOP_RATE}
-    (work / "pretrain.json").write_text(json.dumps({
-        **data, **MODEL, **PRETRAIN, **record,
-        "final_loss": statistics.mean(losses[-100:]), "seconds": time.perf_counter() - started}, indent=2))
+    data = (
+        {"work_rate": forks.WORK_RATE, "terms": TERMS}
+        if SUITE["name"] == "forks"
+        else {"error_rate": ERROR_RATE, "stop_rate": STOP_RATE}
+    )
+    (work / "pretrain.json").write_text(
+        json.dumps(
+            {
+                **data,
+                **MODEL,
+                **PRETRAIN,
+                **record,
+                "final_loss": statistics.mean(losses[-100:]),
+                "seconds": time.perf_counter() - started,
+            },
+            indent=2,
+        )
+    )
     shutil.rmtree(target, ignore_errors=True)
     work.rename(target)
 
@@ -350,19 +462,31 @@ def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -
         for row, i in enumerate(indices):
             gold, group = prompts.answers[i], texts[row * k : (row + 1) * k]
             correct.append([CHAIN_SUM.is_correct(t, gold) for t in group])
-            work_right += [right for t, right in zip(group, correct[-1], strict=True) if forks.route_of(t) == "work"]
+            work_right += [
+                right
+                for t, right in zip(group, correct[-1], strict=True)
+                if forks.route_of(t) == "work"
+            ]
             votes = Counter(a for a in map(CHAIN_SUM.answer_key, group) if a)
             majority.append(bool(votes) and votes.most_common(1)[0][0] in gold)
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
-    return {"avg": mean([mean(c) for c in correct]), "maj": mean(majority), "pass": mean([any(c) for c in correct]),
-            "length": mean(lengths), "truncated": mean(truncated), "work_route": mean(work_route),
-            "work_right": mean(work_right)}
+    return {
+        "avg": mean([mean(c) for c in correct]),
+        "maj": mean(majority),
+        "pass": mean([any(c) for c in correct]),
+        "length": mean(lengths),
+        "truncated": mean(truncated),
+        "work_route": mean(work_route),
+        "work_right": mean(work_right),
+    }
 
 
 def load_eval_prompts(tokenizer, eval_file: Path):
     from gfnlm.tasks.prompts import PromptSet
 
-    return PromptSet.load(str(eval_file), "eval", tokenizer, 256, require_answers=True, task=CHAIN_SUM)
+    return PromptSet.load(
+        str(eval_file), "eval", tokenizer, 256, require_answers=True, task=CHAIN_SUM
+    )
 
 
 def make_trainer_class():
@@ -378,11 +502,16 @@ def make_trainer_class():
             self.curve: list[dict[str, float]] = []
 
         def evaluate_cached(self, step: int) -> dict[str, float]:
-            sampler = HFSampler(temperature=1.0, top_p=1.0, max_new_tokens=self.config.sampling.max_new_tokens)
+            sampler = HFSampler(
+                temperature=1.0, top_p=1.0, max_new_tokens=self.config.sampling.max_new_tokens
+            )
             sampler.setup(self.policy)
             with torch.random.fork_rng():
                 torch.manual_seed(self.config.train.seed + 1_000_003)
-                result = {"step": step, **evaluate_task(self.policy, self.task_prompts, sampler, EVAL_K)}
+                result = {
+                    "step": step,
+                    **evaluate_task(self.policy, self.task_prompts, sampler, EVAL_K),
+                }
             self.curve.append(result)
             return result
 
@@ -394,8 +523,13 @@ def run_name(method: str, seed: int, alpha: float | None) -> str:
     return f"{method.replace(' ', '_')}{suffix}_s{seed}"
 
 
-def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path],
-            probe: list[str] | None = None) -> dict:
+def run_one(
+    method: str,
+    seed: int,
+    alpha: float | None,
+    files: tuple[Path, Path],
+    probe: list[str] | None = None,
+) -> dict:
     """Train (or sample, for the inference-time baselines) one method with one seed; returns the
     final metrics (and the curve). ``probe``: extra overrides for an investigation run, whose
     result also holds a few responses of the final policy."""
@@ -404,18 +538,31 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
     train_file, eval_file = files
     started = time.perf_counter()
     if method in SAMPLING_BASELINES:
-        return {"method": method, "seed": seed, **sample_baseline(method, seed, model_dir, eval_file),
-                "seconds": time.perf_counter() - started}
+        return {
+            "method": method,
+            "seed": seed,
+            **sample_baseline(method, seed, model_dir, eval_file),
+            "seconds": time.perf_counter() - started,
+        }
     from gfnlm.training.config import load_config
 
     config_file, extra = METHODS[method]
     out_dir = OUT / ("probes" if probe else "runs") / run_name(method, seed, alpha)
     shutil.rmtree(out_dir, ignore_errors=True)
     overrides = [f"{k}={v}" for k, v in BUDGET.items()] + [
-        f"model.path={model_dir}", "model.lora=false", f"data.train={train_file}", "data.eval=''",
-        f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.out_dir={out_dir}",
+        f"model.path={model_dir}",
+        "model.lora=false",
+        f"data.train={train_file}",
+        "data.eval=''",
+        f"train.seed={seed}",
+        "train.threads=1",
+        "train.device=cpu",
+        f"train.out_dir={out_dir}",
         f"train.eval_every={EVAL_EVERY if (method in CURVE_METHODS or alpha is not None) else 0}",
-        "train.save_every=0", *TASK, *extra]
+        "train.save_every=0",
+        *TASK,
+        *extra,
+    ]
     if alpha is not None:
         overrides.append(f"target.options.alpha={alpha}")
     config = load_config(REPO / "configs" / config_file, overrides + list(probe or []))
@@ -423,15 +570,23 @@ def run_one(method: str, seed: int, alpha: float | None, files: tuple[Path, Path
     trainer.train()
     final = trainer.curve[-1]
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    result = {"method": method, "seed": seed, "alpha": alpha, **{k: v for k, v in final.items() if k != "step"},
-              "curve": trainer.curve, "seconds": time.perf_counter() - started}
+    result = {
+        "method": method,
+        "seed": seed,
+        "alpha": alpha,
+        **{k: v for k, v in final.items() if k != "step"},
+        "curve": trainer.curve,
+        "seconds": time.perf_counter() - started,
+    }
     if probe:
         from gfnlm.samplers.hf import HFSampler
 
         sampler = HFSampler(max_new_tokens=config.sampling.max_new_tokens)
         sampler.setup(trainer.policy)
         rollouts = sampler.sample(trainer.task_prompts.batch([0, 1, 2]), 4)
-        result["samples"] = [f"{q} -> {t}" for q, t in zip(rollouts.prompt_text, rollouts.response_text, strict=True)]
+        result["samples"] = [
+            f"{q} -> {t}" for q, t in zip(rollouts.prompt_text, rollouts.response_text, strict=True)
+        ]
     return result
 
 
@@ -447,21 +602,34 @@ def run_smollm2(method: str, seed: int) -> dict:
     started = time.perf_counter()
     out_dir = OUT / "smollm2" / "runs" / f"{method}_s{seed}"
     shutil.rmtree(out_dir, ignore_errors=True)
-    overrides = [f"train.seed={seed}", f"train.threads={threads}", "train.device=cpu", f"train.out_dir={out_dir}",
-                 *SMOL_METHODS.get(method, [])]
+    overrides = [
+        f"train.seed={seed}",
+        f"train.threads={threads}",
+        "train.device=cpu",
+        f"train.out_dir={out_dir}",
+        *SMOL_METHODS.get(method, []),
+    ]
     trainer = Trainer(load_config(REPO / "configs" / "default.yaml", overrides), progress=False)
     cfg = trainer.config
     if method in ("Base", "Low-temp"):
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1_000_003)  # the trainer's evaluation seed
-            after = evaluate(trainer.policy, trainer.eval_prompts, cfg.train.eval_samples, cfg.sampling.max_new_tokens,
-                             progress=False, temperature=1.0 if method == "Base" else 1.0 / ALPHA).as_dict()
+            after = evaluate(
+                trainer.policy,
+                trainer.eval_prompts,
+                cfg.train.eval_samples,
+                cfg.sampling.max_new_tokens,
+                progress=False,
+                temperature=1.0 if method == "Base" else 1.0 / ALPHA,
+            ).as_dict()
         before = after
     else:
         base_eval = OUT / "results" / f"smollm2_Base_s{seed}.json"
         if base_eval.is_file():  # the trainer's step-0 evaluation is Base's, same seed: reuse it
             (out_dir / "eval").mkdir(parents=True, exist_ok=True)
-            (out_dir / "eval" / "step_000000.json").write_text(json.dumps(json.loads(base_eval.read_text())["eval"]))
+            (out_dir / "eval" / "step_000000.json").write_text(
+                json.dumps(json.loads(base_eval.read_text())["eval"])
+            )
         results = trainer.train()
         before, after = results["before"], results["after"]
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
@@ -470,9 +638,19 @@ def run_smollm2(method: str, seed: int) -> dict:
 
 def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
     """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation.held_out) before and after."""
-    return {"method": method, "seed": seed, "alpha": None, "avg": after["accuracy_t1"], "maj": after["majority_at_k"],
-            "pass": after["pass_at_k"], "length": after["mean_length"], "greedy": after["greedy_accuracy"],
-            "truncated": 0.0, "before_avg": before["accuracy_t1"], "eval": after}
+    return {
+        "method": method,
+        "seed": seed,
+        "alpha": None,
+        "avg": after["accuracy_t1"],
+        "maj": after["majority_at_k"],
+        "pass": after["pass_at_k"],
+        "length": after["mean_length"],
+        "greedy": after["greedy_accuracy"],
+        "truncated": 0.0,
+        "before_avg": before["accuracy_t1"],
+        "eval": after,
+    }
 
 
 def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
@@ -493,7 +671,9 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
     if not (run_dir / "config.yaml").is_file():
         raise SystemExit(f"--reuse-runs: {run_dir / 'config.yaml'} does not exist")
     if comparable(load_config(run_dir / "config.yaml")) != wanted:
-        raise SystemExit(f"--reuse-runs: {run_dir} was not run with configs/default.yaml at train.seed={seed}")
+        raise SystemExit(
+            f"--reuse-runs: {run_dir} was not run with configs/default.yaml at train.seed={seed}"
+        )
     evals = sorted((run_dir / "eval").glob("step_*.json"))
     final = f"step_{wanted['train']['steps']:06d}.json"
     if not evals or evals[0].name != "step_000000.json" or evals[-1].name != final:
@@ -504,7 +684,11 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
         path = result_path((method, seed, None))
         if path.is_file():
             continue
-        record = {**smollm2_record(method, seed, before, result), "seconds": None, "source": str(run_dir)}
+        record = {
+            **smollm2_record(method, seed, before, result),
+            "seconds": None,
+            "source": str(run_dir),
+        }
         path.write_text(json.dumps(record, indent=1))
         adopted.append(path.stem)
     return adopted
@@ -517,8 +701,9 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
     from gfnlm.training.config import ModelConfig
     from gfnlm.training.policy import CausalLMPolicy
 
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora=False), model_dir,
-                                        torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir), lora=False), model_dir, torch.device("cpu")
+    )
     prompts = load_eval_prompts(policy.tokenizer, eval_file)
     max_tokens = BUDGET["sampling.max_new_tokens"]
     extra: dict[str, float] = {}
@@ -535,7 +720,11 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
 
         sampler.sample = sample_and_count
     else:
-        sampler = HFSampler(temperature=1.0 if method == "Base" else 1.0 / ALPHA, top_p=1.0, max_new_tokens=max_tokens)
+        sampler = HFSampler(
+            temperature=1.0 if method == "Base" else 1.0 / ALPHA,
+            top_p=1.0,
+            max_new_tokens=max_tokens,
+        )
     sampler.setup(policy)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1_000_003)
@@ -546,7 +735,9 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
-def jobs_for(seeds: list[int], only: list[str] | None, suite: str = "tiny") -> list[tuple[str, int, float | None]]:
+def jobs_for(
+    seeds: list[int], only: list[str] | None, suite: str = "tiny"
+) -> list[tuple[str, int, float | None]]:
     """Every (method, seed, α-override) run; the slow power sampling first, the α sweep last."""
     if suite == "smollm2":
         return [(m, s, None) for s in seeds for m in SMOL_ORDER if not only or m in only]
@@ -578,7 +769,9 @@ def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) ->
         except FileExistsError:
             continue
         try:
-            result = run_smollm2(job[0], job[1]) if SUITE["name"] == "smollm2" else run_one(*job, files)
+            result = (
+                run_smollm2(job[0], job[1]) if SUITE["name"] == "smollm2" else run_one(*job, files)
+            )
         except Exception:  # noqa: BLE001 (reported; the other jobs go on)
             traceback.print_exc()
             print(f"FAILED: {run_name(*job)}", flush=True)
@@ -587,19 +780,32 @@ def work(jobs: list[tuple[str, int, float | None]], files: tuple[Path, Path]) ->
         print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
 
 
-def run_all(jobs: list[tuple[str, int, float | None]], parallel: int, argv: list[str]) -> list[dict]:
+def run_all(
+    jobs: list[tuple[str, int, float | None]], parallel: int, argv: list[str]
+) -> list[dict]:
     """``parallel`` worker processes (the cores split between them) share the jobs; finished results
     are kept."""
     (OUT / "results").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(claims_dir(), ignore_errors=True)
     claims_dir().mkdir(parents=True)
     threads = str(max(1, (os.cpu_count() or 1) // parallel))  # the cores split between the workers
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     workers = []
     for i in range(parallel):
         log = open(OUT / "logs" / f"{SUITE['name']}_worker{i}.log", "w")  # noqa: SIM115 (lives as long as the worker)
-        workers.append(subprocess.Popen([sys.executable, __file__, *argv, "--worker"], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, __file__, *argv, "--worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     done = lambda: sum(result_path(j).is_file() for j in jobs)
     bar = tqdm(total=len(jobs), initial=done(), desc="runs", unit="run")
     while any(w.poll() is None for w in workers):
@@ -622,8 +828,11 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def method_label(method: str) -> str:
     """A method's name in the tables, with its α or temperature."""
-    return {"Low-temp": f"Low-temp (T=1/{ALPHA:g})", "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
-            "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})"}.get(method, method)
+    return {
+        "Low-temp": f"Low-temp (T=1/{ALPHA:g})",
+        "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
+        "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})",
+    }.get(method, method)
 
 
 def route_column(runs: list[dict] | None = None) -> str:
@@ -633,46 +842,64 @@ def route_column(runs: list[dict] | None = None) -> str:
         return ""
     if runs is None:
         return " work route % | `work` answers right % |"
-    return (f" {mean_std([r['work_route'] for r in runs], 100)} |"
-            f" {mean_std([r.get('work_right', 0.0) for r in runs], 100)} |")
+    return (
+        f" {mean_std([r['work_route'] for r in runs], 100)} |"
+        f" {mean_std([r.get('work_right', 0.0) for r in runs], 100)} |"
+    )
 
 
 def main_table(results: list[dict], seeds: list[int]) -> str:
-    rows = [f"| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |{route_column()}",
-            "|---|---|---|---|---|" + ("---|---|" if route_column() else "")]
+    rows = [
+        f"| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |{route_column()}",
+        "|---|---|---|---|---|" + ("---|---|" if route_column() else ""),
+    ]
     for method in TABLE_ORDER:
         runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
         if not runs:
             continue
-        rows.append(f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                    f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
-                    f"{route_column(runs)}")
+        rows.append(
+            f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+            f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
+            f"{route_column(runs)}"
+        )
     return "\n".join(rows)
 
 
 def smollm2_table(results: list[dict], seeds: list[int]) -> str:
-    rows = [f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds where there are several.\n",
-            "| method | avg@8 (T=1) % | maj@8 % | pass@8 % | greedy % | mean length (tokens) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds where there are several.\n",
+        "| method | avg@8 (T=1) % | maj@8 % | pass@8 % | greedy % | mean length (tokens) |",
+        "|---|---|---|---|---|---|",
+    ]
     for method in SMOL_ORDER:
         runs = [r for r in results if r["method"] == method]
         if runs:
-            rows.append(f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['greedy'] for r in runs], 100)} "
-                        f"| {mean_std([r['length'] for r in runs])} |")
+            rows.append(
+                f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+                f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['greedy'] for r in runs], 100)} "
+                f"| {mean_std([r['length'] for r in runs])} |"
+            )
     return "\n".join(rows) + "\n"
 
 
 def sweep_table(results: list[dict]) -> str:
-    rows = [f"| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |{route_column()}",
-            "|---|---|---|---|---|" + ("---|---|" if route_column() else "")]
+    rows = [
+        f"| α | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length |{route_column()}",
+        "|---|---|---|---|---|" + ("---|---|" if route_column() else ""),
+    ]
     for alpha in SWEEP_ALPHAS:
-        runs = [r for r in results if r["method"] == "PowerFlow"
-                and (r.get("alpha") == alpha or (alpha == ALPHA and r.get("alpha") is None))]
+        runs = [
+            r
+            for r in results
+            if r["method"] == "PowerFlow"
+            and (r.get("alpha") == alpha or (alpha == ALPHA and r.get("alpha") is None))
+        ]
         if runs:
-            rows.append(f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                        f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
-                        f"{route_column(runs)}")
+            rows.append(
+                f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
+                f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
+                f"{route_column(runs)}"
+            )
     return "\n".join(rows)
 
 
@@ -689,13 +916,23 @@ def write_curves(results: list[dict]) -> tuple[Path, Path]:
     csv_path, png_path = DOCS_IMG / f"{stem}.csv", DOCS_IMG / f"{stem}.png"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "seed", "step", "avg_at_16", "maj_at_16", "mean_length", "work_route"])
+        writer.writerow(
+            ["method", "seed", "step", "avg_at_16", "maj_at_16", "mean_length", "work_route"]
+        )
         for r in results:
             if r["method"] in CURVE_METHODS and r.get("alpha") is None:
                 for point in r["curve"]:
-                    writer.writerow([r["method"], r["seed"], point["step"], f"{point['avg']:.4f}",
-                                     f"{point['maj']:.4f}", f"{point['length']:.3f}",
-                                     f"{point.get('work_route', 0.0):.4f}"])
+                    writer.writerow(
+                        [
+                            r["method"],
+                            r["seed"],
+                            point["step"],
+                            f"{point['avg']:.4f}",
+                            f"{point['maj']:.4f}",
+                            f"{point['length']:.3f}",
+                            f"{point.get('work_route', 0.0):.4f}",
+                        ]
+                    )
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     # the forks task's routes are equally long: its right panel shows which route the policy takes
     right_key, right_scale = ("work_route", 100) if SUITE["name"] == "forks" else ("length", 1)
@@ -707,10 +944,16 @@ def write_curves(results: list[dict]) -> tuple[Path, Path]:
         for axis, key, scale in ((left, "avg", 100), (right, right_key, right_scale)):
             table = [[p[key] * scale for p in r["curve"]] for r in runs]
             mean = [statistics.mean(col) for col in zip(*table, strict=True)]
-            std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*table, strict=True)]
+            std = [
+                statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*table, strict=True)
+            ]
             axis.plot(steps, mean, marker="o", label=method)
-            axis.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
-                              [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
+            axis.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                alpha=0.15,
+            )
     left.set(xlabel="step", ylabel="held-out avg@16 at T=1 (%)", title="accuracy")
     if SUITE["name"] == "forks":
         right.set(xlabel="step", ylabel="responses opening with 'work' (%)", title="route")
@@ -724,38 +967,75 @@ def write_curves(results: list[dict]) -> tuple[Path, Path]:
 
 def exact_forks_table() -> str:
     """The exact comparison on the enumerable model of the forks structure (gfnlm.tasks.synthetic_forks)."""
-    rows = ["| α | TV(T=1/α, p^α) | P(right) base | P(right) T=1/α | P(right) p^α | answer ranked first: base / T=1/α / p^α |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| α | TV(T=1/α, p^α) | P(right) base | P(right) T=1/α | P(right) p^α | answer ranked first: base / T=1/α / p^α |",
+        "|---|---|---|---|---|---|",
+    ]
     first = lambda answer: "right" if answer == 0 else "a wrong one"
     for alpha in EXACT_ALPHAS:
         e = exact_fork_comparison(alpha)
-        rows.append(f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | {e['low_temp_right']:.3f} "
-                    f"| {e['power_right']:.3f} | {first(e['base_top_answer'])} ({e['base_top_answer_p']:.3f}) / "
-                    f"{first(e['low_temp_top_answer'])} ({e['low_temp_top_answer_p']:.3f}) / "
-                    f"{first(e['power_top_answer'])} ({e['power_top_answer_p']:.3f}) |")
+        rows.append(
+            f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | {e['low_temp_right']:.3f} "
+            f"| {e['power_right']:.3f} | {first(e['base_top_answer'])} ({e['base_top_answer_p']:.3f}) / "
+            f"{first(e['low_temp_top_answer'])} ({e['low_temp_top_answer_p']:.3f}) / "
+            f"{first(e['power_top_answer'])} ({e['power_top_answer_p']:.3f}) |"
+        )
     e = exact_fork_comparison(EXACT_ALPHAS[0])
-    return (f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route token and "
-            f"{e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} responses):\n\n"
-            + "\n".join(rows) + "\n")
+    return (
+        f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route token and "
+        f"{e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} responses):\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def write_outputs(results: list[dict], seeds: list[int]) -> str:
     OUT.mkdir(parents=True, exist_ok=True)
     with (OUT / "runs.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "alpha", "seed", "avg", "maj", "pass", "length", "truncated", "seconds",
-                         "acceptance_rate", "token_cost"])
+        writer.writerow(
+            [
+                "method",
+                "alpha",
+                "seed",
+                "avg",
+                "maj",
+                "pass",
+                "length",
+                "truncated",
+                "seconds",
+                "acceptance_rate",
+                "token_cost",
+            ]
+        )
         for r in results:
-            writer.writerow([r["method"], r.get("alpha") or "", r["seed"], r["avg"], r["maj"], r["pass"], r["length"],
-                             r["truncated"], round(r["seconds"], 1), r.get("acceptance_rate", ""), r.get("token_cost", "")])
+            writer.writerow(
+                [
+                    r["method"],
+                    r.get("alpha") or "",
+                    r["seed"],
+                    r["avg"],
+                    r["maj"],
+                    r["pass"],
+                    r["length"],
+                    r["truncated"],
+                    round(r["seconds"], 1),
+                    r.get("acceptance_rate", ""),
+                    r.get("token_cost", ""),
+                ]
+            )
     power = [r for r in results if r["method"] == "Power sampling"]
     power_note = ""
     if power:
-        power_note = (f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH steps per "
-                      f"block): acceptance rate {mean_std([r['acceptance_rate'] for r in power], 100)} %, "
-                      f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned.")
-    text = (f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n{main_table(results, seeds)}{power_note}\n\n"
-            f"PowerFlow α sweep (same budget):\n\n{sweep_table(results)}\n")
+        power_note = (
+            f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH steps per "
+            f"block): acceptance rate {mean_std([r['acceptance_rate'] for r in power], 100)} %, "
+            f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned."
+        )
+    text = (
+        f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n{main_table(results, seeds)}{power_note}\n\n"
+        f"PowerFlow α sweep (same budget):\n\n{sweep_table(results)}\n"
+    )
     (OUT / "table.md").write_text(text)
     return text
 
@@ -763,21 +1043,45 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (the cores split between them)")
-    parser.add_argument("--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="runs at a time (the cores split between them)"
+    )
+    parser.add_argument(
+        "--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
-    parser.add_argument("--forks", action="store_true",
-                        help="the forks task (gfnlm.tasks.synthetic_forks): sequence-level vs per-token sharpening")
-    parser.add_argument("--smollm2", action="store_true",
-                        help=f"the smaller comparison on the SmolLM2 default task ({', '.join(SMOL_ORDER)})")
-    parser.add_argument("--probe", metavar="METHOD", help="one investigation run (first seed, in this process): "
-                        "its curve and a few responses; with --set overrides")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for --probe")
-    parser.add_argument("--reuse-runs", metavar="PATTERN", help="with --smollm2: take Base and PowerFlow from "
-                        "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)")
-    parser.add_argument("--sum-probe", type=int, metavar="SCHEDULE_STEPS",
-                        help="with --forks: pre-train a fresh base on work solutions for 1,500 steps of a one-cycle "
-                        "schedule this long and print its held-out running sums every 100 steps (seed: --seeds)")
+    parser.add_argument(
+        "--forks",
+        action="store_true",
+        help="the forks task (gfnlm.tasks.synthetic_forks): sequence-level vs per-token sharpening",
+    )
+    parser.add_argument(
+        "--smollm2",
+        action="store_true",
+        help=f"the smaller comparison on the SmolLM2 default task ({', '.join(SMOL_ORDER)})",
+    )
+    parser.add_argument(
+        "--probe",
+        metavar="METHOD",
+        help="one investigation run (first seed, in this process): "
+        "its curve and a few responses; with --set overrides",
+    )
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for --probe"
+    )
+    parser.add_argument(
+        "--reuse-runs",
+        metavar="PATTERN",
+        help="with --smollm2: take Base and PowerFlow from "
+        "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)",
+    )
+    parser.add_argument(
+        "--sum-probe",
+        type=int,
+        metavar="SCHEDULE_STEPS",
+        help="with --forks: pre-train a fresh base on work solutions for 1,500 steps of a one-cycle "
+        "schedule this long and print its held-out running sums every 100 steps (seed: --seeds)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.forks and args.smollm2:
@@ -800,12 +1104,16 @@ def main(argv: list[str] | None = None) -> int:
     files = write_prompt_files(OUT / "data")
     jobs = jobs_for(args.seeds, args.only, SUITE["name"])
     if args.probe:
-        result = run_one(args.probe, args.seeds[0], None, files, probe=["train.eval_every=5", *args.set])
+        result = run_one(
+            args.probe, args.seeds[0], None, files, probe=["train.eval_every=5", *args.set]
+        )
         (OUT / "probes").mkdir(parents=True, exist_ok=True)
         name = "_".join([args.probe, *args.set]).replace("/", "-").replace("=", "-")
         (OUT / "probes" / f"{name}.json").write_text(json.dumps(result, indent=1))
         for point in result["curve"]:
-            print(f"step {point['step']:3d}  avg@16 {100 * point['avg']:5.1f} %  length {point['length']:5.1f}")
+            print(
+                f"step {point['step']:3d}  avg@16 {100 * point['avg']:5.1f} %  length {point['length']:5.1f}"
+            )
         print("\n".join(result["samples"]))
         return 0
     if args.worker:
@@ -818,7 +1126,12 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.reuse_runs.format(seed=seed))
             for name in adopt_default_run(seed, run_dir):
                 print(f"adopted {name} from {run_dir}")
-        child_argv = ["--smollm2", "--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else [])]
+        child_argv = [
+            "--smollm2",
+            "--seeds",
+            *map(str, args.seeds),
+            *(["--only", *args.only] if args.only else []),
+        ]
         text = smollm2_table(run_all(jobs, args.jobs, child_argv), args.seeds)
         (OUT / "smollm2_table.md").write_text(text)
         print(text)
@@ -827,8 +1140,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"base model: {base_model_dir()}")
     print((base_model_dir() / "pretrain.json").read_text())
-    child_argv = ["--seeds", *map(str, args.seeds), *(["--only", *args.only] if args.only else []),
-                  *(["--forks"] if args.forks else [])]
+    child_argv = [
+        "--seeds",
+        *map(str, args.seeds),
+        *(["--only", *args.only] if args.only else []),
+        *(["--forks"] if args.forks else []),
+    ]
     results = run_all(jobs, args.jobs, child_argv)
     text = write_outputs(results, args.seeds)
     if args.forks:

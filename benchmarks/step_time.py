@@ -59,7 +59,12 @@ def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:
     _, t_update = timed(policy_forward_backward)
     _, t_optim = timed(trainer.optimizer.step)
     trainer.optimizer.zero_grad(set_to_none=True)
-    return {"generate": t_generate, "base_forward": t_base, "policy_fwd_bwd": t_update, "optimizer": t_optim}
+    return {
+        "generate": t_generate,
+        "base_forward": t_base,
+        "policy_fwd_bwd": t_update,
+        "optimizer": t_optim,
+    }
 
 
 def plain_pg_step(trainer: Trainer, prompts, n: int) -> float:
@@ -67,9 +72,13 @@ def plain_pg_step(trainer: Trainer, prompts, n: int) -> float:
     start = time.perf_counter()
     rollouts = trainer.components.sampler.sample(prompts, n)
     evaluation = trainer.policy.evaluate(rollouts)
-    reward = torch.randn(rollouts.batch_size, generator=torch.Generator().manual_seed(0)).to(trainer.device)
+    reward = torch.randn(rollouts.batch_size, generator=torch.Generator().manual_seed(0)).to(
+        trainer.device
+    )
     groups = reward.view(-1, n)
-    advantage = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)).view(-1)
+    advantage = (
+        (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
+    ).view(-1)
     loss = -(advantage * evaluation.sequence_logp(rollouts.response_mask)).mean()
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -82,19 +91,32 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):7.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def run_model(name: str, model_path: str, args: argparse.Namespace, out: Path) -> dict[str, list[float]]:
-    overrides = [f"model.path={model_path}", "data.eval=''", f"train.device={args.device}",
-                 f"train.out_dir={out / name}", f"train.prompts_per_step={args.prompts}",
-                 f"sampling.samples_per_prompt={args.samples}", f"sampling.max_new_tokens={args.max_new_tokens}",
-                 "train.logz_warm_start=false", *args.set]
+def run_model(
+    name: str, model_path: str, args: argparse.Namespace, out: Path
+) -> dict[str, list[float]]:
+    overrides = [
+        f"model.path={model_path}",
+        "data.eval=''",
+        f"train.device={args.device}",
+        f"train.out_dir={out / name}",
+        f"train.prompts_per_step={args.prompts}",
+        f"sampling.samples_per_prompt={args.samples}",
+        f"sampling.max_new_tokens={args.max_new_tokens}",
+        "train.logz_warm_start=false",
+        *args.set,
+    ]
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
     times: dict[str, list[float]] = {}
     for round_index in range(args.warmup + args.steps):
         torch.manual_seed(round_index)
-        indices = [i % len(trainer.train_prompts)
-                   for i in range(round_index * args.prompts, (round_index + 1) * args.prompts)]
+        indices = [
+            i % len(trainer.train_prompts)
+            for i in range(round_index * args.prompts, (round_index + 1) * args.prompts)
+        ]
         prompts = trainer.train_prompts.batch(indices)
-        trainer._next_prompt_indices = lambda chosen=indices: chosen  # the trainer's step works on the same prompts
+        trainer._next_prompt_indices = lambda chosen=indices: (
+            chosen
+        )  # the trainer's step works on the same prompts
         torch.manual_seed(round_index)
         metrics = trainer.train_step()
         torch.manual_seed(round_index)
@@ -103,9 +125,14 @@ def run_model(name: str, model_path: str, args: argparse.Namespace, out: Path) -
         pg = plain_pg_step(trainer, prompts, args.samples)
         if round_index < args.warmup:
             continue
-        record = {"trainer step": metrics["time/step"], "trainer sample": metrics["time/sample"],
-                  "trainer score": metrics["time/score"], "trainer update": metrics["time/update"],
-                  **{f"alone {k}": v for k, v in alone.items()}, "plain PG step": pg}
+        record = {
+            "trainer step": metrics["time/step"],
+            "trainer sample": metrics["time/sample"],
+            "trainer score": metrics["time/score"],
+            "trainer update": metrics["time/update"],
+            **{f"alone {k}": v for k, v in alone.items()},
+            "plain PG step": pg,
+        }
         record["alone sum"] = sum(alone.values())
         for key, value in record.items():
             times.setdefault(key, []).append(value)
@@ -113,34 +140,51 @@ def run_model(name: str, model_path: str, args: argparse.Namespace, out: Path) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"]
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra configuration overrides")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra configuration overrides"
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-          f"{args.prompts} prompts x {args.samples} samples, <= {args.max_new_tokens} new tokens; "
-          f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds 0..{args.warmup + args.steps - 1}"
-          + (f"; overrides {' '.join(args.set)}" if args.set else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{args.prompts} prompts x {args.samples} samples, <= {args.max_new_tokens} new tokens; "
+        f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds 0..{args.warmup + args.steps - 1}"
+        + (f"; overrides {' '.join(args.set)}" if args.set else "")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            path = str(ensure_smollm2()) if name == "smollm2" else str(tiny_model(Path(tmp) / "tiny"))
+            path = (
+                str(ensure_smollm2()) if name == "smollm2" else str(tiny_model(Path(tmp) / "tiny"))
+            )
             times = run_model(name, path, args, Path(tmp) / "runs")
             print(f"\n== {name} (seconds) ==")
             for key, values in times.items():
                 print(f"  {key:24s} {summary(values)}")
-            step, parts = statistics.median(times["trainer step"]), statistics.median(times["alone sum"])
+            step, parts = (
+                statistics.median(times["trainer step"]),
+                statistics.median(times["alone sum"]),
+            )
             overhead = step / parts - 1
             ratio = step / statistics.median(times["plain PG step"])
-            print(f"  trainer overhead over the sum of parts: {100 * overhead:+.1f}%  (goal <= 10%)"
-                  f"  {'PASS' if overhead <= 0.10 else 'FAIL'}")
-            print(f"  PowerFlow step / plain PG step:         {ratio:.3f}x   (goal <= 1.15x)"
-                  f"  {'PASS' if ratio <= 1.15 else 'FAIL'}")
+            print(
+                f"  trainer overhead over the sum of parts: {100 * overhead:+.1f}%  (goal <= 10%)"
+                f"  {'PASS' if overhead <= 0.10 else 'FAIL'}"
+            )
+            print(
+                f"  PowerFlow step / plain PG step:         {ratio:.3f}x   (goal <= 1.15x)"
+                f"  {'PASS' if ratio <= 1.15 else 'FAIL'}"
+            )
     return 0
 
 

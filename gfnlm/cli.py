@@ -42,13 +42,22 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None) -> str:
     """Rows of metrics, one column per evaluated model (e.g. before / after); ``k`` of pass@k when
     it differs from the number of samples."""
-    metrics = [("accuracy_t1", "accuracy at T=1 (avg@k)", True), ("greedy_accuracy", "greedy accuracy", True),
-               ("pass_at_k", f"pass@{k}" if k else "pass@k", True), ("majority_at_k", "majority@k", True),
-               ("mean_length", "mean length at T=1 (tokens)", False),
-               ("greedy_mean_length", "mean length greedy (tokens)", False)]
+    metrics = [
+        ("accuracy_t1", "accuracy at T=1 (avg@k)", True),
+        ("greedy_accuracy", "greedy accuracy", True),
+        ("pass_at_k", f"pass@{k}" if k else "pass@k", True),
+        ("majority_at_k", "majority@k", True),
+        ("mean_length", "mean length at T=1 (tokens)", False),
+        ("greedy_mean_length", "mean length greedy (tokens)", False),
+    ]
     rows = [("metric", *columns)]
     for key, label, percent in metrics:
-        rows.append((label, *(f"{100 * c[key]:.1f}%" if percent else f"{c[key]:.1f}" for c in columns.values())))
+        rows.append(
+            (
+                label,
+                *(f"{100 * c[key]:.1f}%" if percent else f"{c[key]:.1f}" for c in columns.values()),
+            )
+        )
     return _table(rows)
 
 
@@ -70,7 +79,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(config.train.out_dir)
     if results.get("after") is not None:
         k = config.train.eval_samples
-        print(f"\nHeld-out evaluation ({results['after']['num_questions']:.0f} questions, k={k} samples at T=1):")
+        print(
+            f"\nHeld-out evaluation ({results['after']['num_questions']:.0f} questions, k={k} samples at T=1):"
+        )
         print(format_eval_table({"before": results["before"], "after": results["after"]}))
     print(f"\nCheckpoints: {out / 'checkpoints'}")
     print(f"TensorBoard logs: {out / 'tb'}   (view with: tensorboard --logdir {out / 'tb'})")
@@ -88,8 +99,10 @@ def _check_count(flag: str, value: int, minimum: int, maximum: int = MAX_COUNT) 
 def _check_sampling_flags(args: argparse.Namespace) -> None:
     """The flags ``eval`` and ``sample`` share, checked before any model loads."""
     if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ConfigError(f"--temperature={args.temperature}: must be a finite number > 0 (1/alpha for the "
-                          "low-temperature baseline)")
+        raise ConfigError(
+            f"--temperature={args.temperature}: must be a finite number > 0 (1/alpha for the "
+            "low-temperature baseline)"
+        )
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
     if not 0 <= args.min_p < 1:
@@ -97,7 +110,9 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
     from gfnlm.models.loading import resolve_device
 
-    resolve_device(args.device, field="--device")  # cuda without a GPU fails here, before anything loads
+    resolve_device(
+        args.device, field="--device"
+    )  # cuda without a GPU fails here, before anything loads
     check_path_length(args.model, "--model")
     if args.run is not None:
         check_path_length(args.run, "--run")
@@ -138,15 +153,19 @@ def _tokenizer_for(config: RunConfig):
     return model_dir, load_tokenizer(model_dir)
 
 
-def _check_prompt_room(args: argparse.Namespace, config: RunConfig, model_dir: Path,
-                       prompt_tokens: int) -> int:
+def _check_prompt_room(
+    args: argparse.Namespace, config: RunConfig, model_dir: Path, prompt_tokens: int
+) -> int:
     """The number of new tokens to sample (``--max-new-tokens``, else the run's
     ``sampling.max_new_tokens``), checked with the longest prompt against the model's context."""
     from gfnlm.models.loading import check_context
 
     new_tokens = args.max_new_tokens or config.sampling.max_new_tokens
-    setting = (f"--max-new-tokens={new_tokens}" if args.max_new_tokens else
-               f"sampling.max_new_tokens={new_tokens} (the run's; fewer with --max-new-tokens)")
+    setting = (
+        f"--max-new-tokens={new_tokens}"
+        if args.max_new_tokens
+        else f"sampling.max_new_tokens={new_tokens} (the run's; fewer with --max-new-tokens)"
+    )
     check_context(model_dir, prompt_tokens, new_tokens, setting)
     return new_tokens
 
@@ -187,7 +206,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_count("--samples", args.samples, 1)
     _check_count("--k", args.k, 0)
     if args.k > args.samples:
-        raise ConfigError(f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)")
+        raise ConfigError(
+            f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)"
+        )
     _check_count("--threads", args.threads, 0)
     if args.json:
         check_output_file(args.json, "--json")  # the results of a long evaluation must not be lost
@@ -200,43 +221,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = args.prompts or config.data.eval
     if not spec:
         raise ConfigError("--prompts: required (the run has no data.eval); a data set with answers")
-    columns = {"question_field": args.question_field or config.data.question_field,
-               "answer_field": args.answer_field or config.data.answer_field}
+    columns = {
+        "question_field": args.question_field or config.data.question_field,
+        "answer_field": args.answer_field or config.data.answer_field,
+    }
     records = load_records(spec, "--prompts", **columns)
     model_dir, tokenizer = _tokenizer_for(config)
-    prompts = PromptSet.from_records(records, spec, "--prompts", tokenizer,
-                                     config.data.max_prompt_tokens, require_answers=True, task=task,
-                                     answer_field=columns["answer_field"])
+    prompts = PromptSet.from_records(
+        records,
+        spec,
+        "--prompts",
+        tokenizer,
+        config.data.max_prompt_tokens,
+        require_answers=True,
+        task=task,
+        answer_field=columns["answer_field"],
+    )
     new_tokens = _check_prompt_room(args, config, model_dir, max(map(len, prompts.token_ids)))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     policy = _policy_for(saved, config, args.device, model_dir)
-    result = evaluate(policy, prompts, args.samples, new_tokens, temperature=args.temperature,
-                      task=task, k=args.k)
+    result = evaluate(
+        policy, prompts, args.samples, new_tokens, temperature=args.temperature, task=task, k=args.k
+    )
     label = "checkpoint" if args.run else "base model"
-    print(f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
-          f"T={args.temperature:g} (pass@{result.k}), seed {args.seed}:")
+    print(
+        f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
+        f"T={args.temperature:g} (pass@{result.k}), seed {args.seed}:"
+    )
     print(format_eval_table({label: result.as_dict()}, k=result.k))
     if args.json:
-        out = {"run": args.run, "model": config.model.path, "task": task.registry_name, "prompts": spec,
-               "temperature": args.temperature, "samples": args.samples, "seed": args.seed,
-               "metrics": result.as_dict()}
+        out = {
+            "run": args.run,
+            "model": config.model.path,
+            "task": task.registry_name,
+            "prompts": spec,
+            "temperature": args.temperature,
+            "samples": args.samples,
+            "seed": args.seed,
+            "metrics": result.as_dict(),
+        }
         write_text_atomically(args.json, json.dumps(out, indent=1), "--json")
     return 0
 
 
-CREATIVE_ROWS = [("semantic_diversity", "semantic diversity (1 - mean cos, MiniLM)"),
-                 ("lexical_redundancy", "lexical redundancy (mean pairwise ROUGE-L)"),
-                 ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"),
-                 ("fluency", "fluency (reference mean token log-prob)"),
-                 ("repetition_rate", "repetition rate (repeated word 3-grams)"),
-                 ("check_pass_rate", "prompt checks passed"), ("truncated_rate", "truncated (no EOS)"),
-                 ("mean_length", "mean length (tokens)")]
+CREATIVE_ROWS = [
+    ("semantic_diversity", "semantic diversity (1 - mean cos, MiniLM)"),
+    ("lexical_redundancy", "lexical redundancy (mean pairwise ROUGE-L)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("distinct_3", "distinct-3"),
+    ("fluency", "fluency (reference mean token log-prob)"),
+    ("repetition_rate", "repetition rate (repeated word 3-grams)"),
+    ("check_pass_rate", "prompt checks passed"),
+    ("truncated_rate", "truncated (no EOS)"),
+    ("mean_length", "mean length (tokens)"),
+]
 
 
-def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", config: RunConfig,
-                      task) -> int:
+def cmd_eval_creative(
+    args: argparse.Namespace, saved: "_RunCheckpoint | None", config: RunConfig, task
+) -> int:
     """``gfnlm eval --metrics creative``: diversity / redundancy / quality proxies of k samples per
     open-ended prompt (:mod:`gfnlm.tasks.metrics`); ``--json`` also writes them with the responses."""
     import json
@@ -247,40 +293,78 @@ def cmd_eval_creative(args: argparse.Namespace, saved: "_RunCheckpoint | None", 
     from gfnlm.tasks.records import load_records
 
     if not args.prompts:
-        raise ConfigError("--prompts: required with --metrics creative (e.g. --prompts creative_eval)")
+        raise ConfigError(
+            "--prompts: required with --metrics creative (e.g. --prompts creative_eval)"
+        )
     if args.samples < 2:
         raise ConfigError(f"--samples={args.samples}: must be >= 2 with --metrics creative")
     for alpha in args.target_alpha:
         if not (math.isfinite(alpha) and alpha > 0):
             raise ConfigError(f"--target-alpha={alpha}: must be a finite number > 0")
     # Read as accuracy evaluation reads its data sets; bad prompts fail before any model loads.
-    records = load_records(args.prompts, "--prompts",
-                           question_field=args.question_field or "question")
+    records = load_records(
+        args.prompts, "--prompts", question_field=args.question_field or "question"
+    )
     checks = load_checks(args.prompts, "--prompts", records)
     minilm_path()
     model_dir, tokenizer = _tokenizer_for(config)
-    prompts = PromptSet.from_records(records, args.prompts, "--prompts", tokenizer,
-                                     config.data.max_prompt_tokens, task=task)
+    prompts = PromptSet.from_records(
+        records, args.prompts, "--prompts", tokenizer, config.data.max_prompt_tokens, task=task
+    )
     new_tokens = _check_prompt_room(args, config, model_dir, max(map(len, prompts.token_ids)))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     policy = _policy_for(saved, config, args.device, model_dir)
-    result = evaluate_creative(policy, prompts, checks, args.samples, new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                               embedder=SentenceEmbedder(), target_alphas=tuple(args.target_alpha))
+    result = evaluate_creative(
+        policy,
+        prompts,
+        checks,
+        args.samples,
+        new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        embedder=SentenceEmbedder(),
+        target_alphas=tuple(args.target_alpha),
+    )
     label = "checkpoint" if args.run else "base model"
-    print(f"{len(prompts)} prompts, k={args.samples} samples at T={args.temperature:g}, "
-          f"top-p={args.top_p:g}, min-p={args.min_p:g}, seed {args.seed}:")
-    columns = {label: result.as_dict()} | {f"p_base^{a:g} (estimate)": v for a, v in result.target_estimates.items()}
-    rows = [*CREATIVE_ROWS, ("ess_min", "effective samples per prompt (min)")] if result.target_estimates else CREATIVE_ROWS
-    print(_table([("metric", *columns), *((name, *(f"{c[key]:.4f}" if key in c else "–" for c in columns.values()))
-                                          for key, name in rows)]))
+    print(
+        f"{len(prompts)} prompts, k={args.samples} samples at T={args.temperature:g}, "
+        f"top-p={args.top_p:g}, min-p={args.min_p:g}, seed {args.seed}:"
+    )
+    columns = {label: result.as_dict()} | {
+        f"p_base^{a:g} (estimate)": v for a, v in result.target_estimates.items()
+    }
+    rows = (
+        [*CREATIVE_ROWS, ("ess_min", "effective samples per prompt (min)")]
+        if result.target_estimates
+        else CREATIVE_ROWS
+    )
+    print(
+        _table(
+            [
+                ("metric", *columns),
+                *(
+                    (name, *(f"{c[key]:.4f}" if key in c else "–" for c in columns.values()))
+                    for key, name in rows
+                ),
+            ]
+        )
+    )
     if args.json:
-        out = {"run": args.run, "model": args.model, "prompts": args.prompts, "temperature": args.temperature,
-               "top_p": args.top_p, "min_p": args.min_p, "seed": args.seed, "metrics": result.as_dict(),
-               "target_estimates": {str(alpha): v for alpha, v in result.target_estimates.items()},
-               "responses": [list(group) for group in result.responses]}
+        out = {
+            "run": args.run,
+            "model": args.model,
+            "prompts": args.prompts,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "min_p": args.min_p,
+            "seed": args.seed,
+            "metrics": result.as_dict(),
+            "target_estimates": {str(alpha): v for alpha, v in result.target_estimates.items()},
+            "responses": [list(group) for group in result.responses],
+        }
         write_text_atomically(args.json, json.dumps(out, indent=1), "--json")
     return 0
 
@@ -307,8 +391,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     new_tokens = _check_prompt_room(args, config, model_dir, len(ids))
     policy = _policy_for(saved, config, args.device, model_dir)
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(tokenizer.pad_token_id))
-    sampler = HFSampler(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                        max_new_tokens=new_tokens)
+    sampler = HFSampler(
+        temperature=args.temperature, top_p=args.top_p, min_p=args.min_p, max_new_tokens=new_tokens
+    )
     sampler.setup(policy)
     rollouts = sampler.sample(prompts.batch([0]), args.n)
     for i, response in enumerate(rollouts.response_text or ()):
@@ -330,9 +415,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.lora_rank < 0:
         raise ConfigError(f"--lora-rank={args.lora_rank}: must be >= 0 (0 = no LoRA adapters)")
     if args.lora_rank and args.engine != "vllm":
-        raise ConfigError(f"--lora-rank={args.lora_rank}: only with --engine vllm (SGLang servers get merged weights)")
-    options: dict = {"args": list(args.server_args), "env": {}, "port": args.port,
-                     "startup_timeout_s": args.startup_timeout, "cpu": args.cpu}
+        raise ConfigError(
+            f"--lora-rank={args.lora_rank}: only with --engine vllm (SGLang servers get merged weights)"
+        )
+    options: dict = {
+        "args": list(args.server_args),
+        "env": {},
+        "port": args.port,
+        "startup_timeout_s": args.startup_timeout,
+        "cpu": args.cpu,
+    }
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -340,22 +432,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["env"][key] = value
     if args.python is not None:
         options["python"] = args.python
-    if args.startup_timeout is None:  # the recipe's (CPU start-up is slow) or LaunchConfig's default
+    if (
+        args.startup_timeout is None
+    ):  # the recipe's (CPU start-up is slow) or LaunchConfig's default
         del options["startup_timeout_s"]
     flag = {"args": "the flags after --"}
     field = lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-"))
     model_dir = resolve_model_path(args.model)
     if args.engine == "vllm":
-        server = VLLMServer(model_dir, resolve_vllm_launch(options, field), lora_rank=args.lora_rank)
+        server = VLLMServer(
+            model_dir, resolve_vllm_launch(options, field), lora_rank=args.lora_rank
+        )
     else:
         server = SGLangServer(model_dir, resolve_launch(options, field))
     with server:
-        print(f"{server.engine} server for {model_dir} at {server.url} (pid {server.process.pid}); "
-              f"use sampling.sampler={args.engine} sampling.sampler_options.url={server.url}; Ctrl-C stops it",
-              flush=True)
+        print(
+            f"{server.engine} server for {model_dir} at {server.url} (pid {server.process.pid}); "
+            f"use sampling.sampler={args.engine} sampling.sampler_options.url={server.url}; Ctrl-C stops it",
+            flush=True,
+        )
         while server.alive():
             time.sleep(1.0)
-        raise ServerError(f"{server.engine} server {server.url} exited on its own; last output: {server.log_tail()}")
+        raise ServerError(
+            f"{server.engine} server {server.url} exited on its own; last output: {server.log_tail()}"
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -367,105 +467,227 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind, out = ("merged", args.merged) if args.merged is not None else ("adapter", args.adapter)
     if not out:
         raise ConfigError(f"--{kind}: give the output folder")
-    print(f"gfnlm export: {export_checkpoint(args.run, kind, out, args.step, args.dtype, args.force)}", flush=True)
+    print(
+        f"gfnlm export: {export_checkpoint(args.run, kind, out, args.step, args.dtype, args.force)}",
+        flush=True,
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gfnlm`` argument parser with its ``train``, ``eval`` and ``sample`` subcommands."""
-    parser = argparse.ArgumentParser(prog="gfnlm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="gfnlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a policy from a config file plus key=value overrides")
+    train = sub.add_parser(
+        "train", help="train a policy from a config file plus key=value overrides"
+    )
     train.add_argument("config", help="YAML config file (see configs/)")
-    train.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2")
+    train.add_argument(
+        "overrides", nargs="*", help="key=value, e.g. train.steps=20 target.options.alpha=2"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                       help="import MODULE first, so the components it registers can be named "
-                            "(repeatable; a MODULE.py of the working directory is found)")
+    train.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, so the components it registers can be named "
+        "(repeatable; a MODULE.py of the working directory is found)",
+    )
     train.set_defaults(func=cmd_train)
 
-    serve = sub.add_parser("serve", help="start a SGLang or vLLM server for a model (stopped on Ctrl-C)")
-    serve.add_argument("model", nargs="?", default="smollm2", help="model folder, or 'smollm2' (default)")
-    serve.add_argument("--engine", choices=["sglang", "vllm"], default="sglang", help="the server (default sglang)")
-    serve.add_argument("--python", default=None,
-                       help="interpreter with the engine installed (default: this one; with --cpu: "
-                            ".bench-venvs/sglang or .bench-venvs/vllm)")
-    serve.add_argument("--cpu", action="store_true",
-                       help="CPU server with the repository's recipe (tools/sglang_cpu or tools/vllm_cpu; build it "
-                            "with make sglang-cpu / make vllm-cpu)")
-    serve.add_argument("--lora-rank", type=int, default=0,
-                       help="vLLM: accept LoRA adapters of this rank at run time (what sampler_options.weight_sync=lora "
-                            "needs); 0 = none")
+    serve = sub.add_parser(
+        "serve", help="start a SGLang or vLLM server for a model (stopped on Ctrl-C)"
+    )
+    serve.add_argument(
+        "model", nargs="?", default="smollm2", help="model folder, or 'smollm2' (default)"
+    )
+    serve.add_argument(
+        "--engine", choices=["sglang", "vllm"], default="sglang", help="the server (default sglang)"
+    )
+    serve.add_argument(
+        "--python",
+        default=None,
+        help="interpreter with the engine installed (default: this one; with --cpu: "
+        ".bench-venvs/sglang or .bench-venvs/vllm)",
+    )
+    serve.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU server with the repository's recipe (tools/sglang_cpu or tools/vllm_cpu; build it "
+        "with make sglang-cpu / make vllm-cpu)",
+    )
+    serve.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="vLLM: accept LoRA adapters of this rank at run time (what sampler_options.weight_sync=lora "
+        "needs); 0 = none",
+    )
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    serve.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                       help="environment variable for the server process (repeatable)")
-    serve.add_argument("--startup-timeout", type=float, default=None,
-                       help="seconds to wait for /health (default 300; 600 with --cpu)")
+    serve.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the server process (repeatable)",
+    )
+    serve.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for /health (default 300; 600 with --cpu)",
+    )
     serve.set_defaults(func=cmd_serve, server_args=[])  # flags after `--` go to the server
 
-    export = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (LoRA merged) "
-                                           "or as its PEFT adapter")
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face model folder (LoRA merged) "
+        "or as its PEFT adapter",
+    )
     export.add_argument("run", help="run directory (or one checkpoint folder)")
-    export.add_argument("--step", type=int, default=None,
-                        help="export the checkpoint of this step (default: the newest complete one)")
+    export.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="export the checkpoint of this step (default: the newest complete one)",
+    )
     what = export.add_mutually_exclusive_group(required=True)
-    what.add_argument("--merged", metavar="OUT", default=None,
-                      help="write a model folder (weights with LoRA merged in, config, tokenizer) that "
-                           "transformers, SGLang and vLLM load")
-    what.add_argument("--adapter", metavar="OUT", default=None,
-                      help="write the PEFT adapter folder (LoRA runs) for PeftModel.from_pretrained")
-    export.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                        help="dtype of the written weights (default: float32 for --merged, as trained "
-                             "for --adapter)")
-    export.add_argument("--force", action="store_true", help="replace OUT when it exists and is not empty")
+    what.add_argument(
+        "--merged",
+        metavar="OUT",
+        default=None,
+        help="write a model folder (weights with LoRA merged in, config, tokenizer) that "
+        "transformers, SGLang and vLLM load",
+    )
+    what.add_argument(
+        "--adapter",
+        metavar="OUT",
+        default=None,
+        help="write the PEFT adapter folder (LoRA runs) for PeftModel.from_pretrained",
+    )
+    export.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of the written weights (default: float32 for --merged, as trained "
+        "for --adapter)",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace OUT when it exists and is not empty"
+    )
     export.set_defaults(func=cmd_export)
 
-    for name, func, help_text in (("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
-                                  ("sample", cmd_sample, "print responses of a checkpoint to one prompt")):
+    for name, func, help_text in (
+        ("eval", cmd_eval, "accuracy avg@k / pass@k / maj@k / greedy on a prompt file"),
+        ("sample", cmd_sample, "print responses of a checkpoint to one prompt"),
+    ):
         p = sub.add_parser(name, help=help_text)
         if name == "sample":
-            p.add_argument("run", nargs="?", default=None, help="run directory (omit for the base model)")
+            p.add_argument(
+                "run", nargs="?", default=None, help="run directory (omit for the base model)"
+            )
             p.add_argument("--prompt", required=True)
             p.add_argument("-n", type=int, default=4, help="number of responses")
             p.add_argument("--top-p", type=float, default=1.0)
-            p.add_argument("--template", default=None, choices=("short_answer", "plain"),
-                           help="plain: the prompt is the whole user message (creative prompts); "
-                                "default: the task's own")
-            p.add_argument("--task", default=None,
-                           help="task that formats the prompt (default: the run's task, else factual)")
+            p.add_argument(
+                "--template",
+                default=None,
+                choices=("short_answer", "plain"),
+                help="plain: the prompt is the whole user message (creative prompts); "
+                "default: the task's own",
+            )
+            p.add_argument(
+                "--task",
+                default=None,
+                help="task that formats the prompt (default: the run's task, else factual)",
+            )
         else:
-            p.add_argument("--run", default=None, help="run directory (omit to evaluate the base model)")
-            p.add_argument("--prompts", default=None,
-                           help="data set with questions and answers: JSONL, parquet, JSON, CSV, a "
-                                "save_to_disk folder, or a bundled set (default: the run's data.eval)")
-            p.add_argument("--task", default=None,
-                           help="task that formats and grades the prompts: factual, math, creative, chain_sum, "
-                                "or a registered one (default: the run's task, else factual)")
-            p.add_argument("--question-field", default=None, help="question column (default: the run's, 'question')")
-            p.add_argument("--answer-field", default=None, help="answer column (default: the run's, 'answers')")
-            p.add_argument("--samples", type=int, default=8, help="n samples per question at --temperature")
-            p.add_argument("--k", type=int, default=0,
-                           help="k of pass@k, unbiased estimate from the n samples (default: n)")
-            p.add_argument("--metrics", default="accuracy", choices=("accuracy", "creative"),
-                           help="accuracy: questions with answers; creative: diversity and quality "
-                                "proxies of open-ended responses (gfnlm.tasks.metrics)")
-            p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)")
-            p.add_argument("--json", default=None,
-                           help="also write the metrics to this file, atomically (creative: "
-                                "with the responses); checked writable before the model loads")
-            p.add_argument("--target-alpha", type=float, nargs="+", default=[], metavar="ALPHA",
-                           help="--metrics creative: also estimate the metrics of the exact target p_base^ALPHA "
-                                "from the same samples (self-normalised importance weights)")
-            p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-            p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                           help="import MODULE first (a task or component of your own; "
-                                "repeatable; a MODULE.py of the working directory is found)")
-        p.add_argument("--temperature", type=float, default=1.0,
-                       help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)")
-        p.add_argument("--min-p", type=float, default=0.0,
-                       help="min-p truncation, relative to the most likely token (sample; eval --metrics creative); 0 = off")
+            p.add_argument(
+                "--run", default=None, help="run directory (omit to evaluate the base model)"
+            )
+            p.add_argument(
+                "--prompts",
+                default=None,
+                help="data set with questions and answers: JSONL, parquet, JSON, CSV, a "
+                "save_to_disk folder, or a bundled set (default: the run's data.eval)",
+            )
+            p.add_argument(
+                "--task",
+                default=None,
+                help="task that formats and grades the prompts: factual, math, creative, chain_sum, "
+                "or a registered one (default: the run's task, else factual)",
+            )
+            p.add_argument(
+                "--question-field",
+                default=None,
+                help="question column (default: the run's, 'question')",
+            )
+            p.add_argument(
+                "--answer-field", default=None, help="answer column (default: the run's, 'answers')"
+            )
+            p.add_argument(
+                "--samples", type=int, default=8, help="n samples per question at --temperature"
+            )
+            p.add_argument(
+                "--k",
+                type=int,
+                default=0,
+                help="k of pass@k, unbiased estimate from the n samples (default: n)",
+            )
+            p.add_argument(
+                "--metrics",
+                default="accuracy",
+                choices=("accuracy", "creative"),
+                help="accuracy: questions with answers; creative: diversity and quality "
+                "proxies of open-ended responses (gfnlm.tasks.metrics)",
+            )
+            p.add_argument(
+                "--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)"
+            )
+            p.add_argument(
+                "--json",
+                default=None,
+                help="also write the metrics to this file, atomically (creative: "
+                "with the responses); checked writable before the model loads",
+            )
+            p.add_argument(
+                "--target-alpha",
+                type=float,
+                nargs="+",
+                default=[],
+                metavar="ALPHA",
+                help="--metrics creative: also estimate the metrics of the exact target p_base^ALPHA "
+                "from the same samples (self-normalised importance weights)",
+            )
+            p.add_argument(
+                "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+            )
+            p.add_argument(
+                "--import",
+                dest="imports",
+                action="append",
+                default=[],
+                metavar="MODULE",
+                help="import MODULE first (a task or component of your own; "
+                "repeatable; a MODULE.py of the working directory is found)",
+            )
+        p.add_argument(
+            "--temperature",
+            type=float,
+            default=1.0,
+            help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)",
+        )
+        p.add_argument(
+            "--min-p",
+            type=float,
+            default=0.0,
+            help="min-p truncation, relative to the most likely token (sample; eval --metrics creative); 0 = off",
+        )
         p.add_argument("--model", default="smollm2", help="base model when no run is given")
         p.add_argument("--max-new-tokens", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -495,7 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: launched servers stop, a save never half-switches
     try:
         return int(args.func(args))
-    except GfnlmError as error:  # bad input (exit 2) or a run that cannot go on (exit 1); bugs keep tracebacks
+    except (
+        GfnlmError
+    ) as error:  # bad input (exit 2) or a run that cannot go on (exit 1); bugs keep tracebacks
         if os.environ.get("GFNLM_DEBUG"):
             raise
         print(f"gfnlm {args.command}: error: {error}", file=sys.stderr)
@@ -503,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         kept = {"train": _what_training_kept, "serve": lambda _: "; the server is stopped"}.get(
-            args.command, lambda _: "")(args)
+            args.command, lambda _: ""
+        )(args)
         print(f"gfnlm {args.command}: {how}{kept}", file=sys.stderr)
         return 143 if isinstance(interrupt, Terminated) else 130
 
@@ -515,11 +740,13 @@ def _what_training_kept(args: argparse.Namespace) -> str:
 
     out_dir = getattr(args, "out_dir", None)
     try:
-        written = (out_dir is not None
-                   and latest_checkpoint(Path(out_dir) / "checkpoints") is not None)
+        written = (
+            out_dir is not None and latest_checkpoint(Path(out_dir) / "checkpoints") is not None
+        )
     except OSError:  # an unreadable run directory: say nothing rather than fail while reporting
         return ""
     return "; the last checkpoint is intact" if written else "; no checkpoint was written yet"
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,7 +40,9 @@ def build_rollouts(
     lengths_t = torch.tensor(list(lengths), dtype=torch.long)
     eos_t = torch.tensor(list(ended_with_eos), dtype=torch.bool)
     mask = positions[None, :] < lengths_t[:, None]
-    ids = torch.where(mask, torch.full((batch, num_positions), 7), torch.zeros(batch, num_positions))
+    ids = torch.where(
+        mask, torch.full((batch, num_positions), 7), torch.zeros(batch, num_positions)
+    )
     last = positions[None, :] == (lengths_t - 1)[:, None]
     ids = torch.where(last & eos_t[:, None], torch.full_like(ids, EOS_ID), ids).long()
     if behaviour_logp is None:
@@ -148,11 +150,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
     train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"question": q}) + "\n" for q in
-                             ["What is the capital of France?", "How many legs does a spider have?",
-                              "What colour is grass?", "Who wrote Hamlet?"]))
+    train.write_text(
+        "".join(
+            json.dumps({"question": q}) + "\n"
+            for q in [
+                "What is the capital of France?",
+                "How many legs does a spider have?",
+                "What colour is grass?",
+                "Who wrote Hamlet?",
+            ]
+        )
+    )
     evaluation = tmp_path / "eval.jsonl"
-    evaluation.write_text(json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n")
+    evaluation.write_text(
+        json.dumps({"question": "What is the capital of Italy?", "answers": ["Rome"]}) + "\n"
+    )
     return train, evaluation
 
 
@@ -161,10 +173,16 @@ def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
     """A real tmpfs mounted at ``mount_point`` with ``options`` (``ro``, ``size=2m``), unmounted
     afterwards. Needs root, as CI has: a read-only or full file system cannot be had otherwise."""
     mount_point.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
-                            check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs ({options}) at {mount_point} (run as root): {result.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount a tmpfs ({options}) at {mount_point} (run as root): {result.stderr.strip()}"
+        )
     try:
         yield mount_point
     finally:

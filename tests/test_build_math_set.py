@@ -21,7 +21,8 @@ FILES = ("math_train.jsonl", "math_eval.jsonl")
 @functools.cache
 def _builder():
     spec = importlib.util.spec_from_file_location(
-        "build_math_set", REPO / "benchmarks" / "build_math_set.py")
+        "build_math_set", REPO / "benchmarks" / "build_math_set.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -51,7 +51,10 @@ def rewrite_manifest(folder: Path) -> None:
     manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
     for name in manifest["files"]:
         data = (folder / name).read_bytes()
-        manifest["files"][name], manifest["sha256"][name] = len(data), hashlib.sha256(data).hexdigest()
+        manifest["files"][name], manifest["sha256"][name] = (
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+        )
     (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -72,10 +75,19 @@ class FileSystemFaults:
     """Counts every file-system step a save takes; at step ``at`` raises :class:`Killed`, after
     which no further step touches the disk (the process is dead as far as files are concerned)."""
 
-    STEPS: ClassVar = [(safetensors.torch, "save_file"), (torch, "save"), (checkpoint.os, "replace"),
-             (checkpoint.os, "fsync"), (checkpoint.os, "open"), (checkpoint.shutil, "rmtree"),
-             (checkpoint.tempfile, "mkdtemp"), (checkpoint.tempfile, "mkstemp"), (Path, "write_text"),
-             (Path, "mkdir"), (Path, "unlink")]
+    STEPS: ClassVar = [
+        (safetensors.torch, "save_file"),
+        (torch, "save"),
+        (checkpoint.os, "replace"),
+        (checkpoint.os, "fsync"),
+        (checkpoint.os, "open"),
+        (checkpoint.shutil, "rmtree"),
+        (checkpoint.tempfile, "mkdtemp"),
+        (checkpoint.tempfile, "mkstemp"),
+        (Path, "write_text"),
+        (Path, "mkdir"),
+        (Path, "unlink"),
+    ]
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
         self.at, self.count, self.dead = at, 0, False
@@ -99,7 +111,9 @@ class FileSystemFaults:
 
 
 @pytest.mark.parametrize("resave", [False, True], ids=["new-step", "re-save-of-a-step"])
-def test_a_kill_at_every_file_system_step_leaves_a_loadable_latest(tmp_path: Path, monkeypatch, resave) -> None:
+def test_a_kill_at_every_file_system_step_leaves_a_loadable_latest(
+    tmp_path: Path, monkeypatch, resave
+) -> None:
     """Steps 1 and 2 are saved; then step 3 (or step 2 again, with other contents) is saved with a
     kill injected at its k-th file-system step, for every k until a save completes untouched.
     ``latest`` must always load, and hold either the new save or the one before it."""
@@ -117,8 +131,12 @@ def test_a_kill_at_every_file_system_step_leaves_a_loadable_latest(tmp_path: Pat
             except Killed:
                 completed = False
         point = find_resume_point(directory)
-        assert point is not None and point.note is None, f"kill at step {at}: latest is not loadable ({point})"
-        assert loaded_value(point) in ({new_value} if completed else {2.0, new_value}), f"kill at step {at}"
+        assert point is not None and point.note is None, (
+            f"kill at step {at}: latest is not loadable ({point})"
+        )
+        assert loaded_value(point) in ({new_value} if completed else {2.0, new_value}), (
+            f"kill at step {at}"
+        )
         assert checkpoint.latest_checkpoint(directory) == point.path
         if list(directory.glob(".tmp-*")):
             left_behind.append(directory)
@@ -168,13 +186,23 @@ for step in range(1, 10_000):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "no-latest", "dangling-latest"])
-def test_resume_after_damage_takes_the_newest_complete_checkpoint(tiny_model_dir: Path, prompt_files,
-                                                                  tmp_path: Path, damage: str,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_after_damage_takes_the_newest_complete_checkpoint(
+    tiny_model_dir: Path,
+    prompt_files,
+    tmp_path: Path,
+    damage: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     train, _ = prompt_files
     run = tmp_path / "run"
-    args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
-            *tiny_overrides(tiny_model_dir, train, "''", run, **{"train.steps": 2, "train.save_every": 1})]
+    args = [
+        "train",
+        str(REPO / "configs/default.yaml"),
+        "--quiet",
+        *tiny_overrides(
+            tiny_model_dir, train, "''", run, **{"train.steps": 2, "train.save_every": 1}
+        ),
+    ]
     assert main(args) == 0
     checkpoints = run / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000001", "step_000002"]
@@ -195,7 +223,10 @@ def test_resume_after_damage_takes_the_newest_complete_checkpoint(tiny_model_dir
     assert main([*args, "train.steps=3"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gfnlm:")]
     assert len(notes) == 1, notes
-    assert why in notes[0] and f"using the newest complete checkpoint '{checkpoints / expected}'" in notes[0]
+    assert (
+        why in notes[0]
+        and f"using the newest complete checkpoint '{checkpoints / expected}'" in notes[0]
+    )
     point = find_resume_point(checkpoints)
     assert point is not None and point.note is None and point.state["step"] == 3
 
@@ -204,7 +235,9 @@ def test_no_loadable_checkpoint_is_an_error_and_nothing_is_overwritten(tmp_path:
     save(tmp_path, 1, 1.0)
     (tmp_path / "step_000001" / checkpoint.POLICY_FILE).write_bytes(b"garbage")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(CheckpointError, match=r"no complete checkpoint in .*the run is not restarted"):
+    with pytest.raises(
+        CheckpointError, match=r"no complete checkpoint in .*the run is not restarted"
+    ):
         find_resume_point(tmp_path)
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
@@ -213,7 +246,10 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
     save(tmp_path, 1, 1.0)
     bad = weights(2.0)
     bad["b"][1] = float("nan")
-    with pytest.raises(CheckpointError, match=r"not saving step 2: 1 tensors hold NaN or inf \(e\.g\. 'b'\).*step_000001"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"not saving step 2: 1 tensors hold NaN or inf \(e\.g\. 'b'\).*step_000001",
+    ):
         save_checkpoint(tmp_path, 2, bad, {"step": 2, "value": 2.0}, "x: 1")
     assert checkpoint.latest_checkpoint(tmp_path).name == "step_000001"
     assert not (tmp_path / "step_000002").exists()
@@ -242,45 +278,83 @@ def small_file_system(tmp_path: Path):
         yield mount_point
 
 
-def test_a_full_disk_is_one_line_and_the_previous_checkpoint_survives(small_file_system: Path) -> None:
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_survives(
+    small_file_system: Path,
+) -> None:
     directory = small_file_system / "checkpoints"
-    save_checkpoint(directory, 1, {"w": torch.ones(100_000)}, {"step": 1, "value": 1.0}, "x: 1")  # 400 KB
+    save_checkpoint(
+        directory, 1, {"w": torch.ones(100_000)}, {"step": 1, "value": 1.0}, "x: 1"
+    )  # 400 KB
     with pytest.raises(CheckpointError) as error:  # 4 MB do not fit
-        save_checkpoint(directory, 2, {"w": torch.ones(1_000_000)}, {"step": 2, "value": 2.0}, "x: 1")
+        save_checkpoint(
+            directory, 2, {"w": torch.ones(1_000_000)}, {"step": 2, "value": 2.0}, "x: 1"
+        )
     message = str(error.value)
-    assert "\n" not in message and "no space left on device" in message and "step_000001" in message, message
+    assert (
+        "\n" not in message and "no space left on device" in message and "step_000001" in message
+    ), message
     point = find_resume_point(directory)
     assert point is not None and point.state["step"] == 1 and point.note is None
     assert not list(directory.glob(".tmp-*")), "the failed save left its temporary folder"
     assert shutil.disk_usage(small_file_system).used < 1_000_000
 
 
-def test_a_finished_run_run_again_writes_no_checkpoint(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+def test_a_finished_run_run_again_writes_no_checkpoint(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
     train, _ = prompt_files
-    args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
-            *tiny_overrides(tiny_model_dir, train, "''", tmp_path, **{"train.steps": 2, "train.save_every": 2})]
+    args = [
+        "train",
+        str(REPO / "configs/default.yaml"),
+        "--quiet",
+        *tiny_overrides(
+            tiny_model_dir, train, "''", tmp_path, **{"train.steps": 2, "train.save_every": 2}
+        ),
+    ]
     assert main(args) == 0
     checkpoints = tmp_path / "checkpoints"
     before = {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
-    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000002"]  # saved once, not twice
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == [
+        "step_000002"
+    ]  # saved once, not twice
     assert main(args) == 0
     assert before == {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
 
 
-def test_sigterm_stops_training_with_a_message_and_the_checkpoint_intact(tiny_model_dir: Path, prompt_files,
-                                                                         tmp_path: Path) -> None:
+def test_sigterm_stops_training_with_a_message_and_the_checkpoint_intact(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
     train, _ = prompt_files
-    args = tiny_overrides(tiny_model_dir, train, "''", tmp_path, **{"train.steps": 500, "train.save_every": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"),
-                             "--quiet", *args], stderr=subprocess.PIPE, text=True, cwd=REPO)
+    args = tiny_overrides(
+        tiny_model_dir, train, "''", tmp_path, **{"train.steps": 500, "train.save_every": 1}
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gfnlm.cli",
+            "train",
+            str(REPO / "configs/default.yaml"),
+            "--quiet",
+            *args,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 120
-    while checkpoint.latest_checkpoint(tmp_path / "checkpoints") is None and time.monotonic() < deadline:
+    while (
+        checkpoint.latest_checkpoint(tmp_path / "checkpoints") is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1] == "gfnlm train: terminated (SIGTERM); the last checkpoint is intact", err[-2000:]
+    assert lines[-1] == "gfnlm train: terminated (SIGTERM); the last checkpoint is intact", err[
+        -2000:
+    ]
     point = find_resume_point(tmp_path / "checkpoints")
     assert point is not None and point.note is None and point.state["step"] >= 1
 
@@ -294,7 +368,9 @@ def flip_one_bit(file: Path, at: float = 0.5) -> None:
 
 
 @pytest.mark.parametrize("name", [checkpoint.POLICY_FILE, checkpoint.STATE_FILE])
-def test_a_flipped_bit_is_caught_by_the_hash_and_the_previous_checkpoint_used(tmp_path: Path, name: str) -> None:
+def test_a_flipped_bit_is_caught_by_the_hash_and_the_previous_checkpoint_used(
+    tmp_path: Path, name: str
+) -> None:
     save(tmp_path, 1, 1.0)
     save(tmp_path, 2, 2.0)
     size = (tmp_path / "step_000002" / name).stat().st_size
@@ -318,9 +394,14 @@ def test_the_manifest_holds_each_files_sha256(tmp_path: Path) -> None:
 def test_non_finite_weights_on_disk_are_refused_naming_the_step(tmp_path: Path) -> None:
     save(tmp_path, 1, 1.0)
     folder = save(tmp_path, 2, 2.0)
-    safetensors.torch.save_file({**weights(2.0), "w": torch.full((64,), float("inf"))}, folder / checkpoint.POLICY_FILE)
+    safetensors.torch.save_file(
+        {**weights(2.0), "w": torch.full((64,), float("inf"))}, folder / checkpoint.POLICY_FILE
+    )
     rewrite_manifest(folder)  # as if written by hand: only the content can tell
-    with pytest.raises(CheckpointError, match=r"step_000002: the weights of step 2 hold NaN or inf \(1 tensors, e\.g\. 'w'\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step_000002: the weights of step 2 hold NaN or inf \(1 tensors, e\.g\. 'w'\)",
+    ):
         load_checkpoint(folder)
     point = find_resume_point(tmp_path)
     assert point is not None and point.state["step"] == 1 and "NaN or inf" in point.note
@@ -350,15 +431,24 @@ def test_pruning_counts_only_intact_checkpoints_and_keeps_latest(tmp_path: Path)
     point = find_resume_point(tmp_path)
     assert point.path.name == "step_000001"
     checkpoint.point_latest_at(tmp_path, point.path)  # what the trainer does after a fallback
-    assert checkpoint.what_is_kept(tmp_path) == f"the last checkpoint {str(tmp_path / 'step_000001')!r} is intact"
+    assert (
+        checkpoint.what_is_kept(tmp_path)
+        == f"the last checkpoint {str(tmp_path / 'step_000001')!r} is intact"
+    )
     save_checkpoint(tmp_path, 2, weights(2.5), {"step": 2, "value": 2.5}, "x: 1", keep=1)
     names = sorted(p.name for p in tmp_path.glob("step_*"))
-    assert names == ["step_000002", "step_000002-1"], names  # step 1 pruned; the broken folder kept aside
+    assert names == ["step_000002", "step_000002-1"], (
+        names
+    )  # step 1 pruned; the broken folder kept aside
     assert loaded_value(find_resume_point(tmp_path)) == 2.5
     # The old rule (newest `keep` folders) would have kept the broken one and deleted step_000002-1's
     # predecessor even with keep=2; here keep=2 keeps both intact ones.
     save(tmp_path, 3, 3.0)
-    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000002", "step_000002-1", "step_000003"]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == [
+        "step_000002",
+        "step_000002-1",
+        "step_000003",
+    ]
 
 
 def test_without_a_checkpoint_no_message_calls_one_intact(tmp_path: Path) -> None:
@@ -368,19 +458,28 @@ def test_without_a_checkpoint_no_message_calls_one_intact(tmp_path: Path) -> Non
         save_checkpoint(tmp_path, 1, bad, {"step": 1}, "x: 1")
 
 
-def test_a_bit_flipped_latest_falls_back_and_training_repairs_latest(tiny_model_dir: Path, prompt_files,
-                                                                    tmp_path: Path, capsys) -> None:
+def test_a_bit_flipped_latest_falls_back_and_training_repairs_latest(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path, capsys
+) -> None:
     train, _ = prompt_files
     run = tmp_path / "run"
-    args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
-            *tiny_overrides(tiny_model_dir, train, "''", run, **{"train.steps": 2, "train.save_every": 1})]
+    args = [
+        "train",
+        str(REPO / "configs/default.yaml"),
+        "--quiet",
+        *tiny_overrides(
+            tiny_model_dir, train, "''", run, **{"train.steps": 2, "train.save_every": 1}
+        ),
+    ]
     assert main(args) == 0
     checkpoints = run / "checkpoints"
     flip_one_bit(checkpoints / "step_000002" / checkpoint.POLICY_FILE)
     capsys.readouterr()
     assert main([*args, "train.steps=3"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gfnlm:")]
-    assert len(notes) == 1 and "damaged" in notes[0] and notes[0].endswith("latest now names it"), notes
+    assert len(notes) == 1 and "damaged" in notes[0] and notes[0].endswith("latest now names it"), (
+        notes
+    )
     point = find_resume_point(checkpoints)
     assert point.note is None and point.state["step"] == 3
     assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000002-1", "step_000003"]
@@ -389,14 +488,33 @@ def test_a_bit_flipped_latest_falls_back_and_training_repairs_latest(tiny_model_
     capsys.readouterr()
     assert main(["export", str(run), "--adapter", str(tmp_path / "adapter")]) == 0
     err = capsys.readouterr().err
-    assert "damaged" in err and "using the newest complete checkpoint" in err and "Traceback" not in err
+    assert (
+        "damaged" in err
+        and "using the newest complete checkpoint" in err
+        and "Traceback" not in err
+    )
 
 
 # ---------------------------------------------------------------------- one trainer per run directory
 def train_process(model_dir: Path, train: Path, run: Path, steps: int) -> subprocess.Popen:
-    args = tiny_overrides(model_dir, train, "''", run, **{"train.steps": steps, "train.save_every": 1})
-    return subprocess.Popen([sys.executable, "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"),
-                             "--quiet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    args = tiny_overrides(
+        model_dir, train, "''", run, **{"train.steps": steps, "train.save_every": 1}
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gfnlm.cli",
+            "train",
+            str(REPO / "configs/default.yaml"),
+            "--quiet",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
@@ -406,7 +524,9 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def test_a_second_train_on_a_busy_run_directory_is_refused(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+def test_a_second_train_on_a_busy_run_directory_is_refused(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
     train, _ = prompt_files
     run = tmp_path / "run"
     first = train_process(tiny_model_dir, train, run, steps=40)
@@ -414,13 +534,29 @@ def test_a_second_train_on_a_busy_run_directory_is_refused(tiny_model_dir: Path,
         wait_for_checkpoint(run, first)
         # another alpha, as a user who forgot the first run would try
         args = tiny_overrides(tiny_model_dir, train, "''", run, **{"target.options.alpha": 2})
-        second = subprocess.run([sys.executable, "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"),
-                                 "--quiet", *args], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gfnlm.cli",
+                "train",
+                str(REPO / "configs/default.yaml"),
+                "--quiet",
+                *args,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
         assert first.poll() is None, "the first run ended before the second tried; lengthen it"
         assert second.returncode == 2, second.stderr[-2000:]
         lines = [line for line in second.stderr.splitlines() if line.strip()]
-        expected = (f"gfnlm train: error: train.out_dir={str(run)!r}: in use by another gfnlm train "
-                    f"(pid {first.pid}); wait for it to finish or choose another train.out_dir")
+        expected = (
+            f"gfnlm train: error: train.out_dir={str(run)!r}: in use by another gfnlm train "
+            f"(pid {first.pid}); wait for it to finish or choose another train.out_dir"
+        )
         assert lines == [expected], lines
         assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     finally:
@@ -428,13 +564,28 @@ def test_a_second_train_on_a_busy_run_directory_is_refused(tiny_model_dir: Path,
         first.communicate()
     point = find_resume_point(run / "checkpoints")
     assert point.note is None and point.state["step"] == 40
-    assert "alpha: 4" in (point.path / checkpoint.CONFIG_FILE).read_text()  # only the first run's config
-    assert main(["train", str(REPO / "configs/default.yaml"), "--quiet",
-                 *tiny_overrides(tiny_model_dir, train, "''", run, **{"train.steps": 41, "train.save_every": 1})]) == 0
+    assert (
+        "alpha: 4" in (point.path / checkpoint.CONFIG_FILE).read_text()
+    )  # only the first run's config
+    assert (
+        main(
+            [
+                "train",
+                str(REPO / "configs/default.yaml"),
+                "--quiet",
+                *tiny_overrides(
+                    tiny_model_dir, train, "''", run, **{"train.steps": 41, "train.save_every": 1}
+                ),
+            ]
+        )
+        == 0
+    )
     assert find_resume_point(run / "checkpoints").state["step"] == 41
 
 
-def test_a_killed_holder_leaves_no_stale_lock(tiny_model_dir: Path, prompt_files, tmp_path: Path) -> None:
+def test_a_killed_holder_leaves_no_stale_lock(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
     train, _ = prompt_files
     run = tmp_path / "run"
     first = train_process(tiny_model_dir, train, run, steps=500)
@@ -445,13 +596,20 @@ def test_a_killed_holder_leaves_no_stale_lock(tiny_model_dir: Path, prompt_files
     with lock:  # the kernel released it
         assert lock.held
         refused = checkpoint.RunLock(run)
-        with pytest.raises(checkpoint.RunInUseError, match=rf"in use by another gfnlm train \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            checkpoint.RunInUseError, match=rf"in use by another gfnlm train \(pid {os.getpid()}\)"
+        ):
             refused.acquire()
-    assert not lock.held and sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "tb"]
+    assert not lock.held and sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "tb",
+    ]
 
 
-def test_an_io_error_on_the_evaluation_cache_warns_and_the_run_goes_on(tiny_model_dir: Path, prompt_files,
-                                                                       tmp_path: Path, monkeypatch, capsys) -> None:
+def test_an_io_error_on_the_evaluation_cache_warns_and_the_run_goes_on(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path, monkeypatch, capsys
+) -> None:
     train, evaluation = prompt_files
     from gfnlm.evaluation import held_out
 
@@ -463,9 +621,17 @@ def test_an_io_error_on_the_evaluation_cache_warns_and_the_run_goes_on(tiny_mode
         real(path, text)
 
     monkeypatch.setattr(held_out, "write_text_atomic", eio_for_eval)
-    args = ["train", str(REPO / "configs/default.yaml"), "--quiet",
-            *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 1})]
+    args = [
+        "train",
+        str(REPO / "configs/default.yaml"),
+        "--quiet",
+        *tiny_overrides(tiny_model_dir, train, evaluation, tmp_path, **{"train.steps": 1}),
+    ]
     assert main(args) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot cache the evaluation" in line]
+    warnings = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if "cannot cache the evaluation" in line
+    ]
     assert len(warnings) == 2 and "input/output error" in warnings[0], warnings  # before and after
     assert find_resume_point(tmp_path / "checkpoints").state["step"] == 1

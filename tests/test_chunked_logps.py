@@ -29,7 +29,12 @@ def plain_logps(hidden, layer, targets, eos):
     log_probs = logits.log_softmax(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     certainty = logits.logsumexp(-1) - logits.mean(-1) - math.log(logits.shape[-1])
-    return log_probs.gather(-1, targets[..., None]).squeeze(-1), log_probs[..., eos], entropy, certainty
+    return (
+        log_probs.gather(-1, targets[..., None]).squeeze(-1),
+        log_probs[..., eos],
+        entropy,
+        certainty,
+    )
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,12 +60,20 @@ def test_kernel_equals_full_logits_values_and_gradients(dtype, chunk_size):
         layer = torch.nn.Linear(hidden_size, vocab, bias=True, dtype=dtype)
         leaf = hidden.clone().requires_grad_(True)
         if chunked:
-            token, eos_logp, entropy, certainty = chunked_logps(leaf, layer, targets, eos, chunk_size, statistics=True)
+            token, eos_logp, entropy, certainty = chunked_logps(
+                leaf, layer, targets, eos, chunk_size, statistics=True
+            )
         else:
             token, eos_logp, entropy, certainty = plain_logps(leaf, layer, targets, eos)
-        loss = (token * weights[0]).sum() + (eos_logp * weights[1]).sum() + (entropy * weights[2]).sum()
+        loss = (
+            (token * weights[0]).sum()
+            + (eos_logp * weights[1]).sum()
+            + (entropy * weights[2]).sum()
+        )
         loss.backward()
-        results.append([token, eos_logp, entropy, certainty, leaf.grad, layer.weight.grad, layer.bias.grad])
+        results.append(
+            [token, eos_logp, entropy, certainty, leaf.grad, layer.weight.grad, layer.bias.grad]
+        )
     for got, expected in zip(*results, strict=True):
         assert got.shape == expected.shape
         assert max_difference(got.detach(), expected.detach()) <= TOLERANCE[dtype]
@@ -76,7 +89,9 @@ def test_kernel_without_statistics_equals_full_logits_gradients(chunk_size):
     batch, positions, hidden_size, vocab, eos = 3, 21, 16, 50, 4
     hidden = torch.randn(batch, positions, hidden_size, generator=generator, dtype=torch.float64)
     targets = torch.randint(vocab, (batch, positions), generator=generator)
-    weights = [torch.randn(batch, positions, generator=generator, dtype=torch.float64) for _ in range(2)]
+    weights = [
+        torch.randn(batch, positions, generator=generator, dtype=torch.float64) for _ in range(2)
+    ]
     grads = []
     for chunked in (True, False):
         torch.manual_seed(1)
@@ -97,17 +112,32 @@ def test_kernel_without_statistics_equals_full_logits_gradients(chunk_size):
     assert float(grads[0][0].abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize(("statistics", "chunk_size", "backward_products"), [
-    (False, 7, 8), (False, 21, 2), (False, 63, 0), (False, 1000, 0), (True, 21, 2), (True, 1000, 0)])
-def test_backward_recomputes_all_but_the_last_chunk(monkeypatch, statistics, chunk_size, backward_products):
+@pytest.mark.parametrize(
+    ("statistics", "chunk_size", "backward_products"),
+    [
+        (False, 7, 8),
+        (False, 21, 2),
+        (False, 63, 0),
+        (False, 1000, 0),
+        (True, 21, 2),
+        (True, 1000, 0),
+    ],
+)
+def test_backward_recomputes_all_but_the_last_chunk(
+    monkeypatch, statistics, chunk_size, backward_products
+):
     """The backward pass recomputes the logits of every chunk but the last, whose buffer the
     forward pass kept: with every row in one chunk the output layer's product runs once in all."""
     products = []
     real = chunked_module._chunk_logits
-    monkeypatch.setattr(chunked_module, "_chunk_logits", lambda *args: products.append(1) or real(*args))
+    monkeypatch.setattr(
+        chunked_module, "_chunk_logits", lambda *args: products.append(1) or real(*args)
+    )
     layer = torch.nn.Linear(16, 50, dtype=torch.float64)
     hidden = torch.randn(3, 21, 16, dtype=torch.float64, requires_grad=True)
-    token, eos_logp, entropy, _ = chunked_logps(hidden, layer, torch.randint(50, (3, 21)), 4, chunk_size, statistics)
+    token, eos_logp, entropy, _ = chunked_logps(
+        hidden, layer, torch.randint(50, (3, 21)), 4, chunk_size, statistics
+    )
     forward_products = len(products)
     assert forward_products == math.ceil(63 / chunk_size)
     (token.sum() + eos_logp.sum() + (entropy.sum() if statistics else 0)).backward()
@@ -117,7 +147,9 @@ def test_backward_recomputes_all_but_the_last_chunk(monkeypatch, statistics, chu
 def test_kernel_without_statistics_returns_none_and_skips_frozen_weight_gradients():
     layer = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
-    token, _eos, entropy, certainty = chunked_logps(hidden, layer, torch.zeros(2, 5, dtype=torch.long), 1, 3)
+    token, _eos, entropy, certainty = chunked_logps(
+        hidden, layer, torch.zeros(2, 5, dtype=torch.long), 1, 3
+    )
     assert entropy is None and certainty is None
     token.sum().backward()
     assert hidden.grad is not None and layer.weight.grad is None
@@ -128,14 +160,21 @@ def test_kernel_without_statistics_returns_none_and_skips_frozen_weight_gradient
 def make_policy(model_dir, dtype: str, lora: bool, chunk_size: int) -> CausalLMPolicy:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = ModelConfig(path=str(model_dir), lora=lora, lora_targets=["q_proj", "v_proj"], dtype=dtype,
-                         logp_chunk_size=chunk_size)
+    config = ModelConfig(
+        path=str(model_dir),
+        lora=lora,
+        lora_targets=["q_proj", "v_proj"],
+        dtype=dtype,
+        logp_chunk_size=chunk_size,
+    )
     policy = CausalLMPolicy(model, load_tokenizer(model_dir), config, torch.device("cpu"))
     if lora:  # a non-zero adapter, so that the policy differs from its base
         with torch.no_grad():
             for name, param in policy.model.named_parameters():
                 if "lora_B" in name:
-                    param.copy_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+                    param.copy_(
+                        0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3))
+                    )
     return policy
 
 
@@ -144,7 +183,9 @@ def sampled_rollouts(policy: CausalLMPolicy, tmp_path):
     sampler.setup(policy)
     torch.manual_seed(1)
     rollouts = sampler.sample(prompt_batch(policy.tokenizer, tmp_path), 3)
-    return rollouts.select(torch.randperm(rollouts.batch_size, generator=torch.Generator().manual_seed(2)))
+    return rollouts.select(
+        torch.randperm(rollouts.batch_size, generator=torch.Generator().manual_seed(2))
+    )
 
 
 def evaluate_with_gradients(policy: CausalLMPolicy, rollouts, visited):
@@ -152,15 +193,27 @@ def evaluate_with_gradients(policy: CausalLMPolicy, rollouts, visited):
     of a loss through the log-probs and the entropy."""
     policy.model.zero_grad(set_to_none=True)
     evaluation = policy.evaluate(rollouts)
-    weights = torch.linspace(-1, 1, evaluation.token_logp.numel(), dtype=evaluation.token_logp.dtype)
-    loss = ((evaluation.token_logp * weights.view_as(evaluation.token_logp)).sum()
-            + evaluation.eos_logp[visited].sum() + 0.3 * evaluation.entropy.sum())
+    weights = torch.linspace(
+        -1, 1, evaluation.token_logp.numel(), dtype=evaluation.token_logp.dtype
+    )
+    loss = (
+        (evaluation.token_logp * weights.view_as(evaluation.token_logp)).sum()
+        + evaluation.eos_logp[visited].sum()
+        + 0.3 * evaluation.entropy.sum()
+    )
     loss.backward()
     base = policy.score_base(rollouts, need_eos_logp=True)
-    values = {"token_logp": evaluation.token_logp, "eos_logp": evaluation.eos_logp[visited],
-              "entropy": evaluation.entropy, "self_certainty": evaluation.self_certainty,
-              "base token_logp": base.token_logp, "base eos_logp": base.eos_logp[visited]}
-    values |= {f"grad {n}": p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    values = {
+        "token_logp": evaluation.token_logp,
+        "eos_logp": evaluation.eos_logp[visited],
+        "entropy": evaluation.entropy,
+        "self_certainty": evaluation.self_certainty,
+        "base token_logp": base.token_logp,
+        "base eos_logp": base.eos_logp[visited],
+    }
+    values |= {
+        f"grad {n}": p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad
+    }
     return values
 
 
@@ -175,8 +228,10 @@ def test_policy_chunked_equals_full_logits(tiny_model_dir, tmp_path, dtype, lora
     policy.entropy_grad = True  # entropy at every position, with its gradient
     policy.share_prompts = shared_prompts
     rollouts = sampled_rollouts(policy, tmp_path)
-    visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
-        rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
+    visited = (
+        torch.arange(rollouts.response_ids.shape[1] + 1)
+        <= (rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
+    )
     chunked = evaluate_with_gradients(policy, rollouts, visited)
     policy.logp_chunk_size = 0
     plain = evaluate_with_gradients(policy, rollouts, visited)
@@ -212,8 +267,11 @@ def test_policy_computes_token_statistics_only_when_asked(tiny_model_dir, tmp_pa
     assert abs(default.mean_entropy(mask) - plain.mean_entropy(mask)) <= 1e-10
 
 
-def test_logged_entropy_subsample_is_evenly_spaced_and_bounded(tiny_model_dir, tmp_path, monkeypatch):
+def test_logged_entropy_subsample_is_evenly_spaced_and_bounded(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from gfnlm.training import policy as policy_module
+
     monkeypatch.setattr(policy_module, "ENTROPY_SAMPLE_POSITIONS", 5)
     policy = make_policy(tiny_model_dir, "float64", lora=True, chunk_size=4)
     rollouts = sampled_rollouts(policy, tmp_path)

@@ -43,8 +43,16 @@ MATHJAX = DOCS / "javascripts" / "mathjax" / "tex-chtml.js"
 SETUP_HINT = "run `make setup` (it unpacks MathJax from npm and installs Debian's chromium)"
 # Pages whose Python blocks must exist and run (at least this many blocks each).
 EXECUTED_PAGES = {"how-to.md": 6, "extending.md": 10, "concepts.md": 1}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,18 +60,27 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def test_every_page_with_python_is_executed() -> None:
-    with_code = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
-                 if grab_code_blocks(p.read_text(), lang="python")}
-    assert with_code <= set(EXECUTED_PAGES), f"add these pages to EXECUTED_PAGES: {with_code - set(EXECUTED_PAGES)}"
+    with_code = {
+        p.relative_to(DOCS).as_posix()
+        for p in DOCS.rglob("*.md")
+        if grab_code_blocks(p.read_text(), lang="python")
+    }
+    assert with_code <= set(EXECUTED_PAGES), (
+        f"add these pages to EXECUTED_PAGES: {with_code - set(EXECUTED_PAGES)}"
+    )
 
 
 @pytest.mark.parametrize("page", sorted(EXECUTED_PAGES))
 def test_code_blocks_run(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = grab_code_blocks((DOCS / page).read_text(), lang="python")
-    assert len(blocks) >= EXECUTED_PAGES[page], f"{page}: expected Python blocks, found {len(blocks)}"
+    assert len(blocks) >= EXECUTED_PAGES[page], (
+        f"{page}: expected Python blocks, found {len(blocks)}"
+    )
     monkeypatch.chdir(REPO)  # the pages refer to configs/ relative to the repository root
     before = {kind: set(registry.names(kind)) for kind in registry.KINDS}
-    namespace: dict[str, object] = {"__name__": f"docs_{page.removesuffix('.md').replace('-', '_')}"}
+    namespace: dict[str, object] = {
+        "__name__": f"docs_{page.removesuffix('.md').replace('-', '_')}"
+    }
     try:
         for number, block in enumerate(blocks, start=1):
             exec(compile(block, f"docs/{page} (python block {number})", "exec"), namespace)  # noqa: S102
@@ -106,7 +123,9 @@ def test_configuration_reference_matches_the_attrs_classes() -> None:
     for section in attrs.fields(config_module.RunConfig):
         value = getattr(defaults, section.name)
         if not attrs.has(type(value)):  # a plain list (imports): documented in prose, no table
-            assert not documented[section.name], f"{section.name}: a table for a field without subfields"
+            assert not documented[section.name], (
+                f"{section.name}: a table for a field without subfields"
+            )
             continue
         hints = typing.get_type_hints(type(value))
         for field in attrs.fields(type(value)):
@@ -116,11 +135,16 @@ def test_configuration_reference_matches_the_attrs_classes() -> None:
                 continue
             type_text, default_text = documented[section.name].pop(field.name)
             if type_text != _type_name(hints[field.name]):
-                problems.append(f"{where}: documented type {type_text!r}, code {_type_name(hints[field.name])!r}")
+                problems.append(
+                    f"{where}: documented type {type_text!r}, code {_type_name(hints[field.name])!r}"
+                )
             actual = getattr(value, field.name)
             if yaml.safe_load(default_text or "''") != actual:
                 problems.append(f"{where}: documented default {default_text!r}, code {actual!r}")
-        problems += [f"{section.name}.{extra}: documented but not a field" for extra in documented[section.name]]
+        problems += [
+            f"{section.name}.{extra}: documented but not a field"
+            for extra in documented[section.name]
+        ]
     assert not problems, "docs/configuration.md is out of date:\n  " + "\n  ".join(problems)
 
 
@@ -135,9 +159,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{MATHJAX.relative_to(REPO)} is missing: {SETUP_HINT}")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                            check=False,
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{log}"
     assert "WARNING" not in log, log
@@ -175,8 +205,20 @@ def test_cli_reference_has_every_option(site: Path) -> None:
 def served(site: Path) -> Iterator[str]:
     """The built site on http://127.0.0.1:PORT/ (python -m http.server, stopped afterwards)."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(site),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 20
@@ -205,11 +247,19 @@ def _chromium() -> str:
 def browse(url: str, screenshot: Path | None = None) -> str:
     """The DOM of ``url`` after its scripts ran (virtual time), optionally with a screenshot."""
     with tempfile.TemporaryDirectory() as profile:
-        command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,2000",
-                   "--virtual-time-budget=15000", "--dump-dom"]
+        command = [
+            _chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1280,2000",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ]
         if screenshot is not None:
             command.append(f"--screenshot={screenshot}")
-        result = subprocess.run([*command, url], check=False, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*command, url], check=False, capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -246,13 +296,17 @@ class _MathCensus(html.parser.HTMLParser):
                 break
 
 
-def test_concepts_formulas_are_typeset(served: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_concepts_formulas_are_typeset(
+    served: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     screenshot = tmp_path_factory.mktemp("screenshots") / "concepts.png"
     dom = browse(served + "concepts/", screenshot)
     census = _MathCensus()
     census.feed(dom)
     assert census.total >= 40, f"only {census.total} formulas found on the Concepts page"
-    assert census.typeset == census.total, f"{census.total - census.typeset} of {census.total} formulas not typeset"
+    assert census.typeset == census.total, (
+        f"{census.total - census.typeset} of {census.total} formulas not typeset"
+    )
     assert census.errors == 0, f"{census.errors} MathJax errors on the Concepts page"
     for loss in ("Trajectory balance", "Length-aware TB", "Sub-trajectory balance"):
         assert loss in dom
@@ -262,7 +316,7 @@ def test_concepts_formulas_are_typeset(served: str, tmp_path_factory: pytest.Tem
 
 def test_api_page_lists_the_registered_components(served: str) -> None:
     dom = browse(served + "api/")
-    table = dom[dom.index('id="registered-components"'):]
+    table = dom[dom.index('id="registered-components"') :]
     for kind in registry.KINDS:
         names = registry.names(kind)
         assert names, kind
@@ -279,22 +333,35 @@ def test_home_page_lists_every_registered_component(served: str) -> None:
 
 # A path in the docs or a docstring that names no file of the repository is a dead reference.
 # Allowed: what a command generates into a git-ignored folder, and files the guides ask users to write.
-_REPO_PATH = re.compile(r"(?<![\w/.-])((?:configs|docs|benchmarks|gfnlm|tests|tools|recipes|\.ci)/[\w./-]*"
-                        r"\.(?:py|yaml|yml|md|jsonl|sh|txt|csv|png|json|toml))")
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:configs|docs|benchmarks|gfnlm|tests|tools|recipes|\.ci)/[\w./-]*"
+    r"\.(?:py|yaml|yml|md|jsonl|sh|txt|csv|png|json|toml))"
+)
 _USER_FILES = {"tests/test_my_components.py"}
 
 
 def test_every_file_the_docs_and_docstrings_name_exists() -> None:
-    sources = [*DOCS.rglob("*.md"), REPO / "README.md", *(REPO / "gfnlm").rglob("*.py"),
-               *(REPO / "benchmarks").rglob("*.py"), *(REPO / "benchmarks").rglob("*.sh"),
-               *(REPO / "configs").glob("*.yaml"), *(REPO / "recipes").glob("*.sh")]
+    sources = [
+        *DOCS.rglob("*.md"),
+        REPO / "README.md",
+        *(REPO / "gfnlm").rglob("*.py"),
+        *(REPO / "benchmarks").rglob("*.py"),
+        *(REPO / "benchmarks").rglob("*.sh"),
+        *(REPO / "configs").glob("*.yaml"),
+        *(REPO / "recipes").glob("*.sh"),
+    ]
     dead = []
     for source in sources:
         for match in _REPO_PATH.finditer(source.read_text(errors="replace")):
             path = match.group(1).rstrip(".")
             if (REPO / path).exists() or path in _USER_FILES:
                 continue
-            ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False).returncode == 0
+            ignored = (
+                subprocess.run(
+                    ["git", "check-ignore", "-q", path], cwd=REPO, check=False
+                ).returncode
+                == 0
+            )
             if not ignored:
                 dead.append(f"{source.relative_to(REPO)}: {path}")
     assert not dead, "files named but not in the repository:\n  " + "\n  ".join(dead)
@@ -304,26 +371,35 @@ def test_api_page_shows_every_components_options_with_their_help(served: str) ->
     import attrs as attrs_module
 
     dom = browse(served + "api/")
-    section = dom[dom.index('id="component-options"'):]
+    section = dom[dom.index('id="component-options"') :]
     for kind in registry.KINDS:
         for name in registry.names(kind):
             cls = registry.lookup(kind, name)
             start = section.index(f'id="{kind}-{name}"')
-            entry = section[start:section.find('<h3', start + 1)]
+            entry = section[start : section.find("<h3", start + 1)]
             for field in attrs_module.fields(cls):
                 if field.init:
-                    assert f"<code>{field.name}</code>" in entry, f"{kind} {name}: option {field.name} not shown"
+                    assert f"<code>{field.name}</code>" in entry, (
+                        f"{kind} {name}: option {field.name} not shown"
+                    )
                     help_words = field.metadata["help"].split()[0]
-                    assert help_words.replace("&", "&amp;") in entry or "'" in help_words, (kind, name, field.name)
+                    assert help_words.replace("&", "&amp;") in entry or "'" in help_words, (
+                        kind,
+                        name,
+                        field.name,
+                    )
 
 
-@pytest.mark.parametrize(("page", "expected"), [
-    ("install/", "Supported versions"),
-    ("troubleshooting/", "train.lr=nan: must be a finite number"),   # the generated table
-    ("api/tasks/", "gfnlm.tasks.base.Task"),
-    ("api/errors/", "gfnlm.contracts.errors.InputError"),
-    ("benchmarks/", "per objective and α ∈ {0.5, 2, 4}"),   # attr_list once ate a trailing {…}
-])
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("install/", "Supported versions"),
+        ("troubleshooting/", "train.lr=nan: must be a finite number"),  # the generated table
+        ("api/tasks/", "gfnlm.tasks.base.Task"),
+        ("api/errors/", "gfnlm.contracts.errors.InputError"),
+        ("benchmarks/", "per objective and α ∈ {0.5, 2, 4}"),  # attr_list once ate a trailing {…}
+    ],
+)
 def test_the_user_pages_render_in_a_browser(served: str, page: str, expected: str) -> None:
     dom = browse(served + page)
     assert expected in dom, f"{page}: {expected!r} not rendered"

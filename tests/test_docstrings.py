@@ -72,5 +72,10 @@ def test_every_public_name_has_a_docstring() -> None:
 
 def test_the_walk_sees_the_core_modules() -> None:
     seen = set(_modules())
-    for module in ("gfnlm.contracts.types", "gfnlm.contracts.registry", "gfnlm.objectives.la_tb", "gfnlm.training.trainer"):
+    for module in (
+        "gfnlm.contracts.types",
+        "gfnlm.contracts.registry",
+        "gfnlm.objectives.la_tb",
+        "gfnlm.training.trainer",
+    ):
         assert module in seen

@@ -133,7 +133,9 @@ def test_sampling_frequencies_match_the_exact_distribution() -> None:
     num_samples = 60_000
     samples = policy.sample(num_samples, torch.Generator().manual_seed(0))
     counts = Counter(response_keys(samples))
-    observed = torch.tensor([counts.get(key, 0) for key in response_keys(responses)], dtype=torch.float64)
+    observed = torch.tensor(
+        [counts.get(key, 0) for key in response_keys(responses)], dtype=torch.float64
+    )
     assert observed.sum() == num_samples  # every sample is a valid response of the setting
     assert float(0.5 * (observed / num_samples - probs).abs().sum()) < 0.03
     assert chisquare(observed.numpy(), (probs * num_samples).numpy()).pvalue > 1e-4
@@ -154,7 +156,9 @@ def test_tilted_fixed_point_solves_the_normalisation_equation(alpha: float) -> N
     mass = (alpha * dists.log_base - dists.lambda_star * dists.lengths).exp().sum()
     assert float(mass) == pytest.approx(1.0, abs=1e-9)
     assert float(dists.log_tilted.exp().sum()) == pytest.approx(1.0, abs=1e-12)
-    assert torch.allclose(dists.log_tilted, alpha * dists.log_base - dists.lambda_star * dists.lengths)
+    assert torch.allclose(
+        dists.log_tilted, alpha * dists.log_base - dists.lambda_star * dists.lengths
+    )
     # The λ that matches the tilt's own expected length is λ* again.
     tilted_length = expected_length(dists.log_tilted, dists.lengths)
     assert length_matching_lambda(dists.log_reward, dists.lengths, tilted_length) == pytest.approx(
@@ -166,7 +170,9 @@ def test_tilted_fixed_point_solves_the_normalisation_equation(alpha: float) -> N
 def test_lambda_star_sign(seed: int) -> None:
     setting = ExactSetting(4, 5)
     base = TabularPolicy.random(setting, seed=seed)
-    star = {a: exact_distributions(setting, base, alpha_power(a)).lambda_star for a in (0.5, 1.0, 2.0)}
+    star = {
+        a: exact_distributions(setting, base, alpha_power(a)).lambda_star for a in (0.5, 1.0, 2.0)
+    }
     assert star[0.5] > 0  # α < 1: Σ p^α > 1, the tilt penalises length
     assert star[1.0] == pytest.approx(0.0, abs=1e-9)  # the base is normalised over responses
     assert star[2.0] < 0  # α > 1: Σ p^α < 1, the tilt favours length
@@ -220,9 +226,16 @@ def test_report_of_the_target_itself() -> None:
     assert report.as_row()["num_responses"] == SMALL.num_responses
 
 
-@pytest.mark.parametrize(("objective", "declared"), [("tb", "log_target"), ("subtb", "log_target"),
-                                                     ("db", "log_target"), ("la_tb", "log_tilted"),
-                                                     ("tb_token", "log_token_fixed_point")])
+@pytest.mark.parametrize(
+    ("objective", "declared"),
+    [
+        ("tb", "log_target"),
+        ("subtb", "log_target"),
+        ("db", "log_target"),
+        ("la_tb", "log_tilted"),
+        ("tb_token", "log_token_fixed_point"),
+    ],
+)
 def test_objectives_declare_their_fixed_points(objective: str, declared: str) -> None:
     dists = exact_distributions(SMALL, TabularPolicy.random(SMALL, seed=8), alpha_power(3.0))
     fixed_point = dists.fixed_point(registry.build("objective", objective))
@@ -246,7 +259,9 @@ def test_per_token_sharpening_is_not_the_power_distribution() -> None:
     by_hand = 3 * root[-1] - torch.logsumexp(3 * root, 0)
     assert float(log_sharpened[0]) == pytest.approx(float(by_hand), abs=1e-12)
     assert total_variation(log_sharpened, dists.log_target) > 0.05
-    assert per_token_sharpened(base, 1.0).response_log_probs(dists.responses).allclose(dists.log_base)
+    assert (
+        per_token_sharpened(base, 1.0).response_log_probs(dists.responses).allclose(dists.log_base)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +279,12 @@ def build_run(objective: str, logz: str | None = "scalar", **objective_options):
 
 @pytest.mark.parametrize(
     ("objective", "own", "other"),
-    [("tb", "tv_target", "tv_tilted"), ("la_tb", "tv_tilted", "tv_target"),
-     ("subtb", "tv_target", "tv_tilted"), ("db", "tv_target", "tv_tilted")],
+    [
+        ("tb", "tv_target", "tv_tilted"),
+        ("la_tb", "tv_tilted", "tv_target"),
+        ("subtb", "tv_target", "tv_tilted"),
+        ("db", "tv_target", "tv_tilted"),
+    ],
 )
 def test_training_reaches_the_fixed_point(objective: str, own: str, other: str) -> None:
     base = random_bases(SMALL, 1.5, [TRAIN_SEED])
@@ -273,7 +292,9 @@ def test_training_reaches_the_fixed_point(objective: str, own: str, other: str) 
     assert getattr(before, own) > 0.25  # doing nothing does not pass the bound below
 
     built, logz = build_run(objective)
-    report = train_exact(built, alpha_power(2.0), base, logz=logz, steps=400, batch_size=64, seed=TRAIN_SEED)
+    report = train_exact(
+        built, alpha_power(2.0), base, logz=logz, steps=400, batch_size=64, seed=TRAIN_SEED
+    )
     assert report.tv_fixed_point == getattr(report, own)
     assert report.tv_fixed_point < 0.1
     # p^2 and the LA-TB tilt differ here: the run went to its own fixed point, not the other one.
@@ -286,8 +307,14 @@ def test_la_tb_with_group_mean_log_z_reaches_the_same_fixed_point() -> None:
     """The VarGrad estimate changes how log Z' is obtained, not where training converges."""
     built, logz = build_run("la_tb", log_z_source="group_mean")
     assert logz is None
-    report = train_exact(built, alpha_power(2.0), random_bases(SMALL, 1.5, [TRAIN_SEED]), steps=400,
-                         batch_size=64, seed=TRAIN_SEED)
+    report = train_exact(
+        built,
+        alpha_power(2.0),
+        random_bases(SMALL, 1.5, [TRAIN_SEED]),
+        steps=400,
+        batch_size=64,
+        seed=TRAIN_SEED,
+    )
     assert report.tv_tilted < 0.1
     assert report.tv_target > 2 * report.tv_tilted
     assert report.log_z_error < 0.1  # the group-mean estimate of log Z' is at λ* as well
@@ -304,7 +331,9 @@ def test_group_mean_log_z_is_checked_per_prompt() -> None:
 # Several prompts: per-prompt log Z
 
 
-THREE_PROMPTS = random_bases(SMALL, [1.0, 2.0, 1.5], [2, 3, 4])  # three prompts, three different bases
+THREE_PROMPTS = random_bases(
+    SMALL, [1.0, 2.0, 1.5], [2, 3, 4]
+)  # three prompts, three different bases
 
 
 @pytest.mark.parametrize("objective", ["tb", "la_tb"])
@@ -312,8 +341,15 @@ THREE_PROMPTS = random_bases(SMALL, [1.0, 2.0, 1.5], [2, 3, 4])  # three prompts
 def test_per_prompt_log_z_converges_to_each_prompts_limit(objective: str, logz: str) -> None:
     built = registry.build("objective", objective)
     options = {"num_prompts": 3} if logz == "table" else {"hidden_size": 3, "width": 16}
-    report = train_exact(built, alpha_power(2.0), THREE_PROMPTS, logz=registry.build("logz", logz, **options),
-                         steps=300, batch_size=32, lr=0.1)
+    report = train_exact(
+        built,
+        alpha_power(2.0),
+        THREE_PROMPTS,
+        logz=registry.build("logz", logz, **options),
+        steps=300,
+        batch_size=32,
+        lr=0.1,
+    )
     assert report.num_prompts == 3
     assert report.tv_fixed_point_worst < 0.05
     assert report.log_z_error < 0.1  # each prompt's log Z at its own log Σ R (TB) or λ* (LA-TB)
@@ -321,7 +357,9 @@ def test_per_prompt_log_z_converges_to_each_prompts_limit(objective: str, logz: 
 
 def test_one_scalar_log_z_cannot_serve_prompts_with_different_partition_functions() -> None:
     built, logz = build_run("tb")
-    report = train_exact(built, alpha_power(2.0), THREE_PROMPTS, logz=logz, steps=300, batch_size=32, lr=0.1)
+    report = train_exact(
+        built, alpha_power(2.0), THREE_PROMPTS, logz=logz, steps=300, batch_size=32, lr=0.1
+    )
     assert report.log_z_error > 0.5  # log Σ R differs by > 2 nats between the prompts
 
 
@@ -332,14 +370,18 @@ def test_prompts_are_independent_models() -> None:
         alone = TabularPolicy(SMALL, THREE_PROMPTS.logits[prompt])
         rows = rollouts.select(torch.arange(5 * prompt, 5 * prompt + 5))
         single = attrs.evolve(rows, prompt_index=torch.zeros(5, dtype=torch.long))
-        torch.testing.assert_close(THREE_PROMPTS.response_log_probs(rows), alone.response_log_probs(single))
+        torch.testing.assert_close(
+            THREE_PROMPTS.response_log_probs(rows), alone.response_log_probs(single)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Exploration and replay
 
 
-@pytest.mark.parametrize(("name", "options"), [("tempered", {"temperature": 2.0}), ("uniform_mix", {"epsilon": 0.3})])
+@pytest.mark.parametrize(
+    ("name", "options"), [("tempered", {"temperature": 2.0}), ("uniform_mix", {"epsilon": 0.3})]
+)
 def test_exploration_samples_the_distribution_it_reports(name: str, options: dict) -> None:
     """The recorded behaviour_logp is the probability of what was drawn, and the draws follow it."""
     exploration = registry.build("exploration", name, **options)
@@ -352,25 +394,40 @@ def test_exploration_samples_the_distribution_it_reports(name: str, options: dic
     counts = Counter(keys)
     expected = [math.exp(recorded[k]) * len(keys) for k in response_keys(everything)]
     observed = [counts[k] for k in response_keys(everything)]
-    assert sum(math.exp(recorded[k]) for k in response_keys(everything)) == pytest.approx(1.0, abs=1e-9)
+    assert sum(math.exp(recorded[k]) for k in response_keys(everything)) == pytest.approx(
+        1.0, abs=1e-9
+    )
     assert chisquare(observed, expected).pvalue > 1e-3
     # ...and it is not the policy's distribution (exploration changed it).
-    assert max(abs(math.exp(recorded[k]) - float(p.exp())) for k, p in zip(response_keys(everything), log_pi)) > 0.02
+    assert (
+        max(
+            abs(math.exp(recorded[k]) - float(p.exp()))
+            for k, p in zip(response_keys(everything), log_pi)
+        )
+        > 0.02
+    )
 
 
 def test_uniform_mix_by_hand() -> None:
     mix = registry.build("exploration", "uniform_mix", epsilon=0.2)
     log_probs = torch.tensor([[0.5, 0.5, 0.0, 0.0]]).log()
-    torch.testing.assert_close(mix.behaviour_log_probs(log_probs).exp(), torch.tensor([[0.45, 0.45, 0.05, 0.05]]))
+    torch.testing.assert_close(
+        mix.behaviour_log_probs(log_probs).exp(), torch.tensor([[0.45, 0.45, 0.05, 0.05]])
+    )
     tempered = registry.build("exploration", "tempered", temperature=2.0)
     flat = tempered.behaviour_log_probs(torch.tensor([[0.8, 0.2]]).log()).exp()
     torch.testing.assert_close(flat, torch.tensor([[2 / 3, 1 / 3]]))  # √.8 : √.2 = 2 : 1
 
 
-@pytest.mark.parametrize(("name", "option", "value"), [("tempered", "temperature", 0.5),
-                                                       ("tempered", "temperature", math.inf),
-                                                       ("uniform_mix", "epsilon", 1.0),
-                                                       ("uniform_mix", "epsilon", 0.0)])
+@pytest.mark.parametrize(
+    ("name", "option", "value"),
+    [
+        ("tempered", "temperature", 0.5),
+        ("tempered", "temperature", math.inf),
+        ("uniform_mix", "epsilon", 1.0),
+        ("uniform_mix", "epsilon", 0.0),
+    ],
+)
 def test_bad_exploration_options_are_one_line_errors(name: str, option: str, value: float) -> None:
     with pytest.raises(registry.RegistryError, match=f"{option}") as info:
         registry.build("exploration", name, **{option: value})
@@ -403,8 +460,17 @@ def test_off_policy_training_reaches_the_same_fixed_point(objective: str) -> Non
     built, logz = build_run(objective)
     exploration = registry.build("exploration", "tempered", temperature=1.5)
     replay = registry.build("replay", "reward_prioritised")
-    report = train_exact(built, alpha_power(2.0), random_bases(SMALL, 1.5, [TRAIN_SEED]), logz=logz,
-                         exploration=exploration, replay=replay, steps=400, batch_size=64, seed=TRAIN_SEED)
+    report = train_exact(
+        built,
+        alpha_power(2.0),
+        random_bases(SMALL, 1.5, [TRAIN_SEED]),
+        logz=logz,
+        exploration=exploration,
+        replay=replay,
+        steps=400,
+        batch_size=64,
+        seed=TRAIN_SEED,
+    )
     assert report.tv_fixed_point < 0.1
     assert (report.exploration, report.replay) == ("tempered", "reward_prioritised")
 
@@ -412,16 +478,28 @@ def test_off_policy_training_reaches_the_same_fixed_point(objective: str) -> Non
 def test_objectives_state_where_they_are_valid() -> None:
     from gfnlm.exploration import check_off_policy
 
-    explore, replay = registry.build("exploration", "tempered"), registry.build("replay", "reward_prioritised")
+    explore, replay = (
+        registry.build("exploration", "tempered"),
+        registry.build("replay", "reward_prioritised"),
+    )
     for name in ("tb", "subtb", "db", "la_tb", "tb_token"):
         check_off_policy(registry.build("objective", name), explore, replay)
-    check_off_policy(registry.build("objective", "grpo"), explore, None)  # an exact ratio corrects it
-    with pytest.raises(registry.RegistryError, match="replay.name='reward_prioritised': objective 'grpo'"):
+    check_off_policy(
+        registry.build("objective", "grpo"), explore, None
+    )  # an exact ratio corrects it
+    with pytest.raises(
+        registry.RegistryError, match="replay.name='reward_prioritised': objective 'grpo'"
+    ):
         check_off_policy(registry.build("objective", "grpo"), None, replay)
-    with pytest.raises(registry.RegistryError, match="exploration.name='tempered': objective 'entropy_min'"):
+    with pytest.raises(
+        registry.RegistryError, match="exploration.name='tempered': objective 'entropy_min'"
+    ):
         check_off_policy(registry.build("objective", "entropy_min"), explore, None)
-    check_off_policy(registry.build("objective", "entropy_min"), registry.build("exploration", "none"),
-                     registry.build("replay", "none"))
+    check_off_policy(
+        registry.build("objective", "entropy_min"),
+        registry.build("exploration", "none"),
+        registry.build("replay", "none"),
+    )
 
 
 # A setting where the fixed point is far from the base and nearly flat (V=6, L=4, logit scale 2.21):
@@ -431,15 +509,26 @@ FAR_AND_FLAT = ExactSetting(vocab_size=6, max_len=4)
 
 
 @pytest.mark.parametrize(("objective", "alpha"), [("tb_token", 0.5), ("tb", 0.125)])
-def test_a_flat_fixed_point_far_from_the_base_needs_exploration_that_covers_the_prefixes(objective: str, alpha: float) -> None:
+def test_a_flat_fixed_point_far_from_the_base_needs_exploration_that_covers_the_prefixes(
+    objective: str, alpha: float
+) -> None:
     base = random_bases(FAR_AND_FLAT, 2.21, [6534])
 
     def tv(exploration: str, **options: float) -> float:
-        return train_exact(registry.build("objective", objective), alpha_power(alpha), base,
-                           logz=registry.build("logz", "table", num_prompts=1),
-                           exploration=registry.build("exploration", exploration, **options),
-                           replay=registry.build("replay", "reward_prioritised", ratio=0.25),
-                           steps=1000, batch_size=64, lr=0.1, seed=4).tv_fixed_point
+        return train_exact(
+            registry.build("objective", objective),
+            alpha_power(alpha),
+            base,
+            logz=registry.build("logz", "table", num_prompts=1),
+            exploration=registry.build("exploration", exploration, **options),
+            replay=registry.build("replay", "reward_prioritised", ratio=0.25),
+            steps=1000,
+            batch_size=64,
+            lr=0.1,
+            seed=4,
+        ).tv_fixed_point
 
-    assert tv("tempered", temperature=1.5) > 0.1  # a mild tempering leaves the deep prefixes undertrained
+    assert (
+        tv("tempered", temperature=1.5) > 0.1
+    )  # a mild tempering leaves the deep prefixes undertrained
     assert tv("uniform_mix", epsilon=0.5) < 0.05

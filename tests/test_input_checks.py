@@ -27,8 +27,9 @@ from gfnlm.training.config import ModelConfig
 from gfnlm.training.policy import CausalLMPolicy
 
 
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str],
-             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+def run_main(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
     monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)  # keep pytest's own SIGTERM handling
     capsys.readouterr()
     code = cli.main(argv)
@@ -56,16 +57,29 @@ def test_unknown_long_component_name_is_shortened_and_short_typos_keep_the_sugge
 # ------------------------------------------------------------ --import and imports:
 
 
-@pytest.mark.parametrize(("name", "source", "expected"), [
-    ("gfnlm_test_divides", "x = 1\n\ny = 1 / 0\n",
-     r"--import='{name}': raises ZeroDivisionError: division by zero \({name}\.py, line 3\)$"),
-    ("gfnlm_test_syntax", "x = 1\ndef f(:\n",
-     r"--import='{name}': syntax error at {name}\.py line 2: invalid syntax"),
-    ("gfnlm_test_raises", "raise RuntimeError('no GPU here\\nsecond line')\n",
-     r"--import='{name}': raises RuntimeError: no GPU here \({name}\.py, line 1\)$"),
-])
-def test_a_module_that_fails_to_import_is_one_line_naming_it(name: str, source: str, expected: str,
-                                                              tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "source", "expected"),
+    [
+        (
+            "gfnlm_test_divides",
+            "x = 1\n\ny = 1 / 0\n",
+            r"--import='{name}': raises ZeroDivisionError: division by zero \({name}\.py, line 3\)$",
+        ),
+        (
+            "gfnlm_test_syntax",
+            "x = 1\ndef f(:\n",
+            r"--import='{name}': syntax error at {name}\.py line 2: invalid syntax",
+        ),
+        (
+            "gfnlm_test_raises",
+            "raise RuntimeError('no GPU here\\nsecond line')\n",
+            r"--import='{name}': raises RuntimeError: no GPU here \({name}\.py, line 1\)$",
+        ),
+    ],
+)
+def test_a_module_that_fails_to_import_is_one_line_naming_it(
+    name: str, source: str, expected: str, tmp_path: Path, monkeypatch
+) -> None:
     (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RegistryError) as error:
@@ -96,12 +110,13 @@ def _components_module(folder: Path, name: str) -> None:
         f"@register('task', '{name}_task')\n"
         "@attrs.frozen\n"
         "class MyTask(FactualTask):\n"
-        "    \"\"\"The factual task under another name.\"\"\"\n")
+        '    """The factual task under another name."""\n'
+    )
 
 
-def test_import_finds_a_module_of_the_working_directory_as_python_m_does(tmp_path: Path,
-                                                                       monkeypatch,
-                                                                       registered_here) -> None:
+def test_import_finds_a_module_of_the_working_directory_as_python_m_does(
+    tmp_path: Path, monkeypatch, registered_here
+) -> None:
     name = "gfnlm_test_my_components"
     registered_here.append(name)
     _components_module(tmp_path, name)
@@ -113,10 +128,9 @@ def test_import_finds_a_module_of_the_working_directory_as_python_m_does(tmp_pat
     assert str(tmp_path) not in sys.path  # only while importing
 
 
-def test_cli_imports_a_working_directory_module_and_names_config_imports(tiny_model_dir: Path,
-                                                                         tmp_path: Path, capsys,
-                                                                         monkeypatch,
-                                                                         registered_here) -> None:
+def test_cli_imports_a_working_directory_module_and_names_config_imports(
+    tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch, registered_here
+) -> None:
     """``gfnlm eval --import my_module`` from the module's folder registers its task (the run then
     fails on a later, deliberate check, before any model loads); a config's ``imports:`` entry that
     raises is one line naming ``imports``."""
@@ -127,9 +141,21 @@ def test_cli_imports_a_working_directory_module_and_names_config_imports(tiny_mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.setattr(CausalLMPolicy, "from_config", lambda *a, **k: pytest.fail("model loaded"))
-    code, err = run_main(["eval", "--model", str(tiny_model_dir), "--import", name,
-                          "--task", f"{name}_task", "--prompts", "missing.jsonl"],
-                         capsys, monkeypatch)
+    code, err = run_main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--import",
+            name,
+            "--task",
+            f"{name}_task",
+            "--prompts",
+            "missing.jsonl",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "--prompts='missing.jsonl': no such file" in err, err
     config = tmp_path / "config.yaml"
     config.write_text("imports: [gfnlm_test_broken]\n")
@@ -138,9 +164,12 @@ def test_cli_imports_a_working_directory_module_and_names_config_imports(tiny_mo
     overrides = tiny_overrides(tiny_model_dir, train, "''", tmp_path / "run")
     code, err = run_main(["train", str(config), *overrides], capsys, monkeypatch)
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert re.search(r"imports='gfnlm_test_broken': raises JSONDecodeError: Expecting property "
-                     r"name enclosed in double quotes: line 1 column 2 \(char 1\) "
-                     r"\(decoder\.py, line \d+\)$", err), err
+    assert re.search(
+        r"imports='gfnlm_test_broken': raises JSONDecodeError: Expecting property "
+        r"name enclosed in double quotes: line 1 column 2 \(char 1\) "
+        r"\(decoder\.py, line \d+\)$",
+        err,
+    ), err
 
 
 # ------------------------------------------------------------ --json
@@ -165,9 +194,11 @@ def test_json_is_written_atomically_and_a_failed_write_is_one_line(tmp_path: Pat
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_numbers_in_an_answers_list_are_answers(suffix: str, tmp_path: Path) -> None:
-    rows = [{"question": "What is 2+2?", "answers": [4, "four"]},
-            {"question": "Half of 5?", "answers": [2.5]},
-            {"question": "What is 3+3?", "answers": 6}]
+    rows = [
+        {"question": "What is 2+2?", "answers": [4, "four"]},
+        {"question": "Half of 5?", "answers": [2.5]},
+        {"question": "What is 3+3?", "answers": 6},
+    ]
     path = tmp_path / f"qa{suffix}"
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     path.write_text(lines if suffix == ".jsonl" else json.dumps(rows))
@@ -199,19 +230,27 @@ def test_a_boolean_answer_is_still_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------ creative eval data sets
 
 
-def test_creative_eval_reads_parquet_prompts_and_their_checks(tiny_model_dir: Path, tmp_path: Path,
-                                                              capsys,
-                                                              monkeypatch) -> None:
+def test_creative_eval_reads_parquet_prompts_and_their_checks(
+    tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """``--metrics creative --prompts FILE.parquet`` reads the prompts and their ``checks`` through
     the data-set reader of accuracy evaluation (Arrow gives each row every rule: the others
     null)."""
     data = tmp_path / "creative.parquet"
-    datasets.Dataset.from_list([
-        {"question": "Write a poem of two lines about the sea.", "template": "plain",
-         "checks": {"lines": 2}},
-        {"question": "Tell a joke about a cat.", "template": "plain",
-         "checks": {"mentions": ["cat"]}},
-    ]).to_parquet(str(data))
+    datasets.Dataset.from_list(
+        [
+            {
+                "question": "Write a poem of two lines about the sea.",
+                "template": "plain",
+                "checks": {"lines": 2},
+            },
+            {
+                "question": "Tell a joke about a cat.",
+                "template": "plain",
+                "checks": {"mentions": ["cat"]},
+            },
+        ]
+    ).to_parquet(str(data))
     seen = {}
 
     def fake_evaluate(policy, prompts, checks, samples, max_new_tokens, **kwargs) -> CreativeResult:
@@ -221,12 +260,30 @@ def test_creative_eval_reads_parquet_prompts_and_their_checks(tiny_model_dir: Pa
     monkeypatch.setattr(evaluation, "evaluate_creative", fake_evaluate)
     monkeypatch.setattr("gfnlm.tasks.metrics.SentenceEmbedder", lambda: None)
     monkeypatch.setattr("gfnlm.tasks.metrics.minilm_path", lambda: tmp_path)
-    code, err = run_main(["eval", "--metrics", "creative", "--model", str(tiny_model_dir),
-                          "--prompts", str(data), "--samples", "2", "--device", "cpu",
-                          "--max-new-tokens", "4"], capsys, monkeypatch)
+    code, err = run_main(
+        [
+            "eval",
+            "--metrics",
+            "creative",
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            str(data),
+            "--samples",
+            "2",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
-    assert seen["questions"] == ("Write a poem of two lines about the sea.",
-                                 "Tell a joke about a cat.")
+    assert seen["questions"] == (
+        "Write a poem of two lines about the sea.",
+        "Tell a joke about a cat.",
+    )
     assert seen["checks"] == [{"lines": 2}, {"mentions": ["cat"]}]
     assert "Answer in a few words" not in "".join(seen["texts"])  # the rows' own template, plain
 
@@ -235,8 +292,9 @@ def test_creative_eval_reads_parquet_prompts_and_their_checks(tiny_model_dir: Pa
 
 
 def test_eval_progress_counts_sampled_sequences(tiny_model_dir: Path, monkeypatch) -> None:
-    policy = CausalLMPolicy.from_config(ModelConfig(lora=False), tiny_model_dir,
-                                        torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(lora=False), tiny_model_dir, torch.device("cpu")
+    )
     records = [{"question": f"What is {i} plus {i}?", "answers": [str(2 * i)]} for i in range(5)]
     prompts = PromptSet.from_records(records, "qa", "--prompts", policy.tokenizer, 64)
     stream = io.StringIO()
@@ -258,15 +316,16 @@ def test_eval_progress_counts_sampled_sequences(tiny_model_dir: Path, monkeypatc
 
 
 @pytest.mark.parametrize("with_checkpoint", [False, True])
-def test_an_interrupted_train_says_whether_a_checkpoint_exists(with_checkpoint: bool,
-                                                               tiny_model_dir: Path, tmp_path: Path,
-                                                               capsys, monkeypatch) -> None:
+def test_an_interrupted_train_says_whether_a_checkpoint_exists(
+    with_checkpoint: bool, tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     from gfnlm.training import checkpoint, trainer
 
     run = tmp_path / "run"
     if with_checkpoint:
-        checkpoint.save_checkpoint(run / "checkpoints", 1, {"w": torch.ones(2)}, {"step": 1},
-                                   "x: 1")
+        checkpoint.save_checkpoint(
+            run / "checkpoints", 1, {"w": torch.ones(2)}, {"step": 1}, "x: 1"
+        )
 
     class Interrupted:
         def __init__(self, *args, **kwargs) -> None:
@@ -275,8 +334,15 @@ def test_an_interrupted_train_says_whether_a_checkpoint_exists(with_checkpoint: 
     monkeypatch.setattr(trainer, "Trainer", Interrupted)
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"question": "Who wrote Hamlet?"}) + "\n")
-    code, err = run_main(["train", str(REPO / "configs/default.yaml"),
-                          *tiny_overrides(tiny_model_dir, train, "''", run)], capsys, monkeypatch)
+    code, err = run_main(
+        [
+            "train",
+            str(REPO / "configs/default.yaml"),
+            *tiny_overrides(tiny_model_dir, train, "''", run),
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 130
     kept = "the last checkpoint is intact" if with_checkpoint else "no checkpoint was written yet"
     assert err == f"gfnlm train: interrupted; {kept}", err

@@ -14,9 +14,16 @@ PACKAGE = Path(gfnlm.__file__).parent
 # Sub-package (or top-level module) → layer. A module may import its own layer and those below.
 LAYERS = {
     "contracts": 0,
-    "models": 1, "serving": 1,
-    "objectives": 2, "logz": 2, "exploration": 2, "tasks": 2, "targets": 2, "samplers": 2,
-    "training": 3, "evaluation": 3,
+    "models": 1,
+    "serving": 1,
+    "objectives": 2,
+    "logz": 2,
+    "exploration": 2,
+    "tasks": 2,
+    "targets": 2,
+    "samplers": 2,
+    "training": 3,
+    "evaluation": 3,
     "cli": 4,
 }
 
@@ -59,11 +66,15 @@ def layer_violations(root: Path) -> list[str]:
         own = layer_of(module)
         if own is None:
             continue
-        for line, name in imported_modules(ast.parse(path.read_text()), module, path.name == "__init__.py"):
+        for line, name in imported_modules(
+            ast.parse(path.read_text()), module, path.name == "__init__.py"
+        ):
             other = layer_of(name)
             if other is not None and other > own:
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
-                                f"{name} (layer {other})")
+                problems.append(
+                    f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
+                    f"{name} (layer {other})"
+                )
     return problems
 
 
@@ -85,19 +96,30 @@ def test_the_check_finds_a_planted_back_edge(tmp_path: Path):
     subprocess.run(["cp", "-r", str(PACKAGE), str(copy)], check=True)
     assert layer_violations(copy) == []
     errors = copy / "contracts" / "errors.py"
-    errors.write_text(errors.read_text() + "\n\ndef planted():\n    from gfnlm.training.trainer import Trainer\n"
-                      "    return Trainer\n")
-    (copy / "models" / "planted.py").write_text("from ..samplers import hf\n")  # relative, one layer up
+    errors.write_text(
+        errors.read_text() + "\n\ndef planted():\n    from gfnlm.training.trainer import Trainer\n"
+        "    return Trainer\n"
+    )
+    (copy / "models" / "planted.py").write_text(
+        "from ..samplers import hf\n"
+    )  # relative, one layer up
     found = layer_violations(copy)
     assert len(found) == 2, found
-    assert "contracts/errors.py" in found[0] and "gfnlm.contracts.errors (layer 0) imports gfnlm.training" in found[0]
+    assert (
+        "contracts/errors.py" in found[0]
+        and "gfnlm.contracts.errors (layer 0) imports gfnlm.training" in found[0]
+    )
     assert "gfnlm.models.planted (layer 1) imports gfnlm.samplers.hf (layer 2)" in found[1], found
 
 
 def test_import_gfnlm_leaves_the_import_system_alone():
-    code = ("import sys; before = list(sys.meta_path), list(sys.path_hooks); import gfnlm, gfnlm.cli; "
-            "assert (list(sys.meta_path), list(sys.path_hooks)) == before, sys.meta_path")
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; before = list(sys.meta_path), list(sys.path_hooks); import gfnlm, gfnlm.cli; "
+        "assert (list(sys.meta_path), list(sys.path_hooks)) == before, sys.meta_path"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
 
 

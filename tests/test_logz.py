@@ -119,8 +119,14 @@ def test_output_batch_matches_index(name, config):
         assert module(torch.arange(batch)).shape == (batch,)
 
 
-@pytest.mark.parametrize(("name", "options", "count"), [("scalar", {}, 1), ("table", {"num_prompts": 3}, 3),
-                                                        ("mlp", {"hidden_size": 4, "width": 8}, None)])
+@pytest.mark.parametrize(
+    ("name", "options", "count"),
+    [
+        ("scalar", {}, 1),
+        ("table", {"num_prompts": 3}, 3),
+        ("mlp", {"hidden_size": 4, "width": 8}, None),
+    ],
+)
 def test_every_log_z_registers_its_parameters(name, options, count):
     """Fields with converters must not give the class attrs' __setattr__ (it would hide the
     parameters from nn.Module: no optimiser step, no dtype change)."""

@@ -69,8 +69,12 @@ VERIFIER_TABLE = [
     P(r"\boxed{90}", [r"90^{\circ}"], True, id="degrees-in-gold"),
     P(r"\boxed{\frac{\sqrt{3}}{2}}", [r"\frac{\sqrt3}{2}"], True, id="nested-braces"),
     P(r"\boxed{\infty}", [r"\infty"], True, id="infinity"),
-    P(r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}", [r"\begin{pmatrix}1\\2\end{pmatrix}"], True,
-      id="column-vector"),
+    P(
+        r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}",
+        [r"\begin{pmatrix}1\\2\end{pmatrix}"],
+        True,
+        id="column-vector",
+    ),
     P(r"\boxed {42}", ["42"], True, id="space-before-brace"),
     P(r"\fbox{42}", ["42"], True, id="fbox"),
     P(r"\boxed{6}", ["5", "6"], True, id="any-of-several-golds"),
@@ -121,42 +125,63 @@ def test_verifier_table_is_large_enough():
     assert len(VERIFIER_TABLE) >= 40
 
 
-@pytest.mark.parametrize(("response", "content"), [
-    P(r"\boxed{42}", "42", id="simple"),
-    P(r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", id="nested"),
-    P(r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}", id="doubly-nested"),
-    P(r"\boxed{\{1,2\}}", r"\{1,2\}", id="escaped-braces"),
-    P(r"\boxed{\left\{ x \right.}", r"\left\{ x \right.", id="unbalanced-escaped-brace"),
-    P(r"\boxed{a\\{b}}", r"a\\{b}", id="escaped-backslash-then-brace"),
-    P(r"\boxed {7}", "7", id="space-before-brace"),
-    P(r"\fbox{7}", "7", id="fbox"),
-    P(r"\boxed{1} then \fbox{2} then \boxed{3}.", "3", id="last-of-three"),
-    P(r"\boxed{}", "", id="empty"),
-    P("no box here", None, id="none"),
-    P(r"\boxed{42", None, id="unclosed"),
-    P(r"\boxed{1} then \boxed{2", None, id="last-unclosed"),
-    P(r"\boxed", None, id="no-brace"),
-])
+@pytest.mark.parametrize(
+    ("response", "content"),
+    [
+        P(r"\boxed{42}", "42", id="simple"),
+        P(r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", id="nested"),
+        P(r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}", id="doubly-nested"),
+        P(r"\boxed{\{1,2\}}", r"\{1,2\}", id="escaped-braces"),
+        P(r"\boxed{\left\{ x \right.}", r"\left\{ x \right.", id="unbalanced-escaped-brace"),
+        P(r"\boxed{a\\{b}}", r"a\\{b}", id="escaped-backslash-then-brace"),
+        P(r"\boxed {7}", "7", id="space-before-brace"),
+        P(r"\fbox{7}", "7", id="fbox"),
+        P(r"\boxed{1} then \fbox{2} then \boxed{3}.", "3", id="last-of-three"),
+        P(r"\boxed{}", "", id="empty"),
+        P("no box here", None, id="none"),
+        P(r"\boxed{42", None, id="unclosed"),
+        P(r"\boxed{1} then \boxed{2", None, id="last-unclosed"),
+        P(r"\boxed", None, id="no-brace"),
+    ],
+)
 def test_last_boxed(response, content):
     assert last_boxed(response) == content
 
 
-@pytest.mark.parametrize(("response", "ok"), [
-    P(r"so \boxed{42}", True, id="boxed"),
-    P(r"\boxed{\text{(B)}}", True, id="boxed-text"),
-    P(r"\boxed{}", False, id="empty"),
-    P(r"\boxed{  }", False, id="blank"),
-    P(r"\boxed{42", False, id="unclosed"),
-    P("42", False, id="no-box"),
-])
+@pytest.mark.parametrize(
+    ("response", "ok"),
+    [
+        P(r"so \boxed{42}", True, id="boxed"),
+        P(r"\boxed{\text{(B)}}", True, id="boxed-text"),
+        P(r"\boxed{}", False, id="empty"),
+        P(r"\boxed{  }", False, id="blank"),
+        P(r"\boxed{42", False, id="unclosed"),
+        P("42", False, id="no-box"),
+    ],
+)
 def test_format_ok(response, ok):
     assert format_ok(response) is ok
 
 
-@pytest.mark.parametrize("answer", [
-    "1/2", r"\frac{1}{2}", "0.5", "[1,3)", r"\{1,2\}", r"5\text{ cm}", "x=3", "-4", "3**2",
-    "2^10", r"\sqrt{2}", r"\text{(B)}", r"\pi", "1,000",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "1/2",
+        r"\frac{1}{2}",
+        "0.5",
+        "[1,3)",
+        r"\{1,2\}",
+        r"5\text{ cm}",
+        "x=3",
+        "-4",
+        "3**2",
+        "2^10",
+        r"\sqrt{2}",
+        r"\text{(B)}",
+        r"\pi",
+        "1,000",
+    ],
+)
 def test_parse_gold_accepts_bare_answers(answer):
     parsed = parse_gold(answer, "test")
     assert len(parsed) == 1
@@ -169,7 +194,8 @@ def test_parse_gold_rejects_unparseable_answers(answer):
     with pytest.raises(InputError) as info:
         parse_gold(answer, "data.eval row 12")
     assert str(info.value) == (
-        f"data.eval row 12: answer {answer!r} cannot be parsed as math (math-verify)")
+        f"data.eval row 12: answer {answer!r} cannot be parsed as math (math-verify)"
+    )
     assert isinstance(info.value, ValueError)
 
 
@@ -194,39 +220,48 @@ def test_is_equivalent_without_golds_is_false():
     assert is_equivalent(r"\boxed{1}", []) is False
 
 
-@pytest.mark.parametrize("forms", [
-    P([r"\frac{1}{2}", "1/2", "0.5", r"\dfrac12", r"50\%", "0.50"], id="one-half"),
-    P([r"\sqrt{8}", r"2\sqrt{2}"], id="root-eight"),
-    P([r"\{1,2\}", r"\{2,1\}", r"\{\sqrt{4}, 1\}"], id="set"),
-    P(["x=3", "3", "3.0", r"3\text{ cm}"], id="three"),
-    P(["1,000", "1000", r"\$1,000"], id="thousand"),
-    P(["(x+1)^2", "x^2+2x+1"], id="polynomial"),
-    P(["x>3", "3<x"], id="inequality"),
-])
+@pytest.mark.parametrize(
+    "forms",
+    [
+        P([r"\frac{1}{2}", "1/2", "0.5", r"\dfrac12", r"50\%", "0.50"], id="one-half"),
+        P([r"\sqrt{8}", r"2\sqrt{2}"], id="root-eight"),
+        P([r"\{1,2\}", r"\{2,1\}", r"\{\sqrt{4}, 1\}"], id="set"),
+        P(["x=3", "3", "3.0", r"3\text{ cm}"], id="three"),
+        P(["1,000", "1000", r"\$1,000"], id="thousand"),
+        P(["(x+1)^2", "x^2+2x+1"], id="polynomial"),
+        P(["x>3", "3<x"], id="inequality"),
+    ],
+)
 def test_answer_key_equal_for_equivalent_forms(forms):
     keys = {answer_key(rf"Thus \boxed{{{form}}}.") for form in forms}
     assert len(keys) == 1, keys
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    P("1/2", "1/3", id="fractions"),
-    P("2", "-2", id="sign"),
-    P("[1,3)", "[1,3]", id="interval-brackets"),
-    P(r"\{1,2\}", r"\{1,2,3\}", id="sets"),
-    P("0.33", "1/3", id="rounded"),
-    P("B", "C", id="choices"),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        P("1/2", "1/3", id="fractions"),
+        P("2", "-2", id="sign"),
+        P("[1,3)", "[1,3]", id="interval-brackets"),
+        P(r"\{1,2\}", r"\{1,2,3\}", id="sets"),
+        P("0.33", "1/3", id="rounded"),
+        P("B", "C", id="choices"),
+    ],
+)
 def test_answer_key_differs_for_different_answers(a, b):
     assert answer_key(rf"\boxed{{{a}}}") != answer_key(rf"\boxed{{{b}}}")
 
 
-@pytest.mark.parametrize(("response", "key"), [
-    P(r"\boxed{0.5}", "1/2", id="canonical-fraction"),
-    P("no box, 42", None, id="no-box"),
-    P(r"\boxed{}", None, id="empty-box"),
-    P(r"\boxed{42", None, id="unclosed"),
-    P(r"\boxed{\frac{}{}  x}", r"\frac{}{} x", id="unparseable-keyed-by-text"),
-])
+@pytest.mark.parametrize(
+    ("response", "key"),
+    [
+        P(r"\boxed{0.5}", "1/2", id="canonical-fraction"),
+        P("no box, 42", None, id="no-box"),
+        P(r"\boxed{}", None, id="empty-box"),
+        P(r"\boxed{42", None, id="unclosed"),
+        P(r"\boxed{\frac{}{}  x}", r"\frac{}{} x", id="unparseable-keyed-by-text"),
+    ],
+)
 def test_answer_key_values(response, key):
     assert answer_key(response) == key
 

@@ -114,7 +114,8 @@ def test_conversion_replaces_unmarked_folder_atomically(monkeypatch, tmp_path):
     assert json.loads((target / "config.json").read_text()) == {"fresh": True}
     assert json.loads((target / models.MARKER).read_text())["source"] == models.SMOLLM2_GGUF
     assert sorted(p.name for p in cache.iterdir()) == [  # the killed run's temp folder is gone
-        models.SMOLLM2_DIRNAME, f"{models.SMOLLM2_DIRNAME}.lock"
+        models.SMOLLM2_DIRNAME,
+        f"{models.SMOLLM2_DIRNAME}.lock",
     ]
 
 

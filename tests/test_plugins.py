@@ -59,10 +59,25 @@ def compose_in_subprocess(tiny_model_dir: Path, tmp_path: Path):
     blocker.write_text("")
 
     def run(config: Path, extra_path: Path, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gfnlm.cli", "train", str(config), "--quiet",
-                               f"model.path={tiny_model_dir}", f"train.out_dir={blocker}", *args],
-                              capture_output=True, text=True, check=False, cwd=REPO, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(extra_path)})
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gfnlm.cli",
+                "train",
+                str(config),
+                "--quiet",
+                f"model.path={tiny_model_dir}",
+                f"train.out_dir={blocker}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(extra_path)},
+        )
 
     return run
 
@@ -70,20 +85,29 @@ def compose_in_subprocess(tiny_model_dir: Path, tmp_path: Path):
 COMPOSED = "train.out_dir="  # the first check after the components are built
 
 
-def test_an_installed_package_is_found_by_its_entry_point(tmp_path: Path, compose_in_subprocess) -> None:
+def test_an_installed_package_is_found_by_its_entry_point(
+    tmp_path: Path, compose_in_subprocess
+) -> None:
     site = tmp_path / "site"
     install_plugin(site, "gfnlm_test_plugin", "plugin_constant")
     config = tmp_path / "run.yaml"
-    config.write_text("target: {name: plugin_constant, options: {value: 1.5}}\nobjective: {name: tb}\n")
+    config.write_text(
+        "target: {name: plugin_constant, options: {value: 1.5}}\nobjective: {name: tb}\n"
+    )
     found = compose_in_subprocess(config, site)
     assert "unknown target" not in found.stderr and COMPOSED in found.stderr, found.stderr
     missing = compose_in_subprocess(config, tmp_path / "empty")
     assert missing.returncode == 2 and "unknown target 'plugin_constant'" in missing.stderr
-    assert "--import your.module" in missing.stderr and "'gfnlm.components' entry point" in missing.stderr
+    assert (
+        "--import your.module" in missing.stderr
+        and "'gfnlm.components' entry point" in missing.stderr
+    )
 
 
 @pytest.mark.parametrize("how", ["--import", "yaml"])
-def test_a_module_of_your_own_is_imported_by_flag_or_config(how: str, tmp_path: Path, compose_in_subprocess) -> None:
+def test_a_module_of_your_own_is_imported_by_flag_or_config(
+    how: str, tmp_path: Path, compose_in_subprocess
+) -> None:
     write_module(tmp_path / "code", "my_components_mod", "my_constant")
     config = tmp_path / "run.yaml"
     text = "target: {name: my_constant}\nobjective: {name: tb}\n"
@@ -102,7 +126,9 @@ def test_an_import_that_fails_is_one_line(tmp_path: Path) -> None:
 def test_registering_the_same_class_again_replaces_it_and_another_class_is_refused() -> None:
     name = "test_plugins_rerun_cell"
 
-    def define(value: int) -> type:  # the same module and qualified name each time, like a cell run again
+    def define(
+        value: int,
+    ) -> type:  # the same module and qualified name each time, like a cell run again
         @attrs.frozen
         class Cell:
             x: int = value

@@ -26,7 +26,9 @@ class Tabular:
 
     def state(self, prefix: list[int]) -> int:
         offset = sum(self.setting.vocab_size**k for k in range(len(prefix)))
-        return offset + sum(t * self.setting.vocab_size ** (len(prefix) - 1 - j) for j, t in enumerate(prefix))
+        return offset + sum(
+            t * self.setting.vocab_size ** (len(prefix) - 1 - j) for j, t in enumerate(prefix)
+        )
 
     def logp(self, prefix: list[int], suffix: list[int], table) -> list[float]:
         values, seq = [], list(prefix)
@@ -50,6 +52,7 @@ class Tabular:
                     break
                 seq.append(token)
             return out, logq
+
         return propose
 
     def suffixes(self, prefix_len: int):
@@ -82,9 +85,15 @@ def test_mh_kernel_has_p_alpha_as_its_exact_stationary_distribution(seed):
             prefix = list(x[:i])
             for new in model.suffixes(i):
                 q_new = math.exp(sum(model.logp(prefix, new, model.log_q)))
-                log_a = log_acceptance(ALPHA, model.base_logp(prefix, new), model.base_logp(prefix, list(x[i:])),
-                                       model.logp(prefix, new, model.log_q), model.logp(prefix, list(x[i:]), model.log_q),
-                                       len(x), i + len(new))
+                log_a = log_acceptance(
+                    ALPHA,
+                    model.base_logp(prefix, new),
+                    model.base_logp(prefix, list(x[i:])),
+                    model.logp(prefix, new, model.log_q),
+                    model.logp(prefix, list(x[i:]), model.log_q),
+                    len(x),
+                    i + len(new),
+                )
                 accept = min(1.0, math.exp(log_a))
                 kernel[index[x], index[tuple(prefix + new)]] += q_new * accept / len(x)
                 kernel[index[x], index[x]] += q_new * (1 - accept) / len(x)
@@ -105,8 +114,17 @@ def test_block_wise_sampler_output_is_close_to_p_alpha():
     draws = 4000
     counts: dict[tuple, int] = {}
     for _ in range(draws):
-        tokens, logp = power_sample(propose, model.base_logp, model.eos, ALPHA, max_new_tokens=3, block_size=1,
-                                    mh_steps=10, rng=rng, stats=stats)
+        tokens, logp = power_sample(
+            propose,
+            model.base_logp,
+            model.eos,
+            ALPHA,
+            max_new_tokens=3,
+            block_size=1,
+            mh_steps=10,
+            rng=rng,
+            stats=stats,
+        )
         assert logp == pytest.approx(model.base_logp([], tokens))
         counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
     tv_power = 0.5 * sum(abs(counts.get(y, 0) / draws - p) for y, p in target.items())

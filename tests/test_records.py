@@ -68,7 +68,9 @@ def test_parquet_custom_columns_numeric_answers(tmp_path: Path, isolated: list) 
     path = tmp_path / "gsm.parquet"
     Dataset.from_list(ROWS).to_parquet(str(path))
     offline_before = datasets.config.HF_HUB_OFFLINE
-    records = load_records(str(path), "data.train", question_field="problem", answer_field="solution")
+    records = load_records(
+        str(path), "data.train", question_field="problem", answer_field="solution"
+    )
     check_math_rows(records)
     assert isolated == []  # not even the load-count ping datasets makes when online
     assert datasets.config.HF_HUB_OFFLINE == offline_before  # the switch is restored
@@ -76,8 +78,10 @@ def test_parquet_custom_columns_numeric_answers(tmp_path: Path, isolated: list) 
 
 def test_json_array_list_answers_and_null_cells(tmp_path: Path) -> None:
     path = tmp_path / "qa.json"
-    rows = [{"q": "Capital of France?", "targets": ["Paris", "paris, France"], "template": "plain"},
-            {"q": "Two plus two?", "targets": ["4", "four"], "template": None}]
+    rows = [
+        {"q": "Capital of France?", "targets": ["Paris", "paris, France"], "template": "plain"},
+        {"q": "Two plus two?", "targets": ["4", "four"], "template": None},
+    ]
     Dataset.from_list(rows).to_json(str(path), lines=False)
     assert path.read_text().lstrip().startswith("[")  # really a JSON array
     records = load_records(str(path), "data.eval", question_field="q", answer_field="targets")
@@ -88,19 +92,33 @@ def test_json_array_list_answers_and_null_cells(tmp_path: Path) -> None:
 
 def test_json_lines_with_default_fallbacks(tmp_path: Path) -> None:
     path = tmp_path / "lines.json"
-    Dataset.from_list([{"prompt": "Say hi", "answer": 7, "source": "a"},
-                       {"prompt": "Say bye", "answer": None, "source": "b"}]).to_json(str(path))
+    Dataset.from_list(
+        [
+            {"prompt": "Say hi", "answer": 7, "source": "a"},
+            {"prompt": "Say bye", "answer": None, "source": "b"},
+        ]
+    ).to_json(str(path))
     assert path.read_text().startswith("{")  # JSON lines
     records = load_records(str(path), "data.train")
-    assert records[0] == {"prompt": "Say hi", "answer": 7, "source": "a", "question": "Say hi",
-                          "answers": ["7"]}
+    assert records[0] == {
+        "prompt": "Say hi",
+        "answer": 7,
+        "source": "a",
+        "question": "Say hi",
+        "answers": ["7"],
+    }
     assert records[1] == {"prompt": "Say bye", "source": "b", "question": "Say bye"}
 
 
 def test_csv_numbers_and_empty_cells(tmp_path: Path) -> None:
     path = tmp_path / "set.csv"
-    Dataset.from_list([{"text": "One?", "gold": 3.0}, {"text": "Two?", "gold": None},
-                       {"text": "Three?", "gold": 0.25}]).to_csv(str(path), index=False)
+    Dataset.from_list(
+        [
+            {"text": "One?", "gold": 3.0},
+            {"text": "Two?", "gold": None},
+            {"text": "Three?", "gold": 0.25},
+        ]
+    ).to_csv(str(path), index=False)
     records = load_records(str(path), "--prompts", question_field="text", answer_field="gold")
     assert [r.get("answers") for r in records] == [["3"], None, ["0.25"]]
 
@@ -123,13 +141,18 @@ def test_save_to_disk_dataset(tmp_path: Path) -> None:
 def test_save_to_disk_dataset_dict_splits(tmp_path: Path) -> None:
     folder = tmp_path / "dict"
     other = [{"problem": "Test only?", "solution": [3, 4]}]
-    DatasetDict({"train": Dataset.from_list(ROWS),
-                 "test": Dataset.from_list(other)}).save_to_disk(str(folder))
+    DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(other)}).save_to_disk(
+        str(folder)
+    )
     check_math_rows(load_records(f"{folder}:train", "data.train", "problem", "solution"))
     test = load_records(f"{folder}:test", "data.eval", "problem", "solution")
     assert test[0]["answers"] == ["3", "4"]
-    refused(str(folder), r"^data\.train='.*dict': the saved DatasetDict has splits train, test; "
-                         r"choose one as '.*dict:<split>'", question_field="problem")
+    refused(
+        str(folder),
+        r"^data\.train='.*dict': the saved DatasetDict has splits train, test; "
+        r"choose one as '.*dict:<split>'",
+        question_field="problem",
+    )
     refused(f"{folder}:validation", r"no split 'validation'; splits: train, test")
 
     single = tmp_path / "single"
@@ -142,8 +165,10 @@ def test_jsonl_is_todays_reader(tmp_path: Path) -> None:
         path = Path(__file__).parents[1] / "gfnlm" / "data" / f"{name}.jsonl"
         assert load_records(name, "data.train") == load_prompt_file(path)
     path = tmp_path / "p.jsonl"
-    lines = [{"prompt": "Hi?", "answers": "yes", "template": "plain"},
-             {"question": "Why?", "answers": ["because"], "extra": None}]
+    lines = [
+        {"prompt": "Hi?", "answers": "yes", "template": "plain"},
+        {"question": "Why?", "answers": ["because"], "extra": None},
+    ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     assert load_records(str(path), "data.train") == load_prompt_file(path)
 
@@ -161,7 +186,8 @@ def test_jsonl_custom_columns(tmp_path: Path) -> None:
     path = tmp_path / "custom.jsonl"
     path.write_text(json.dumps({"problem": "3 * 4?", "solution": 12}) + "\n")
     assert load_records(str(path), "data.train", "problem", "solution") == [
-        {"problem": "3 * 4?", "solution": 12, "question": "3 * 4?", "answers": ["12"]}]
+        {"problem": "3 * 4?", "solution": 12, "question": "3 * 4?", "answers": ["12"]}
+    ]
 
 
 def test_bundled_names_match_prompts_module() -> None:
@@ -176,16 +202,27 @@ def test_bundled_names_match_prompts_module() -> None:
 def test_missing_columns(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
     Dataset.from_list([{"question": "q?", "answer": "a", "id": 1}]).to_parquet(str(path))
-    refused(str(path), r"^data\.train='.*x\.parquet': no column 'problem'; columns: question, answer, id$",
-            question_field="problem")
-    refused(str(path), r"no column 'solution'; columns: question, answer, id$", answer_field="solution")
+    refused(
+        str(path),
+        r"^data\.train='.*x\.parquet': no column 'problem'; columns: question, answer, id$",
+        question_field="problem",
+    )
+    refused(
+        str(path), r"no column 'solution'; columns: question, answer, id$", answer_field="solution"
+    )
     other = tmp_path / "y.parquet"
     Dataset.from_list([{"text": "q?", "id": 1}]).to_parquet(str(other))
     refused(str(other), r"no column 'question' \(or 'prompt'\); columns: text, id$")
-    refused(str(other), r"no column 'answers' \(or 'answer'\) \(needed for evaluation\); "
-                        r"columns: text, id$", question_field="text", require_answers=True)
+    refused(
+        str(other),
+        r"no column 'answers' \(or 'answer'\) \(needed for evaluation\); "
+        r"columns: text, id$",
+        question_field="text",
+        require_answers=True,
+    )
     assert load_records(str(other), "data.train", question_field="text") == [
-        {"text": "q?", "id": 1, "question": "q?"}]
+        {"text": "q?", "id": 1, "question": "q?"}
+    ]
 
 
 def test_empty_data_sets(tmp_path: Path) -> None:
@@ -194,11 +231,22 @@ def test_empty_data_sets(tmp_path: Path) -> None:
     (tmp_path / "nothing.csv").write_text("")
     (tmp_path / "header.csv").write_text("question,answers\n")
     Dataset.from_list(ROWS).select([]).save_to_disk(str(tmp_path / "zero_saved"))
-    DatasetDict({"train": Dataset.from_list(ROWS),
-                 "test": Dataset.from_list(ROWS).select([])}).save_to_disk(str(tmp_path / "dict"))
+    DatasetDict(
+        {"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS).select([])}
+    ).save_to_disk(str(tmp_path / "dict"))
     check_math_rows(load_records(f"{tmp_path / 'dict'}:train", "data.train", "problem", "solution"))
-    for name in ["zero.parquet", "array.json", "nothing.csv", "header.csv", "zero_saved", "dict:test"]:
-        refused(str(tmp_path / name), rf"^data\.train='.*{re.escape(name)}': the (data set|file) is empty")
+    for name in [
+        "zero.parquet",
+        "array.json",
+        "nothing.csv",
+        "header.csv",
+        "zero_saved",
+        "dict:test",
+    ]:
+        refused(
+            str(tmp_path / name),
+            rf"^data\.train='.*{re.escape(name)}': the (data set|file) is empty",
+        )
 
 
 def test_bad_questions(tmp_path: Path) -> None:
@@ -213,10 +261,17 @@ def test_bad_questions(tmp_path: Path) -> None:
 
 def test_rows_without_answers_when_required(tmp_path: Path) -> None:
     path = tmp_path / "a.parquet"
-    Dataset.from_list([{"question": "a?", "answer": 1}, {"question": "b?", "answer": None},
-                       ]).to_parquet(str(path))
-    refused(str(path), r"row 2 has no answer in 'answer' \(needed for evaluation\)$",
-            require_answers=True)
+    Dataset.from_list(
+        [
+            {"question": "a?", "answer": 1},
+            {"question": "b?", "answer": None},
+        ]
+    ).to_parquet(str(path))
+    refused(
+        str(path),
+        r"row 2 has no answer in 'answer' \(needed for evaluation\)$",
+        require_answers=True,
+    )
     assert "answers" not in load_records(str(path), "data.train")[1]
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text('{"question": "a?", "answers": ["x"]}\n{"question": "b?"}\n')
@@ -236,8 +291,11 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "bad.csv").write_text('a,b\n1,2\n"never closed\n')
     for name, builder in [("bad.parquet", "parquet"), ("bad.json", "json"), ("bad.csv", "csv")]:
-        refused(str(tmp_path / name), rf"^data\.train='.*{name}': cannot read {builder} file "
-                                      r"\(\w+: .+\)$")
+        refused(
+            str(tmp_path / name),
+            rf"^data\.train='.*{name}': cannot read {builder} file "
+            r"\(\w+: .+\)$",
+        )
     saved = tmp_path / "saved"
     Dataset.from_list(ROWS).save_to_disk(str(saved))
     for arrow in saved.glob("*.arrow"):
@@ -247,9 +305,11 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_unsupported_paths(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("question\n")
-    refused(str(tmp_path / "notes.txt"),
-            r"unsupported file type '\.txt'; supported: \.jsonl, \.json, \.parquet or \.csv files, "
-            r"a save_to_disk folder or a bundled set$")
+    refused(
+        str(tmp_path / "notes.txt"),
+        r"unsupported file type '\.txt'; supported: \.jsonl, \.json, \.parquet or \.csv files, "
+        r"a save_to_disk folder or a bundled set$",
+    )
     (tmp_path / "README").write_text("hi")
     refused(str(tmp_path / "README"), r"unsupported file type '\(no suffix\)'")
     folder = tmp_path / "folder"
@@ -261,6 +321,9 @@ def test_unsupported_paths(tmp_path: Path) -> None:
 
 def test_hub_ids_are_refused_offline(isolated: list) -> None:
     for spec in ["openai/gsm8k", "hf://datasets/openai/gsm8k", "openai/gsm8k:main"]:
-        refused(spec, rf"^data\.train='{re.escape(spec)}': no such file or folder \(data sets are "
-                      r"read from local paths only, never downloaded\); give a \.jsonl")
+        refused(
+            spec,
+            rf"^data\.train='{re.escape(spec)}': no such file or folder \(data sets are "
+            r"read from local paths only, never downloaded\); give a \.jsonl",
+        )
     assert isolated == []

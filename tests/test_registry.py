@@ -10,6 +10,7 @@ from gfnlm.objectives import TrajectoryBalance
 
 BUILTIN_OBJECTIVES = ["db", "la_tb", "subtb", "tb", "tb_token"]
 
+
 def test_builtins_are_registered():
     names = registry.names("objective")
     for name in BUILTIN_OBJECTIVES:
@@ -18,7 +19,9 @@ def test_builtins_are_registered():
     assert {"alpha_power", "reward_tilted"} <= set(registry.names("target"))
     assert {"scalar", "table", "mlp"} <= set(registry.names("logz"))
     assert registry.lookup("objective", "tb") is TrajectoryBalance
-    assert TrajectoryBalance.registry_kind == "objective" and TrajectoryBalance.registry_name == "tb"
+    assert (
+        TrajectoryBalance.registry_kind == "objective" and TrajectoryBalance.registry_name == "tb"
+    )
 
 
 def test_build_with_config_and_overrides():
@@ -72,6 +75,7 @@ def test_register_then_unregister_frees_the_name():
     registry.register("task", name)(Temp)
     try:
         assert registry.build("task", name, x=3).x == 3
+
         @attrs.frozen
         class Another:
             x: int = 2
@@ -161,7 +165,13 @@ def components(target: str, objective: str, logz: str | None, **target_config):
         ("alpha_power", "subtb", None, {}, ()),
         ("alpha_power", "db", None, {}, ()),
         ("alpha_power", "la_tb", "scalar", {}, ("exact_behaviour_logp",)),
-        ("alpha_power", "la_tb", "table", {"format_penalty": -0.5}, ("response_text", "exact_behaviour_logp")),
+        (
+            "alpha_power",
+            "la_tb",
+            "table",
+            {"format_penalty": -0.5},
+            ("response_text", "exact_behaviour_logp"),
+        ),
         ("alpha_power", "tb", "mlp", {}, ("prompt_hidden",)),
         ("reward_tilted", "tb_token", "scalar", {}, ()),
     ],
@@ -195,14 +205,22 @@ def test_subtb_with_format_penalty_is_rejected():
 @pytest.mark.parametrize("objective", ["la_tb", "tb", "tb_token"])
 def test_log_z_objective_without_log_z_is_rejected(objective):
     message = assert_composition_rejected(
-        components("alpha_power", objective, None), ("exact_behaviour_logp",), "objective", objective, "log_z"
+        components("alpha_power", objective, None),
+        ("exact_behaviour_logp",),
+        "objective",
+        objective,
+        "log_z",
     )
     assert "logz 'scalar'" in message  # names the providers
 
 
 def test_mlp_log_z_without_prompt_hidden_is_rejected():
     assert_composition_rejected(
-        components("alpha_power", "la_tb", "mlp"), ("exact_behaviour_logp",), "logz", "mlp", "prompt_hidden"
+        components("alpha_power", "la_tb", "mlp"),
+        ("exact_behaviour_logp",),
+        "logz",
+        "mlp",
+        "prompt_hidden",
     )
 
 
@@ -231,10 +249,16 @@ def test_run_facts_fill_the_options_a_component_declares() -> None:
 
     registry.register("logz", "test_registry_facts")(NeedsFacts)
     try:
-        built = registry.build("logz", "test_registry_facts", {"other": 1},
-                               run_facts={"hidden_size": 64, "num_train_prompts": 12})
+        built = registry.build(
+            "logz",
+            "test_registry_facts",
+            {"other": 1},
+            run_facts={"hidden_size": 64, "num_train_prompts": 12},
+        )
         assert (built.width, built.rows, built.other) == (64, 12, 1)
-        given = registry.build("logz", "test_registry_facts", {"rows": 3}, run_facts={"num_train_prompts": 12})
+        given = registry.build(
+            "logz", "test_registry_facts", {"rows": 3}, run_facts={"num_train_prompts": 12}
+        )
         assert given.rows == 3  # the config's own value wins
         config = load_config(None, ["objective.name=tb", "logz.name=test_registry_facts"])
         assert compose(config, hidden_size=96, num_train_prompts=5).logz == NeedsFacts(96, 5, 7)
@@ -245,9 +269,13 @@ def test_run_facts_fill_the_options_a_component_declares() -> None:
 def test_every_option_of_every_registered_component_says_what_it_means() -> None:
     """The API reference shows each option's type, default and its one-line ``help`` (attrs field
     metadata, see ``registry.option``): none may be left without one."""
-    missing = [f"{kind} {name}: {field.name}" for kind in registry.KINDS for name in registry.names(kind)
-               for field in attrs.fields(registry.lookup(kind, name))
-               if field.init and not field.metadata.get("help")]
+    missing = [
+        f"{kind} {name}: {field.name}"
+        for kind in registry.KINDS
+        for name in registry.names(kind)
+        for field in attrs.fields(registry.lookup(kind, name))
+        if field.init and not field.metadata.get("help")
+    ]
     assert not missing, "options without a help text:\n  " + "\n  ".join(missing)
 
 
@@ -265,17 +293,25 @@ def test_power_mh_with_la_tb_is_rejected_naming_the_capability():
 
 @pytest.mark.parametrize(("top_p", "min_p"), [(0.9, 0.0), (0.5, 0.0), (1.0, 0.1)])
 def test_sglang_with_top_p_or_min_p_and_grpo_is_rejected(top_p, min_p):
-    sampler = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=top_p, min_p=min_p)
-    built = {"target": registry.build("target", "alpha_power"), "objective": registry.build("objective", "grpo"),
-             "sampler": sampler}
+    sampler = registry.build(
+        "sampler", "sglang", url="http://127.0.0.1:1", top_p=top_p, min_p=min_p
+    )
+    built = {
+        "target": registry.build("target", "alpha_power"),
+        "objective": registry.build("objective", "grpo"),
+        "sampler": sampler,
+    }
     message = assert_composition_rejected(built, (), "objective", "grpo", "exact_behaviour_logp")
     assert f"sampler 'sglang' withholds it: top_p={top_p:g}, min_p={min_p:g}" in message
 
 
 @pytest.mark.parametrize("objective", ["la_tb", "grpo"])
 def test_exact_samplers_are_accepted_by_importance_weighted_objectives(objective):
-    exact = [registry.build("sampler", "hf"), registry.build("sampler", "hf", top_p=0.9),
-             registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=1.0)]
+    exact = [
+        registry.build("sampler", "hf"),
+        registry.build("sampler", "hf", top_p=0.9),
+        registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=1.0),
+    ]
     for sampler in exact:
         assert "exact_behaviour_logp" in registry.capabilities(sampler, "provides")
         built = components("alpha_power", objective, "scalar")
@@ -283,7 +319,9 @@ def test_exact_samplers_are_accepted_by_importance_weighted_objectives(objective
 
 
 def test_samplers_provide_exact_behaviour_logp_only_when_true():
-    assert "exact_behaviour_logp" not in registry.capabilities(registry.build("sampler", "power_mh"), "provides")
+    assert "exact_behaviour_logp" not in registry.capabilities(
+        registry.build("sampler", "power_mh"), "provides"
+    )
     sglang = registry.build("sampler", "sglang", url="http://127.0.0.1:1", top_p=0.95)
     assert "exact_behaviour_logp" not in registry.capabilities(sglang, "provides")
     # TB-family objectives do not weight by behaviour_logp: any sampler will do.
@@ -296,6 +334,7 @@ def test_exploration_needs_a_sampler_that_can_apply_it():
     built["exploration"] = registry.build("exploration", "tempered", temperature=1.5)
     registry.check_composition({**built, "sampler": registry.build("sampler", "hf")})
     sampler = registry.build("sampler", "hf", engine="generate")
-    message = assert_composition_rejected({**built, "sampler": sampler}, (), "exploration", "tempered",
-                                          "behaviour_transform")
+    message = assert_composition_rejected(
+        {**built, "sampler": sampler}, (), "exploration", "tempered", "behaviour_transform"
+    )
     assert "engine='generate'" in message

@@ -51,8 +51,11 @@ def test_verifier_grades_with_the_labels_that_travel_with_the_rollouts():
     from gfnlm.tasks.rewards import factual_verifier, verifier
 
     texts = ["Paris.", "It is Lyon. Paris is larger.", "Berlin is the capital."]
-    rollouts = attrs.evolve(rollouts_with(texts, [0, 0, 1]), labels=(("Paris",), ("Paris",), ("Berlin",)),
-                            prompt_text=("Q1", "Q1", "Q2"))
+    rollouts = attrs.evolve(
+        rollouts_with(texts, [0, 0, 1]),
+        labels=(("Paris",), ("Paris",), ("Berlin",)),
+        prompt_text=("Q1", "Q1", "Q2"),
+    )
     assert verifier(rollouts, task=build("task", "factual")).tolist() == [1.0, 0.0, 1.0]
     assert factual_verifier(rollouts).tolist() == [1.0, 0.0, 1.0]
     # Labels, not the question text, decide: the same texts with swapped labels grade the other way.
@@ -62,6 +65,8 @@ def test_verifier_grades_with_the_labels_that_travel_with_the_rollouts():
     with pytest.raises(ValueError, match="prompt 'Q1' has no answer"):
         verifier(unlabelled)
     math = build("task", "math")
-    boxed = attrs.evolve(rollouts_with(["so \\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "1/2"], [0, 0, 0]),
-                         labels=(("1/2",),) * 3)
+    boxed = attrs.evolve(
+        rollouts_with(["so \\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "1/2"], [0, 0, 0]),
+        labels=(("1/2",),) * 3,
+    )
     assert verifier(boxed, task=math).tolist() == [1.0, 1.0, 0.0]

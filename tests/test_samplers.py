@@ -20,14 +20,20 @@ from gfnlm.tasks.prompts import PromptSet
 from gfnlm.training.config import ModelConfig
 from gfnlm.training.policy import CausalLMPolicy
 
-QUESTIONS = ["What is the capital of France?", "Name a colour.", "Who wrote the play Hamlet, and when?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a colour.",
+    "Who wrote the play Hamlet, and when?",
+]
 
 
 def prompt_batch(tokenizer, tmp_path: Path):
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
     prompts = PromptSet.load(str(path), "data.train", tokenizer, 256)
-    return prompts.batch(list(range(len(QUESTIONS))))  # different lengths: left padding is exercised
+    return prompts.batch(
+        list(range(len(QUESTIONS)))
+    )  # different lengths: left padding is exercised
 
 
 def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> CausalLMPolicy:
@@ -45,14 +51,20 @@ def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> C
     return CausalLMPolicy(model, tokenizer, config, torch.device("cpu"))
 
 
-@pytest.mark.parametrize(("temperature", "top_p", "min_p"), [(1.0, 1.0, 0.0), (0.7, 0.9, 0.0), (1.3, 1.0, 0.1)])
-def test_cached_engine_draws_the_same_tokens_as_generate(tiny_model_dir, tmp_path, temperature, top_p, min_p):
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "min_p"), [(1.0, 1.0, 0.0), (0.7, 0.9, 0.0), (1.3, 1.0, 0.1)]
+)
+def test_cached_engine_draws_the_same_tokens_as_generate(
+    tiny_model_dir, tmp_path, temperature, top_p, min_p
+):
     """Same seed, no row ends early → the RNG is consumed identically, so the tokens must be equal."""
     policy = make_policy(tiny_model_dir)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     drawn = {}
     for engine in ("cached", "generate"):
-        sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=8, engine=engine)
+        sampler = HFSampler(
+            temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=8, engine=engine
+        )
         sampler.setup(policy)
         torch.manual_seed(0)
         drawn[engine] = sampler.sample(batch, 4)
@@ -84,12 +96,28 @@ def test_greedy_decoding_equals_generate(tiny_model_dir, tmp_path):
     policy = make_policy(tiny_model_dir)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     eos, pad = policy.eos_token_id, policy.tokenizer.pad_token_id
-    ours, logp = decode_with_cache(policy.model, batch.prompt_ids, batch.prompt_mask, 1, max_new_tokens=7,
-                                   eos_token_id=eos, pad_token_id=pad, greedy=True)
-    reference = policy.model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask.long(),
-                                      do_sample=False, max_new_tokens=7, eos_token_id=eos, pad_token_id=pad,
-                                      temperature=None, top_p=None, top_k=None)
-    assert torch.equal(ours, reference[:, batch.prompt_ids.shape[1]:])
+    ours, logp = decode_with_cache(
+        policy.model,
+        batch.prompt_ids,
+        batch.prompt_mask,
+        1,
+        max_new_tokens=7,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        greedy=True,
+    )
+    reference = policy.model.generate(
+        input_ids=batch.prompt_ids,
+        attention_mask=batch.prompt_mask.long(),
+        do_sample=False,
+        max_new_tokens=7,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    assert torch.equal(ours, reference[:, batch.prompt_ids.shape[1] :])
     assert torch.equal(logp, torch.zeros_like(logp))
 
 
@@ -109,30 +137,42 @@ def test_min_p_gives_the_hand_computed_distribution():
     torch.testing.assert_close(kept, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
     assert torch.equal(min_p_filter(logits, 0.0), logits)  # 0 = off
     torch.manual_seed(0)
-    tokens, logp = next_tokens(logits.expand(20_000, 4), temperature=0.5, top_p=1.0, greedy=False, min_p=0.1)
+    tokens, logp = next_tokens(
+        logits.expand(20_000, 4), temperature=0.5, top_p=1.0, greedy=False, min_p=0.1
+    )
     expected = torch.tensor([0.25, 0.09, 0.0, 0.0]) / 0.34
     frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
     assert frequencies[2:].sum() == 0
-    assert abs(float(frequencies[0]) - float(expected[0])) < 4 * math.sqrt(0.735 * 0.265 / len(tokens))
-    torch.testing.assert_close(logp, expected.log()[tokens])  # the behaviour log-probs of the truncated law
+    assert abs(float(frequencies[0]) - float(expected[0])) < 4 * math.sqrt(
+        0.735 * 0.265 / len(tokens)
+    )
+    torch.testing.assert_close(
+        logp, expected.log()[tokens]
+    )  # the behaviour log-probs of the truncated law
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"min_p": 1.0}, "sampling.min_p=1.0: must be in [0, 1)"),
-    ({"min_p": -0.1}, "sampling.min_p=-0.1: must be in [0, 1)"),
-    ({"engine": "vllm"}, "engine='vllm': must be one of cached, generate"),
-    ({"top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
-    ({"temperature": 0.0}, "sampling.temperature=0.0: must be > 0"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_p": 1.0}, "sampling.min_p=1.0: must be in [0, 1)"),
+        ({"min_p": -0.1}, "sampling.min_p=-0.1: must be in [0, 1)"),
+        ({"engine": "vllm"}, "engine='vllm': must be one of cached, generate"),
+        ({"top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
+        ({"temperature": 0.0}, "sampling.temperature=0.0: must be > 0"),
+    ],
+)
 def test_bad_sampler_options_are_one_line_errors(options, message):
     with pytest.raises(ConfigError, match=None) as error:
         HFSampler(**options)
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize(("need_hidden", "prefix_pass"), [(False, False), (False, True), (True, False)])
-def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_dir, tmp_path, monkeypatch,
-                                                                     need_hidden, prefix_pass):
+@pytest.mark.parametrize(
+    ("need_hidden", "prefix_pass"), [(False, False), (False, True), (True, False)]
+)
+def test_shared_prompt_pass_equals_full_forward_values_and_gradients(
+    tiny_model_dir, tmp_path, monkeypatch, need_hidden, prefix_pass
+):
     """The policy's one-pass-per-distinct-prompt evaluation (responses in length buckets, each as
     wide as its longest; with ``prefix_pass`` the prompts' common prefix in a pass of its own, the
     rest of each left-padded prompt on top) gives the same log-probs, entropies, prompt features and
@@ -144,24 +184,35 @@ def test_shared_prompt_pass_equals_full_forward_values_and_gradients(tiny_model_
     sampler.setup(policy)
     torch.manual_seed(1)
     rollouts = sampler.sample(batch, 3)
-    rollouts = rollouts.select(torch.randperm(rollouts.batch_size))  # groups scattered, as in a minibatch
+    rollouts = rollouts.select(
+        torch.randperm(rollouts.batch_size)
+    )  # groups scattered, as in a minibatch
     assert len(set(rollouts.lengths.tolist())) >= 3  # the length buckets differ in width
     # EOS log-probs are defined after 0..n ordinary tokens (n = |y| - 1 with EOS, |y| truncated).
-    visited = torch.arange(rollouts.response_ids.shape[1] + 1) <= (
-        rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
+    visited = (
+        torch.arange(rollouts.response_ids.shape[1] + 1)
+        <= (rollouts.lengths - rollouts.ended_with_eos.long())[:, None]
+    )
     results, passes, output_rows = {}, [], []
     policy.model.register_forward_pre_hook(lambda module, args: passes.append(module))
     # the chunked log-probs read the output layer's weight: the layer itself runs on no position
-    output_layer_of(policy.model).register_forward_hook(lambda module, args, out: output_rows.append(args[0].shape[-2]))
+    output_layer_of(policy.model).register_forward_hook(
+        lambda module, args, out: output_rows.append(args[0].shape[-2])
+    )
     for shared in (True, False):
         policy.share_prompts = shared
         policy.model.zero_grad(set_to_none=True)
         passes.clear()
         evaluation = policy.evaluate(rollouts, need_prompt_hidden=need_hidden)
         if shared:  # the prompts, (the prefix,) and one pass per length bucket
-            assert len(passes) == 1 + prefix_pass + len(rollouts.lengths.chunk(policy_module.LENGTH_BUCKETS))
-        loss = (evaluation.token_logp.sum() + evaluation.eos_logp[visited].sum()
-                + (evaluation.prompt_hidden.sum() if need_hidden else 0))
+            assert len(passes) == 1 + prefix_pass + len(
+                rollouts.lengths.chunk(policy_module.LENGTH_BUCKETS)
+            )
+        loss = (
+            evaluation.token_logp.sum()
+            + evaluation.eos_logp[visited].sum()
+            + (evaluation.prompt_hidden.sum() if need_hidden else 0)
+        )
         loss.backward()
         grads = [p.grad.clone() for p in policy.trainable_parameters()]
         base = policy.score_base(rollouts, need_eos_logp=True)
@@ -192,8 +243,9 @@ def response_logits(policy: CausalLMPolicy, rollouts) -> torch.Tensor:
     """The model's full logits at the positions predicting each response token, recomputed plainly."""
     ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
     mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
-    return policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
-                        ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
+    return policy.model(
+        input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+    ).logits[:, rollouts.prompt_ids.shape[1] - 1 : -1]
 
 
 def test_policy_reports_self_certainty_as_kl_from_uniform(tiny_model_dir, tmp_path):
@@ -218,7 +270,9 @@ def test_evaluation_samples_at_the_requested_temperature(tiny_model_dir, tmp_pat
 
     policy = make_policy(tiny_model_dir)
     path = tmp_path / "eval.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "answers": ["x"]}) + "\n" for q in QUESTIONS))
+    path.write_text(
+        "".join(json.dumps({"question": q, "answers": ["x"]}) + "\n" for q in QUESTIONS)
+    )
     prompts = PromptSet.load(str(path), "data.eval", policy.tokenizer, 256, require_answers=True)
     torch.manual_seed(0)
     cold = evaluate(policy, prompts, 4, 6, progress=False, temperature=1e-4)
@@ -247,7 +301,9 @@ def test_policy_entropy_keeps_its_gradient_only_when_requested(tiny_model_dir, t
     policy.model.zero_grad()
     log_pi = response_logits(policy, rollouts).log_softmax(-1)
     entropy = -(log_pi.exp() * log_pi).sum(-1)
-    torch.testing.assert_close(evaluation.entropy.detach(), (entropy * weights).detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        evaluation.entropy.detach(), (entropy * weights).detach(), atol=1e-4, rtol=1e-4
+    )
     (entropy * weights).sum().backward()
     for mine, reference in zip(got, [p.grad for p in policy.trainable_parameters()], strict=True):
         torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-3)

@@ -63,7 +63,9 @@ def server(small_smollm2: Path):
 
 
 def make_policy(model_dir: Path, lora_seed: int | None = None) -> CausalLMPolicy:
-    policy = CausalLMPolicy.from_config(ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu"))
+    policy = CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu")
+    )
     if lora_seed is not None:  # a policy that is not the base model
         generator = torch.Generator().manual_seed(lora_seed)
         with torch.no_grad():
@@ -76,13 +78,19 @@ def make_policy(model_dir: Path, lora_seed: int | None = None) -> CausalLMPolicy
 def prompt_batch(policy: CausalLMPolicy):
     texts = tuple(format_prompt(policy.tokenizer, q) for q in QUESTIONS)
     ids = tuple(tuple(policy.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    prompts = PromptSet(QUESTIONS, (None,) * len(QUESTIONS), texts, ids, int(policy.tokenizer.pad_token_id))
+    prompts = PromptSet(
+        QUESTIONS, (None,) * len(QUESTIONS), texts, ids, int(policy.tokenizer.pad_token_id)
+    )
     return prompts.batch(list(range(len(QUESTIONS))))
 
 
 def served_logp_gap(policy: CausalLMPolicy, rollouts) -> float:
     evaluation = policy.evaluate(rollouts)
-    return float(((evaluation.token_logp.detach() - rollouts.behaviour_logp) * rollouts.response_mask).abs().max())
+    return float(
+        ((evaluation.token_logp.detach() - rollouts.behaviour_logp) * rollouts.response_mask)
+        .abs()
+        .max()
+    )
 
 
 def live_processes_in_group(pgid: int) -> list[int]:
@@ -99,7 +107,9 @@ def live_processes_in_group(pgid: int) -> list[int]:
     return alive
 
 
-def start_serve(command: list[str], tmp_path: Path, url_line: str = r"at (http://\S+) \(pid (\d+)\)"):
+def start_serve(
+    command: list[str], tmp_path: Path, url_line: str = r"at (http://\S+) \(pid (\d+)\)"
+):
     """Start ``gfnlm serve`` (``command``) with its temporary files under ``tmp_path``; return the
     process, the URL and the server's process group from the first line it prints."""
     import re
@@ -111,8 +121,13 @@ def start_serve(command: list[str], tmp_path: Path, url_line: str = r"at (http:/
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={**os.environ, "TMPDIR": str(tmp_path)})
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -137,15 +152,21 @@ def stop_serve_with_ctrl_c(process, tmp_path: Path, engine: str) -> None:
 def test_merged_weights_equal_the_adapted_model(small_smollm2: Path) -> None:
     policy = make_policy(small_smollm2, lora_seed=3)
     plain = AutoModelForCausalLM.from_pretrained(small_smollm2, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(merged_state_dict(policy.model, torch.float32), strict=False)
+    missing, unexpected = plain.load_state_dict(
+        merged_state_dict(policy.model, torch.float32), strict=False
+    )
     assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to the embeddings
     ids = torch.tensor([[1, 504, 3575, 282, 4649]])
     with torch.no_grad():
-        torch.testing.assert_close(plain(ids).logits, policy.model(input_ids=ids).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            plain(ids).logits, policy.model(input_ids=ids).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_bad_options_fail_before_any_connection() -> None:
-    with pytest.raises(ConfigError, match=r"^sampling.sampler_options.weight_sync='fast': must be one of"):
+    with pytest.raises(
+        ConfigError, match=r"^sampling.sampler_options.weight_sync='fast': must be one of"
+    ):
         SGLangSampler(url="http://127.0.0.1:1", weight_sync="fast")
     with pytest.raises(ConfigError, match=r"scores_base=true with weight_sync=full"):
         SGLangSampler(url="http://127.0.0.1:1", scores_base=True)
@@ -154,7 +175,9 @@ def test_bad_options_fail_before_any_connection() -> None:
 
 
 @pytest.mark.parametrize("how", ["ctrl_c", "kill_9"])
-def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path: Path, how: str) -> None:
+def test_gfnlm_serve_never_leaves_a_server_behind(
+    small_smollm2: Path, tmp_path: Path, how: str
+) -> None:
     """``gfnlm serve`` prints the URL of a healthy server; Ctrl-C stops it and all its processes,
     and so does a ``kill -9`` of ``gfnlm serve`` itself (the supervisor's parent-death signal).
     ``ctrl_c`` starts it the documented way (``--cpu``: the repository's CPU recipe) and checks
@@ -163,9 +186,20 @@ def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path:
         command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--cpu"]
     else:
         launch = cpu_launch()
-        command = [sys.executable, "-m", "gfnlm.cli", "serve", str(small_smollm2), "--python", launch["python"],
-                   "--startup-timeout", "600", *(f"--env={k}={v}" for k, v in launch["env"].items()),
-                   "--", *launch["args"]]
+        command = [
+            sys.executable,
+            "-m",
+            "gfnlm.cli",
+            "serve",
+            str(small_smollm2),
+            "--python",
+            launch["python"],
+            "--startup-timeout",
+            "600",
+            *(f"--env={k}={v}" for k, v in launch["env"].items()),
+            "--",
+            *launch["args"],
+        ]
     process, url, pid = start_serve(command, tmp_path)
     from gfnlm.serving.sglang_client import SGLangClient
 
@@ -181,15 +215,27 @@ def test_gfnlm_serve_never_leaves_a_server_behind(small_smollm2: Path, tmp_path:
     assert not live_processes_in_group(pid) and not SGLangClient(url).healthy()
 
 
-def test_killing_the_launched_server_mid_run_is_a_clear_error(small_smollm2: Path, prompt_files,
-                                                               tmp_path: Path) -> None:
+def test_killing_the_launched_server_mid_run_is_a_clear_error(
+    small_smollm2: Path, prompt_files, tmp_path: Path
+) -> None:
     """The trainer launches its own server; killing it after the first checkpoint stops the run with
     one line naming the URL and the operation, leaves that checkpoint intact and no process behind."""
     train, evaluation = prompt_files
     launch = cpu_launch()
-    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
-        "sampling.sampler": "sglang", "train.steps": 50, "train.save_every": 1, "data.eval": "''",
-        "sampling.sampler_options.timeout_s": 30, "sampling.sampler_options.retries": 1})
+    overrides = tiny_overrides(
+        small_smollm2,
+        train,
+        evaluation,
+        tmp_path / "run",
+        **{
+            "sampling.sampler": "sglang",
+            "train.steps": 50,
+            "train.save_every": 1,
+            "data.eval": "''",
+            "sampling.sampler_options.timeout_s": 30,
+            "sampling.sampler_options.retries": 1,
+        },
+    )
     config = load_config(REPO / "configs/default.yaml", overrides)
     config.sampling.sampler_options["launch"] = launch
     trainer = Trainer(config, progress=False)
@@ -210,6 +256,7 @@ def test_killing_the_launched_server_mid_run_is_a_clear_error(small_smollm2: Pat
     assert "\n" not in message and time.monotonic() - started < 300
     # The checkpoints written before the kill load; no server process is left.
     from gfnlm.training import checkpoint
+
     last = checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert last is not None and checkpoint.load_checkpoint(last)[1]["step"] >= 1
     assert trainer.components.sampler._server is None
@@ -228,14 +275,20 @@ def test_rollouts_are_the_servers_tokens_and_logprobs(server, small_smollm2: Pat
     # The same tokens the server reports for the same request, decoded the same way.
     first = rollouts.prompt_ids[0][rollouts.prompt_mask[0]].tolist()
     response = rollouts.response_ids[0][rollouts.response_mask[0]].tolist()
-    replay = sampler._client.generate({"input_ids": first + response[:-1] if len(response) > 1 else first,
-                                       "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
-                                       "logprob_start_len": len(first) - 1})[0]
+    replay = sampler._client.generate(
+        {
+            "input_ids": first + response[:-1] if len(response) > 1 else first,
+            "sampling_params": {"max_new_tokens": 0},
+            "return_logprob": True,
+            "logprob_start_len": len(first) - 1,
+        }
+    )[0]
     replayed_ids = [int(e[1]) for e in replay["meta_info"]["input_token_logprobs"][1:]]
     assert replayed_ids == response[:-1][: len(replayed_ids)]
     texts = policy.tokenizer.batch_decode(
         rollouts.response_ids.masked_fill(~rollouts.response_mask, policy.tokenizer.pad_token_id),
-        skip_special_tokens=True)
+        skip_special_tokens=True,
+    )
     assert list(rollouts.response_text) == texts
     # EOS vs truncation: EOS is the last kept token exactly when the row says it ended with EOS.
     last = rollouts.response_ids.gather(1, (rollouts.lengths - 1)[:, None]).squeeze(1)
@@ -252,7 +305,10 @@ def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: 
     sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="none", scores_base=True)
     sampler.setup(policy)
     rollouts = sampler.sample(prompt_batch(policy), 3)
-    served, local = sampler.score_base(rollouts, need_eos_logp=True), policy.score_base(rollouts, True)
+    served, local = (
+        sampler.score_base(rollouts, need_eos_logp=True),
+        policy.score_base(rollouts, True),
+    )
     assert float((served.token_logp - local.token_logp).abs().max()) < LOGP_TOL
     prefixes = torch.arange(served.eos_logp.shape[1])[None, :] <= rollouts.lengths[:, None]
     assert float(((served.eos_logp - local.eos_logp) * prefixes).abs().max()) < LOGP_TOL
@@ -265,19 +321,34 @@ def test_a_launched_base_server_scores_the_base_model(server, small_smollm2: Pat
     engine), its scores (and per-prefix EOS log-probs) are the local base model's, and it stops
     with the sampler."""
     policy = make_policy(small_smollm2, lora_seed=2)
-    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", scores_base=True,
-                            base_launch=cpu_launch())
+    sampler = SGLangSampler(
+        url=server.url,
+        max_new_tokens=10,
+        weight_sync="full",
+        scores_base=True,
+        base_launch=cpu_launch(),
+    )
     sampler.setup(policy)
     base_server = sampler._base_server
     rollouts = sampler.sample(prompt_batch(policy), 2)
-    served, local = sampler.score_base(rollouts, need_eos_logp=True), policy.score_base(rollouts, True)
-    assert float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max()) < LOGP_TOL
+    served, local = (
+        sampler.score_base(rollouts, need_eos_logp=True),
+        policy.score_base(rollouts, True),
+    )
+    assert (
+        float(((served.token_logp - local.token_logp) * rollouts.response_mask).abs().max())
+        < LOGP_TOL
+    )
     prefixes = torch.arange(served.eos_logp.shape[1])[None, :] <= rollouts.lengths[:, None]
     assert float(((served.eos_logp - local.eos_logp) * prefixes).abs().max()) < LOGP_TOL
-    assert served_logp_gap(policy, rollouts) < LOGP_TOL  # the rollouts came from the policy, not the base
+    assert (
+        served_logp_gap(policy, rollouts) < LOGP_TOL
+    )  # the rollouts came from the policy, not the base
     sampler.close()
     assert not base_server.alive() and server.alive()
-    restore = SGLangSampler(url=server.url, weight_sync="full")  # leave the shared server with the base weights
+    restore = SGLangSampler(
+        url=server.url, weight_sync="full"
+    )  # leave the shared server with the base weights
     restore.setup(make_policy(small_smollm2))
     restore.close()
 
@@ -298,19 +369,26 @@ def check_sync_serves_the_updated_policy(sampler, model_dir: Path) -> None:
     sampler.close()
 
 
-def test_after_a_weight_sync_the_server_matches_the_updated_policy(server, small_smollm2: Path) -> None:
+def test_after_a_weight_sync_the_server_matches_the_updated_policy(
+    server, small_smollm2: Path
+) -> None:
     sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="full", sync_every=2)
     check_sync_serves_the_updated_policy(sampler, small_smollm2)
 
 
-def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_model_dir: Path) -> None:
+def test_wrong_servers_are_one_line_errors(
+    server, small_smollm2: Path, tiny_model_dir: Path
+) -> None:
     # Other weights (same tokenizer, same architecture family): the identity probe catches it.
     other = make_policy(tiny_model_dir)
     with pytest.raises(ServerError, match=r"does not serve the policy's weights"):
         SGLangSampler(url=server.url, weight_sync="none").setup(other)
     # Other architecture: found before any weights are pushed (a wrong push can kill a server).
-    with pytest.raises(ServerError, match=r"serves another architecture: 'model.layers.0.input_layernorm.weight' "
-                                          r"has 576 values there, 64 here; weights not pushed") as error:
+    with pytest.raises(
+        ServerError,
+        match=r"serves another architecture: 'model.layers.0.input_layernorm.weight' "
+        r"has 576 values there, 64 here; weights not pushed",
+    ) as error:
         SGLangSampler(url=server.url, weight_sync="full", timeout_s=60).setup(other)
     assert "\n" not in str(error.value) and server.alive()
     # Nobody listening: names the URL and the operation, at once.
@@ -321,18 +399,38 @@ def test_wrong_servers_are_one_line_errors(server, small_smollm2: Path, tiny_mod
     assert time.monotonic() - started < 10
 
 
-def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt_files, tmp_path: Path) -> None:
+def test_powerflow_trains_through_the_server(
+    server, small_smollm2: Path, prompt_files, tmp_path: Path
+) -> None:
     train, evaluation = prompt_files
-    overrides = tiny_overrides(small_smollm2, train, evaluation, tmp_path / "run", **{
-        "sampling.sampler": "sglang", "sampling.sampler_options.url": server.url,
-        "train.steps": 3, "train.eval_samples": 1, "data.eval": "''"})
+    overrides = tiny_overrides(
+        small_smollm2,
+        train,
+        evaluation,
+        tmp_path / "run",
+        **{
+            "sampling.sampler": "sglang",
+            "sampling.sampler_options.url": server.url,
+            "train.steps": 3,
+            "train.eval_samples": 1,
+            "data.eval": "''",
+        },
+    )
     trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
-    before = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad}
+    before = {
+        n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad
+    }
     trainer.train()
     logged = scalars(tmp_path / "run" / "tb")
     assert [step for step, _ in logged["train/loss"]] == [1, 2, 3]
-    assert all(value == 0 for _, value in logged["train/sampler/staleness"])  # synced after every step
-    moved = [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert all(
+        value == 0 for _, value in logged["train/sampler/staleness"]
+    )  # synced after every step
+    moved = [
+        n
+        for n, p in trainer.policy.model.named_parameters()
+        if p.requires_grad and not torch.equal(p, before[n])
+    ]
     assert moved
     # The server now serves the trained policy (version 3).
     check = SGLangSampler(url=server.url, max_new_tokens=8, weight_sync="none")
@@ -342,21 +440,52 @@ def test_powerflow_trains_through_the_server(server, small_smollm2: Path, prompt
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
-def test_two_ranks_share_one_server(server, small_smollm2: Path, prompt_files, tmp_path: Path, parallel: str) -> None:
+def test_two_ranks_share_one_server(
+    server, small_smollm2: Path, prompt_files, tmp_path: Path, parallel: str
+) -> None:
     """torchrun, 2 processes (gloo): both ranks sample from one server, rank 0 pushes the weights
     after each step; at the end the server serves the run's final policy."""
     import subprocess
 
     from gfnlm.training import checkpoint
+
     train, evaluation = prompt_files
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_smollm2, train, evaluation, out, **{
-        "sampling.sampler": "sglang", "sampling.sampler_options.url": server.url, "train.steps": 2,
-        "data.eval": "''", "train.parallel": parallel, "objective.name": "tb"})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"), *overrides, "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "GFNLM_DEBUG": "1"})
+    overrides = tiny_overrides(
+        small_smollm2,
+        train,
+        evaluation,
+        out,
+        **{
+            "sampling.sampler": "sglang",
+            "sampling.sampler_options.url": server.url,
+            "train.steps": 2,
+            "data.eval": "''",
+            "train.parallel": parallel,
+            "objective.name": "tb",
+        },
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "gfnlm.cli",
+        "train",
+        str(REPO / "configs/default.yaml"),
+        *overrides,
+        "--quiet",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GFNLM_DEBUG": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     policy = make_policy(small_smollm2)
     policy_state, _ = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))

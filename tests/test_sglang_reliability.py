@@ -68,7 +68,9 @@ class SilentServer:
                 continue
             conn.settimeout(5.0)
             try:
-                self.request_lines.append(conn.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace"))
+                self.request_lines.append(
+                    conn.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
+                )
             except TimeoutError:
                 self.request_lines.append("")
             held.append(conn)
@@ -93,7 +95,9 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         self.received = 0
         super().__init__(("127.0.0.1", 0), _ScriptedHandler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        ).start()
 
 
 class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
@@ -116,42 +120,76 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
 
 
 def tiny_policy(model_dir: Path) -> CausalLMPolicy:
-    return CausalLMPolicy.from_config(ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu"))
+    return CausalLMPolicy.from_config(
+        ModelConfig(path=str(model_dir)), model_dir, torch.device("cpu")
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Deadlines, no resubmission, visible waiting
 
 
-def test_silent_server_fails_a_cli_run_within_the_deadline(tiny_model_dir: Path, prompt_files,
-                                                          tmp_path: Path) -> None:
+def test_silent_server_fails_a_cli_run_within_the_deadline(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
     """``gfnlm train`` against a server that accepts and never answers: a progress line while it
     waits, then exit 1 at the 12 s deadline with one line naming the URL and the deadline; the
     server saw ONE /generate (no resubmission), and no weight folder is left in the temp dir."""
     silent = SilentServer()
     train, evaluation = prompt_files
-    overrides = tiny_overrides(tiny_model_dir, train, evaluation, tmp_path / "run", **{
-        "sampling.sampler": "sglang", f"{OPTION}.url": silent.url, f"{OPTION}.timeout_s": 12,
-        "train.steps": 1, "data.eval": "''"})
-    command = [sys.executable, "-m", "gfnlm.cli", "train", str(REPO / "configs/default.yaml"), *overrides, "--quiet"]
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        train,
+        evaluation,
+        tmp_path / "run",
+        **{
+            "sampling.sampler": "sglang",
+            f"{OPTION}.url": silent.url,
+            f"{OPTION}.timeout_s": 12,
+            "train.steps": 1,
+            "data.eval": "''",
+        },
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "gfnlm.cli",
+        "train",
+        str(REPO / "configs/default.yaml"),
+        *overrides,
+        "--quiet",
+    ]
     temp = tmp_path / "tmp"
     temp.mkdir()
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
-    lines = [(time.monotonic(), line.rstrip("\n")) for line in process.stderr]  # stamped as they arrive
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"},
+    )
+    lines = [
+        (time.monotonic(), line.rstrip("\n")) for line in process.stderr
+    ]  # stamped as they arrive
     code = process.wait(timeout=30)
     ended = time.monotonic()
     silent.close()
     stderr = "\n".join(line for _, line in lines)
     waiting = [(at, line) for at, line in lines if line.startswith("waiting for SGLang server")]
     assert code == 1, stderr[-3000:]
-    assert waiting and waiting[0][1] == f"waiting for SGLang server {silent.url}/generate (tokenizer check): 10 s of 12 s"
+    assert (
+        waiting
+        and waiting[0][1]
+        == f"waiting for SGLang server {silent.url}/generate (tokenizer check): 10 s of 12 s"
+    )
     assert ended - waiting[0][0] < 12  # the call failed about 2 s after its 10 s progress line
     assert ended - started < 12 + 90  # the deadline plus start-up and a tiny model's loading
     last = lines[-1][1]
-    assert last.startswith(f"gfnlm train: error: SGLang server {silent.url}/generate did not answer "
-                           "tokenizer check within its deadline of 12 s"), stderr[-3000:]
+    assert last.startswith(
+        f"gfnlm train: error: SGLang server {silent.url}/generate did not answer "
+        "tokenizer check within its deadline of 12 s"
+    ), stderr[-3000:]
     assert len(silent.generate_requests()) == 1, silent.request_lines
     assert not list(temp.glob("gfnlm-weights-*")) and not list(temp.glob("gfnlm-sglang-*"))
 
@@ -164,31 +202,44 @@ def test_a_timed_out_request_is_never_sent_again(monkeypatch: pytest.MonkeyPatch
     lines: list[str] = []
     client = SGLangClient(silent.url, timeout_s=1.6, retries=5, report=lines.append)
     started = time.monotonic()
-    with pytest.raises(ServerError, match=rf"^SGLang server {silent.url}/generate did not answer probe within "
-                                          r"its deadline of 1.6 s .*not sent again$"):
+    with pytest.raises(
+        ServerError,
+        match=rf"^SGLang server {silent.url}/generate did not answer probe within "
+        r"its deadline of 1.6 s .*not sent again$",
+    ):
         client.generate({"text": "x"}, "probe")
     assert 1.5 < time.monotonic() - started < 3
     silent.close()
     assert len(silent.generate_requests()) == 1
-    assert lines[:2] == [f"waiting for SGLang server {silent.url}/generate (probe): {s:g} s of 1.6 s" for s in (0.5, 1)]
+    assert lines[:2] == [
+        f"waiting for SGLang server {silent.url}/generate (probe): {s:g} s of 1.6 s"
+        for s in (0.5, 1)
+    ]
 
 
 def test_only_requests_that_never_arrived_or_got_503_are_retried() -> None:
     # 503 then 200: retried, and the answer comes back.
     busy = ScriptedServer([503, 200])
-    assert SGLangClient(busy.url, timeout_s=10, retries=2, report=print).generate({}) == [{"ok": True}]
+    assert SGLangClient(busy.url, timeout_s=10, retries=2, report=print).generate({}) == [
+        {"ok": True}
+    ]
     assert busy.received == 2
     busy.shutdown()
     # The server read the request and dropped the connection: it may be running it, so no resend.
     dropping = ScriptedServer(["drop", 200])
-    with pytest.raises(ServerError, match=rf"^SGLang server {dropping.url}/generate unreachable during generate"):
+    with pytest.raises(
+        ServerError, match=rf"^SGLang server {dropping.url}/generate unreachable during generate"
+    ):
         SGLangClient(dropping.url, timeout_s=10, retries=2, report=print).generate({})
     assert dropping.received == 1
     dropping.shutdown()
     # Nobody listening: retried (it never arrived), then one line, fast.
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(ServerError, match=rf"^SGLang server {dead}/generate unreachable during generate: Connection refused"):
+    with pytest.raises(
+        ServerError,
+        match=rf"^SGLang server {dead}/generate unreachable during generate: Connection refused",
+    ):
         SGLangClient(dead, timeout_s=10, retries=2, report=print).generate({})
     assert time.monotonic() - started < 3
 
@@ -197,28 +248,49 @@ def test_waiting_for_a_launch_is_visible(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(sglang_client, "PROGRESS_EVERY_S", 0.5)
     lines: list[str] = []
     silent = SilentServer(lifetime_s=30)
-    with pytest.raises(ServerError, match=rf"^SGLang server {silent.url}/health did not answer within the "
-                                          r"start-up deadline of 1.2 s"):
+    with pytest.raises(
+        ServerError,
+        match=rf"^SGLang server {silent.url}/health did not answer within the "
+        r"start-up deadline of 1.2 s",
+    ):
         SGLangClient(silent.url, report=lines.append).wait_healthy(1.2)
     silent.close()
-    assert lines and lines[0] == f"waiting for SGLang server {silent.url}/health (start-up): 0.5 s of 1.2 s"
+    assert (
+        lines
+        and lines[0] == f"waiting for SGLang server {silent.url}/health (start-up): 0.5 s of 1.2 s"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Checks that need no model: at construction (the registry builds the sampler before the model loads)
 
 
-@pytest.mark.parametrize("url", ["http://", "http://:80", "http://host:99999", "localhost:30000",
-                                 "http://local host:30000", " http://127.0.0.1:30000", "ftp://127.0.0.1:30000"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://",
+        "http://:80",
+        "http://host:99999",
+        "localhost:30000",
+        "http://local host:30000",
+        " http://127.0.0.1:30000",
+        "ftp://127.0.0.1:30000",
+    ],
+)
 def test_a_malformed_url_fails_at_construction(url: str) -> None:
-    with pytest.raises(InputError, match=rf"{OPTION}.url={re.escape(repr(url))}: not a server URL; allowed: "
-                                         r"http://HOST\[:PORT\] or https://HOST\[:PORT\] with PORT in 1-65535"):
+    with pytest.raises(
+        InputError,
+        match=rf"{OPTION}.url={re.escape(repr(url))}: not a server URL; allowed: "
+        r"http://HOST\[:PORT\] or https://HOST\[:PORT\] with PORT in 1-65535",
+    ):
         registry.build("sampler", "sglang", {"url": url})
     with pytest.raises(InputError, match=rf"{OPTION}.base_url="):
         registry.build("sampler", "sglang", {"url": "http://127.0.0.1:30000", "base_url": url})
 
 
-def test_a_wrong_launch_interpreter_fails_at_construction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_launch_interpreter_fails_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     field = f"{OPTION}.launch.python"
     with pytest.raises(InputError, match=rf"{field}='{tmp_path}/nope': no such interpreter"):
         registry.build("sampler", "sglang", {"launch": {"python": str(tmp_path / "nope")}})
@@ -228,23 +300,32 @@ def test_a_wrong_launch_interpreter_fails_at_construction(tmp_path: Path, monkey
         registry.build("sampler", "sglang", {"launch": {"python": str(plain)}})
     # This venv's interpreter has no sglang (it lives in .bench-venvs/sglang).
     started = time.monotonic()
-    with pytest.raises(InputError, match=rf"{field}='{sys.executable}': cannot import sglang; .*make sglang-cpu"):
+    with pytest.raises(
+        InputError, match=rf"{field}='{sys.executable}': cannot import sglang; .*make sglang-cpu"
+    ):
         registry.build("sampler", "sglang", {"launch": {"python": sys.executable}})
     assert time.monotonic() - started < 5
     # The CPU recipe comes with a checkout of the repository: without it, one line naming the option.
     monkeypatch.setattr(serve, "CPU_RECIPE", tmp_path / "tools" / "sglang_cpu" / "launch.py")
-    with pytest.raises(InputError, match=rf"{OPTION}.launch.cpu: the CPU recipe tools/sglang_cpu is not here"):
+    with pytest.raises(
+        InputError, match=rf"{OPTION}.launch.cpu: the CPU recipe tools/sglang_cpu is not here"
+    ):
         registry.build("sampler", "sglang", {"launch": {"cpu": True}})
 
 
-def test_serve_without_the_cpu_recipe_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_serve_without_the_cpu_recipe_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setattr(serve, "CPU_RECIPE", tmp_path / "launch.py")
     assert cli.main(["serve", "--cpu"]) == 2
-    assert re.fullmatch(r"gfnlm serve: error: --cpu: the CPU recipe tools/sglang_cpu is not here .*\n",
-                        capsys.readouterr().err)
+    assert re.fullmatch(
+        r"gfnlm serve: error: --cpu: the CPU recipe tools/sglang_cpu is not here .*\n",
+        capsys.readouterr().err,
+    )
     assert cli.main(["serve", "--python", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.startswith(f"gfnlm serve: error: --python='{tmp_path}/nope': no such interpreter")
+    assert capsys.readouterr().err.startswith(
+        f"gfnlm serve: error: --python='{tmp_path}/nope': no such interpreter"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,16 +333,21 @@ def test_serve_without_the_cpu_recipe_is_one_line(tmp_path: Path, monkeypatch: p
 
 
 def test_a_failed_setup_leaves_only_the_servers_log_in_the_temp_dir(
-        tiny_model_dir: Path, tmp_path: Path, temp_dir: Path) -> None:
+    tiny_model_dir: Path, tmp_path: Path, temp_dir: Path
+) -> None:
     policy = tiny_policy(tiny_model_dir)
     # A server that is not there: the weight folder made for it goes with the failure.
-    dead = registry.build("sampler", "sglang", {"url": f"http://127.0.0.1:{free_port()}", "retries": 0})
+    dead = registry.build(
+        "sampler", "sglang", {"url": f"http://127.0.0.1:{free_port()}", "retries": 0}
+    )
     with pytest.raises(ServerError, match="unreachable during tokenizer check"):
         dead.setup(policy)
     # A launch that dies at start: the error quotes its output and names its log, which is kept;
     # the server's private temporary folder goes.
     fake = tmp_path / "fake-python"
-    fake.write_text('#!/bin/sh\ncase "$2" in *find_spec*) exit 0;; esac\necho "fake sglang: no GPU here"\nexit 3\n')
+    fake.write_text(
+        '#!/bin/sh\ncase "$2" in *find_spec*) exit 0;; esac\necho "fake sglang: no GPU here"\nexit 3\n'
+    )
     fake.chmod(0o755)
     launched = registry.build("sampler", "sglang", {"launch": {"python": str(fake)}})
     expected = r"exited before /health answered; last server output \(full log: \S+\): fake sglang"
@@ -349,8 +435,10 @@ def test_a_server_that_fails_at_start_keeps_its_log_and_quotes_whole_lines(temp_
         CommandServer(FAILING_SERVER).start()
     message = str(error.value)
     log = quoted_log(message)
-    assert message.endswith("exited before /health answered; "
-                            f"last server output (full log: {log}): " + " | ".join(lines[4:]))
+    assert message.endswith(
+        "exited before /health answered; "
+        f"last server output (full log: {log}): " + " | ".join(lines[4:])
+    )
     assert len(lines[4]) == 131 and lines[3] not in message
     assert log.read_text() == "".join(f"{line}\n\n" for line in lines)
     assert [p.name for p in temp_dir.iterdir()] == [log.name]
@@ -369,8 +457,10 @@ def test_a_clean_stop_leaves_nothing(temp_dir: Path, monkeypatch: pytest.MonkeyP
     while "CACHE_DIR=" not in server.log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     output = server.log_path.read_text().splitlines()
-    assert output[:2] == [f"TMPDIR={private}", f"TORCHINDUCTOR_CACHE_DIR={temp_dir}/torchinductor_"
-                          + getpass.getuser()]
+    assert output[:2] == [
+        f"TMPDIR={private}",
+        f"TORCHINDUCTOR_CACHE_DIR={temp_dir}/torchinductor_" + getpass.getuser(),
+    ]
     assert next(p.name for p in private.iterdir()).startswith("ipc-")
     started = time.monotonic()
     server.stop()
@@ -390,16 +480,19 @@ def test_a_server_that_exits_on_its_own_keeps_its_log(temp_dir: Path, quoted: bo
         time.sleep(0.1)
     assert not server.alive()
     if quoted:
-        assert server.log_tail() == (f"TMPDIR={private} | "
-                                     f"TORCHINDUCTOR_CACHE_DIR={INDUCTOR_CACHE} | "
-                                     f"stand-in server: exiting on request (full log: {log})")
+        assert server.log_tail() == (
+            f"TMPDIR={private} | "
+            f"TORCHINDUCTOR_CACHE_DIR={INDUCTOR_CACHE} | "
+            f"stand-in server: exiting on request (full log: {log})"
+        )
     server.stop()
     assert [p.name for p in temp_dir.iterdir()] == [log.name]
     assert log.read_text().endswith("stand-in server: exiting on request\n")
 
 
 def test_a_long_temp_dir_path_puts_the_servers_folder_in_tmp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under a temp dir whose path leaves no room for vLLM's socket names (a UUID) in a folder of
     its own, the server's folder and log go to /tmp, and a clean stop still removes them."""
     long = tmp_path / ("long-" * 10)
@@ -428,8 +521,9 @@ def test_the_quoted_lines_are_whole(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_real_sglang_server_leaves_nothing_in_the_temp_dir(small_smollm2: Path,
-                                                             temp_dir: Path) -> None:
+def test_a_real_sglang_server_leaves_nothing_in_the_temp_dir(
+    small_smollm2: Path, temp_dir: Path
+) -> None:
     """A real SGLang CPU server (~35 s to start) makes its ZMQ ipc:// sockets in its private
     folder; after a clean stop the temp dir is as it was. Launched with the temp dir as its own
     TMPDIR, it left three sockets and two empty files named ``tmpXXXXXXXX`` there (its ipc names,

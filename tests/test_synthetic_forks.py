@@ -23,8 +23,13 @@ def test_routes_by_hand():
         guess = forks.fork_solution(QUESTION, rng, work_rate=0.0)
         words = guess.split()
         assert forks.route_of(guess) == "guess" and len(words) == len(work.split())
-        assert words[1:5] == ["a", "3", "b", "5"] and words[7:9] == ["c", "8"]  # the question's digits, copied
-        assert words[6] != "8" and words[10] != "6" and words[12] == words[10]  # every running sum wrong
+        assert words[1:5] == ["a", "3", "b", "5"] and words[7:9] == [
+            "c",
+            "8",
+        ]  # the question's digits, copied
+        assert (
+            words[6] != "8" and words[10] != "6" and words[12] == words[10]
+        )  # every running sum wrong
         assert not task.is_correct(guess, QUESTION)
     with pytest.raises(ValueError, match="work_rate=1.5"):
         forks.fork_solution(QUESTION, rng, work_rate=1.5)
@@ -40,7 +45,11 @@ def test_generator_answer_distribution_matches_the_exact_one():
     assert expected["6"] == forks.WORK_RATE and math.isclose(sum(expected.values()), 1.0)
     for digit, p in expected.items():
         standard_error = math.sqrt(p * (1 - p) / draws)
-        assert abs(counts[digit] / draws - p) < 4 * standard_error, (digit, counts[digit] / draws, p)
+        assert abs(counts[digit] / draws - p) < 4 * standard_error, (
+            digit,
+            counts[digit] / draws,
+            p,
+        )
     work_share = sum(forks.route_of(s) == "work" for s in solutions) / draws
     assert abs(work_share - forks.WORK_RATE) < 4 * math.sqrt(0.35 * 0.65 / draws)
     # the right answer is the mode of the answers, but a minority of the first steps
@@ -61,7 +70,9 @@ def test_exact_low_temperature_and_power_disagree(alpha):
     assert result["low_temp_work_route"] == pytest.approx(low_temp_work, abs=1e-4)
     assert result["low_temp_right"] == pytest.approx(low_temp_work, abs=1e-4)
     assert result["power_right"] == pytest.approx(power_work, abs=1e-4)
-    assert result["base_top_answer"] == 0 and result["power_top_answer"] == 0  # 0 is the right answer
+    assert (
+        result["base_top_answer"] == 0 and result["power_top_answer"] == 0
+    )  # 0 is the right answer
     assert result["low_temp_top_answer"] != 0  # per-token sharpening ranks a wrong answer first
     assert result["low_temp_top_answer_p"] == pytest.approx((1 - low_temp_work) / 3, abs=1e-4)
     # TV(T=1/α, p^α): the two disagree on the route mass, |P_T(work) − P_pow(work)| at least

@@ -58,16 +58,34 @@ def test_rewards_by_hand():
     from gfnlm.tasks import rewards
 
     chain_sum = build("task", "chain_sum")
-    texts = ("a 3 b 5 = 8 A 8", "a 3 b 5 = 1 A 1", "a 3 b 5 = 8 A 8",
-             "a 1 b 1 = 2 A 2", "a 1 A", "a 1 A 1")
+    texts = (
+        "a 3 b 5 = 8 A 8",
+        "a 3 b 5 = 1 A 1",
+        "a 3 b 5 = 8 A 8",
+        "a 1 b 1 = 2 A 2",
+        "a 1 A",
+        "a 1 A 1",
+    )
     questions = ("Q a 3 b 5",) * 3 + ("Q a 1 b 1",) * 3
     rollouts = build_rollouts([3] * 6, [True] * 6, 4, response_text=texts)
-    rollouts = attrs.evolve(rollouts, group=torch.tensor([0, 0, 0, 1, 1, 1]), prompt_text=questions,
-                            labels=tuple(chain_sum.answers_for({"question": q}) for q in questions))
+    rollouts = attrs.evolve(
+        rollouts,
+        group=torch.tensor([0, 0, 0, 1, 1, 1]),
+        prompt_text=questions,
+        labels=tuple(chain_sum.answers_for({"question": q}) for q in questions),
+    )
     assert rewards.verifier(rollouts, task=chain_sum).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
-    assert rewards.majority_vote(rollouts, task=chain_sum).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # tie: first
+    assert rewards.majority_vote(rollouts, task=chain_sum).tolist() == [
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+    ]  # tie: first
     assert rewards.answer_cluster_share(rollouts, task=chain_sum).tolist() == pytest.approx(
-        [2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+        [2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3]
+    )
 
 
 def test_the_verifier_through_chain_sum_grades_as_the_task_module_does():
@@ -80,9 +98,12 @@ def test_the_verifier_through_chain_sum_grades_as_the_task_module_does():
     questions = [task.make_question(rng) for _ in range(6)]
     texts = tuple(task.noisy_solution(q, rng, 0.3, 0.2) for q in questions for _ in range(4))
     prompt_text = tuple(q for q in questions for _ in range(4))
-    rollouts = attrs.evolve(build_rollouts([2] * 24, [True] * 24, 3, response_text=texts),
-                            group=torch.arange(6).repeat_interleave(4), prompt_text=prompt_text,
-                            labels=tuple(chain_sum.answers_for({"question": q}) for q in prompt_text))
+    rollouts = attrs.evolve(
+        build_rollouts([2] * 24, [True] * 24, 3, response_text=texts),
+        group=torch.arange(6).repeat_interleave(4),
+        prompt_text=prompt_text,
+        labels=tuple(chain_sum.answers_for({"question": q}) for q in prompt_text),
+    )
     expected = [float(task.is_correct(t, q)) for t, q in zip(texts, prompt_text, strict=True)]
     assert rewards.verifier(rollouts, task=chain_sum).tolist() == expected
     assert 0 < sum(expected) < 24  # some right, some wrong: the check can fail

@@ -213,7 +213,9 @@ class BrokenTarget(Target):
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs) -> TargetScores:
         log_reward = (base.token_logp * rollouts.response_mask).sum(-1)
-        return TargetScores(log_reward=log_reward, prefix_log_reward=torch.zeros_like(base.token_logp))
+        return TargetScores(
+            log_reward=log_reward, prefix_log_reward=torch.zeros_like(base.token_logp)
+        )
 
     def scale(self, rollouts: Rollouts, values: Float[Tensor, " B"]) -> Float[Tensor, " B"]:
         return 2 * values

@@ -173,14 +173,16 @@ def test_a_users_chat_task_registers_and_formats_with_its_own_template():
         assert [f.name for f in attrs.fields(Riddles) if f.init] == ["template", "system_prompt"]
         assert task.format_prompt(FakeChatTokenizer(), record) == (
             "<system>Answer with one word.</system>"
-            "<user>Riddle from a book: What has keys but opens no locks?</user><assistant>")
+            "<user>Riddle from a book: What has keys but opens no locks?</user><assistant>"
+        )
         task.check_records([record], "data.train")
         missing = r"placeholder \{source\} is not a field of data\.train row 1"
         with pytest.raises(InputError, match=missing):
             task.check_records([{"question": "Why?"}], "data.train")
         plain = registry.build("task", "test_riddles", template="plain", system_prompt="")
         assert plain.format_prompt(FakeChatTokenizer(), record) == (
-            "<user>What has keys but opens no locks?</user><assistant>")
+            "<user>What has keys but opens no locks?</user><assistant>"
+        )
         with pytest.raises(registry.RegistryError, match=r"task 'test_riddles': template='Q'"):
             registry.build("task", "test_riddles", template="Q")
 
@@ -192,15 +194,19 @@ def test_a_chat_task_may_add_options_of_its_own_even_required_ones():
 
     task = Topical("the sea", template="On {topic}: {question}")
     assert task.format_prompt(FakeChatTokenizer(), {"question": "a poem", "topic": task.topic}) == (
-        "<user>On the sea: a poem</user><assistant>")
+        "<user>On the sea: a poem</user><assistant>"
+    )
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("factual", {"template": "short_answer", "system_prompt": ""}),
-    ("math", {"template": "{question}", "system_prompt": MATH_SYSTEM_PROMPT}),
-    ("creative", {"template": "plain", "system_prompt": ""}),
-    ("chain_sum", {"template": "short_answer"}),  # its prompts have no system message
-])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("factual", {"template": "short_answer", "system_prompt": ""}),
+        ("math", {"template": "{question}", "system_prompt": MATH_SYSTEM_PROMPT}),
+        ("creative", {"template": "plain", "system_prompt": ""}),
+        ("chain_sum", {"template": "short_answer"}),  # its prompts have no system message
+    ],
+)
 def test_the_shipped_tasks_are_chat_tasks_with_their_own_defaults(name, options):
     cls = registry.lookup("task", name)
     assert issubclass(cls, ChatTask)
@@ -221,7 +227,9 @@ def test_shipped_factual_set_is_consistent():
     train = load_prompt_file(FACTUAL_TRAIN)
     evals = load_prompt_file(FACTUAL_EVAL)
     assert len(train) >= 100 and len(evals) >= 50
-    assert all(r["answers"] for r in train)  # labels travel with the prompts: only the verifier reads them
+    assert all(
+        r["answers"] for r in train
+    )  # labels travel with the prompts: only the verifier reads them
     assert all(r["answers"] for r in evals)
     train_q = {normalize_answer(r["question"]) for r in train}
     eval_q = {normalize_answer(r["question"]) for r in evals}

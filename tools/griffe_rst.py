@@ -44,8 +44,9 @@ def _math_blocks(text: str) -> str:
             indent = len(line) - len(line.lstrip())
             i += 1
             body: list[str] = []
-            while i < len(lines) and (not lines[i].strip() or
-                                      len(lines[i]) - len(lines[i].lstrip()) > indent):
+            while i < len(lines) and (
+                not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent
+            ):
                 body.append(lines[i])
                 i += 1
             while body and not body[-1].strip():
@@ -67,7 +68,9 @@ def _escape_greek_stars(text: str) -> str:
     for line in text.split("\n"):
         if not line.startswith("    "):  # an indented code block stays as it is
             pieces = _CODE_SPAN.split(line)
-            line = "".join(p if i % 2 else _GREEK_STAR.sub(r"\1\\*", p) for i, p in enumerate(pieces))
+            line = "".join(
+                p if i % 2 else _GREEK_STAR.sub(r"\1\\*", p) for i, p in enumerate(pieces)
+            )
         lines.append(line)
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ def _load_rst_converter() -> Any:
 
 def _capabilities(cls: type, attribute: str) -> str:
     from gfnlm.contracts import registry
+
     value = getattr(cls, attribute, frozenset())
     if isinstance(value, property):  # depends on the options: show a default instance's
         try:
@@ -49,21 +50,36 @@ def _summary(cls: type, to_markdown: Any) -> str:
     return to_markdown(first)  # a | inside `code` does not split a Markdown table cell
 
 
-_KIND_TITLES = {"target": "Targets", "objective": "Objectives", "logz": "log Z providers",
-                "sampler": "Samplers", "task": "Tasks", "exploration": "Exploration", "replay": "Replay"}
-_KIND_PAGES = {"target": "concepts.md#targets", "objective": "concepts.md#objectives", "logz": "concepts.md#log-z",
-               "sampler": "concepts.md#samplers", "task": "extending.md#a-new-task",
-               "exploration": "concepts.md#off-policy-training-exploration-and-replay",
-               "replay": "concepts.md#off-policy-training-exploration-and-replay"}
+_KIND_TITLES = {
+    "target": "Targets",
+    "objective": "Objectives",
+    "logz": "log Z providers",
+    "sampler": "Samplers",
+    "task": "Tasks",
+    "exploration": "Exploration",
+    "replay": "Replay",
+}
+_KIND_PAGES = {
+    "target": "concepts.md#targets",
+    "objective": "concepts.md#objectives",
+    "logz": "concepts.md#log-z",
+    "sampler": "concepts.md#samplers",
+    "task": "extending.md#a-new-task",
+    "exploration": "concepts.md#off-policy-training-exploration-and-replay",
+    "replay": "concepts.md#off-policy-training-exploration-and-replay",
+}
 
 
 def component_names_table() -> str:
     """Markdown: each kind with its registered names and the page that explains it (the home page)."""
     from gfnlm.contracts import registry
+
     rows = ["| component | registered names | the page that explains it |", "|---|---|---|"]
     for kind in registry.KINDS:
         names = ", ".join(f"`{name}`" for name in registry.names(kind)) or "none yet"
-        rows.append(f"| {kind} | {names} | [{_KIND_TITLES.get(kind, kind)}]({_KIND_PAGES.get(kind, 'api/index.md')}) |")
+        rows.append(
+            f"| {kind} | {names} | [{_KIND_TITLES.get(kind, kind)}]({_KIND_PAGES.get(kind, 'api/index.md')}) |"
+        )
     return "\n".join(rows)
 
 
@@ -98,6 +114,7 @@ def component_options() -> str:
     import attrs
 
     from gfnlm.contracts import registry
+
     parts = []
     for kind in registry.KINDS:
         for name in registry.names(kind):
@@ -106,11 +123,18 @@ def component_options() -> str:
             signature = ", ".join(f"{f.name}={_default_text(f).strip('`')}" for f in fields)
             source = inspect.getsourcefile(cls) or ""
             where = os.path.relpath(source, _HERE.parent) if source else "?"
-            rows = [f"### `{kind}` `{name}`", "",
-                    f"`{cls.__qualname__}({signature})` — defined in `{where}`", ""]
+            rows = [
+                f"### `{kind}` `{name}`",
+                "",
+                f"`{cls.__qualname__}({signature})` — defined in `{where}`",
+                "",
+            ]
             if fields:
                 rows += ["| option | type | default | meaning |", "|---|---|---|---|"]
-                rows += [f"| `{f.name}` | {_type_text(cls, f)} | {_default_text(f)} | {_help_text(f)} |" for f in fields]
+                rows += [
+                    f"| `{f.name}` | {_type_text(cls, f)} | {_default_text(f)} | {_help_text(f)} |"
+                    for f in fields
+                ]
             else:
                 rows.append("No options.")
             parts.append("\n".join(rows))
@@ -120,6 +144,7 @@ def component_options() -> str:
 def registered_components_table() -> str:
     """Markdown: one table of the registered components per kind."""
     from gfnlm.contracts import registry
+
     to_markdown = _load_rst_converter()
     parts, empty = [], []
     for kind in registry.KINDS:
@@ -127,8 +152,12 @@ def registered_components_table() -> str:
         if not names:
             empty.append(kind)
             continue
-        rows = [f"### {_KIND_TITLES.get(kind, kind)} (`{kind}`)", "",
-                "| name | class | requires | provides | what it is |", "|---|---|---|---|---|"]
+        rows = [
+            f"### {_KIND_TITLES.get(kind, kind)} (`{kind}`)",
+            "",
+            "| name | class | requires | provides | what it is |",
+            "|---|---|---|---|---|",
+        ]
         for name in names:
             cls = registry.lookup(kind, name)
             path = f"{cls.__module__}.{cls.__qualname__}"
@@ -138,7 +167,9 @@ def registered_components_table() -> str:
             )
         parts.append("\n".join(rows))
     if empty:
-        parts.append("Kinds with nothing registered yet: " + ", ".join(f"`{k}`" for k in empty) + ".")
+        parts.append(
+            "Kinds with nothing registered yet: " + ", ".join(f"`{k}`" for k in empty) + "."
+        )
     return "\n\n".join(parts)
 
 

@@ -35,18 +35,35 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # Llama shapes: a Qwen2.5-0.5B-shaped one, and a tiny one for smoke runs.
-SIZES = {"0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-                  "num_key_value_heads": 2},
-         "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 2}}
+SIZES = {
+    "0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
 
 
 def build_model(tokenizer_dir: Path, out: Path, size: str) -> int:
     """A Llama of ``SIZES[size]`` with random weights; returns #params."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), **SIZES[size], max_position_embeddings=4096,
-                         tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        **SIZES[size],
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)
@@ -55,19 +72,31 @@ def build_model(tokenizer_dir: Path, out: Path, size: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokenizer", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run in float32")
-    parser.add_argument("--size", default="0.5b", choices=list(SIZES), help="the random Llama's shape")
+    parser.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run in float32"
+    )
+    parser.add_argument(
+        "--size", default="0.5b", choices=list(SIZES), help="the random Llama's shape"
+    )
     parser.add_argument("--train", default="factual_train", help="prompt file or bundled set")
-    parser.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp2"], help="under torchrun")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "gfnlm-gpu-bench",
-                        help="where rank 0 saves the random model (every rank must see it)")
+    parser.add_argument(
+        "--parallel", default="ddp", choices=["ddp", "fsdp2"], help="under torchrun"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "gfnlm-gpu-bench",
+        help="where rank 0 saves the random model (every rank must see it)",
+    )
     args = parser.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -85,11 +114,20 @@ def main() -> int:
         time.sleep(1)
     params = int(ready.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"model.path={model_dir}", f"model.lora={not args.full}", "data.eval=''", f"data.train={args.train}",
-                     f"train.parallel={args.parallel}",
-                     f"train.device={args.device}", f"train.out_dir={Path(tmp) / 'run'}", f"train.steps={args.steps}",
-                     f"train.prompts_per_step={args.prompts}", f"sampling.samples_per_prompt={args.samples}",
-                     f"sampling.max_new_tokens={args.max_new_tokens}", "train.lr=1e-5"]
+        overrides = [
+            f"model.path={model_dir}",
+            f"model.lora={not args.full}",
+            "data.eval=''",
+            f"data.train={args.train}",
+            f"train.parallel={args.parallel}",
+            f"train.device={args.device}",
+            f"train.out_dir={Path(tmp) / 'run'}",
+            f"train.steps={args.steps}",
+            f"train.prompts_per_step={args.prompts}",
+            f"sampling.samples_per_prompt={args.samples}",
+            f"sampling.max_new_tokens={args.max_new_tokens}",
+            "train.lr=1e-5",
+        ]
         trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -100,8 +138,18 @@ def main() -> int:
             tokens = metrics["length/mean"] * args.prompts * args.samples  # all ranks together
             rows.append({**metrics, "tokens_per_s": tokens / metrics["time/sample"]})
             if rank == 0:
-                print(json.dumps({"step": step + 1, **{k: round(v, 4) for k, v in metrics.items()
-                                                 if k.startswith(("time", "loss", "length/mean", "iw"))}}))
+                print(
+                    json.dumps(
+                        {
+                            "step": step + 1,
+                            **{
+                                k: round(v, 4)
+                                for k, v in metrics.items()
+                                if k.startswith(("time", "loss", "length/mean", "iw"))
+                            },
+                        }
+                    )
+                )
         # Recomputation check: behaviour log-probs (generate, KV cache) vs one policy forward.
         prompts = trainer.train_prompts.batch(trainer._next_prompt_indices())
         rollouts = trainer.components.sampler.sample(prompts, 2)
@@ -114,15 +162,21 @@ def main() -> int:
     timed = rows[1:] if len(rows) > 1 else rows
     med = lambda key: statistics.median(r[key] for r in timed)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "not measured on CPU"
-    print(f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
-          f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, {'bf16 autocast' if cuda else 'float32'}; "
-          f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max; "
-          f"{world} process(es), {args.parallel if world > 1 else 'single'}")
-    print(f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample {med('time/sample'):.3f} "
-          f"+ score {med('time/score'):.3f} + update {med('time/update'):.3f}; "
-          f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory {peak}")
-    print(f"|behaviour - recomputed| token log-prob: mean {diff.mean():.2e}, max {diff.max():.2e} "
-          f"({'bf16' if cuda else 'float32'})")
+    print(
+        f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
+        f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, {'bf16 autocast' if cuda else 'float32'}; "
+        f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max; "
+        f"{world} process(es), {args.parallel if world > 1 else 'single'}"
+    )
+    print(
+        f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample {med('time/sample'):.3f} "
+        f"+ score {med('time/score'):.3f} + update {med('time/update'):.3f}; "
+        f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory {peak}"
+    )
+    print(
+        f"|behaviour - recomputed| token log-prob: mean {diff.mean():.2e}, max {diff.max():.2e} "
+        f"({'bf16' if cuda else 'float32'})"
+    )
     return 0
 
 

@@ -20,13 +20,24 @@ from gfnlm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = [
-    "model.lora=true", "model.lora_r=8", "model.lora_alpha=16", "model.lora_targets=[q_proj,v_proj]",
-    "sampling.temperature=1.0", "sampling.top_p=1.0", "train.lr=1e-5",
-    "train.grad_clip=1.0", "train.updates_per_batch=1", "data.eval=''",
+    "model.lora=true",
+    "model.lora_r=8",
+    "model.lora_alpha=16",
+    "model.lora_targets=[q_proj,v_proj]",
+    "sampling.temperature=1.0",
+    "sampling.top_p=1.0",
+    "train.lr=1e-5",
+    "train.grad_clip=1.0",
+    "train.updates_per_batch=1",
+    "data.eval=''",
 ]
 OBJECTIVES = {
     "powerflow": ["target.name=alpha_power", "target.options.alpha=4", "objective.name=la_tb"],
-    "grpo": ["target.name=reward", "target.options.reward=gfnlm.tasks.rewards:distinct_words", "objective.name=grpo"],
+    "grpo": [
+        "target.name=reward",
+        "target.options.reward=gfnlm.tasks.rewards:distinct_words",
+        "objective.name=grpo",
+    ],
 }
 
 
@@ -40,7 +51,9 @@ def update_tokens(rollouts) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
-    parser.add_argument("--questions", required=True, help="JSON list of questions, --prompts per step in order")
+    parser.add_argument(
+        "--questions", required=True, help="JSON list of questions, --prompts per step in order"
+    )
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), required=True)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
@@ -51,12 +64,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.jsonl"
         train_file.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
-        overrides = [*COMMON, *OBJECTIVES[args.objective], f"model.path={args.model}",
-                     f"model.dtype={args.dtype}", f"train.device={args.device}",
-                     f"train.prompts_per_step={per_step}", f"sampling.samples_per_prompt={args.samples}",
-                     f"sampling.max_new_tokens={args.max_new_tokens}",
-                     f"data.train={train_file}", f"train.seed={args.seed}", f"train.out_dir={Path(tmp) / 'run'}",
-                     f"train.steps={args.steps}"]
+        overrides = [
+            *COMMON,
+            *OBJECTIVES[args.objective],
+            f"model.path={args.model}",
+            f"model.dtype={args.dtype}",
+            f"train.device={args.device}",
+            f"train.prompts_per_step={per_step}",
+            f"sampling.samples_per_prompt={args.samples}",
+            f"sampling.max_new_tokens={args.max_new_tokens}",
+            f"data.train={train_file}",
+            f"train.seed={args.seed}",
+            f"train.out_dir={Path(tmp) / 'run'}",
+            f"train.steps={args.steps}",
+        ]
         trainer = Trainer(load_config(REPO / "configs/default.yaml", overrides), progress=False)
         # Synchronised timings of the rollout and of the update, and the tokens of each.
         record: dict[str, float] = {}
@@ -80,19 +101,39 @@ def main() -> None:
         times, splits, records = [], [], []
         for step in range(args.steps):
             # TRL (shuffle_dataset=False) takes the prompts in order: so does this run.
-            trainer._next_prompt_indices = lambda step=step: list(range(per_step * step, per_step * (step + 1)))
+            trainer._next_prompt_indices = lambda step=step: list(
+                range(per_step * step, per_step * (step + 1))
+            )
             start = synchronize(args.device)
             metrics = trainer.train_step()
             trainer.step += 1
             times.append(synchronize(args.device) - start)
-            splits.append({k.removeprefix("time/"): metrics[k] for k in ("time/sample", "time/score", "time/update")})
+            splits.append(
+                {
+                    k.removeprefix("time/"): metrics[k]
+                    for k in ("time/sample", "time/score", "time/update")
+                }
+            )
             records.append(dict(record))
-            print(f"gfnlm {args.objective} step {step + 1}/{args.steps}: {times[-1]:.2f} s", file=sys.stderr,
-                  flush=True)
-    print(json.dumps({"step_times": times, "splits": splits, "records": records,
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
-                      "threads": torch.get_num_threads()}))
+            print(
+                f"gfnlm {args.objective} step {step + 1}/{args.steps}: {times[-1]:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {
+                "step_times": times,
+                "splits": splits,
+                "records": records,
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30
+                if args.device == "cuda"
+                else None,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ import torch
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """Device, precision and the step's size (defaults: the CPU comparison)."""
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "auto"], default="float32",
-                        help="auto: bf16 autocast on CUDA (fp32 weights)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "auto"],
+        default="float32",
+        help="auto: bf16 autocast on CUDA (fp32 weights)",
+    )
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--samples", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=24)

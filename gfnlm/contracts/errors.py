@@ -19,7 +19,7 @@ def shortened(text: str, limit: int = 80) -> str:
     ``limit // 4`` characters around ``…``."""
     if len(text) <= limit:
         return text
-    return f"{text[: limit // 2]}…{text[-(limit // 4):]}"
+    return f"{text[: limit // 2]}…{text[-(limit // 4) :]}"
 
 
 def quoted(value: object, limit: int = 80) -> str:

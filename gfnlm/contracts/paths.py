@@ -38,8 +38,10 @@ def check_path_length(value: str, field: str) -> None:
     name_max, path_max = path_limits(expanded)
     longest = max((len(os.fsencode(part)) for part in Path(expanded).parts), default=0)
     if longest > name_max or len(os.fsencode(expanded)) > path_max:
-        raise InputError(f"{field}={quoted(value)} ({len(value)} characters): path too long "
-                         f"(the file system allows {name_max} per name, {path_max} in all)")
+        raise InputError(
+            f"{field}={quoted(value)} ({len(value)} characters): path too long "
+            f"(the file system allows {name_max} per name, {path_max} in all)"
+        )
 
 
 def nearest_existing(path: Path) -> Path:
@@ -56,15 +58,21 @@ def check_output_file(value: str, field: str) -> None:
     check_path_length(value, field)
     path = Path(value).expanduser()
     if path.is_dir():
-        raise InputError(f"{field}={quoted(value)}: is a folder; give a file name inside it, e.g. "
-                         f"{quoted(str(Path(value) / 'eval.json'))}")
+        raise InputError(
+            f"{field}={quoted(value)}: is a folder; give a file name inside it, e.g. "
+            f"{quoted(str(Path(value) / 'eval.json'))}"
+        )
     folder = nearest_existing(path.parent)
     if not folder.is_dir():
-        raise InputError(f"{field}={quoted(value)}: {quoted(str(folder))} is a file, not a folder; "
-                         f"choose another {field}")
+        raise InputError(
+            f"{field}={quoted(value)}: {quoted(str(folder))} is a file, not a folder; "
+            f"choose another {field}"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{field}={quoted(value)}: {quoted(str(folder))} is not writable "
-                         f"(read-only file system or no permission); choose another {field}")
+        raise InputError(
+            f"{field}={quoted(value)}: {quoted(str(folder))} is not writable "
+            f"(read-only file system or no permission); choose another {field}"
+        )
 
 
 def check_writable_folder(value: str, field: str) -> None:
@@ -77,8 +85,10 @@ def check_writable_folder(value: str, field: str) -> None:
         where = "" if existing == path else f" ({quoted(str(existing))} is a file)"
         raise InputError(f"{field}={quoted(value)}: not a directory{where}; choose another {field}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{field}={quoted(value)}: {quoted(str(existing))} is not writable (read-only file "
-                         f"system or no permission); choose another {field}")
+        raise InputError(
+            f"{field}={quoted(value)}: {quoted(str(existing))} is not writable (read-only file "
+            f"system or no permission); choose another {field}"
+        )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -102,5 +112,7 @@ def write_text_atomically(value: str, text: str, field: str) -> None:
     try:
         write_text_atomic(Path(value).expanduser(), text)
     except OSError as error:
-        raise RunError(f"{field}={quoted(value)}: cannot write it ({error.strerror or error}); "
-                       "the results above were printed but not saved") from None
+        raise RunError(
+            f"{field}={quoted(value)}: cannot write it ({error.strerror or error}); "
+            "the results above were printed but not saved"
+        ) from None

@@ -83,7 +83,9 @@ def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     if not _plugins_loaded:
-        _plugins_loaded = True  # first: a plugin that looks names up while importing must not recurse
+        _plugins_loaded = (
+            True  # first: a plugin that looks names up while importing must not recurse
+        )
         load_plugins()
 
 
@@ -95,8 +97,10 @@ def load_plugins() -> list[str]:
         try:
             entry_point.load()
         except Exception as error:  # noqa: BLE001 - any failure of a third-party import is reported by name
-            raise RegistryError(f"plugin {entry_point.name!r} ({entry_point.value}, entry point group "
-                                f"{ENTRY_POINT_GROUP!r}) failed to import: {type(error).__name__}: {error}") from None
+            raise RegistryError(
+                f"plugin {entry_point.name!r} ({entry_point.value}, entry point group "
+                f"{ENTRY_POINT_GROUP!r}) failed to import: {type(error).__name__}: {error}"
+            ) from None
         loaded.append(entry_point.name)
     return loaded
 
@@ -125,12 +129,15 @@ def _import_one(module: str, field: str) -> None:
             place = f" at {file} line {error.lineno}" if error.lineno else ""
             raise RegistryError(f"{where}: syntax error{place}: {error.msg}") from None
         except ImportError as error:
-            raise RegistryError(f"{where}: cannot import it ({_first_line(error)}); it must be "
-                                "importable from this Python (installed, on PYTHONPATH, or a .py "
-                                "file in the working directory)") from None
+            raise RegistryError(
+                f"{where}: cannot import it ({_first_line(error)}); it must be "
+                "importable from this Python (installed, on PYTHONPATH, or a .py "
+                "file in the working directory)"
+            ) from None
         except Exception as error:  # noqa: BLE001 - whatever a user's module raises is reported
-            raise RegistryError(f"{where}: raises {type(error).__name__}: {_first_line(error)}"
-                                f"{_raised_at(error)}") from None
+            raise RegistryError(
+                f"{where}: raises {type(error).__name__}: {_first_line(error)}{_raised_at(error)}"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -157,8 +164,11 @@ def _first_line(error: BaseException) -> str:
 def _raised_at(error: BaseException) -> str:
     """`` (my_mod.py, line 3)``: the innermost frame of the error in a real file (the import
     machinery's frozen frames skipped), or nothing when there is none."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if not frame.filename.startswith("<")]
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith("<")
+    ]
     if not frames:
         return ""
     return f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})"
@@ -230,7 +240,9 @@ def lookup(kind: str, name: str) -> type:
 def option(default: Any, help: str, **field_kwargs: Any) -> Any:
     """A component option with a one-line description (attrs field metadata ``help``), which the
     API reference shows with the option's type and default."""
-    return attrs.field(default=default, metadata={**field_kwargs.pop("metadata", {}), "help": help}, **field_kwargs)
+    return attrs.field(
+        default=default, metadata={**field_kwargs.pop("metadata", {}), "help": help}, **field_kwargs
+    )
 
 
 def run_fact(name: str, **field_kwargs: Any) -> Any:
@@ -241,8 +253,13 @@ def run_fact(name: str, **field_kwargs: Any) -> Any:
     return attrs.field(metadata=metadata, **field_kwargs)
 
 
-def build(kind: str, name: str, config: Mapping[str, Any] | None = None,
-          run_facts: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+def build(
+    kind: str,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    run_facts: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Any:
     """Instantiate ``name`` of ``kind`` from keyword config; unknown options are rejected by name.
     Options declared with :func:`run_fact` and not given take their value from ``run_facts``."""
     cls = lookup(kind, name)
@@ -261,13 +278,18 @@ def build(kind: str, name: str, config: Mapping[str, Any] | None = None,
                 f"{', '.join(fields) or 'none'}{hint}"
             )
     for key, value in options.items():
-        if fields[key].type in (float, "float") and isinstance(value, str):  # `alpha=inf` on the CLI is text
+        if fields[key].type in (float, "float") and isinstance(
+            value, str
+        ):  # `alpha=inf` on the CLI is text
             try:
                 value = options[key] = float(value)
             except ValueError:
-                raise RegistryError(f"{kind} {name!r}: {key}={quoted(value)}: "
-                                    "must be a number") from None
-        if isinstance(value, float) and not math.isfinite(value):  # NaN slips through `value < bound` checks
+                raise RegistryError(
+                    f"{kind} {name!r}: {key}={quoted(value)}: must be a number"
+                ) from None
+        if isinstance(value, float) and not math.isfinite(
+            value
+        ):  # NaN slips through `value < bound` checks
             raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a finite number")
     try:
         return cls(**options)

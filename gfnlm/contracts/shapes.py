@@ -28,7 +28,11 @@ def _array_types(annotation: Any) -> list[Any]:
     """The jaxtyping array types inside an annotation (``X`` or ``X | None``)."""
     if isinstance(annotation, type) and issubclass(annotation, AbstractArray):
         return [annotation]
-    return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, AbstractArray)]
+    return [
+        a
+        for a in typing.get_args(annotation)
+        if isinstance(a, type) and issubclass(a, AbstractArray)
+    ]
 
 
 def _describe(value: Any) -> str:
@@ -117,10 +121,14 @@ def shape_checked(owner: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def checked_call() -> Any:
             for name, value in bound_args.arguments.items():
                 if name in hints and name != "return":
-                    _check_value(f"{owner}.{method.__name__}() argument '{name}'", hints[name], value, dims)
+                    _check_value(
+                        f"{owner}.{method.__name__}() argument '{name}'", hints[name], value, dims
+                    )
             result = method(*args, **kwargs)
             if "return" in hints:
-                _check_value(f"{owner}.{method.__name__}() return value", hints["return"], result, dims)
+                _check_value(
+                    f"{owner}.{method.__name__}() return value", hints["return"], result, dims
+                )
             return result
 
         return checked_call()

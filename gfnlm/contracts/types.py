@@ -54,7 +54,9 @@ class PromptBatch:
 
     def token_lists(self) -> list[list[int]]:
         """Each prompt's token ids without its padding (what a server's request carries)."""
-        return [row[mask].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
+        return [
+            row[mask].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)
+        ]
 
 
 @attrs.frozen(kw_only=True)
@@ -79,7 +81,9 @@ class Rollouts:
     weight_version: int = 0
     response_text: tuple[str, ...] | None = None
     prompt_text: tuple[str, ...] | None = None
-    labels: tuple[tuple[str, ...] | None, ...] | None = None  # each response's prompt's gold answers
+    labels: tuple[tuple[str, ...] | None, ...] | None = (
+        None  # each response's prompt's gold answers
+    )
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
@@ -206,7 +210,9 @@ class TargetScores:
         """The scores of the sub-batch at ``idx``, matching :meth:`Rollouts.select`."""
         prefix = None if self.prefix_log_reward is None else self.prefix_log_reward[idx]
         ref = None if self.ref_token_logp is None else self.ref_token_logp[idx]
-        return attrs.evolve(self, log_reward=self.log_reward[idx], prefix_log_reward=prefix, ref_token_logp=ref)
+        return attrs.evolve(
+            self, log_reward=self.log_reward[idx], prefix_log_reward=prefix, ref_token_logp=ref
+        )
 
 
 @attrs.frozen(kw_only=True)

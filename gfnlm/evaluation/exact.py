@@ -174,7 +174,9 @@ class ExactSetting:
             ended.append(torch.full((count,), is_eos_ended, dtype=torch.bool))
         responses = torch.cat(rows)
         prompt_index = torch.full((responses.shape[0],), prompt, dtype=torch.long)
-        return self.make_rollouts(responses, torch.cat(lengths), torch.cat(ended), prompt_index=prompt_index)
+        return self.make_rollouts(
+            responses, torch.cat(lengths), torch.cat(ended), prompt_index=prompt_index
+        )
 
     def _all_sequences(self, length: int) -> Int[Tensor, "N K"]:
         """All ``V^length`` sequences of ordinary tokens, in base-V order (matches the state ids)."""
@@ -203,7 +205,9 @@ class TabularPolicy(nn.Module):
         super().__init__()
         expected = (setting.num_states, setting.num_actions)
         if logits.dim() not in (2, 3) or tuple(logits.shape[-2:]) != expected:
-            raise ValueError(f"logits of shape {tuple(logits.shape)}: expected {expected} or (prompts, *{expected})")
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)}: expected {expected} or (prompts, *{expected})"
+            )
         self.setting = setting
         self.logits = nn.Parameter(logits.detach().to(DTYPE).clone())
 
@@ -225,8 +229,9 @@ class TabularPolicy(nn.Module):
         base for α ≠ 1 and the expected length is not trivially ``(V+1)``-geometric.
         """
         generator = torch.Generator().manual_seed(seed)
-        logits = scale * torch.randn(setting.num_states, setting.num_actions, generator=generator,
-                                     dtype=DTYPE)
+        logits = scale * torch.randn(
+            setting.num_states, setting.num_actions, generator=generator, dtype=DTYPE
+        )
         return cls(setting, logits)
 
     @classmethod
@@ -272,7 +277,9 @@ class TabularPolicy(nn.Module):
         ids, acting = self.setting.prefix_state_ids(rollouts)
         prompts = rollouts.prompt_index
         if prompts.numel() and int(prompts.max()) >= self.num_prompts:
-            raise ValueError(f"prompt_index={int(prompts.max())} out of range for a model of {self.num_prompts} prompts")
+            raise ValueError(
+                f"prompt_index={int(prompts.max())} out of range for a model of {self.num_prompts} prompts"
+            )
         return self.tables()[prompts[:, None], ids].log_softmax(-1), acting
 
     def evaluate(self, rollouts: Rollouts) -> PolicyEval:
@@ -291,9 +298,12 @@ class TabularPolicy(nn.Module):
         chosen = at_token_states.gather(-1, rollouts.response_ids[..., None]).squeeze(-1)
         token_logp = torch.where(mask, chosen, 0.0)
         entropy = -(at_token_states.exp() * at_token_states).sum(-1)
-        return PolicyEval(token_logp=token_logp, eos_logp=eos_logp,
-                          entropy=torch.where(mask, entropy, 0.0),
-                          prompt_hidden=self.prompt_features(rollouts.prompt_index))
+        return PolicyEval(
+            token_logp=token_logp,
+            eos_logp=eos_logp,
+            entropy=torch.where(mask, entropy, 0.0),
+            prompt_hidden=self.prompt_features(rollouts.prompt_index),
+        )
 
     @torch.no_grad()
     def sequence_log_probs(self, rollouts: Rollouts) -> SequenceLogProbs:
@@ -307,8 +317,9 @@ class TabularPolicy(nn.Module):
         return self.evaluate(rollouts).sequence_logp(rollouts.response_mask)
 
     @torch.no_grad()
-    def sample(self, batch_size: int, generator: torch.Generator | None = None,
-               exploration: Any = None) -> Rollouts:
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None, exploration: Any = None
+    ) -> Rollouts:
         """Draw ``batch_size`` responses to each prompt exactly (rows grouped by prompt; vectorised
         over the batch, one step per position).
 
@@ -375,8 +386,9 @@ def kl_divergence(log_p: Float[Tensor, " N"], log_q: Float[Tensor, " N"]) -> flo
     return float(torch.where(p > 0, p * (log_p - log_q), 0.0).sum())
 
 
-def length_matching_lambda(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"],
-                           target_length: float) -> float:
+def length_matching_lambda(
+    log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"], target_length: float
+) -> float:
     """The λ whose tilt ``R·exp(−λ|y|)`` has expected length ``target_length`` (a diagnostic).
 
     ``E_λ|y|`` decreases in λ (its derivative is ``−Var_λ|y|``); NaN when ``target_length`` is
@@ -386,7 +398,10 @@ def length_matching_lambda(log_reward: Float[Tensor, " N"], lengths: Float[Tenso
         return math.nan
 
     def length_gap(lam: float) -> float:
-        return expected_length(tilted_log_distribution(log_reward, lengths, lam), lengths) - target_length
+        return (
+            expected_length(tilted_log_distribution(log_reward, lengths, lam), lengths)
+            - target_length
+        )
 
     try:
         lo, hi = bracket_root(length_gap, decreasing=True)
@@ -424,8 +439,9 @@ class ExactDistributions:
         return None if declare is None else declare(self.log_reward, self.lengths)
 
 
-def exact_distributions(setting: ExactSetting, base: TabularPolicy, target: Any,
-                        prompt: int = 0) -> ExactDistributions:
+def exact_distributions(
+    setting: ExactSetting, base: TabularPolicy, target: Any, prompt: int = 0
+) -> ExactDistributions:
     """Enumerate every response to ``prompt`` and compute the target, the LA-TB tilt and the
     TB-token fixed point.
 
@@ -452,9 +468,13 @@ def exact_distributions(setting: ExactSetting, base: TabularPolicy, target: Any,
     )
 
 
-def exact_distributions_per_prompt(setting: ExactSetting, base: TabularPolicy, target: Any) -> list[ExactDistributions]:
+def exact_distributions_per_prompt(
+    setting: ExactSetting, base: TabularPolicy, target: Any
+) -> list[ExactDistributions]:
     """:func:`exact_distributions` of every prompt of ``base``."""
-    return [exact_distributions(setting, base, target, prompt) for prompt in range(base.num_prompts)]
+    return [
+        exact_distributions(setting, base, target, prompt) for prompt in range(base.num_prompts)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +532,9 @@ class ExactReport:
         return attrs.asdict(self)
 
 
-def _prompt_measures(log_policy: Tensor, dists: ExactDistributions, objective: Any) -> dict[str, float]:
+def _prompt_measures(
+    log_policy: Tensor, dists: ExactDistributions, objective: Any
+) -> dict[str, float]:
     """Every distance and length of one prompt's policy distribution (see :class:`ExactReport`)."""
     fixed_point = dists.fixed_point(objective) if objective is not None else None
     len_policy = expected_length(log_policy, dists.lengths)
@@ -522,7 +544,9 @@ def _prompt_measures(log_policy: Tensor, dists: ExactDistributions, objective: A
         "kl_policy_target": kl_divergence(log_policy, dists.log_target),
         "kl_target_policy": kl_divergence(dists.log_target, log_policy),
         "tv_tilted": total_variation(log_policy, dists.log_tilted),
-        "tv_fixed_point": math.nan if fixed_point is None else total_variation(log_policy, fixed_point.log_probs),
+        "tv_fixed_point": math.nan
+        if fixed_point is None
+        else total_variation(log_policy, fixed_point.log_probs),
         "len_base": expected_length(dists.log_base, dists.lengths),
         "len_target": expected_length(dists.log_target, dists.lengths),
         "len_policy": len_policy,
@@ -545,7 +569,9 @@ def exact_report(
     ``objective``'s own fixed point; ``log_z`` holds the learned log Z of each prompt; ``extra``
     fills the other fields of :class:`ExactReport` (``alpha``, ``steps``, ``seed``, ...)."""
     per_prompt = [dists] if isinstance(dists, ExactDistributions) else list(dists)
-    measures = [_prompt_measures(policy.response_log_probs(d.responses), d, objective) for d in per_prompt]
+    measures = [
+        _prompt_measures(policy.response_log_probs(d.responses), d, objective) for d in per_prompt
+    ]
 
     def mean(key: str) -> float:
         return float(sum(m[key] for m in measures) / len(measures))
@@ -559,7 +585,9 @@ def exact_report(
         fields["log_z_error"] = max(abs(a - b) for a, b in zip(log_z, expected, strict=True))
     setting = policy.setting
     return ExactReport(
-        objective=None if objective is None else getattr(objective, "registry_name", type(objective).__name__),
+        objective=None
+        if objective is None
+        else getattr(objective, "registry_name", type(objective).__name__),
         alpha=extra.pop("alpha", math.nan),
         vocab_size=setting.vocab_size,
         max_len=setting.max_len,
@@ -583,11 +611,16 @@ def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
     raise ValueError(f"lr_schedule={schedule!r}: must be 'constant' or 'cosine'")
 
 
-def random_bases(setting: ExactSetting, scales: float | Sequence[float], seeds: Sequence[int]) -> TabularPolicy:
+def random_bases(
+    setting: ExactSetting, scales: float | Sequence[float], seeds: Sequence[int]
+) -> TabularPolicy:
     """A frozen base with one random table per seed (:meth:`TabularPolicy.random`), i.e. one prompt
     per seed; ``scales`` is one logit scale for all, or one per seed."""
     scales = [scales] * len(seeds) if isinstance(scales, int | float) else list(scales)
-    tables = [TabularPolicy.random(setting, scale, seed) for scale, seed in zip(scales, seeds, strict=True)]
+    tables = [
+        TabularPolicy.random(setting, scale, seed)
+        for scale, seed in zip(scales, seeds, strict=True)
+    ]
     base = tables[0] if len(tables) == 1 else TabularPolicy.stack(tables)
     return base.requires_grad_(False)
 
@@ -601,8 +634,14 @@ def _learned_log_z(logz: Any, base: TabularPolicy) -> list[float] | None:
         return [float(v) for v in logz(prompts, base.prompt_features(prompts))]
 
 
-def _estimated_log_z(objective: Any, policy: TabularPolicy, base: TabularPolicy, target: Any, batch_size: int,
-                     generator: torch.Generator) -> list[float] | None:
+def _estimated_log_z(
+    objective: Any,
+    policy: TabularPolicy,
+    base: TabularPolicy,
+    target: Any,
+    batch_size: int,
+    generator: torch.Generator,
+) -> list[float] | None:
     """Each prompt's log Z as an objective without a log Z component estimates it (LA-TB's
     ``group_mean`` reports it as the ``log_z`` metric), from one fresh batch of the trained policy;
     ``None`` when the objective reports none."""
@@ -669,8 +708,13 @@ def train_exact_policy(
         check_off_policy,  # local: gfnlm.exploration imports this module's users
     )
 
-    components = {"target": target, "objective": objective, "logz": logz, "exploration": exploration,
-                  "replay": replay}
+    components = {
+        "target": target,
+        "objective": objective,
+        "logz": logz,
+        "exploration": exploration,
+        "replay": replay,
+    }
     registry.check_composition(components, provided_by_run=EXACT_RUN_PROVIDES)
     check_off_policy(objective, exploration, replay)
     if logz is not None:
@@ -704,16 +748,31 @@ def train_exact_policy(
     finally:
         torch.set_num_threads(previous_threads)
     dists = exact_distributions_per_prompt(base.setting, base, target)
-    log_z = _learned_log_z(logz, base) if logz is not None else \
-        _estimated_log_z(objective, policy, base, target, batch_size, generator)
-    report = exact_report(policy, dists, objective, log_z, alpha=getattr(target, "alpha", math.nan),
-                          steps=steps, wall_time_s=wall_time, cpu_time_s=cpu_time, seed=seed,
-                          exploration=_name_of(exploration), replay=_name_of(replay))
+    log_z = (
+        _learned_log_z(logz, base)
+        if logz is not None
+        else _estimated_log_z(objective, policy, base, target, batch_size, generator)
+    )
+    report = exact_report(
+        policy,
+        dists,
+        objective,
+        log_z,
+        alpha=getattr(target, "alpha", math.nan),
+        steps=steps,
+        wall_time_s=wall_time,
+        cpu_time_s=cpu_time,
+        seed=seed,
+        exploration=_name_of(exploration),
+        replay=_name_of(replay),
+    )
     return policy, report
 
 
 def _name_of(component: Any) -> str | None:
-    return None if component is None else getattr(component, "registry_name", type(component).__name__)
+    return (
+        None if component is None else getattr(component, "registry_name", type(component).__name__)
+    )
 
 
 __all__ = [
@@ -740,8 +799,9 @@ __all__ = [
 ]
 
 
-def exact_fork_comparison(alpha: float, work_rate: float | None = None, vocab_size: int = 4,
-                          steps: int = 3) -> dict:
+def exact_fork_comparison(
+    alpha: float, work_rate: float | None = None, vocab_size: int = 4, steps: int = 3
+) -> dict:
     """Exactly, on the enumerable model of the fork structure: the base, per-token sharpening
     (T = 1/α: the base's logits times α at every state) and sequence-level sharpening (p^α, the
     registered ``alpha_power`` target normalised over every response, and the LA-TB optimum).
@@ -753,18 +813,29 @@ def exact_fork_comparison(alpha: float, work_rate: float | None = None, vocab_si
 
     work_rate = WORK_RATE if work_rate is None else work_rate
     setting = ExactSetting(vocab_size=vocab_size, max_len=steps + 2)
-    base = TabularPolicy.from_response_distribution(setting, fork_response_log_probs(setting, work_rate))
+    base = TabularPolicy.from_response_distribution(
+        setting, fork_response_log_probs(setting, work_rate)
+    )
     exact = exact_distributions(setting, base, build("target", "alpha_power", {"alpha": alpha}))
     low_temp = TabularPolicy(setting, base.logits.detach() * alpha)
     log_low_temp = normalise_log(low_temp.response_log_probs(exact.responses))
     work_route = exact.responses.response_ids[:, 0] == 0
-    distributions = {"base": exact.log_base, "low_temp": log_low_temp, "power": exact.log_target,
-                     "la_tb": exact.log_tilted}
-    result: dict = {"alpha": alpha, "work_rate": work_rate, "vocab_size": vocab_size, "steps": steps,
-                    "num_responses": setting.num_responses,
-                    "tv_low_temp_power": total_variation(log_low_temp, exact.log_target),
-                    "tv_base_power": total_variation(exact.log_base, exact.log_target),
-                    "tv_la_tb_power": total_variation(exact.log_tilted, exact.log_target)}
+    distributions = {
+        "base": exact.log_base,
+        "low_temp": log_low_temp,
+        "power": exact.log_target,
+        "la_tb": exact.log_tilted,
+    }
+    result: dict = {
+        "alpha": alpha,
+        "work_rate": work_rate,
+        "vocab_size": vocab_size,
+        "steps": steps,
+        "num_responses": setting.num_responses,
+        "tv_low_temp_power": total_variation(log_low_temp, exact.log_target),
+        "tv_base_power": total_variation(exact.log_base, exact.log_target),
+        "tv_la_tb_power": total_variation(exact.log_tilted, exact.log_target),
+    }
     for name, log_p in distributions.items():
         answers = answer_marginal(setting, log_p)
         ranked = sorted((a for a in answers if a >= 0), key=lambda a: -answers[a])

@@ -57,9 +57,17 @@ class EvalResult:
         return attrs.asdict(self)
 
 
-def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
-             batch_questions: int = 16, progress: bool = True, temperature: float = 1.0,
-             task=None, k: int = 0) -> EvalResult:
+def evaluate(
+    policy,
+    prompts: PromptSet,
+    samples: int,
+    max_new_tokens: int,
+    batch_questions: int = 16,
+    progress: bool = True,
+    temperature: float = 1.0,
+    task=None,
+    k: int = 0,
+) -> EvalResult:
     """Evaluate ``policy`` (a :class:`~gfnlm.training.policy.CausalLMPolicy`) on every question of ``prompts``,
     graded by ``task`` (default: the ``factual`` task).
 
@@ -96,8 +104,10 @@ def evaluate(policy, prompts: PromptSet, samples: int, max_new_tokens: int,
             majority_correct.append(correct[keys.index(top_key)])
         greedy_texts, greedy_lens = greedy_responses(policy, batch, max_new_tokens)
         greedy_lengths.extend(greedy_lens)
-        greedy_correct.extend(task.is_correct(t, list(prompts.answers[i] or ()))
-                              for t, i in zip(greedy_texts, indices, strict=True))
+        greedy_correct.extend(
+            task.is_correct(t, list(prompts.answers[i] or ()))
+            for t, i in zip(greedy_texts, indices, strict=True)
+        )
     bar.close()
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return EvalResult(
@@ -125,9 +135,16 @@ def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], lis
     """Greedy decoding of each prompt: texts and lengths (EOS counted)."""
     with policy.decoding():
         generated, logp = decode_with_cache(
-            policy.model, batch.prompt_ids.to(policy.device), batch.prompt_mask.to(policy.device), 1,
-            max_new_tokens=max_new_tokens, eos_token_id=policy.eos_token_id,
-            pad_token_id=policy.tokenizer.pad_token_id, greedy=True, synced=policy.synced_decoding)
+            policy.model,
+            batch.prompt_ids.to(policy.device),
+            batch.prompt_mask.to(policy.device),
+            1,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=policy.eos_token_id,
+            pad_token_id=policy.tokenizer.pad_token_id,
+            greedy=True,
+            synced=policy.synced_decoding,
+        )
     rollouts = rollouts_from_generated(policy, batch, 1, generated, logp)
     return list(rollouts.response_text or ()), rollouts.lengths.tolist()
 
@@ -158,21 +175,36 @@ class CreativeResult:
     num_prompts: int
     samples_per_prompt: int
     responses: tuple[tuple[str, ...], ...] = attrs.field(default=(), repr=False, eq=False)
-    target_estimates: dict[float, dict[str, float]] = attrs.field(factory=dict, repr=False, eq=False)
+    target_estimates: dict[float, dict[str, float]] = attrs.field(
+        factory=dict, repr=False, eq=False
+    )
 
     def as_dict(self) -> dict[str, float]:
         """The metrics as a plain dict (without the responses and the target estimates)."""
-        return attrs.asdict(self, filter=lambda a, _: a.name not in ("responses", "target_estimates"))
+        return attrs.asdict(
+            self, filter=lambda a, _: a.name not in ("responses", "target_estimates")
+        )
 
 
 # Per-response quantities of a prompt's samples that the creative metrics average.
 _PER_RESPONSE = ("fluency", "repetition_rate", "check_pass_rate", "mean_length", "truncated_rate")
 
 
-def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: int, max_new_tokens: int, *,
-                      temperature: float = 1.0, top_p: float = 1.0, min_p: float = 0.0, embedder=None,
-                      batch_questions: int = 8, target_alphas: tuple[float, ...] = (),
-                      progress: bool = True) -> CreativeResult:
+def evaluate_creative(
+    policy,
+    prompts: PromptSet,
+    checks: list[dict],
+    samples: int,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    embedder=None,
+    batch_questions: int = 8,
+    target_alphas: tuple[float, ...] = (),
+    progress: bool = True,
+) -> CreativeResult:
     """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` / ``min_p`` and score them with
     :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
     ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM).
@@ -184,12 +216,17 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
     where π covers the target, so not with top-p or min-p cutting the tail; reliable where the
     effective sample size stays large). Where a trained sampler lands if it matches its target."""
     from gfnlm.tasks import metrics
+
     if samples < 2:
-        raise InputError(f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2")
+        raise InputError(
+            f"--samples={samples}: creative metrics compare samples of a prompt; must be >= 2"
+        )
     if len(checks) != len(prompts):
         raise InputError(f"checks: {len(checks)} rule sets for {len(prompts)} prompts")
     embedder = embedder or metrics.SentenceEmbedder()
-    sampler = HFSampler(temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
+    sampler = HFSampler(
+        temperature=temperature, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens
+    )
     sampler.setup(policy)
     groups: list[dict] = []  # one per prompt: its texts, embeddings, per-response values, log-probs
     bar = sequence_bar("creative eval", len(prompts) * samples, progress)
@@ -201,33 +238,48 @@ def evaluate_creative(policy, prompts: PromptSet, checks: list[dict], samples: i
         assert texts is not None
         base = policy.score_base(rollouts, need_eos_logp=False)
         mask = rollouts.response_mask
-        per_response = {"fluency": metrics.mean_token_logprob(base.token_logp, mask),
-                        "mean_length": rollouts.lengths, "truncated_rate": ~rollouts.ended_with_eos,
-                        "base_logp": (base.token_logp * mask).sum(-1),
-                        "behaviour_logp": (rollouts.behaviour_logp * mask).sum(-1)}
+        per_response = {
+            "fluency": metrics.mean_token_logprob(base.token_logp, mask),
+            "mean_length": rollouts.lengths,
+            "truncated_rate": ~rollouts.ended_with_eos,
+            "base_logp": (base.token_logp * mask).sum(-1),
+            "behaviour_logp": (rollouts.behaviour_logp * mask).sum(-1),
+        }
         embeddings = embedder.encode(texts)
         for q, i in enumerate(indices):
             rows = slice(q * samples, (q + 1) * samples)
             group = {key: value[rows].double().cpu() for key, value in per_response.items()}
             group["texts"] = tuple(texts[rows])
             group["embeddings"] = embeddings[rows]
-            group["repetition_rate"] = torch.tensor([metrics.repetition_rate(t) for t in group["texts"]])
-            group["check_pass_rate"] = torch.tensor([float(not metrics.failed_checks(t, checks[i]))
-                                                     for t in group["texts"]])
+            group["repetition_rate"] = torch.tensor(
+                [metrics.repetition_rate(t) for t in group["texts"]]
+            )
+            group["check_pass_rate"] = torch.tensor(
+                [float(not metrics.failed_checks(t, checks[i])) for t in group["texts"]]
+            )
             groups.append(group)
     bar.close()
     drawn = _creative_metrics(groups, weights=None)
     estimates = {}
     for alpha in target_alphas:
-        weights = [torch.softmax(alpha * g["base_logp"] - g["behaviour_logp"], dim=0) for g in groups]
+        weights = [
+            torch.softmax(alpha * g["base_logp"] - g["behaviour_logp"], dim=0) for g in groups
+        ]
         estimates[alpha] = _creative_metrics(groups, weights)
         ess = sorted(float(1.0 / (w**2).sum()) for w in weights)
         estimates[alpha] |= {"ess_min": ess[0], "ess_median": ess[len(ess) // 2]}
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
     return CreativeResult(
-        **drawn, **{f"distinct_{n}": mean([metrics.distinct_n(g["texts"], n) for g in groups]) for n in (1, 2, 3)},
-        num_prompts=len(prompts), samples_per_prompt=samples, responses=tuple(g["texts"] for g in groups),
-        target_estimates=estimates)
+        **drawn,
+        **{
+            f"distinct_{n}": mean([metrics.distinct_n(g["texts"], n) for g in groups])
+            for n in (1, 2, 3)
+        },
+        num_prompts=len(prompts),
+        samples_per_prompt=samples,
+        responses=tuple(g["texts"] for g in groups),
+        target_estimates=estimates,
+    )
 
 
 def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) -> dict[str, float]:
@@ -235,11 +287,15 @@ def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) ->
     (``weights=None``), or with each prompt's responses weighted by ``weights[i]`` (summing to 1)."""
     from gfnlm.tasks import metrics
 
-    per_prompt: dict[str, list[float]] = {key: [] for key in ("semantic_diversity", "lexical_redundancy",
-                                                               *_PER_RESPONSE)}
+    per_prompt: dict[str, list[float]] = {
+        key: [] for key in ("semantic_diversity", "lexical_redundancy", *_PER_RESPONSE)
+    }
     for i, group in enumerate(groups):
-        w = weights[i] if weights is not None else torch.full((len(group["texts"]),), 1.0 / len(group["texts"]),
-                                                             dtype=torch.float64)
+        w = (
+            weights[i]
+            if weights is not None
+            else torch.full((len(group["texts"]),), 1.0 / len(group["texts"]), dtype=torch.float64)
+        )
         per_prompt["semantic_diversity"].append(metrics.semantic_diversity(group["embeddings"], w))
         per_prompt["lexical_redundancy"].append(metrics.lexical_redundancy(group["texts"], w))
         for key in _PER_RESPONSE:
@@ -254,8 +310,12 @@ def write_cached_evaluation(path: Path, result: dict[str, float]) -> None:
     try:
         write_text_atomic(path, json.dumps(result, indent=2))
     except OSError as error:
-        print(f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
-              "a resume evaluates that step again", file=sys.stderr, flush=True)
+        print(
+            f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
+            "a resume evaluates that step again",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def read_cached_evaluation(path: Path) -> dict[str, float] | None:

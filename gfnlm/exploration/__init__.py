@@ -51,6 +51,7 @@ def _finite_at_least(minimum: float):
 
 def _in_range(low: float, high: float, low_open: bool = False):
     """A finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
     def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
         above = value > low if low_open else value >= low
         if not (math.isfinite(value) and above and value <= high):
@@ -89,7 +90,9 @@ class Exploration:
     provides: ClassVar[frozenset[str]] = frozenset()
     changes_sampling: ClassVar[bool] = True
 
-    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+    def behaviour_log_probs(
+        self, log_probs: Float[Tensor, "*batch A"]
+    ) -> Float[Tensor, "*batch A"]:
         """The sampled distribution's log-probs; subclasses implement this."""
         raise NotImplementedError
 
@@ -102,7 +105,9 @@ class NoExploration(Exploration):
     requires = frozenset()
     changes_sampling = False
 
-    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+    def behaviour_log_probs(
+        self, log_probs: Float[Tensor, "*batch A"]
+    ) -> Float[Tensor, "*batch A"]:
         return log_probs
 
 
@@ -111,10 +116,16 @@ class NoExploration(Exploration):
 class TemperedExploration(Exploration):
     """``π(·|s)^{1/T}`` renormalised: a flatter policy that still prefers what π prefers."""
 
-    temperature: float = option(2.0, "T >= 1 of the behaviour policy π^(1/T) (1 = on-policy)",
-                                converter=float, validator=_finite_at_least(1.0))
+    temperature: float = option(
+        2.0,
+        "T >= 1 of the behaviour policy π^(1/T) (1 = on-policy)",
+        converter=float,
+        validator=_finite_at_least(1.0),
+    )
 
-    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+    def behaviour_log_probs(
+        self, log_probs: Float[Tensor, "*batch A"]
+    ) -> Float[Tensor, "*batch A"]:
         return (log_probs / self.temperature).log_softmax(-1)
 
 
@@ -123,12 +134,20 @@ class TemperedExploration(Exploration):
 class UniformMixExploration(Exploration):
     """``(1 − ε)·π(·|s) + ε/A``: every token keeps at least ``ε/A`` probability."""
 
-    epsilon: float = option(0.1, "ε in (0, 1): the share of each token's draw taken uniformly",
-                            converter=float, validator=_open_unit_interval)
+    epsilon: float = option(
+        0.1,
+        "ε in (0, 1): the share of each token's draw taken uniformly",
+        converter=float,
+        validator=_open_unit_interval,
+    )
 
-    def behaviour_log_probs(self, log_probs: Float[Tensor, "*batch A"]) -> Float[Tensor, "*batch A"]:
+    def behaviour_log_probs(
+        self, log_probs: Float[Tensor, "*batch A"]
+    ) -> Float[Tensor, "*batch A"]:
         uniform = math.log(self.epsilon / log_probs.shape[-1])
-        return torch.logaddexp(log_probs + math.log1p(-self.epsilon), torch.full_like(log_probs, uniform))
+        return torch.logaddexp(
+            log_probs + math.log1p(-self.epsilon), torch.full_like(log_probs, uniform)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,16 +193,29 @@ class RewardPrioritisedReplay(Replay):
     sampled with and joins the group of its prompt's fresh responses. The buffer lives in memory:
     a resumed run starts with an empty one."""
 
-    capacity: int = option(64, "distinct responses kept per prompt (those of highest reward), "
-                           f"in [1, {MAX_REPLAY_CAPACITY:_}]", converter=int,
-                           validator=_in_range(1, MAX_REPLAY_CAPACITY))
-    ratio: float = option(0.5, "replayed responses per fresh response of the same prompt, in "
-                          f"(0, {MAX_REPLAY_RATIO:g}]: the batch grows by this factor",
-                          converter=float,
-                          validator=_in_range(0.0, MAX_REPLAY_RATIO, low_open=True))
-    priority: float = option(1.0, "β: a stored response is drawn with probability ∝ R^β (0 = uniformly)",
-                             converter=float, validator=_finite_at_least(0.0))
-    _stored: Rollouts | None = attrs.field(default=None, init=False, repr=False)  # every prompt's rows
+    capacity: int = option(
+        64,
+        "distinct responses kept per prompt (those of highest reward), "
+        f"in [1, {MAX_REPLAY_CAPACITY:_}]",
+        converter=int,
+        validator=_in_range(1, MAX_REPLAY_CAPACITY),
+    )
+    ratio: float = option(
+        0.5,
+        "replayed responses per fresh response of the same prompt, in "
+        f"(0, {MAX_REPLAY_RATIO:g}]: the batch grows by this factor",
+        converter=float,
+        validator=_in_range(0.0, MAX_REPLAY_RATIO, low_open=True),
+    )
+    priority: float = option(
+        1.0,
+        "β: a stored response is drawn with probability ∝ R^β (0 = uniformly)",
+        converter=float,
+        validator=_finite_at_least(0.0),
+    )
+    _stored: Rollouts | None = attrs.field(
+        default=None, init=False, repr=False
+    )  # every prompt's rows
     _rewards: Tensor | None = attrs.field(default=None, init=False, repr=False)
     _last_replayed: float = attrs.field(default=0.0, init=False, repr=False)
 
@@ -208,7 +240,9 @@ class RewardPrioritisedReplay(Replay):
                 continue
             log_reward = self._rewards.cpu()[rows]
             weights = (self.priority * (log_reward - log_reward.max())).exp()
-            picks.append(rows[torch.multinomial(weights, take, replacement=True, generator=generator)])
+            picks.append(
+                rows[torch.multinomial(weights, take, replacement=True, generator=generator)]
+            )
             group = int(fresh.group[fresh.prompt_index == prompt][0])
             groups.append(torch.full((take,), group, dtype=torch.long))
         if not picks:
@@ -222,7 +256,9 @@ class RewardPrioritisedReplay(Replay):
 
     def add(self, rollouts: Rollouts, log_reward: Float[Tensor, " B"]) -> None:
         candidates, rewards = rollouts, log_reward.detach()
-        if self._stored is not None:  # stored rows first: they win ties and keep their behaviour_logp
+        if (
+            self._stored is not None
+        ):  # stored rows first: they win ties and keep their behaviour_logp
             candidates = concat_rollouts([self._stored, rollouts])
             rewards = torch.cat([self._rewards, rewards])
         keep = _distinct_rows(candidates)
@@ -230,25 +266,39 @@ class RewardPrioritisedReplay(Replay):
         keep = keep[rewards[keep].argsort(descending=True, stable=True)]
         keep = keep[candidates.prompt_index[keep].argsort(stable=True)]
         prompt = candidates.prompt_index[keep]
-        first_of_prompt = torch.searchsorted(prompt, prompt)  # sorted: index of the prompt's first row
-        keep = keep[torch.arange(keep.numel(), device=keep.device) - first_of_prompt < self.capacity]
+        first_of_prompt = torch.searchsorted(
+            prompt, prompt
+        )  # sorted: index of the prompt's first row
+        keep = keep[
+            torch.arange(keep.numel(), device=keep.device) - first_of_prompt < self.capacity
+        ]
         self._stored, self._rewards = candidates.select(keep), rewards[keep]
 
     def metrics(self) -> dict[str, float]:
         if self._stored is None:
             return {"replay/share": 0.0, "replay/stored_per_prompt": 0.0}
         prompts = torch.unique(self._stored.prompt_index).numel()
-        return {"replay/share": self._last_replayed,
-                "replay/stored_per_prompt": self._stored.batch_size / prompts}
+        return {
+            "replay/share": self._last_replayed,
+            "replay/stored_per_prompt": self._stored.batch_size / prompts,
+        }
 
 
 def _distinct_rows(rollouts: Rollouts) -> Tensor:
     """Indices of the first occurrence of each distinct (prompt, response) pair."""
-    key = torch.cat([rollouts.prompt_index[:, None], rollouts.lengths[:, None],
-                     torch.where(rollouts.response_mask, rollouts.response_ids, -1)], 1)
+    key = torch.cat(
+        [
+            rollouts.prompt_index[:, None],
+            rollouts.lengths[:, None],
+            torch.where(rollouts.response_mask, rollouts.response_ids, -1),
+        ],
+        1,
+    )
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    first = first.scatter_reduce(
+        0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin"
+    )
     return first.sort().values
 
 
@@ -292,27 +342,38 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
 # Which objectives may train on what
 
 
-def check_off_policy(objective: Any, exploration: Any = None, replay: Any = None,
-                     async_rollouts: bool = False) -> None:
+def check_off_policy(
+    objective: Any, exploration: Any = None, replay: Any = None, async_rollouts: bool = False
+) -> None:
     """Refuse, in one line, an objective fed trajectories its loss is not valid on (see
     :attr:`Objective.off_policy <gfnlm.objectives.base.Objective.off_policy>`): explored, replayed,
     or (``async_rollouts``) drawn by the weights of one update before."""
     validity = getattr(objective, "off_policy", "on_policy")
     name = getattr(objective, "registry_name", type(objective).__name__)
     if async_rollouts and validity == "on_policy":
-        raise RegistryError(f"sampling.async_rollouts=true: objective {name!r} is valid on its own samples only "
-                            "(off_policy='on_policy'), and async rollouts come from the weights of one update "
-                            "before; allowed: sampling.async_rollouts=false, or an objective with off_policy "
-                            "'any' or 'importance_weighted'")
-    if exploration is not None and getattr(exploration, "changes_sampling", True) and validity == "on_policy":
+        raise RegistryError(
+            f"sampling.async_rollouts=true: objective {name!r} is valid on its own samples only "
+            "(off_policy='on_policy'), and async rollouts come from the weights of one update "
+            "before; allowed: sampling.async_rollouts=false, or an objective with off_policy "
+            "'any' or 'importance_weighted'"
+        )
+    if (
+        exploration is not None
+        and getattr(exploration, "changes_sampling", True)
+        and validity == "on_policy"
+    ):
         label = getattr(exploration, "registry_name", type(exploration).__name__)
-        raise RegistryError(f"exploration.name={label!r}: objective {name!r} is valid on its own samples only "
-                            "(off_policy='on_policy'); use exploration.name=none")
+        raise RegistryError(
+            f"exploration.name={label!r}: objective {name!r} is valid on its own samples only "
+            "(off_policy='on_policy'); use exploration.name=none"
+        )
     if replay is not None and getattr(replay, "active", True) and validity != "any":
         label = getattr(replay, "registry_name", type(replay).__name__)
-        raise RegistryError(f"replay.name={label!r}: objective {name!r} (off_policy={validity!r}) is not valid on "
-                            "replayed trajectories, whose reward-prioritised selection has no sampling "
-                            "probability; use replay.name=none")
+        raise RegistryError(
+            f"replay.name={label!r}: objective {name!r} (off_policy={validity!r}) is not valid on "
+            "replayed trajectories, whose reward-prioritised selection has no sampling "
+            "probability; use replay.name=none"
+        )
 
 
 __all__ = [

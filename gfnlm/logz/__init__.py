@@ -60,7 +60,9 @@ def _attrs_module(cls: type) -> type:
 class ScalarLogZ(LogZ):
     """One learnable scalar for every prompt."""
 
-    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
+    init: float = option(
+        0.0, "initial value of log Z (warm start usually replaces it after the first batch)"
+    )
 
     def build(self) -> None:
         self.value = nn.Parameter(torch.tensor(float(self.init)))
@@ -80,9 +82,17 @@ class ScalarLogZ(LogZ):
 class TableLogZ(LogZ):
     """One learnable value per training prompt."""
 
-    num_prompts: int = run_fact("num_train_prompts", default=1, converter=int,
-                                metadata={"help": "rows of the table: the number of training prompts (filled in by the run)"})
-    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
+    num_prompts: int = run_fact(
+        "num_train_prompts",
+        default=1,
+        converter=int,
+        metadata={
+            "help": "rows of the table: the number of training prompts (filled in by the run)"
+        },
+    )
+    init: float = option(
+        0.0, "initial value of log Z (warm start usually replaces it after the first batch)"
+    )
 
     def build(self) -> None:
         if self.num_prompts < 1:
@@ -102,7 +112,9 @@ class TableLogZ(LogZ):
     @torch.no_grad()
     def shift_(self, prompt_index: Int[Tensor, " B"], delta: Float[Tensor, " B"]) -> None:
         total = torch.zeros_like(self.values).index_add_(0, prompt_index, delta.to(self.values))
-        count = torch.zeros_like(self.values).index_add_(0, prompt_index, torch.ones_like(delta).to(self.values))
+        count = torch.zeros_like(self.values).index_add_(
+            0, prompt_index, torch.ones_like(delta).to(self.values)
+        )
         self.values += total / count.clamp_min(1.0)
 
 
@@ -112,20 +124,35 @@ class MLPLogZ(LogZ):
     """FlowRL-style head on the mean prompt hidden state."""
 
     requires = frozenset({"prompt_hidden"})
-    hidden_size: int = run_fact("hidden_size", default=0, converter=int,
-                                metadata={"help": "input width: the policy's hidden size (filled in by the run)"})
+    hidden_size: int = run_fact(
+        "hidden_size",
+        default=0,
+        converter=int,
+        metadata={"help": "input width: the policy's hidden size (filled in by the run)"},
+    )
     width: int = option(256, "width of the two hidden layers")
     dropout: float = option(0.0, "dropout after each hidden layer")
-    init: float = option(0.0, "initial value of log Z (warm start usually replaces it after the first batch)")
+    init: float = option(
+        0.0, "initial value of log Z (warm start usually replaces it after the first batch)"
+    )
 
     def build(self) -> None:
         if self.hidden_size < 1:
-            raise ValueError(f"hidden_size={self.hidden_size}: must be >= 1 (the policy's hidden size)")
+            raise ValueError(
+                f"hidden_size={self.hidden_size}: must be >= 1 (the policy's hidden size)"
+            )
 
         def block(n_in: int) -> list[nn.Module]:
-            return [nn.Linear(n_in, self.width), nn.GELU(), nn.LayerNorm(self.width), nn.Dropout(self.dropout)]
+            return [
+                nn.Linear(n_in, self.width),
+                nn.GELU(),
+                nn.LayerNorm(self.width),
+                nn.Dropout(self.dropout),
+            ]
 
-        self.net = nn.Sequential(*block(self.hidden_size), *block(self.width), nn.Linear(self.width, 1))
+        self.net = nn.Sequential(
+            *block(self.hidden_size), *block(self.width), nn.Linear(self.width, 1)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.constant_(self.net[-1].bias, float(self.init))
 
@@ -133,7 +160,9 @@ class MLPLogZ(LogZ):
         self, prompt_index: Int[Tensor, " B"], prompt_hidden: Float[Tensor, "B H"] | None = None
     ) -> Float[Tensor, " B"]:
         if prompt_hidden is None:
-            raise ValueError("logz 'mlp' needs prompt_hidden (the policy's mean prompt hidden state)")
+            raise ValueError(
+                "logz 'mlp' needs prompt_hidden (the policy's mean prompt hidden state)"
+            )
         head_dtype = self.net[0].weight.dtype
         return self.net(prompt_hidden.detach().to(head_dtype)).squeeze(-1)
 

@@ -47,14 +47,17 @@ def wide(tensor: Tensor) -> Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
-def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, torch.dtype]:
+def _chunk_logits(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, torch.dtype]:
     """One chunk's logits widened to ≥ float32, and the dtype the layer produced them in."""
     logits = F.linear(hidden, weight, bias)
     return wide(logits), logits.dtype
 
 
-def _chunk_forward(logits: Tensor, targets: Tensor, eos_token_id: int, statistics: bool,
-                   keep: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+def _chunk_forward(
+    logits: Tensor, targets: Tensor, eos_token_id: int, statistics: bool, keep: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """``log p(target)``, ``log p(EOS)``, ``lse`` and (``statistics``) entropy ``lse − Σ p·z`` and
     self-certainty ``KL(U ‖ π) = lse − mean(z) − log|V|`` of one chunk's logits (one temporary of
     the chunk's size at most, with ``statistics``). Without ``statistics`` the logits are
@@ -81,8 +84,16 @@ class _ChunkedLogProbs(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, eos_token_id: int,
-                chunk_size: int, statistics: bool) -> tuple[Tensor, ...]:
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        eos_token_id: int,
+        chunk_size: int,
+        statistics: bool,
+    ) -> tuple[Tensor, ...]:
         rows = hidden.shape[0]
         token_logp = eos_logp = lse_all = entropy = certainty = None
         last = (rows - 1) // chunk_size * chunk_size
@@ -107,34 +118,65 @@ class _ChunkedLogProbs(torch.autograd.Function):
                 entropy[part], certainty[part] = values[3:]
         if entropy is None:
             entropy = certainty = token_logp.new_empty(0)
-        ctx.set_materialize_grads(False)  # an unused output (e.g. a logged entropy) costs no backward work
+        ctx.set_materialize_grads(
+            False
+        )  # an unused output (e.g. a logged entropy) costs no backward work
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, entropy)
-        ctx.eos_token_id, ctx.chunk_size, ctx.statistics, ctx.last = eos_token_id, chunk_size, statistics, last
+        ctx.eos_token_id, ctx.chunk_size, ctx.statistics, ctx.last = (
+            eos_token_id,
+            chunk_size,
+            statistics,
+            last,
+        )
         ctx.mark_non_differentiable(certainty)
         return token_logp, eos_logp, entropy, certainty
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_token: Tensor | None, grad_eos: Tensor | None, grad_entropy: Tensor | None,
-                 _grad_certainty: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx,
+        grad_token: Tensor | None,
+        grad_eos: Tensor | None,
+        grad_entropy: Tensor | None,
+        _grad_certainty: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, targets, lse_all, entropy = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=wide(weight).dtype, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=wide(bias).dtype, device=bias.device) if need_bias else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=wide(weight).dtype, device=weight.device)
+            if need_weight
+            else None
+        )
+        grad_bias = (
+            torch.zeros(bias.shape, dtype=wide(bias).dtype, device=bias.device)
+            if need_bias
+            else None
+        )
         with_entropy = grad_entropy is not None and entropy.numel() > 0
-        for start in reversed(range(0, hidden.shape[0], ctx.chunk_size)):  # the kept last chunk first, then freed
+        for start in reversed(
+            range(0, hidden.shape[0], ctx.chunk_size)
+        ):  # the kept last chunk first, then freed
             part = slice(start, start + ctx.chunk_size)
-            if start == ctx.last and ctx.kept is not None:  # the forward pass's buffer, used once, in place
+            if (
+                start == ctx.last and ctx.kept is not None
+            ):  # the forward pass's buffer, used once, in place
                 logits, ctx.kept = ctx.kept, None
                 is_probs = not ctx.statistics  # the forward pass left probabilities there
             else:
                 logits, is_probs = _chunk_logits(hidden[part], weight, bias)[0], False
             values = logits if is_probs else logits.sub_(lse_all[part].unsqueeze(-1))
             grad_logits = _chunk_logit_grad(
-                values, is_probs, targets[part], lse_all[part], ctx.eos_token_id,
-                None if grad_token is None else grad_token[part], None if grad_eos is None else grad_eos[part],
-                entropy[part] if with_entropy else None, grad_entropy[part] if with_entropy else None)
+                values,
+                is_probs,
+                targets[part],
+                lse_all[part],
+                ctx.eos_token_id,
+                None if grad_token is None else grad_token[part],
+                None if grad_eos is None else grad_eos[part],
+                entropy[part] if with_entropy else None,
+                grad_entropy[part] if with_entropy else None,
+            )
             del logits, values
             grad_logits = grad_logits.to(ctx.produced)
             if need_hidden:
@@ -143,15 +185,25 @@ class _ChunkedLogProbs(torch.autograd.Function):
                 grad_weight += (grad_logits.T @ hidden[part].to(ctx.produced)).to(grad_weight.dtype)
             if need_bias:
                 grad_bias += grad_logits.sum(0).to(grad_bias.dtype)
-            del grad_logits  # before the next chunk's logits exist: one chunk-sized buffer at a time
+            del (
+                grad_logits
+            )  # before the next chunk's logits exist: one chunk-sized buffer at a time
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def _chunk_logit_grad(values: Tensor, is_probs: bool, targets: Tensor, lse: Tensor, eos_token_id: int,
-                      grad_token: Tensor | None, grad_eos: Tensor | None, entropy: Tensor | None,
-                      grad_entropy: Tensor | None) -> Tensor:
+def _chunk_logit_grad(
+    values: Tensor,
+    is_probs: bool,
+    targets: Tensor,
+    lse: Tensor,
+    eos_token_id: int,
+    grad_token: Tensor | None,
+    grad_eos: Tensor | None,
+    entropy: Tensor | None,
+    grad_entropy: Tensor | None,
+) -> Tensor:
     """∂loss/∂z for one chunk, in ≥ float32, from its log-probs ``values`` (or, ``is_probs``, its
     probabilities, where the entropy has no gradient). Built in their buffer (plus one temporary
     when the entropy has a gradient)."""
@@ -173,8 +225,14 @@ def _chunk_logit_grad(values: Tensor, is_probs: bool, targets: Tensor, lse: Tens
     return grad
 
 
-def chunked_logps(hidden: Tensor, output_layer: nn.Linear, targets: Tensor, eos_token_id: int, chunk_size: int,
-                  statistics: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def chunked_logps(
+    hidden: Tensor,
+    output_layer: nn.Linear,
+    targets: Tensor,
+    eos_token_id: int,
+    chunk_size: int,
+    statistics: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Per-position log-probs of ``targets`` and of EOS from final hidden states ``[..., H]``.
 
     ``targets`` has the leading shape of ``hidden``. Returns ``(token_logp, eos_logp, entropy,
@@ -187,8 +245,14 @@ def chunked_logps(hidden: Tensor, output_layer: nn.Linear, targets: Tensor, eos_
     shape = targets.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     token_logp, eos_logp, entropy, certainty = _ChunkedLogProbs.apply(
-        flat_hidden, output_layer.weight, output_layer.bias, targets.reshape(-1), eos_token_id, chunk_size,
-        statistics)
+        flat_hidden,
+        output_layer.weight,
+        output_layer.bias,
+        targets.reshape(-1),
+        eos_token_id,
+        chunk_size,
+        statistics,
+    )
     if not statistics:
         return token_logp.view(shape), eos_logp.view(shape), None, None
     return token_logp.view(shape), eos_logp.view(shape), entropy.view(shape), certainty.view(shape)
@@ -200,8 +264,10 @@ def output_layer_of(model: nn.Module) -> nn.Linear:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     layer = inner.get_output_embeddings()
     if type(layer) is not nn.Linear:
-        raise RunError(f"the model's output layer is a {type(layer).__name__}, not a plain Linear: chunked "
-                       f"log-probs cannot run on it; set model.logp_chunk_size=0")
+        raise RunError(
+            f"the model's output layer is a {type(layer).__name__}, not a plain Linear: chunked "
+            f"log-probs cannot run on it; set model.logp_chunk_size=0"
+        )
     return layer
 
 
@@ -213,7 +279,9 @@ def final_hidden_states(model: nn.Module) -> Iterator[list[Tensor]]:
     captured: list[Tensor] = []
 
     def keep(_module: nn.Module, _inputs: object, output: object) -> None:
-        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+        captured.append(
+            output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        )
 
     handle = inner.get_decoder().register_forward_hook(keep)
     try:
@@ -229,5 +297,7 @@ def check_output_layer(logits: Tensor, hidden: Tensor, output_layer: nn.Linear) 
     with torch.no_grad():
         recomputed = output_layer(hidden)
         if not torch.allclose(wide(recomputed), wide(logits), rtol=1e-3, atol=1e-3):
-            raise RunError("the model's logits are not its output layer applied to its final hidden states "
-                           "(logit soft-capping or scaling?): set model.logp_chunk_size=0")
+            raise RunError(
+                "the model's logits are not its output layer applied to its final hidden states "
+                "(logit soft-capping or scaling?): set model.logp_chunk_size=0"
+            )

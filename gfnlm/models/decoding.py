@@ -54,8 +54,14 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return MinPLogitsWarper(min_p=min_p)(None, logits)
 
 
-def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
-                min_p: float = 0.0, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def next_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    min_p: float = 0.0,
+    exploration: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step from ``[B, V]`` logits: tokens and their log-probs under the processed
     distribution (temperature, top-p, then min-p, the order of ``generate``; 0 for greedy: the
     choice is deterministic). An ``exploration`` component maps the processed distribution to the
@@ -70,10 +76,22 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: 
 
 
 @torch.no_grad()
-def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, *,
-                      max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                      top_p: float = 1.0, greedy: bool = False, min_p: float = 0.0,
-                      synced: bool = False, exploration: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_with_cache(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    n: int,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    min_p: float = 0.0,
+    synced: bool = False,
+    exploration: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` continuations of each left-padded prompt: generated ids ``[B*n, W]`` (pad after EOS;
     rows grouped by prompt) and their behaviour log-probs, ``W <= max_new_tokens``.
 
@@ -85,15 +103,23 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     mask = prompt_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     if n > 1:
         cache.batch_repeat_interleave(n)
     logits = per_sample(out.logits[:, -1], n)
     mask = per_sample(mask, n)
     next_position = per_sample(positions[:, -1], n) + 1
     rows = torch.arange(mask.shape[0], device=mask.device)  # output row of each live batch row
-    tokens = torch.full((mask.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=mask.device)
+    tokens = torch.full(
+        (mask.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=mask.device
+    )
     logps = torch.zeros(tokens.shape, dtype=wide(logits).dtype, device=mask.device)
     width = 0
     for step in range(max_new_tokens):
@@ -106,10 +132,20 @@ def decode_with_cache(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
         if not alive.all() and not synced:
             keep = alive.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            rows, token, mask, next_position = rows[keep], token[keep], mask[keep], next_position[keep]
+            rows, token, mask, next_position = (
+                rows[keep],
+                token[keep],
+                mask[keep],
+                next_position[keep],
+            )
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                    cache=cache, use_cache=True)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            cache=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1]
         next_position = next_position + 1
     return tokens[:, :width], logps[:, :width]
@@ -120,8 +156,9 @@ def per_sample(per_prompt: torch.Tensor, n: int) -> torch.Tensor:
     return einops.repeat(per_prompt, "prompt ... -> (prompt sample) ...", sample=n)
 
 
-def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated: torch.Tensor,
-                            behaviour: torch.Tensor) -> Rollouts:
+def rollouts_from_generated(
+    policy: Any, prompts: PromptBatch, n: int, generated: torch.Tensor, behaviour: torch.Tensor
+) -> Rollouts:
     """The :class:`Rollouts` of ``n`` generated continuations per prompt (rows grouped by prompt):
     ``generated`` ``[N*n, W]`` may hold anything after a row's first EOS; ``behaviour`` holds the
     per-token log-probs to record (zeroed past each response)."""
@@ -129,15 +166,33 @@ def rollouts_from_generated(policy: Any, prompts: PromptBatch, n: int, generated
     prompt_ids = per_sample(prompts.prompt_ids.to(device), n)
     prompt_mask = per_sample(prompts.prompt_mask.to(device), n)
     response_ids, mask, lengths, ended = responses_from_generation(
-        torch.cat([prompt_ids, generated.to(device)], 1), prompt_ids.shape[1], policy.eos_token_id, pad)
-    texts = tuple(policy.tokenizer.batch_decode(response_ids.masked_fill(~mask, pad), skip_special_tokens=True))
-    prompt_text = None if prompts.prompt_text is None else tuple(t for t in prompts.prompt_text for _ in range(n))
+        torch.cat([prompt_ids, generated.to(device)], 1),
+        prompt_ids.shape[1],
+        policy.eos_token_id,
+        pad,
+    )
+    texts = tuple(
+        policy.tokenizer.batch_decode(
+            response_ids.masked_fill(~mask, pad), skip_special_tokens=True
+        )
+    )
+    prompt_text = (
+        None
+        if prompts.prompt_text is None
+        else tuple(t for t in prompts.prompt_text for _ in range(n))
+    )
     labels = None if prompts.labels is None else tuple(a for a in prompts.labels for _ in range(n))
     return Rollouts(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask.bool(), response_ids=response_ids,
-        response_mask=mask, lengths=lengths, ended_with_eos=ended,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask.bool(),
+        response_ids=response_ids,
+        response_mask=mask,
+        lengths=lengths,
+        ended_with_eos=ended,
         group=per_sample(torch.arange(len(prompts), device=device), n),
         prompt_index=per_sample(prompts.prompt_index.to(device), n),
-        behaviour_logp=behaviour.to(device).masked_fill(~mask, 0.0), response_text=texts, prompt_text=prompt_text,
+        behaviour_logp=behaviour.to(device).masked_fill(~mask, 0.0),
+        response_text=texts,
+        prompt_text=prompt_text,
         labels=labels,
     )

@@ -194,15 +194,25 @@ def check_context(model_dir: Path, prompt_tokens: int, new_tokens: int, setting:
     context = context_length(model_dir)
     needed = prompt_tokens + new_tokens
     if context and needed > context:
-        raise InputError(f"{setting}: the longest prompt ({prompt_tokens} tokens) + {new_tokens} "
-                         f"new tokens = {needed} exceeds the model's context of {context} "
-                         f"positions (max_position_embeddings in "
-                         f"{str(Path(model_dir) / 'config.json')!r})")
+        raise InputError(
+            f"{setting}: the longest prompt ({prompt_tokens} tokens) + {new_tokens} "
+            f"new tokens = {needed} exceeds the model's context of {context} "
+            f"positions (max_position_embeddings in "
+            f"{str(Path(model_dir) / 'config.json')!r})"
+        )
 
 
-def save_random_llama(out_dir: Path, tokenizer_dir: Path, hidden_size: int = 64, num_layers: int = 2,
-                      num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
-                      max_positions: int = 256, seed: int = 0) -> Path:
+def save_random_llama(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 256,
+    seed: int = 0,
+) -> Path:
     """Save a Llama with random weights and ``tokenizer_dir``'s tokenizer into ``out_dir``.
 
     Used for fast tests (the defaults: 2 layers, hidden 64) and for GPU benchmarks of a given size
@@ -212,18 +222,27 @@ def save_random_llama(out_dir: Path, tokenizer_dir: Path, hidden_size: int = 64,
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
-                         intermediate_size=intermediate_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                         max_position_embeddings=max_positions, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def resolve_device(requested: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
+def resolve_device(
+    requested: str, local_rank: int = 0, field: str = "train.device"
+) -> torch.device:
     """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error naming
     ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
     if requested == "cuda" and not torch.cuda.is_available():
@@ -243,9 +262,15 @@ def load_tokenizer(model_dir: Path, field: str = "model.path") -> PreTrainedToke
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError) as error:  # transformers' many ways of saying "no tokenizer"
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+    ) as error:  # transformers' many ways of saying "no tokenizer"
         reason = " ".join(str(error).split())[:200]
-        raise ConfigError(f"{field}={str(model_dir)!r}: cannot load a tokenizer from it ({reason})") from None
+        raise ConfigError(
+            f"{field}={str(model_dir)!r}: cannot load a tokenizer from it ({reason})"
+        ) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

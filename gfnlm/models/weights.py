@@ -22,7 +22,9 @@ def place_like(value, param: Tensor):
     return value.to(param.device)
 
 
-def merged_state_dict(model: torch.nn.Module, dtype: torch.dtype, changing_only: bool = False) -> dict[str, torch.Tensor]:
+def merged_state_dict(
+    model: torch.nn.Module, dtype: torch.dtype, changing_only: bool = False
+) -> dict[str, torch.Tensor]:
     """The model's weights under their Hugging Face names, LoRA deltas merged in (the model is
     not modified), as ``dtype`` CPU tensors; FSDP2 shards are gathered (every rank must call).
 
@@ -68,8 +70,13 @@ def changing_weights(model: torch.nn.Module) -> set[str]:
     names = [name for name, _ in model.named_parameters()]
     if not hasattr(model, "peft_config"):
         return set(names)
-    changed = [hf_parameter_name(name.split(".lora_")[0] + ".weight") if ".lora_" in name else hf_parameter_name(name)
-               for name, param in model.named_parameters() if param.requires_grad]
+    changed = [
+        hf_parameter_name(name.split(".lora_")[0] + ".weight")
+        if ".lora_" in name
+        else hf_parameter_name(name)
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    ]
     # the module two levels up from a weight (model.layers.3.self_attn from ….self_attn.q_proj.weight)
     parents = {name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else "" for name in changed}
     hf_names = {hf_parameter_name(name) for name in names if ".lora_" not in name}

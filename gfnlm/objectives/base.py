@@ -45,7 +45,9 @@ class Objective:
     provides: ClassVar[frozenset[str]] = frozenset()
     off_policy: ClassVar[OffPolicy] = "on_policy"
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint | None:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint | None:
         """The distribution this objective converges to over every response ``y`` of one prompt,
         given the target's ``log R(y)`` and ``|y|`` (EOS counts), and where its learned log Z goes;
         ``None`` when it targets no particular distribution. Used by the exact checker."""
@@ -74,7 +76,9 @@ def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float
     if kind == "squared":
         return residual.pow(2)
     if kind == "huber":
-        return 2.0 * F.huber_loss(residual, torch.zeros_like(residual), reduction="none", delta=delta)
+        return 2.0 * F.huber_loss(
+            residual, torch.zeros_like(residual), reduction="none", delta=delta
+        )
     raise ValueError(f"penalty={kind!r}: must be 'squared' or 'huber'")
 
 
@@ -84,22 +88,33 @@ def _check_penalty(instance: object, attribute: attrs.Attribute, value: object) 
 
 
 def _check_huber_delta(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value > 0)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise ValueError(f"{attribute.name}={quoted(value)}: must be a finite number > 0")
 
 
 def penalty_field(**field_kwargs: Any) -> Penalty:
     """The ``penalty`` option (default squared), checked to be ``squared`` or ``huber``; declared
     once by :class:`PenalisedObjective`, and usable on its own by an objective that is not one."""
-    return option("squared", "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))",
-                  validator=_check_penalty, **field_kwargs)
+    return option(
+        "squared",
+        "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))",
+        validator=_check_penalty,
+        **field_kwargs,
+    )
 
 
 def huber_delta_field(**field_kwargs: Any) -> float:
     """The ``huber_delta`` option (default 1.0), checked to be a finite number > 0."""
-    return option(1.0, "δ of the Huber penalty (with penalty='huber'), a finite number > 0",
-                  validator=_check_huber_delta, **field_kwargs)
+    return option(
+        1.0,
+        "δ of the Huber penalty (with penalty='huber'), a finite number > 0",
+        validator=_check_huber_delta,
+        **field_kwargs,
+    )
 
 
 @attrs.frozen
@@ -163,9 +178,14 @@ def residual_metrics(residual: Tensor) -> dict[str, float]:
 def log_z_source_field() -> LogZSource:
     """The ``log_z_source`` option of the objectives that use log Z: ``learned`` (the run's log Z
     component) or ``group_mean`` (estimated from each prompt's group, see :func:`group_mean_log_z`)."""
-    return attrs.field(default="learned", validator=attrs.validators.in_(("learned", "group_mean")),
-                       metadata={"help": "log Z from the run's log Z component ('learned') or each prompt's group "
-                                         "('group_mean', VarGrad)"})
+    return attrs.field(
+        default="learned",
+        validator=attrs.validators.in_(("learned", "group_mean")),
+        metadata={
+            "help": "log Z from the run's log Z component ('learned') or each prompt's group "
+            "('group_mean', VarGrad)"
+        },
+    )
 
 
 def group_mean_log_z(partial_residual: Float[Tensor, " B"], group: Tensor) -> Float[Tensor, " B"]:
@@ -181,10 +201,14 @@ def group_mean_log_z(partial_residual: Float[Tensor, " B"], group: Tensor) -> Fl
     return -group_mean(partial_residual.detach(), group)
 
 
-def group_mean(values: Float[Tensor, " B"], group: Tensor, correction: int = 0) -> Float[Tensor, " B"]:
+def group_mean(
+    values: Float[Tensor, " B"], group: Tensor, correction: int = 0
+) -> Float[Tensor, " B"]:
     """Each row's group mean of ``values`` (groups = equal ids in ``group``); with ``correction=1``
     the sum is divided by ``n − 1`` instead of ``n`` (at least 1), for unbiased variances."""
     _, index = torch.unique(group, return_inverse=True)
-    sums = torch.zeros(int(index.max()) + 1, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    sums = torch.zeros(int(index.max()) + 1, dtype=values.dtype, device=values.device).index_add_(
+        0, index, values
+    )
     counts = torch.bincount(index, minlength=sums.shape[0]).to(values.dtype)
     return (sums / (counts - correction).clamp_min(1.0))[index]

@@ -36,7 +36,9 @@ class DetailedBalance(PenalisedObjective):
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint:
         """The normalised target (no log Z)."""
         return normalised_target(log_reward, with_log_z=False)
 
@@ -52,4 +54,6 @@ class DetailedBalance(PenalisedObjective):
         steps = rollouts.num_steps.to(delta.dtype)
         per_sample = (per_step * valid).sum(-1) / steps.clamp_min(1.0)
         loss = masked_mean(per_sample, rollouts.num_steps > 0)
-        return ObjectiveOutput(loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample))
+        return ObjectiveOutput(
+            loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample)
+        )

@@ -44,5 +44,8 @@ class EntropyMinimisation(Objective):
         loss = masked_mean(policy.entropy, mask)
         weights = mask.to(policy.entropy.dtype)
         per_response = (policy.entropy * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
-        return ObjectiveOutput(loss=loss, residual=per_response.detach(),
-                               metrics={"entropy_mean": float(loss.detach())})
+        return ObjectiveOutput(
+            loss=loss,
+            residual=per_response.detach(),
+            metrics={"entropy_mean": float(loss.detach())},
+        )

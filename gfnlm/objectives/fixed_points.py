@@ -46,21 +46,26 @@ def per_token_target(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N
     return FixedPoint(normalise_log(per_token), float(torch.logsumexp(per_token, 0)))
 
 
-def length_tilt(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"],
-                with_log_z: bool = True) -> FixedPoint:
+def length_tilt(
+    log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"], with_log_z: bool = True
+) -> FixedPoint:
     """``π ∝ R·exp(−λ*|y|)``, already normalised at λ* (:func:`lambda_star`); log Z' converges to λ*."""
     star = lambda_star(log_reward, lengths)
-    return FixedPoint(tilted_log_distribution(log_reward, lengths, star), star if with_log_z else math.nan)
+    return FixedPoint(
+        tilted_log_distribution(log_reward, lengths, star), star if with_log_z else math.nan
+    )
 
 
-def tilted_log_distribution(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"],
-                            lam: float) -> Float[Tensor, " N"]:
+def tilted_log_distribution(
+    log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"], lam: float
+) -> Float[Tensor, " N"]:
     """The normalised length tilt ``∝ R(y)·exp(−λ|y|)``."""
     return normalise_log(log_reward - lam * lengths)
 
 
-def bracket_root(func: Callable[[float], float], decreasing: bool = True,
-                 start: float = 1.0, limit: float = 1e4) -> tuple[float, float]:
+def bracket_root(
+    func: Callable[[float], float], decreasing: bool = True, start: float = 1.0, limit: float = 1e4
+) -> tuple[float, float]:
     """An interval ``[lo, hi]`` around 0 on which a monotone ``func`` changes sign.
 
     Starts at ``[-start, start]`` and doubles each side until the sign changes (the root of the
@@ -88,6 +93,7 @@ def lambda_star(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -
     Setting every LA-TB residual to zero gives ``log π = log R − |y|·log Z'``, so this is where
     ``log Z'`` converges, and ``R·exp(−λ*|y|)`` is already normalised.
     """
+
     def log_mass(lam: float) -> float:
         return float(torch.logsumexp(log_reward - lam * lengths, 0))
 

@@ -106,16 +106,22 @@ def loss_type_name(value: object) -> object:
 
 def one_of(*allowed: str, also: str = ""):
     """An attrs validator: ``value`` must be one of ``allowed`` (a one-line error naming both)."""
+
     def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
         if value not in allowed:
-            raise ValueError(f"{attribute.name}={value!r}: must be one of "
-                             f"{', '.join(allowed)}{also}")
+            raise ValueError(
+                f"{attribute.name}={value!r}: must be one of {', '.join(allowed)}{also}"
+            )
+
     return check
 
 
-def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor,
-                                scale: ScaleRewards | bool = "group",
-                                eps: float = 1e-4) -> Float[Tensor, " B"]:
+def group_normalised_advantages(
+    reward: Float[Tensor, " B"],
+    group: Tensor,
+    scale: ScaleRewards | bool = "group",
+    eps: float = 1e-4,
+) -> Float[Tensor, " B"]:
     """``(r − mean_G r) / (s + ε)`` within each group: ``s`` the group's standard deviation
     ('group'), that of all rewards ('batch'), or no division ('none').
 
@@ -137,39 +143,59 @@ def group_normalised_advantages(reward: Float[Tensor, " B"], group: Tensor,
 class GRPO(Objective):
     """PPO-clipped policy gradient with group-normalised advantages of the target's reward."""
 
-    eps_low: float = option(0.2, "PPO clip: the ratio is clipped to [1 − eps_low, 1 + eps_high]",
-        converter=float)
+    eps_low: float = option(
+        0.2, "PPO clip: the ratio is clipped to [1 − eps_low, 1 + eps_high]", converter=float
+    )
     eps_high: float = option(0.2, "PPO clip upper bound", converter=float)
     scale_rewards: ScaleRewards = option(
-        "group", "divide the group-centred rewards by the std of the group ('group'), of the batch "
+        "group",
+        "divide the group-centred rewards by the std of the group ('group'), of the batch "
         "('batch') or not at all ('none'); true/false read as 'group'/'none'",
-        converter=scale_rewards_name, validator=one_of("group", "batch", "none"))
+        converter=scale_rewards_name,
+        validator=one_of("group", "batch", "none"),
+    )
     loss_type: LossType = option(
-        "token", "'token' (TRL's 'dapo'): mean over the batch's tokens; 'sequence' (TRL's 'grpo'): "
+        "token",
+        "'token' (TRL's 'dapo'): mean over the batch's tokens; 'sequence' (TRL's 'grpo'): "
         "mean per response, then over responses; 'dr_grpo': sum over tokens / (B × "
         "max_completion_length)",
         converter=loss_type_name,
-        validator=one_of("token", "sequence", "dr_grpo", also=" (or TRL's names dapo, grpo)"))
+        validator=one_of("token", "sequence", "dr_grpo", also=" (or TRL's names dapo, grpo)"),
+    )
     max_completion_length: int | None = option(
-        None, "constant L_max of loss_type='dr_grpo' (set it to sampling.max_new_tokens); None: "
+        None,
+        "constant L_max of loss_type='dr_grpo' (set it to sampling.max_new_tokens); None: "
         "the padded width of the batch's responses",
-        validator=attrs.validators.optional([attrs.validators.instance_of(int),
-                                             attrs.validators.ge(1)]))
+        validator=attrs.validators.optional(
+            [attrs.validators.instance_of(int), attrs.validators.ge(1)]
+        ),
+    )
     mask_truncated: bool = option(
-        False, "responses cut at the length limit (no EOS) get no weight in the loss and leave "
+        False,
+        "responses cut at the length limit (no EOS) get no weight in the loss and leave "
         "its normaliser (TRL's mask_truncated_completions); their rewards still count in the "
         "advantages",
-        validator=attrs.validators.instance_of(bool))
+        validator=attrs.validators.instance_of(bool),
+    )
     # Where r comes from: the target's log_reward (GRPO with a verifier, TTRL, EMPO through reward
     # functions), or the policy's own tokens: RENT (minus the mean token entropy) and Intuitor (the
     # mean self-certainty), both computed without gradient from the same forward pass.
     reward: Literal["target", "neg_entropy", "self_certainty"] = option(
-        "target", "r: the target's log_reward, minus the mean token entropy (RENT) or the self-certainty (Intuitor)",
-        validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")))
-    kl_beta: float = option(0.0, "weight of the KL to the base model (0 = none, the PowerFlow paper's setting)",
-        converter=float, validator=attrs.validators.ge(0.0))
-    kl_estimator: Literal["k1", "k3"] = option("k1", "'k1' (in the reward) or 'k3' (in the loss) estimate of the KL",
-        validator=attrs.validators.in_(("k1", "k3")))
+        "target",
+        "r: the target's log_reward, minus the mean token entropy (RENT) or the self-certainty (Intuitor)",
+        validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")),
+    )
+    kl_beta: float = option(
+        0.0,
+        "weight of the KL to the base model (0 = none, the PowerFlow paper's setting)",
+        converter=float,
+        validator=attrs.validators.ge(0.0),
+    )
+    kl_estimator: Literal["k1", "k3"] = option(
+        "k1",
+        "'k1' (in the reward) or 'k3' (in the loss) estimate of the KL",
+        validator=attrs.validators.in_(("k1", "k3")),
+    )
 
     # The ratio ρ corrects for sampling by behaviour_logp, exactly: valid under an exploration
     # policy, not on replayed trajectories (their reward-prioritised selection has no probability).
@@ -232,24 +258,32 @@ class GRPO(Objective):
             return (summed / mask.sum(-1).clamp_min(1)).sum() / kept.sum().clamp_min(1)
         longest, width = int(rollouts.lengths.max()), self.max_completion_length or mask.shape[1]
         if longest > width:
-            raise ValueError(f"max_completion_length={width}: a response has {longest} tokens; "
-                             "set it to sampling.max_new_tokens")
+            raise ValueError(
+                f"max_completion_length={width}: a response has {longest} tokens; "
+                "set it to sampling.max_new_tokens"
+            )
         return summed.sum() / (rollouts.batch_size * width)
 
     @staticmethod
     def _ref_logp(target: TargetScores) -> Float[Tensor, "B T"]:
         if target.ref_token_logp is None:
-            raise ValueError("kl_beta > 0 needs a target that reports ref_token_logp (alpha_power, reward_tilted)")
+            raise ValueError(
+                "kl_beta > 0 needs a target that reports ref_token_logp (alpha_power, reward_tilted)"
+            )
         return target.ref_token_logp.detach()
 
-    def rewards(self, rollouts: Rollouts, policy: PolicyEval, target: TargetScores) -> Float[Tensor, " B"]:
+    def rewards(
+        self, rollouts: Rollouts, policy: PolicyEval, target: TargetScores
+    ) -> Float[Tensor, " B"]:
         """``r`` per response (detached), from the source named by ``reward``."""
         if self.reward == "target":
             return target.log_reward.detach()
         statistic = policy.entropy if self.reward == "neg_entropy" else policy.self_certainty
         if statistic is None:
-            raise ValueError(f"reward={self.reward!r} needs a policy that reports "
-                             f"{'entropy' if self.reward == 'neg_entropy' else 'self_certainty'} at every position")
+            raise ValueError(
+                f"reward={self.reward!r} needs a policy that reports "
+                f"{'entropy' if self.reward == 'neg_entropy' else 'self_certainty'} at every position"
+            )
         mask = rollouts.response_mask.to(statistic.dtype)
         mean = (statistic.detach() * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
         return -mean if self.reward == "neg_entropy" else mean

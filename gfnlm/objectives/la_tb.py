@@ -58,10 +58,18 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
 class LengthAwareTB(PenalisedObjective):
     """PowerFlow's LA-TB with a per-token ``log Z'(q)`` and a clipped importance weight."""
 
-    eps_low: float = option(0.2, "clip-higher lower bound: the importance weight is clipped to [1 − eps_low, 1 + eps_high]",
-        converter=float, validator=_non_negative)
-    eps_high: float = option(0.28, "clip-higher upper bound (ε_high > ε_low keeps several minibatch updates per batch safe)",
-        converter=float, validator=_non_negative)
+    eps_low: float = option(
+        0.2,
+        "clip-higher lower bound: the importance weight is clipped to [1 − eps_low, 1 + eps_high]",
+        converter=float,
+        validator=_non_negative,
+    )
+    eps_high: float = option(
+        0.28,
+        "clip-higher upper bound (ε_high > ε_low keeps several minibatch updates per batch safe)",
+        converter=float,
+        validator=_non_negative,
+    )
     log_z_source: LogZSource = log_z_source_field()
     # Its residual is zero on every trajectory at the fixed point, so any behaviour policy and
     # replayed trajectories leave the fixed point unchanged; w weighs by the behaviour probability.
@@ -74,7 +82,9 @@ class LengthAwareTB(PenalisedObjective):
         learned = frozenset({"log_z"}) if self.log_z_source == "learned" else frozenset()
         return frozenset({"exact_behaviour_logp"}) | learned
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint:
         """The length tilt ``R·exp(−λ*|y|)``; log Z' (learned, or the group-mean estimate) → λ*."""
         return length_tilt(log_reward, lengths)  # learned or estimated (group_mean), log Z' → λ*
 

@@ -42,10 +42,15 @@ class SubTrajectoryBalance(PenalisedObjective):
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
-    lamda: float = option(1.0, "λ: sub-trajectory s_i → s_j has weight λ^(j−i−1), one step "
-                          "weighs 1 (1 = all equal)", converter=float)
+    lamda: float = option(
+        1.0,
+        "λ: sub-trajectory s_i → s_j has weight λ^(j−i−1), one step weighs 1 (1 = all equal)",
+        converter=float,
+    )
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint:
         """The normalised target (no log Z)."""
         return normalised_target(log_reward, with_log_z=False)
 
@@ -70,4 +75,6 @@ class SubTrajectoryBalance(PenalisedObjective):
         per_sample = (weight * per_pair).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1e-12)
         has_transition = rollouts.num_steps > 0
         loss = masked_mean(per_sample, has_transition)
-        return ObjectiveOutput(loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample))
+        return ObjectiveOutput(
+            loss=loss, residual=per_sample.detach(), metrics=residual_metrics(per_sample)
+        )

@@ -34,7 +34,9 @@ class TrajectoryBalance(PenalisedObjective):
     requires = frozenset({"log_z"})
     off_policy = "any"
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint:
         """The normalised target; log Z → ``log Σ R``."""
         return normalised_target(log_reward)
 
@@ -48,4 +50,6 @@ class TrajectoryBalance(PenalisedObjective):
         assert log_z is not None
         residual = log_z + policy.sequence_logp(rollouts.response_mask) - target.log_reward
         loss = self.penalise(residual).mean()
-        return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))
+        return ObjectiveOutput(
+            loss=loss, residual=residual.detach(), metrics=residual_metrics(residual)
+        )

@@ -36,7 +36,9 @@ class TokenNormalisedTB(PenalisedObjective):
     requires = frozenset({"log_z"})
     off_policy = "any"
 
-    def fixed_point(self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]) -> FixedPoint:
+    def fixed_point(
+        self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
+    ) -> FixedPoint:
         """``∝ exp(log R/|y|)``; log Z → its log-normaliser."""
         return per_token_target(log_reward, lengths)
 
@@ -51,4 +53,6 @@ class TokenNormalisedTB(PenalisedObjective):
         per_token_reward = target.log_reward / safe_lengths(rollouts, target.log_reward)
         residual = log_z + policy.sequence_logp(rollouts.response_mask) - per_token_reward
         loss = self.penalise(residual).mean()
-        return ObjectiveOutput(loss=loss, residual=residual.detach(), metrics=residual_metrics(residual))
+        return ObjectiveOutput(
+            loss=loss, residual=residual.detach(), metrics=residual_metrics(residual)
+        )

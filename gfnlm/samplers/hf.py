@@ -44,9 +44,16 @@ class HFSampler(Sampler):
     temperature: float = option(1.0, "sampling temperature (set from sampling.temperature)")
     top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p; 1 = off)")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
-    min_p: float = option(0.0, "min-p threshold relative to the most likely token (set from sampling.min_p; 0 = off)")
-    batch_size: int = option(0, "most sequences per decoding call (0 = all at once)")  # max sequences per decoding call; 0 = all at once
-    engine: str = option("cached", "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution")
+    min_p: float = option(
+        0.0, "min-p threshold relative to the most likely token (set from sampling.min_p; 0 = off)"
+    )
+    batch_size: int = option(
+        0, "most sequences per decoding call (0 = all at once)"
+    )  # max sequences per decoding call; 0 = all at once
+    engine: str = option(
+        "cached",
+        "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution",
+    )
     version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
     _policy: Any = attrs.field(default=None, init=False, repr=False)
     _exploration: Any = attrs.field(default=None, init=False, repr=False)
@@ -60,7 +67,9 @@ class HFSampler(Sampler):
         """Why ``behaviour_transform`` is missing with ``engine='generate'``."""
         if self.engine == "cached":
             return {}
-        return {"behaviour_transform": "engine='generate' samples inside model.generate; use engine='cached'"}
+        return {
+            "behaviour_transform": "engine='generate' samples inside model.generate; use engine='cached'"
+        }
 
     def explore_with(self, exploration: Any) -> None:
         """Draw every token from ``exploration.behaviour_log_probs`` of the policy's distribution."""
@@ -68,7 +77,9 @@ class HFSampler(Sampler):
 
     def __attrs_post_init__(self) -> None:
         if self.engine not in ("cached", "generate"):
-            raise ConfigError(f"sampling.sampler_options.engine={self.engine!r}: must be one of cached, generate")
+            raise ConfigError(
+                f"sampling.sampler_options.engine={self.engine!r}: must be one of cached, generate"
+            )
         check_sampling_settings(self.temperature, self.top_p, self.min_p)
 
     def setup(self, policy: Any) -> None:
@@ -81,10 +92,18 @@ class HFSampler(Sampler):
         """The ``GenerationConfig`` of the ``generate`` engine (pure ancestral sampling)."""
         tokenizer = self._policy.tokenizer
         return GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, min_p=self.min_p or None,
-            max_new_tokens=self.max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
-            eos_token_id=self._policy.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            output_scores=True, return_dict_in_generate=True,
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0,
+            min_p=self.min_p or None,
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=0,
+            repetition_penalty=1.0,
+            eos_token_id=self._policy.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
 
     @torch.no_grad()
@@ -93,33 +112,57 @@ class HFSampler(Sampler):
         device = policy.device
         prompt_ids, prompt_mask = prompts.prompt_ids.to(device), prompts.prompt_mask.to(device)
         chunk = max(1, (self.batch_size or len(prompts) * n) // n)  # whole prompts per call
-        pieces = [self._decode(prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], n)
-                  for i in range(0, len(prompts), chunk)]
+        pieces = [
+            self._decode(prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], n)
+            for i in range(0, len(prompts), chunk)
+        ]
         width = max(p[0].shape[1] for p in pieces)
-        generated = torch.cat([_pad_right(p[0], width, policy.tokenizer.pad_token_id) for p in pieces])
+        generated = torch.cat(
+            [_pad_right(p[0], width, policy.tokenizer.pad_token_id) for p in pieces]
+        )
         behaviour = torch.cat([_pad_right(p[1], width, 0.0) for p in pieces])
-        return attrs.evolve(rollouts_from_generated(policy, prompts, n, generated, behaviour),
-                            weight_version=self.version)
+        return attrs.evolve(
+            rollouts_from_generated(policy, prompts, n, generated, behaviour),
+            weight_version=self.version,
+        )
 
-    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self._policy
         with policy.decoding():
             if self.engine == "cached":
                 return decode_with_cache(
-                    policy.model, prompt_ids, prompt_mask, n, max_new_tokens=self.max_new_tokens,
-                    eos_token_id=policy.eos_token_id, pad_token_id=policy.tokenizer.pad_token_id,
-                    temperature=self.temperature, top_p=self.top_p, min_p=self.min_p,
-                    synced=policy.synced_decoding, exploration=self._exploration)
+                    policy.model,
+                    prompt_ids,
+                    prompt_mask,
+                    n,
+                    max_new_tokens=self.max_new_tokens,
+                    eos_token_id=policy.eos_token_id,
+                    pad_token_id=policy.tokenizer.pad_token_id,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    min_p=self.min_p,
+                    synced=policy.synced_decoding,
+                    exploration=self._exploration,
+                )
             return self._generate(per_sample(prompt_ids, n), per_sample(prompt_mask, n))
 
-    def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self._policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                                          generation_config=self.generation_config())
-        generated = out.sequences[:, prompt_ids.shape[1]:]
+    def _generate(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._policy.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask.long(),
+            generation_config=self.generation_config(),
+        )
+        generated = out.sequences[:, prompt_ids.shape[1] :]
         # One step's [B, V] scores (after temperature / top-p / min-p) at a time: no widened
         # [B, T, V] stack.
-        behaviour = [wide(step_scores).log_softmax(-1).gather(-1, generated[:, i, None]).squeeze(-1)
-                     for i, step_scores in enumerate(out.scores)]
+        behaviour = [
+            wide(step_scores).log_softmax(-1).gather(-1, generated[:, i, None]).squeeze(-1)
+            for i, step_scores in enumerate(out.scores)
+        ]
         return generated, torch.stack(behaviour, 1)
 
 

@@ -42,13 +42,25 @@ Propose = Callable[[list[int], int], tuple[list[int], list[float]]]
 BaseLogp = Callable[[list[int], list[int]], list[float]]
 
 
-def log_acceptance(alpha: float, new_logp: Sequence[float], old_logp: Sequence[float],
-                   new_logq: Sequence[float], old_logq: Sequence[float], old_len: int, new_len: int) -> float:
+def log_acceptance(
+    alpha: float,
+    new_logp: Sequence[float],
+    old_logp: Sequence[float],
+    new_logq: Sequence[float],
+    old_logq: Sequence[float],
+    old_len: int,
+    new_len: int,
+) -> float:
     """``α[log p(x') − log p(x)] + log q(x) − log q(x') + log|x| − log|x'|`` over the resampled
     suffixes; the last two terms correct for the position being drawn uniformly from the current
     length (they cancel when the lengths are equal)."""
-    return (alpha * (sum(new_logp) - sum(old_logp)) + sum(old_logq) - sum(new_logq)
-            + math.log(old_len) - math.log(new_len))
+    return (
+        alpha * (sum(new_logp) - sum(old_logp))
+        + sum(old_logq)
+        - sum(new_logq)
+        + math.log(old_len)
+        - math.log(new_len)
+    )
 
 
 @attrs.define
@@ -71,9 +83,17 @@ class MHStats:
         return self.tokens_generated / max(self.tokens_returned, 1)
 
 
-def power_sample(propose: Propose, base_logp: BaseLogp, eos_id: int, alpha: float, max_new_tokens: int,
-                 block_size: int, mh_steps: int, rng: random.Random, stats: MHStats | None = None
-                 ) -> tuple[list[int], list[float]]:
+def power_sample(
+    propose: Propose,
+    base_logp: BaseLogp,
+    eos_id: int,
+    alpha: float,
+    max_new_tokens: int,
+    block_size: int,
+    mh_steps: int,
+    rng: random.Random,
+    stats: MHStats | None = None,
+) -> tuple[list[int], list[float]]:
     """One response from block-wise MH targeting ``p^α``: its tokens and their ``log p_base``."""
     stats = stats if stats is not None else MHStats()
     tokens: list[int] = []
@@ -90,7 +110,9 @@ def power_sample(propose: Propose, base_logp: BaseLogp, eos_id: int, alpha: floa
             stats.tokens_generated += len(new)
             new_logp = base_logp(tokens[:i], new)
             stats.proposals += 1
-            log_a = log_acceptance(alpha, new_logp, logp[i:], new_logq, logq[i:], len(tokens), i + len(new))
+            log_a = log_acceptance(
+                alpha, new_logp, logp[i:], new_logq, logq[i:], len(tokens), i + len(new)
+            )
             if log_a >= 0 or rng.random() < math.exp(log_a):
                 stats.accepted += 1
                 tokens, logp, logq = tokens[:i] + new, logp[:i] + new_logp, logq[:i] + new_logq
@@ -111,19 +133,28 @@ class PowerMHSampler(Sampler):
 
     alpha: float = option(4.0, "α of the power distribution sampled by Metropolis–Hastings")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
-    block_size: int = option(0, "tokens added per block before the MH steps (0: max_new_tokens / 16, the published 16 blocks)")
+    block_size: int = option(
+        0,
+        "tokens added per block before the MH steps (0: max_new_tokens / 16, the published 16 blocks)",
+    )
     mh_steps: int = option(10, "MH steps per block")
     seed: int = option(0, "seed of the sampler's own random numbers")
-    temperature: float = option(1.0, "unused: the proposal runs at 1/alpha (accepted like every sampler's)")
-    top_p: float = option(1.0, "unused: the proposal samples the whole vocabulary (accepted like every sampler's)")
+    temperature: float = option(
+        1.0, "unused: the proposal runs at 1/alpha (accepted like every sampler's)"
+    )
+    top_p: float = option(
+        1.0, "unused: the proposal samples the whole vocabulary (accepted like every sampler's)"
+    )
     _policy: Any = attrs.field(default=None, init=False, repr=False)
     last_stats: MHStats = attrs.field(factory=MHStats, init=False)
 
     def withheld(self) -> dict[str, str]:
         """Why this sampler offers neither exact behaviour log-probs nor an exploration hook."""
-        return {"exact_behaviour_logp": "its behaviour_logp holds log p_base, the MH chain's output has no "
-                                        "tractable sampling probability",
-                "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha"}
+        return {
+            "exact_behaviour_logp": "its behaviour_logp holds log p_base, the MH chain's output has no "
+            "tractable sampling probability",
+            "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha",
+        }
 
     def setup(self, policy: Any) -> None:
         self._policy = policy
@@ -140,10 +171,23 @@ class PowerMHSampler(Sampler):
                 prompt = prompts.prompt_ids[row][prompts.prompt_mask[row]].tolist()
                 propose, base_logp = _hf_functions(base, policy, prompt, self.alpha)
                 for _ in range(n):
-                    responses.append(power_sample(propose, base_logp, policy.eos_token_id, self.alpha,
-                                                  self.max_new_tokens, block, self.mh_steps, rng, self.last_stats))
+                    responses.append(
+                        power_sample(
+                            propose,
+                            base_logp,
+                            policy.eos_token_id,
+                            self.alpha,
+                            self.max_new_tokens,
+                            block,
+                            self.mh_steps,
+                            rng,
+                            self.last_stats,
+                        )
+                    )
         width = max(len(tokens) for tokens, _ in responses)
-        generated = torch.full((len(responses), width), policy.tokenizer.pad_token_id, dtype=torch.long)
+        generated = torch.full(
+            (len(responses), width), policy.tokenizer.pad_token_id, dtype=torch.long
+        )
         logps = torch.zeros(len(responses), width)
         for row, (tokens, logp) in enumerate(responses):
             generated[row, : len(tokens)] = torch.tensor(tokens)
@@ -151,16 +195,25 @@ class PowerMHSampler(Sampler):
         return rollouts_from_generated(policy, prompts, n, generated, logps)
 
 
-def _hf_functions(model: Any, policy: Any, prompt: list[int], alpha: float) -> tuple[Propose, BaseLogp]:
+def _hf_functions(
+    model: Any, policy: Any, prompt: list[int], alpha: float
+) -> tuple[Propose, BaseLogp]:
     """Proposal and base log-prob functions over one prompt (called inside ``policy.decoding``)."""
     device = policy.device
     eos, pad = policy.eos_token_id, policy.tokenizer.pad_token_id
 
     def propose(prefix: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
         ids = torch.tensor([prompt + prefix], device=device)
-        tokens, logq = decode_with_cache(model, ids, torch.ones_like(ids, dtype=torch.bool), 1,
-                                         max_new_tokens=max_tokens, eos_token_id=eos, pad_token_id=pad,
-                                         temperature=1.0 / alpha)
+        tokens, logq = decode_with_cache(
+            model,
+            ids,
+            torch.ones_like(ids, dtype=torch.bool),
+            1,
+            max_new_tokens=max_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            temperature=1.0 / alpha,
+        )
         out, out_logq = [], []
         for token, value in zip(tokens[0].tolist(), logq[0].tolist(), strict=True):
             out.append(token)

@@ -47,7 +47,17 @@ class ServerSampler(Sampler):
     engine: ClassVar[str] = "server"  # how messages name the engine
     # How the server is reached or started, not what it computes: a resumed run may change them.
     runtime_options: ClassVar[frozenset[str]] = frozenset(
-        {"url", "base_url", "launch", "base_launch", "sync_dir", "timeout_s", "retries", "concurrency"})
+        {
+            "url",
+            "base_url",
+            "launch",
+            "base_launch",
+            "sync_dir",
+            "timeout_s",
+            "retries",
+            "concurrency",
+        }
+    )
     overlaps_training: ClassVar[bool] = True  # the server samples with its own copy of the weights
     # A full push after the first may carry only the weights training changes (changing_weights):
     # the engine's reload must keep the weights a folder does not name.
@@ -58,20 +68,40 @@ class ServerSampler(Sampler):
     min_p: float = option(0.0, "min-p threshold (set from sampling.min_p; 0 = off)")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
     url: str = option("", "a running server, e.g. http://127.0.0.1:30000 ('' with launch)")
-    launch: dict[str, Any] | None = option(None, "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true")
-    weight_sync: str = option("full", "how the policy reaches the server after each step: full, lora or none")
+    launch: dict[str, Any] | None = option(
+        None,
+        "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true",
+    )
+    weight_sync: str = option(
+        "full", "how the policy reaches the server after each step: full, lora or none"
+    )
     sync_every: int = option(1, "push the weights every N optimiser steps")
-    sync_dir: str = option("", "where weights are written for the server ('' = a temp dir); the server must read it")
+    sync_dir: str = option(
+        "", "where weights are written for the server ('' = a temp dir); the server must read it"
+    )
     # dtype of the full weights written for the server: float32 is exact; bfloat16 halves the
     # bytes when the server computes in bf16 anyway (its usual GPU setting)
-    weights_dtype: str = option("float32", "dtype of the pushed full weights: float32 (exact), bfloat16 or float16")
+    weights_dtype: str = option(
+        "float32", "dtype of the pushed full weights: float32 (exact), bfloat16 or float16"
+    )
     timeout_s: float = option(120.0, "deadline of one whole HTTP call, retries included (seconds)")
-    retries: int = option(2, "extra attempts, only for requests that never reached the server and 502/503/504")
+    retries: int = option(
+        2, "extra attempts, only for requests that never reached the server and 502/503/504"
+    )
     concurrency: int = option(8, "requests in flight at once")
-    scores_base: bool = option(False, "the target's base log-probs from the server instead of the trainer")
-    base_url: str = option("", "a server with the frozen base weights ('' = this server without the adapter)")
-    base_launch: dict[str, Any] | None = option(None, "start a server with the frozen base weights for scores_base (options as launch; no adapter, no sync)")
-    identity_tolerance: float = option(0.1, "largest mean |Δ log p| between server and policy on a probe before refusing")
+    scores_base: bool = option(
+        False, "the target's base log-probs from the server instead of the trainer"
+    )
+    base_url: str = option(
+        "", "a server with the frozen base weights ('' = this server without the adapter)"
+    )
+    base_launch: dict[str, Any] | None = option(
+        None,
+        "start a server with the frozen base weights for scores_base (options as launch; no adapter, no sync)",
+    )
+    identity_tolerance: float = option(
+        0.1, "largest mean |Δ log p| between server and policy on a probe before refusing"
+    )
 
     version: int = attrs.field(default=-1, init=False)
     _policy: Any = attrs.field(default=None, init=False, repr=False)
@@ -103,35 +133,55 @@ class ServerSampler(Sampler):
 
     def withheld(self) -> dict[str, str]:
         """Why ``exact_behaviour_logp`` may be missing, and why there is no ``behaviour_transform``."""
-        reasons = {"behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"}
+        reasons = {
+            "behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"
+        }
         if not self.behaviour_logp_is_exact:
-            reasons["exact_behaviour_logp"] = (f"top_p={self.top_p:g}, min_p={self.min_p:g}: the {self.engine} server "
-                                               "reports log-probs taken before top-p and min-p; use top_p=1 and min_p=0")
+            reasons["exact_behaviour_logp"] = (
+                f"top_p={self.top_p:g}, min_p={self.min_p:g}: the {self.engine} server "
+                "reports log-probs taken before top-p and min-p; use top_p=1 and min_p=0"
+            )
         return reasons
 
     def __attrs_post_init__(self) -> None:
         if not self.url and self.launch is None:
-            raise ConfigError(f"{OPTION}.url='': give the server's URL, or launch options to start one")
+            raise ConfigError(
+                f"{OPTION}.url='': give the server's URL, or launch options to start one"
+            )
         if self.url:
             check_url(f"{OPTION}.url", self.url)
         if self.base_url:
             check_url(f"{OPTION}.base_url", self.base_url)
         if self.weight_sync not in ("full", "lora", "none"):
-            raise ConfigError(f"{OPTION}.weight_sync={self.weight_sync!r}: must be one of full, lora, none")
+            raise ConfigError(
+                f"{OPTION}.weight_sync={self.weight_sync!r}: must be one of full, lora, none"
+            )
         if self.weights_dtype not in ("bfloat16", "float16", "float32"):
-            raise ConfigError(f"{OPTION}.weights_dtype={self.weights_dtype!r}: must be one of bfloat16, float16, float32")
+            raise ConfigError(
+                f"{OPTION}.weights_dtype={self.weights_dtype!r}: must be one of bfloat16, float16, float32"
+            )
         for name in ("sync_every", "concurrency"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{OPTION}.{name}={getattr(self, name)!r}: must be >= 1")
         if not self.timeout_s > 0 or int(self.retries) < 0:
-            raise ConfigError(f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0")
+            raise ConfigError(
+                f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0"
+            )
         check_sampling_settings(self.temperature, self.top_p, self.min_p)
         if self.base_launch is not None and (self.base_url or not self.scores_base):
-            raise ConfigError(f"{OPTION}.base_launch={self.base_launch!r}: starts a server for scores_base=true "
-                              f"only, and not beside base_url (scores_base={self.scores_base}, base_url={self.base_url!r})")
-        if self.scores_base and self.weight_sync == "full" and not (self.base_url or self.base_launch is not None):
-            raise ConfigError(f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
-                              "weights, not the base model's; use weight_sync=lora, or give base_url or base_launch")
+            raise ConfigError(
+                f"{OPTION}.base_launch={self.base_launch!r}: starts a server for scores_base=true "
+                f"only, and not beside base_url (scores_base={self.scores_base}, base_url={self.base_url!r})"
+            )
+        if (
+            self.scores_base
+            and self.weight_sync == "full"
+            and not (self.base_url or self.base_launch is not None)
+        ):
+            raise ConfigError(
+                f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
+                "weights, not the base model's; use weight_sync=lora, or give base_url or base_launch"
+            )
         # The interpreter and its server package are checked now, before the model loads.
         self._launch_config = self._checked_launch("launch", self.launch)
         self._base_launch_config = self._checked_launch("base_launch", self.base_launch)
@@ -147,7 +197,9 @@ class ServerSampler(Sampler):
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         raise NotImplementedError
 
-    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> ManagedServer:
+    def _new_server(
+        self, model_path: str, launch: LaunchConfig, adapters: bool = True
+    ) -> ManagedServer:
         """A server of ``model_path``; ``adapters``: ready for this sampler's LoRA sync, if it has one."""
         raise NotImplementedError
 
@@ -204,7 +256,9 @@ class ServerSampler(Sampler):
         self._client = self._new_client(self.url)
         if self._base_launch_config is not None:
             model_path = str(policy.transformer_config._name_or_path)
-            self._base_server = self._new_server(model_path, self._base_launch_config, adapters=False).start()
+            self._base_server = self._new_server(
+                model_path, self._base_launch_config, adapters=False
+            ).start()
             self.base_url = self._base_server.url
         if self.base_url:
             self._base_client = self._new_client(self.base_url)
@@ -218,7 +272,10 @@ class ServerSampler(Sampler):
         try:
             yield
         except ServerError as error:
-            for which, server in (("launched server", self._server), ("launched base server", self._base_server)):
+            for which, server in (
+                ("launched server", self._server),
+                ("launched base server", self._base_server),
+            ):
                 if server is not None and not server.alive():
                     note = server.failure_note()
                     raise ServerError(f"{error}; the {which} exited; {note}") from None
@@ -237,7 +294,9 @@ class ServerSampler(Sampler):
         changed_only = self._pushes_changed_only()
         weights = self._export(policy, changed_only)
         if weights is not None and self.version < 0:
-            self._check_architecture(weights)  # before the first push: a wrong push can kill a server
+            self._check_architecture(
+                weights
+            )  # before the first push: a wrong push can kill a server
         self._push(policy, weights, version)
         if changed_only and self._changed_only_ok is None:
             self._check_changed_only_push(policy, version)
@@ -251,14 +310,20 @@ class ServerSampler(Sampler):
                     self._push_lora(policy, version)
         _barrier()
         self.version = version
-        if self.weight_sync == "lora":  # every rank names the adapter rank 0 (or its own server) loaded
+        if (
+            self.weight_sync == "lora"
+        ):  # every rank names the adapter rank 0 (or its own server) loaded
             self._lora_name = self._adapter_name(version)
 
     def _pushes_changed_only(self) -> bool:
         """A full push after the first one carries only the changing weights, where the engine keeps
         the rest and a first such push was served right (or has not happened yet)."""
-        return (self.weight_sync == "full" and self.pushes_changed_weights and self.version >= 0
-                and self._changed_only_ok is not False)
+        return (
+            self.weight_sync == "full"
+            and self.pushes_changed_weights
+            and self.version >= 0
+            and self._changed_only_ok is not False
+        )
 
     def _check_changed_only_push(self, policy: Any, version: int) -> None:
         """After the first push of changed weights only, the server must serve the policy exactly as
@@ -270,14 +335,20 @@ class ServerSampler(Sampler):
             self._changed_only_ok = True
         except ServerError as error:
             self._changed_only_ok = False
-            print(f"gfnlm: {self.engine} server did not serve the policy after a push of its changing weights "
-                  f"only ({error}); pushing all weights from now on", file=sys.stderr, flush=True)
+            print(
+                f"gfnlm: {self.engine} server did not serve the policy after a push of its changing weights "
+                f"only ({error}); pushing all weights from now on",
+                file=sys.stderr,
+                flush=True,
+            )
             self._push(policy, self._export(policy, changed_only=False), version)
 
     def _export(self, policy: Any, changed_only: bool = False) -> dict[str, torch.Tensor] | None:
         if self.weight_sync != "full":
             return None
-        return merged_state_dict(policy.model, getattr(torch, self.weights_dtype), changing_only=changed_only)
+        return merged_state_dict(
+            policy.model, getattr(torch, self.weights_dtype), changing_only=changed_only
+        )
 
     def _publish(self, folder: str, write: Any) -> Path:
         """``write(staging_dir)``, then rename it to ``sync_root/folder``: the server only ever sees
@@ -324,26 +395,43 @@ class ServerSampler(Sampler):
     def _check_weights(self, policy: Any) -> None:
         """The server's log-probs on a probe equal the local policy's (else: another model)."""
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        self._compare_probe(policy.model, ids, self._served_logp(ids), self.url, "the policy's weights")
+        self._compare_probe(
+            policy.model, ids, self._served_logp(ids), self.url, "the policy's weights"
+        )
 
     def _check_base_weights(self, policy: Any) -> None:
         """The base server's log-probs on a probe equal the local base model's (else: another model)."""
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
         with policy.base_model() as base:
-            self._compare_probe(base, ids, self._served_base_logp(ids), self.base_url, "the base model's weights")
+            self._compare_probe(
+                base, ids, self._served_base_logp(ids), self.base_url, "the base model's weights"
+            )
 
-    def _compare_probe(self, model: torch.nn.Module, ids: list[int], served: torch.Tensor, url: str, what: str) -> None:
+    def _compare_probe(
+        self, model: torch.nn.Module, ids: list[int], served: torch.Tensor, url: str, what: str
+    ) -> None:
         policy = self._policy
         with policy.decoding(model):
-            logits = model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1].double()
-        local = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None]).squeeze(1).cpu()
+            logits = (
+                model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1].double()
+            )
+        local = (
+            logits.log_softmax(-1)
+            .gather(-1, torch.tensor(ids[1:], device=logits.device)[:, None])
+            .squeeze(1)
+            .cpu()
+        )
         gap = float((served - local).abs().mean())
         if not gap <= self.identity_tolerance:
-            raise ServerError(f"{self.engine} server {url} does not serve {what}: mean |Δ log p| "
-                              f"= {gap:.3f} on a probe (tolerance {self.identity_tolerance}); another model?")
+            raise ServerError(
+                f"{self.engine} server {url} does not serve {what}: mean |Δ log p| "
+                f"= {gap:.3f} on a probe (tolerance {self.identity_tolerance}); another model?"
+            )
 
     # ------------------------------------------------------------------ requests
-    def _map(self, call: Callable[[Any], Any], requests: list[Any], concurrency: int | None = None) -> list[Any]:
+    def _map(
+        self, call: Callable[[Any], Any], requests: list[Any], concurrency: int | None = None
+    ) -> list[Any]:
         """``call(request)`` for every request, ``concurrency`` (default: the option) at a time;
         answers in request order."""
         workers = min(concurrency or self.concurrency, len(requests))
@@ -378,11 +466,20 @@ def check_url(name: str, url: str) -> None:
         port = parts.port  # ValueError when not a number in 0-65535
     except ValueError:
         parts, port = None, 0
-    bad = (parts is None or any(c.isspace() for c in url) or parts.scheme not in ("http", "https")
-           or not parts.hostname or port == 0 or parts.query or parts.fragment)
+    bad = (
+        parts is None
+        or any(c.isspace() for c in url)
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == 0
+        or parts.query
+        or parts.fragment
+    )
     if bad:
-        raise ConfigError(f"{name}={url!r}: not a server URL; allowed: http://HOST[:PORT] or "
-                          "https://HOST[:PORT] with PORT in 1-65535, e.g. http://127.0.0.1:30000")
+        raise ConfigError(
+            f"{name}={url!r}: not a server URL; allowed: http://HOST[:PORT] or "
+            "https://HOST[:PORT] with PORT in 1-65535, e.g. http://127.0.0.1:30000"
+        )
 
 
 def finite_logp(value: float | None) -> float:
@@ -394,7 +491,11 @@ def finite_logp(value: float | None) -> float:
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return (
+        torch.distributed.get_rank()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 0
+    )
 
 
 def _barrier() -> None:

@@ -54,7 +54,9 @@ class SGLangSampler(ServerSampler):
     ``identity_tolerance``.
     """
 
-    top_p: float = option(1.0, "nucleus threshold (set from sampling.top_p); behaviour log-probs are exact only at 1")
+    top_p: float = option(
+        1.0, "nucleus threshold (set from sampling.top_p); behaviour log-probs are exact only at 1"
+    )
 
     engine = "SGLang"
 
@@ -67,7 +69,9 @@ class SGLangSampler(ServerSampler):
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_launch(options, field)
 
-    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> SGLangServer:
+    def _new_server(
+        self, model_path: str, launch: LaunchConfig, adapters: bool = True
+    ) -> SGLangServer:
         return SGLangServer(model_path, launch)
 
     def _new_client(self, url: str) -> SGLangClient:
@@ -86,12 +90,21 @@ class SGLangSampler(ServerSampler):
     def _check_tokenizer(self, client: SGLangClient) -> None:
         """The server tokenises a probe text as the trainer does (else: another tokenizer)."""
         local = self._policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        answer = client.generate({"text": PROBE, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
-                                  "return_logprob": True, "logprob_start_len": 0}, "tokenizer check")[0]
+        answer = client.generate(
+            {
+                "text": PROBE,
+                "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
+                "return_logprob": True,
+                "logprob_start_len": 0,
+            },
+            "tokenizer check",
+        )[0]
         served = [int(entry[1]) for entry in answer["meta_info"]["input_token_logprobs"]]
-        if served[-len(local):] != local:
-            raise ServerError(f"SGLang server {client.url} tokenises differently from model.path "
-                              f"(probe ids {served[:6]}… vs {local[:6]}…): it serves another tokenizer")
+        if served[-len(local) :] != local:
+            raise ServerError(
+                f"SGLang server {client.url} tokenises differently from model.path "
+                f"(probe ids {served[:6]}… vs {local[:6]}…): it serves another tokenizer"
+            )
 
     def _check_architecture(self, weights: dict[str, torch.Tensor]) -> None:
         """The server has parameters of the same names and sizes (the first and last 1-D ones, e.g.
@@ -101,8 +114,10 @@ class SGLangSampler(ServerSampler):
             served = self._client.weight_size(name)
             if served != weights[name].numel():
                 there = "no such parameter" if served is None else f"{served} values"
-                raise ServerError(f"SGLang server {self.url} serves another architecture: {name!r} has {there} "
-                                  f"there, {weights[name].numel()} here; weights not pushed")
+                raise ServerError(
+                    f"SGLang server {self.url} serves another architecture: {name!r} has {there} "
+                    f"there, {weights[name].numel()} here; weights not pushed"
+                )
 
     def _served_logp(self, ids: list[int]) -> torch.Tensor:
         return self._probe_logp(self._client, ids, lora=True, operation="weight check")
@@ -110,43 +125,78 @@ class SGLangSampler(ServerSampler):
     def _served_base_logp(self, ids: list[int]) -> torch.Tensor:
         return self._probe_logp(self._base_client, ids, lora=False, operation="base weight check")
 
-    def _probe_logp(self, client: SGLangClient, ids: list[int], lora: bool, operation: str) -> torch.Tensor:
-        answer = client.generate(self._scoring_request(ids, 1, with_eos=False, lora=lora), operation)[0]
-        return torch.tensor([e[0] for e in answer["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64)
+    def _probe_logp(
+        self, client: SGLangClient, ids: list[int], lora: bool, operation: str
+    ) -> torch.Tensor:
+        answer = client.generate(
+            self._scoring_request(ids, 1, with_eos=False, lora=lora), operation
+        )[0]
+        return torch.tensor(
+            [e[0] for e in answer["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64
+        )
 
     # ------------------------------------------------------------------ sampling
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         policy = self._policy
         prompt_ids = prompts.token_lists()
-        params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "top_k": -1, "min_p": self.min_p, "min_new_tokens": 0, "ignore_eos": False,
-                  "stop_token_ids": [policy.eos_token_id], "skip_special_tokens": False}
-        requests = [{"input_ids": [ids] * n, "sampling_params": params, "return_logprob": True,
-                     "logprob_start_len": -1, **self._adapter()} for ids in prompt_ids]
+        params = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": -1,
+            "min_p": self.min_p,
+            "min_new_tokens": 0,
+            "ignore_eos": False,
+            "stop_token_ids": [policy.eos_token_id],
+            "skip_special_tokens": False,
+        }
+        requests = [
+            {
+                "input_ids": [ids] * n,
+                "sampling_params": params,
+                "return_logprob": True,
+                "logprob_start_len": -1,
+                **self._adapter(),
+            }
+            for ids in prompt_ids
+        ]
         answers = self._generate_all(self._client, requests, "generate")
-        width = max(1, max(len(a["meta_info"]["output_token_logprobs"]) for group in answers for a in group))
+        width = max(
+            1, max(len(a["meta_info"]["output_token_logprobs"]) for group in answers for a in group)
+        )
         pad = policy.tokenizer.pad_token_id
         generated = torch.full((len(prompt_ids) * n, width), pad, dtype=torch.long)
         behaviour = torch.zeros(len(prompt_ids) * n, width)
         for row, answer in enumerate(a for group in answers for a in group):
             tokens = answer["meta_info"]["output_token_logprobs"]
-            generated[row, : len(tokens)] = torch.tensor([int(t[1]) for t in tokens], dtype=torch.long)
+            generated[row, : len(tokens)] = torch.tensor(
+                [int(t[1]) for t in tokens], dtype=torch.long
+            )
             behaviour[row, : len(tokens)] = torch.tensor([finite_logp(t[0]) for t in tokens])
         rollouts = rollouts_from_generated(policy, prompts, n, generated, behaviour)
         return attrs.evolve(rollouts, weight_version=max(self.version, 0))
 
     def _adapter(self) -> dict[str, Any]:
-        return {"lora_path": self._lora_name} if self.weight_sync == "lora" and self._lora_name else {}
+        return (
+            {"lora_path": self._lora_name} if self.weight_sync == "lora" and self._lora_name else {}
+        )
 
-    def _generate_all(self, client: SGLangClient, requests: list[dict[str, Any]],
-                      operation: str) -> list[list[dict[str, Any]]]:
+    def _generate_all(
+        self, client: SGLangClient, requests: list[dict[str, Any]], operation: str
+    ) -> list[list[dict[str, Any]]]:
         """Send the requests concurrently; answers in request order."""
         return self._map(lambda request: client.generate(request, operation), requests)
 
     # ------------------------------------------------------------------ base scoring
-    def _scoring_request(self, ids: list[int], prompt_len: int, with_eos: bool, lora: bool) -> dict[str, Any]:
-        request = {"input_ids": ids, "sampling_params": {"max_new_tokens": 0, "temperature": 1.0},
-                   "return_logprob": True, "logprob_start_len": max(prompt_len - 1, 0)}
+    def _scoring_request(
+        self, ids: list[int], prompt_len: int, with_eos: bool, lora: bool
+    ) -> dict[str, Any]:
+        request = {
+            "input_ids": ids,
+            "sampling_params": {"max_new_tokens": 0, "temperature": 1.0},
+            "return_logprob": True,
+            "logprob_start_len": max(prompt_len - 1, 0),
+        }
         if with_eos:
             request["token_ids_logprob"] = [self._policy.eos_token_id]
         return {**request, **(self._adapter() if lora else {})}
@@ -159,19 +209,27 @@ class SGLangSampler(ServerSampler):
         for b in range(rollouts.batch_size):
             prompt = rollouts.prompt_ids[b][rollouts.prompt_mask[b]].tolist()
             response = rollouts.response_ids[b][rollouts.response_mask[b]].tolist()
-            requests.append(self._scoring_request(prompt + response, len(prompt), need_eos_logp, lora=False))
+            requests.append(
+                self._scoring_request(prompt + response, len(prompt), need_eos_logp, lora=False)
+            )
         answers = [group[0] for group in self._generate_all(client, requests, "base scoring")]
         batch, width = rollouts.response_ids.shape
         token_logp = torch.zeros(batch, width, dtype=torch.float32)
         eos_logp = torch.zeros(batch, width + 1, dtype=torch.float32) if need_eos_logp else None
         for b, answer in enumerate(answers):
             meta, length = answer["meta_info"], int(rollouts.lengths[b])
-            scored = meta["input_token_logprobs"][1:]  # the first entry is the last prompt token's (null)
+            scored = meta["input_token_logprobs"][
+                1:
+            ]  # the first entry is the last prompt token's (null)
             token_logp[b, :length] = torch.tensor([finite_logp(e[0]) for e in scored[:length]])
             if eos_logp is not None:
                 prefixes = [entry[0][0] for entry in meta["input_token_ids_logprobs"][1:]]
                 prefixes.append(meta["output_token_ids_logprobs"][0][0][0])
-                eos_logp[b, : length + 1] = torch.tensor([finite_logp(v) for v in prefixes[: length + 1]])
+                eos_logp[b, : length + 1] = torch.tensor(
+                    [finite_logp(v) for v in prefixes[: length + 1]]
+                )
         device = rollouts.response_ids.device
-        return SequenceLogProbs(token_logp=token_logp.to(device),
-                                eos_logp=None if eos_logp is None else eos_logp.to(device))
+        return SequenceLogProbs(
+            token_logp=token_logp.to(device),
+            eos_logp=None if eos_logp is None else eos_logp.to(device),
+        )

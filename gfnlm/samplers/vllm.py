@@ -77,11 +77,18 @@ class VLLMSampler(ServerSampler):
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_vllm_launch(options, field)
 
-    def _new_server(self, model_path: str, launch: LaunchConfig, adapters: bool = True) -> VLLMServer:
+    def _new_server(
+        self, model_path: str, launch: LaunchConfig, adapters: bool = True
+    ) -> VLLMServer:
         if self.weight_sync != "lora" or not adapters:
             return VLLMServer(model_path, launch)
         adapter = next(iter(self._policy.model.peft_config.values()))
-        return VLLMServer(model_path, launch, lora_rank=int(adapter.r), lora_targets=tuple(sorted(adapter.target_modules)))
+        return VLLMServer(
+            model_path,
+            launch,
+            lora_rank=int(adapter.r),
+            lora_targets=tuple(sorted(adapter.target_modules)),
+        )
 
     def _new_client(self, url: str) -> VLLMClient:
         return VLLMClient(url, self.timeout_s, self.retries, pool_size=self.concurrency)
@@ -115,18 +122,30 @@ class VLLMSampler(ServerSampler):
     def _check_tokenizer(self, client: VLLMClient) -> None:
         """The server tokenises a probe text as the trainer does (else: another tokenizer)."""
         local = self._policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        answer = client.completions({"prompt": PROBE, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
-                                     "return_tokens_as_token_ids": True}, "tokenizer check")[0]
+        answer = client.completions(
+            {
+                "prompt": PROBE,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "prompt_logprobs": 0,
+                "return_tokens_as_token_ids": True,
+            },
+            "tokenizer check",
+        )[0]
         served = [int(next(iter(entry))) for entry in answer["prompt_logprobs"][1:]]
-        if served[-(len(local) - 1):] != local[1:]:
-            raise ServerError(f"vLLM server {client.url} tokenises differently from model.path "
-                              f"(probe ids {served[:6]}… vs {local[1:7]}…): it serves another tokenizer")
+        if served[-(len(local) - 1) :] != local[1:]:
+            raise ServerError(
+                f"vLLM server {client.url} tokenises differently from model.path "
+                f"(probe ids {served[:6]}… vs {local[1:7]}…): it serves another tokenizer"
+            )
 
     def _served_logp(self, ids: list[int]) -> torch.Tensor:
         return self._prompt_logp(self._client, ids, 1, lora=True, operation="weight check").double()
 
     def _served_base_logp(self, ids: list[int]) -> torch.Tensor:
-        return self._prompt_logp(self._base_client, ids, 1, lora=False, operation="base weight check").double()
+        return self._prompt_logp(
+            self._base_client, ids, 1, lora=False, operation="base weight check"
+        ).double()
 
     def _check_logprobs_mode(self, policy: Any) -> None:
         """Where raw and processed log-probs differ (temperature ≠ 1 or top-p < 1), one sampled
@@ -134,26 +153,47 @@ class VLLMSampler(ServerSampler):
         if self.temperature == 1.0 and self.top_p >= 1.0:
             return
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        choice = self._client.completions({**self._sampling(ids, 1, lora=True), "max_tokens": 1},
-                                          "log-prob mode check")[0]
+        choice = self._client.completions(
+            {**self._sampling(ids, 1, lora=True), "max_tokens": 1}, "log-prob mode check"
+        )[0]
         tokens, logps = _sampled(choice)
         token, served = tokens[0], logps[0]
         with policy.decoding():
-            logits = policy.model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, -1].double()
+            logits = (
+                policy.model(input_ids=torch.tensor([ids], device=policy.device))
+                .logits[0, -1]
+                .double()
+            )
         raw = float(logits.log_softmax(-1)[token])
-        processed = float(top_p_filter(logits / self.temperature, self.top_p).log_softmax(-1)[token])
+        processed = float(
+            top_p_filter(logits / self.temperature, self.top_p).log_softmax(-1)[token]
+        )
         if abs(served - processed) > abs(served - raw):
-            raise ServerError(f"vLLM server {self.url} returns raw log-probs (served {served:.4f}, processed "
-                              f"{processed:.4f}, raw {raw:.4f}): behaviour log-probs at temperature "
-                              f"{self.temperature:g} / top-p {self.top_p:g} would be wrong; start it with "
-                              "--logprobs-mode processed_logprobs")
+            raise ServerError(
+                f"vLLM server {self.url} returns raw log-probs (served {served:.4f}, processed "
+                f"{processed:.4f}, raw {raw:.4f}): behaviour log-probs at temperature "
+                f"{self.temperature:g} / top-p {self.top_p:g} would be wrong; start it with "
+                "--logprobs-mode processed_logprobs"
+            )
 
     # ------------------------------------------------------------------ sampling
     def _sampling(self, ids: list[int], n: int, lora: bool) -> dict[str, Any]:
-        return {"model": self._model(self._client, lora), "prompt": ids, "n": n, "max_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "top_k": -1, "min_p": self.min_p, "min_tokens": 0,
-                "ignore_eos": False, "stop_token_ids": [self._policy.eos_token_id], "skip_special_tokens": False,
-                "logprobs": 0, "return_tokens_as_token_ids": True}
+        return {
+            "model": self._model(self._client, lora),
+            "prompt": ids,
+            "n": n,
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": -1,
+            "min_p": self.min_p,
+            "min_tokens": 0,
+            "ignore_eos": False,
+            "stop_token_ids": [self._policy.eos_token_id],
+            "skip_special_tokens": False,
+            "logprobs": 0,
+            "return_tokens_as_token_ids": True,
+        }
 
     def sample(self, prompts: PromptBatch, n: int) -> Rollouts:
         policy = self._policy
@@ -162,9 +202,13 @@ class VLLMSampler(ServerSampler):
         answers = self._map(lambda request: self._client.completions(request, "generate"), requests)
         samples = [_sampled(choice) for choices in answers for choice in choices]
         if len(samples) != len(prompt_ids) * n:
-            raise ServerError(f"vLLM server {self.url} sent {len(samples)} samples for {len(prompt_ids)} prompts × {n}")
+            raise ServerError(
+                f"vLLM server {self.url} sent {len(samples)} samples for {len(prompt_ids)} prompts × {n}"
+            )
         width = max(1, max(len(tokens) for tokens, _ in samples))
-        generated = torch.full((len(samples), width), policy.tokenizer.pad_token_id, dtype=torch.long)
+        generated = torch.full(
+            (len(samples), width), policy.tokenizer.pad_token_id, dtype=torch.long
+        )
         behaviour = torch.zeros(len(samples), width)
         for row, (tokens, logps) in enumerate(samples):
             generated[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
@@ -173,24 +217,41 @@ class VLLMSampler(ServerSampler):
         return attrs.evolve(rollouts, weight_version=max(self.version, 0))
 
     # ------------------------------------------------------------------ base scoring
-    def _prompt_logp(self, client: VLLMClient, ids: list[int], start: int, lora: bool,
-                     operation: str) -> torch.Tensor:
+    def _prompt_logp(
+        self, client: VLLMClient, ids: list[int], start: int, lora: bool, operation: str
+    ) -> torch.Tensor:
         """Log-probs of ``ids[start:]``, each given the tokens before it (``prompt_logprobs``)."""
-        choice = client.completions({"model": self._model(client, lora), "prompt": ids, "max_tokens": 1,
-                                     "temperature": 1.0, "prompt_logprobs": 0}, operation)[0]
+        choice = client.completions(
+            {
+                "model": self._model(client, lora),
+                "prompt": ids,
+                "max_tokens": 1,
+                "temperature": 1.0,
+                "prompt_logprobs": 0,
+            },
+            operation,
+        )[0]
         rows = choice.get("prompt_logprobs") or []
         if len(rows) != len(ids):
-            raise ServerError(f"vLLM server {client.url} sent {len(rows)} prompt log-probs for {len(ids)} tokens "
-                              f"({operation})")
-        return torch.tensor([finite_logp(rows[i][str(ids[i])]["logprob"]) for i in range(start, len(ids))])
+            raise ServerError(
+                f"vLLM server {client.url} sent {len(rows)} prompt log-probs for {len(ids)} tokens "
+                f"({operation})"
+            )
+        return torch.tensor(
+            [finite_logp(rows[i][str(ids[i])]["logprob"]) for i in range(start, len(ids))]
+        )
 
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's per-token log-probs of the responses, computed by the server (no
         adapter, or ``base_url``): the same values as ``policy.score_base``, without a local pass."""
-        if need_eos_logp:  # refused when the run is composed (scores_eos_logp); kept for direct callers
-            raise RunError(f"{OPTION}.scores_base=true: this run needs the base model's EOS log-prob at every "
-                           "prefix, which vLLM's completions API does not return; leave scores_base false "
-                           "(the trainer scores the base model itself)")
+        if (
+            need_eos_logp
+        ):  # refused when the run is composed (scores_eos_logp); kept for direct callers
+            raise RunError(
+                f"{OPTION}.scores_base=true: this run needs the base model's EOS log-prob at every "
+                "prefix, which vLLM's completions API does not return; leave scores_base false "
+                "(the trainer scores the base model itself)"
+            )
         client = self._base_client or self._client
         sequences = []
         for b in range(rollouts.batch_size):
@@ -202,12 +263,17 @@ class VLLMSampler(ServerSampler):
         # not visible from outside: these requests go one by one, except to a base server this
         # sampler launched itself (base_launch, never with LoRA).
         concurrency = self.concurrency if self._base_server is not None else 1
-        scored = self._map(lambda item: self._prompt_logp(client, item[0], item[1], False, "base scoring"), sequences,
-                           concurrency=concurrency)
+        scored = self._map(
+            lambda item: self._prompt_logp(client, item[0], item[1], False, "base scoring"),
+            sequences,
+            concurrency=concurrency,
+        )
         token_logp = torch.zeros(rollouts.response_ids.shape, dtype=torch.float32)
         for b, values in enumerate(scored):
             token_logp[b, : len(values)] = values
-        return SequenceLogProbs(token_logp=token_logp.to(rollouts.response_ids.device), eos_logp=None)
+        return SequenceLogProbs(
+            token_logp=token_logp.to(rollouts.response_ids.device), eos_logp=None
+        )
 
 
 def _sampled(choice: dict[str, Any]) -> tuple[list[int], list[float]]:
@@ -217,6 +283,10 @@ def _sampled(choice: dict[str, Any]) -> tuple[list[int], list[float]]:
     if tokens is None or values is None or len(tokens) != len(values):
         raise ServerError(f"vLLM completion without token log-probs: {str(choice)[:200]}")
     if any(not token.startswith(_TOKEN_PREFIX) for token in tokens):
-        raise ServerError(f"vLLM completion tokens are not ids ({tokens[:3]}…): the server ignores "
-                          "return_tokens_as_token_ids")
-    return [int(token.removeprefix(_TOKEN_PREFIX)) for token in tokens], [finite_logp(v) for v in values]
+        raise ServerError(
+            f"vLLM completion tokens are not ids ({tokens[:3]}…): the server ignores "
+            "return_tokens_as_token_ids"
+        )
+    return [int(token.removeprefix(_TOKEN_PREFIX)) for token in tokens], [
+        finite_logp(v) for v in values
+    ]

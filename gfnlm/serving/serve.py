@@ -100,13 +100,20 @@ class LaunchConfig:
 # The repository's CPU recipe (a checkout has it; an installed wheel does not).
 CPU_RECIPE = Path(__file__).resolve().parents[2] / "tools" / "sglang_cpu" / "launch.py"
 LAUNCH_OPTIONS = (*(f.name for f in attrs.fields(LaunchConfig)), "cpu")
-_SGLANG_HINT = ("install sglang==0.5.23 there (GPU); on CPU run `make sglang-cpu` in the repository "
-                "and use its CPU recipe (gfnlm serve --cpu, or the launch option cpu: true)")
+_SGLANG_HINT = (
+    "install sglang==0.5.23 there (GPU); on CPU run `make sglang-cpu` in the repository "
+    "and use its CPU recipe (gfnlm serve --cpu, or the launch option cpu: true)"
+)
 
 
-def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str], module: str = "sglang",
-                   recipe: Path | None = None, hint: str = _SGLANG_HINT,
-                   recipe_name: str = "tools/sglang_cpu") -> LaunchConfig:
+def resolve_launch(
+    options: Mapping[str, Any],
+    field: Callable[[str], str],
+    module: str = "sglang",
+    recipe: Path | None = None,
+    hint: str = _SGLANG_HINT,
+    recipe_name: str = "tools/sglang_cpu",
+) -> LaunchConfig:
     """A :class:`LaunchConfig` from user options (``LaunchConfig`` fields, plus ``cpu: true`` for the
     CPU recipe), checked without starting anything. ``field(key)`` names an option in messages
     (``sampling.sampler_options.launch.python``, ``--python``). ``module`` is the server's package
@@ -125,10 +132,14 @@ def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str], modu
     if not isinstance(options.get("args", []), list):
         raise ConfigError(f"{field('args')}={options['args']!r}: must be a list of server flags")
     if not isinstance(options.get("env", {}), dict):
-        raise ConfigError(f"{field('env')}={options['env']!r}: must be a mapping of variable to value")
+        raise ConfigError(
+            f"{field('env')}={options['env']!r}: must be a mapping of variable to value"
+        )
     port = options.get("port", 0)
     if not (isinstance(port, int) and 0 <= port <= 65535):
-        raise ConfigError(f"{field('port')}={port!r}: must be a port in 1-65535, or 0 for a free one")
+        raise ConfigError(
+            f"{field('port')}={port!r}: must be a port in 1-65535, or 0 for a free one"
+        )
     startup = options.get("startup_timeout_s", 1.0)
     if not (isinstance(startup, int | float) and startup > 0):
         raise ConfigError(f"{field('startup_timeout_s')}={startup!r}: must be > 0 (seconds)")
@@ -139,13 +150,17 @@ def resolve_launch(options: Mapping[str, Any], field: Callable[[str], str], modu
     return launch
 
 
-def _with_cpu_recipe(options: dict[str, Any], field: str, recipe_path: Path, name: str) -> dict[str, Any]:
+def _with_cpu_recipe(
+    options: dict[str, Any], field: str, recipe_path: Path, name: str
+) -> dict[str, Any]:
     """``options`` on top of the recipe's launch (``tools/sglang_cpu``, ``tools/vllm_cpu``): its
     venv unless ``python`` is given, its flags then the user's (the last of a repeated flag wins),
     its environment then the user's."""
     if not recipe_path.is_file():
-        raise ConfigError(f"{field}: the CPU recipe {name} is not here ({recipe_path.parent}); "
-                          "it comes with a checkout of the gfnlm repository, not with an installed package")
+        raise ConfigError(
+            f"{field}: the CPU recipe {name} is not here ({recipe_path.parent}); "
+            "it comes with a checkout of the gfnlm repository, not with an installed package"
+        )
     spec = importlib.util.spec_from_file_location(f"gfnlm_{Path(name).name}_recipe", recipe_path)
     assert spec is not None and spec.loader is not None
     recipe = importlib.util.module_from_spec(spec)
@@ -155,23 +170,42 @@ def _with_cpu_recipe(options: dict[str, Any], field: str, recipe_path: Path, nam
         base = recipe.cpu_launch(**({"python": sys.executable} if "python" in options else {}))
     except FileNotFoundError as error:
         raise ConfigError(f"{field}: {error}") from None
-    return {**base, **options, "args": [*base["args"], *options.get("args", [])],
-            "env": {**base["env"], **options.get("env", {})}}
+    return {
+        **base,
+        **options,
+        "args": [*base["args"], *options.get("args", [])],
+        "env": {**base["env"], **options.get("env", {})},
+    }
 
 
-def check_python(python: str, field: str, env: Mapping[str, str] | None = None, module: str = "sglang",
-                 hint: str = _SGLANG_HINT) -> None:
+def check_python(
+    python: str,
+    field: str,
+    env: Mapping[str, str] | None = None,
+    module: str = "sglang",
+    hint: str = _SGLANG_HINT,
+) -> None:
     """``python`` exists, is executable and can import ``module`` (found, not imported: a fraction
     of a second), so a wrong interpreter fails before any model loads, not after."""
     path = python if os.sep in python else shutil.which(python)
     if path is None or not Path(path).is_file():
-        raise ConfigError(f"{field}={python!r}: no such interpreter; give the path of a Python that has {module}")
+        raise ConfigError(
+            f"{field}={python!r}: no such interpreter; give the path of a Python that has {module}"
+        )
     if not os.access(path, os.X_OK):
-        raise ConfigError(f"{field}={python!r}: not executable; give the path of a Python that has {module}")
+        raise ConfigError(
+            f"{field}={python!r}: not executable; give the path of a Python that has {module}"
+        )
     find = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
-        found = subprocess.run([path, "-c", find], check=False, capture_output=True, timeout=10,
-                               env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        found = subprocess.run(
+            [path, "-c", find],
+            check=False,
+            capture_output=True,
+            timeout=10,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return  # a slow file system, not a verdict: the launch itself will tell
     except OSError as error:
@@ -214,8 +248,9 @@ class ManagedServer:
         env = {"TMPDIR": str(folder), "TEMP": str(folder), "TMP": str(folder)}
         # torch.compile's cache lives in the temp dir by default; it must survive the folder,
         # or every start would compile again.
-        env["TORCHINDUCTOR_CACHE_DIR"] = (os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-                                          or _inductor_cache())
+        env["TORCHINDUCTOR_CACHE_DIR"] = (
+            os.environ.get("TORCHINDUCTOR_CACHE_DIR") or _inductor_cache()
+        )
         return env
 
     def start(self) -> Self:
@@ -229,13 +264,19 @@ class ManagedServer:
         env = {**os.environ, **self.temp_environment(self.temp_dir), **self.launch.env}
         with self.log_path.open("a") as log:
             try:
-                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=env,
-                                                start_new_session=True)
+                self.process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             except OSError as error:
                 self._remove_temp_files(keep_log=False)
-                raise ServerError(f"{self.engine} server: cannot run {self.launch.python!r} "
-                                  f"({error.strerror})") from None
+                raise ServerError(
+                    f"{self.engine} server: cannot run {self.launch.python!r} ({error.strerror})"
+                ) from None
         _RUNNING.add(self)
         try:
             self.client(self.url).wait_healthy(self.launch.startup_timeout_s, alive=self.alive)
@@ -345,7 +386,7 @@ def last_lines(path: Path, lines: int = 5, chars: int = 600) -> str:
     while len(kept) > 1 and len(" | ".join(kept)) > chars:
         kept.popleft()
     text = " | ".join(kept)
-    return text if len(text) <= chars else "…" + text[-(chars - 1):]
+    return text if len(text) <= chars else "…" + text[-(chars - 1) :]
 
 
 def _end_of(path: Path, size: int = 1 << 16) -> str:
@@ -379,8 +420,18 @@ class SGLangServer(ManagedServer):
 
     def command(self) -> list[str]:
         """The server's command line."""
-        return [self.launch.python, "-m", "sglang.launch_server", "--model-path", self.model_path,
-                "--host", self.launch.host, "--port", str(self.port), *self.launch.args]
+        return [
+            self.launch.python,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            self.model_path,
+            "--host",
+            self.launch.host,
+            "--port",
+            str(self.port),
+            *self.launch.args,
+        ]
 
 
 def _stop_group(process: subprocess.Popen, grace_s: float) -> None:

@@ -54,7 +54,9 @@ class _Waits:
     longest-waiting call every ``every_s``: one line per interval, however many requests run
     concurrently, so a slow batch of 8 requests is not 8 lines every 10 s."""
 
-    def __init__(self, every_s: float, report: Callable[[str], None], engine: str = "SGLang") -> None:
+    def __init__(
+        self, every_s: float, report: Callable[[str], None], engine: str = "SGLang"
+    ) -> None:
         self.every_s = every_s
         self.report = report
         self.engine = engine
@@ -68,7 +70,9 @@ class _Waits:
         with self._lock:
             self._calls[token] = (where, operation, time.monotonic(), deadline_s)
             if self._watcher is None:
-                self._watcher = threading.Thread(target=self._watch, name="server-waits", daemon=True)
+                self._watcher = threading.Thread(
+                    target=self._watch, name="server-waits", daemon=True
+                )
                 self._watcher.start()
         try:
             yield
@@ -84,7 +88,9 @@ class _Waits:
                 if not self._calls:
                     self._watcher = None  # a later call starts a new watcher
                     return
-                token, (where, operation, started, deadline_s) = min(self._calls.items(), key=lambda c: c[1][2])
+                token, (where, operation, started, deadline_s) = min(
+                    self._calls.items(), key=lambda c: c[1][2]
+                )
                 count = len(self._calls)
             waited = time.monotonic() - started
             intervals = int(waited // self.every_s)
@@ -92,8 +98,10 @@ class _Waits:
             if intervals > done:
                 reported = (token, intervals)
                 others = f" ({count} requests in flight)" if count > 1 else ""
-                self.report(f"waiting for {self.engine} server {where} ({operation}): "
-                            f"{intervals * self.every_s:g} s of {deadline_s:g} s{others}")
+                self.report(
+                    f"waiting for {self.engine} server {where} ({operation}): "
+                    f"{intervals * self.every_s:g} s of {deadline_s:g} s{others}"
+                )
 
 
 class ServerClient:
@@ -107,8 +115,14 @@ class ServerClient:
 
     engine = "SGLang"  # how messages name the server (a subclass for another engine sets its own)
 
-    def __init__(self, url: str, timeout_s: float = 120.0, retries: int = 2, pool_size: int = 16,
-                 report: Callable[[str], None] = print_progress) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+        pool_size: int = 16,
+        report: Callable[[str], None] = print_progress,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
@@ -120,8 +134,15 @@ class ServerClient:
         self.session.mount("https://", adapter)
         self._waits = _Waits(PROGRESS_EVERY_S, report, self.engine)
 
-    def _request(self, method: str, endpoint: str, operation: str, timeout_s: float | None = None,
-                 text: bool = False, **kwargs: Any) -> Any:
+    def _request(
+        self,
+        method: str,
+        endpoint: str,
+        operation: str,
+        timeout_s: float | None = None,
+        text: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """One call; the answer's JSON (``text``: its text, for endpoints that answer in plain text)."""
         deadline_s = self.timeout_s if timeout_s is None else float(timeout_s)
         where = f"{self.url}{endpoint}"
@@ -129,16 +150,22 @@ class ServerClient:
             response = self._send(method, where, operation, deadline_s, **kwargs)
         if response.status_code != 200:
             body = response.text.strip().replace("\n", " ")[:200]
-            raise ServerError(f"{self.engine} server {where} refused {operation}: HTTP {response.status_code} {body}")
+            raise ServerError(
+                f"{self.engine} server {where} refused {operation}: HTTP {response.status_code} {body}"
+            )
         if text:
             return response.text
         try:
             return response.json() if response.content else None
         except ValueError:
-            raise ServerError(f"{self.engine} server {where} sent non-JSON for {operation}: "
-                              f"{response.text[:120]!r}") from None
+            raise ServerError(
+                f"{self.engine} server {where} sent non-JSON for {operation}: "
+                f"{response.text[:120]!r}"
+            ) from None
 
-    def _send(self, method: str, where: str, operation: str, deadline_s: float, **kwargs: Any) -> requests.Response:
+    def _send(
+        self, method: str, where: str, operation: str, deadline_s: float, **kwargs: Any
+    ) -> requests.Response:
         """One request, re-sent only when it provably did not reach the server or got 502/503/504,
         at most ``retries`` times and never past the deadline."""
         end = time.monotonic() + deadline_s
@@ -149,25 +176,36 @@ class ServerClient:
             try:
                 # Each socket read may wait for what is left of the deadline (the servers answer
                 # a non-streaming request in one piece, so this bounds the whole answer).
-                response = self.session.request(method, where, timeout=(min(left, 10.0), left), **kwargs)
+                response = self.session.request(
+                    method, where, timeout=(min(left, 10.0), left), **kwargs
+                )
             except requests.exceptions.ReadTimeout:
                 break  # the server has the request: sending it again could run it twice
             except requests.exceptions.RequestException as exc:
                 if not _never_sent(exc) or attempt == self.retries:
-                    raise ServerError(f"{self.engine} server {where} unreachable during {operation}: "
-                                      f"{_short_reason(exc)}") from None
+                    raise ServerError(
+                        f"{self.engine} server {where} unreachable during {operation}: "
+                        f"{_short_reason(exc)}"
+                    ) from None
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     return response
             time.sleep(min(0.2 * 2**attempt, max(end - time.monotonic(), 0.0)))
-        raise ServerError(f"{self.engine} server {where} did not answer {operation} within its deadline of "
-                          f"{deadline_s:g} s (sampling.sampler_options.timeout_s); the request was not sent again")
+        raise ServerError(
+            f"{self.engine} server {where} did not answer {operation} within its deadline of "
+            f"{deadline_s:g} s (sampling.sampler_options.timeout_s); the request was not sent again"
+        )
 
     # ------------------------------------------------------------------ readiness and identity
     def healthy(self, timeout_s: float = 5.0) -> bool:
         """Whether ``GET /health`` answers 200 now (no retries, at most ``timeout_s``)."""
         try:
-            return requests.get(f"{self.url}/health", timeout=(min(2.0, timeout_s), timeout_s)).status_code == 200
+            return (
+                requests.get(
+                    f"{self.url}/health", timeout=(min(2.0, timeout_s), timeout_s)
+                ).status_code
+                == 200
+            )
         except requests.exceptions.RequestException:
             return False
 
@@ -181,11 +219,14 @@ class ServerClient:
                 if self.healthy(min(5.0, left)):
                     return
                 if alive is not None and not alive():
-                    raise ServerError(f"{self.engine} server {self.url} exited before /health answered")
+                    raise ServerError(
+                        f"{self.engine} server {self.url} exited before /health answered"
+                    )
                 time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
-        raise ServerError(f"{self.engine} server {self.url}/health did not answer within the start-up deadline of "
-                          f"{timeout_s:g} s (launch option startup_timeout_s)")
-
+        raise ServerError(
+            f"{self.engine} server {self.url}/health did not answer within the start-up deadline of "
+            f"{timeout_s:g} s (launch option startup_timeout_s)"
+        )
 
 
 class SGLangClient(ServerClient):
@@ -197,8 +238,9 @@ class SGLangClient(ServerClient):
         return self._request("GET", "/model_info", "model_info")
 
     # ------------------------------------------------------------------ generation
-    def generate(self, payload: dict[str, Any], operation: str = "generate",
-                 timeout_s: float | None = None) -> list[dict[str, Any]]:
+    def generate(
+        self, payload: dict[str, Any], operation: str = "generate", timeout_s: float | None = None
+    ) -> list[dict[str, Any]]:
         """``POST /generate``; always a list of per-request answers."""
         answer = self._request("POST", "/generate", operation, timeout_s=timeout_s, json=payload)
         return answer if isinstance(answer, list) else [answer]
@@ -208,8 +250,12 @@ class SGLangClient(ServerClient):
         """How many values the served parameter ``name`` has (flattened), ``None`` if the server
         has no parameter of that name (``GET /get_weights_by_name``)."""
         try:
-            values = self._request("GET", "/get_weights_by_name", f"get_weights_by_name ({name})",
-                                   json={"name": name, "truncate_size": 1 << 30})
+            values = self._request(
+                "GET",
+                "/get_weights_by_name",
+                f"get_weights_by_name ({name})",
+                json={"name": name, "truncate_size": 1 << 30},
+            )
         except ServerError as error:
             if "HTTP 400" in str(error):
                 return None
@@ -226,25 +272,40 @@ class SGLangClient(ServerClient):
 
     def update_weights_from_disk(self, model_path: str, version: int) -> None:
         """Reload the served weights from a folder of safetensors (``flush_cache``: no stale KV)."""
-        answer = self._request("POST", "/update_weights_from_disk", f"update_weights_from_disk (version {version})",
-                               json={"model_path": model_path, "flush_cache": True,
-                                     "weight_version": str(version)})
+        answer = self._request(
+            "POST",
+            "/update_weights_from_disk",
+            f"update_weights_from_disk (version {version})",
+            json={"model_path": model_path, "flush_cache": True, "weight_version": str(version)},
+        )
         if not (isinstance(answer, dict) and answer.get("success", False)):
-            raise ServerError(f"SGLang server {self.url}/update_weights_from_disk failed for version "
-                              f"{version}: {str(answer)[:200]}")
+            raise ServerError(
+                f"SGLang server {self.url}/update_weights_from_disk failed for version "
+                f"{version}: {str(answer)[:200]}"
+            )
 
     def load_lora_adapter(self, name: str, path: str) -> None:
         """Load a PEFT adapter folder under ``name`` (the server must run with LoRA enabled)."""
-        answer = self._request("POST", "/load_lora_adapter", f"load_lora_adapter ({name})",
-                               json={"lora_name": name, "lora_path": path})
+        answer = self._request(
+            "POST",
+            "/load_lora_adapter",
+            f"load_lora_adapter ({name})",
+            json={"lora_name": name, "lora_path": path},
+        )
         if isinstance(answer, dict) and answer.get("success") is False:
-            raise ServerError(f"SGLang server {self.url}/load_lora_adapter refused {name!r}: "
-                              f"{str(answer.get('error_message', answer))[:200]}")
+            raise ServerError(
+                f"SGLang server {self.url}/load_lora_adapter refused {name!r}: "
+                f"{str(answer.get('error_message', answer))[:200]}"
+            )
 
     def unload_lora_adapter(self, name: str) -> None:
         """Drop the adapter ``name`` from the server."""
-        self._request("POST", "/unload_lora_adapter", f"unload_lora_adapter ({name})", json={"lora_name": name})
-
+        self._request(
+            "POST",
+            "/unload_lora_adapter",
+            f"unload_lora_adapter ({name})",
+            json={"lora_name": name},
+        )
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -259,7 +320,12 @@ def _never_sent(exc: Exception) -> bool:
 
 def _short_reason(exc: Exception) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "Connection reset", "Remote end closed"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "Connection reset",
+        "Remote end closed",
+    ):
         if marker in text:
             return marker
     return type(exc).__name__

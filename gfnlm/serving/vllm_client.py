@@ -35,39 +35,63 @@ class VLLMClient(ServerClient):
             answer = self._request("GET", "/v1/models", "models")
             names = [entry["id"] for entry in answer.get("data", []) if not entry.get("parent")]
             if not names:
-                raise ServerError(f"vLLM server {self.url}/v1/models lists no model: {str(answer)[:200]}")
+                raise ServerError(
+                    f"vLLM server {self.url}/v1/models lists no model: {str(answer)[:200]}"
+                )
             self._model = names[0]
         return self._model
 
-    def completions(self, payload: dict[str, Any], operation: str = "completions") -> list[dict[str, Any]]:
+    def completions(
+        self, payload: dict[str, Any], operation: str = "completions"
+    ) -> list[dict[str, Any]]:
         """``POST /v1/completions`` (``model`` defaults to the base model); the answer's choices,
         in order."""
-        answer = self._request("POST", "/v1/completions", operation, json={"model": self.model, **payload})
+        answer = self._request(
+            "POST", "/v1/completions", operation, json={"model": self.model, **payload}
+        )
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list):
-            raise ServerError(f"vLLM server {self.url}/v1/completions sent no choices for {operation}: "
-                              f"{str(answer)[:200]}")
+            raise ServerError(
+                f"vLLM server {self.url}/v1/completions sent no choices for {operation}: "
+                f"{str(answer)[:200]}"
+            )
         return sorted(choices, key=lambda choice: choice.get("index", 0))
 
     def load_lora_adapter(self, name: str, path: str) -> None:
         """Load a PEFT adapter folder under ``name`` (then requests name it as their ``model``), replacing
         an adapter of that name (another run's); the server answers in plain text."""
         with _hint_on_404("start it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1"):
-            self._request("POST", "/v1/load_lora_adapter", f"load_lora_adapter ({name})", text=True,
-                          json={"lora_name": name, "lora_path": path, "load_inplace": True})
+            self._request(
+                "POST",
+                "/v1/load_lora_adapter",
+                f"load_lora_adapter ({name})",
+                text=True,
+                json={"lora_name": name, "lora_path": path, "load_inplace": True},
+            )
 
     def unload_lora_adapter(self, name: str) -> None:
         """Drop the adapter ``name`` from the server."""
-        self._request("POST", "/v1/unload_lora_adapter", f"unload_lora_adapter ({name})", text=True,
-                      json={"lora_name": name})
+        self._request(
+            "POST",
+            "/v1/unload_lora_adapter",
+            f"unload_lora_adapter ({name})",
+            text=True,
+            json={"lora_name": name},
+        )
 
     def reload_weights(self, path: str, version: int) -> None:
         """Reload every weight in place from the safetensors in ``path``, then drop the prefix cache
         (its keys and values were computed with the old weights). Both answer in plain text."""
         with _hint_on_404("start it with VLLM_SERVER_DEV_MODE=1, or use weight_sync=lora"):
-            self._request("POST", "/collective_rpc", f"reload_weights (version {version})",
-                          json={"method": "reload_weights", "kwargs": {"weights_path": path}})
-            self._request("POST", "/reset_prefix_cache", f"reset_prefix_cache (version {version})", text=True)
+            self._request(
+                "POST",
+                "/collective_rpc",
+                f"reload_weights (version {version})",
+                json={"method": "reload_weights", "kwargs": {"weights_path": path}},
+            )
+            self._request(
+                "POST", "/reset_prefix_cache", f"reset_prefix_cache (version {version})", text=True
+            )
 
 
 @contextmanager

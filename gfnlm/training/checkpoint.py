@@ -109,8 +109,11 @@ def sha256_file(path: Path) -> str:
 def _write_reason(error: BaseException) -> str:
     """Why a write failed, in words (torch's writer reports a full disk as 'unexpected pos',
     safetensors' as 'os error 28')."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
-            any(sign in str(error) for sign in ("unexpected pos", "No space left", "os error 28")):
+    if (
+        isinstance(error, OSError)
+        and error.errno == errno.ENOSPC
+        or any(sign in str(error) for sign in ("unexpected pos", "No space left", "os error 28"))
+    ):
         return "no space left on device"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
@@ -134,8 +137,11 @@ def checkpoint_step(path: Path) -> int:
 
 def _candidates(checkpoints_dir: Path) -> list[Path]:
     """Checkpoint folders, newest first (incomplete ``.tmp-*`` folders are never candidates)."""
-    found = [p for p in checkpoints_dir.iterdir() if p.is_dir() and checkpoint_key(p) is not None] \
-        if checkpoints_dir.is_dir() else []
+    found = (
+        [p for p in checkpoints_dir.iterdir() if p.is_dir() and checkpoint_key(p) is not None]
+        if checkpoints_dir.is_dir()
+        else []
+    )
     return sorted(found, key=checkpoint_key, reverse=True)
 
 
@@ -153,8 +159,13 @@ def _fresh_name(checkpoints_dir: Path, step: int) -> Path:
 def portable_rng_state(numpy_state: tuple) -> dict[str, Any]:
     """numpy's RNG state as tensors and plain types (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, cached = numpy_state
-    return {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def numpy_rng_state(saved: dict[str, Any]) -> tuple:
@@ -167,8 +178,18 @@ def non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
     """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
     if torch.is_tensor(tree):
         return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
-    return [name for key, value in items for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+    items = (
+        tree.items()
+        if isinstance(tree, dict)
+        else enumerate(tree)
+        if isinstance(tree, list | tuple)
+        else ()
+    )
+    return [
+        name
+        for key, value in items
+        for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
 
 
 # ---------------------------------------------------------------------- save
@@ -189,8 +210,10 @@ def save_checkpoint(
     they are listed in the manifest and appear with the rest of the checkpoint, or not at all."""
     bad = non_finite_tensors(policy_state) + non_finite_tensors(state.get("logz") or {}, "logz")
     if bad:
-        raise CheckpointError(f"not saving step {step}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]!r}); "
-                              f"{what_is_kept(checkpoints_dir)}")
+        raise CheckpointError(
+            f"not saving step {step}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]!r}); "
+            f"{what_is_kept(checkpoints_dir)}"
+        )
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(checkpoints_dir)
     final = _fresh_name(checkpoints_dir, step)
@@ -203,30 +226,46 @@ def save_checkpoint(
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError | RuntimeError | SafetensorError):
-            raise CheckpointError(f"cannot write checkpoint {str(final)!r}: {_write_reason(error)}; "
-                                  f"{what_is_kept(checkpoints_dir)}") from None
+            raise CheckpointError(
+                f"cannot write checkpoint {str(final)!r}: {_write_reason(error)}; "
+                f"{what_is_kept(checkpoints_dir)}"
+            ) from None
         raise
     prune(checkpoints_dir, keep)
     return final
 
 
-def _write_files(folder: Path, step: int, policy_state: dict[str, torch.Tensor], state: dict[str, Any],
-                 config_yaml: str, extra_files: Callable[[Path], None] | None = None) -> None:
+def _write_files(
+    folder: Path,
+    step: int,
+    policy_state: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    config_yaml: str,
+    extra_files: Callable[[Path], None] | None = None,
+) -> None:
     save_file({k: v.contiguous() for k, v in policy_state.items()}, folder / POLICY_FILE)
     torch.save(state, folder / STATE_FILE)
     (folder / CONFIG_FILE).write_text(config_yaml)
     names = [POLICY_FILE, STATE_FILE, CONFIG_FILE]
     if extra_files is not None:
         extra_files(folder)
-        names += sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                        if p.is_file() and p.relative_to(folder).as_posix() not in (*names, MANIFEST))
+        names += sorted(
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and p.relative_to(folder).as_posix() not in (*names, MANIFEST)
+        )
     digests = {name: _sha256_and_fsync(folder / name) for name in names}
-    manifest = {"step": step, "files": {name: (folder / name).stat().st_size for name in names},
-                "sha256": digests}
+    manifest = {
+        "step": step,
+        "files": {name: (folder / name).stat().st_size for name in names},
+        "sha256": digests,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     _fsync_file(folder / MANIFEST)
     for sub in sorted({(folder / name).parent for name in names} - {folder}):
-        _fsync_dir(sub)  # the entries of the extra files' folders (the checkpoints folder is synced after the rename)
+        _fsync_dir(
+            sub
+        )  # the entries of the extra files' folders (the checkpoints folder is synced after the rename)
 
 
 def remove_stale_temporaries(checkpoints_dir: Path) -> None:
@@ -279,7 +318,9 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 def what_is_kept(checkpoints_dir: Path) -> str:
     """The end of a failure message: which checkpoint the run can resume from, if any."""
     last = latest_checkpoint(checkpoints_dir)
-    return f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written yet"
+    return (
+        f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written yet"
+    )
 
 
 def point_latest_at(checkpoints_dir: Path, folder: Path) -> None:
@@ -294,7 +335,9 @@ def _manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{manifest_path}: missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("sha256"), dict):
+        if not isinstance(manifest.get("files"), dict) or not isinstance(
+            manifest.get("sha256"), dict
+        ):
             raise TypeError("files or sha256 is not a mapping")
         return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -310,7 +353,9 @@ def _sizes_match(path: Path) -> bool:
     return True
 
 
-def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE), hashes: bool = True) -> None:
+def check_manifest(
+    path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE), hashes: bool = True
+) -> None:
     """Raise :class:`CheckpointError` when one of ``names`` (default: the two files resume reads)
     is missing, empty, not the size it was written with (a truncated copy, a full disk) or, with
     ``hashes``, not the bytes (SHA-256) it was written with (a flipped bit)."""
@@ -319,12 +364,16 @@ def check_manifest(path: Path, names: tuple[str, ...] = (POLICY_FILE, STATE_FILE
     for name in names:
         file = path / name
         if not file.is_file() or name not in sizes or name not in digests:
-            raise CheckpointError(f"{file}: missing" if not file.is_file() else f"{file}: not in {MANIFEST}")
+            raise CheckpointError(
+                f"{file}: missing" if not file.is_file() else f"{file}: not in {MANIFEST}"
+            )
         size = file.stat().st_size
         if size != sizes[name]:
             raise CheckpointError(f"{file}: truncated ({size} bytes, written with {sizes[name]})")
         if hashes and sha256_file(file) != digests[name]:
-            raise CheckpointError(f"{file}: damaged (its SHA-256 differs from the one written in {MANIFEST})")
+            raise CheckpointError(
+                f"{file}: damaged (its SHA-256 differs from the one written in {MANIFEST})"
+            )
 
 
 def adapter_folder(path: Path) -> Path | None:
@@ -356,8 +405,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     bad = non_finite_tensors(policy_state) + non_finite_tensors(logz or {}, "logz")
     if bad:
         step = state.get("step", "?") if isinstance(state, dict) else "?"
-        raise CheckpointError(f"{path}: the weights of step {step} hold NaN or inf ({len(bad)} tensors, "
-                              f"e.g. {bad[0]!r})")
+        raise CheckpointError(
+            f"{path}: the weights of step {step} hold NaN or inf ({len(bad)} tensors, "
+            f"e.g. {bad[0]!r})"
+        )
     return policy_state, state
 
 
@@ -408,9 +459,11 @@ def find_resume_point(checkpoints_dir: Path) -> ResumePoint | None:
         return ResumePoint(candidate, *loaded, note=note)
     if name is None and not failures:
         return None
-    raise CheckpointError(f"no complete checkpoint in {str(checkpoints_dir)!r} ({problem}"
-                          f"{'; ' + '; '.join(failures) if failures else ''}); the run is not restarted "
-                          "over it: delete that folder or choose another train.out_dir")
+    raise CheckpointError(
+        f"no complete checkpoint in {str(checkpoints_dir)!r} ({problem}"
+        f"{'; ' + '; '.join(failures) if failures else ''}); the run is not restarted "
+        "over it: delete that folder or choose another train.out_dir"
+    )
 
 
 # ---------------------------------------------------------------------- reading a run
@@ -442,15 +495,24 @@ def open_run(run: str, step: int | None = None, field: str = "--run") -> OpenedR
         point = ResumePoint(run_dir, *load_checkpoint(run_dir))
         run_config = run_dir.parent.parent / CONFIG_FILE
     else:
-        point = _newest_of_step(run, run_dir / "checkpoints", step) if step is not None else \
-            find_resume_point(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+        point = (
+            _newest_of_step(run, run_dir / "checkpoints", step)
+            if step is not None
+            else find_resume_point(run_dir / "checkpoints")
+            if (run_dir / "checkpoints").is_dir()
+            else None
+        )
         if point is None:
-            raise InputError(f"{field}={run!r}: no checkpoint found (expected {field.lstrip('-').upper()}"
-                             "/checkpoints/step_*)")
+            raise InputError(
+                f"{field}={run!r}: no checkpoint found (expected {field.lstrip('-').upper()}"
+                "/checkpoints/step_*)"
+            )
         run_config = run_dir / CONFIG_FILE
     config_file = point.path / CONFIG_FILE if (point.path / CONFIG_FILE).is_file() else run_config
     if not config_file.is_file():
-        raise InputError(f"{field}={run!r}: {str(point.path)!r} has no {CONFIG_FILE} and the run no {CONFIG_FILE}")
+        raise InputError(
+            f"{field}={run!r}: {str(point.path)!r} has no {CONFIG_FILE} and the run no {CONFIG_FILE}"
+        )
     return OpenedRun(point.path, point.policy_state, point.state, config_file, point.note)
 
 
@@ -460,7 +522,11 @@ def _newest_of_step(run: str, checkpoints_dir: Path, step: int) -> ResumePoint:
     matching = [path for path in found if checkpoint_step(path) == step]
     if not matching:
         steps = sorted({checkpoint_step(path) for path in found})
-        have = f"its checkpoints are of steps {', '.join(map(str, steps))}" if steps else "it has no checkpoint"
+        have = (
+            f"its checkpoints are of steps {', '.join(map(str, steps))}"
+            if steps
+            else "it has no checkpoint"
+        )
         raise InputError(f"--step={step}: run {run!r} has no checkpoint of step {step}; {have}")
     errors = []
     for folder in matching:
@@ -468,7 +534,9 @@ def _newest_of_step(run: str, checkpoints_dir: Path, step: int) -> ResumePoint:
             return ResumePoint(folder, *load_checkpoint(folder))
         except CheckpointError as error:
             errors.append(str(error))
-    raise CheckpointError(f"--step={step}: no complete checkpoint of that step ({'; '.join(errors)})")
+    raise CheckpointError(
+        f"--step={step}: no complete checkpoint of that step ({'; '.join(errors)})"
+    )
 
 
 # ---------------------------------------------------------------------- one trainer per run
@@ -488,15 +556,19 @@ class RunLock:
         """Take the lock (creating the folder); raise :class:`RunInUseError` when another process has it."""
         self.created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)  # close-on-exec: servers never inherit it
+        fd = os.open(
+            self.run_dir, os.O_RDONLY | os.O_DIRECTORY
+        )  # close-on-exec: servers never inherit it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
             who = f"pid {holder}" if holder else "another process"
-            raise RunInUseError(f"{self.field}={str(self.run_dir)!r}: in use by another gfnlm train ({who}); "
-                                f"wait for it to finish or choose another {self.field}") from None
+            raise RunInUseError(
+                f"{self.field}={str(self.run_dir)!r}: in use by another gfnlm train ({who}); "
+                f"wait for it to finish or choose another {self.field}"
+            ) from None
         self._fd = fd
         return self
 

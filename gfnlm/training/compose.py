@@ -28,8 +28,13 @@ class Components:
 
     def as_dict(self) -> dict[str, Any]:
         """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
-        roles = {"target": self.target, "objective": self.objective, "logz": self.logz, "sampler": self.sampler,
-                 "task": self.task}
+        roles = {
+            "target": self.target,
+            "objective": self.objective,
+            "logz": self.logz,
+            "sampler": self.sampler,
+            "task": self.task,
+        }
         # exploration/replay take part only when they do something (``none`` needs and offers nothing)
         if self.exploration is not None and self.exploration.changes_sampling:
             roles["exploration"] = self.exploration
@@ -49,12 +54,16 @@ def build_task(config: RunConfig) -> Any:
     import_components(config.imports, "imports")
     task = build("task", config.task.name, config.task.options)
     if config.data.eval and task.metrics != "accuracy":
-        raise ConfigError(f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
-                          f"data.eval='' and evaluate with gfnlm eval --task {config.task.name} --run RUN")
+        raise ConfigError(
+            f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
+            f"data.eval='' and evaluate with gfnlm eval --task {config.task.name} --run RUN"
+        )
     return task
 
 
-def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: Any = None) -> Components:
+def compose(
+    config: RunConfig, hidden_size: int, num_train_prompts: int, task: Any = None
+) -> Components:
     """Build every component from the config and check they fit together (cheap: no model). The
     task is given to the components that grade or check responses (``bind_task``)."""
     import_components(config.imports, "imports")
@@ -63,21 +72,29 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
     objective = build("objective", config.objective.name, config.objective.options)
     needed = objective.min_samples_per_prompt
     if config.sampling.samples_per_prompt < needed:
-        raise ConfigError(f"sampling.samples_per_prompt={config.sampling.samples_per_prompt}: objective "
-                          f"{config.objective.name!r} with these options needs >= {needed} (it uses group "
-                          "statistics; with one response per prompt its loss is exactly zero)")
+        raise ConfigError(
+            f"sampling.samples_per_prompt={config.sampling.samples_per_prompt}: objective "
+            f"{config.objective.name!r} with these options needs >= {needed} (it uses group "
+            "statistics; with one response per prompt its loss is exactly zero)"
+        )
     lookup("logz", config.logz.name)  # a typo is an error even when this objective uses no log Z
     logz = None
     if "log_z" in objective.requires:
         facts = {"num_train_prompts": num_train_prompts, "hidden_size": hidden_size}
         logz = build("logz", config.logz.name, config.logz.options, run_facts=facts)
     sampling = config.sampling
-    sampler = build("sampler", sampling.sampler, {
-        "temperature": sampling.temperature, "top_p": sampling.top_p,
-        "max_new_tokens": sampling.max_new_tokens, **sampling.sampler_options,
-        # only when set: a sampler without min-p support then rejects it by name
-        **({"min_p": sampling.min_p} if sampling.min_p else {}),
-    })
+    sampler = build(
+        "sampler",
+        sampling.sampler,
+        {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            **sampling.sampler_options,
+            # only when set: a sampler without min-p support then rejects it by name
+            **({"min_p": sampling.min_p} if sampling.min_p else {}),
+        },
+    )
     exploration = build("exploration", config.exploration.name, config.exploration.options)
     replay = build("replay", config.replay.name, config.replay.options)
     components = Components(target, objective, logz, sampler, task, exploration, replay)
@@ -87,19 +104,22 @@ def compose(config: RunConfig, hidden_size: int, num_train_prompts: int, task: A
     check_composition(components.as_dict(), provided_by_run=CausalLMPolicy.provides)
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
     if sampling.async_rollouts and not sampler.overlaps_training:
-        raise ConfigError(f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: this sampler "
-                          "draws with the policy being trained, in the trainer's process, so it cannot sample "
-                          "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
-                          "sampling.async_rollouts=false")
+        raise ConfigError(
+            f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: this sampler "
+            "draws with the policy being trained, in the trainer's process, so it cannot sample "
+            "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
+            "sampling.async_rollouts=false"
+        )
     if sampler.scores_base and components.base_needs_eos_logp and not sampler.scores_eos_logp:
-        raise ConfigError(f"sampling.sampler_options.scores_base=true: objective {config.objective.name!r} uses "
-                          f"prefix rewards, which need the base model's EOS log-prob at every prefix, and the "
-                          f"{sampling.sampler!r} sampler's server does not return it; allowed: scores_base=false "
-                          "(the trainer scores the base model) or an objective without prefix rewards (tb, la_tb)")
+        raise ConfigError(
+            f"sampling.sampler_options.scores_base=true: objective {config.objective.name!r} uses "
+            f"prefix rewards, which need the base model's EOS log-prob at every prefix, and the "
+            f"{sampling.sampler!r} sampler's server does not return it; allowed: scores_base=false "
+            "(the trainer scores the base model) or an objective without prefix rewards (tb, la_tb)"
+        )
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
-
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:
@@ -107,4 +127,6 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as error:
-        raise ConfigError(f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})") from None
+        raise ConfigError(
+            f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})"
+        ) from None

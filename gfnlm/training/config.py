@@ -30,9 +30,12 @@ def field_name(instance: object, attribute: attrs.Attribute) -> str:
 
 def _at_least(minimum: float):
     """``value >= minimum`` and finite (NaN compares false both ways, so it is rejected by name)."""
+
     def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
         if not math.isfinite(value):
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite number >= {minimum}")
+            raise ConfigError(
+                f"{field_name(instance, attribute)}={value!r}: must be a finite number >= {minimum}"
+            )
         if value < minimum:
             raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be >= {minimum}")
 
@@ -48,23 +51,29 @@ MAX_LR, MAX_LOGZ_LR = 1.0, 10.0
 
 def _count(minimum: int, maximum: int = MAX_COUNT):
     """An integer in ``[minimum, maximum]``."""
+
     def check(instance: object, attribute: attrs.Attribute, value: int) -> None:
         if not minimum <= value <= maximum:
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in "
-                              f"[{minimum}, {maximum:_}]")
+            raise ConfigError(
+                f"{field_name(instance, attribute)}={value!r}: must be in [{minimum}, {maximum:_}]"
+            )
 
     return check
 
 
 def _open_closed(low: float, high: float):
     """A number in ``(low, high]`` (NaN and infinities are refused: they compare false)."""
+
     def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
         if not math.isfinite(value):
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite "
-                              f"number in ({low:g}, {high:g}]")
+            raise ConfigError(
+                f"{field_name(instance, attribute)}={value!r}: must be a finite "
+                f"number in ({low:g}, {high:g}]"
+            )
         if not low < value <= high:
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in "
-                              f"({low:g}, {high:g}]")
+            raise ConfigError(
+                f"{field_name(instance, attribute)}={value!r}: must be in ({low:g}, {high:g}]"
+            )
 
     return check
 
@@ -92,8 +101,10 @@ def _not_empty(instance: object, attribute: attrs.Attribute, value: str) -> None
 def _one_of(*allowed: str):
     def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
         if value not in allowed:
-            raise ConfigError(f"{field_name(instance, attribute)}={quoted(value)}: must be one of "
-                              f"{', '.join(allowed)}")
+            raise ConfigError(
+                f"{field_name(instance, attribute)}={quoted(value)}: must be one of "
+                f"{', '.join(allowed)}"
+            )
 
     return check
 
@@ -127,7 +138,9 @@ class ModelConfig:
     lora_alpha: float = attrs.field(default=16.0, validator=_finite)
     lora_dropout: float = attrs.field(default=0.0, validator=_at_least(0.0))
     lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
-    dtype: str = attrs.field(default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64"))
+    dtype: str = attrs.field(
+        default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64")
+    )
     gradient_checkpointing: bool = False
     # Positions per chunk of the output layer in the log-prob passes (never [B, T, V] logits);
     # 0 = the model's full logits (the plain path).
@@ -255,9 +268,11 @@ def check_batch_size(config: RunConfig) -> None:
     within :data:`MAX_COUNT` (each factor alone may be within it and their product not)."""
     prompts, samples = config.train.prompts_per_step, config.sampling.samples_per_prompt
     if prompts * samples > MAX_COUNT:
-        raise ConfigError(f"train.prompts_per_step={prompts} × sampling.samples_per_prompt="
-                          f"{samples} = {prompts * samples:_} responses per step: must be <= "
-                          f"{MAX_COUNT:_}")
+        raise ConfigError(
+            f"train.prompts_per_step={prompts} × sampling.samples_per_prompt="
+            f"{samples} = {prompts * samples:_} responses per step: must be <= "
+            f"{MAX_COUNT:_}"
+        )
 
 
 def _overrides_layer(overrides: list[str]) -> Any:
@@ -273,9 +288,10 @@ def _overrides_layer(overrides: list[str]) -> Any:
             key, _, value = item.partition("=")
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
             example = f"{key}='\"{shortened(value, 40)}\"'"
-            raise ConfigError(f"override {quoted(item)}: the value is not valid YAML ({problem}); "
-                              f"quote it to make it a string, e.g. {example} in the shell"
-                              ) from None
+            raise ConfigError(
+                f"override {quoted(item)}: the value is not valid YAML ({problem}); "
+                f"quote it to make it a string, e.g. {example} in the shell"
+            ) from None
     return OmegaConf.from_dotlist(overrides)
 
 
@@ -293,10 +309,14 @@ def _load_yaml(path: Path) -> Any:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"config={str(path)!r}: not valid YAML{where} ({problem})") from None
     except (OSError, UnicodeDecodeError, OmegaConfBaseException) as error:
-        raise ConfigError(f"config={str(path)!r}: cannot read it ({str(error).splitlines()[0]})") from None
+        raise ConfigError(
+            f"config={str(path)!r}: cannot read it ({str(error).splitlines()[0]})"
+        ) from None
     if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config={str(path)!r}: must be a mapping of sections (model:, train:, ...), "
-                          f"got a {type(loaded).__name__.removesuffix('Config').lower()}")
+        raise ConfigError(
+            f"config={str(path)!r}: must be a mapping of sections (model:, train:, ...), "
+            f"got a {type(loaded).__name__.removesuffix('Config').lower()}"
+        )
     return loaded
 
 

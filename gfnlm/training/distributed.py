@@ -43,8 +43,11 @@ class World:
 
 def world_from_env() -> World:
     """The world ``torchrun`` describes in the environment (cheap: joins no group)."""
-    return World(rank=int(os.environ.get("RANK", "0")), size=int(os.environ.get("WORLD_SIZE", "1")),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def init_process_group(world: World, device: torch.device) -> None:
@@ -65,7 +68,9 @@ def all_gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def reduce_metrics(metrics: dict[str, float], world: World, device: torch.device) -> dict[str, float]:
+def reduce_metrics(
+    metrics: dict[str, float], world: World, device: torch.device
+) -> dict[str, float]:
     """Scalar metrics of every rank combined: ``*/min`` by min, ``*/max`` by max, the rest by mean."""
     if not world.distributed:
         return metrics
@@ -119,7 +124,9 @@ def shard_fsdp2(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def parallelize(module: torch.nn.Module, world: World, parallel: str, device: torch.device) -> torch.nn.Module:
+def parallelize(
+    module: torch.nn.Module, world: World, parallel: str, device: torch.device
+) -> torch.nn.Module:
     """DDP or FSDP2 (``parallel``) around ``module`` when run by ``torchrun`` with several processes;
     the module itself in one process."""
     if not world.distributed:
@@ -128,7 +135,9 @@ def parallelize(module: torch.nn.Module, world: World, parallel: str, device: to
         return shard_fsdp2(module)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def average_replicated_grads(params: list[torch.nn.Parameter], world: World) -> None:

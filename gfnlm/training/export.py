@@ -110,8 +110,10 @@ def check_not_inside(out: Path, flag: str, *kept: Path) -> None:
     for path in kept:
         here = path.resolve()
         if target == here or target in here.parents:
-            raise ConfigError(f"{flag}={str(out)!r}: would replace {str(path)!r}, which the export reads; "
-                              "choose another path")
+            raise ConfigError(
+                f"{flag}={str(out)!r}: would replace {str(path)!r}, which the export reads; "
+                "choose another path"
+            )
 
 
 def check_outside_checkpoints(out: Path, flag: str) -> None:
@@ -127,8 +129,10 @@ def check_outside_checkpoints(out: Path, flag: str) -> None:
         else:
             continue
         relation = "is" if folder == target else "is inside"
-        raise ConfigError(f"{flag}={str(out)!r}: {relation} {where}, whose contents training prunes "
-                          "and replaces; choose a path outside it")
+        raise ConfigError(
+            f"{flag}={str(out)!r}: {relation} {where}, whose contents training prunes "
+            "and replaces; choose a path outside it"
+        )
 
 
 def _holds_checkpoints(folder: Path) -> bool:
@@ -205,20 +209,26 @@ def replay_journal(out: Path, flag: str) -> None:
     entry = entry if isinstance(entry, dict) else {}
     pid = entry.get("pid")
     if isinstance(pid, int) and _process_alive(pid) and pid != os.getpid():
-        raise ConfigError(f"{flag}={str(out)!r}: another export (process {pid}) is replacing it now; "
-                          "wait for it to end")
+        raise ConfigError(
+            f"{flag}={str(out)!r}: another export (process {pid}) is replacing it now; "
+            "wait for it to end"
+        )
     old, new = _sibling(out, entry.get("old")), _sibling(out, entry.get("new"))
     try:
         if not out.exists():
             if old is None or not old.is_dir():
-                raise ExportError(f"{str(out)!r} is missing and {str(journal)!r} does not say where its "
-                                  f"previous contents are; look for them in .{out.name}.old-* beside it")
+                raise ExportError(
+                    f"{str(out)!r} is missing and {str(journal)!r} does not say where its "
+                    f"previous contents are; look for them in .{out.name}.old-* beside it"
+                )
             os.rename(old, out)
             checkpoint._fsync_dir(out.parent)
         journal.unlink()
     except OSError as error:
-        raise ExportError(f"cannot put back the previous contents of {str(out)!r} from "
-                          f"{str(old)!r}: {_write_reason(error)}") from None
+        raise ExportError(
+            f"cannot put back the previous contents of {str(out)!r} from "
+            f"{str(old)!r}: {_write_reason(error)}"
+        ) from None
     for leftover in (old, new):
         if leftover is not None:
             shutil.rmtree(leftover, ignore_errors=True)
@@ -273,7 +283,13 @@ def _renameat2_function() -> Callable[..., int] | None:
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     function.restype = ctypes.c_int
     return function
 
@@ -327,8 +343,9 @@ def _move_into_place(staging: Path, out: Path) -> None:
         renameat2(staging, out, RENAME_NOREPLACE)
     except OSError as error:
         if error.errno == errno.EEXIST:
-            raise FileExistsError(errno.EEXIST, "another process created it during the export",
-                                  str(out)) from None
+            raise FileExistsError(
+                errno.EEXIST, "another process created it during the export", str(out)
+            ) from None
         if error.errno not in _UNSUPPORTED:
             raise
         os.rename(staging, out)
@@ -372,8 +389,9 @@ def _write_journal(out: Path, old: Path, staging: Path) -> Path:
     folders, written whole (a draft ``.OUT.tmp-<pid>-*.journal`` renamed) and synced."""
     journal = _journal_path(out)
     text = json.dumps({"pid": _process_id(), "old": old.name, "new": staging.name})
-    fd, draft = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-{_process_id()}-",
-                                 suffix=".journal")
+    fd, draft = tempfile.mkstemp(
+        dir=out.parent, prefix=f".{out.name}.tmp-{_process_id()}-", suffix=".journal"
+    )
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -404,9 +422,11 @@ def _sync_published(out: Path) -> None:
     try:
         checkpoint._fsync_dir(out.parent)
     except OSError as error:
-        raise ExportError(f"wrote the export to {str(out)!r} but could not sync it to disk "
-                          f"({_write_reason(error)}); a crash now may leave the previous "
-                          "contents there") from None
+        raise ExportError(
+            f"wrote the export to {str(out)!r} but could not sync it to disk "
+            f"({_write_reason(error)}); a crash now may leave the previous "
+            "contents there"
+        ) from None
 
 
 def _usual_permissions(folder: Path) -> None:
@@ -419,7 +439,9 @@ def _usual_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def write_atomically(out: Path, flag: str, write: Callable[[Path], None], staging: Path | None = None) -> None:
+def write_atomically(
+    out: Path, flag: str, write: Callable[[Path], None], staging: Path | None = None
+) -> None:
     """``write(folder)`` into a staging folder (:func:`staging_folder`, unless given; then the
     leftovers of killed exports to ``out`` are settled first), then :func:`publish` it. On a
     failure the staging folder is deleted and ``out`` holds what it held (or, when only the last
@@ -478,7 +500,9 @@ def load_policy(source: ExportSource, model_dir: Path) -> "CausalLMPolicy":
 
     dtype = "float64" if source.config.model.dtype == "float64" else "float32"
     model_config = attrs.evolve(source.config.model, dtype=dtype, gradient_checkpointing=False)
-    policy = CausalLMPolicy.from_config(model_config, model_dir, torch.device("cpu"), keep_base=False)
+    policy = CausalLMPolicy.from_config(
+        model_config, model_dir, torch.device("cpu"), keep_base=False
+    )
     policy.load_trainable_state_dict(source.weights)
     return policy
 
@@ -497,7 +521,9 @@ def write_merged(model: torch.nn.Module, model_dir: Path, folder: Path, dtype: t
     config.save_pretrained(folder)
     if (model_dir / "generation_config.json").is_file():
         shutil.copyfile(model_dir / "generation_config.json", folder / "generation_config.json")
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)  # as the base has it (not the policy's padding)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(
+        folder
+    )  # as the base has it (not the policy's padding)
 
 
 def copy_adapter(adapter: Path, folder: Path, dtype: torch.dtype | None) -> None:
@@ -513,8 +539,14 @@ def copy_adapter(adapter: Path, folder: Path, dtype: torch.dtype | None) -> None
         save_file(tensors, weights, metadata={"format": "pt"})
 
 
-def export_checkpoint(run: str, kind: str, out: str, step: int | None = None, dtype: str | None = None,
-                      force: bool = False) -> str:
+def export_checkpoint(
+    run: str,
+    kind: str,
+    out: str,
+    step: int | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+) -> str:
     """Export ``run``'s newest complete checkpoint (or ``step``'s) as ``kind`` (``merged`` or
     ``adapter``) into the folder ``out``; returns the line that says what was written where.
     ``dtype``: of the written weights (default float32 for ``merged``, as saved for ``adapter``)."""
@@ -531,14 +563,18 @@ def export_checkpoint(run: str, kind: str, out: str, step: int | None = None, dt
     source = find_source(run, step)
     model = source.config.model
     if kind == "adapter" and not model.lora:
-        raise ConfigError(f"--adapter: run {run!r} fine-tuned all weights (model.lora=false), so it has no "
-                          "adapter; export it with --merged")
+        raise ConfigError(
+            f"--adapter: run {run!r} fine-tuned all weights (model.lora=false), so it has no "
+            "adapter; export it with --merged"
+        )
     model_dir = resolve_model_path(model.path)
     check_not_inside(path, flag, model_dir, source.path)
     if kind == "merged" and model.lora and _lora_on_tied_weights(model_dir, model.lora_targets):
-        raise ConfigError(f"--merged: model.lora_targets={list(model.lora_targets)} adapts the embedding or output "
-                          f"layer, which {str(model_dir)!r} ties together: merged weights cannot hold that adapter; "
-                          "export it with --adapter")
+        raise ConfigError(
+            f"--merged: model.lora_targets={list(model.lora_targets)} adapts the embedding or output "
+            f"layer, which {str(model_dir)!r} ties together: merged weights cannot hold that adapter; "
+            "export it with --adapter"
+        )
     adapter = checkpoint.adapter_folder(source.path) if kind == "adapter" else None
     torch_dtype = DTYPES[dtype] if dtype is not None else None
     staging = staging_folder(path, flag)  # the last check: the output's parent can be written
@@ -548,9 +584,13 @@ def export_checkpoint(run: str, kind: str, out: str, step: int | None = None, dt
         else:
             policy = load_policy(source, model_dir)
             if kind == "adapter":
-                write = functools.partial(policy.save_adapter, state=source.weights, dtype=torch_dtype)
+                write = functools.partial(
+                    policy.save_adapter, state=source.weights, dtype=torch_dtype
+                )
             else:
-                write = functools.partial(write_merged, policy.model, model_dir, dtype=torch_dtype or torch.float32)
+                write = functools.partial(
+                    write_merged, policy.model, model_dir, dtype=torch_dtype or torch.float32
+                )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -43,11 +43,20 @@ class CausalLMPolicy(nn.Module):
     """The trainable policy (optionally LoRA) and access to its base model."""
 
     # What the policy's evaluation offers beyond log-probs, for components that require it.
-    provides: ClassVar[frozenset[str]] = frozenset({"prompt_hidden", "entropy_grad", "token_statistics"})
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {"prompt_hidden", "entropy_grad", "token_statistics"}
+    )
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: ModelConfig,
-                 device: torch.device, keep_base: bool = True, entropy_grad: bool = False,
-                 token_statistics: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ModelConfig,
+        device: torch.device,
+        keep_base: bool = True,
+        entropy_grad: bool = False,
+        token_statistics: bool = False,
+    ) -> None:
         """``keep_base=False``: without LoRA, no frozen copy of the base model is made (half the
         memory; :meth:`base_model` and :meth:`score_base` are then unavailable), e.g. for export.
         ``entropy_grad`` and ``token_statistics``: see :meth:`evaluate` (what an objective requires)."""
@@ -63,9 +72,13 @@ class CausalLMPolicy(nn.Module):
             model = model.to(torch.float64)
         frozen_base = None
         if config.lora:
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                              lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_targets),
+                task_type="CAUSAL_LM",
+            )
             model = get_peft_model(model, lora)
         elif keep_base:
             frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
@@ -91,8 +104,9 @@ class CausalLMPolicy(nn.Module):
                 _check_chunkable(self.model, self.eos_token_id)
 
     @classmethod
-    def from_config(cls, config: ModelConfig, model_dir: Path, device: torch.device,
-                    **options: bool) -> "CausalLMPolicy":
+    def from_config(
+        cls, config: ModelConfig, model_dir: Path, device: torch.device, **options: bool
+    ) -> "CausalLMPolicy":
         """Load the folder's weights (fp32) and wrap them as configured (``options``: see ``__init__``)."""
         tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -115,20 +129,28 @@ class CausalLMPolicy(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Only what training changes (the adapter with LoRA, all weights without), as full tensors
         (FSDP2 shards are gathered: every rank must call this)."""
-        return {n: full_tensor(p.detach()).cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {
+            n: full_tensor(p.detach()).cpu()
+            for n, p in self.model.named_parameters()
+            if p.requires_grad
+        }
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load what :meth:`trainable_state_dict` saved; fails if a trainable tensor is missing."""
         params = dict(self.model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         if missing:
-            raise RunError(f"the checkpoint lacks {len(missing)} of the policy's trainable tensors, e.g. "
-                           f"{missing[0]!r}: it was written for another model.path or LoRA setting")
+            raise RunError(
+                f"the checkpoint lacks {len(missing)} of the policy's trainable tensors, e.g. "
+                f"{missing[0]!r}: it was written for another model.path or LoRA setting"
+            )
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(place_like(value, params[name]))
 
-    def adapter_writer(self, state: dict[str, Tensor] | None = None) -> Callable[[Path], None] | None:
+    def adapter_writer(
+        self, state: dict[str, Tensor] | None = None
+    ) -> Callable[[Path], None] | None:
         """With LoRA, a function that writes the adapter in PEFT's format into ``folder/adapter``
         (``extra_files`` of :func:`gfnlm.training.checkpoint.save_checkpoint`); ``None`` without LoRA.
         ``state`` is :meth:`trainable_state_dict`'s result when the caller has it (already gathered
@@ -137,8 +159,9 @@ class CausalLMPolicy(nn.Module):
             return None
         return lambda folder: self.save_adapter(Path(folder) / ADAPTER_DIR, state)
 
-    def save_adapter(self, folder: Path, state: dict[str, Tensor] | None = None,
-                     dtype: torch.dtype | None = None) -> None:
+    def save_adapter(
+        self, folder: Path, state: dict[str, Tensor] | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         """Write the LoRA adapter as ``PeftModel.save_pretrained`` does (``adapter_config.json`` and
         ``adapter_model.safetensors``; no model card), loadable with ``PeftModel.from_pretrained(base,
         folder)``. ``state``: the trainable tensors (default: the policy's own); ``dtype``: cast them."""
@@ -146,11 +169,17 @@ class CausalLMPolicy(nn.Module):
         from safetensors.torch import save_file
 
         if not isinstance(self.model, PeftModel):
-            raise RunError("the policy has no LoRA adapter (model.lora=false): there is no adapter to save")
+            raise RunError(
+                "the policy has no LoRA adapter (model.lora=false): there is no adapter to save"
+            )
         state = self.trainable_state_dict() if state is None else state
-        tensors = get_peft_model_state_dict(self.model, state_dict=state, adapter_name="default",
-                                            save_embedding_layers=False)
-        tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in tensors.items()}
+        tensors = get_peft_model_state_dict(
+            self.model, state_dict=state, adapter_name="default", save_embedding_layers=False
+        )
+        tensors = {
+            k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous()
+            for k, v in tensors.items()
+        }
         config = copy.deepcopy(self.model.peft_config["default"])
         config.inference_mode = True
         if config.base_model_name_or_path is None:
@@ -189,7 +218,9 @@ class CausalLMPolicy(nn.Module):
             yield self._frozen_base[0]
         else:
             if not isinstance(self.model, PeftModel):
-                raise RunError("this policy was built with keep_base=False: it has no copy of the base model")
+                raise RunError(
+                    "this policy was built with keep_base=False: it has no copy of the base model"
+                )
             with self.model.disable_adapter():
                 yield self.model
 
@@ -201,43 +232,73 @@ class CausalLMPolicy(nn.Module):
             return self._evaluate_full_logits(rollouts, need_prompt_hidden)
         statistics = self.token_statistics or self.entropy_grad
         with self.autocast():
-            final, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts,
-                                             final_hidden=True)
+            final, hidden = _response_logits(
+                self.model, rollouts, need_prompt_hidden, self.share_prompts, final_hidden=True
+            )
             token_logp, eos_logp, entropy, self_certainty = _chunked_response_logps(
-                final, self.model, rollouts, self.eos_token_id, self.logp_chunk_size, statistics)
-            entropy_sample = None if statistics else _entropy_sample(final, self.model, rollouts,
-                                                                     self.logp_chunk_size)
+                final, self.model, rollouts, self.eos_token_id, self.logp_chunk_size, statistics
+            )
+            entropy_sample = (
+                None
+                if statistics
+                else _entropy_sample(final, self.model, rollouts, self.logp_chunk_size)
+            )
         if statistics:
             entropy = entropy if self.entropy_grad else entropy.detach()
-            entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
-        return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
-                          prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
-                          self_certainty=self_certainty, entropy_sample=entropy_sample)
+            entropy, self_certainty = (
+                entropy * rollouts.response_mask,
+                self_certainty * rollouts.response_mask,
+            )
+        return PolicyEval(
+            token_logp=token_logp,
+            eos_logp=eos_logp,
+            entropy=entropy,
+            prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
+            self_certainty=self_certainty,
+            entropy_sample=entropy_sample,
+        )
 
     def _evaluate_full_logits(self, rollouts: Rollouts, need_prompt_hidden: bool) -> PolicyEval:
         """:meth:`evaluate` from the model's full ``[B, T+1, V]`` logits (``logp_chunk_size=0``)."""
         with self.autocast():
-            logits, hidden = _response_logits(self.model, rollouts, need_prompt_hidden, self.share_prompts)
+            logits, hidden = _response_logits(
+                self.model, rollouts, need_prompt_hidden, self.share_prompts
+            )
         token_logp, eos_logp, lse = _gather_logps(logits, rollouts, self.eos_token_id)
         with contextlib.nullcontext() if self.entropy_grad else torch.no_grad():
             entropy, self_certainty = _token_statistics(logits[:, :-1], lse[:, :-1])
-            entropy, self_certainty = entropy * rollouts.response_mask, self_certainty * rollouts.response_mask
+            entropy, self_certainty = (
+                entropy * rollouts.response_mask,
+                self_certainty * rollouts.response_mask,
+            )
         self_certainty = self_certainty.detach()
-        return PolicyEval(token_logp=token_logp, eos_logp=eos_logp, entropy=entropy,
-                          prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
-                          self_certainty=self_certainty)
+        return PolicyEval(
+            token_logp=token_logp,
+            eos_logp=eos_logp,
+            entropy=entropy,
+            prompt_hidden=_prompt_hidden(hidden, rollouts) if need_prompt_hidden else None,
+            self_certainty=self_certainty,
+        )
 
     @torch.no_grad()
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's log-probs over the responses, one forward pass, no gradient."""
         with self.base_model() as base, self.autocast():
             if self.logp_chunk_size:
-                final, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts,
-                                            final_hidden=True)
-                token_logp, eos_logp, _, _ = _chunked_response_logps(final, base, rollouts, self.eos_token_id,
-                                                                     self.logp_chunk_size, statistics=False)
+                final, _ = _response_logits(
+                    base,
+                    rollouts,
+                    need_hidden=False,
+                    share_prompts=self.share_prompts,
+                    final_hidden=True,
+                )
+                token_logp, eos_logp, _, _ = _chunked_response_logps(
+                    final, base, rollouts, self.eos_token_id, self.logp_chunk_size, statistics=False
+                )
             else:
-                logits, _ = _response_logits(base, rollouts, need_hidden=False, share_prompts=self.share_prompts)
+                logits, _ = _response_logits(
+                    base, rollouts, need_hidden=False, share_prompts=self.share_prompts
+                )
                 token_logp, eos_logp, _ = _gather_logps(logits, rollouts, self.eos_token_id)
         return SequenceLogProbs(token_logp=token_logp, eos_logp=eos_logp if need_eos_logp else None)
 
@@ -256,8 +317,14 @@ def _check_chunkable(model: nn.Module, eos_token_id: int) -> None:
     check_output_layer(out.logits[:, -1], captured[-1][:, -1], layer)
 
 
-def _chunked_response_logps(final: Tensor, model: nn.Module, rollouts: Rollouts, eos_token_id: int,
-                            chunk_size: int, statistics: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _chunked_response_logps(
+    final: Tensor,
+    model: nn.Module,
+    rollouts: Rollouts,
+    eos_token_id: int,
+    chunk_size: int,
+    statistics: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Token log-probs [B, T], EOS log-probs [B, T+1] and (``statistics``) entropy and
     self-certainty [B, T] from the final hidden states at the T+1 predicting positions. The output
     layer runs at the positions a row's response reaches (``k ≤ |y|``) only; the others, padding
@@ -265,10 +332,18 @@ def _chunked_response_logps(final: Tensor, model: nn.Module, rollouts: Rollouts,
     eos_column = torch.full_like(rollouts.response_ids[:, :1], eos_token_id)
     targets = torch.cat([rollouts.response_ids, eos_column], dim=1)
     reached = torch.arange(targets.shape[1], device=targets.device) <= rollouts.lengths[:, None]
-    values = chunked_logps(final[reached], output_layer_of(model), targets[reached], eos_token_id, chunk_size,
-                           statistics)
+    values = chunked_logps(
+        final[reached],
+        output_layer_of(model),
+        targets[reached],
+        eos_token_id,
+        chunk_size,
+        statistics,
+    )
     token_logp, eos_logp, entropy, certainty = (
-        None if value is None else value.new_zeros(targets.shape).index_put((reached,), value) for value in values)
+        None if value is None else value.new_zeros(targets.shape).index_put((reached,), value)
+        for value in values
+    )
     token_logp = token_logp[:, :-1] * rollouts.response_mask
     if statistics:
         entropy, certainty = entropy[:, :-1], certainty[:, :-1]
@@ -281,11 +356,19 @@ def _entropy_sample(final: Tensor, model: nn.Module, rollouts: Rollouts, chunk_s
     spaced over the batch's real tokens (deterministic: no draw from the run's random stream)."""
     rows, cols = rollouts.response_mask.nonzero(as_tuple=True)
     if rows.numel() > ENTROPY_SAMPLE_POSITIONS:
-        keep = torch.linspace(0, rows.numel() - 1, ENTROPY_SAMPLE_POSITIONS, device=rows.device).long()
+        keep = torch.linspace(
+            0, rows.numel() - 1, ENTROPY_SAMPLE_POSITIONS, device=rows.device
+        ).long()
         rows, cols = rows[keep], cols[keep]
     chosen = final[rows, cols]
-    _, _, entropy, _ = chunked_logps(chosen, output_layer_of(model), rollouts.response_ids[rows, cols], 0,
-                                     chunk_size, statistics=True)
+    _, _, entropy, _ = chunked_logps(
+        chosen,
+        output_layer_of(model),
+        rollouts.response_ids[rows, cols],
+        0,
+        chunk_size,
+        statistics=True,
+    )
     return entropy
 
 
@@ -300,8 +383,13 @@ LENGTH_BUCKETS = 4
 SHARED_PREFIX_MIN_SAVING = 64
 
 
-def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, share_prompts: bool = True,
-                     final_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+def _response_logits(
+    model: nn.Module,
+    rollouts: Rollouts,
+    need_hidden: bool,
+    share_prompts: bool = True,
+    final_hidden: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Logits at the T+1 positions predicting y_1..y_T and EOS after the last token: [B, T+1, V],
     and (``need_hidden``) the last layer's hidden states over the prompt, [B, P, H]. With
     ``final_hidden``: the final hidden states at those positions, [B, T+1, H], instead of logits
@@ -321,12 +409,20 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
         return _full_sequence_logits(model, rollouts, need_hidden, final_hidden)
     rows = torch.arange(rollouts.batch_size, device=row_prompt.device)
     first_row = torch.full_like(row_prompt[: prompts.shape[0]], rollouts.batch_size).scatter_reduce(
-        0, row_prompt, rows, "amin")
+        0, row_prompt, rows, "amin"
+    )
     with _final_hidden_if(model, final_hidden) as captured:
         no_logits = _no_logits(prompts.device)  # final_hidden: the caller runs the output layer
-        prompt_cache, cache_mask, prompt_out = _prompt_cache(model, prompts, rollouts.prompt_mask[first_row].long(),
-                                                             need_hidden, no_logits if final_hidden else 1)
-        first = captured[-1][:, -1:] if final_hidden else prompt_out.logits  # [prompts, 1, ·], predicts y_1
+        prompt_cache, cache_mask, prompt_out = _prompt_cache(
+            model,
+            prompts,
+            rollouts.prompt_mask[first_row].long(),
+            need_hidden,
+            no_logits if final_hidden else 1,
+        )
+        first = (
+            captured[-1][:, -1:] if final_hidden else prompt_out.logits
+        )  # [prompts, 1, ·], predicts y_1
         prompt_lengths = rollouts.prompt_mask.sum(1)
         order = torch.argsort(rollouts.lengths, stable=True)
         parts = []
@@ -334,23 +430,35 @@ def _response_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool, sh
             width = max(1, int(rollouts.lengths[bucket].max()))
             cache = DynamicCache(config=model.config)
             for index, layer in enumerate(prompt_cache.layers):
-                cache.update(layer.keys[row_prompt[bucket]], layer.values[row_prompt[bucket]], index)
-            attention_mask = torch.cat([cache_mask[row_prompt[bucket]],
-                                        rollouts.response_mask[bucket, :width].long()], dim=1)
+                cache.update(
+                    layer.keys[row_prompt[bucket]], layer.values[row_prompt[bucket]], index
+                )
+            attention_mask = torch.cat(
+                [cache_mask[row_prompt[bucket]], rollouts.response_mask[bucket, :width].long()],
+                dim=1,
+            )
             positions = prompt_lengths[bucket, None] + torch.arange(width, device=prompts.device)
-            response_out = model(input_ids=rollouts.response_ids[bucket, :width], attention_mask=attention_mask,
-                                 position_ids=positions, cache=cache, use_cache=True,
-                                 logits_to_keep=no_logits if final_hidden else 0)
+            response_out = model(
+                input_ids=rollouts.response_ids[bucket, :width],
+                attention_mask=attention_mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=no_logits if final_hidden else 0,
+            )
             response = captured[-1] if final_hidden else response_out.logits
             values = torch.cat([first[row_prompt[bucket]], response], dim=1)
-            parts.append(F.pad(values, (0, 0, 0, rollouts.response_ids.shape[1] + 1 - values.shape[1])))
+            parts.append(
+                F.pad(values, (0, 0, 0, rollouts.response_ids.shape[1] + 1 - values.shape[1]))
+            )
     values = torch.cat(parts)[torch.argsort(order)]
     hidden = prompt_out.hidden_states[-1][row_prompt] if need_hidden else None
     return values, hidden
 
 
-def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor, need_hidden: bool,
-                  logits_to_keep: int | Tensor) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
+def _prompt_cache(
+    model: nn.Module, prompts: Tensor, mask: Tensor, need_hidden: bool, logits_to_keep: int | Tensor
+) -> tuple[DynamicCache, Tensor, CausalLMOutputWithPast]:
     """KV cache of the distinct left-padded prompts [N, P], its attention mask [N, K], and the
     model's output at the prompts' last tokens (logits as ``logits_to_keep`` says). When it saves
     more than :data:`SHARED_PREFIX_MIN_SAVING` positions, the prompts' common prefix runs once, as
@@ -361,26 +469,53 @@ def _prompt_cache(model: nn.Module, prompts: Tensor, mask: Tensor, need_hidden: 
     width = prompts.shape[1]
     starts = width - lengths
     real = torch.where(mask.bool(), prompts, -1)
-    aligned = torch.stack([row.roll(-int(start)) for row, start in zip(real, starts)])  # right-padded
+    aligned = torch.stack(
+        [row.roll(-int(start)) for row, start in zip(real, starts)]
+    )  # right-padded
     same = (aligned == aligned[:1]).all(0).long().cumprod(0)
-    common = min(int(same.sum()), int(lengths.min()) - 1)  # every prompt keeps a token to predict y_1 from
+    common = min(
+        int(same.sum()), int(lengths.min()) - 1
+    )  # every prompt keeps a token to predict y_1 from
     cache = DynamicCache(config=model.config)
     if need_hidden or (prompts.shape[0] - 1) * common <= SHARED_PREFIX_MIN_SAVING:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = model(input_ids=prompts, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=logits_to_keep, output_hidden_states=need_hidden)
+        out = model(
+            input_ids=prompts,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            output_hidden_states=need_hidden,
+        )
         return cache, mask, out
-    model(input_ids=aligned[:1, :common], cache=cache, use_cache=True, logits_to_keep=_no_logits(prompts.device))
+    model(
+        input_ids=aligned[:1, :common],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=_no_logits(prompts.device),
+    )
     rest = int(lengths.max()) - common
-    suffix_mask = (torch.arange(width - rest, width, device=mask.device) >= (starts + common)[:, None]).long()
+    suffix_mask = (
+        torch.arange(width - rest, width, device=mask.device) >= (starts + common)[:, None]
+    ).long()
     expanded = DynamicCache(config=model.config)
     for index, layer in enumerate(cache.layers):
-        expanded.update(layer.keys.expand(prompts.shape[0], -1, -1, -1),
-                        layer.values.expand(prompts.shape[0], -1, -1, -1), index)
+        expanded.update(
+            layer.keys.expand(prompts.shape[0], -1, -1, -1),
+            layer.values.expand(prompts.shape[0], -1, -1, -1),
+            index,
+        )
     cache_mask = torch.cat([torch.ones_like(mask[:, :common]), suffix_mask], dim=1)
     positions = common + (suffix_mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=prompts[:, width - rest:], attention_mask=cache_mask, position_ids=positions,
-                cache=expanded, use_cache=True, logits_to_keep=logits_to_keep)
+    out = model(
+        input_ids=prompts[:, width - rest :],
+        attention_mask=cache_mask,
+        position_ids=positions,
+        cache=expanded,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    )
     return expanded, cache_mask, out
 
 
@@ -391,8 +526,9 @@ def _no_logits(device: torch.device) -> Tensor:
     return torch.empty(0, dtype=torch.long, device=device)
 
 
-def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: bool,
-                          final_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+def _full_sequence_logits(
+    model: nn.Module, rollouts: Rollouts, need_hidden: bool, final_hidden: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """:func:`_response_logits` as one forward pass over every row's prompt + response."""
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
     attention_mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1).long()
@@ -401,18 +537,28 @@ def _full_sequence_logits(model: nn.Module, rollouts: Rollouts, need_hidden: boo
     num_positions = rollouts.response_ids.shape[1] + 1
     keep = _no_logits(input_ids.device) if final_hidden else num_positions
     with _final_hidden_if(model, final_hidden) as captured:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    logits_to_keep=keep, output_hidden_states=need_hidden, use_cache=False)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=keep,
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
     hidden = out.hidden_states[-1] if need_hidden else None
     return (captured[-1][:, -num_positions:] if final_hidden else out.logits), hidden
 
 
-def _final_hidden_if(model: nn.Module, capture: bool) -> contextlib.AbstractContextManager[list[Tensor]]:
+def _final_hidden_if(
+    model: nn.Module, capture: bool
+) -> contextlib.AbstractContextManager[list[Tensor]]:
     """:func:`~gfnlm.models.chunked_logps.final_hidden_states` when ``capture``, else an unused list."""
     return final_hidden_states(model) if capture else contextlib.nullcontext([])
 
 
-def _gather_logps(logits: Tensor, rollouts: Rollouts, eos_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def _gather_logps(
+    logits: Tensor, rollouts: Rollouts, eos_token_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Chosen-token log-probs [B, T], EOS log-probs at every prefix [B, T+1], and logsumexp."""
     logits = wide(logits)
     lse = logits.logsumexp(-1)  # [B, T+1]
@@ -450,8 +596,14 @@ class TrainableModule(torch.nn.Module):
         self.policy = policy
         self.logz = logz
 
-    def forward(self, rollouts: Rollouts, need_prompt_hidden: bool) -> tuple[Any, torch.Tensor | None]:
+    def forward(
+        self, rollouts: Rollouts, need_prompt_hidden: bool
+    ) -> tuple[Any, torch.Tensor | None]:
         """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without log Z)."""
         evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_prompt_hidden)
-        log_z = None if self.logz is None else self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
+        log_z = (
+            None
+            if self.logz is None
+            else self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
+        )
         return evaluation, log_z

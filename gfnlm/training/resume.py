@@ -25,20 +25,33 @@ def find_resume_point(config: RunConfig, out_dir: Path) -> checkpoint.ResumePoin
     if point is None:
         return None
     if not config.train.resume:
-        raise ConfigError(f"train.out_dir={str(out_dir)!r} already holds a run's checkpoints; pass "
-                          "train.resume=true to continue it, or choose another train.out_dir")
+        raise ConfigError(
+            f"train.out_dir={str(out_dir)!r} already holds a run's checkpoints; pass "
+            "train.resume=true to continue it, or choose another train.out_dir"
+        )
     saved = point.path / checkpoint.CONFIG_FILE
-    for name, mine, theirs in config_differences(config, load_config(saved if saved.is_file() else
-                                                                      out_dir / "config.yaml")):
-        raise ConfigError(f"{name}={mine!r} differs from the run being resumed in {str(out_dir)!r} "
-                          f"({theirs!r}); keep {name}={theirs!r} to continue it, or choose another train.out_dir")
+    for name, mine, theirs in config_differences(
+        config, load_config(saved if saved.is_file() else out_dir / "config.yaml")
+    ):
+        raise ConfigError(
+            f"{name}={mine!r} differs from the run being resumed in {str(out_dir)!r} "
+            f"({theirs!r}); keep {name}={theirs!r} to continue it, or choose another train.out_dir"
+        )
     return point
 
 
 # Fields that do not change what a resumed run computes: how long it runs, where it lives, how it
 # is run (device, threads, processes) and how a server is reached. Everything else must match.
-_RESUMABLE_CHANGES = {("train", "steps"), ("train", "eval_every"), ("train", "save_every"), ("train", "threads"),
-                      ("train", "parallel"), ("train", "out_dir"), ("train", "resume"), ("train", "device")}
+_RESUMABLE_CHANGES = {
+    ("train", "steps"),
+    ("train", "eval_every"),
+    ("train", "save_every"),
+    ("train", "threads"),
+    ("train", "parallel"),
+    ("train", "out_dir"),
+    ("train", "resume"),
+    ("train", "device"),
+}
 
 
 def _same_location(mine: str, theirs: str) -> bool:
@@ -66,22 +79,29 @@ def config_differences(mine: RunConfig, theirs: RunConfig) -> list[tuple[str, An
     a, b = attrs.asdict(mine), attrs.asdict(theirs)
     found = []
     for section, values in a.items():
-        if not isinstance(values, dict):  # imports: where components come from, not what they compute
+        if not isinstance(
+            values, dict
+        ):  # imports: where components come from, not what they compute
             continue
         for key, value in values.items():
             other = b[section].get(key)
             if (section, key) in _RESUMABLE_CHANGES or value == other:
                 continue
-            if (section, key) in {("model", "path"), ("data", "train"), ("data", "eval")} and \
-                    _same_location(str(value), str(other)):
+            if (section, key) in {
+                ("model", "path"),
+                ("data", "train"),
+                ("data", "eval"),
+            } and _same_location(str(value), str(other)):
                 continue
-            if (section, key) == ("sampling", "sampler_options") and mine.sampling.sampler == \
-                    theirs.sampling.sampler and _computing_options(mine.sampling.sampler, value) == \
-                    _computing_options(mine.sampling.sampler, other):
+            if (
+                (section, key) == ("sampling", "sampler_options")
+                and mine.sampling.sampler == theirs.sampling.sampler
+                and _computing_options(mine.sampling.sampler, value)
+                == _computing_options(mine.sampling.sampler, other)
+            ):
                 continue
             found.append((f"{section}.{key}", value, other))
     return found
-
 
 
 # ---------------------------------------------------------------------- random-number generators
@@ -98,8 +118,9 @@ def rng_state(world: dist_utils.World, prompt_state: torch.Tensor) -> dict[str, 
     }
 
 
-def restore_rng_state(rng: dict[str, Any], world: dist_utils.World, prompt_rng: torch.Generator,
-                      fresh_seed: int) -> None:
+def restore_rng_state(
+    rng: dict[str, Any], world: dist_utils.World, prompt_rng: torch.Generator, fresh_seed: int
+) -> None:
     """Put back what :func:`rng_state` saved. With another number of processes the per-rank
     sampling streams cannot continue: each rank starts a fresh one from ``fresh_seed``."""
     per_rank = rng.get("torch_per_rank") or [rng["torch"]]
@@ -115,18 +136,25 @@ def restore_rng_state(rng: dict[str, Any], world: dist_utils.World, prompt_rng: 
 
 
 # ---------------------------------------------------------------------- the optimiser
-def portable_optimizer_state(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict[str, Any]:
+def portable_optimizer_state(
+    optimizer: torch.optim.Optimizer, module: torch.nn.Module
+) -> dict[str, Any]:
     """The optimiser's state keyed by parameter name, as full tensors (FSDP2 shards gathered),
     so that a run can resume with another number of processes."""
     names = {id(p): n for n, p in module.named_parameters()}
-    per_param = {names[id(p)]: {k: full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in state.items()}
-                 for p, state in optimizer.state.items()}
+    per_param = {
+        names[id(p)]: {
+            k: full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in state.items()
+        }
+        for p, state in optimizer.state.items()
+    }
     groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     return {"state": per_param, "param_groups": groups}
 
 
-def load_portable_optimizer_state(optimizer: torch.optim.Optimizer, module: torch.nn.Module,
-                                  saved: dict[str, Any]) -> None:
+def load_portable_optimizer_state(
+    optimizer: torch.optim.Optimizer, module: torch.nn.Module, saved: dict[str, Any]
+) -> None:
     """Put back what :func:`portable_optimizer_state` saved, placed like each parameter."""
     params = dict(module.named_parameters())
     for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):

@@ -49,25 +49,41 @@ class Trainer:
         self.world = dist_utils.world_from_env()
         self.device = resolve_device(config.train.device, self.world.local_rank)
         if config.train.prompts_per_step % self.world.size:
-            raise ConfigError(f"train.prompts_per_step={config.train.prompts_per_step}: must be a multiple of "
-                              f"the number of processes ({self.world.size})")
+            raise ConfigError(
+                f"train.prompts_per_step={config.train.prompts_per_step}: must be a multiple of "
+                f"the number of processes ({self.world.size})"
+            )
         self.model_dir = resolve_model_path(config.model.path)
         model_config = read_model_config(self.model_dir)
         self.task = build_task(config)
         tokenizer = load_tokenizer(self.model_dir)
         data = config.data
-        columns = {"task": self.task, "question_field": data.question_field, "answer_field": data.answer_field}
-        self.train_prompts = PromptSet.load(data.train, "data.train", tokenizer, data.max_prompt_tokens, **columns)
+        columns = {
+            "task": self.task,
+            "question_field": data.question_field,
+            "answer_field": data.answer_field,
+        }
+        self.train_prompts = PromptSet.load(
+            data.train, "data.train", tokenizer, data.max_prompt_tokens, **columns
+        )
         self.eval_prompts = None
         if data.eval:
-            self.eval_prompts = PromptSet.load(data.eval, "data.eval", tokenizer, data.max_prompt_tokens,
-                                               require_answers=True, **columns)
+            self.eval_prompts = PromptSet.load(
+                data.eval,
+                "data.eval",
+                tokenizer,
+                data.max_prompt_tokens,
+                require_answers=True,
+                **columns,
+            )
             if config.data.eval_max_questions:
                 self.eval_prompts = self.eval_prompts.head(config.data.eval_max_questions)
         longest_prompt = max(len(ids) for ids in self.train_prompts.token_ids)
         max_new = config.sampling.max_new_tokens
         check_context(self.model_dir, longest_prompt, max_new, f"sampling.max_new_tokens={max_new}")
-        self.components = compose(config, int(model_config["hidden_size"]), len(self.train_prompts), self.task)
+        self.components = compose(
+            config, int(model_config["hidden_size"]), len(self.train_prompts), self.task
+        )
         self.run_lock: checkpoint.RunLock | None = None
         if self.world.is_main:
             check_writable_folder(str(self.out_dir), "train.out_dir")
@@ -88,25 +104,39 @@ class Trainer:
         dist_utils.init_process_group(self.world, self.device)
         _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
         requires = self.components.objective.requires
-        self.policy = CausalLMPolicy.from_config(config.model, self.model_dir, self.device,
-                                                 entropy_grad="entropy_grad" in requires,
-                                                 token_statistics="token_statistics" in requires)
-        self.logz = self.components.logz.to(self.device) if self.components.logz is not None else None
+        self.policy = CausalLMPolicy.from_config(
+            config.model,
+            self.model_dir,
+            self.device,
+            entropy_grad="entropy_grad" in requires,
+            token_statistics="token_statistics" in requires,
+        )
+        self.logz = (
+            self.components.logz.to(self.device) if self.components.logz is not None else None
+        )
         if self.logz is not None and config.model.dtype == "float64":
             self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
         self.trainable = TrainableModule(self.policy, self.logz)
-        self.train_module = dist_utils.parallelize(self.trainable, self.world, config.train.parallel, self.device)
+        self.train_module = dist_utils.parallelize(
+            self.trainable, self.world, config.train.parallel, self.device
+        )
         if self.world.distributed:
-            _seed_everything(config.train.seed + 7919 * self.world.rank)  # each rank samples its own rollouts
+            _seed_everything(
+                config.train.seed + 7919 * self.world.rank
+            )  # each rank samples its own rollouts
         self.components.sampler.setup(self.policy)
         self.prefetch = RolloutPrefetch(self.components.sampler)
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
         # Replay draws from its own stream: the prompt stream must stay identical on every rank,
         # and each rank's buffer differs. (The buffer is not checkpointed: a resumed run refills it.)
-        self.replay_rng = torch.Generator().manual_seed(config.train.seed + 7919 * self.world.rank + 1)
+        self.replay_rng = torch.Generator().manual_seed(
+            config.train.seed + 7919 * self.world.rank + 1
+        )
         self.step = 0
-        self._saved_step: int | None = None  # the step whose checkpoint is on disk and unchanged since
+        self._saved_step: int | None = (
+            None  # the step whose checkpoint is on disk and unchanged since
+        )
         self.writer: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ set-up checks
@@ -122,11 +152,21 @@ class Trainer:
             self.run_lock.release()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        groups = [{"params": self.policy.trainable_parameters(), "lr": self.config.train.lr,
-                   "weight_decay": self.config.train.weight_decay}]
+        groups = [
+            {
+                "params": self.policy.trainable_parameters(),
+                "lr": self.config.train.lr,
+                "weight_decay": self.config.train.weight_decay,
+            }
+        ]
         if self.logz is not None:
-            groups.append({"params": list(self.logz.parameters()), "lr": self.config.train.logz_lr,
-                           "weight_decay": 0.0})
+            groups.append(
+                {
+                    "params": list(self.logz.parameters()),
+                    "lr": self.config.train.logz_lr,
+                    "weight_decay": 0.0,
+                }
+            )
         return torch.optim.AdamW(groups)
 
     # ------------------------------------------------------------------ the loop
@@ -140,17 +180,29 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
             # purge_step drops events a crashed run logged after its last checkpoint.
-            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1)
+            self.writer = SummaryWriter(
+                log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1
+            )
         sampler = self.components.sampler
         if self.resume():
-            sampler.sync(self.policy, self.step, force=True)  # a server must serve the resumed weights
+            sampler.sync(
+                self.policy, self.step, force=True
+            )  # a server must serve the resumed weights
         results: dict[str, Any] = {"before": self.evaluate_cached(0)}
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and main))
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (self.progress and main),
+        )
         try:
             while self.step < cfg.steps:
                 metrics = dist_utils.reduce_metrics(self.train_step(), self.world, self.device)
                 self.step += 1
-                if not self.config.sampling.async_rollouts:  # async: train_step syncs, the server idle
+                if (
+                    not self.config.sampling.async_rollouts
+                ):  # async: train_step syncs, the server idle
                     sampler.sync(self.policy, self.step)
                 self.log(metrics)
                 bar.update(1)
@@ -192,8 +244,12 @@ class Trainer:
         updated = time.perf_counter()
         metrics |= _rollout_metrics(rollouts, scores) | replay.metrics()
         metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
-        metrics |= {"time/sample": sampled - started - timing.get("time/sync", 0.0), "time/score": scored - sampled,
-                    "time/update": updated - scored, "time/step": updated - started} | timing
+        metrics |= {
+            "time/sample": sampled - started - timing.get("time/sync", 0.0),
+            "time/score": scored - sampled,
+            "time/update": updated - scored,
+            "time/step": updated - started,
+        } | timing
         return metrics
 
     def _rollouts(self) -> Rollouts:
@@ -239,7 +295,11 @@ class Trainer:
                     raise TrainingError(self._non_finite_message(float(out.loss.detach())))
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                if self.world.distributed and self.config.train.parallel == "fsdp2" and self.logz is not None:
+                if (
+                    self.world.distributed
+                    and self.config.train.parallel == "fsdp2"
+                    and self.logz is not None
+                ):
                     dist_utils.average_replicated_grads(list(self.logz.parameters()), self.world)
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
@@ -260,18 +320,27 @@ class Trainer:
         log_z = self.logz(rollouts.prompt_index, evaluation.prompt_hidden)
         out = self.components.objective.loss(rollouts, evaluation, scores, log_z)
         # Every rank applies the shift of the whole (all-gathered) batch, so log Z stays identical.
-        self.logz.shift_(dist_utils.all_gather_cat(rollouts.prompt_index, self.world),
-                         -dist_utils.all_gather_cat(out.residual, self.world))
+        self.logz.shift_(
+            dist_utils.all_gather_cat(rollouts.prompt_index, self.world),
+            -dist_utils.all_gather_cat(out.residual, self.world),
+        )
 
     def _clip_gradients(self) -> float:
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [
+            p
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
         limit = self.config.train.grad_clip or math.inf
         return dist_utils.clip_grad_norm(params, limit)
 
     def _non_finite_message(self, value: float) -> str:
-        return (f"non-finite loss ({value}) at step {self.step + 1}: training stopped before the "
-                f"optimiser step; {checkpoint.what_is_kept(self.checkpoints_dir)}. Lower train.lr or "
-                "check the target's log-rewards")
+        return (
+            f"non-finite loss ({value}) at step {self.step + 1}: training stopped before the "
+            f"optimiser step; {checkpoint.what_is_kept(self.checkpoints_dir)}. Lower train.lr or "
+            "check the target's log-rewards"
+        )
 
     def _next_prompt_indices(self) -> list[int]:
         """This rank's slice of the step's prompts (every rank draws the same global order)."""
@@ -308,9 +377,14 @@ class Trainer:
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.config.train.seed + 1_000_003)
-                result = evaluate(self.policy, self.eval_prompts, self.config.train.eval_samples,
-                                  self.config.sampling.max_new_tokens, task=self.task,
-                                  progress=self.progress and self.world.is_main).as_dict()
+                result = evaluate(
+                    self.policy,
+                    self.eval_prompts,
+                    self.config.train.eval_samples,
+                    self.config.sampling.max_new_tokens,
+                    task=self.task,
+                    progress=self.progress and self.world.is_main,
+                ).as_dict()
             if self.world.is_main:
                 write_cached_evaluation(path, result)
             dist_utils.barrier(self.world)
@@ -323,10 +397,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """Everything besides the policy weights needed to resume: step, log Z, optimiser, RNGs."""
-        prompts = self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state()
-        return {"step": self.step, "logz": None if self.logz is None else self.logz.state_dict(),
-                "optimizer": resume.portable_optimizer_state(self.optimizer, self.trainable),
-                "rng": resume.rng_state(self.world, prompts)}
+        prompts = (
+            self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state()
+        )
+        return {
+            "step": self.step,
+            "logz": None if self.logz is None else self.logz.state_dict(),
+            "optimizer": resume.portable_optimizer_state(self.optimizer, self.trainable),
+            "rng": resume.rng_state(self.world, prompts),
+        }
 
     def save(self) -> None:
         """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
@@ -335,8 +414,14 @@ class Trainer:
             return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
         if self.world.is_main:
-            checkpoint.save_checkpoint(self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config),
-                                       extra_files=self.policy.adapter_writer(policy_state))
+            checkpoint.save_checkpoint(
+                self.checkpoints_dir,
+                self.step,
+                policy_state,
+                state,
+                to_yaml(self.config),
+                extra_files=self.policy.adapter_writer(policy_state),
+            )
         dist_utils.barrier(self.world)
         self._saved_step = self.step
 

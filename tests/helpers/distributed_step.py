@@ -35,8 +35,11 @@ def main() -> None:
     metrics = trainer.update(rollouts.select(rows), scores.select(rows))
     metrics = dist_utils.reduce_metrics(metrics, world, trainer.device)
     state = trainer.policy.trainable_state_dict()
-    grads = {name: full_tensor(param.grad.detach()).cpu()
-             for name, param in trainer.policy.model.named_parameters() if param.grad is not None}
+    grads = {
+        name: full_tensor(param.grad.detach()).cpu()
+        for name, param in trainer.policy.model.named_parameters()
+        if param.grad is not None
+    }
     if world.is_main:
         log_z = {k: v.detach().clone() for k, v in trainer.logz.state_dict().items()}
         torch.save({"policy": state, "grads": grads, "logz": log_z, "metrics": metrics}, out_path)

