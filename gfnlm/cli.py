@@ -2,12 +2,17 @@
 
 Commands::
 
-    gfnlm train CONFIG [key=value ...]      e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
-    gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K] [--json OUT.json]
-    gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR] [--target-alpha 0.75 ...] [--json OUT.json]
+    gfnlm train CONFIG [key=value ...]
+        e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
+    gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K]
+        [--json OUT.json]
+    gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR]
+        [--target-alpha 0.75 ...] [--json OUT.json]
     gfnlm sample RUN_DIR --prompt "What is the capital of France?" [-n 4]
-    gfnlm export RUN_DIR [--step N] (--merged OUT_DIR | --adapter OUT_DIR) [--dtype bfloat16] [--force]
-    gfnlm serve [MODEL_DIR] [--engine sglang|vllm] [--cpu] [--python PYTHON] [--port P] [--env K=V] [-- SERVER_FLAGS ...]
+    gfnlm export RUN_DIR [--step N] (--merged OUT_DIR | --adapter OUT_DIR)
+        [--dtype bfloat16] [--force]
+    gfnlm serve [MODEL_DIR] [--engine sglang|vllm] [--cpu] [--python PYTHON] [--port P]
+        [--env K=V] [-- SERVER_FLAGS ...]
 """
 
 import argparse
@@ -80,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if results.get("after") is not None:
         k = config.train.eval_samples
         print(
-            f"\nHeld-out evaluation ({results['after']['num_questions']:.0f} questions, k={k} samples at T=1):"
+            f"\nHeld-out evaluation ({results['after']['num_questions']:.0f} questions, "
+            f"k={k} samples at T=1):"
         )
         print(format_eval_table({"before": results["before"], "after": results["after"]}))
     print(f"\nCheckpoints: {out / 'checkpoints'}")
@@ -110,9 +116,8 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
     from gfnlm.models.loading import resolve_device
 
-    resolve_device(
-        args.device, field="--device"
-    )  # cuda without a GPU fails here, before anything loads
+    # cuda without a GPU fails here, before anything loads
+    resolve_device(args.device, field="--device")
     check_path_length(args.model, "--model")
     if args.run is not None:
         check_path_length(args.run, "--run")
@@ -134,7 +139,8 @@ class _RunCheckpoint:
 
 
 def _run_and_config(args: argparse.Namespace) -> tuple["_RunCheckpoint | None", RunConfig]:
-    """The run's checkpoint and config (``--run``), or the config of the plain base model (``--model``)."""
+    """The run's checkpoint and config (``--run``), or the config of the plain base model
+    (``--model``)."""
     if args.run is not None:
         saved = _RunCheckpoint(args.run)
         return saved, saved.config
@@ -284,7 +290,8 @@ def cmd_eval_creative(
     args: argparse.Namespace, saved: "_RunCheckpoint | None", config: RunConfig, task
 ) -> int:
     """``gfnlm eval --metrics creative``: diversity / redundancy / quality proxies of k samples per
-    open-ended prompt (:mod:`gfnlm.tasks.metrics`); ``--json`` also writes them with the responses."""
+    open-ended prompt (:mod:`gfnlm.tasks.metrics`); ``--json`` also writes them with the
+    responses."""
     import json
 
     from gfnlm.evaluation.held_out import evaluate_creative
@@ -371,7 +378,8 @@ def cmd_eval_creative(
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt,
-    formatted by the task (``--task``, else the run's; ``--template`` picks the factual templates)."""
+    formatted by the task (``--task``, else the run's; ``--template`` picks the factual
+    templates)."""
     from gfnlm.samplers.hf import HFSampler
     from gfnlm.tasks.prompts import PromptSet
 
@@ -403,10 +411,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``gfnlm serve``: start a SGLang (``--engine sglang``) or vLLM (``--engine vllm``) server for a
-    model folder, print its URL, and stop it (and every process it started) on Ctrl-C, SIGTERM or any
-    error. ``--cpu`` applies the repository's CPU recipe (``tools/sglang_cpu`` or ``tools/vllm_cpu``:
-    the ``make sglang-cpu`` / ``make vllm-cpu`` venv, its environment and flags)."""
+    """``gfnlm serve``: start a SGLang (``--engine sglang``) or vLLM (``--engine vllm``) server
+    for a model folder, print its URL, and stop it (and every process it started) on Ctrl-C,
+    SIGTERM or any error. ``--cpu`` applies the repository's CPU recipe (``tools/sglang_cpu`` or
+    ``tools/vllm_cpu``: the ``make sglang-cpu`` / ``make vllm-cpu`` venv, its environment and
+    flags)."""
     from gfnlm.models.loading import resolve_model_path
     from gfnlm.serving.serve import SGLangServer, resolve_launch
     from gfnlm.serving.sglang_client import ServerError
@@ -416,7 +425,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--lora-rank={args.lora_rank}: must be >= 0 (0 = no LoRA adapters)")
     if args.lora_rank and args.engine != "vllm":
         raise ConfigError(
-            f"--lora-rank={args.lora_rank}: only with --engine vllm (SGLang servers get merged weights)"
+            f"--lora-rank={args.lora_rank}: only with --engine vllm "
+            "(SGLang servers get merged weights)"
         )
     options: dict = {
         "args": list(args.server_args),
@@ -432,9 +442,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["env"][key] = value
     if args.python is not None:
         options["python"] = args.python
-    if (
-        args.startup_timeout is None
-    ):  # the recipe's (CPU start-up is slow) or LaunchConfig's default
+    if args.startup_timeout is None:
+        # the recipe's (CPU start-up is slow) or LaunchConfig's default
         del options["startup_timeout_s"]
     flag = {"args": "the flags after --"}
     field = lambda key: flag.get(key, "--" + key.removesuffix("_s").replace("_", "-"))
@@ -448,27 +457,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with server:
         print(
             f"{server.engine} server for {model_dir} at {server.url} (pid {server.process.pid}); "
-            f"use sampling.sampler={args.engine} sampling.sampler_options.url={server.url}; Ctrl-C stops it",
+            f"use sampling.sampler={args.engine} sampling.sampler_options.url={server.url}; "
+            "Ctrl-C stops it",
             flush=True,
         )
         while server.alive():
             time.sleep(1.0)
         raise ServerError(
-            f"{server.engine} server {server.url} exited on its own; last output: {server.log_tail()}"
+            f"{server.engine} server {server.url} exited on its own; "
+            f"last output: {server.log_tail()}"
         )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``gfnlm export``: a run's newest complete checkpoint (or ``--step``'s) as a Hugging Face model
-    folder with LoRA merged in (``--merged``) or as the PEFT adapter folder (``--adapter``),
-    written atomically; every input is checked before the model loads."""
+    """``gfnlm export``: a run's newest complete checkpoint (or ``--step``'s) as a Hugging Face
+    model folder with LoRA merged in (``--merged``) or as the PEFT adapter folder
+    (``--adapter``), written atomically; every input is checked before the model loads."""
     from gfnlm.training.export import export_checkpoint
 
     kind, out = ("merged", args.merged) if args.merged is not None else ("adapter", args.adapter)
     if not out:
         raise ConfigError(f"--{kind}: give the output folder")
     print(
-        f"gfnlm export: {export_checkpoint(args.run, kind, out, args.step, args.dtype, args.force)}",
+        "gfnlm export: "
+        f"{export_checkpoint(args.run, kind, out, args.step, args.dtype, args.force)}",
         flush=True,
     )
     return 0
@@ -518,15 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cpu",
         action="store_true",
-        help="CPU server with the repository's recipe (tools/sglang_cpu or tools/vllm_cpu; build it "
-        "with make sglang-cpu / make vllm-cpu)",
+        help="CPU server with the repository's recipe (tools/sglang_cpu or tools/vllm_cpu; "
+        "build it with make sglang-cpu / make vllm-cpu)",
     )
     serve.add_argument(
         "--lora-rank",
         type=int,
         default=0,
-        help="vLLM: accept LoRA adapters of this rank at run time (what sampler_options.weight_sync=lora "
-        "needs); 0 = none",
+        help="vLLM: accept LoRA adapters of this rank at run time "
+        "(what sampler_options.weight_sync=lora needs); 0 = none",
     )
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     serve.add_argument(
@@ -619,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--task",
                 default=None,
-                help="task that formats and grades the prompts: factual, math, creative, chain_sum, "
-                "or a registered one (default: the run's task, else factual)",
+                help="task that formats and grades the prompts: factual, math, creative, "
+                "chain_sum, or a registered one (default: the run's task, else factual)",
             )
             p.add_argument(
                 "--question-field",
@@ -661,8 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
                 nargs="+",
                 default=[],
                 metavar="ALPHA",
-                help="--metrics creative: also estimate the metrics of the exact target p_base^ALPHA "
-                "from the same samples (self-normalised importance weights)",
+                help="--metrics creative: also estimate the metrics of the exact target "
+                "p_base^ALPHA from the same samples (self-normalised importance weights)",
             )
             p.add_argument(
                 "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
@@ -686,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--min-p",
             type=float,
             default=0.0,
-            help="min-p truncation, relative to the most likely token (sample; eval --metrics creative); 0 = off",
+            help="min-p truncation, relative to the most likely token "
+            "(sample; eval --metrics creative); 0 = off",
         )
         p.add_argument("--model", default="smollm2", help="base model when no run is given")
         p.add_argument("--max-new-tokens", type=int, default=0)
@@ -714,12 +727,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "serve":
         args.server_args = server_args
-    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: launched servers stop, a save never half-switches
+    # SIGTERM unwinds like Ctrl-C: launched servers stop, a save never half-switches
+    raise_on_sigterm()
     try:
         return int(args.func(args))
-    except (
-        GfnlmError
-    ) as error:  # bad input (exit 2) or a run that cannot go on (exit 1); bugs keep tracebacks
+    except GfnlmError as error:
+        # bad input (exit 2) or a run that cannot go on (exit 1); bugs keep tracebacks
         if os.environ.get("GFNLM_DEBUG"):
             raise
         print(f"gfnlm {args.command}: error: {error}", file=sys.stderr)

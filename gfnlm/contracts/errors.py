@@ -50,7 +50,8 @@ class RunError(GfnlmError, RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so it unwinds like Ctrl-C: ``finally`` blocks run,
-    launched servers stop, and a save in progress never switches ``latest`` to a partial checkpoint."""
+    launched servers stop, and a save in progress never switches ``latest`` to a partial
+    checkpoint."""
 
 
 def raise_on_sigterm() -> None:

@@ -42,10 +42,15 @@ from gfnlm.contracts.shapes import wrap_public_methods
 
 KINDS = ("target", "objective", "sampler", "logz", "task", "exploration", "replay")
 
-# What a capability promises, quoted by the composition error (capabilities not listed are named only).
+# What a capability promises, quoted by the composition error (capabilities not listed are
+# named only).
 CAPABILITY_MEANINGS = {
-    "exact_behaviour_logp": "behaviour_logp is the exact log-probability each rollout was sampled with",
-    "behaviour_transform": "the sampler can draw each token from a transformed next-token distribution",
+    "exact_behaviour_logp": (
+        "behaviour_logp is the exact log-probability each rollout was sampled with"
+    ),
+    "behaviour_transform": (
+        "the sampler can draw each token from a transformed next-token distribution"
+    ),
     "prefix_rewards": "the target scores stopping after every prefix",
     "log_z": "a learned log Z",
 }
@@ -83,9 +88,8 @@ def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     if not _plugins_loaded:
-        _plugins_loaded = (
-            True  # first: a plugin that looks names up while importing must not recurse
-        )
+        # first: a plugin that looks names up while importing must not recurse
+        _plugins_loaded = True
         load_plugins()
 
 
@@ -185,11 +189,13 @@ def register(kind: str, name: str) -> Callable[[C], C]:
 
     def decorator(cls: C) -> C:
         if name in _REGISTRY[kind] and _same_class(_REGISTRY[kind][name], cls):
-            pass  # the same class defined again (a notebook cell run twice): the new definition wins
+            # the same class defined again (a notebook cell run twice): the new definition wins
+            pass
         elif name in _REGISTRY[kind]:
             other = _REGISTRY[kind][name]
             raise RegistryError(
-                f"{kind} {name!r} is already registered (by {other.__module__}.{other.__qualname__}); "
+                f"{kind} {name!r} is already registered "
+                f"(by {other.__module__}.{other.__qualname__}); "
                 "choose another name"
             )
         if not attrs.has(cls):
@@ -278,18 +284,16 @@ def build(
                 f"{', '.join(fields) or 'none'}{hint}"
             )
     for key, value in options.items():
-        if fields[key].type in (float, "float") and isinstance(
-            value, str
-        ):  # `alpha=inf` on the CLI is text
+        # `alpha=inf` on the CLI is text
+        if fields[key].type in (float, "float") and isinstance(value, str):
             try:
                 value = options[key] = float(value)
             except ValueError:
                 raise RegistryError(
                     f"{kind} {name!r}: {key}={quoted(value)}: must be a number"
                 ) from None
-        if isinstance(value, float) and not math.isfinite(
-            value
-        ):  # NaN slips through `value < bound` checks
+        # NaN slips through `value < bound` checks
+        if isinstance(value, float) and not math.isfinite(value):
             raise RegistryError(f"{kind} {name!r}: {key}={value!r}: must be a finite number")
     try:
         return cls(**options)
@@ -323,8 +327,10 @@ def check_composition(components: Mapping[str, Any], provided_by_run: Iterable[s
                 providers = _providers_of(need)
                 meaning = f" ({CAPABILITY_MEANINGS[need]})" if need in CAPABILITY_MEANINGS else ""
                 raise RegistryError(
-                    f"{role} {_label(component)} requires {need!r}{meaning}, which no component of this run "
-                    f"provides ({_describe_components(components)}){_withheld_reasons(components, need)}; "
+                    f"{role} {_label(component)} requires {need!r}{meaning}, "
+                    "which no component of this run provides "
+                    f"({_describe_components(components)})"
+                    f"{_withheld_reasons(components, need)}; "
                     f"provided by: {', '.join(providers) or 'the run configuration'}"
                 )
 

@@ -1,11 +1,11 @@
 """Run-time shape checks at component boundaries (jaxtyping annotations, beartype for types).
 
 Every public method of a registered component that carries jaxtyping annotations is wrapped by
-:func:`shape_checked`. Arguments, the attrs bundles passed as arguments (their tensor fields) and the
-return value are all checked in ONE dimension memo, so ``B`` in a ``Rollouts`` must equal ``B`` in a
-``PolicyEval`` passed to the same call. A violation raises :class:`ShapeError` whose one-line message
-names the component, the argument, the expected annotation, the actual shape and the dimensions bound
-so far.
+:func:`shape_checked`. Arguments, the attrs bundles passed as arguments (their tensor fields) and
+the return value are all checked in ONE dimension memo, so ``B`` in a ``Rollouts`` must equal ``B``
+in a ``PolicyEval`` passed to the same call. A violation raises :class:`ShapeError` whose one-line
+message names the component, the argument, the expected annotation, the actual shape and the
+dimensions bound so far.
 """
 
 import functools
@@ -42,7 +42,8 @@ def _describe(value: Any) -> str:
 
 
 def _bind(bound: dict[str, int], annotation: Any, value: Any) -> None:
-    """Remember the sizes of named dims (for the error message only; jaxtyping does the checking)."""
+    """Remember the sizes of named dims (for the error message only; jaxtyping does the
+    checking)."""
     if not isinstance(value, Tensor):
         return
     for arr in _array_types(annotation):

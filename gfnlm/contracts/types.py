@@ -81,9 +81,8 @@ class Rollouts:
     weight_version: int = 0
     response_text: tuple[str, ...] | None = None
     prompt_text: tuple[str, ...] | None = None
-    labels: tuple[tuple[str, ...] | None, ...] | None = (
-        None  # each response's prompt's gold answers
-    )
+    # each response's prompt's gold answers
+    labels: tuple[tuple[str, ...] | None, ...] | None = None
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
@@ -136,8 +135,9 @@ class Rollouts:
 class SequenceLogProbs:
     """Per-token log-probs of a model over the rollouts' responses (e.g. the base model).
 
-    ``token_logp[b, t] = log p(y_{t+1} | s_t)`` (0 at padding). ``eos_logp[b, i] = log p(EOS | s_i)``
-    for every prefix state (needed for prefix rewards); ``None`` when not computed.
+    ``token_logp[b, t] = log p(y_{t+1} | s_t)`` (0 at padding).
+    ``eos_logp[b, i] = log p(EOS | s_i)`` for every prefix state (needed for prefix rewards);
+    ``None`` when not computed.
     """
 
     token_logp: Float[Tensor, "B T"]
@@ -151,10 +151,10 @@ class SequenceLogProbs:
 class PolicyEval:
     """What ONE forward pass of the policy over prompt+response gives the objectives.
 
-    ``token_logp``/``eos_logp`` as in :class:`SequenceLogProbs` (with gradient). ``entropy[b, t]`` is
-    the policy's token entropy at state ``s_t`` (for entropy rewards and losses); ``None`` when no
-    component asked for it, and then ``entropy_sample`` holds the entropy at a subsample of the
-    real response positions (for logging: :meth:`mean_entropy`).
+    ``token_logp``/``eos_logp`` as in :class:`SequenceLogProbs` (with gradient).
+    ``entropy[b, t]`` is the policy's token entropy at state ``s_t`` (for entropy rewards and
+    losses); ``None`` when no component asked for it, and then ``entropy_sample`` holds the entropy
+    at a subsample of the real response positions (for logging: :meth:`mean_entropy`).
     ``prompt_hidden`` is the mean of the last hidden states over the prompt tokens (for the MLP
     log Z head); ``None`` when not requested. ``self_certainty[b, t]`` is
     ``KL(Uniform ‖ π(·|s_t)) = logsumexp(z) − mean(z) − log|V|`` (Intuitor's reward; no gradient),
@@ -190,12 +190,13 @@ class PolicyEval:
 class TargetScores:
     """A target's unnormalised log-density of each response, and of stopping at each prefix.
 
-    ``log_reward[b] = log R(q, y)`` for the whole response. ``prefix_log_reward[b, i] =
-    log R(s_i EOS)``, the reward of terminating right after prefix ``s_i``; for a truncated response
-    the entry at ``i = n`` is the (forced-termination) sequence reward. ``None`` where the target
-    cannot define prefix rewards (e.g. an end-only reward). ``ref_token_logp[b, t] = log p_ref(y_{t+1} |
-    s_t)``, the reference (base) model's per-token log-probs, for objectives with a KL-to-reference
-    term (the ``ref_logp`` capability); ``None`` where the target does not run the reference model.
+    ``log_reward[b] = log R(q, y)`` for the whole response.
+    ``prefix_log_reward[b, i] = log R(s_i EOS)``, the reward of terminating right after prefix
+    ``s_i``; for a truncated response the entry at ``i = n`` is the (forced-termination) sequence
+    reward. ``None`` where the target cannot define prefix rewards (e.g. an end-only reward).
+    ``ref_token_logp[b, t] = log p_ref(y_{t+1} | s_t)``, the reference (base) model's per-token
+    log-probs, for objectives with a KL-to-reference term (the ``ref_logp`` capability); ``None``
+    where the target does not run the reference model.
     """
 
     log_reward: Float[Tensor, " B"]

@@ -2,11 +2,11 @@
 
 The setting has ``V`` ordinary tokens (ids ``0..V-1``) plus EOS (id ``V``) and a maximum response
 length ``L``. Like an LM sampler with ``max_new_tokens = L``, a response either ends with EOS after
-``0..L-1`` ordinary tokens, or reaches ``L`` ordinary tokens and is truncated (termination forced, no
-EOS factor). With ``V = 4, L = 5`` that is ``Σ_{k<5} 4^k + 4^5 = 341 + 1024 = 1365`` responses.
+``0..L-1`` ordinary tokens, or reaches ``L`` ordinary tokens and is truncated (termination forced,
+no EOS factor). With ``V = 4, L = 5`` that is ``Σ_{k<5} 4^k + 4^5 = 341 + 1024 = 1365`` responses.
 
-Everything follows the conventions of :mod:`gfnlm.contracts.types`: ``|y|`` counts EOS, prefix states
-``s_0..s_n`` are visited, tensors ``[B, T+1]`` are indexed by prefix. Here ``T = L`` always.
+Everything follows the conventions of :mod:`gfnlm.contracts.types`: ``|y|`` counts EOS, prefix
+states ``s_0..s_n`` are visited, tensors ``[B, T+1]`` are indexed by prefix. Here ``T = L`` always.
 
 The model is a table of logits over the *non-terminal* prefix states (those with fewer than ``L``
 ordinary tokens; at length ``L`` no action is taken). A prefix state ``(y_1..y_k)`` has the id
@@ -18,8 +18,8 @@ A setting can hold several prompts, each with its own base model (one table per 
 prompt's index is its ``prompt_index``), so per-prompt log Z components are checked too.
 
 * :class:`ExactSetting` — the vocabulary/length, prefix-state ids, enumeration of all responses.
-* :class:`TabularPolicy` — exact log-probs (:class:`~gfnlm.contracts.types.PolicyEval`) and exact sampling,
-  optionally through an exploration component.
+* :class:`TabularPolicy` — exact log-probs (:class:`~gfnlm.contracts.types.PolicyEval`) and exact
+  sampling, optionally through an exploration component.
 * :func:`exact_distributions` — for one prompt: the target, the LA-TB tilt, the TB-token fixed point
   and any objective's own fixed point (:meth:`Objective.fixed_point
   <gfnlm.objectives.base.Objective.fixed_point>`).
@@ -96,7 +96,8 @@ class ExactSetting:
         return self.num_states + self.vocab_size**self.max_len
 
     def state_offsets(self) -> Int[Tensor, " L1"]:
-        """``offset_k = Σ_{j<k} V^j`` for ``k = 0..max_len`` (the id of the first length-k prefix)."""
+        """``offset_k = Σ_{j<k} V^j`` for ``k = 0..max_len`` (the id of the first length-k
+        prefix)."""
         sizes = torch.tensor([self.vocab_size**k for k in range(self.max_len)], dtype=torch.long)
         return torch.nn.functional.pad(sizes.cumsum(0), (1, 0))
 
@@ -179,7 +180,8 @@ class ExactSetting:
         )
 
     def _all_sequences(self, length: int) -> Int[Tensor, "N K"]:
-        """All ``V^length`` sequences of ordinary tokens, in base-V order (matches the state ids)."""
+        """All ``V^length`` sequences of ordinary tokens, in base-V order (matches the state
+        ids)."""
         if length == 0:
             return torch.zeros(1, 0, dtype=torch.long)
         digits = torch.arange(self.vocab_size)
@@ -193,9 +195,9 @@ class ExactSetting:
 
 class TabularPolicy(nn.Module):
     """An autoregressive model given by a logits table over the *non-terminal* prefix states of an
-    :class:`ExactSetting`: ``[num_states, V+1]`` for one prompt, or ``[num_prompts, num_states, V+1]``
-    with one table per prompt (float64, a learnable parameter). A response's prompt is its
-    ``prompt_index``.
+    :class:`ExactSetting`: ``[num_states, V+1]`` for one prompt, or
+    ``[num_prompts, num_states, V+1]`` with one table per prompt (float64, a learnable parameter).
+    A response's prompt is its ``prompt_index``.
 
     Serves both as the frozen base (:meth:`sequence_log_probs`) and as the trained policy
     (:meth:`evaluate`, with gradient); :meth:`sample` draws responses exactly.
@@ -206,7 +208,8 @@ class TabularPolicy(nn.Module):
         expected = (setting.num_states, setting.num_actions)
         if logits.dim() not in (2, 3) or tuple(logits.shape[-2:]) != expected:
             raise ValueError(
-                f"logits of shape {tuple(logits.shape)}: expected {expected} or (prompts, *{expected})"
+                f"logits of shape {tuple(logits.shape)}: "
+                f"expected {expected} or (prompts, *{expected})"
             )
         self.setting = setting
         self.logits = nn.Parameter(logits.detach().to(DTYPE).clone())
@@ -273,12 +276,14 @@ class TabularPolicy(nn.Module):
         return torch.nn.functional.one_hot(prompt_index, self.num_prompts).to(DTYPE)
 
     def _state_log_probs(self, rollouts: Rollouts) -> tuple[Tensor, Tensor]:
-        """``log π(·|s_i)`` ``[B, T+1, V+1]`` at every prefix, and which prefixes act ``[B, T+1]``."""
+        """``log π(·|s_i)`` ``[B, T+1, V+1]`` at every prefix, and which prefixes act
+        ``[B, T+1]``."""
         ids, acting = self.setting.prefix_state_ids(rollouts)
         prompts = rollouts.prompt_index
         if prompts.numel() and int(prompts.max()) >= self.num_prompts:
             raise ValueError(
-                f"prompt_index={int(prompts.max())} out of range for a model of {self.num_prompts} prompts"
+                f"prompt_index={int(prompts.max())} out of range "
+                f"for a model of {self.num_prompts} prompts"
             )
         return self.tables()[prompts[:, None], ids].log_softmax(-1), acting
 
@@ -307,7 +312,8 @@ class TabularPolicy(nn.Module):
 
     @torch.no_grad()
     def sequence_log_probs(self, rollouts: Rollouts) -> SequenceLogProbs:
-        """The model's log-probs as a (gradient-free) :class:`SequenceLogProbs`, e.g. for the base."""
+        """The model's log-probs as a (gradient-free) :class:`SequenceLogProbs`, e.g. for the
+        base."""
         evaluated = self.evaluate(rollouts)
         return SequenceLogProbs(token_logp=evaluated.token_logp, eos_logp=evaluated.eos_logp)
 
@@ -434,7 +440,8 @@ class ExactDistributions:
 
     def fixed_point(self, objective: Any) -> FixedPoint | None:
         """The fixed point ``objective`` declares (:meth:`Objective.fixed_point
-        <gfnlm.objectives.base.Objective.fixed_point>`) for this prompt; ``None`` when it declares none."""
+        <gfnlm.objectives.base.Objective.fixed_point>`) for this prompt; ``None`` when it declares
+        none."""
         declare = getattr(objective, "fixed_point", None)
         return None if declare is None else declare(self.log_reward, self.lengths)
 
@@ -700,9 +707,9 @@ def train_exact_policy(
 
     The report compares the trained policy, prompt by prompt, with the target and with the fixed
     point the objective declares (an objective that estimates log Z itself, such as LA-TB with
-    ``log_z_source='group_mean'``, has its estimate from a fresh batch compared too) (:meth:`Objective.fixed_point
-    <gfnlm.objectives.base.Objective.fixed_point>`), and the learned log Z with where that fixed
-    point says it converges.
+    ``log_z_source='group_mean'``, has its estimate from a fresh batch compared too)
+    (:meth:`Objective.fixed_point <gfnlm.objectives.base.Objective.fixed_point>`), and the learned
+    log Z with where that fixed point says it converges.
     """
     from gfnlm.exploration import (
         check_off_policy,  # local: gfnlm.exploration imports this module's users

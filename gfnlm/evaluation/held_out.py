@@ -68,12 +68,12 @@ def evaluate(
     task=None,
     k: int = 0,
 ) -> EvalResult:
-    """Evaluate ``policy`` (a :class:`~gfnlm.training.policy.CausalLMPolicy`) on every question of ``prompts``,
-    graded by ``task`` (default: the ``factual`` task).
+    """Evaluate ``policy`` (a :class:`~gfnlm.training.policy.CausalLMPolicy`) on every question of
+    ``prompts``, graded by ``task`` (default: the ``factual`` task).
 
-    The n = ``samples`` samples are drawn at ``temperature`` (1 for the avg@n the docs report; ``1/α``
-    is the low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at that T);
-    ``k`` (default n) is the k of pass@k."""
+    The n = ``samples`` samples are drawn at ``temperature`` (1 for the avg@n the docs report;
+    ``1/α`` is the low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at
+    that T); ``k`` (default n) is the k of pass@k."""
     task = task if task is not None else default_task()
     k = k or samples
     if not 1 <= k <= samples:
@@ -205,9 +205,9 @@ def evaluate_creative(
     target_alphas: tuple[float, ...] = (),
     progress: bool = True,
 ) -> CreativeResult:
-    """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` / ``min_p`` and score them with
-    :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for none);
-    ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM).
+    """Sample ``samples`` responses per prompt at ``temperature`` / ``top_p`` / ``min_p`` and score
+    them with :mod:`gfnlm.tasks.metrics`. ``checks[i]`` are the rules of prompt ``i`` (``{}`` for
+    none); ``embedder`` defaults to a new :class:`~gfnlm.tasks.metrics.SentenceEmbedder` (MiniLM).
 
     ``target_alphas``: also estimate, from the same samples, the metrics of the exact α-power target
     ``p_base(y|q)^α`` for each α: each response weighs ``w ∝ p_base(y|q)^α / π(y|q)`` within its
@@ -284,7 +284,8 @@ def evaluate_creative(
 
 def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) -> dict[str, float]:
     """The pairwise and per-response creative metrics, averaged over prompts: as drawn
-    (``weights=None``), or with each prompt's responses weighted by ``weights[i]`` (summing to 1)."""
+    (``weights=None``), or with each prompt's responses weighted by ``weights[i]`` (summing to
+    1)."""
     from gfnlm.tasks import metrics
 
     per_prompt: dict[str, list[float]] = {
@@ -311,7 +312,8 @@ def write_cached_evaluation(path: Path, result: dict[str, float]) -> None:
         write_text_atomic(path, json.dumps(result, indent=2))
     except OSError as error:
         print(
-            f"gfnlm: cannot cache the evaluation in {str(path)!r} ({(error.strerror or str(error)).lower()}); "
+            f"gfnlm: cannot cache the evaluation in {str(path)!r} "
+            f"({(error.strerror or str(error)).lower()}); "
             "a resume evaluates that step again",
             file=sys.stderr,
             flush=True,
@@ -319,7 +321,8 @@ def write_cached_evaluation(path: Path, result: dict[str, float]) -> None:
 
 
 def read_cached_evaluation(path: Path) -> dict[str, float] | None:
-    """A cached evaluation, or ``None`` when there is none or it cannot be read (then it is redone)."""
+    """A cached evaluation, or ``None`` when there is none or it cannot be read (then it is
+    redone)."""
     try:
         result = json.loads(path.read_text())
     except FileNotFoundError:

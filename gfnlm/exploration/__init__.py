@@ -213,14 +213,14 @@ class RewardPrioritisedReplay(Replay):
         converter=float,
         validator=_finite_at_least(0.0),
     )
-    _stored: Rollouts | None = attrs.field(
-        default=None, init=False, repr=False
-    )  # every prompt's rows
+    # every prompt's rows
+    _stored: Rollouts | None = attrs.field(default=None, init=False, repr=False)
     _rewards: Tensor | None = attrs.field(default=None, init=False, repr=False)
     _last_replayed: float = attrs.field(default=0.0, init=False, repr=False)
 
     def stored(self, prompt: int) -> tuple[Rollouts | None, Tensor | None]:
-        """The stored rollouts of ``prompt`` and their log-rewards, best first (``None`` if none)."""
+        """The stored rollouts of ``prompt`` and their log-rewards, best first (``None`` if
+        none)."""
         if self._stored is None:
             return None, None
         rows = (self._stored.prompt_index == prompt).nonzero().squeeze(1)
@@ -256,9 +256,8 @@ class RewardPrioritisedReplay(Replay):
 
     def add(self, rollouts: Rollouts, log_reward: Float[Tensor, " B"]) -> None:
         candidates, rewards = rollouts, log_reward.detach()
-        if (
-            self._stored is not None
-        ):  # stored rows first: they win ties and keep their behaviour_logp
+        # stored rows first: they win ties and keep their behaviour_logp
+        if self._stored is not None:
             candidates = concat_rollouts([self._stored, rollouts])
             rewards = torch.cat([self._rewards, rewards])
         keep = _distinct_rows(candidates)
@@ -266,9 +265,8 @@ class RewardPrioritisedReplay(Replay):
         keep = keep[rewards[keep].argsort(descending=True, stable=True)]
         keep = keep[candidates.prompt_index[keep].argsort(stable=True)]
         prompt = candidates.prompt_index[keep]
-        first_of_prompt = torch.searchsorted(
-            prompt, prompt
-        )  # sorted: index of the prompt's first row
+        # sorted: index of the prompt's first row
+        first_of_prompt = torch.searchsorted(prompt, prompt)
         keep = keep[
             torch.arange(keep.numel(), device=keep.device) - first_of_prompt < self.capacity
         ]

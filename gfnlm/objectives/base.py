@@ -154,7 +154,8 @@ def one_step_residuals(
         δ_i = log F(s_i) + log π(y_{i+1}|s_i) − log F(s_{i+1}),   i = 0..n−1
 
     A truncated response terminates by force at ``s_n``: there ``log π(⊤|s_n) := 0`` and the prefix
-    reward is the sequence reward (see :func:`gfnlm.targets.alpha_power.prefix_terminal_log_rewards`).
+    reward is the sequence reward (see
+    :func:`gfnlm.targets.alpha_power.prefix_terminal_log_rewards`).
     Returns ``δ`` ``[B, T]`` (entry i is the transition s_i → s_{i+1}) and its validity mask.
     """
     assert target.prefix_log_reward is not None  # guaranteed by the composition check
@@ -177,7 +178,8 @@ def residual_metrics(residual: Tensor) -> dict[str, float]:
 
 def log_z_source_field() -> LogZSource:
     """The ``log_z_source`` option of the objectives that use log Z: ``learned`` (the run's log Z
-    component) or ``group_mean`` (estimated from each prompt's group, see :func:`group_mean_log_z`)."""
+    component) or ``group_mean`` (estimated from each prompt's group, see
+    :func:`group_mean_log_z`)."""
     return attrs.field(
         default="learned",
         validator=attrs.validators.in_(("learned", "group_mean")),

@@ -8,9 +8,9 @@ Deleu et al. 2022 for the terminate-anywhere parameterisation): SubTB's one-step
                - \\log R(s_{i+1}\\top) - \\log\\pi(\\top|s_i)
 
 averaged per response, then over responses with at least one transition. Fixed point: as SubTB,
-``π(s ⊤) ∝ R(s ⊤)`` for every prefix, i.e. the normalised target. Needs prefix rewards; no log Z. Valid off-policy (``off_policy = "any"``):
-every residual is zero at the fixed point on any trajectory, so exploration and replayed
-trajectories need no importance weight.
+``π(s ⊤) ∝ R(s ⊤)`` for every prefix, i.e. the normalised target. Needs prefix rewards; no log Z.
+Valid off-policy (``off_policy = "any"``): every residual is zero at the fixed point on any
+trajectory, so exploration and replayed trajectories need no importance weight.
 """
 
 import attrs

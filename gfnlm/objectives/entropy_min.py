@@ -1,6 +1,6 @@
 """One-shot entropy minimisation ("EM", Gao et al. 2025, "One-shot Entropy Minimization"), a
-label-free baseline of the PowerFlow paper (Chen et al. 2026, arXiv:2603.18363): no reward and no advantages, the loss is
-the policy's mean token entropy over its own samples, with gradient:
+label-free baseline of the PowerFlow paper (Chen et al. 2026, arXiv:2603.18363): no reward and no
+advantages, the loss is the policy's mean token entropy over its own samples, with gradient:
 
 .. math::
 

@@ -3,7 +3,8 @@
 Each objective declares its fixed point on its class (:meth:`Objective.fixed_point
 <gfnlm.objectives.base.Objective.fixed_point>`) by returning one of these, computed from the
 target's ``log R`` and the lengths ``|y|`` (EOS counts) of every response; the exact checker
-(:mod:`gfnlm.evaluation.exact`) compares trained policies with it, for built-in and user objectives alike.
+(:mod:`gfnlm.evaluation.exact`) compares trained policies with it, for built-in and user objectives
+alike.
 
 * :func:`normalised_target` — ``π ∝ R`` (TB, SubTB, DB); log Z → ``log Σ R``.
 * :func:`length_tilt` — ``π ∝ R·exp(−λ*|y|)`` with ``Σ R·exp(−λ*|y|) = 1`` (LA-TB); log Z' → λ*.
@@ -49,7 +50,8 @@ def per_token_target(log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N
 def length_tilt(
     log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"], with_log_z: bool = True
 ) -> FixedPoint:
-    """``π ∝ R·exp(−λ*|y|)``, already normalised at λ* (:func:`lambda_star`); log Z' converges to λ*."""
+    """``π ∝ R·exp(−λ*|y|)``, already normalised at λ* (:func:`lambda_star`); log Z' converges to
+    λ*."""
     star = lambda_star(log_reward, lengths)
     return FixedPoint(
         tilted_log_distribution(log_reward, lengths, star), star if with_log_z else math.nan

@@ -69,8 +69,8 @@ KL to the reference (base) model, ``kl_beta = β > 0``, needs a target that repo
 per-token log-probs (``ref_logp``: ``alpha_power``, ``reward_tilted``). Two estimators:
 
 * ``kl_estimator='k1'`` (default): in the reward, sequence level (Ziegler et al. 2019):
-  ``r_i ← r_i − β·Σ_t [log π_old(y_{i,t}|…) − log p_ref(y_{i,t}|…)]``. This is the policy gradient of
-  ``E_π[r] − β·KL(π ‖ p_ref)``, whose maximiser is ``p_ref·exp(r/β)``: with the reward
+  ``r_i ← r_i − β·Σ_t [log π_old(y_{i,t}|…) − log p_ref(y_{i,t}|…)]``. This is the policy
+  gradient of ``E_π[r] − β·KL(π ‖ p_ref)``, whose maximiser is ``p_ref·exp(r/β)``: with the reward
   ``(α−1)·log p_base`` and β = 1 that is ``p_base^α`` (the paper's **RL-traj** baseline).
 * ``kl_estimator='k3'``: in the loss, per token (Shao et al. 2024, eq. 4; verl's ``low_var_kl``):
   ``+ β·[exp(log p_ref − log π_θ) − (log p_ref − log π_θ) − 1]``, averaged as the surrogate. Its
@@ -182,7 +182,8 @@ class GRPO(Objective):
     # mean self-certainty), both computed without gradient from the same forward pass.
     reward: Literal["target", "neg_entropy", "self_certainty"] = option(
         "target",
-        "r: the target's log_reward, minus the mean token entropy (RENT) or the self-certainty (Intuitor)",
+        "r: the target's log_reward, minus the mean token entropy (RENT) "
+        "or the self-certainty (Intuitor)",
         validator=attrs.validators.in_(("target", "neg_entropy", "self_certainty")),
     )
     kl_beta: float = option(
@@ -268,7 +269,8 @@ class GRPO(Objective):
     def _ref_logp(target: TargetScores) -> Float[Tensor, "B T"]:
         if target.ref_token_logp is None:
             raise ValueError(
-                "kl_beta > 0 needs a target that reports ref_token_logp (alpha_power, reward_tilted)"
+                "kl_beta > 0 needs a target that reports ref_token_logp "
+                "(alpha_power, reward_tilted)"
             )
         return target.ref_token_logp.detach()
 
@@ -282,7 +284,8 @@ class GRPO(Objective):
         if statistic is None:
             raise ValueError(
                 f"reward={self.reward!r} needs a policy that reports "
-                f"{'entropy' if self.reward == 'neg_entropy' else 'self_certainty'} at every position"
+                f"{'entropy' if self.reward == 'neg_entropy' else 'self_certainty'} "
+                "at every position"
             )
         mask = rollouts.response_mask.to(statistic.dtype)
         mean = (statistic.detach() * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)

@@ -21,10 +21,10 @@ response at the fixed point, so trajectories from an exploration policy or a rep
 fixed point unchanged; ``w`` is taken against the probability each was sampled with (an
 exploration policy's exact probability, a replayed trajectory's original sampler).
 
-Fixed point: not ``R`` itself but the length-tilted ``π*(y|q) = R(q,y)·exp(−λ*·|y|)``, where λ* is the
-root of ``Σ_y R(q,y)·exp(−λ|y|) = 1`` and ``log Z'`` converges to λ*. For α > 1, λ* < 0 (favours
-longer responses, countering TB's collapse); for α < 1, λ* > 0. Among distributions with the same
-expected length it is the KL-closest to ``R``. ``|y|`` counts EOS and is clamped at 1.
+Fixed point: not ``R`` itself but the length-tilted ``π*(y|q) = R(q,y)·exp(−λ*·|y|)``, where λ*
+is the root of ``Σ_y R(q,y)·exp(−λ|y|) = 1`` and ``log Z'`` converges to λ*. For α > 1, λ* < 0
+(favours longer responses, countering TB's collapse); for α < 1, λ* > 0. Among distributions with
+the same expected length it is the KL-closest to ``R``. ``|y|`` counts EOS and is clamped at 1.
 
 ``log_z_source='group_mean'`` replaces the learned ``log Z'(q)`` by the detached VarGrad estimate
 ``−mean_{group(q)}[(log π − log R)/|y|]`` over the responses to the same prompt (same fixed point;

@@ -7,10 +7,11 @@ GFlowNets"; for LMs Hu et al. 2023, "Amortizing intractable inference in large l
                        - \\log R(q,y)\\big)^2
 
 Generation is a tree, so the backward policy is 1 and trajectory = response. The loss is zero on
-every response iff ``π_θ(y|q) = R(q,y)/Z(q)``: the fixed point is the normalised target (for α-power,
-``p_base^α`` normalised). Valid off-policy (``off_policy = "any"``: any full-support behaviour
-policy, replayed trajectories included), so no importance weight is applied. Known failure on LMs: ``log p`` falls linearly in ``|y|``, so for α > 1 the policy
-collapses to short responses, for α < 1 it drifts to long ones.
+every response iff ``π_θ(y|q) = R(q,y)/Z(q)``: the fixed point is the normalised target (for
+α-power, ``p_base^α`` normalised). Valid off-policy (``off_policy = "any"``: any full-support
+behaviour policy, replayed trajectories included), so no importance weight is applied. Known
+failure on LMs: ``log p`` falls linearly in ``|y|``, so for α > 1 the policy collapses to short
+responses, for α < 1 it drifts to long ones.
 """
 
 import attrs

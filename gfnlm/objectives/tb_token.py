@@ -7,11 +7,11 @@ The sequence sum in the *target only* is replaced by a per-token mean; ``log Z``
     \\mathcal{L} = \\big(\\log Z_\\phi(q) + \\textstyle\\sum_t \\log \\pi_\\theta(y_t|y_{<t},q)
                    - \\tfrac{1}{|y|}\\log R(q,y)\\big)^2
 
-For α-power, ``log R/|y| = α·mean_t log p_base(y_t|…) + α·ψ``. The published text does not give the
-exact form; this is the one implemented. Fixed point: ``π(y|q) ∝ exp(log R(q,y)/|y|)``, which rewards
-responses of high *average* base log-prob, so it drifts toward long repetitions of likely tokens
-(it trains well at first, then degrades). ``|y|`` counts EOS and is clamped at 1. Valid off-policy
-like TB (``off_policy = "any"``).
+For α-power, ``log R/|y| = α·mean_t log p_base(y_t|…) + α·ψ``. The published text does not give
+the exact form; this is the one implemented. Fixed point: ``π(y|q) ∝ exp(log R(q,y)/|y|)``, which
+rewards responses of high *average* base log-prob, so it drifts toward long repetitions of likely
+tokens (it trains well at first, then degrades). ``|y|`` counts EOS and is clamped at 1. Valid
+off-policy like TB (``off_policy = "any"``).
 """
 
 import attrs

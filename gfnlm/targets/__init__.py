@@ -1,4 +1,5 @@
-"""Target distributions: :class:`Target` and the registered ``alpha_power``, ``reward_tilted`` and ``reward``."""
+"""Target distributions: :class:`Target` and the registered ``alpha_power``, ``reward_tilted``
+and ``reward``."""
 
 from gfnlm.targets.alpha_power import AlphaPowerTarget
 from gfnlm.targets.base import Target

@@ -2,10 +2,10 @@
 
 α > 1 sharpens the base model (majority voting is the α→∞ limit), α < 1 flattens it, α = 1 is
 the base model itself. ψ is an optional format penalty: ``format_penalty`` (PowerFlow uses −0.5)
-when the response is not in the run's task's answer format (:meth:`~gfnlm.tasks.base.Task.format_ok`;
-the ``math`` task: a closed ``\\boxed{...}``), or does not match ``format_regex`` when one is given, else 0.
-Written with ``|y|·ψ`` so that after LA-TB's division by ``|y|`` the bracket reads
-``α·[(1/|y|)·log p_base + ψ]`` as in the PowerFlow paper.
+when the response is not in the run's task's answer format
+(:meth:`~gfnlm.tasks.base.Task.format_ok`; the ``math`` task: a closed ``\\boxed{...}``), or does
+not match ``format_regex`` when one is given, else 0. Written with ``|y|·ψ`` so that after LA-TB's
+division by ``|y|`` the bracket reads ``α·[(1/|y|)·log p_base + ψ]`` as in the PowerFlow paper.
 
 Prefix rewards (for SubTB/DB): ``log R(s_i ⊤) = α·(Σ_{t≤i} log p_base(y_t|…) + log p_base(⊤|s_i))``,
 all from one base forward pass. They are provided only without a format penalty (ψ is defined on
@@ -60,7 +60,8 @@ class AlphaPowerTarget(Target):
     )
     format_penalty: float = option(
         0.0,
-        "ψ added per token to a response not in the task's answer format (PowerFlow: −0.5); 0 = off",
+        "ψ added per token to a response not in the task's answer format (PowerFlow: −0.5); "
+        "0 = off",
         converter=float,
     )
     # "" = the run's task decides what a well-formatted response is (math: a closed \boxed{}; a

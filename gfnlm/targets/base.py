@@ -8,7 +8,8 @@ from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 
 
 class Target:
-    """Maps rollouts and the reference model's log-probs to :class:`~gfnlm.contracts.types.TargetScores`.
+    """Maps rollouts and the reference model's log-probs to
+    :class:`~gfnlm.contracts.types.TargetScores`.
 
     A target is pure math: the trainer computes the reference (base) model's log-probs over the
     responses in one forward pass (the policy with its LoRA adapter disabled, a frozen copy, or a
@@ -18,9 +19,8 @@ class Target:
 
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
-    needs_base: ClassVar[bool] = (
-        True  # False: ``score`` gets ``base=None`` and the base pass is skipped
-    )
+    # False: ``score`` gets ``base=None`` and the base pass is skipped
+    needs_base: ClassVar[bool] = True
 
     @property
     def needs_eos_logp(self) -> bool:
@@ -33,11 +33,13 @@ class Target:
 
     def bind_task(self, task: Any) -> None:
         """Receive the run's task (its format check, grading and answer extraction) from the
-        trainer. Targets that use it declare a non-option field ``task`` (see :func:`task_field`)."""
+        trainer. Targets that use it declare a non-option field ``task`` (see
+        :func:`task_field`)."""
         if "task" in attrs.fields_dict(type(self)):
             object.__setattr__(self, "task", task)
 
 
 def task_field() -> Any:
-    """The ``task`` field of a target that uses the run's task: set by the trainer, not an option."""
+    """The ``task`` field of a target that uses the run's task: set by the trainer, not an
+    option."""
     return attrs.field(default=None, init=False, repr=False, eq=False)

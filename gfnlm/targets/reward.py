@@ -24,7 +24,8 @@ class RewardTarget(Target):
     reward: RewardFn = attrs.field(
         converter=resolve_callable,
         metadata={
-            "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"
+            "help": "r(q, y): a callable Rollouts → Tensor[B], "
+            "or 'package.module:function' (required)"
         },
     )
     task: Any = task_field()

@@ -50,7 +50,8 @@ class RewardTiltedTarget(Target):
     reward: RewardFn = attrs.field(
         converter=resolve_callable,
         metadata={
-            "help": "r(q, y): a callable Rollouts → Tensor[B], or 'package.module:function' (required)"
+            "help": "r(q, y): a callable Rollouts → Tensor[B], "
+            "or 'package.module:function' (required)"
         },
     )
     beta: float = option(

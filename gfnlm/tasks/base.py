@@ -95,7 +95,8 @@ class Task:
         return tuple(answers) if answers else None
 
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
-        """Raise :class:`~gfnlm.contracts.errors.InputError` naming ``where`` when a gold answer cannot be graded."""
+        """Raise :class:`~gfnlm.contracts.errors.InputError` naming ``where`` when a gold answer
+        cannot be graded."""
 
     def is_correct(self, response: str, answers: Sequence[str]) -> bool:
         """Whether ``response`` gives one of the gold ``answers``."""

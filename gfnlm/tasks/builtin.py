@@ -83,7 +83,8 @@ class MathTask(ChatTask):
 @attrs.frozen
 class CreativeTask(ChatTask):
     """Open-ended prompts (stories, poems, ideas): no gold answers; ``gfnlm eval`` reports the
-    creative metrics of :mod:`gfnlm.tasks.metrics` (diversity, redundancy, fluency, the prompts' own checks)."""
+    creative metrics of :mod:`gfnlm.tasks.metrics` (diversity, redundancy, fluency, the prompts' own
+    checks)."""
 
     metrics = "creative"
     template: str = template_option("plain")
@@ -92,8 +93,9 @@ class CreativeTask(ChatTask):
 @register("task", "chain_sum")
 @attrs.frozen
 class ChainSumTask(ChatTask):
-    """The synthetic chain-sum task of the replication benchmark (:mod:`gfnlm.tasks.synthetic_reasoning`):
-    the gold answer is computed from the question, the answer is the digit after the last ``A``."""
+    """The synthetic chain-sum task of the replication benchmark
+    (:mod:`gfnlm.tasks.synthetic_reasoning`): the gold answer is computed from the question, the
+    answer is the digit after the last ``A``."""
 
     template: str = template_option("short_answer")
     # Its prompts have no system message, and it has no system_prompt option (init=False).

@@ -176,8 +176,8 @@ def parse_gold(answer: str, where: str) -> list:
     ``5\\text{ cm}``, ``x=3``): each is parsed as the content of a ``\\boxed{}``, exactly as a
     prediction is, by math-verify's LaTeX parser, which reads plain expressions (``1/2``, ``2*3``,
     ``2^10``) too. Junk around a number is not forgiven (``7.`` and ``1..2`` are rejected).
-    Raises :class:`~gfnlm.contracts.errors.InputError` naming ``where`` (e.g. ``data.eval row 12``) when
-    math-verify cannot parse it. Results are cached by string.
+    Raises :class:`~gfnlm.contracts.errors.InputError` naming ``where`` (e.g. ``data.eval row 12``)
+    when math-verify cannot parse it. Results are cached by string.
     """
     parsed = _parsed(answer) if isinstance(answer, str) else ()
     if not parsed:
@@ -199,8 +199,8 @@ def is_equivalent(response: str, gold_answers: Sequence[str]) -> bool:
     No box (or an unclosed, empty or unparseable one) is ``False``: the standard Qwen2.5-Math
     grading, which grades only boxed answers. Model text never makes this raise (math-verify's
     errors and timeouts count as "not equal"); a gold answer math-verify cannot parse raises
-    :class:`~gfnlm.contracts.errors.InputError`, as :func:`parse_gold` does (validate gold answers when
-    loading data so this never happens mid-run).
+    :class:`~gfnlm.contracts.errors.InputError`, as :func:`parse_gold` does (validate gold answers
+    when loading data so this never happens mid-run).
     """
     golds = [parse_gold(answer, "gold answer") for answer in gold_answers]
     try:

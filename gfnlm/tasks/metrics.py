@@ -1,7 +1,8 @@
 """Metrics for open-ended text (creative writing): diversity, redundancy and quality proxies.
 
 Every metric takes the responses to ONE prompt (a *group* of k samples) or one response; the
-creative evaluation (:func:`gfnlm.evaluation.held_out.evaluate_creative`) averages them over prompts.
+creative evaluation (:func:`gfnlm.evaluation.held_out.evaluate_creative`) averages them over
+prompts.
 
 Diversity (higher = more varied samples for the same prompt):
 

@@ -7,7 +7,8 @@ Each line of a JSONL prompt file is a JSON object::
 ``"prompt"`` is accepted in place of ``"question"``; ``"answers"`` is optional (needed only to
 score); ``"template"`` (optional) names how the question becomes the user message
 (:data:`TEMPLATES`: ``short_answer``, the default, or ``plain`` for open-ended prompts such as
-``gfnlm/data/creative_*.jsonl``). :func:`format_prompt` wraps a question in the model's chat template.
+``gfnlm/data/creative_*.jsonl``). :func:`format_prompt` wraps a question in the model's chat
+template.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ class PromptFileError(InputError):
 def format_prompt(tokenizer: Any, question: str, template: str = "short_answer") -> str:
     """Render ``question`` as a chat prompt that asks for a short answer.
 
-    The user message is ``"Answer in a few words. Question: <question>"`` (``template=
-    "short_answer"``) or the question itself (``template="plain"``, for open-ended prompts); it is passed through
+    The user message is ``"Answer in a few words. Question: <question>"``
+    (``template="short_answer"``) or the question itself (``template="plain"``, for open-ended
+    prompts); it is passed through
     ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` so the returned string ends
-    where the assistant's reply begins. The string already contains the template's special
-    tokens: tokenize it with ``add_special_tokens=False``.
+    where the assistant's reply begins. The string already contains the template's special tokens:
+    tokenize it with ``add_special_tokens=False``.
     """
     messages = [{"role": "user", "content": TEMPLATES[template].format(question=question.strip())}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

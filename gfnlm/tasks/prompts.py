@@ -1,4 +1,5 @@
-"""Prompt sets: a data set (or a bundled set's name) → task-formatted, tokenised prompts with their gold answers."""
+"""Prompt sets: a data set (or a bundled set's name) → task-formatted, tokenised prompts with their
+gold answers."""
 
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,9 @@ class PromptSet:
         question_field: str = "question",
         answer_field: str = "answers",
     ) -> "PromptSet":
-        """Load a data set (JSONL, parquet, JSON, CSV, a ``save_to_disk`` folder, or a bundled set's
-        name; :func:`~gfnlm.tasks.records.load_records`), format every record with ``task`` (default:
-        the ``factual`` task) and tokenise it.
+        """Load a data set (JSONL, parquet, JSON, CSV, a ``save_to_disk`` folder, or a bundled
+        set's name; :func:`~gfnlm.tasks.records.load_records`), format every record with ``task``
+        (default: the ``factual`` task) and tokenise it.
 
         ``field`` names the config field in error messages; gold answers the task cannot grade,
         prompts longer than ``max_tokens`` tokens and, with ``require_answers``, records without

@@ -7,11 +7,11 @@ Formatting prompts and grading answers belong to the tasks, not to this module.
 
 Specs, tried in this order:
 
-* a bundled set's name (``gfnlm/data/<name>.jsonl``, as :func:`gfnlm.tasks.prompts.resolve_prompt_file`
-  accepts);
-* a ``.jsonl`` file: read by :func:`~gfnlm.tasks.prompt_files.load_prompt_file`, so its checks and
-  messages are today's. With custom ``question_field``/``answer_field`` names it is read like a
-  ``.json`` file instead, because ``load_prompt_file`` only knows ``question``/``prompt``;
+* a bundled set's name (``gfnlm/data/<name>.jsonl``, as
+  :func:`gfnlm.tasks.prompts.resolve_prompt_file` accepts);
+* a ``.jsonl`` file: read by :func:`~gfnlm.tasks.prompt_files.load_prompt_file`, with that
+  function's checks and messages. With custom ``question_field``/``answer_field`` names it is read
+  like a ``.json`` file instead, because ``load_prompt_file`` only knows ``question``/``prompt``;
 * a ``.json`` (one JSON array of objects, or JSON lines), ``.parquet`` or ``.csv`` file, read by
   ``datasets.load_dataset(<format>, data_files=<file>, split="train")``;
 * a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``, read by
@@ -31,8 +31,8 @@ an integer in a float column as a float), and a null, blank or empty answer mean
 In the Arrow-backed formats a null cell in another column is dropped from the row, because Arrow
 gives every row every column and a null there means the field was absent.
 
-Every problem is a one-line :class:`~gfnlm.contracts.errors.InputError` naming ``field`` and the spec
-(problems with a file's content are :class:`~gfnlm.tasks.prompt_files.PromptFileError`).
+Every problem is a one-line :class:`~gfnlm.contracts.errors.InputError` naming ``field`` and the
+spec (problems with a file's content are :class:`~gfnlm.tasks.prompt_files.PromptFileError`).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _from_jsonl(
     path: Path, where: str, question_field: str, answer_field: str, require_answers: bool
 ) -> list[dict]:
     if question_field == DEFAULT_QUESTION and answer_field == DEFAULT_ANSWER:
-        # Today's reader, unchanged: its checks and messages are what users of JSONL files know.
+        # The prompt-file reader: its checks and messages are what users of JSONL files know.
         rows = load_prompt_file(path)
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return _records(
@@ -272,7 +272,8 @@ def _read_saved(path: Path, split: str | None, where: str) -> tuple[list[dict], 
 
 
 def _saved_splits(path: Path, where: str) -> list[str]:
-    """The split names a DatasetDict folder lists (its ``dataset_dict.json``, as datasets reads it)."""
+    """The split names a DatasetDict folder lists (its ``dataset_dict.json``, as datasets reads
+    it)."""
     try:
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError) as exc:

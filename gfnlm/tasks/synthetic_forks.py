@@ -1,9 +1,9 @@
 """A synthetic task where sequence-level and per-token sharpening disagree by construction.
 
 The questions, the answer and the scorer are those of the chain-sum task
-(:mod:`gfnlm.tasks.synthetic_reasoning`, graded by the registered ``chain_sum`` task): add a chain of
-tagged digits mod 10. What changes is the distribution of the pre-training solutions. Each solution
-first names its route, then writes the chain:
+(:mod:`gfnlm.tasks.synthetic_reasoning`, graded by the registered ``chain_sum`` task): add a chain
+of tagged digits mod 10. What changes is the distribution of the pre-training solutions. Each
+solution first names its route, then writes the chain:
 
 * ``work`` (probability ``work_rate``, the *rarer* first step): the correct chain, one consistent
   continuation per question::
@@ -25,8 +25,8 @@ Why the methods separate: with ``work_rate = 0.35`` the first token of a T = 1 s
 uniform choice among wrong digits stays uniform at any temperature. The sequence-level power
 distribution ``p^α`` compares whole solutions instead: the one ``work`` chain has probability 0.35
 while each ``guess`` chain has ``0.65 · 9^−(n−1)``, so ``p^α`` puts almost all of its mass on the
-``work`` route, and on the right answer. :func:`gfnlm.evaluation.exact.exact_fork_comparison` shows this exactly on
-the enumerable tabular model of :mod:`gfnlm.evaluation.exact`.
+``work`` route, and on the right answer. :func:`gfnlm.evaluation.exact.exact_fork_comparison`
+shows this exactly on the enumerable tabular model of :mod:`gfnlm.evaluation.exact`.
 """
 
 import random
@@ -89,7 +89,8 @@ def fork_response_log_probs(setting, work_rate: float = WORK_RATE, smoothing: fl
     continues with one fixed chain (every step token 0, the right answer); the guess route with
     every step a uniformly drawn *wrong* token (1..V−1), ``(V−1)^m`` variants. The answer is the
     last step token. ``smoothing`` mass is spread uniformly over every response, so that each has
-    positive probability (a table of finite logits, :meth:`TabularPolicy.from_response_distribution`).
+    positive probability (a table of finite logits,
+    :meth:`TabularPolicy.from_response_distribution`).
     """
     import torch
 
@@ -97,7 +98,8 @@ def fork_response_log_probs(setting, work_rate: float = WORK_RATE, smoothing: fl
     vocab, steps = setting.vocab_size, setting.max_len - 2
     if vocab < 3 or steps < 1:
         raise ValueError(
-            f"setting of {vocab} tokens, max_len {setting.max_len}: need >= 3 tokens and max_len >= 3"
+            f"setting of {vocab} tokens, max_len {setting.max_len}: "
+            "need >= 3 tokens and max_len >= 3"
         )
     responses = setting.enumerate_responses()
     ids, lengths = responses.response_ids, responses.lengths

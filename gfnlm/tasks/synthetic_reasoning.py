@@ -1,22 +1,23 @@
 """A synthetic step-by-step reasoning task with noisy solutions, for the miniature replication of
 the PowerFlow paper's reasoning results (``benchmarks/reasoning_replication.py``).
 
-A question is a chain of ``n`` digits tagged by letters, ``"Q a 3 b 5 c 8"``; the answer is their sum
-mod 10. A solution adds them one at a time, copying each digit after its letter::
+A question is a chain of ``n`` digits tagged by letters, ``"Q a 3 b 5 c 8"``; the answer is their
+sum mod 10. A solution adds them one at a time, copying each digit after its letter::
 
     a 3 b 5 = 8 c 8 = 6 A 6 <eos>
 
-A base model is pre-trained on *noisy* solutions drawn by :func:`noisy_solution`: each running sum is
-wrong with probability ``error_rate`` (a uniformly drawn other digit, and the chain goes on from it),
-and before each step the solution stops early with probability ``stop_rate`` (it writes ``A`` and
-the current sum). The most likely solution of that distribution is the correct one, whereas a
+A base model is pre-trained on *noisy* solutions drawn by :func:`noisy_solution`: each running sum
+is wrong with probability ``error_rate`` (a uniformly drawn other digit, and the chain goes on from
+it), and before each step the solution stops early with probability ``stop_rate`` (it writes ``A``
+and the current sum). The most likely solution of that distribution is the correct one, whereas a
 temperature-1 sample is right only with probability about ``((1−e)(1−s))^{n−1}``; and solutions
 vary in length, with EOS able to come early. ``|y| = 4n + 1`` tokens for a complete solution.
 
 The task's own scorer: :func:`extract_answer` reads the digit after the last ``A``; :func:`solve`
 computes the right one from the question. The registered ``chain_sum`` task
 (:mod:`gfnlm.tasks.builtin`) grades with them, so the baselines' rewards are the generic ones of
-:mod:`gfnlm.tasks.rewards` (``verifier``, ``majority_vote``, ``answer_cluster_share``) with that task.
+:mod:`gfnlm.tasks.rewards` (``verifier``, ``majority_vote``, ``answer_cluster_share``) with that
+task.
 """
 
 import random
@@ -40,8 +41,9 @@ def vocabulary(extra_words: tuple[str, ...] = ()) -> list[str]:
 
 
 def save_tokenizer(out_dir: Path, extra_words: tuple[str, ...] = ()) -> Path:
-    """A word-level Hugging Face tokenizer of :func:`vocabulary` with ``extra_words`` (split at spaces and punctuation, a chat template,
-    ``<eos>`` as EOS and ``<pad>`` as padding) saved into ``out_dir``."""
+    """A word-level Hugging Face tokenizer of :func:`vocabulary` with ``extra_words`` (split at
+    spaces and punctuation, a chat template, ``<eos>`` as EOS and ``<pad>`` as padding) saved into
+    ``out_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
