@@ -3,8 +3,9 @@
 * The Python code blocks of the pages (```` ```python ````, collected with ``mktestdocs``) run, in
   order, in one namespace per page, from the repository root. A block meant to be shown only (it
   needs a real model or a long run) is fenced as ```` ```py ````.
-* The configuration reference lists exactly the fields of the attrs classes of ``gfnlm.training.config``,
-  with their types and defaults.
+* Every field of the run configuration (the attrs classes of ``gfnlm.training.config``) has
+  ``help``; the configuration reference's tables, generated from those classes when the site is
+  built, list exactly their fields, with their types, defaults and help.
 * ``mkdocs build --strict`` passes with no warning, and the built site loads nothing from the
   network (MathJax is served from the site itself).
 * Served on 127.0.0.1 and opened in headless Chromium, the Concepts page has its formulas typeset
@@ -16,6 +17,7 @@ installs both (``make test`` runs it first).
 """
 
 import html.parser
+import importlib.util
 import os
 import re
 import shutil
@@ -100,52 +102,85 @@ def _type_name(annotation: object) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _documented_fields() -> dict[str, dict[str, tuple[str, str]]]:
-    """{section: {field: (type, default)}} from the tables of configuration.md."""
-    sections: dict[str, dict[str, tuple[str, str]]] = {}
-    current = None
-    for line in (DOCS / "configuration.md").read_text().splitlines():
-        heading = re.fullmatch(r"## `(\w+)`", line.strip())
-        if heading:
-            current = sections.setdefault(heading.group(1), {})
-            continue
-        row = re.fullmatch(r"\| `(\w+)` \| `([^`]+)` \| `([^`]*)` \| .+ \|", line.strip())
-        if row and current is not None:
-            current[row.group(1)] = (row.group(2), row.group(3))
+def _hooks() -> typing.Any:
+    """``tools/mkdocs_hooks.py``, loaded as MkDocs loads it."""
+    path = REPO / "tools" / "mkdocs_hooks.py"
+    spec = importlib.util.spec_from_file_location("gfnlm_docs_hooks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sections() -> list[tuple[str, type, list[tuple[attrs.Attribute, object]]]]:
+    """Per field of RunConfig: (section, the class holding its fields, [(field, default value)]);
+    a section without subfields (``imports``) is its own one field."""
+    defaults = config_module.RunConfig()
+    sections = []
+    for section in attrs.fields(config_module.RunConfig):
+        value = getattr(defaults, section.name)
+        if attrs.has(type(value)):
+            fields = [(f, getattr(value, f.name)) for f in attrs.fields(type(value))]
+            sections.append((section.name, type(value), fields))
+        else:
+            sections.append((section.name, config_module.RunConfig, [(section, value)]))
     return sections
 
 
+def test_every_run_config_field_has_help() -> None:
+    classes = [config_module.RunConfig, *dict.fromkeys(cls for _, cls, _ in _sections())]
+    missing = [
+        f"{cls.__name__}.{field.name}"
+        for cls in classes
+        for field in attrs.fields(cls)
+        if not str(field.metadata.get("help", "")).strip()
+    ]
+    assert not missing, (
+        "run-config fields without help (setting(..., help=...) in gfnlm/training/config.py): "
+        + ", ".join(missing)
+    )
+
+
+def _page_markers() -> list[tuple[str | None, str]]:
+    """(the ``## `section``` heading above it, section) of each generated table of the page."""
+    markers, heading = [], None
+    for line in (DOCS / "configuration.md").read_text().splitlines():
+        if found := re.fullmatch(r"## `(\w+)`", line.strip()):
+            heading = found.group(1)
+        if found := re.fullmatch(r"<!-- gfnlm:config-fields (\w+) -->", line.strip()):
+            markers.append((heading, found.group(1)))
+    return markers
+
+
 def test_configuration_reference_matches_the_attrs_classes() -> None:
-    documented = _documented_fields()
-    defaults = config_module.RunConfig()
-    assert list(documented) == [f.name for f in attrs.fields(config_module.RunConfig)]
+    """The page asks for one generated table per RunConfig field, under that section's heading, and
+    keeps no hand-written field rows; each generated table lists exactly the section's fields, with
+    their types, their defaults as YAML values and their help."""
+    page = (DOCS / "configuration.md").read_text()
+    names = [f.name for f in attrs.fields(config_module.RunConfig)]
+    assert _page_markers() == [(name, name) for name in names]
+    assert "| field | type | default | meaning |" not in page, "hand-kept field rows remain"
+    hooks = _hooks()
+    row = re.compile(r"\| `(\w+)` \| `([^`]+)` \| `([^`]*)` \| (.+) \|")
     problems = []
-    for section in attrs.fields(config_module.RunConfig):
-        value = getattr(defaults, section.name)
-        if not attrs.has(type(value)):  # a plain list (imports): documented in prose, no table
-            assert not documented[section.name], (
-                f"{section.name}: a table for a field without subfields"
-            )
+    for section, cls, fields in _sections():
+        table = hooks.config_fields(section).splitlines()
+        rows = [found.groups() for found in map(row.fullmatch, table) if found]
+        shown, code = [r[0] for r in rows], [f.name for f, _ in fields]
+        if shown != code:
+            problems.append(f"{section}: fields {shown}, code {code}")
             continue
-        hints = typing.get_type_hints(type(value))
-        for field in attrs.fields(type(value)):
-            where = f"{section.name}.{field.name}"
-            if field.name not in documented[section.name]:
-                problems.append(f"{where}: not documented")
-                continue
-            type_text, default_text = documented[section.name].pop(field.name)
-            if type_text != _type_name(hints[field.name]):
-                problems.append(
-                    f"{where}: documented type {type_text!r}, code {_type_name(hints[field.name])!r}"
-                )
-            actual = getattr(value, field.name)
-            if yaml.safe_load(default_text or "''") != actual:
-                problems.append(f"{where}: documented default {default_text!r}, code {actual!r}")
-        problems += [
-            f"{section.name}.{extra}: documented but not a field"
-            for extra in documented[section.name]
-        ]
-    assert not problems, "docs/configuration.md is out of date:\n  " + "\n  ".join(problems)
+        hints = typing.get_type_hints(cls)
+        for (name, type_text, default_text, meaning), (field, actual) in zip(rows, fields):
+            where = f"{section}.{name}"
+            if type_text.replace("\\|", "|") != _type_name(hints[name]):
+                problems.append(f"{where}: type {type_text!r}, code {_type_name(hints[name])!r}")
+            value = yaml.safe_load(default_text.replace("\\|", "|"))
+            if (type(value), value) != (type(actual), actual):
+                problems.append(f"{where}: default {default_text!r}, code {actual!r}")
+            if not meaning.startswith(field.metadata["help"].replace("|", "\\|")):
+                problems.append(f"{where}: meaning {meaning!r} is not the field's help")
+    assert not problems, "configuration tables differ from the code:\n  " + "\n  ".join(problems)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +217,16 @@ def test_build_is_strict_and_offline(site: Path) -> None:
         found = external.findall(page.read_text())
         assert not found, f"{page.relative_to(site)} loads from the network: {found}"
     assert (site / "javascripts" / "mathjax" / "tex-chtml.js").is_file()
+
+
+def test_configuration_page_shows_every_field(site: Path) -> None:
+    text = (site / "configuration" / "index.html").read_text()
+    assert "gfnlm:config-fields" not in text, "a configuration table was not generated"
+    for section, _, fields in _sections():
+        start = text.index(f'id="{section}"')
+        part = text[start : text.find("<h2", start + 1)]
+        for field, _ in fields:
+            assert f"<code>{field.name}</code>" in part, f"{section}.{field.name} not shown"
 
 
 def test_cli_reference_has_every_option(site: Path) -> None:

@@ -9,12 +9,16 @@ drift from it. A page asks for one with an HTML comment on a line of its own:
 * ``<!-- gfnlm:component-names -->``: each kind's registered names in one row (the home page).
 * ``<!-- gfnlm:component-options -->``: each component's constructor and options (type, default,
   the ``help`` of its attrs field metadata) and its source file.
+* ``<!-- gfnlm:config-fields SECTION -->``: the fields of one section of
+  :class:`gfnlm.training.config.RunConfig` (type, default value, the ``help`` of its attrs field
+  metadata), from :func:`config_fields`.
 """
 
 import argparse
 import importlib.util
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +145,78 @@ def component_options() -> str:
     return "\n\n".join(parts)
 
 
+def _value_text(value: Any, top: bool = True) -> str:
+    """A default as the YAML a config file would hold: ``'smollm2'``, ``true``, ``0.0001``,
+    ``[q_proj, v_proj]``, ``{}``. Strings are quoted, except inside a list or mapping where YAML
+    reads the bare word back as the same string."""
+    import yaml
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        mantissa, exponent, power = repr(value).partition("e")
+        if exponent and "." not in mantissa:  # YAML reads 1e-06 as a string, 1.0e-06 as a number
+            mantissa += ".0"
+        return mantissa + exponent + power
+    if isinstance(value, str):
+        if not top and re.fullmatch(r"[A-Za-z_][\w.-]*", value) and yaml.safe_load(value) == value:
+            return value
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value_text(item, top=False) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{_value_text(k, top=False)}: {_value_text(v, top=False)}" for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return repr(value)
+
+
+def _components_note(kind: str, field: Any) -> str:
+    """For a field that chooses a registered component: the names it takes (each linking to its
+    options), or, for its options, a link to the options of every component."""
+    from gfnlm.contracts import registry
+
+    if field.type is str:
+        names = [f"[`{name}`](api/index.md#{kind}-{name})" for name in registry.names(kind)]
+        return f": one of {', '.join(names)}" if names else ": none registered"
+    return " ([options of each component](api/index.md#component-options))"
+
+
+def config_fields(section: str) -> str:
+    """Markdown: the fields of one section of :class:`gfnlm.training.config.RunConfig` (for a
+    section without subfields, ``imports``, the section itself), each with its type, its default
+    as a YAML value and the ``help`` of its attrs field metadata."""
+    import attrs
+
+    from gfnlm.contracts import registry
+    from gfnlm.training.config import ComponentConfig, RunConfig
+
+    sections = attrs.fields_dict(RunConfig)
+    if section not in sections:
+        raise ValueError(
+            f"<!-- gfnlm:config-fields {section} -->: no such section; sections: "
+            f"{', '.join(sections)}"
+        )
+    value = getattr(RunConfig(), section)
+    if attrs.has(type(value)):
+        cls, fields = type(value), [(f, getattr(value, f.name)) for f in attrs.fields(type(value))]
+    else:
+        cls, fields = RunConfig, [(sections[section], value)]
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for field, default in fields:
+        kind = section if cls is ComponentConfig else field.metadata.get("components")
+        meaning = _help_text(field)
+        if kind is not None:
+            assert kind in registry.KINDS, f"{section}.{field.name}: no component kind {kind!r}"
+            meaning += _components_note(kind, field)
+        default_text = _value_text(default).replace("|", "\\|")
+        rows.append(f"| `{field.name}` | {_type_text(cls, field)} | `{default_text}` | {meaning} |")
+    return "\n".join(rows)
+
+
 def registered_components_table() -> str:
     """Markdown: one table of the registered components per kind."""
     from gfnlm.contracts import registry
@@ -206,9 +282,12 @@ _GENERATORS = {
 }
 
 
+_CONFIG_FIELDS = re.compile(r"<!-- gfnlm:config-fields (\w+) -->")
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """MkDocs hook: replace each placeholder line with its generated Markdown."""
     for marker, generate in _GENERATORS.items():
         if marker in markdown:
             markdown = markdown.replace(marker, generate())
-    return markdown
+    return _CONFIG_FIELDS.sub(lambda match: config_fields(match.group(1)), markdown)

@@ -6,7 +6,9 @@ name); we write no parser. The resolved config is saved with each run as ``confi
 
 Example::
 
-    cfg = load_config("configs/powerflow_reasoning.yaml", ["train.steps=20", "target.options.alpha=2"])
+    cfg = load_config(
+        "configs/powerflow_reasoning.yaml", ["train.steps=20", "target.options.alpha=2"]
+    )
 """
 
 import math
@@ -23,7 +25,8 @@ from gfnlm.contracts.paths import check_path_length
 
 
 def field_name(instance: object, attribute: attrs.Attribute) -> str:
-    """``train.steps`` rather than ``steps``: the config section (``section`` of the class) and the field."""
+    """``train.steps`` rather than ``steps``: the config section (``section`` of the class) and the
+    field."""
     section = getattr(type(instance), "section", "")
     return f"{section}.{attribute.name}" if section else attribute.name
 
@@ -114,12 +117,27 @@ def _finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
         raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite number")
 
 
+def setting(default: Any = attrs.NOTHING, *, help: str, **field_kwargs: Any) -> Any:
+    """A run-config field with a one-line description (attrs field metadata ``help``), as
+    :func:`gfnlm.contracts.registry.option` is for component options; the configuration reference
+    shows it with the field's type and default. ``help`` states the bounds a validator enforces.
+    A ``components`` entry in ``metadata`` names the registry kind the field chooses from."""
+    metadata = {**field_kwargs.pop("metadata", {}), "help": help}
+    return attrs.field(default=default, metadata=metadata, **field_kwargs)
+
+
 @attrs.define
 class ComponentConfig:
     """A registered component: its registry ``name`` and keyword ``options``."""
 
-    name: str
-    options: dict[str, Any] = attrs.field(factory=dict)
+    name: str = setting(help="the registered name of the component")
+    options: dict[str, Any] = setting(
+        factory=dict,
+        help="its keyword options; one left out takes the component's own default, or, for one "
+        "the component declares as a run fact (`table`'s `num_prompts`, `mlp`'s `hidden_size`), "
+        "the value the data or the model gives. Naming another component on the command line "
+        "drops the file's options",
+    )
 
 
 @attrs.define
@@ -132,34 +150,91 @@ class ModelConfig:
 
     section: ClassVar[str] = "model"
 
-    path: str = attrs.field(default="smollm2", validator=[_not_empty, _path])
-    lora: bool = True
-    lora_r: int = attrs.field(default=8, validator=_at_least(1))
-    lora_alpha: float = attrs.field(default=16.0, validator=_finite)
-    lora_dropout: float = attrs.field(default=0.0, validator=_at_least(0.0))
-    lora_targets: list[str] = attrs.field(factory=lambda: ["q_proj", "v_proj"])
-    dtype: str = attrs.field(
-        default="auto", validator=_one_of("auto", "float32", "bfloat16", "float64")
+    path: str = setting(
+        "smollm2",
+        help="a local Hugging Face causal-LM folder, or `smollm2` (SmolLM2-135M-Instruct, "
+        "converted once into the user cache); nothing is downloaded; not empty",
+        validator=[_not_empty, _path],
     )
-    gradient_checkpointing: bool = False
-    # Positions per chunk of the output layer in the log-prob passes (never [B, T, V] logits);
-    # 0 = the model's full logits (the plain path).
-    logp_chunk_size: int = attrs.field(default=1024, validator=_at_least(0))
+    lora: bool = setting(
+        True,
+        help="train a LoRA adapter; the base model for the target is then the same weights with "
+        "the adapter disabled (no second copy). `false`: full fine-tuning, with a frozen copy "
+        "as the base",
+    )
+    lora_r: int = setting(8, help="LoRA rank, >= 1", validator=_at_least(1))
+    lora_alpha: float = setting(
+        16.0,
+        help="LoRA scaling numerator, a finite number: the update is scaled by "
+        "`lora_alpha / lora_r`",
+        validator=_finite,
+    )
+    lora_dropout: float = setting(
+        0.0, help="dropout probability on the LoRA input, >= 0", validator=_at_least(0.0)
+    )
+    lora_targets: list[str] = setting(
+        factory=lambda: ["q_proj", "v_proj"], help="names of the modules that get an adapter"
+    )
+    dtype: str = setting(
+        "auto",
+        help="`auto`: bf16 autocast on CUDA, fp32 on CPU; or `float32`, `bfloat16`, `float64` "
+        "(exactness checks)",
+        validator=_one_of("auto", "float32", "bfloat16", "float64"),
+    )
+    gradient_checkpointing: bool = setting(
+        False, help="recompute activations in the backward pass (less memory, more time)"
+    )
+    logp_chunk_size: int = setting(
+        1024,
+        help="positions per chunk of the output layer in the log-prob passes (update, base "
+        "scoring), >= 0: the `[B, T, V]` logits are never held, and each chunk's but the last "
+        "are recomputed in the backward pass; 0 = the model's full logits (the plain path, kept "
+        "for comparison)",
+        validator=_at_least(0),
+    )
 
 
 @attrs.define
 class DataConfig:
-    """Data sets of prompts: JSONL, parquet, JSON or CSV files, ``save_to_disk`` folders, or bundled
-    set names; ``question_field`` and ``answer_field`` name their columns (eval sets need answers)."""
+    """Data sets of prompts: JSONL, parquet, JSON or CSV files, ``save_to_disk`` folders, or
+    bundled set names; ``question_field`` and ``answer_field`` name their columns (eval sets need
+    answers)."""
 
     section: ClassVar[str] = "data"
 
-    train: str = attrs.field(default="factual_train", validator=[_not_empty, _path])
-    eval: str = attrs.field(default="factual_eval", validator=_path)
-    question_field: str = attrs.field(default="question", validator=_not_empty)
-    answer_field: str = attrs.field(default="answers", validator=_not_empty)
-    max_prompt_tokens: int = attrs.field(default=256, validator=_count(1))
-    eval_max_questions: int = attrs.field(default=0, validator=_count(0))  # 0 = all
+    train: str = setting(
+        "factual_train",
+        help="training prompts, not empty (their answers travel with them and are read only by "
+        "the verifier reward)",
+        validator=[_not_empty, _path],
+    )
+    eval: str = setting(
+        "factual_eval",
+        help="held-out prompts with answers, evaluated before and after training; `''` for none",
+        validator=_path,
+    )
+    question_field: str = setting(
+        "question",
+        help="the column holding the question (`prompt` is accepted when this is left at "
+        "`question`)",
+        validator=_not_empty,
+    )
+    answer_field: str = setting(
+        "answers",
+        help="the column holding the answers (`answer` is accepted when this is left at `answers`)",
+        validator=_not_empty,
+    )
+    max_prompt_tokens: int = setting(
+        256,
+        help="longest prompt in tokens, 1 to 1,000,000; a longer one is a one-line error naming "
+        "the file and line",
+        validator=_count(1),
+    )
+    eval_max_questions: int = setting(
+        0,
+        help="evaluate only the first N questions, 0 to 1,000,000 (0 = all)",
+        validator=_count(0),
+    )
 
 
 @attrs.define
@@ -168,17 +243,52 @@ class SamplingConfig:
 
     section: ClassVar[str] = "sampling"
 
-    sampler: str = "hf"
-    samples_per_prompt: int = attrs.field(default=8, validator=_count(1))
-    temperature: float = attrs.field(default=1.0, validator=_at_least(1e-6))
-    top_p: float = attrs.field(default=1.0, validator=_positive_fraction)
-    # Min-p truncation: drop tokens below min_p × the most likely token's probability (0 = off).
-    min_p: float = attrs.field(default=0.0, validator=_fraction_below_one)
-    max_new_tokens: int = attrs.field(default=24, validator=_count(1))
-    sampler_options: dict[str, Any] = attrs.field(factory=dict)
-    # A server sampler draws the next step's rollouts while the trainer scores and updates on this
-    # step's: rollouts one update stale (staleness 1), for objectives valid off-policy only.
-    async_rollouts: bool = False
+    sampler: str = setting(
+        "hf",
+        help="the registered sampler that draws the rollouts",
+        metadata={"components": "sampler"},
+    )
+    samples_per_prompt: int = setting(
+        8,
+        help="G, the responses drawn per prompt, 1 to 1,000,000 (with `train.prompts_per_step`, "
+        "at most 1,000,000 responses a step)",
+        validator=_count(1),
+    )
+    temperature: float = setting(
+        1.0,
+        help="sampling temperature, >= 1e-6 (the behaviour log-probs are those of the tempered "
+        "distribution)",
+        validator=_at_least(1e-6),
+    )
+    top_p: float = setting(
+        1.0, help="nucleus sampling threshold, in (0, 1] (1 = off)", validator=_positive_fraction
+    )
+    min_p: float = setting(
+        0.0,
+        help="min-p truncation, in [0, 1): drop tokens less likely than `min_p` × the most likely "
+        "token's probability, after temperature and top-p (0 = off)",
+        validator=_fraction_below_one,
+    )
+    max_new_tokens: int = setting(
+        24,
+        help="longest response in tokens, 1 to 1,000,000 (the longest prompt plus this must fit "
+        "the model's context, `max_position_embeddings`); a response that reaches it without "
+        "EOS is truncated",
+        validator=_count(1),
+    )
+    sampler_options: dict[str, Any] = setting(
+        factory=dict,
+        help="the sampler's keyword options besides the fields above, e.g. `hf`'s `batch_size` "
+        "and `engine`, or a server sampler's `url` or `launch`",
+        metadata={"components": "sampler"},
+    )
+    async_rollouts: bool = setting(
+        False,
+        help="a server sampler (`sglang`, `vllm`) draws the next step's rollouts while the "
+        "trainer scores and updates on this step's: rollouts one update stale (staleness 1) "
+        "from the second step on, so refused for `on_policy` objectives and for the samplers "
+        "that are not servers",
+    )
 
 
 @attrs.define
@@ -187,55 +297,138 @@ class TrainConfig:
 
     section: ClassVar[str] = "train"
 
-    steps: int = attrs.field(default=40, validator=_at_least(1))
-    prompts_per_step: int = attrs.field(default=4, validator=_count(1))
-    updates_per_batch: int = attrs.field(default=1, validator=_count(1))
-    minibatch_size: int = attrs.field(default=0, validator=_count(0))  # 0 = the whole batch
-    # In (0, 1]: an Adam-type step moves each weight by about lr, so lr > 1 moves every weight by
-    # more than 1 per step and diverges any language model.
-    lr: float = attrs.field(default=1e-4, validator=_open_closed(0.0, MAX_LR))
-    # In (0, 10]: log Z is one number per prompt (or a small head); the shipped configs use <= 0.1.
-    logz_lr: float = attrs.field(default=1e-2, validator=_open_closed(0.0, MAX_LOGZ_LR))
-    # Before the first update, shift log Z so the first batch's mean residual is zero (TB-style
-    # residuals are log Z + c). Saves the many steps a small log Z learning rate would need.
-    logz_warm_start: bool = True
-    weight_decay: float = attrs.field(default=0.0, validator=_at_least(0.0))
-    grad_clip: float = attrs.field(default=1.0, validator=_at_least(0.0))  # 0 = off
-    seed: int = 0
-    device: str = attrs.field(default="auto", validator=_one_of("auto", "cpu", "cuda"))
-    eval_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only before/after
-    eval_samples: int = attrs.field(default=8, validator=_count(1))
-    save_every: int = attrs.field(default=0, validator=_at_least(0))  # 0 = only at the end
-    out_dir: str = attrs.field(default="runs/default", validator=[_not_empty, _path])
-    resume: bool = True
-    threads: int = attrs.field(default=0, validator=_at_least(0))  # 0 = torch's default
-    # Under torchrun with several processes: DDP (replicated weights, averaged gradients) or FSDP2
-    # (weights, gradients and optimiser state sharded across ranks).
-    parallel: str = attrs.field(default="ddp", validator=_one_of("ddp", "fsdp2"))
+    steps: int = setting(
+        40,
+        help="optimisation steps (rollout batches) of the run, >= 1; raise it to continue a "
+        "finished run",
+        validator=_at_least(1),
+    )
+    prompts_per_step: int = setting(
+        4,
+        help="prompts drawn per step, 1 to 1,000,000 (the batch has `prompts_per_step × "
+        "samples_per_prompt` responses, at most 1,000,000)",
+        validator=_count(1),
+    )
+    updates_per_batch: int = setting(
+        1,
+        help="passes over each rollout batch, 1 to 1,000,000 (LA-TB's importance weights keep "
+        "extra passes safe)",
+        validator=_count(1),
+    )
+    minibatch_size: int = setting(
+        0,
+        help="responses per optimiser step, 0 to 1,000,000 (0 = the whole batch)",
+        validator=_count(0),
+    )
+    lr: float = setting(
+        1e-4,
+        help="the policy's learning rate (AdamW), in (0, 1]: an Adam-type step moves every weight "
+        "by about `lr`, so a rate above 1 moves each by more than 1 per step and diverges any "
+        "language model",
+        validator=_open_closed(0.0, MAX_LR),
+    )
+    logz_lr: float = setting(
+        1e-2,
+        help="log Z's learning rate, in (0, 10] (log Z is one number per prompt or a small head; "
+        "the shipped configs use at most 0.1)",
+        validator=_open_closed(0.0, MAX_LOGZ_LR),
+    )
+    logz_warm_start: bool = setting(
+        True,
+        help="before the first update, shift log Z so the first batch's mean residual is zero "
+        "(TB-style residuals are log Z + c): saves the many steps a small `logz_lr` would need",
+    )
+    weight_decay: float = setting(
+        0.0,
+        help="AdamW weight decay of the policy, >= 0 (log Z has none)",
+        validator=_at_least(0.0),
+    )
+    grad_clip: float = setting(
+        1.0, help="largest gradient norm, >= 0 (0 = no clipping)", validator=_at_least(0.0)
+    )
+    seed: int = setting(0, help="seeds Python, NumPy, torch and the prompt order")
+    device: str = setting(
+        "auto",
+        help="`auto` (CUDA when available), `cpu` or `cuda`",
+        validator=_one_of("auto", "cpu", "cuda"),
+    )
+    eval_every: int = setting(
+        0,
+        help="also evaluate every N steps, >= 0 (0 = only before and after training)",
+        validator=_at_least(0),
+    )
+    eval_samples: int = setting(
+        8,
+        help="k, the samples per question at T = 1 for avg@k, pass@k and majority@k, "
+        "1 to 1,000,000",
+        validator=_count(1),
+    )
+    save_every: int = setting(
+        0,
+        help="also checkpoint every N steps, >= 0 (0 = only at the end)",
+        validator=_at_least(0),
+    )
+    out_dir: str = setting(
+        "runs/default",
+        help="the run directory, not empty: `config.yaml`, `checkpoints/`, `eval/`, `tb/`",
+        validator=[_not_empty, _path],
+    )
+    resume: bool = setting(
+        True,
+        help="continue the run in `out_dir` if it has checkpoints; `false` refuses to touch an "
+        "existing run",
+    )
+    threads: int = setting(
+        0, help="CPU threads for torch, >= 0 (0 = torch's default)", validator=_at_least(0)
+    )
+    parallel: str = setting(
+        "ddp",
+        help="under `torchrun` with several processes: `ddp` (replicated weights, averaged "
+        "gradients) or `fsdp2` (weights, gradients and optimiser state sharded across ranks)",
+        validator=_one_of("ddp", "fsdp2"),
+    )
 
 
 @attrs.define
 class RunConfig:
     """Everything one ``gfnlm train`` run needs."""
 
-    model: ModelConfig = attrs.field(factory=ModelConfig)
-    # Options default to the component class's own defaults (alpha_power: α=4), so that choosing
-    # another component in a file never inherits options meant for the default one.
-    target: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("alpha_power"))
-    objective: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("la_tb"))
-    logz: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("scalar"))
-    # What the data means: prompt format, answer grading, the rewards and metrics it offers.
-    task: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("factual"))
-    sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
-    # Off-policy training (gfnlm.exploration): the distribution the sampler draws each token from,
-    # and stored trajectories mixed into each batch. Both off by default (on-policy).
-    exploration: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("none"))
-    replay: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("none"))
-    data: DataConfig = attrs.field(factory=DataConfig)
-    train: TrainConfig = attrs.field(factory=TrainConfig)
-    # Modules imported before the run is composed, so the components they register can be named
-    # above (the same as gfnlm train --import MODULE).
-    imports: list[str] = attrs.field(factory=list)
+    model: ModelConfig = setting(factory=ModelConfig, help="the policy model and its adapter")
+    # The component sections name no options: each component starts from its own defaults
+    # (alpha_power: α=4), so choosing another one in a file never inherits the default's options.
+    target: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("alpha_power"),
+        help="the target distribution the policy learns to sample",
+    )
+    objective: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("la_tb"), help="the training objective"
+    )
+    logz: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("scalar"),
+        help="the log Z parameterisation, for the objectives that require one",
+    )
+    task: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("factual"),
+        help="what the data means: prompt format, answer grading, the rewards and metrics it "
+        "offers",
+    )
+    sampling: SamplingConfig = setting(factory=SamplingConfig, help="how rollouts are drawn")
+    exploration: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("none"),
+        help="off-policy exploration: the distribution the sampler draws each token from "
+        "(`none`: the policy's, on-policy)",
+    )
+    replay: ComponentConfig = setting(
+        factory=lambda: ComponentConfig("none"),
+        help="stored trajectories mixed into each batch (`none`: no replay)",
+    )
+    data: DataConfig = setting(factory=DataConfig, help="the training and evaluation prompts")
+    train: TrainConfig = setting(factory=TrainConfig, help="the training loop")
+    imports: list[str] = setting(
+        factory=list,
+        help="modules imported before the run is composed, so that the components they register "
+        "can be named in the sections above (as `gfnlm train --import MODULE`)",
+    )
 
 
 def _describe_error(error: OmegaConfBaseException) -> str:
@@ -296,7 +489,8 @@ def _overrides_layer(overrides: list[str]) -> Any:
 
 
 def _load_yaml(path: Path) -> Any:
-    """The config file as an OmegaConf mapping; a missing, unreadable or non-mapping file is one line."""
+    """The config file as an OmegaConf mapping; a missing, unreadable or non-mapping file is one
+    line."""
     if path.is_dir():
         raise ConfigError(f"config={str(path)!r}: is a directory, expected a YAML file")
     if not path.is_file():
