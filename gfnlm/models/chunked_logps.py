@@ -274,7 +274,8 @@ def output_layer_of(model: nn.Module) -> nn.Linear:
 @contextmanager
 def final_hidden_states(model: nn.Module) -> Iterator[list[Tensor]]:
     """Inside the block, every forward pass of ``model`` appends its decoder's output (the
-    normalised final hidden states ``[B, S, H]`` that the output layer reads) to the yielded list."""
+    normalised final hidden states ``[B, S, H]`` that the output layer reads) to the yielded
+    list."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     captured: list[Tensor] = []
 

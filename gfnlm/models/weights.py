@@ -77,7 +77,8 @@ def changing_weights(model: torch.nn.Module) -> set[str]:
         for name, param in model.named_parameters()
         if param.requires_grad
     ]
-    # the module two levels up from a weight (model.layers.3.self_attn from ….self_attn.q_proj.weight)
+    # the module two levels up from a weight
+    # (model.layers.3.self_attn from ….self_attn.q_proj.weight)
     parents = {name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else "" for name in changed}
     hf_names = {hf_parameter_name(name) for name in names if ".lora_" not in name}
     return {name for name in hf_names if any(name.startswith(parent) for parent in parents)}

@@ -31,9 +31,10 @@ from gfnlm.samplers.base import Sampler, check_sampling_settings
 @register("sampler", "hf")
 @attrs.define
 class HFSampler(Sampler):
-    """Ancestral sampling from the policy at an explicit temperature / top-p / min-p (top-k off), with
-    behaviour log-probs of the distribution actually sampled from. ``engine``: ``cached`` (our
-    KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same distribution.
+    """Ancestral sampling from the policy at an explicit temperature / top-p / min-p (top-k off),
+    with behaviour log-probs of the distribution actually sampled from. ``engine``: ``cached``
+    (our KV-cache loop, default) or ``generate`` (``model.generate``); both sample the same
+    distribution.
 
     Its ``behaviour_logp`` is always the exact sampling log-probability (taken after temperature,
     top-p and any exploration), so it provides ``exact_behaviour_logp``. The ``cached`` engine also
@@ -68,11 +69,13 @@ class HFSampler(Sampler):
         if self.engine == "cached":
             return {}
         return {
-            "behaviour_transform": "engine='generate' samples inside model.generate; use engine='cached'"
+            "behaviour_transform": "engine='generate' samples inside model.generate; "
+            "use engine='cached'"
         }
 
     def explore_with(self, exploration: Any) -> None:
-        """Draw every token from ``exploration.behaviour_log_probs`` of the policy's distribution."""
+        """Draw every token from ``exploration.behaviour_log_probs`` of the policy's
+        distribution."""
         self._exploration = exploration
 
     def __attrs_post_init__(self) -> None:

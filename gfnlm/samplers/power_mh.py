@@ -126,16 +126,17 @@ class PowerMHSampler(Sampler):
     """Block-wise MH power sampling from the policy's base model (an inference-time baseline).
 
     ``behaviour_logp`` of the returned rollouts holds ``log p_base`` per token (the chain's output
-    has no tractable sampling probability), so it never provides ``exact_behaviour_logp``: objectives
-    that importance-weight by it (``la_tb``, ``grpo``) are rejected with it. ``last_stats`` holds the
-    acceptance rate and token cost of the latest call.
+    has no tractable sampling probability), so it never provides ``exact_behaviour_logp``:
+    objectives that importance-weight by it (``la_tb``, ``grpo``) are rejected with it.
+    ``last_stats`` holds the acceptance rate and token cost of the latest call.
     """
 
     alpha: float = option(4.0, "α of the power distribution sampled by Metropolis–Hastings")
     max_new_tokens: int = option(24, "longest response (set from sampling.max_new_tokens)")
     block_size: int = option(
         0,
-        "tokens added per block before the MH steps (0: max_new_tokens / 16, the published 16 blocks)",
+        "tokens added per block before the MH steps "
+        "(0: max_new_tokens / 16, the published 16 blocks)",
     )
     mh_steps: int = option(10, "MH steps per block")
     seed: int = option(0, "seed of the sampler's own random numbers")
@@ -151,8 +152,8 @@ class PowerMHSampler(Sampler):
     def withheld(self) -> dict[str, str]:
         """Why this sampler offers neither exact behaviour log-probs nor an exploration hook."""
         return {
-            "exact_behaviour_logp": "its behaviour_logp holds log p_base, the MH chain's output has no "
-            "tractable sampling probability",
+            "exact_behaviour_logp": "its behaviour_logp holds log p_base, "
+            "the MH chain's output has no tractable sampling probability",
             "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha",
         }
 

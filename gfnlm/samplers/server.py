@@ -8,9 +8,9 @@ engine and says how to talk to it: its client and server classes, how a folder o
 adapter is loaded, and how rollouts and base scores are requested.
 
 Every HTTP call has one total deadline (``timeout_s``) and retries only what never reached the
-server; a dead, hung or wrong server is a one-line :class:`~gfnlm.serving.sglang_client.ServerError`.
-Options that need no model (the URL, the launch interpreter and its server package) are checked
-when the sampler is built, before the model loads.
+server; a dead, hung or wrong server is a one-line
+:class:`~gfnlm.serving.sglang_client.ServerError`. Options that need no model (the URL, the launch
+interpreter and its server package) are checked when the sampler is built, before the model loads.
 """
 
 import math
@@ -70,7 +70,8 @@ class ServerSampler(Sampler):
     url: str = option("", "a running server, e.g. http://127.0.0.1:30000 ('' with launch)")
     launch: dict[str, Any] | None = option(
         None,
-        "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) or cpu: true",
+        "start a server: LaunchConfig fields (python, args, env, port, startup_timeout_s) "
+        "or cpu: true",
     )
     weight_sync: str = option(
         "full", "how the policy reaches the server after each step: full, lora or none"
@@ -97,7 +98,8 @@ class ServerSampler(Sampler):
     )
     base_launch: dict[str, Any] | None = option(
         None,
-        "start a server with the frozen base weights for scores_base (options as launch; no adapter, no sync)",
+        "start a server with the frozen base weights for scores_base "
+        "(options as launch; no adapter, no sync)",
     )
     identity_tolerance: float = option(
         0.1, "largest mean |Δ log p| between server and policy on a probe before refusing"
@@ -117,7 +119,8 @@ class ServerSampler(Sampler):
     # Adapter names carry a tag drawn once per sampler (rank 0's, shared with the other ranks), so
     # that trainers sharing one server never load, name or unload each other's adapters.
     _lora_tag: str = attrs.field(default="", init=False, repr=False)
-    # None: no push of changed weights only has been checked yet; then whether the first was served right.
+    # None: no push of changed weights only has been checked yet; then whether the first was
+    # served right.
     _changed_only_ok: bool | None = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -132,7 +135,8 @@ class ServerSampler(Sampler):
         return frozenset({"response_text", "base_scores"}) | exact
 
     def withheld(self) -> dict[str, str]:
-        """Why ``exact_behaviour_logp`` may be missing, and why there is no ``behaviour_transform``."""
+        """Why ``exact_behaviour_logp`` may be missing, and why there is no
+        ``behaviour_transform``."""
         reasons = {
             "behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"
         }
@@ -158,20 +162,23 @@ class ServerSampler(Sampler):
             )
         if self.weights_dtype not in ("bfloat16", "float16", "float32"):
             raise ConfigError(
-                f"{OPTION}.weights_dtype={self.weights_dtype!r}: must be one of bfloat16, float16, float32"
+                f"{OPTION}.weights_dtype={self.weights_dtype!r}: "
+                "must be one of bfloat16, float16, float32"
             )
         for name in ("sync_every", "concurrency"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{OPTION}.{name}={getattr(self, name)!r}: must be >= 1")
         if not self.timeout_s > 0 or int(self.retries) < 0:
             raise ConfigError(
-                f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: need timeout_s > 0, retries >= 0"
+                f"{OPTION}.timeout_s={self.timeout_s!r}, retries={self.retries!r}: "
+                "need timeout_s > 0, retries >= 0"
             )
         check_sampling_settings(self.temperature, self.top_p, self.min_p)
         if self.base_launch is not None and (self.base_url or not self.scores_base):
             raise ConfigError(
                 f"{OPTION}.base_launch={self.base_launch!r}: starts a server for scores_base=true "
-                f"only, and not beside base_url (scores_base={self.scores_base}, base_url={self.base_url!r})"
+                "only, and not beside base_url "
+                f"(scores_base={self.scores_base}, base_url={self.base_url!r})"
             )
         if (
             self.scores_base
@@ -180,7 +187,8 @@ class ServerSampler(Sampler):
         ):
             raise ConfigError(
                 f"{OPTION}.scores_base=true with weight_sync=full: the server holds the policy's "
-                "weights, not the base model's; use weight_sync=lora, or give base_url or base_launch"
+                "weights, not the base model's; use weight_sync=lora, "
+                "or give base_url or base_launch"
             )
         # The interpreter and its server package are checked now, before the model loads.
         self._launch_config = self._checked_launch("launch", self.launch)
@@ -200,7 +208,8 @@ class ServerSampler(Sampler):
     def _new_server(
         self, model_path: str, launch: LaunchConfig, adapters: bool = True
     ) -> ManagedServer:
-        """A server of ``model_path``; ``adapters``: ready for this sampler's LoRA sync, if it has one."""
+        """A server of ``model_path``; ``adapters``: ready for this sampler's LoRA sync, if it has
+        one."""
         raise NotImplementedError
 
     def _new_client(self, url: str) -> ServerClient:
@@ -336,8 +345,8 @@ class ServerSampler(Sampler):
         except ServerError as error:
             self._changed_only_ok = False
             print(
-                f"gfnlm: {self.engine} server did not serve the policy after a push of its changing weights "
-                f"only ({error}); pushing all weights from now on",
+                f"gfnlm: {self.engine} server did not serve the policy after a push of its "
+                f"changing weights only ({error}); pushing all weights from now on",
                 file=sys.stderr,
                 flush=True,
             )
@@ -380,7 +389,8 @@ class ServerSampler(Sampler):
         self._retire(final)
 
     def _adapter_name(self, version: int) -> str:
-        """The name under which the adapter of policy version ``version`` is loaded on the server."""
+        """The name under which the adapter of policy version ``version`` is loaded on the
+        server."""
         return f"gfnlm-{self._lora_tag}-v{version}"
 
     def _push_lora(self, policy: Any, version: int) -> None:
@@ -400,7 +410,8 @@ class ServerSampler(Sampler):
         )
 
     def _check_base_weights(self, policy: Any) -> None:
-        """The base server's log-probs on a probe equal the local base model's (else: another model)."""
+        """The base server's log-probs on a probe equal the local base model's (else: another
+        model)."""
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
         with policy.base_model() as base:
             self._compare_probe(
@@ -450,7 +461,8 @@ class ServerSampler(Sampler):
 
 
 def _shared_tag() -> str:
-    """A short random tag, rank 0's on every rank under ``torch.distributed`` (a collective call)."""
+    """A short random tag, rank 0's on every rank under ``torch.distributed`` (a collective
+    call)."""
     import uuid
 
     tag = [uuid.uuid4().hex[:8]]

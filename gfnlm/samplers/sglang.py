@@ -13,11 +13,12 @@ the policy's.
   the recorded behaviour log-probs, so staleness is covered.
 * ``score_base``: the base model's log-probs from the server (teacher-forced ``/generate`` with
   ``logprob_start_len``), from a request without the adapter (``lora``) or from ``base_url``.
-* ``launch``: start the server itself (:mod:`gfnlm.serving.serve`), stopped on exit, errors and Ctrl-C.
+* ``launch``: start the server itself (:mod:`gfnlm.serving.serve`), stopped on exit, errors and
+  Ctrl-C.
 
 The options, the sync mechanics, the deadlines and the identity probe are the server samplers'
-(:mod:`gfnlm.samplers.server`); a dead, hung or wrong server (another tokenizer, other weights, another
-architecture) is a one-line :class:`~gfnlm.serving.sglang_client.ServerError`.
+(:mod:`gfnlm.samplers.server`); a dead, hung or wrong server (another tokenizer, other weights,
+another architecture) is a one-line :class:`~gfnlm.serving.sglang_client.ServerError`.
 """
 
 from collections.abc import Callable
@@ -44,14 +45,14 @@ class SGLangSampler(ServerSampler):
     """Ancestral sampling on a SGLang server (temperature / top-p, top-k and min-p off).
 
     Options (``sampling.sampler_options``): ``url`` of a running server, or ``launch`` to start one
-    (:class:`~gfnlm.serving.serve.LaunchConfig` fields ``python``, ``args``, ``env``, ``host``, ``port``,
-    ``startup_timeout_s``, plus ``cpu: true`` for the repository's CPU recipe in
+    (:class:`~gfnlm.serving.serve.LaunchConfig` fields ``python``, ``args``, ``env``, ``host``,
+    ``port``, ``startup_timeout_s``, plus ``cpu: true`` for the repository's CPU recipe in
     ``tools/sglang_cpu``); ``weight_sync``, ``sync_every``, ``sync_dir``, ``weights_dtype``;
     ``timeout_s``: the deadline of one whole HTTP call, retries included (default 120 s; a call
     waiting longer than 10 s prints a progress line every 10 s); ``retries``: extra attempts for
     requests that never reached the server (connection refused) or got 502/503/504 — a request
-    that timed out is never sent again; ``concurrency``; ``scores_base`` with ``base_url`` or ``base_launch``;
-    ``identity_tolerance``.
+    that timed out is never sent again; ``concurrency``; ``scores_base`` with ``base_url`` or
+    ``base_launch``; ``identity_tolerance``.
     """
 
     top_p: float = option(
@@ -203,7 +204,8 @@ class SGLangSampler(ServerSampler):
 
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's per-token (and EOS) log-probs of the responses, computed by the server
-        (no adapter, or ``base_url``): the same values as ``policy.score_base``, without a local pass."""
+        (no adapter, or ``base_url``): the same values as ``policy.score_base``, without a local
+        pass."""
         client = self._base_client or self._client
         requests = []
         for b in range(rollouts.batch_size):

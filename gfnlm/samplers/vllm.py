@@ -20,8 +20,8 @@ equal to the policy's.
   prompt + response, without the adapter, or on ``base_url`` or a ``base_launch`` server). vLLM's
   completions API has no per-prefix log-prob of a chosen token, so objectives that need the EOS
   log-prob at every prefix (``subtb``, ``db``) score the base model in the trainer instead.
-* ``launch``: start the server itself (:mod:`gfnlm.serving.vllm_serve`), stopped on exit, errors, Ctrl-C
-  and a ``kill -9`` of the trainer.
+* ``launch``: start the server itself (:mod:`gfnlm.serving.vllm_serve`), stopped on exit, errors,
+  Ctrl-C and a ``kill -9`` of the trainer.
 
 The options, the sync mechanics, the deadlines and the identity probe are the server samplers'
 (:mod:`gfnlm.samplers.server`); a dead, hung or wrong server (another tokenizer, other weights,
@@ -57,10 +57,11 @@ class VLLMSampler(ServerSampler):
     Options (``sampling.sampler_options``): ``url`` of a running server (started with
     ``--logprobs-mode processed_logprobs``; ``VLLM_SERVER_DEV_MODE=1`` for ``weight_sync: full``;
     ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` for ``weight_sync: lora``), or
-    ``launch`` to start one (:class:`~gfnlm.serving.serve.LaunchConfig` fields, plus ``cpu: true`` for the
-    repository's CPU recipe in ``tools/vllm_cpu``); ``weight_sync``, ``sync_every``, ``sync_dir``,
-    ``weights_dtype``; ``timeout_s`` (one whole HTTP call, retries included); ``retries``;
-    ``concurrency``; ``scores_base`` with ``base_url`` or ``base_launch``; ``identity_tolerance``.
+    ``launch`` to start one (:class:`~gfnlm.serving.serve.LaunchConfig` fields, plus ``cpu: true``
+    for the repository's CPU recipe in ``tools/vllm_cpu``); ``weight_sync``, ``sync_every``,
+    ``sync_dir``, ``weights_dtype``; ``timeout_s`` (one whole HTTP call, retries included);
+    ``retries``; ``concurrency``; ``scores_base`` with ``base_url`` or ``base_launch``;
+    ``identity_tolerance``.
     """
 
     engine = "vLLM"
@@ -69,8 +70,9 @@ class VLLMSampler(ServerSampler):
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
-        """Always: the server's log-probs are of the processed (temperature, min-p, top-p) distribution,
-        and a server that returns raw ones is refused at set-up where the two differ."""
+        """Always: the server's log-probs are of the processed (temperature, min-p, top-p)
+        distribution, and a server that returns raw ones is refused at set-up where the two
+        differ."""
         return True
 
     # ------------------------------------------------------------------ engine specifics
@@ -110,7 +112,8 @@ class VLLMSampler(ServerSampler):
 
     # ------------------------------------------------------------------ identity checks
     def setup(self, policy: Any) -> None:
-        """As every server sampler, then: the server's behaviour log-probs are the processed ones."""
+        """As every server sampler, then: the server's behaviour log-probs are the processed
+        ones."""
         super().setup(policy)
         try:
             with self._explained():
@@ -203,7 +206,8 @@ class VLLMSampler(ServerSampler):
         samples = [_sampled(choice) for choices in answers for choice in choices]
         if len(samples) != len(prompt_ids) * n:
             raise ServerError(
-                f"vLLM server {self.url} sent {len(samples)} samples for {len(prompt_ids)} prompts × {n}"
+                f"vLLM server {self.url} sent {len(samples)} samples for "
+                f"{len(prompt_ids)} prompts × {n}"
             )
         width = max(1, max(len(tokens) for tokens, _ in samples))
         generated = torch.full(
@@ -243,7 +247,8 @@ class VLLMSampler(ServerSampler):
 
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's per-token log-probs of the responses, computed by the server (no
-        adapter, or ``base_url``): the same values as ``policy.score_base``, without a local pass."""
+        adapter, or ``base_url``): the same values as ``policy.score_base``, without a local
+        pass."""
         if (
             need_eos_logp
         ):  # refused when the run is composed (scores_eos_logp); kept for direct callers
@@ -258,10 +263,10 @@ class VLLMSampler(ServerSampler):
             prompt = rollouts.prompt_ids[b][rollouts.prompt_mask[b]].tolist()
             response = rollouts.response_ids[b][rollouts.response_mask[b]].tolist()
             sequences.append((prompt + response, len(prompt)))
-        # vllm-cpu 0.32 started with --enable-lora kills its engine on a batch of several prompt-log-prob
-        # requests (a shape error in its CPU LoRA logits kernel), and whether a server has LoRA on is
-        # not visible from outside: these requests go one by one, except to a base server this
-        # sampler launched itself (base_launch, never with LoRA).
+        # vllm-cpu 0.32 started with --enable-lora kills its engine on a batch of several
+        # prompt-log-prob requests (a shape error in its CPU LoRA logits kernel), and whether a
+        # server has LoRA on is not visible from outside: these requests go one by one, except to
+        # a base server this sampler launched itself (base_launch, never with LoRA).
         concurrency = self.concurrency if self._base_server is not None else 1
         scored = self._map(
             lambda item: self._prompt_logp(client, item[0], item[1], False, "base scoring"),

@@ -1,6 +1,6 @@
-"""Launch an inference server process (SGLang here, vLLM in :mod:`gfnlm.serving.vllm_serve`) and guarantee
-it stops: on normal exit, on errors, on Ctrl-C, on SIGTERM, and (Linux) when this process dies
-without cleaning up.
+"""Launch an inference server process (SGLang here, vLLM in :mod:`gfnlm.serving.vllm_serve`) and
+guarantee it stops: on normal exit, on errors, on Ctrl-C, on SIGTERM, and (Linux) when this process
+dies without cleaning up.
 
 The server runs in its own process group, so stopping it stops its scheduler and detokenizer
 children too. On Linux a small supervisor leads that group and gets ``PR_SET_PDEATHSIG``: even a
@@ -84,9 +84,9 @@ os.killpg(0, signal.SIGKILL)
 class LaunchConfig:
     """How to start a server (``python -m sglang.launch_server``, or vLLM's OpenAI server).
 
-    ``python``: the interpreter that has the server's package (default: this one). ``args``: extra server flags
-    (e.g. ``--dtype bfloat16 --mem-fraction-static 0.8``). ``env``: extra environment variables.
-    ``startup_timeout_s``: how long to wait for ``/health``.
+    ``python``: the interpreter that has the server's package (default: this one). ``args``: extra
+    server flags (e.g. ``--dtype bfloat16 --mem-fraction-static 0.8``). ``env``: extra environment
+    variables. ``startup_timeout_s``: how long to wait for ``/health``.
     """
 
     python: str = sys.executable
@@ -114,8 +114,8 @@ def resolve_launch(
     hint: str = _SGLANG_HINT,
     recipe_name: str = "tools/sglang_cpu",
 ) -> LaunchConfig:
-    """A :class:`LaunchConfig` from user options (``LaunchConfig`` fields, plus ``cpu: true`` for the
-    CPU recipe), checked without starting anything. ``field(key)`` names an option in messages
+    """A :class:`LaunchConfig` from user options (``LaunchConfig`` fields, plus ``cpu: true`` for
+    the CPU recipe), checked without starting anything. ``field(key)`` names an option in messages
     (``sampling.sampler_options.launch.python``, ``--python``). ``module`` is the server's package
     the interpreter must have, ``recipe`` the CPU recipe's ``launch.py`` (default
     :data:`CPU_RECIPE`, SGLang's) and ``recipe_name`` its folder in the repository, ``hint`` how to

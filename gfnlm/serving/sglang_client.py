@@ -1,7 +1,7 @@
 """A small client for an inference server's HTTP API (:class:`ServerClient`: deadlines, retries,
 progress lines, one-line errors) and SGLang's native endpoints on top of it (:class:`SGLangClient`;
-vLLM's are in :mod:`gfnlm.serving.vllm_client`): the calls a rollout sampler needs, each under one total
-deadline, and every failure as one line naming the URL, the operation and the deadline.
+vLLM's are in :mod:`gfnlm.serving.vllm_client`): the calls a rollout sampler needs, each under one
+total deadline, and every failure as one line naming the URL, the operation and the deadline.
 
 Built on ``requests``: the standard, well-kept synchronous HTTP client, already a dependency of
 ``transformers``; requests run in a thread pool for concurrency, so no event loop leaks into the
@@ -143,7 +143,8 @@ class ServerClient:
         text: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """One call; the answer's JSON (``text``: its text, for endpoints that answer in plain text)."""
+        """One call; the answer's JSON (``text``: its text, for endpoints that answer in plain
+        text)."""
         deadline_s = self.timeout_s if timeout_s is None else float(timeout_s)
         where = f"{self.url}{endpoint}"
         with self._waits.track(where, operation, deadline_s):
@@ -151,7 +152,8 @@ class ServerClient:
         if response.status_code != 200:
             body = response.text.strip().replace("\n", " ")[:200]
             raise ServerError(
-                f"{self.engine} server {where} refused {operation}: HTTP {response.status_code} {body}"
+                f"{self.engine} server {where} refused {operation}: "
+                f"HTTP {response.status_code} {body}"
             )
         if text:
             return response.text
@@ -224,8 +226,8 @@ class ServerClient:
                     )
                 time.sleep(min(0.5, max(end - time.monotonic(), 0.0)))
         raise ServerError(
-            f"{self.engine} server {self.url}/health did not answer within the start-up deadline of "
-            f"{timeout_s:g} s (launch option startup_timeout_s)"
+            f"{self.engine} server {self.url}/health did not answer within the start-up "
+            f"deadline of {timeout_s:g} s (launch option startup_timeout_s)"
         )
 
 

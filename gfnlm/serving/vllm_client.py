@@ -1,6 +1,6 @@
 """A small client for the endpoints of a vLLM server that a rollout sampler needs, on the shared
-plumbing of :class:`~gfnlm.serving.sglang_client.ServerClient` (one total deadline per call, retries only
-for requests that never reached the server, progress lines, one-line errors).
+plumbing of :class:`~gfnlm.serving.sglang_client.ServerClient` (one total deadline per call,
+retries only for requests that never reached the server, progress lines, one-line errors).
 
 * ``/v1/completions`` (OpenAI-compatible) with token-id prompts, ``return_tokens_as_token_ids``
   and log-probs: rollouts, and the teacher-forced log-probs of a sequence (``prompt_logprobs``).
@@ -58,8 +58,8 @@ class VLLMClient(ServerClient):
         return sorted(choices, key=lambda choice: choice.get("index", 0))
 
     def load_lora_adapter(self, name: str, path: str) -> None:
-        """Load a PEFT adapter folder under ``name`` (then requests name it as their ``model``), replacing
-        an adapter of that name (another run's); the server answers in plain text."""
+        """Load a PEFT adapter folder under ``name`` (then requests name it as their ``model``),
+        replacing an adapter of that name (another run's); the server answers in plain text."""
         with _hint_on_404("start it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1"):
             self._request(
                 "POST",

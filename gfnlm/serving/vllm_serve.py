@@ -1,6 +1,7 @@
 """Launch a vLLM OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``) under
-the same supervision as SGLang's (:class:`~gfnlm.serving.serve.ManagedServer`: its own process group, a
-supervisor with a parent-death signal, so even a ``kill -9`` of the trainer leaves no process).
+the same supervision as SGLang's (:class:`~gfnlm.serving.serve.ManagedServer`: its own process
+group, a supervisor with a parent-death signal, so even a ``kill -9`` of the trainer leaves no
+process).
 
 A launched server always gets what the ``vllm`` sampler relies on: ``--logprobs-mode
 processed_logprobs`` (log-probs of the distribution actually sampled from, after temperature and
@@ -35,8 +36,8 @@ LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 
 
 def resolve_vllm_launch(options: Mapping[str, Any], field: Callable[[str], str]) -> LaunchConfig:
-    """:func:`~gfnlm.serving.serve.resolve_launch` for vLLM: the interpreter must have ``vllm``; ``cpu: true``
-    applies ``tools/vllm_cpu``."""
+    """:func:`~gfnlm.serving.serve.resolve_launch` for vLLM: the interpreter must have ``vllm``;
+    ``cpu: true`` applies ``tools/vllm_cpu``."""
     return resolve_launch(
         options,
         field,

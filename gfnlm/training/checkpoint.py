@@ -6,12 +6,14 @@ Layout of a run directory::
       config.yaml              resolved config of the run
       checkpoints/
         step_000010/           one complete checkpoint (written as .tmp-*, then renamed)
-          policy.safetensors   trainable weights (the LoRA adapter, or all weights): what resume reads
+          policy.safetensors   trainable weights (the LoRA adapter, or all weights): what resume
+                               reads
           state.pt             log Z, optimiser, RNG states, step (tensors and plain types only)
           config.yaml
           adapter/             LoRA runs: the adapter in PEFT's format (adapter_config.json,
                                adapter_model.safetensors), for PeftModel.from_pretrained
-          manifest.json        the step, each file's size and SHA-256 (adapter/ files included), written last
+          manifest.json        the step, each file's size and SHA-256 (adapter/ files included),
+                               written last
         step_000010-1/         a second save of step 10 (never over the first one)
         latest                 name of the newest complete checkpoint (replaced atomically)
 
@@ -146,7 +148,8 @@ def _candidates(checkpoints_dir: Path) -> list[Path]:
 
 
 def _fresh_name(checkpoints_dir: Path, step: int) -> Path:
-    """``step_NNNNNN``, or ``step_NNNNNN-k`` when that step was saved before: never an existing name."""
+    """``step_NNNNNN``, or ``step_NNNNNN-k`` when that step was saved before: never an existing
+    name."""
     final = checkpoints_dir / f"step_{step:06d}"
     generation = 0
     while final.exists():
@@ -206,8 +209,9 @@ def save_checkpoint(
     prune to the newest ``keep`` (never the one ``latest`` names). Non-finite weights are refused.
 
     ``extra_files(folder)``, when given, writes more files into the checkpoint's temporary folder
-    (e.g. :meth:`~gfnlm.training.policy.CausalLMPolicy.adapter_writer`'s PEFT adapter under ``adapter/``);
-    they are listed in the manifest and appear with the rest of the checkpoint, or not at all."""
+    (e.g. :meth:`~gfnlm.training.policy.CausalLMPolicy.adapter_writer`'s PEFT adapter under
+    ``adapter/``); they are listed in the manifest and appear with the rest of the checkpoint, or
+    not at all."""
     bad = non_finite_tensors(policy_state) + non_finite_tensors(state.get("logz") or {}, "logz")
     if bad:
         raise CheckpointError(
@@ -263,9 +267,9 @@ def _write_files(
     (folder / MANIFEST).write_text(json.dumps(manifest))
     _fsync_file(folder / MANIFEST)
     for sub in sorted({(folder / name).parent for name in names} - {folder}):
-        _fsync_dir(
-            sub
-        )  # the entries of the extra files' folders (the checkpoints folder is synced after the rename)
+        # the entries of the extra files' folders (the checkpoints folder is synced after the
+        # rename)
+        _fsync_dir(sub)
 
 
 def remove_stale_temporaries(checkpoints_dir: Path) -> None:
@@ -378,8 +382,8 @@ def check_manifest(
 
 def adapter_folder(path: Path) -> Path | None:
     """The checkpoint's PEFT adapter folder (``adapter/``, LoRA runs), its files checked against
-    the manifest; ``None`` when the checkpoint has none (a full fine-tuning run, or a checkpoint
-    written before adapters were saved)."""
+    the manifest; ``None`` when the checkpoint has none (a full fine-tuning run, or a LoRA
+    checkpoint saved without ``adapter/``)."""
     prefix = f"{ADAPTER_DIR}/"
     names = tuple(name for name in _manifest(path)["files"] if name.startswith(prefix))
     if not names:
@@ -419,7 +423,8 @@ def _first_line(error: BaseException) -> str:
 
 @attrs.frozen
 class ResumePoint:
-    """A loaded checkpoint to resume from, and the line that says why it is not ``latest`` (if so)."""
+    """A loaded checkpoint to resume from, and the line that says why it is not ``latest`` (if
+    so)."""
 
     path: Path
     policy_state: dict[str, torch.Tensor]
@@ -434,7 +439,10 @@ def find_resume_point(checkpoints_dir: Path) -> ResumePoint | None:
     name = _read_latest_name(checkpoints_dir)
     problem = f"{checkpoints_dir / LATEST} is missing"
     if name is not None and _foreign_latest(name):
-        problem = f"{checkpoints_dir / LATEST} names {name[:200]!r}, which is not a checkpoint of this run"
+        problem = (
+            f"{checkpoints_dir / LATEST} names {name[:200]!r}, "
+            "which is not a checkpoint of this run"
+        )
         name = None
     elif name is not None:
         pointed = checkpoints_dir / name
@@ -511,7 +519,8 @@ def open_run(run: str, step: int | None = None, field: str = "--run") -> OpenedR
     config_file = point.path / CONFIG_FILE if (point.path / CONFIG_FILE).is_file() else run_config
     if not config_file.is_file():
         raise InputError(
-            f"{field}={run!r}: {str(point.path)!r} has no {CONFIG_FILE} and the run no {CONFIG_FILE}"
+            f"{field}={run!r}: {str(point.path)!r} has no {CONFIG_FILE} "
+            f"and the run no {CONFIG_FILE}"
         )
     return OpenedRun(point.path, point.policy_state, point.state, config_file, point.note)
 
@@ -553,7 +562,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> Self:
-        """Take the lock (creating the folder); raise :class:`RunInUseError` when another process has it."""
+        """Take the lock (creating the folder); raise :class:`RunInUseError` when another process
+        has it."""
         self.created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(
@@ -578,7 +588,8 @@ class RunLock:
         return self._fd is not None
 
     def release(self) -> None:
-        """Give the lock back (idempotent); exiting the process, or dropping this object, does the same."""
+        """Give the lock back (idempotent); exiting the process, or dropping this object, does the
+        same."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

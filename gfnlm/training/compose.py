@@ -35,7 +35,8 @@ class Components:
             "sampler": self.sampler,
             "task": self.task,
         }
-        # exploration/replay take part only when they do something (``none`` needs and offers nothing)
+        # exploration/replay take part only when they do something (``none`` needs and offers
+        # nothing)
         if self.exploration is not None and self.exploration.changes_sampling:
             roles["exploration"] = self.exploration
         if self.replay is not None and self.replay.active:
@@ -105,9 +106,9 @@ def compose(
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
     if sampling.async_rollouts and not sampler.overlaps_training:
         raise ConfigError(
-            f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: this sampler "
-            "draws with the policy being trained, in the trainer's process, so it cannot sample "
-            "while the trainer updates; allowed: a server sampler (sglang, vllm) or "
+            f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: "
+            "this sampler draws with the policy being trained, in the trainer's process, so it "
+            "cannot sample while the trainer updates; allowed: a server sampler (sglang, vllm) or "
             "sampling.async_rollouts=false"
         )
     if sampler.scores_base and components.base_needs_eos_logp and not sampler.scores_eos_logp:
@@ -123,7 +124,8 @@ def compose(
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:
-    """The model folder's ``config.json`` (its hidden size and context length, read without the weights)."""
+    """The model folder's ``config.json`` (its hidden size and context length, read without the
+    weights)."""
     try:
         return json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as error:

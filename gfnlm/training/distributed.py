@@ -71,7 +71,8 @@ def all_gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def reduce_metrics(
     metrics: dict[str, float], world: World, device: torch.device
 ) -> dict[str, float]:
-    """Scalar metrics of every rank combined: ``*/min`` by min, ``*/max`` by max, the rest by mean."""
+    """Scalar metrics of every rank combined: ``*/min`` by min, ``*/max`` by max, the rest by
+    mean."""
     if not world.distributed:
         return metrics
     keys = sorted(metrics)
@@ -127,8 +128,8 @@ def shard_fsdp2(module: torch.nn.Module) -> torch.nn.Module:
 def parallelize(
     module: torch.nn.Module, world: World, parallel: str, device: torch.device
 ) -> torch.nn.Module:
-    """DDP or FSDP2 (``parallel``) around ``module`` when run by ``torchrun`` with several processes;
-    the module itself in one process."""
+    """DDP or FSDP2 (``parallel``) around ``module`` when run by ``torchrun`` with several
+    processes; the module itself in one process."""
     if not world.distributed:
         return module
     if parallel == "fsdp2":

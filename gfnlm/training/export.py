@@ -4,9 +4,9 @@
   the full weights of a full fine-tuning run; ``config.json``, ``generation_config.json`` when the
   base model has one, the tokenizer files and chat template) that ``AutoModelForCausalLM`` /
   ``AutoTokenizer.from_pretrained``, SGLang and vLLM load like any model folder.
-* ``adapter``: the PEFT adapter folder alone (``adapter_config.json``, ``adapter_model.safetensors``)
-  for ``PeftModel.from_pretrained(base_model, folder)`` (LoRA runs only). Copied from the
-  checkpoint's ``adapter/`` when it has one; checkpoints written before adapters were saved get it
+* ``adapter``: the PEFT adapter folder alone (``adapter_config.json``,
+  ``adapter_model.safetensors``) for ``PeftModel.from_pretrained(base_model, folder)`` (LoRA runs
+  only). Copied from the checkpoint's ``adapter/`` when it has one; a checkpoint without one gets it
   rebuilt from ``policy.safetensors``.
 
 Every input is checked before any model loads: the run and its checkpoint, ``--step``, the output
@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KINDS = ("merged", "adapter")
-# LoRA on these modules cannot be merged into a model whose output layer shares the embedding matrix.
+# LoRA on these modules cannot be merged into a model whose output layer shares the embedding
+# matrix.
 _TIED_MODULES = ("lm_head", "embed_tokens")
 # renameat2(2): <fcntl.h> and <linux/fs.h>.
 AT_FDCWD = -100
@@ -253,7 +254,8 @@ def remove_dead_leftovers(out: Path) -> None:
             try:
                 entry.unlink(missing_ok=True)
             except OSError:
-                pass  # as rmtree's ignore_errors: a leftover that cannot go does not stop the export
+                # as rmtree's ignore_errors: a leftover that cannot go does not stop the export
+                pass
 
 
 # ---------------------------------------------------------------------- writing and publishing
@@ -431,7 +433,8 @@ def _sync_published(out: Path) -> None:
 
 def _usual_permissions(folder: Path) -> None:
     """The permissions a plain ``mkdir`` / file write would give (temporary folders and safetensors
-    files are private, 0700 / 0600), so that a server running as another user can read the export."""
+    files are private, 0700 / 0600), so that a server running as another user can read the
+    export."""
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
@@ -571,9 +574,9 @@ def export_checkpoint(
     check_not_inside(path, flag, model_dir, source.path)
     if kind == "merged" and model.lora and _lora_on_tied_weights(model_dir, model.lora_targets):
         raise ConfigError(
-            f"--merged: model.lora_targets={list(model.lora_targets)} adapts the embedding or output "
-            f"layer, which {str(model_dir)!r} ties together: merged weights cannot hold that adapter; "
-            "export it with --adapter"
+            f"--merged: model.lora_targets={list(model.lora_targets)} adapts the embedding or "
+            f"output layer, which {str(model_dir)!r} ties together: merged weights cannot hold "
+            "that adapter; export it with --adapter"
         )
     adapter = checkpoint.adapter_folder(source.path) if kind == "adapter" else None
     torch_dtype = DTYPES[dtype] if dtype is not None else None
@@ -596,7 +599,11 @@ def export_checkpoint(
         raise
     write_atomically(path, flag, write, staging)
     if kind == "merged":
-        what = f"merged model ({f'LoRA merged into {model_dir}' if model.lora else 'all weights'}, {dtype or 'float32'})"
+        what = (
+            "merged model ("
+            f"{f'LoRA merged into {model_dir}' if model.lora else 'all weights'}, "
+            f"{dtype or 'float32'})"
+        )
     else:
         what = f"PEFT adapter (base model {model_dir})"
     return f"wrote the {what} of checkpoint {str(source.path)!r} to {str(path)!r}"

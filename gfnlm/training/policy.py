@@ -1,5 +1,6 @@
-"""A Hugging Face causal LM as a policy: one forward pass → :class:`~gfnlm.contracts.types.PolicyEval`, and
-the base model's log-probs (adapter disabled, or a frozen copy) → :class:`SequenceLogProbs`.
+"""A Hugging Face causal LM as a policy: one forward pass →
+:class:`~gfnlm.contracts.types.PolicyEval`, and the base model's log-probs (adapter disabled, or a
+frozen copy) → :class:`SequenceLogProbs`.
 
 Log-probs are computed only at the ``T+1`` positions that predict response tokens, so the output
 layer never runs over the prompt. By default (``model.logp_chunk_size`` > 0) the final hidden states
@@ -59,7 +60,8 @@ class CausalLMPolicy(nn.Module):
     ) -> None:
         """``keep_base=False``: without LoRA, no frozen copy of the base model is made (half the
         memory; :meth:`base_model` and :meth:`score_base` are then unavailable), e.g. for export.
-        ``entropy_grad`` and ``token_statistics``: see :meth:`evaluate` (what an objective requires)."""
+        ``entropy_grad`` and ``token_statistics``: see :meth:`evaluate` (what an objective
+        requires)."""
         super().__init__()
         self.config = config
         self.device = device
@@ -93,7 +95,8 @@ class CausalLMPolicy(nn.Module):
         # Decode max_new_tokens steps on every row (FSDP2: every rank must run the same passes).
         self.synced_decoding = False
         # Keep the graph of PolicyEval.entropy (the "entropy_grad" capability, for objectives that
-        # minimise it); off by default, where entropy is a no-grad statistic for logging and rewards.
+        # minimise it); off by default, where entropy is a no-grad statistic for logging and
+        # rewards.
         self.entropy_grad = entropy_grad
         # Entropy and self-certainty at every response position (e.g. for a reward made of them);
         # off by default, where the chunked path estimates the logged entropy from a subsample.
@@ -107,7 +110,8 @@ class CausalLMPolicy(nn.Module):
     def from_config(
         cls, config: ModelConfig, model_dir: Path, device: torch.device, **options: bool
     ) -> "CausalLMPolicy":
-        """Load the folder's weights (fp32) and wrap them as configured (``options``: see ``__init__``)."""
+        """Load the folder's weights (fp32) and wrap them as configured (``options``: see
+        ``__init__``)."""
         tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         return cls(model, tokenizer, config, device, **options)
@@ -152,9 +156,9 @@ class CausalLMPolicy(nn.Module):
         self, state: dict[str, Tensor] | None = None
     ) -> Callable[[Path], None] | None:
         """With LoRA, a function that writes the adapter in PEFT's format into ``folder/adapter``
-        (``extra_files`` of :func:`gfnlm.training.checkpoint.save_checkpoint`); ``None`` without LoRA.
-        ``state`` is :meth:`trainable_state_dict`'s result when the caller has it (already gathered
-        under FSDP2, so only rank 0 needs to write)."""
+        (``extra_files`` of :func:`gfnlm.training.checkpoint.save_checkpoint`); ``None`` without
+        LoRA. ``state`` is :meth:`trainable_state_dict`'s result when the caller has it (already
+        gathered under FSDP2, so only rank 0 needs to write)."""
         if not isinstance(self.model, PeftModel):
             return None
         return lambda folder: self.save_adapter(Path(folder) / ADAPTER_DIR, state)
@@ -162,9 +166,10 @@ class CausalLMPolicy(nn.Module):
     def save_adapter(
         self, folder: Path, state: dict[str, Tensor] | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        """Write the LoRA adapter as ``PeftModel.save_pretrained`` does (``adapter_config.json`` and
-        ``adapter_model.safetensors``; no model card), loadable with ``PeftModel.from_pretrained(base,
-        folder)``. ``state``: the trainable tensors (default: the policy's own); ``dtype``: cast them."""
+        """Write the LoRA adapter as ``PeftModel.save_pretrained`` does (``adapter_config.json``
+        and ``adapter_model.safetensors``; no model card), loadable with
+        ``PeftModel.from_pretrained(base, folder)``. ``state``: the trainable tensors (default: the
+        policy's own); ``dtype``: cast them."""
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -552,7 +557,8 @@ def _full_sequence_logits(
 def _final_hidden_if(
     model: nn.Module, capture: bool
 ) -> contextlib.AbstractContextManager[list[Tensor]]:
-    """:func:`~gfnlm.models.chunked_logps.final_hidden_states` when ``capture``, else an unused list."""
+    """:func:`~gfnlm.models.chunked_logps.final_hidden_states` when ``capture``, else an unused
+    list."""
     return final_hidden_states(model) if capture else contextlib.nullcontext([])
 
 
@@ -599,7 +605,8 @@ class TrainableModule(torch.nn.Module):
     def forward(
         self, rollouts: Rollouts, need_prompt_hidden: bool
     ) -> tuple[Any, torch.Tensor | None]:
-        """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without log Z)."""
+        """The policy's evaluation of ``rollouts`` and log Z of their prompts (``None`` without
+        log Z)."""
         evaluation = self.policy.evaluate(rollouts, need_prompt_hidden=need_prompt_hidden)
         log_z = (
             None

@@ -40,7 +40,8 @@ class RolloutPrefetch:
         self._pending = self._pool.submit(self.sampler.sample, prompts, n)
 
     def take(self) -> Rollouts | None:
-        """The batch in flight once drawn (its errors are raised here), or None when there is none."""
+        """The batch in flight once drawn (its errors are raised here), or None when there is
+        none."""
         pending, self._pending = self._pending, None
         return None if pending is None else pending.result()
 

@@ -1,8 +1,8 @@
 """The training loop: sample → score target → minibatch updates → log → checkpoint.
 
-Each step draws ``prompts_per_step`` prompts, ``samples_per_prompt`` responses each, scores them with
-ONE base forward pass, then makes ``updates_per_batch`` passes over the batch in minibatches (one
-policy forward + backward + optimiser step each; the objective's importance weights cover the
+Each step draws ``prompts_per_step`` prompts, ``samples_per_prompt`` responses each, scores them
+with ONE base forward pass, then makes ``updates_per_batch`` passes over the batch in minibatches
+(one policy forward + backward + optimiser step each; the objective's importance weights cover the
 policy having moved since sampling). Everything that touches files or devices lives here.
 """
 
@@ -93,7 +93,8 @@ class Trainer:
             self._set_up(config)
         except BaseException:
             if self.run_lock is not None:
-                self.run_lock.abandon()  # a Trainer that failed to build neither holds nor leaves the folder
+                # a Trainer that failed to build neither holds nor leaves the folder
+                self.run_lock.abandon()
             raise
 
     def _set_up(self, config: RunConfig) -> None:
@@ -129,7 +130,8 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
         # Replay draws from its own stream: the prompt stream must stay identical on every rank,
-        # and each rank's buffer differs. (The buffer is not checkpointed: a resumed run refills it.)
+        # and each rank's buffer differs. (The buffer is not checkpointed: a resumed run refills
+        # it.)
         self.replay_rng = torch.Generator().manual_seed(
             config.train.seed + 7919 * self.world.rank + 1
         )
@@ -220,7 +222,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
             if self.run_lock is not None:
-                self.run_lock.release()  # the run is over: eval/resume/another train may use the folder
+                # the run is over: eval/resume/another train may use the folder
+                self.run_lock.release()
         return results
 
     def train_step(self) -> dict[str, float]:
@@ -408,8 +411,9 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write an atomic checkpoint of the current step (rank 0; every rank takes part in gathering
-        sharded tensors). A step already saved and unchanged since is not written again."""
+        """Write an atomic checkpoint of the current step (rank 0; every rank takes part in
+        gathering sharded tensors). A step already saved and unchanged since is not written
+        again."""
         if self._saved_step == self.step:
             return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
@@ -437,7 +441,8 @@ class Trainer:
         if point is None:
             return False
         if point.note and self.world.is_main:
-            # Repair latest, so the next save's pruning and messages start from a loadable checkpoint.
+            # Repair latest, so the next save's pruning and messages start from a loadable
+            # checkpoint.
             checkpoint.point_latest_at(self.checkpoints_dir, point.path)
             print(f"gfnlm: {point.note}; latest now names it", file=sys.stderr, flush=True)
         state = point.state
