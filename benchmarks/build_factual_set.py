@@ -2,7 +2,8 @@
 
 For every candidate in ``gfnlm/data/factual_candidates.jsonl`` (written by hand: question plus
 accepted answers) this script measures, with the real model and the task's prompt format
-(:func:`gfnlm.tasks.prompt_files.format_prompt`) and checker (:func:`gfnlm.tasks.factual_answers.is_correct`):
+(:func:`gfnlm.tasks.prompt_files.format_prompt`) and checker
+(:func:`gfnlm.tasks.factual_answers.is_correct`):
 
 * greedy correctness (one greedy answer), and
 * accuracy at temperature 1 over ``--samples`` samples (pure ancestral sampling: no top-k/top-p).

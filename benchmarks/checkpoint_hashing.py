@@ -116,15 +116,17 @@ def measure(case: str, weights: dict[str, torch.Tensor], rounds: int, root: Path
             shutil.rmtree(folder, ignore_errors=True)
     megabytes = sum(sizes.values()) / 1e6
     print(
-        f"\n{case}: {megabytes:.1f} MB per checkpoint ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())})"
+        f"\n{case}: {megabytes:.1f} MB per checkpoint "
+        f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())})"
     )
     for what in ("save", "load"):
         with_hash, without = times[(what, True)], times[(what, False)]
         ratios = [a / b for a, b in zip(with_hash, without, strict=True)]
         print(
-            f"  {what}: {statistics.median(with_hash):.3f} s with SHA-256 ({min(with_hash):.3f}-{max(with_hash):.3f}), "
-            f"{statistics.median(without):.3f} s without ({min(without):.3f}-{max(without):.3f}); "
-            f"paired ratio {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            f"  {what}: {statistics.median(with_hash):.3f} s with SHA-256 "
+            f"({min(with_hash):.3f}-{max(with_hash):.3f}), {statistics.median(without):.3f} s "
+            f"without ({min(without):.3f}-{max(without):.3f}); paired ratio "
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         )
 
 
@@ -139,8 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.rounds} rounds, seed 0"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {args.rounds} rounds, seed 0"
     )
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         measure(

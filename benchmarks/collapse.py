@@ -5,9 +5,10 @@ scale, when a model is fine-tuned on its own *sharpened* outputs: the answers it
 temperature become what it gives at T = 1. :func:`self_distill` does exactly that:
 
 1. sample ``samples`` answers to each training prompt from the model at ``temperature`` (< 1);
-2. fine-tune the model (LoRA on the attention projections, or all weights) on them by maximum likelihood: the mean negative
-   log-likelihood per response token (EOS included where an answer ended), ``epochs`` passes
-   over the answers in minibatches of ``batch_prompts`` prompts' answers, AdamW at ``lr``.
+2. fine-tune the model (LoRA on the attention projections, or all weights) on them by maximum
+   likelihood: the mean negative log-likelihood per response token (EOS included where an answer
+   ended), ``epochs`` passes over the answers in minibatches of ``batch_prompts`` prompts'
+   answers, AdamW at ``lr``.
 
 :func:`collapse_model` runs it from a model folder and writes the result as an ordinary Hugging Face
 folder (the adapter merged in), which ``model.path=FOLDER`` and ``gfnlm eval --model FOLDER`` load.
@@ -103,9 +104,9 @@ def collapse_model(
     progress: bool = True,
 ) -> Path:
     """Self-distil the model at ``model_path`` (a folder or ``smollm2``) on the prompts of
-    ``prompt_file`` (a file or a bundled set, e.g. ``creative_train``), merge the LoRA adapter (if any) and
-    write a Hugging Face folder to ``out`` (with ``collapse.json``: the options and the losses).
-    An existing finished folder is returned as it is."""
+    ``prompt_file`` (a file or a bundled set, e.g. ``creative_train``), merge the LoRA adapter (if
+    any) and write a Hugging Face folder to ``out`` (with ``collapse.json``: the options and the
+    losses). An existing finished folder is returned as it is."""
     from gfnlm.contracts.registry import build
     from gfnlm.models.loading import resolve_model_path
     from gfnlm.tasks.prompts import PromptSet

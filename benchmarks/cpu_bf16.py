@@ -6,8 +6,8 @@ CPU), and the default PowerFlow step's parts (HF sampling, base pass, update) in
 float32). The trainer computes in float32 on CPU by default; this measures what it leaves on the
 table where the CPU has native bfloat16 (AVX512-BF16 or AMX).
 
-    python benchmarks/cpu_bf16.py                # 4 steps each (the first is a warm-up), ≤ 48 new tokens
-    python benchmarks/cpu_bf16.py --steps 0      # the matrix products only (seconds)
+    python benchmarks/cpu_bf16.py            # 4 steps each (the first a warm-up), ≤ 48 new tokens
+    python benchmarks/cpu_bf16.py --steps 0  # the matrix products only (seconds)
 """
 
 import argparse
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for m, k, n in SHAPES:
         fp32, bf16 = gflops(m, k, n, torch.float32), gflops(m, k, n, torch.bfloat16)
         print(
-            f"matmul {m}x{k}x{n}: float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s ({bf16 / fp32:.2f}x)",
+            f"matmul {m}x{k}x{n}: float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s "
+            f"({bf16 / fp32:.2f}x)",
             flush=True,
         )
     for batch in (16, 64):
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {name: step_parts(name, args.steps, args.max_new_tokens) for name in PRECISIONS}
     print(
-        f"\nDefault PowerFlow step (HF sampler, 4 prompts x 4 samples, <= {args.max_new_tokens} new tokens), "
-        f"seconds, median (min-max) of {args.steps} steps, torch seeds 1-{args.steps}:"
+        f"\nDefault PowerFlow step (HF sampler, 4 prompts x 4 samples, <= {args.max_new_tokens} "
+        f"new tokens), seconds, median (min-max) of {args.steps} steps, torch seeds 1-{args.steps}:"
     )
     print("| precision | step | sample | base score | update |\n|---|---|---|---|---|")
     for name, parts in results.items():

@@ -23,12 +23,13 @@ diversity, like the paper's Pareto figure); and the table between the ``creativi
     nice -n 10 python benchmarks/creativity.py [--seeds 0 1 2] [--jobs 2] [--samples 4]
 
 ``--collapsed`` runs the same comparison on a *mode-collapsed* instruct model, made first (once,
-cached under the gfnlm cache) by ``benchmarks/collapse.py``: SmolLM2-135M-Instruct self-distilled on its
-own T = 0.3 answers to the ``creative_train`` prompts. Its configurations: the original instruct
-model at T = 1 (to show the diversity drop), the collapsed model at T = 1, at high temperature,
-with top-p and with **min-p**, and PowerFlow α = 0.75 / 0.5 trained from the collapsed model with a
-larger budget (``COLLAPSED_TRAINING``). Outputs go to ``benchmarks/out/creativity_collapsed/``,
-``docs/results/creativity_collapsed.{csv,png}`` and the ``creativity_collapsed`` markers.
+cached under the gfnlm cache) by ``benchmarks/collapse.py``: SmolLM2-135M-Instruct self-distilled
+on its own T = 0.3 answers to the ``creative_train`` prompts. Its configurations: the original
+instruct model at T = 1 (to show the diversity drop), the collapsed model at T = 1, at high
+temperature, with top-p and with **min-p**, and PowerFlow α = 0.75 / 0.5 trained from the collapsed
+model with a larger budget (``COLLAPSED_TRAINING``). Outputs go to
+``benchmarks/out/creativity_collapsed/``, ``docs/results/creativity_collapsed.{csv,png}`` and the
+``creativity_collapsed`` markers.
 
     nice -n 10 python benchmarks/creativity.py --collapsed [--seeds 0 1 2] [--jobs 2]
 """
@@ -319,18 +320,20 @@ def estimate_summary(seeds: list[int]) -> str:
             mean_std(values["fluency"]),
         )
         parts.append(
-            f"p^{alpha:g}: diversity {div:.3f} ± {div_sd:.3f}, fluency {flu:.2f} ± {flu_sd:.2f}, effective "
-            f"samples per prompt {statistics.median(values['ess_median']):.1f} (median), "
+            f"p^{alpha:g}: diversity {div:.3f} ± {div_sd:.3f}, fluency {flu:.2f} ± {flu_sd:.2f}, "
+            f"effective samples per prompt {statistics.median(values['ess_median']):.1f} (median), "
             f"{min(values['ess_min']):.1f} (min) of {ESTIMATE_SAMPLES}"
         )
     if not parts:
         return ""
     return (
-        f"\nExact targets estimated without training ({ESTIMATE_SAMPLES} samples per prompt of the suite's model at "
-        f"T = 1, importance-weighted, {len(next(iter(found.values()))['fluency'])} seeds): "
+        f"\nExact targets estimated without training ({ESTIMATE_SAMPLES} samples per prompt of the "
+        "suite's model at T = 1, importance-weighted, "
+        f"{len(next(iter(found.values()))['fluency'])} seeds): "
         + "; ".join(parts)
-        + ". Where the effective samples are 1-2 of the drawn ones, one response carries each prompt's estimate "
-        "(and different α pick the same response): such numbers do not locate the targets.\n"
+        + ". Where the effective samples are 1-2 of the drawn ones, one response carries each "
+        "prompt's estimate (and different α pick the same response): such numbers do not "
+        "locate the targets.\n"
     )
 
 
@@ -448,7 +451,8 @@ def main() -> int:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: tabulate and plot the evaluations already under benchmarks/out/creativity",
+        help="run nothing: tabulate and plot the evaluations already under "
+        "benchmarks/out/creativity",
     )
     parser.add_argument(
         "overrides", nargs="*", help="extra key=value for the training runs (smoke tests)"
@@ -497,8 +501,8 @@ def main() -> int:
     table = markdown_table(results) + estimate_summary(args.seeds)
     wall = (time.perf_counter() - started) / 60
     print(
-        f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, k={args.samples}, "
-        f"<= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n"
+        f"\n{len(order)} jobs run, {wall:.1f} min wall; held-out prompts: {prompts}, "
+        f"k={args.samples}, <= {max_new_tokens} new tokens; mean ± std over seeds {args.seeds}\n"
     )
     print(table)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -248,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(args.out / "exact_matching_runs.csv", [r.as_row() for r in reports])
     write_csv(args.out / "exact_matching_summary.csv", rows)
     print(
-        f"wrote {args.out / 'exact_matching_runs.csv'} and {args.out / 'exact_matching_summary.csv'}"
+        f"wrote {args.out / 'exact_matching_runs.csv'} and "
+        f"{args.out / 'exact_matching_summary.csv'}"
     )
     return 0 if not failed else 1
 

@@ -7,13 +7,14 @@ bases (logit scale uniform in [1, 2.5], each its own seed) — a group is one mu
 of the exact checker (one prompt per base, a per-prompt ``table`` log Z), so its bases train in one
 vectorised run and every setting is still checked on its own. V is drawn first, then L up to the
 longest with at most ``--max-responses`` responses for that V (L <= 8 for V = 2, <= 4 for V = 6): a
-tabular policy cannot be taught thousands of nearly equal masses from a few hundred thousand samples.
+tabular policy cannot be taught thousands of nearly equal masses from a few hundred thousand
+samples.
 
-For each group × objective (``tb``, ``tb_token``, ``la_tb``, ``subtb``, ``db``) × mode (``on-policy``;
-``explore``: ``tempered`` exploration at T = ``--temperature`` plus ``reward_prioritised`` replay) one
-``train_exact`` run; every setting's TV to the objective's own fixed point is read from it. The
-table gives per objective and mode the worst and median TV over the settings and the share within
-``--goal`` (0.05).
+For each group × objective (``tb``, ``tb_token``, ``la_tb``, ``subtb``, ``db``) × mode
+(``on-policy``; ``explore``: ``tempered`` exploration at T = ``--temperature`` plus
+``reward_prioritised`` replay) one ``train_exact`` run; every setting's TV to the objective's own
+fixed point is read from it. The table gives per objective and mode the worst and median TV over
+the settings and the share within ``--goal`` (0.05).
 
 The second table (``--per-token``) compares, per setting, the TV to p^α of token sampling at
 T = 1/α (exact), of the trained TB policy (both modes, exact) and of the MH power sampler
@@ -204,7 +205,8 @@ def exploration_options(args: argparse.Namespace) -> dict[str, float]:
 
 
 def describe_exploration(args: argparse.Namespace) -> str:
-    """The chosen exploration and its option, as the report names them (e.g. ``uniform_mix ε=0.5``)."""
+    """The chosen exploration and its option, as the report names them (e.g. ``uniform_mix
+    ε=0.5``)."""
     (value,) = exploration_options(args).values()
     return f"{args.exploration} {'T' if args.exploration == 'tempered' else 'ε'}={value:g}"
 
@@ -299,7 +301,8 @@ def empirical_log_distribution(
 def per_token_rows(
     groups: Sequence[Group], run_rows: Sequence[dict[str, Any]], samples: int
 ) -> list[dict[str, Any]]:
-    """Per setting: TV to p^α of T = 1/α sampling, the trained TB policies and the MH power sampler."""
+    """Per setting: TV to p^α of T = 1/α sampling, the trained TB policies and the MH power
+    sampler."""
     from gfnlm.samplers.power_mh import power_sample
 
     rows = []
@@ -413,15 +416,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # workers joined
     settings = len(groups) * args.seeds_per_group
     print(
-        f"exact sweep: {settings} settings ({args.groups} groups x {args.seeds_per_group} bases, draw seed "
-        f"{args.draw_seed}, <= {args.max_responses} responses each) x {len(args.objectives)} objectives x "
-        f"{len(args.modes)} modes = {len(jobs)} runs; {args.steps} Adam steps, batch {args.batch_size} per prompt, "
-        f"lr {args.lr} cosine ({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); explore = {describe_exploration(args)} + "
-        f"reward_prioritised replay (ratio {args.replay_ratio})"
+        f"exact sweep: {settings} settings ({args.groups} groups x {args.seeds_per_group} bases, "
+        f"draw seed {args.draw_seed}, <= {args.max_responses} responses each) x "
+        f"{len(args.objectives)} objectives x {len(args.modes)} modes = {len(jobs)} runs; "
+        f"{args.steps} Adam steps, batch {args.batch_size} per prompt, lr {args.lr} cosine "
+        f"({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr}); "
+        f"explore = {describe_exploration(args)} + reward_prioritised replay (ratio "
+        f"{args.replay_ratio})"
     )
     print(
-        f"wall {wall:.0f} s with {args.workers} worker processes; CPU {cpu:.0f} s (this process and its workers, "
-        "imports included)"
+        f"wall {wall:.0f} s with {args.workers} worker processes; CPU {cpu:.0f} s (this process "
+        "and its workers, imports included)"
     )
     print(
         "settings: "

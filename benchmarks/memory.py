@@ -1,4 +1,5 @@
-"""Peak memory and time of the log-prob passes at a Qwen2.5-sized vocabulary: chunked vs full logits vs TRL.
+"""Peak memory and time of the log-prob passes at a Qwen2.5-sized vocabulary: chunked vs full
+logits vs TRL.
 
 A Llama built from a config with random weights (``--layers`` 2, hidden ``--hidden`` 64, GQA 4/2,
 vocabulary 151,936 as Qwen2.5's, tied embeddings; LoRA r=8 on q_proj/v_proj as gfnlm's default),
@@ -21,8 +22,9 @@ Per run: the operation's wall time, and its peak RSS (the process's resident set
 2 ms during the operation; also the increase over the RSS just before it). A run that exceeds the
 cap is reported as "> cap". ``--repeats`` fresh processes per cell (seeds 0, 1, ...), median and
 min-max. Results accumulate in ``--results`` (JSON, keyed by path/op/T/seed; cells already there
-are skipped unless ``--rerun``), so the lengths can be measured in separate invocations; the table is printed from everything there and, with
-``--into-docs``, written between the ``memory`` markers of docs/benchmarks.md.
+are skipped unless ``--rerun``), so the lengths can be measured in separate invocations; the table
+is printed from everything there and, with ``--into-docs``, written between the ``memory`` markers
+of docs/benchmarks.md.
 
 On a GPU (``--device cuda``, run by ``benchmarks/gpu/run_memory_gpu.sh``) the default model is
 ``random-0.5b``, Qwen2.5-0.5B's shape from a config (hidden 896, 24 layers, GQA 14/2, MLP 4864,
@@ -215,8 +217,8 @@ def trl_operation(args: argparse.Namespace, op: str, seq_len: int, seed: int):
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.ones_like(input_ids)
 
-    # The trainer attributes the method reads: accelerate's autocast (bf16 on CUDA as GRPOConfig(bf16=True),
-    # none on CPU).
+    # The trainer attributes the method reads: accelerate's autocast (bf16 on CUDA as
+    # GRPOConfig(bf16=True), none on CPU).
     def autocast():
         if args.device == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -311,7 +313,8 @@ def run_cell(
         str(seed),
         *shared_options(args),
     ]
-    # The repository first, then whatever the caller put on the path (carried wheels on a GPU machine).
+    # The repository first, then whatever the caller put on the path (carried wheels on a GPU
+    # machine).
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {
         **os.environ,
@@ -410,17 +413,21 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
                 ok = [r for r in runs if not r.get("capped")]
                 if len(ok) < len(runs):
                     lines.append(
-                        f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | {cap} | {cap} | | | |"
+                        f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
+                        f"{cap} | {cap} | | | |"
                     )
                     continue
                 time_ratio = rss_ratio = ""
                 if path != "chunked" and chunked:
                     median = statistics.median
-                    time_ratio = f"{median(r['seconds'] for r in chunked) / median(r['seconds'] for r in ok):.2f}×"
-                    rss_ratio = f"{median(r['peak_gb'] for r in chunked) / median(r['peak_gb'] for r in ok):.2f}×"
+                    chunked_seconds = median(r["seconds"] for r in chunked)
+                    chunked_peak = median(r["peak_gb"] for r in chunked)
+                    time_ratio = f"{chunked_seconds / median(r['seconds'] for r in ok):.2f}×"
+                    rss_ratio = f"{chunked_peak / median(r['peak_gb'] for r in ok):.2f}×"
                 lines.append(
                     f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
-                    f"{spread([r['seconds'] for r in ok], '.2f')} | {spread([r['peak_gb'] for r in ok], '.2f')} | "
+                    f"{spread([r['seconds'] for r in ok], '.2f')} | "
+                    f"{spread([r['peak_gb'] for r in ok], '.2f')} | "
                     f"{spread([r['added_gb'] for r in ok], '.2f')} | {time_ratio} | {rss_ratio} |"
                 )
     return "\n".join(lines)

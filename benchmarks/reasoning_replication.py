@@ -1,8 +1,9 @@
-"""A miniature replication of the PowerFlow paper's reasoning results (Chen et al. 2026, arXiv:2603.18363), on CPU.
+r"""A miniature replication of the PowerFlow paper's reasoning results (Chen et al. 2026,
+arXiv:2603.18363), on CPU.
 
 1. A tiny Llama (2 layers, hidden 64) is pre-trained here, once, on the synthetic step-by-step task
-   of :mod:`gfnlm.tasks.synthetic_reasoning` with *noisy* solutions (wrong running sums, early stops),
-   and cached as a Hugging Face folder under the gfnlm cache (``$GFNLM_CACHE`` or
+   of :mod:`gfnlm.tasks.synthetic_reasoning` with *noisy* solutions (wrong running sums, early
+   stops), and cached as a Hugging Face folder under the gfnlm cache (``$GFNLM_CACHE`` or
    ``~/.cache/gfnlm``). Its most likely solution is right far more often than a T = 1 sample.
 2. Every method is trained from it by the gfnlm trainer with the same budget (steps, prompts per
    step, rollouts per prompt, learning rate, max tokens), starting from its shipped config in
@@ -13,22 +14,24 @@
    the base model.
 
 Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, ``curves.csv``,
-``table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in ``docs/benchmarks.md``
-between the ``reasoning_replication`` markers. Finished runs are kept and skipped on a re-run.
+``table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in
+``docs/benchmarks.md`` between the ``reasoning_replication`` markers. Finished runs are kept and
+skipped on a re-run.
 
     python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
-    python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] [--reuse-runs 'runs/seed{seed}']
-                                                  # the SmolLM2 comparison
+    python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] \
+        [--reuse-runs 'runs/seed{seed}']
+                                          # the SmolLM2 comparison
     python benchmarks/reasoning_replication.py --forks [--seeds 0 1 2] [--jobs 2]
-                                                  # the forks task: sequence- vs token-level sharpening
+                                          # the forks task: sequence- vs token-level sharpening
     python benchmarks/reasoning_replication.py --forks --sum-probe 4000 [--seeds 1234]
-                                                  # when the forks base learns to add (see pretrain)
+                                          # when the forks base learns to add (see pretrain)
 
 ``--forks`` runs the same comparison on :mod:`gfnlm.tasks.synthetic_forks` (the same questions and
 scorer; pre-training solutions that take a common ``guess`` route with many wrong continuations or
 a rarer ``work`` route with the one right one), under ``benchmarks/out/forks_replication/``, with
-the exact comparison of T = 1/α and p^α on the enumerable model first, a curves plot (forks_curves) in docs/img
-and the tables between the ``forks_replication`` markers.
+the exact comparison of T = 1/α and p^α on the enumerable model first, a curves plot
+(forks_curves) in docs/img and the tables between the ``forks_replication`` markers.
 """
 
 import argparse
@@ -140,8 +143,9 @@ SMOL_METHODS = {
 SMOL_ORDER = ("Base", "Low-temp", "TB-traj", "TTRL", "GRPO", "PowerFlow")
 
 
-# The forks suite: the chain-sum questions and scorer, pre-training solutions of gfnlm.tasks.synthetic_forks
-# (PowerFlow at α = 2 and 4; the length-collapse studies TB-token and RL-traj are left out).
+# The forks suite: the chain-sum questions and scorer, pre-training solutions of
+# gfnlm.tasks.synthetic_forks (PowerFlow at α = 2 and 4; the length-collapse studies TB-token and
+# RL-traj are left out).
 FORKS_OUT = REPO / "benchmarks" / "out" / "forks_replication"
 FORKS_ORDER = (
     "Base",
@@ -179,7 +183,8 @@ CHAIN_SUM = build("task", "chain_sum")  # how the synthetic task's prompts are f
 
 
 def use_forks_suite() -> None:
-    """Point the module's settings at the forks suite (the main process and each worker call this)."""
+    """Point the module's settings at the forks suite (the main process and each worker call
+    this)."""
     global OUT, CURVE_METHODS, TABLE_ORDER, SWEEP_ALPHAS, TERMS
     SUITE["name"] = "forks"
     TERMS = FORKS_TERMS
@@ -192,7 +197,7 @@ def use_forks_suite() -> None:
     PRETRAIN.update(FORKS_PRETRAIN)
 
 
-# ---------------------------------------------------------------------------------------------- data
+# -------------------------------------------------------------------------------------------- data
 def write_prompt_files(directory: Path) -> tuple[Path, Path]:
     """Training questions (no answers) and held-out questions with answers, disjoint."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -227,7 +232,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-# ---------------------------------------------------------------------------------------------- base model
+# -------------------------------------------------------------------------------------- base model
 def base_model_dir() -> Path:
     """The pre-trained tiny model (trained and cached on first use; the name holds every setting of
     the pre-training, so a change trains a new one)."""
@@ -247,9 +252,10 @@ def base_model_dir() -> Path:
 
 
 def pretraining_phases() -> list[tuple[str, int, float]]:
-    """The pre-training curriculum: (solutions, steps, peak lr) of each phase, each phase annealed by
-    its own one-cycle schedule. Chain sum: one phase of noisy solutions. Forks: ``work`` solutions
-    only (where the model learns to add), then the 35/65 mixture of routes at a lower peak lr."""
+    """The pre-training curriculum: (solutions, steps, peak lr) of each phase, each phase annealed
+    by its own one-cycle schedule. Chain sum: one phase of noisy solutions. Forks: ``work``
+    solutions only (where the model learns to add), then the 35/65 mixture of routes at a lower
+    peak lr."""
     if SUITE["name"] != "forks":
         return [("noisy", PRETRAIN["steps"], PRETRAIN["lr"])]
     return [
@@ -293,9 +299,9 @@ def solution_batch(tokenizer, rng: random.Random, solutions: str, size: int):
 
 
 def held_out_sums(model, tokenizer, questions: int = 256) -> tuple[float, float]:
-    """On held-out ``work`` solutions, teacher-forced: the share of running sums (the token after each
-    ``=``) that the model ranks first (1.0 for a model that adds, about 0.1 for one that guesses) and
-    their mean loss in nats (ln 10 ≈ 2.30 for a uniform guess)."""
+    """On held-out ``work`` solutions, teacher-forced: the share of running sums (the token after
+    each ``=``) that the model ranks first (1.0 for a model that adds, about 0.1 for one that
+    guesses) and their mean loss in nats (ln 10 ≈ 2.30 for a uniform guess)."""
     ids, labels, mask = solution_batch(tokenizer, random.Random(99), "work", questions)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
@@ -357,9 +363,8 @@ def fresh_model(directory: Path, seed: int):
 
 def probe_sum_learning(schedule_steps: int, seed: int, steps: int = 1500) -> None:
     """When does the model learn to add? Pre-train a fresh base (the suite's model) on ``work``
-    solutions only for ``steps`` steps of a one-cycle schedule ``schedule_steps`` long (the earlier
-    curriculum: 1,500 of 4,000), printing the held-out running sums (:func:`held_out_sums`) every 100
-    steps."""
+    solutions only for ``steps`` steps of a one-cycle schedule ``schedule_steps`` long (e.g. 1,500
+    of 4,000), printing the held-out running sums (:func:`held_out_sums`) every 100 steps."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as directory:
@@ -393,7 +398,8 @@ def probe_sum_learning(schedule_steps: int, seed: int, steps: int = 1500) -> Non
 
 def pretrain(target: Path) -> None:
     """Pre-train the base model through :func:`pretraining_phases`; a ``work`` phase is repeated
-    until its held-out running sums are right (:func:`held_out_sums`), at most ``work_cycles`` times."""
+    until its held-out running sums are right (:func:`held_out_sums`), at most ``work_cycles``
+    times."""
     work = target.with_name(target.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     tokenizer, model, optimiser = fresh_model(work, PRETRAIN["seed"])
@@ -413,8 +419,8 @@ def pretrain(target: Path) -> None:
             record["work_phase_sum_accuracy"] = accuracies
             if accuracies[-1] < PRETRAIN["min_sum_accuracy"]:
                 raise SystemExit(
-                    f"pre-training: after {len(accuracies)} work phases of {steps} steps the model ranks "
-                    f"the right running sum first {accuracies[-1]:.0%} of the time (needs "
+                    f"pre-training: after {len(accuracies)} work phases of {steps} steps the model "
+                    f"ranks the right running sum first {accuracies[-1]:.0%} of the time (needs "
                     f"{PRETRAIN['min_sum_accuracy']:.0%}): it has not learnt to add"
                 )
     if SUITE["name"] == "forks":
@@ -444,7 +450,7 @@ def pretrain(target: Path) -> None:
     work.rename(target)
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
+# -------------------------------------------------------------------------------------- evaluation
 def evaluate_task(policy, prompts, sampler, k: int, batch_questions: int = 16) -> dict[str, float]:
     """avg@k, maj@k (majority of the extracted answers; no answer counts as wrong), pass@k and
     mean length (tokens, EOS counted) of ``sampler``'s k responses per question, graded by the
@@ -637,7 +643,8 @@ def run_smollm2(method: str, seed: int) -> dict:
 
 
 def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
-    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation.held_out) before and after."""
+    """One SmolLM2-suite result from the trainer's evaluations (gfnlm.evaluation.held_out) before
+    and after."""
     return {
         "method": method,
         "seed": seed,
@@ -654,9 +661,10 @@ def smollm2_record(method: str, seed: int, before: dict, after: dict) -> dict:
 
 
 def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
-    """Base and PowerFlow results of the SmolLM2 suite from a finished ``gfnlm train configs/default.yaml``
-    run (its step-0 and final evaluations), when its config is the suite's PowerFlow config at ``seed``
-    (thread count, device and output folder aside): the same run, not re-paid in CPU time."""
+    """Base and PowerFlow results of the SmolLM2 suite from a finished ``gfnlm train
+    configs/default.yaml`` run (its step-0 and final evaluations), when its config is the suite's
+    PowerFlow config at ``seed`` (thread count, device and output folder aside): the same run, not
+    re-paid in CPU time."""
     import yaml
 
     from gfnlm.training.config import load_config, to_yaml
@@ -734,7 +742,7 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
     return {**result, **extra}
 
 
-# ---------------------------------------------------------------------------------------------- orchestration
+# ----------------------------------------------------------------------------------- orchestration
 def jobs_for(
     seeds: list[int], only: list[str] | None, suite: str = "tiny"
 ) -> list[tuple[str, int, float | None]]:
@@ -818,7 +826,7 @@ def run_all(
     return [json.loads(result_path(j).read_text()) for j in jobs]
 
 
-# ---------------------------------------------------------------------------------------------- reporting
+# --------------------------------------------------------------------------------------- reporting
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     values = [v * scale for v in values]
     if len(values) < 2:
@@ -850,7 +858,10 @@ def route_column(runs: list[dict] | None = None) -> str:
 
 def main_table(results: list[dict], seeds: list[int]) -> str:
     rows = [
-        f"| method | avg@16 (T=1) % | maj@16 % | pass@16 % | mean length (tokens) |{route_column()}",
+        (
+            "| method | avg@16 (T=1) % | maj@16 % | pass@16 % | "
+            f"mean length (tokens) |{route_column()}"
+        ),
         "|---|---|---|---|---|" + ("---|---|" if route_column() else ""),
     ]
     for method in TABLE_ORDER:
@@ -858,9 +869,10 @@ def main_table(results: list[dict], seeds: list[int]) -> str:
         if not runs:
             continue
         rows.append(
-            f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-            f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
-            f"{route_column(runs)}"
+            f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | "
+            f"{mean_std([r['maj'] for r in runs], 100)} | "
+            f"{mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} "
+            f"|{route_column(runs)}"
         )
     return "\n".join(rows)
 
@@ -875,9 +887,11 @@ def smollm2_table(results: list[dict], seeds: list[int]) -> str:
         runs = [r for r in results if r["method"] == method]
         if runs:
             rows.append(
-                f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['greedy'] for r in runs], 100)} "
-                f"| {mean_std([r['length'] for r in runs])} |"
+                f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | "
+                f"{mean_std([r['maj'] for r in runs], 100)} | "
+                f"{mean_std([r['pass'] for r in runs], 100)} | "
+                f"{mean_std([r['greedy'] for r in runs], 100)} | "
+                f"{mean_std([r['length'] for r in runs])} |"
             )
     return "\n".join(rows) + "\n"
 
@@ -896,9 +910,10 @@ def sweep_table(results: list[dict]) -> str:
         ]
         if runs:
             rows.append(
-                f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['maj'] for r in runs], 100)} "
-                f"| {mean_std([r['pass'] for r in runs], 100)} | {mean_std([r['length'] for r in runs])} |"
-                f"{route_column(runs)}"
+                f"| {alpha:g} | {mean_std([r['avg'] for r in runs], 100)} | "
+                f"{mean_std([r['maj'] for r in runs], 100)} | "
+                f"{mean_std([r['pass'] for r in runs], 100)} | "
+                f"{mean_std([r['length'] for r in runs])} |{route_column(runs)}"
             )
     return "\n".join(rows)
 
@@ -966,26 +981,30 @@ def write_curves(results: list[dict]) -> tuple[Path, Path]:
 
 
 def exact_forks_table() -> str:
-    """The exact comparison on the enumerable model of the forks structure (gfnlm.tasks.synthetic_forks)."""
+    """The exact comparison on the enumerable model of the forks structure
+    (gfnlm.tasks.synthetic_forks)."""
     rows = [
-        "| α | TV(T=1/α, p^α) | P(right) base | P(right) T=1/α | P(right) p^α | answer ranked first: base / T=1/α / p^α |",
+        (
+            "| α | TV(T=1/α, p^α) | P(right) base | P(right) T=1/α | P(right) p^α | "
+            "answer ranked first: base / T=1/α / p^α |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     first = lambda answer: "right" if answer == 0 else "a wrong one"
     for alpha in EXACT_ALPHAS:
         e = exact_fork_comparison(alpha)
         rows.append(
-            f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | {e['low_temp_right']:.3f} "
-            f"| {e['power_right']:.3f} | {first(e['base_top_answer'])} ({e['base_top_answer_p']:.3f}) / "
-            f"{first(e['low_temp_top_answer'])} ({e['low_temp_top_answer_p']:.3f}) / "
-            f"{first(e['power_top_answer'])} ({e['power_top_answer_p']:.3f}) |"
+            f"| {alpha:g} | {e['tv_low_temp_power']:.3f} | {e['base_right']:.3f} | "
+            f"{e['low_temp_right']:.3f} | {e['power_right']:.3f} | {first(e['base_top_answer'])} "
+            f"({e['base_top_answer_p']:.3f}) / {first(e['low_temp_top_answer'])} "
+            f"({e['low_temp_top_answer_p']:.3f}) / {first(e['power_top_answer'])} "
+            f"({e['power_top_answer_p']:.3f}) |"
         )
     e = exact_fork_comparison(EXACT_ALPHAS[0])
     return (
-        f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route token and "
-        f"{e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} responses):\n\n"
-        + "\n".join(rows)
-        + "\n"
+        f"Exact, on the enumerable model of the same structure ({e['vocab_size']} tokens, a route "
+        f"token and {e['steps']} step tokens, work rate {e['work_rate']:g}: {e['num_responses']} "
+        "responses):\n\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -1028,12 +1047,14 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
     power_note = ""
     if power:
         power_note = (
-            f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH steps per "
-            f"block): acceptance rate {mean_std([r['acceptance_rate'] for r in power], 100)} %, "
+            f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH "
+            "steps per block): acceptance rate "
+            f"{mean_std([r['acceptance_rate'] for r in power], 100)} %, "
             f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned."
         )
     text = (
-        f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n{main_table(results, seeds)}{power_note}\n\n"
+        f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n"
+        f"{main_table(results, seeds)}{power_note}\n\n"
         f"PowerFlow α sweep (same budget):\n\n{sweep_table(results)}\n"
     )
     (OUT / "table.md").write_text(text)
@@ -1041,7 +1062,7 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--jobs", type=int, default=2, help="runs at a time (the cores split between them)"
@@ -1072,15 +1093,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse-runs",
         metavar="PATTERN",
-        help="with --smollm2: take Base and PowerFlow from "
-        "finished default runs, e.g. 'runs/seed{seed}' (checked to be configs/default.yaml at that seed)",
+        help="with --smollm2: take Base and PowerFlow from finished default runs, e.g. "
+        "'runs/seed{seed}' (checked to be configs/default.yaml at that seed)",
     )
     parser.add_argument(
         "--sum-probe",
         type=int,
         metavar="SCHEDULE_STEPS",
-        help="with --forks: pre-train a fresh base on work solutions for 1,500 steps of a one-cycle "
-        "schedule this long and print its held-out running sums every 100 steps (seed: --seeds)",
+        help="with --forks: pre-train a fresh base on work solutions for 1,500 steps of a "
+        "one-cycle schedule this long and print its held-out running sums every 100 steps "
+        "(seed: --seeds)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1112,7 +1134,8 @@ def main(argv: list[str] | None = None) -> int:
         (OUT / "probes" / f"{name}.json").write_text(json.dumps(result, indent=1))
         for point in result["curve"]:
             print(
-                f"step {point['step']:3d}  avg@16 {100 * point['avg']:5.1f} %  length {point['length']:5.1f}"
+                f"step {point['step']:3d}  avg@16 {100 * point['avg']:5.1f} %  length "
+                f"{point['length']:5.1f}"
             )
         print("\n".join(result["samples"]))
         return 0

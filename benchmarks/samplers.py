@@ -19,12 +19,12 @@ SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
   scored by a second server the sampler launches (``base_launch``, in ``--vllm-base-dtype``).
 
 Prints medians with min-max over the rounds, each server's throughput over HF's for each batch
-(goals: SGLang ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and writes the table
-into docs/benchmarks.md (``samplers`` markers).
+(goals: SGLang ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and
+writes the table into docs/benchmarks.md (``samplers`` markers).
 
-    python benchmarks/samplers.py                 # CPU: the CPU recipes of tools/sglang_cpu, tools/vllm_cpu
+    python benchmarks/samplers.py  # CPU: the CPU recipes of tools/sglang_cpu, tools/vllm_cpu
     python benchmarks/samplers.py --device cuda --server-python "$(which python)" \
-        --vllm-python "$(which python)"          # GPU: the ordinary sglang and vllm packages
+        --vllm-python "$(which python)"  # GPU: the ordinary sglang and vllm packages
 """
 
 import argparse
@@ -81,7 +81,8 @@ STEP_BATCH = (
 
 
 def server_launch(args: argparse.Namespace) -> LaunchConfig:
-    """The CPU recipe (own venv, stubs) on CPU; the ordinary SGLang of ``--server-python`` on GPU."""
+    """The CPU recipe (own venv, stubs) on CPU; the ordinary SGLang of ``--server-python`` on
+    GPU."""
     if args.device == "cpu":
         from launch import cpu_launch
 
@@ -147,7 +148,10 @@ def cpu_name() -> str:
 
 
 def summary(values: list[float], digits: int = 1) -> str:
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
 
 
 def rate_key(row: str) -> str:
@@ -203,10 +207,10 @@ def pooled_rate(runs: list[tuple[int, float]]) -> float:
 def trainer_for(
     name: str, urls: dict[str, str], args: argparse.Namespace, out_dir: Path
 ) -> Trainer:
-    """A default-config trainer with sampler ``name`` (``vllm-lora``: vllm with LoRA sync on the server
-    with LoRA support, ``vllm-full``: full sync on the server without; ``-scored``: the base model
-    scored by the server, ``scores_base``, for full sync by a second server the sampler launches;
-    ``-async``: with ``sampling.async_rollouts``)."""
+    """A default-config trainer with sampler ``name`` (``vllm-lora``: vllm with LoRA sync on the
+    server with LoRA support, ``vllm-full``: full sync on the server without; ``-scored``: the base
+    model scored by the server, ``scores_base``, for full sync by a second server the sampler
+    launches; ``-async``: with ``sampling.async_rollouts``)."""
     sampler = name.split("-")[0]
     overrides = [
         f"train.out_dir={out_dir}",
@@ -348,10 +352,12 @@ def report(
         )
     lines = [
         (
-            f"Device: {device}. SmolLM2-135M-Instruct (LoRA r=8 on q/k/v/o as configs/default.yaml), "
-            f"rollouts of {' and '.join(f'{p} prompts × {n} samples' for p, n in batches)}, training steps of "
-            f"configs/default.yaml ({STEP_BATCH.replace('x', ' prompts × ')} samples), ≤ {args.max_new_tokens} new tokens, T = 1, top-p 1; "
-            f"{engines}; {args.rounds} throughput rounds (torch seeds 0-{args.rounds - 1}; the servers sample unseeded)"
+            f"Device: {device}. SmolLM2-135M-Instruct (LoRA r=8 on q/k/v/o as "
+            "configs/default.yaml), rollouts of "
+            f"{' and '.join(f'{p} prompts × {n} samples' for p, n in batches)}, training steps of "
+            f"configs/default.yaml ({STEP_BATCH.replace('x', ' prompts × ')} samples), ≤ "
+            f"{args.max_new_tokens} new tokens, T = 1, top-p 1; {engines}; {args.rounds} "
+            f"throughput rounds (torch seeds 0-{args.rounds - 1}; the servers sample unseeded)"
             + (
                 f", {args.step_rounds} timed training steps per sampler after a warm-up step"
                 if steps
@@ -384,8 +390,8 @@ def report(
             goal = GOALS[name.split("-")[0]]
             lines += [
                 ratio_line(
-                    f"{LABELS[name]} / hf rollout throughput, {prompts}×{n}, all rounds' tokens over "
-                    "their seconds",
+                    f"{LABELS[name]} / hf rollout throughput, {prompts}×{n}, all rounds' tokens "
+                    "over their seconds",
                     pooled,
                     f"single rounds: {summary(ratio, 2)}",
                     f"≥ {goal:g}×",
@@ -450,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "--vllm-sync",
         default="both",
         choices=("lora", "full", "both"),
-        help="vLLM weight sync(s) to time: a server with LoRA support for 'lora', one without for 'full'",
+        help="vLLM weight sync(s) to time: a server with LoRA support for 'lora', "
+        "one without for 'full'",
     )
     parser.add_argument(
         "--vllm-omp-bind",

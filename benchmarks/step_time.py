@@ -1,10 +1,10 @@
-"""Time one training step and its parts, and the same parts run alone.
+r"""Time one training step and its parts, and the same parts run alone.
 
 For each model (SmolLM2-135M-Instruct and a tiny random Llama with the same tokenizer) and each of
 ``--steps`` rounds (after ``--warmup`` rounds), on the same prompts and seeds:
 
-* ``trainer``: :meth:`gfnlm.training.trainer.Trainer.train_step` (PowerFlow: sample → base scoring → LA-TB
-  update), with the time split the trainer itself logs;
+* ``trainer``: :meth:`gfnlm.training.trainer.Trainer.train_step` (PowerFlow: sample → base
+  scoring → LA-TB update), with the time split the trainer itself logs;
 * ``parts alone``: the same heavy calls with no trainer around them — the sampler's decoding, the
   no-grad base forward (adapter disabled), one policy forward + backward, ``optimizer.step()`` —
   each timed alone on the same prompts and seed (so the same rollouts);
@@ -14,9 +14,11 @@ For each model (SmolLM2-135M-Instruct and a tiny random Llama with the same toke
 Prints medians with min-max, the trainer's overhead over the sum of the parts (goal ≤ 10 %) and the
 PowerFlow step over the plain policy-gradient step (goal ≤ 1.15×).
 
-    python benchmarks/step_time.py [--models smollm2 tiny] [--steps 5] [--device cpu] [--set key=value ...]
+    python benchmarks/step_time.py [--models smollm2 tiny] [--steps 5] [--device cpu] \
+        [--set key=value ...]
 
-``--set`` adds configuration overrides, e.g. ``--set model.logp_chunk_size=0`` for the full-logits path.
+``--set`` adds configuration overrides, e.g. ``--set model.logp_chunk_size=0`` for the full-logits
+path.
 """
 
 import argparse
@@ -68,7 +70,8 @@ def parts_alone(trainer: Trainer, prompts, n: int) -> dict[str, float]:
 
 
 def plain_pg_step(trainer: Trainer, prompts, n: int) -> float:
-    """REINFORCE with group-normalised rewards given: the baseline a PowerFlow step is compared to."""
+    """REINFORCE with group-normalised rewards given: the baseline a PowerFlow step is compared
+    to."""
     start = time.perf_counter()
     rollouts = trainer.components.sampler.sample(prompts, n)
     evaluation = trainer.policy.evaluate(rollouts)
@@ -159,7 +162,8 @@ def main() -> int:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
         f"{args.prompts} prompts x {args.samples} samples, <= {args.max_new_tokens} new tokens; "
-        f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds 0..{args.warmup + args.steps - 1}"
+        f"median (min-max) of {args.steps} rounds after {args.warmup} warm-up, seeds "
+        f"0..{args.warmup + args.steps - 1}"
         + (f"; overrides {' '.join(args.set)}" if args.set else "")
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,8 @@ from gfnlm.training.policy import CausalLMPolicy
 
 def spread(values: list[float], digits: int) -> str:
     return (
-        f"mean {statistics.mean(values):.{digits}f}, median {statistics.median(values):.{digits}f}, "
-        f"max {max(values):.{digits}f}"
+        f"mean {statistics.mean(values):.{digits}f}, median "
+        f"{statistics.median(values):.{digits}f}, max {max(values):.{digits}f}"
     )
 
 
@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             per_response += gap.sum(1).abs().tolist()
         scorer.close()
     print(
-        f"vLLM server in {args.dtype} vs the trainer's float32 base pass: {len(per_response)} responses of the "
-        f"base model to {args.prompts} training prompts, {len(per_token)} tokens (torch seeds 0-{args.prompts - 1} by 4)"
+        f"vLLM server in {args.dtype} vs the trainer's float32 base pass: {len(per_response)} "
+        f"responses of the base model to {args.prompts} training prompts, {len(per_token)} tokens "
+        f"(torch seeds 0-{args.prompts - 1} by 4)"
     )
     print(f"|Δ log p| per token: {spread(per_token, 4)}")
     print(f"|Δ log p| per response (sum over its tokens): {spread(per_response, 3)}")

@@ -10,7 +10,7 @@ in the half second after a request ends (an engine that spins after a request ta
 trainer's next phase). tokens/s = generated tokens (EOS included) / wall time, one untimed warm-up
 call per setting, median (min-max) over ``--rounds`` rounds.
 
-    python benchmarks/vllm_cpu_sweep.py               # writes docs/benchmarks.md (vllm_sweep_cpu markers)
+    python benchmarks/vllm_cpu_sweep.py  # writes docs/benchmarks.md (vllm_sweep_cpu markers)
 """
 
 import argparse
@@ -175,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         print(row(name, results[name]), flush=True)  # each row as soon as measured
     lines = [
         (
-            f"Device: CPU, {torch.get_num_threads()} threads. SmolLM2-135M-Instruct, {args.prompts} prompts × "
-            f"{args.n} samples, ≤ {args.max_new_tokens} new tokens, T = 1; vllm-cpu 0.32.0, 1 GB KV cache; "
-            f"{args.rounds} rounds, median (min-max) tokens/s."
+            f"Device: CPU, {torch.get_num_threads()} threads. SmolLM2-135M-Instruct, "
+            f"{args.prompts} prompts × {args.n} samples, ≤ {args.max_new_tokens} new tokens, "
+            f"T = 1; vllm-cpu 0.32.0, 1 GB KV cache; {args.rounds} rounds, median (min-max) "
+            "tokens/s."
         ),
         "",
         "| server setting | "

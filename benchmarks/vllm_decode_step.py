@@ -42,7 +42,8 @@ PROFILE_ROWS = 16  # operators shown from vLLM's profiler summary
 
 
 def batch_seconds(client: VLLMClient, prompts: list[list[int]], n: int, tokens: int) -> float:
-    """Wall seconds of one batch: ``n`` samples of each prompt, every one exactly ``tokens`` long."""
+    """Wall seconds of one batch: ``n`` samples of each prompt, every one exactly ``tokens``
+    long."""
     payload = {
         "n": n,
         "max_tokens": tokens,
@@ -82,7 +83,8 @@ def profiled_batch(
             break
         time.sleep(0.5)
     print(
-        f"\nvLLM profiler, one batch of {len(prompts) * n} sequences x {tokens} tokens ({seconds:.2f} s, profiled):"
+        f"\nvLLM profiler, one batch of {len(prompts) * n} sequences x {tokens} tokens "
+        f"({seconds:.2f} s, profiled):"
     )
     lines = summaries[0].read_text().splitlines() if summaries else ["(no summary written)"]
     print("\n".join(lines[: 3 + PROFILE_ROWS]), flush=True)
@@ -149,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vllm-profile-") as traces:
         step_ms = timed_steps(model_dir, questions, args, Path(traces))
     print(
-        f"\nCPU, {torch.get_num_threads()} threads; SmolLM2-135M-Instruct, {args.tokens} tokens per sequence, "
-        f"{args.rounds} rounds, median (min-max)"
+        f"\nCPU, {torch.get_num_threads()} threads; SmolLM2-135M-Instruct, {args.tokens} tokens "
+        f"per sequence, {args.rounds} rounds, median (min-max)"
     )
     print(
-        "| sequences | vLLM server, ms per decode step | torch bf16 matrix products alone, ms | float32, ms |"
+        "| sequences | vLLM server, ms per decode step | torch bf16 matrix products alone, ms | "
+        "float32, ms |"
     )
     print("|---|---|---|---|")
     for sequences, values in step_ms.items():

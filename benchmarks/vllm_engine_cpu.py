@@ -3,8 +3,8 @@ vLLM server of the CPU recipe (``tools/vllm_cpu``, bf16, no LoRA support, the fu
 ``benchmarks/samplers.py``) on SmolLM2-135M-Instruct, with the CPU cores each of the server's
 processes keeps busy while it samples (user + system time over wall time, from ``/proc``).
 
-    python benchmarks/vllm_engine_cpu.py                                   # the recipe (vLLM's auto binding)
-    python benchmarks/vllm_engine_cpu.py VLLM_CPU_OMP_THREADS_BIND=nobind  # no OpenMP thread binding
+    python benchmarks/vllm_engine_cpu.py  # the recipe (vLLM's auto binding)
+    python benchmarks/vllm_engine_cpu.py VLLM_CPU_OMP_THREADS_BIND=nobind  # no OpenMP binding
 
 Arguments ``NAME=VALUE`` are added to the server's environment.
 """

@@ -1,10 +1,10 @@
-"""Does a vLLM server slow the trainer down between requests? The trainer's base scoring (PowerFlow's
-``policy.score_base``) timed right after a rollout request, after 3 s of idling, and with the server
-stopped, on SmolLM2-135M-Instruct next to a vLLM server of the CPU recipe (``tools/vllm_cpu``,
-bf16, LoRA enabled), with the server's CPU use measured meanwhile.
+"""Does a vLLM server slow the trainer down between requests? The trainer's base scoring
+(PowerFlow's ``policy.score_base``) timed right after a rollout request, after 3 s of idling, and
+with the server stopped, on SmolLM2-135M-Instruct next to a vLLM server of the CPU recipe
+(``tools/vllm_cpu``, bf16, LoRA enabled), with the server's CPU use measured meanwhile.
 
-    python benchmarks/vllm_server_cpu.py                                     # the recipe (in-process engine)
-    python benchmarks/vllm_server_cpu.py VLLM_ENABLE_V1_MULTIPROCESSING=1    # vLLM's own worker process
+    python benchmarks/vllm_server_cpu.py                                  # the recipe (in-process)
+    python benchmarks/vllm_server_cpu.py VLLM_ENABLE_V1_MULTIPROCESSING=1 # vLLM's worker process
 
 Arguments ``NAME=VALUE`` are added to the server's environment.
 """
@@ -39,8 +39,8 @@ def timed_scoring(
         policy.score_base(rollouts, True)
         seconds.append(time.perf_counter() - started)
         print(
-            f"  {label}, round {round_index}: base scoring {seconds[-1]:.2f} s, server CPU meanwhile "
-            f"{group_cpu_seconds(pgid) - cpu:.2f} core-seconds",
+            f"  {label}, round {round_index}: base scoring {seconds[-1]:.2f} s, server CPU "
+            f"meanwhile {group_cpu_seconds(pgid) - cpu:.2f} core-seconds",
             flush=True,
         )
     print(
@@ -81,7 +81,8 @@ def main(argv: list[str]) -> int:
             before = group_cpu_seconds(pgid)
             time.sleep(span)
             print(
-                f"server CPU in the {span} s after a request: {(group_cpu_seconds(pgid) - before) / span:.2f} cores",
+                f"server CPU in the {span} s after a request: "
+                f"{(group_cpu_seconds(pgid) - before) / span:.2f} cores",
                 flush=True,
             )
         kept = [sampler.sample(batch, N) for _ in range(ROUNDS)]
@@ -92,7 +93,8 @@ def main(argv: list[str]) -> int:
         policy.score_base(rollouts, True)
         seconds.append(time.perf_counter() - started)
     print(
-        f"server stopped: {statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})",
+        f"server stopped: {statistics.median(seconds):.2f} s "
+        f"({min(seconds):.2f}-{max(seconds):.2f})",
         flush=True,
     )
     return 0

@@ -11,11 +11,12 @@ model's template), the same reward for the GRPO pair (share of distinct words). 
 
 Two models:
 
-* ``--model smollm2`` (the default on CPU; the comparison with the reference figures): SmolLM2-135M-Instruct, fp32,
-  P=4, G=4, T=24. TRL runs in its own venv (``.bench-venvs/trl``, created on first use with torch
-  and transformers pinned by ``constraints.txt``); it is never a dependency of gfnlm. Writes
-  ``benchmarks/out/vs_trl.csv`` and ``vs_trl.md`` and replaces the table in ``docs/benchmarks.md``
-  between its ``vs_trl`` markers (the prose around it, with date and machine, is edited by hand).
+* ``--model smollm2`` (the default on CPU; the comparison with the reference figures):
+  SmolLM2-135M-Instruct, fp32, P=4, G=4, T=24. TRL runs in its own venv (``.bench-venvs/trl``,
+  created on first use with torch and transformers pinned by ``constraints.txt``); it is never a
+  dependency of gfnlm. Writes ``benchmarks/out/vs_trl.csv`` and ``vs_trl.md`` and replaces the
+  table in ``docs/benchmarks.md`` between its ``vs_trl`` markers (the prose around it, with date
+  and machine, is edited by hand).
 * ``--model random-0.5b`` (the default with ``--device cuda``) or ``random-tiny`` (the same code
   path, small enough for a CPU smoke test): a Llama built from a config with random weights
   (random-0.5b: Qwen2.5-0.5B's body, hidden 896, 24 layers, GQA 14/2, with the SmolLM2 tokenizer),
@@ -135,7 +136,8 @@ def find_trl(explicit: str | None) -> tuple[str | None, str]:
         )
         version = probe.stdout.strip()
         if probe.returncode == 0 and version == TRL_VERSION:
-            # Named relative to the repository, or by its file name: no machine's paths in the tables.
+            # Named relative to the repository, or by its file name: no machine's paths in the
+            # tables.
             shown = (
                 os.path.relpath(python, REPO)
                 if Path(python).absolute().is_relative_to(REPO)
@@ -167,9 +169,9 @@ def summary(values: list[float]) -> str:
 
 def build_random_model(preset: str, tokenizer_dir: Path, work_dir: Path) -> tuple[Path, dict]:
     """A Llama of ``preset``'s shape with random weights (seed 0) and the tokenizer, saved once to
-    ``work_dir/preset`` (gfnlm.models.loading.save_random_llama). Returns (folder, info): info counts all
-    parameters and those of the linear layers (the 2-D tensors; the tied embedding counts once, as
-    the output layer)."""
+    ``work_dir/preset`` (gfnlm.models.loading.save_random_llama). Returns (folder, info): info
+    counts all parameters and those of the linear layers (the 2-D tensors; the tied embedding
+    counts once, as the output layer)."""
     from safetensors import safe_open
 
     from gfnlm.models.loading import save_random_llama
@@ -208,7 +210,8 @@ def build_random_model(preset: str, tokenizer_dir: Path, work_dir: Path) -> tupl
     shutil.rmtree(folder, ignore_errors=True)
     building.rename(folder)
     print(
-        f"built {preset}: {info['params'] / 1e6:.0f}M parameters in {time.perf_counter() - started:.0f} s",
+        f"built {preset}: {info['params'] / 1e6:.0f}M parameters in "
+        f"{time.perf_counter() - started:.0f} s",
         flush=True,
     )
     return folder, info
@@ -255,7 +258,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
         if not torch.cuda.is_available():
             parser.error(
-                "argument --device: cuda, but torch.cuda.is_available() is False here; use --device cpu"
+                "argument --device: cuda, but torch.cuda.is_available() is False here; use "
+                "--device cpu"
             )
 
 
@@ -406,11 +410,15 @@ def issue_comparison(args: argparse.Namespace) -> int:
                 )
                 print(
                     f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
-                    f"{summary(result['step_times'][1:])} s{generate}   peak RSS {result['peak_rss_gb']:.2f} GB   "
-                    f"(process {time.perf_counter() - started:.0f} s)",
+                    f"{summary(result['step_times'][1:])} s{generate}   peak RSS "
+                    f"{result['peak_rss_gb']:.2f} GB   (process "
+                    f"{time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
-    header = f"| system | s/step, median (min-max) of steps 2-{args.steps} x {args.rounds} round(s) | peak RSS (GB) |"
+    header = (
+        f"| system | s/step, median (min-max) of steps 2-{args.steps} x {args.rounds} round(s) | "
+        "peak RSS (GB) |"
+    )
     lines = [header, "|---|---|---|"]
     lines += [f"| {name} | {summary(values)} | {rss[name]:.2f} |" for name, values in steps.items()]
     lines += ["", "| pair | ratio of medians | goal |", "|---|---|---|"]
@@ -462,7 +470,8 @@ def per_system_numbers(
 
 
 def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """gfnlm (and TRL where importable) on a random Llama: the GPU benchmark, or its CPU smoke test."""
+    """gfnlm (and TRL where importable) on a random Llama: the GPU benchmark, or its CPU smoke
+    test."""
     cuda = args.device == "cuda"
     args.steps = args.steps or (5 if cuda else 6)
     prompts, samples = args.prompts or (8 if cuda else 4), args.samples or (8 if cuda else 4)
@@ -559,8 +568,9 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
                 memory = result["peak_gpu_gb"] if cuda else result["peak_rss_gb"]
                 print(
                     f"round {round_index + 1} {name:20s} steps 2-{args.steps}: "
-                    f"{summary(result['step_times'][1:])} s   peak {'GPU memory' if cuda else 'RSS'} "
-                    f"{memory:.2f} GiB   (process {time.perf_counter() - run_started:.0f} s)",
+                    f"{summary(result['step_times'][1:])} s   peak "
+                    f"{'GPU memory' if cuda else 'RSS'} {memory:.2f} GiB   (process "
+                    f"{time.perf_counter() - run_started:.0f} s)",
                     flush=True,
                 )
             if stopped:
@@ -575,12 +585,12 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
         raise SystemExit(f"vs_trl.py: no run finished ({stopped or '; '.join(failed.values())})")
     memory_label = "peak GPU memory (GiB)" if cuda else "peak RSS (GiB)"
     settings = (
-        f"device: {device_text}; model: {args.model}, random Llama, {info['params'] / 1e6:.0f}M parameters "
-        f"(N = {info['linear_params'] / 1e6:.0f}M in linear layers), "
-        f"{'bf16 autocast' if cuda else 'fp32'}, LoRA r=8 on q_proj/v_proj, no gradient checkpointing; "
-        f"{prompts} prompts x {samples} completions, <= {max_new} new tokens; median (min-max) of steps 2-{args.steps}, "
-        f"{args.rounds} round(s); torch {version('torch')}, transformers {version('transformers')}, "
-        f"peft {version('peft')}; "
+        f"device: {device_text}; model: {args.model}, random Llama, {info['params'] / 1e6:.0f}M "
+        f"parameters (N = {info['linear_params'] / 1e6:.0f}M in linear layers), "
+        f"{'bf16 autocast' if cuda else 'fp32'}, LoRA r=8 on q_proj/v_proj, no gradient "
+        f"checkpointing; {prompts} prompts x {samples} completions, <= {max_new} new tokens; "
+        f"median (min-max) of steps 2-{args.steps}, {args.rounds} round(s); torch "
+        f"{version('torch')}, transformers {version('transformers')}, peft {version('peft')}; "
         f"{trl_text if trl_python else 'TRL not run: ' + trl_text}"
         + (f"; {stopped}" if stopped else "")
     )

@@ -71,7 +71,8 @@ class TwoResponses:
     ended_with_eos: list[bool] = field(default_factory=lambda: [True, False])
     steps: list[int] = field(default_factory=lambda: [2, 4])  # n = |y| - ended_with_eos
     num_positions: int = 4
-    # Policy: token_logp[b][t] = log pi(y_{t+1}|s_t); A's entry 2 is its EOS (equal to eos_logp[A][2]).
+    # Policy: token_logp[b][t] = log pi(y_{t+1}|s_t); A's entry 2 is its EOS (equal to
+    # eos_logp[A][2]).
     policy_tok: list[list[float]] = field(
         default_factory=lambda: [[-0.5, -1.2, -0.3, -9.0], [-0.7, -0.4, -1.1, -0.9]]
     )
@@ -181,7 +182,8 @@ def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
     )
     if result.returncode != 0:
         pytest.fail(
-            f"cannot mount a tmpfs ({options}) at {mount_point} (run as root): {result.stderr.strip()}"
+            f"cannot mount a tmpfs ({options}) at {mount_point} (run as root): "
+            f"{result.stderr.strip()}"
         )
     try:
         yield mount_point

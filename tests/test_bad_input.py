@@ -102,11 +102,13 @@ CASES = [
         r"sampling\.sampler_options\.url='http://127\.0\.0\.1:99999'",
     ),
     Case(
-        "train CONFIG TINY sampling.sampler=sglang sampling.sampler_options.launch.python=DIR/no/python",
+        "train CONFIG TINY sampling.sampler=sglang "
+        "sampling.sampler_options.launch.python=DIR/no/python",
         r"sampling\.sampler_options\.launch\.python='DIR/no/python'",
     ),
     Case(
-        "train CONFIG TINY objective.name=subtb sampling.sampler=vllm sampling.sampler_options.url=http://127.0.0.1:1 "
+        "train CONFIG TINY objective.name=subtb sampling.sampler=vllm "
+        "sampling.sampler_options.url=http://127.0.0.1:1 "
         "sampling.sampler_options.scores_base=true sampling.sampler_options.weight_sync=lora",
         r"sampling\.sampler_options\.scores_base=true: objective 'subtb' uses prefix rewards",
     ),
@@ -154,7 +156,8 @@ CASES = [
     ),
     Case(
         "train CONFIG TINY data.train=DIR/math.parquet data.question_field=question",
-        r"data\.train='DIR/math\.parquet': no column 'question' \(or 'prompt'\); columns: problem, answer",
+        r"data\.train='DIR/math\.parquet': no column 'question' \(or 'prompt'\); "
+        r"columns: problem, answer",
     ),
     Case(
         "train CONFIG TINY data.train=DIR/empty.parquet",
@@ -165,7 +168,8 @@ CASES = [
         r"data\.eval='DIR/bad-gold\.jsonl' row 2: answer '\\\\frac\{' cannot be parsed",
     ),
     Case(
-        "train CONFIG TINY data.train=DIR/math.parquet data.question_field=problem data.answer_field=solution",
+        "train CONFIG TINY data.train=DIR/math.parquet data.question_field=problem "
+        "data.answer_field=solution",
         r"no column 'solution'",
     ),
     # config files

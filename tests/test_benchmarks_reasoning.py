@@ -1,5 +1,6 @@
-"""benchmarks/reasoning_replication.py's ``--reuse-runs``: Base and PowerFlow of the SmolLM2 comparison
-are taken from a finished default run only when that run's config is the suite's PowerFlow config."""
+"""benchmarks/reasoning_replication.py's ``--reuse-runs``: Base and PowerFlow of the SmolLM2
+comparison are taken from a finished default run only when that run's config is the suite's
+PowerFlow config."""
 
 import importlib.util
 import json
@@ -91,7 +92,7 @@ def test_a_run_of_another_config_or_unfinished_is_refused(
     assert not list((tmp_path / "out" / "results").iterdir())
 
 
-# ---------------------------------------------------------------------------------------------- forks pre-training
+# ------------------------------------------------------------------------------ forks pre-training
 @pytest.fixture
 def forks_replication(replication, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(replication.PRETRAIN, "seed", 1234)
@@ -140,9 +141,9 @@ def test_forks_curriculum_teaches_with_correct_work_solutions_first(
 
 
 def test_each_phase_anneals_its_own_learning_rate(forks_replication, tmp_path: Path) -> None:
-    # Each phase warms up to its own peak and anneals to ~0 within its own steps: the earlier
-    # curriculum's work phase was the first part of one long schedule, never annealed, and at the
-    # pre-training seed stayed on the copy-digits plateau.
+    # Each phase warms up to its own peak and anneals to ~0 within its own steps: a work phase that
+    # is only the first part of one long schedule is never annealed, and at the pre-training seed
+    # stays on the copy-digits plateau.
     import random
 
     import torch

@@ -1,5 +1,6 @@
 """benchmarks/vs_trl.py's random-model path (what ``--device cuda`` runs on a GPU) on CPU: a tiny
-random Llama, 2 steps, gfnlm alone; its MFU arithmetic and device look-up; one-line option errors."""
+random Llama, 2 steps, gfnlm alone; its MFU arithmetic and device look-up; one-line option
+errors."""
 
 import importlib.util
 import json

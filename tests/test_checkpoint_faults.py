@@ -68,7 +68,8 @@ def test_a_folder_without_manifest_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 class Killed(BaseException):
-    """The injected failure: like SIGKILL, every later file-system step of the process is skipped."""
+    """The injected failure: like SIGKILL, every later file-system step of the process is
+    skipped."""
 
 
 class FileSystemFaults:
@@ -441,8 +442,8 @@ def test_pruning_counts_only_intact_checkpoints_and_keeps_latest(tmp_path: Path)
         names
     )  # step 1 pruned; the broken folder kept aside
     assert loaded_value(find_resume_point(tmp_path)) == 2.5
-    # The old rule (newest `keep` folders) would have kept the broken one and deleted step_000002-1's
-    # predecessor even with keep=2; here keep=2 keeps both intact ones.
+    # keep counts intact folders only: keeping the newest `keep` folders would keep the broken one
+    # and delete step_000002-1's predecessor even with keep=2; keep=2 keeps both intact ones.
     save(tmp_path, 3, 3.0)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == [
         "step_000002",
@@ -495,7 +496,7 @@ def test_a_bit_flipped_latest_falls_back_and_training_repairs_latest(
     )
 
 
-# ---------------------------------------------------------------------- one trainer per run directory
+# -------------------------------------------------------------- one trainer per run directory
 def train_process(model_dir: Path, train: Path, run: Path, steps: int) -> subprocess.Popen:
     args = tiny_overrides(
         model_dir, train, "''", run, **{"train.steps": steps, "train.save_every": 1}

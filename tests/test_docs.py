@@ -377,7 +377,8 @@ def test_home_page_lists_every_registered_component(served: str) -> None:
 
 
 # A path in the docs or a docstring that names no file of the repository is a dead reference.
-# Allowed: what a command generates into a git-ignored folder, and files the guides ask users to write.
+# Allowed: what a command generates into a git-ignored folder, and files the guides ask users to
+# write.
 _REPO_PATH = re.compile(
     r"(?<![\w/.-])((?:configs|docs|benchmarks|gfnlm|tests|tools|recipes|\.ci)/[\w./-]*"
     r"\.(?:py|yaml|yml|md|jsonl|sh|txt|csv|png|json|toml))"

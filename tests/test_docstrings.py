@@ -4,7 +4,8 @@ from them, so an undocumented name is a hole in the docs).
 Public means: no leading underscore in the name (nor in the module path), and defined in the module
 being walked (re-exports are checked where they are defined). Methods and properties are checked in
 the class body that defines them; an override with no docstring of its own counts as documented when
-the method it overrides has one (``inspect.getdoc`` inherits it, and so does the rendered reference).
+the method it overrides has one (``inspect.getdoc`` inherits it, and so does the rendered
+reference).
 """
 
 import importlib

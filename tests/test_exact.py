@@ -1,6 +1,6 @@
-"""Exact verification on a tabular model (gfnlm.evaluation.exact): enumeration, exact log-probs, sampling,
-the LA-TB tilt λ*, each objective's loss at its fixed point, and short training runs of the real
-registered objectives against the exact distributions."""
+"""Exact verification on a tabular model (gfnlm.evaluation.exact): enumeration, exact log-probs,
+sampling, the LA-TB tilt λ*, each objective's loss at its fixed point, and short training runs of
+the real registered objectives against the exact distributions."""
 
 import math
 from collections import Counter
@@ -38,7 +38,8 @@ def response_keys(rollouts) -> list[tuple[int, ...]]:
 
 
 def naive_log_prob(policy: TabularPolicy, tokens: tuple[int, ...]) -> float:
-    """log π(y) by walking the prefix tree one token at a time (independent of the vectorised ids)."""
+    """log π(y) by walking the prefix tree one token at a time (independent of the vectorised
+    ids)."""
     setting = policy.setting
     table = policy.logits.detach().log_softmax(-1)
     offsets = [sum(setting.vocab_size**j for j in range(k)) for k in range(setting.max_len + 1)]
@@ -66,7 +67,8 @@ def test_enumeration_counts_every_response_once(vocab: int, max_len: int) -> Non
     assert len(set(keys)) == len(keys)
     eos = setting.eos_id
     for key, ended in zip(keys, responses.ended_with_eos.tolist()):
-        # EOS is the last token exactly when the response ended with it; truncated ones have L tokens.
+        # EOS is the last token exactly when the response ended with it; truncated ones have L
+        # tokens.
         assert (key[-1] == eos) == ended if key else False
         assert eos not in key[:-1]
         assert ended or len(key) == max_len

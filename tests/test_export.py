@@ -473,7 +473,7 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(
     assert export(lora_run, "--adapter", tmp_path / "empty") == 0
 
 
-# ---------------------------------------------------------------------- export's guarantees under faults
+# ---------------------------------------------------------- export's guarantees under faults
 # What OUT holds before an export replaces it: a file and a sub-folder, so that an exchange of
 # folders (not of single files) is what the tests see.
 PREVIOUS = {"old.txt": b"old", "sub/kept.bin": bytes(range(256))}
@@ -759,7 +759,8 @@ def test_sglang_serves_the_merged_export_with_the_policys_logprobs(
         probe_gap = float((served - local).abs().mean())
         rollout_gap = served_logp_gap(policy, sampler.sample(prompt_batch(policy), 2))
         print(
-            f"\nSGLang vs policy: probe mean |Δ log p| = {probe_gap:.2e}, rollouts max |Δ| = {rollout_gap:.2e}"
+            f"\nSGLang vs policy: probe mean |Δ log p| = {probe_gap:.2e}, "
+            f"rollouts max |Δ| = {rollout_gap:.2e}"
         )
         assert probe_gap < 1e-3 and rollout_gap < LOGP_TOL, (probe_gap, rollout_gap)
         sampler.close()

@@ -63,7 +63,10 @@ def test_unknown_long_component_name_is_shortened_and_short_typos_keep_the_sugge
         (
             "gfnlm_test_divides",
             "x = 1\n\ny = 1 / 0\n",
-            r"--import='{name}': raises ZeroDivisionError: division by zero \({name}\.py, line 3\)$",
+            (
+                r"--import='{name}': raises ZeroDivisionError: division by zero "
+                r"\({name}\.py, line 3\)$"
+            ),
         ),
         (
             "gfnlm_test_syntax",

@@ -29,7 +29,8 @@ LAYERS = {
 
 
 def layer_of(module: str) -> int | None:
-    """The layer of a dotted ``gfnlm`` module name (``None`` for the package itself and ``data``)."""
+    """The layer of a dotted ``gfnlm`` module name (``None`` for the package itself and
+    ``data``)."""
     parts = module.split(".")
     return LAYERS.get(parts[1]) if len(parts) > 1 else 0
 
@@ -58,8 +59,8 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple
 
 
 def layer_violations(root: Path) -> list[str]:
-    """``file:line: A (layer a) imports B (layer b)`` for each import of a higher layer under ``root``
-    (a folder laid out as the ``gfnlm`` package)."""
+    """``file:line: A (layer a) imports B (layer b)`` for each import of a higher layer under
+    ``root`` (a folder laid out as the ``gfnlm`` package)."""
     problems = []
     for path in sorted(root.rglob("*.py")):
         module = module_name(path, root)

@@ -1,6 +1,6 @@
-"""Creative metrics (gfnlm.tasks.metrics) on hand-made examples, with the real MiniLM embedding model; the
-prompt-check rules; the bundled creative prompt sets; ``evaluate_creative`` and ``gfnlm eval
---metrics creative`` on a tiny random Llama with the real SmolLM2 tokenizer."""
+"""Creative metrics (gfnlm.tasks.metrics) on hand-made examples, with the real MiniLM embedding
+model; the prompt-check rules; the bundled creative prompt sets; ``evaluate_creative`` and ``gfnlm
+eval --metrics creative`` on a tiny random Llama with the real SmolLM2 tokenizer."""
 
 import json
 from pathlib import Path

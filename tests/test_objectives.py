@@ -1,5 +1,5 @@
-"""Each objective against a hand computation of its formula (method.md §2) on the two-response example,
-plus gradient checks, degenerate batches, the Huber penalty and shape rejection."""
+"""Each objective against a hand computation of its formula (method.md §2) on the two-response
+example, plus gradient checks, degenerate batches, the Huber penalty and shape rejection."""
 
 import math
 
@@ -238,8 +238,8 @@ def test_garbage_past_the_end_is_ignored(two):
 
 
 def test_fixed_point_alpha_one_policy_equals_base(two):
-    """α = 1 and π = p_base: every residual is zero with log Z = 0 (TB-token's fixed point is another
-    distribution, exp(log R/|y|), so it is left out)."""
+    """α = 1 and π = p_base: every residual is zero with log Z = 0 (TB-token's fixed point is
+    another distribution, exp(log R/|y|), so it is left out)."""
     rollouts = two.rollouts()
     base = two.base()
     scores = registry.build("target", "alpha_power", alpha=1.0).score(rollouts, base)

@@ -31,7 +31,9 @@ PLUGIN = textwrap.dedent('''
         needs_base = False
 
         def score(self, rollouts, base):
-            return TargetScores(log_reward=rollouts.behaviour_logp.new_full((rollouts.batch_size,), self.value))
+            return TargetScores(
+                log_reward=rollouts.behaviour_logp.new_full((rollouts.batch_size,), self.value)
+            )
 ''')
 
 

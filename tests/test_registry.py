@@ -236,7 +236,8 @@ def test_format_penalty_without_response_text_is_rejected():
 
 def test_run_facts_fill_the_options_a_component_declares() -> None:
     """A component names the run facts it needs (``run_fact``); composing a run fills them in when
-    the config leaves them out, for any registered name — the trainer knows no component's options."""
+    the config leaves them out, for any registered name — the trainer knows no component's
+    options."""
     from gfnlm.training.compose import compose
     from gfnlm.training.config import load_config
 

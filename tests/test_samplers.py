@@ -37,7 +37,8 @@ def prompt_batch(tokenizer, tmp_path: Path):
 
 
 def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> CausalLMPolicy:
-    """The tiny model, optionally with a bias on the EOS logit so that rows end at different steps."""
+    """The tiny model, optionally with a bias on the EOS logit so that rows end at different
+    steps."""
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if eos_bias:
@@ -57,7 +58,8 @@ def make_policy(model_dir: Path, eos_bias: float = 0.0, lora: bool = False) -> C
 def test_cached_engine_draws_the_same_tokens_as_generate(
     tiny_model_dir, tmp_path, temperature, top_p, min_p
 ):
-    """Same seed, no row ends early → the RNG is consumed identically, so the tokens must be equal."""
+    """Same seed, no row ends early → the RNG is consumed identically, so the tokens must be
+    equal."""
     policy = make_policy(tiny_model_dir)
     batch = prompt_batch(policy.tokenizer, tmp_path)
     drawn = {}
@@ -240,7 +242,8 @@ def policy_and_rollouts(model_dir: Path, tmp_path: Path):
 
 
 def response_logits(policy: CausalLMPolicy, rollouts) -> torch.Tensor:
-    """The model's full logits at the positions predicting each response token, recomputed plainly."""
+    """The model's full logits at the positions predicting each response token, recomputed
+    plainly."""
     ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
     mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long()
     return policy.model(

@@ -219,7 +219,8 @@ def test_killing_the_launched_server_mid_run_is_a_clear_error(
     small_smollm2: Path, prompt_files, tmp_path: Path
 ) -> None:
     """The trainer launches its own server; killing it after the first checkpoint stops the run with
-    one line naming the URL and the operation, leaves that checkpoint intact and no process behind."""
+    one line naming the URL and the operation, leaves that checkpoint intact and no process
+    behind."""
     train, evaluation = prompt_files
     launch = cpu_launch()
     overrides = tiny_overrides(

@@ -196,7 +196,8 @@ def test_silent_server_fails_a_cli_run_within_the_deadline(
 
 def test_a_timed_out_request_is_never_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process, with a short progress interval: the deadline covers the whole call however many
-    retries are allowed, progress lines name URL, operation and deadline, one request reached the server."""
+    retries are allowed, progress lines name URL, operation and deadline, one request reached the
+    server."""
     monkeypatch.setattr(sglang_client, "PROGRESS_EVERY_S", 0.5)
     silent = SilentServer(lifetime_s=30)
     lines: list[str] = []
@@ -262,7 +263,8 @@ def test_waiting_for_a_launch_is_visible(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
-# Checks that need no model: at construction (the registry builds the sampler before the model loads)
+# Checks that need no model: at construction (the registry builds the sampler before the model
+# loads)
 
 
 @pytest.mark.parametrize(
@@ -305,7 +307,8 @@ def test_a_wrong_launch_interpreter_fails_at_construction(
     ):
         registry.build("sampler", "sglang", {"launch": {"python": sys.executable}})
     assert time.monotonic() - started < 5
-    # The CPU recipe comes with a checkout of the repository: without it, one line naming the option.
+    # The CPU recipe comes with a checkout of the repository: without it, one line naming the
+    # option.
     monkeypatch.setattr(serve, "CPU_RECIPE", tmp_path / "tools" / "sglang_cpu" / "launch.py")
     with pytest.raises(
         InputError, match=rf"{OPTION}.launch.cpu: the CPU recipe tools/sglang_cpu is not here"
@@ -346,7 +349,8 @@ def test_a_failed_setup_leaves_only_the_servers_log_in_the_temp_dir(
     # the server's private temporary folder goes.
     fake = tmp_path / "fake-python"
     fake.write_text(
-        '#!/bin/sh\ncase "$2" in *find_spec*) exit 0;; esac\necho "fake sglang: no GPU here"\nexit 3\n'
+        '#!/bin/sh\ncase "$2" in *find_spec*) exit 0;; esac\n'
+        'echo "fake sglang: no GPU here"\nexit 3\n'
     )
     fake.chmod(0o755)
     launched = registry.build("sampler", "sglang", {"launch": {"python": str(fake)}})
@@ -381,7 +385,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 print("stand-in server: exiting on request", flush=True)
 """
 
-# Long lines, then an exit before /health ever answers: the old 300-character tail cut them.
+# Long lines, then an exit before /health ever answers: a tail cut at a fixed length would cut them.
 FAILING_SERVER = """
 for i in range(8):
     print(f"line {i}: " + "word " * 22 + f"end of line {i}")

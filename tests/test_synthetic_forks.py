@@ -60,7 +60,8 @@ def test_generator_answer_distribution_matches_the_exact_one():
 def test_exact_low_temperature_and_power_disagree(alpha):
     """On 4 tokens and 3 steps: the work chain has probability w, each of the 3³ guess chains
     (1 − w)/27. T = 1/α sharpens the first token: P(work) = w^α / (w^α + (1 − w)^α), and leaves the
-    uniform guess steps uniform; p^α weighs whole chains: P(work) = w^α / (w^α + 27 ((1 − w)/27)^α)."""
+    uniform guess steps uniform; p^α weighs whole chains:
+    P(work) = w^α / (w^α + 27 ((1 − w)/27)^α)."""
     w = forks.WORK_RATE
     result = exact_fork_comparison(alpha, work_rate=w, vocab_size=4, steps=3)
     low_temp_work = w**alpha / (w**alpha + (1 - w) ** alpha)

@@ -65,7 +65,8 @@ def test_alpha_power_prefix_rewards_by_hand(two):
 
 
 def test_alpha_power_ignores_base_eos_at_forced_state(two):
-    # Changing log p_base(⊤|s_4) of the truncated response, or anything past A's end, changes nothing.
+    # Changing log p_base(⊤|s_4) of the truncated response, or anything past A's end, changes
+    # nothing.
     target = alpha_power(alpha=3.0)
     ref = target.score(two.rollouts(), two.base()).prefix_log_reward
     eos = torch.tensor(two.base_eos, dtype=DTYPE)

@@ -38,7 +38,8 @@ def test_the_shipped_tasks_are_registered() -> None:
     ],
 )
 def test_factual_prompts_are_todays_prompts(record, tokenizer) -> None:
-    """The factual task formats exactly as before tasks existed, so the default run's numbers stay."""
+    """The factual task formats a prompt exactly as ``format_prompt`` does, so the default run's
+    numbers stay."""
     task = build("task", "factual")
     assert task.format_prompt(tokenizer, record) == format_prompt(
         tokenizer, record["question"], record.get("template", "short_answer")
@@ -206,7 +207,8 @@ def test_gfnlm_eval_grades_a_parquet_set_with_the_math_task_and_writes_json(
 def test_powerflow_reasoning_recipe_runs_on_a_tiny_model(
     tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    """configs/powerflow_reasoning.yaml (math task, ψ = −0.5, bundled math set) end to end on CPU."""
+    """configs/powerflow_reasoning.yaml (math task, ψ = −0.5, bundled math set) end to end on
+    CPU."""
     code, err = run_cli(
         [
             "train",

@@ -214,11 +214,17 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             "replay.name=reward_prioritised objective.name=grpo",
-            r"replay\.name='reward_prioritised': objective 'grpo'.*not valid on replayed trajectories",
+            (
+                r"replay\.name='reward_prioritised': objective 'grpo'.*"
+                r"not valid on replayed trajectories"
+            ),
         ),
         (
             "exploration.name=tempered objective.name=entropy_min",
-            r"exploration\.name='tempered': objective 'entropy_min' is valid on its own samples only",
+            (
+                r"exploration\.name='tempered': objective 'entropy_min' "
+                r"is valid on its own samples only"
+            ),
         ),
         (
             "exploration.name=tempered sampling.sampler_options.engine=generate",

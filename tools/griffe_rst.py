@@ -1,9 +1,9 @@
 """Griffe extension for the API reference: gfnlm's docstrings use a few reStructuredText habits
 (Sphinx roles, ``.. math::`` blocks, ``Example::``) that Markdown would show literally.
 
-* ``:class:`~gfnlm.contracts.types.Rollouts``` becomes a cross-reference link when the target is a full
-  ``gfnlm.`` path (mkdocs-autorefs resolves it; ``--strict`` fails on one that does not exist), and
-  inline code otherwise; a leading ``~`` keeps only the last component as the text.
+* ``:class:`~gfnlm.contracts.types.Rollouts``` becomes a cross-reference link when the target is
+  a full ``gfnlm.`` path (mkdocs-autorefs resolves it; ``--strict`` fails on one that does not
+  exist), and inline code otherwise; a leading ``~`` keeps only the last component as the text.
 * ``.. math::`` and its indented body become a ``$$ … $$`` block, typeset by MathJax like the
   formulas of the Concepts page.
 * A paragraph ending in ``::`` ends in ``:`` (its indented block is already a Markdown code block).

@@ -75,14 +75,16 @@ _KIND_PAGES = {
 
 
 def component_names_table() -> str:
-    """Markdown: each kind with its registered names and the page that explains it (the home page)."""
+    """Markdown: each kind with its registered names and the page that explains it (the home
+    page)."""
     from gfnlm.contracts import registry
 
     rows = ["| component | registered names | the page that explains it |", "|---|---|---|"]
     for kind in registry.KINDS:
         names = ", ".join(f"`{name}`" for name in registry.names(kind)) or "none yet"
         rows.append(
-            f"| {kind} | {names} | [{_KIND_TITLES.get(kind, kind)}]({_KIND_PAGES.get(kind, 'api/index.md')}) |"
+            f"| {kind} | {names} | "
+            f"[{_KIND_TITLES.get(kind, kind)}]({_KIND_PAGES.get(kind, 'api/index.md')}) |"
         )
     return "\n".join(rows)
 
@@ -114,7 +116,8 @@ def _help_text(field: Any) -> str:
 
 def component_options() -> str:
     """Markdown: each registered component's constructor, and per option its type, default and the
-    one-line description of its attrs field metadata (``help``); the source file it is defined in."""
+    one-line description of its attrs field metadata (``help``); the source file it is defined
+    in."""
     import attrs
 
     from gfnlm.contracts import registry

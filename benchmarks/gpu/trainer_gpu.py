@@ -1,10 +1,12 @@
-"""PowerFlow training steps on a GPU with a ~0.5B-parameter Llama built from a config (random weights,
-bf16 autocast), so nothing is downloaded. Reports step time split, rollout tokens/s, peak GPU memory,
-and how closely the trainer's recomputed policy log-probs match the sampler's behaviour log-probs.
+"""PowerFlow training steps on a GPU with a ~0.5B-parameter Llama built from a config (random
+weights, bf16 autocast), so nothing is downloaded. Reports step time split, rollout tokens/s, peak
+GPU memory, and how closely the trainer's recomputed policy log-probs match the sampler's behaviour
+log-probs.
 
     python benchmarks/gpu/trainer_gpu.py --tokenizer DIR [--steps 6] [--full] [--parallel ddp|fsdp2]
     torchrun --standalone --nproc_per_node N benchmarks/gpu/trainer_gpu.py --tokenizer DIR ...
-    python benchmarks/gpu/trainer_gpu.py --tokenizer DIR --device cpu --size tiny --steps 2   # a smoke run
+    python benchmarks/gpu/trainer_gpu.py --tokenizer DIR --device cpu --size tiny --steps 2
+                                                                      # a smoke run
 
 ``--device cpu --size tiny`` runs the same code on a 2-layer model on CPU in float32 (the test
 suite does, so that the script still works when no GPU has run it for a while).
@@ -164,14 +166,16 @@ def main() -> int:
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "not measured on CPU"
     print(
         f"\ndevice: {device_name}; model: random Llama, {params / 1e6:.0f}M parameters, "
-        f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, {'bf16 autocast' if cuda else 'float32'}; "
-        f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max; "
-        f"{world} process(es), {args.parallel if world > 1 else 'single'}"
+        f"{'full fine-tune' if args.full else 'LoRA r=8 q/k/v/o'}, "
+        f"{'bf16 autocast' if cuda else 'float32'}; {args.prompts} prompts x {args.samples} "
+        f"samples, {args.max_new_tokens} new tokens max; {world} process(es), "
+        f"{args.parallel if world > 1 else 'single'}"
     )
     print(
-        f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample {med('time/sample'):.3f} "
-        f"+ score {med('time/score'):.3f} + update {med('time/update'):.3f}; "
-        f"rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory {peak}"
+        f"median of steps 2..{len(rows)}: step {med('time/step'):.3f} s = sample "
+        f"{med('time/sample'):.3f} + score {med('time/score'):.3f} + update "
+        f"{med('time/update'):.3f}; rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory "
+        f"{peak}"
     )
     print(
         f"|behaviour - recomputed| token log-prob: mean {diff.mean():.2e}, max {diff.max():.2e} "

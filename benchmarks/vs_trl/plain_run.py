@@ -22,7 +22,8 @@ from workload import add_workload_arguments
 def response_log_probs(
     model, sequences: torch.Tensor, attention: torch.Tensor, prompt_width: int
 ) -> torch.Tensor:
-    """Log-probabilities of the generated tokens (positions after the left-padded prompt): [B, T]."""
+    """Log-probabilities of the generated tokens (positions after the left-padded prompt):
+    [B, T]."""
     logits = model(input_ids=sequences, attention_mask=attention).logits[:, prompt_width - 1 : -1]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, sequences[:, prompt_width:, None])[
         ..., 0
