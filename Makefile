@@ -88,6 +88,7 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check gfnlm tests benchmarks tools
+	$(VENV)/bin/ruff format --check gfnlm tests benchmarks tools
 
 bench-exact: setup
 	$(PY) benchmarks/exact_matching.py

@@ -34,7 +34,8 @@ from gfnlm.contracts.errors import (
 )
 from gfnlm.contracts.paths import check_output_file, check_path_length, write_text_atomically
 from gfnlm.contracts.registry import import_components
-from gfnlm.training.config import MAX_COUNT, RunConfig, load_config
+from gfnlm.contracts.validators import MAX_COUNT
+from gfnlm.training.config import RunConfig, load_config
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

@@ -73,7 +73,7 @@ CASES = [
     Case("eval --min-p 1.5", r"--min-p=1\.5: must be in \[0, 1\)"),
     Case("train CONFIG TINY sampling.min_p=1", r"sampling\.min_p=1\.0: must be in \[0, 1\)"),
     Case("train CONFIG TINY target.options.alpha=inf", r"alpha=inf: must be a finite number"),
-    Case("train CONFIG TINY target.options.alpha=0", r"alpha=0\.0: must be > 0"),
+    Case("train CONFIG TINY target.options.alpha=0", r"alpha=0\.0: must be a finite number > 0"),
     Case("train CONFIG TINY train.stepz=3", r"train\.stepz.*not in 'TrainConfig'"),
     Case(
         "train CONFIG TINY objective.name=la_tbb",

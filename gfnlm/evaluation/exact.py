@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from gfnlm.contracts import registry
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
+from gfnlm.contracts.validators import at_least
 from gfnlm.objectives.fixed_points import (
     FixedPoint,
     bracket_root,
@@ -58,11 +59,6 @@ DTYPE = torch.float64
 EXACT_RUN_PROVIDES = frozenset({"exact_behaviour_logp", "behaviour_transform", "prompt_hidden"})
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name}={value}: must be >= 1")
-
-
 # ---------------------------------------------------------------------------------------------
 # The enumerable setting
 
@@ -72,8 +68,8 @@ class ExactSetting:
     """``vocab_size`` ordinary tokens (ids ``0..V-1``), EOS (id ``V``), responses of at most
     ``max_len`` tokens (a response reaching ``max_len`` ordinary tokens is truncated)."""
 
-    vocab_size: int = attrs.field(default=4, converter=int, validator=_positive_int)
-    max_len: int = attrs.field(default=5, converter=int, validator=_positive_int)
+    vocab_size: int = attrs.field(default=4, converter=int, validator=at_least(1))
+    max_len: int = attrs.field(default=5, converter=int, validator=at_least(1))
 
     @property
     def eos_id(self) -> int:

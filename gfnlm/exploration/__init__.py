@@ -39,38 +39,12 @@ from torch import Tensor
 
 from gfnlm.contracts.registry import RegistryError, option, register
 from gfnlm.contracts.types import Rollouts
-
-
-def _finite_at_least(minimum: float):
-    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
-        if not (math.isfinite(value) and value >= minimum):
-            raise ValueError(f"{attribute.name}={value!r}: must be a finite number >= {minimum}")
-
-    return check
-
-
-def _in_range(low: float, high: float, low_open: bool = False):
-    """A finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-
-    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
-        above = value > low if low_open else value >= low
-        if not (math.isfinite(value) and above and value <= high):
-            top = f"{high:_}" if isinstance(high, int) else f"{high:g}"
-            interval = f"{'(' if low_open else '['}{low:g}, {top}]"
-            raise ValueError(f"{attribute.name}={value!r}: must be in {interval}")
-
-    return check
-
+from gfnlm.contracts.validators import at_least, in_range
 
 # Replay's bounds: ``ratio`` multiplies the rows of every batch (a step's memory grows by that
 # factor), so more than 10 replayed per fresh response is a typo, not a setting; ``capacity`` is a
 # count of responses per prompt, bounded like the config's counts.
 MAX_REPLAY_RATIO, MAX_REPLAY_CAPACITY = 10.0, 1_000_000
-
-
-def _open_unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{attribute.name}={value!r}: must be in (0, 1)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +94,7 @@ class TemperedExploration(Exploration):
         2.0,
         "T >= 1 of the behaviour policy π^(1/T) (1 = on-policy)",
         converter=float,
-        validator=_finite_at_least(1.0),
+        validator=at_least(1.0),
     )
 
     def behaviour_log_probs(
@@ -138,7 +112,7 @@ class UniformMixExploration(Exploration):
         0.1,
         "ε in (0, 1): the share of each token's draw taken uniformly",
         converter=float,
-        validator=_open_unit_interval,
+        validator=in_range(0.0, 1.0, low_open=True, high_open=True),
     )
 
     def behaviour_log_probs(
@@ -198,20 +172,20 @@ class RewardPrioritisedReplay(Replay):
         "distinct responses kept per prompt (those of highest reward), "
         f"in [1, {MAX_REPLAY_CAPACITY:_}]",
         converter=int,
-        validator=_in_range(1, MAX_REPLAY_CAPACITY),
+        validator=in_range(1, MAX_REPLAY_CAPACITY),
     )
     ratio: float = option(
         0.5,
         "replayed responses per fresh response of the same prompt, in "
         f"(0, {MAX_REPLAY_RATIO:g}]: the batch grows by this factor",
         converter=float,
-        validator=_in_range(0.0, MAX_REPLAY_RATIO, low_open=True),
+        validator=in_range(0.0, MAX_REPLAY_RATIO, low_open=True),
     )
     priority: float = option(
         1.0,
         "β: a stored response is drawn with probability ∝ R^β (0 = uniformly)",
         converter=float,
-        validator=_finite_at_least(0.0),
+        validator=at_least(0.0),
     )
     # every prompt's rows
     _stored: Rollouts | None = attrs.field(default=None, init=False, repr=False)

@@ -4,7 +4,6 @@ An objective is a pure function of (Rollouts, PolicyEval, TargetScores, log Z) �
 metrics. It knows nothing about models, samplers or files.
 """
 
-import math
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -13,9 +12,9 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from gfnlm.contracts.errors import quoted
 from gfnlm.contracts.registry import option
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+from gfnlm.contracts.validators import greater_than, one_of
 from gfnlm.objectives.fixed_points import FixedPoint
 
 Penalty = Literal["squared", "huber"]
@@ -82,27 +81,13 @@ def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float
     raise ValueError(f"penalty={kind!r}: must be 'squared' or 'huber'")
 
 
-def _check_penalty(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if not isinstance(value, str) or value not in PENALTIES:
-        raise ValueError(f"{attribute.name}={quoted(value)}: must be 'squared' or 'huber'")
-
-
-def _check_huber_delta(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"{attribute.name}={quoted(value)}: must be a finite number > 0")
-
-
 def penalty_field(**field_kwargs: Any) -> Penalty:
     """The ``penalty`` option (default squared), checked to be ``squared`` or ``huber``; declared
     once by :class:`PenalisedObjective`, and usable on its own by an objective that is not one."""
     return option(
         "squared",
         "penalty of a residual r: 'squared' (r²) or 'huber' (2·Huber_δ(r))",
-        validator=_check_penalty,
+        validator=one_of("squared", "huber"),
         **field_kwargs,
     )
 
@@ -112,7 +97,7 @@ def huber_delta_field(**field_kwargs: Any) -> float:
     return option(
         1.0,
         "δ of the Huber penalty (with penalty='huber'), a finite number > 0",
-        validator=_check_huber_delta,
+        validator=greater_than(0),
         **field_kwargs,
     )
 

@@ -87,6 +87,7 @@ from torch import Tensor
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+from gfnlm.contracts.validators import one_of
 from gfnlm.objectives.base import Objective, group_mean, masked_mean
 
 ScaleRewards = Literal["group", "batch", "none"]
@@ -102,18 +103,6 @@ def scale_rewards_name(value: object) -> object:
 def loss_type_name(value: object) -> object:
     """TRL's spellings ``dapo`` and ``grpo`` read as ``token`` and ``sequence``."""
     return TRL_LOSS_TYPES.get(value, value) if isinstance(value, str) else value
-
-
-def one_of(*allowed: str, also: str = ""):
-    """An attrs validator: ``value`` must be one of ``allowed`` (a one-line error naming both)."""
-
-    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
-        if value not in allowed:
-            raise ValueError(
-                f"{attribute.name}={value!r}: must be one of {', '.join(allowed)}{also}"
-            )
-
-    return check
 
 
 def group_normalised_advantages(

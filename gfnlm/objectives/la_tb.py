@@ -37,6 +37,7 @@ from torch import Tensor
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
+from gfnlm.contracts.validators import at_least
 from gfnlm.objectives.base import (
     LogZSource,
     PenalisedObjective,
@@ -48,11 +49,6 @@ from gfnlm.objectives.base import (
 from gfnlm.objectives.fixed_points import FixedPoint, length_tilt
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name}={value}: must be >= 0")
-
-
 @register("objective", "la_tb")
 @attrs.frozen
 class LengthAwareTB(PenalisedObjective):
@@ -62,13 +58,13 @@ class LengthAwareTB(PenalisedObjective):
         0.2,
         "clip-higher lower bound: the importance weight is clipped to [1 − eps_low, 1 + eps_high]",
         converter=float,
-        validator=_non_negative,
+        validator=at_least(0),
     )
     eps_high: float = option(
         0.28,
         "clip-higher upper bound (ε_high > ε_low keeps several minibatch updates per batch safe)",
         converter=float,
-        validator=_non_negative,
+        validator=at_least(0),
     )
     log_z_source: LogZSource = log_z_source_field()
     # Its residual is zero on every trajectory at the fixed point, so any behaviour policy and

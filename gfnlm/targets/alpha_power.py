@@ -21,12 +21,8 @@ import torch.nn.functional as F
 
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
+from gfnlm.contracts.validators import greater_than
 from gfnlm.targets.base import Target, task_field
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name}={value}: must be > 0")
 
 
 def prefix_terminal_log_rewards(
@@ -56,7 +52,7 @@ class AlphaPowerTarget(Target):
         4.0,
         "α: > 1 sharpens the base model, < 1 flattens it, 1 is the base model",
         converter=float,
-        validator=_positive,
+        validator=greater_than(0),
     )
     format_penalty: float = option(
         0.0,

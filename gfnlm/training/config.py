@@ -11,7 +11,6 @@ Example::
     )
 """
 
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,99 +21,24 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gfnlm.contracts.errors import ConfigError, quoted, shortened
 from gfnlm.contracts.paths import check_path_length
+from gfnlm.contracts.validators import (
+    MAX_COUNT,
+    at_least,
+    count,
+    field_name,
+    finite,
+    in_range,
+    not_empty,
+    one_of,
+)
 
-
-def field_name(instance: object, attribute: attrs.Attribute) -> str:
-    """``train.steps`` rather than ``steps``: the config section (``section`` of the class) and the
-    field."""
-    section = getattr(type(instance), "section", "")
-    return f"{section}.{attribute.name}" if section else attribute.name
-
-
-def _at_least(minimum: float):
-    """``value >= minimum`` and finite (NaN compares false both ways, so it is rejected by name)."""
-
-    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
-        if not math.isfinite(value):
-            raise ConfigError(
-                f"{field_name(instance, attribute)}={value!r}: must be a finite number >= {minimum}"
-            )
-        if value < minimum:
-            raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be >= {minimum}")
-
-    return check
-
-
-# The most a count of prompts, responses or tokens may be: far above any real run, and low enough
-# that a typo (an extra zero run, 1e9) is refused in one line instead of an allocation.
-MAX_COUNT = 1_000_000
 # Learning-rate bounds (see TrainConfig.lr and logz_lr).
 MAX_LR, MAX_LOGZ_LR = 1.0, 10.0
-
-
-def _count(minimum: int, maximum: int = MAX_COUNT):
-    """An integer in ``[minimum, maximum]``."""
-
-    def check(instance: object, attribute: attrs.Attribute, value: int) -> None:
-        if not minimum <= value <= maximum:
-            raise ConfigError(
-                f"{field_name(instance, attribute)}={value!r}: must be in [{minimum}, {maximum:_}]"
-            )
-
-    return check
-
-
-def _open_closed(low: float, high: float):
-    """A number in ``(low, high]`` (NaN and infinities are refused: they compare false)."""
-
-    def check(instance: object, attribute: attrs.Attribute, value: float) -> None:
-        if not math.isfinite(value):
-            raise ConfigError(
-                f"{field_name(instance, attribute)}={value!r}: must be a finite "
-                f"number in ({low:g}, {high:g}]"
-            )
-        if not low < value <= high:
-            raise ConfigError(
-                f"{field_name(instance, attribute)}={value!r}: must be in ({low:g}, {high:g}]"
-            )
-
-    return check
 
 
 def _path(instance: object, attribute: attrs.Attribute, value: str) -> None:
     """A file or folder path the file system can hold (``''`` is left to the field's own rule)."""
     check_path_length(str(value), field_name(instance, attribute))
-
-
-def _positive_fraction(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value <= 1:  # also false for NaN
-        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in (0, 1]")
-
-
-def _fraction_below_one(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 <= value < 1:  # also false for NaN
-        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be in [0, 1)")
-
-
-def _not_empty(instance: object, attribute: attrs.Attribute, value: str) -> None:
-    if not str(value).strip():
-        raise ConfigError(f"{field_name(instance, attribute)}={quoted(value)}: must not be empty")
-
-
-def _one_of(*allowed: str):
-    def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(
-                f"{field_name(instance, attribute)}={quoted(value)}: must be one of "
-                f"{', '.join(allowed)}"
-            )
-
-    return check
-
-
-def _finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{field_name(instance, attribute)}={value!r}: must be a finite number")
 
 
 def setting(default: Any = attrs.NOTHING, *, help: str, **field_kwargs: Any) -> Any:
@@ -154,7 +78,7 @@ class ModelConfig:
         "smollm2",
         help="a local Hugging Face causal-LM folder, or `smollm2` (SmolLM2-135M-Instruct, "
         "converted once into the user cache); nothing is downloaded; not empty",
-        validator=[_not_empty, _path],
+        validator=[not_empty, _path],
     )
     lora: bool = setting(
         True,
@@ -162,15 +86,15 @@ class ModelConfig:
         "the adapter disabled (no second copy). `false`: full fine-tuning, with a frozen copy "
         "as the base",
     )
-    lora_r: int = setting(8, help="LoRA rank, >= 1", validator=_at_least(1))
+    lora_r: int = setting(8, help="LoRA rank, >= 1", validator=at_least(1))
     lora_alpha: float = setting(
         16.0,
         help="LoRA scaling numerator, a finite number: the update is scaled by "
         "`lora_alpha / lora_r`",
-        validator=_finite,
+        validator=finite,
     )
     lora_dropout: float = setting(
-        0.0, help="dropout probability on the LoRA input, >= 0", validator=_at_least(0.0)
+        0.0, help="dropout probability on the LoRA input, >= 0", validator=at_least(0.0)
     )
     lora_targets: list[str] = setting(
         factory=lambda: ["q_proj", "v_proj"], help="names of the modules that get an adapter"
@@ -179,7 +103,7 @@ class ModelConfig:
         "auto",
         help="`auto`: bf16 autocast on CUDA, fp32 on CPU; or `float32`, `bfloat16`, `float64` "
         "(exactness checks)",
-        validator=_one_of("auto", "float32", "bfloat16", "float64"),
+        validator=one_of("auto", "float32", "bfloat16", "float64"),
     )
     gradient_checkpointing: bool = setting(
         False, help="recompute activations in the backward pass (less memory, more time)"
@@ -190,7 +114,7 @@ class ModelConfig:
         "scoring), >= 0: the `[B, T, V]` logits are never held, and each chunk's but the last "
         "are recomputed in the backward pass; 0 = the model's full logits (the plain path, kept "
         "for comparison)",
-        validator=_at_least(0),
+        validator=at_least(0),
     )
 
 
@@ -206,7 +130,7 @@ class DataConfig:
         "factual_train",
         help="training prompts, not empty (their answers travel with them and are read only by "
         "the verifier reward)",
-        validator=[_not_empty, _path],
+        validator=[not_empty, _path],
     )
     eval: str = setting(
         "factual_eval",
@@ -217,23 +141,23 @@ class DataConfig:
         "question",
         help="the column holding the question (`prompt` is accepted when this is left at "
         "`question`)",
-        validator=_not_empty,
+        validator=not_empty,
     )
     answer_field: str = setting(
         "answers",
         help="the column holding the answers (`answer` is accepted when this is left at `answers`)",
-        validator=_not_empty,
+        validator=not_empty,
     )
     max_prompt_tokens: int = setting(
         256,
         help="longest prompt in tokens, 1 to 1,000,000; a longer one is a one-line error naming "
         "the file and line",
-        validator=_count(1),
+        validator=count(1),
     )
     eval_max_questions: int = setting(
         0,
         help="evaluate only the first N questions, 0 to 1,000,000 (0 = all)",
-        validator=_count(0),
+        validator=count(0),
     )
 
 
@@ -252,29 +176,31 @@ class SamplingConfig:
         8,
         help="G, the responses drawn per prompt, 1 to 1,000,000 (with `train.prompts_per_step`, "
         "at most 1,000,000 responses a step)",
-        validator=_count(1),
+        validator=count(1),
     )
     temperature: float = setting(
         1.0,
         help="sampling temperature, >= 1e-6 (the behaviour log-probs are those of the tempered "
         "distribution)",
-        validator=_at_least(1e-6),
+        validator=at_least(1e-6),
     )
     top_p: float = setting(
-        1.0, help="nucleus sampling threshold, in (0, 1] (1 = off)", validator=_positive_fraction
+        1.0,
+        help="nucleus sampling threshold, in (0, 1] (1 = off)",
+        validator=in_range(0.0, 1.0, low_open=True),
     )
     min_p: float = setting(
         0.0,
         help="min-p truncation, in [0, 1): drop tokens less likely than `min_p` × the most likely "
         "token's probability, after temperature and top-p (0 = off)",
-        validator=_fraction_below_one,
+        validator=in_range(0.0, 1.0, high_open=True),
     )
     max_new_tokens: int = setting(
         24,
         help="longest response in tokens, 1 to 1,000,000 (the longest prompt plus this must fit "
         "the model's context, `max_position_embeddings`); a response that reaches it without "
         "EOS is truncated",
-        validator=_count(1),
+        validator=count(1),
     )
     sampler_options: dict[str, Any] = setting(
         factory=dict,
@@ -301,37 +227,37 @@ class TrainConfig:
         40,
         help="optimisation steps (rollout batches) of the run, >= 1; raise it to continue a "
         "finished run",
-        validator=_at_least(1),
+        validator=at_least(1),
     )
     prompts_per_step: int = setting(
         4,
         help="prompts drawn per step, 1 to 1,000,000 (the batch has `prompts_per_step × "
         "samples_per_prompt` responses, at most 1,000,000)",
-        validator=_count(1),
+        validator=count(1),
     )
     updates_per_batch: int = setting(
         1,
         help="passes over each rollout batch, 1 to 1,000,000 (LA-TB's importance weights keep "
         "extra passes safe)",
-        validator=_count(1),
+        validator=count(1),
     )
     minibatch_size: int = setting(
         0,
         help="responses per optimiser step, 0 to 1,000,000 (0 = the whole batch)",
-        validator=_count(0),
+        validator=count(0),
     )
     lr: float = setting(
         1e-4,
         help="the policy's learning rate (AdamW), in (0, 1]: an Adam-type step moves every weight "
         "by about `lr`, so a rate above 1 moves each by more than 1 per step and diverges any "
         "language model",
-        validator=_open_closed(0.0, MAX_LR),
+        validator=in_range(0.0, MAX_LR, low_open=True),
     )
     logz_lr: float = setting(
         1e-2,
         help="log Z's learning rate, in (0, 10] (log Z is one number per prompt or a small head; "
         "the shipped configs use at most 0.1)",
-        validator=_open_closed(0.0, MAX_LOGZ_LR),
+        validator=in_range(0.0, MAX_LOGZ_LR, low_open=True),
     )
     logz_warm_start: bool = setting(
         True,
@@ -341,37 +267,37 @@ class TrainConfig:
     weight_decay: float = setting(
         0.0,
         help="AdamW weight decay of the policy, >= 0 (log Z has none)",
-        validator=_at_least(0.0),
+        validator=at_least(0.0),
     )
     grad_clip: float = setting(
-        1.0, help="largest gradient norm, >= 0 (0 = no clipping)", validator=_at_least(0.0)
+        1.0, help="largest gradient norm, >= 0 (0 = no clipping)", validator=at_least(0.0)
     )
     seed: int = setting(0, help="seeds Python, NumPy, torch and the prompt order")
     device: str = setting(
         "auto",
         help="`auto` (CUDA when available), `cpu` or `cuda`",
-        validator=_one_of("auto", "cpu", "cuda"),
+        validator=one_of("auto", "cpu", "cuda"),
     )
     eval_every: int = setting(
         0,
         help="also evaluate every N steps, >= 0 (0 = only before and after training)",
-        validator=_at_least(0),
+        validator=at_least(0),
     )
     eval_samples: int = setting(
         8,
         help="k, the samples per question at T = 1 for avg@k, pass@k and majority@k, "
         "1 to 1,000,000",
-        validator=_count(1),
+        validator=count(1),
     )
     save_every: int = setting(
         0,
         help="also checkpoint every N steps, >= 0 (0 = only at the end)",
-        validator=_at_least(0),
+        validator=at_least(0),
     )
     out_dir: str = setting(
         "runs/default",
         help="the run directory, not empty: `config.yaml`, `checkpoints/`, `eval/`, `tb/`",
-        validator=[_not_empty, _path],
+        validator=[not_empty, _path],
     )
     resume: bool = setting(
         True,
@@ -379,13 +305,13 @@ class TrainConfig:
         "existing run",
     )
     threads: int = setting(
-        0, help="CPU threads for torch, >= 0 (0 = torch's default)", validator=_at_least(0)
+        0, help="CPU threads for torch, >= 0 (0 = torch's default)", validator=at_least(0)
     )
     parallel: str = setting(
         "ddp",
         help="under `torchrun` with several processes: `ddp` (replicated weights, averaged "
         "gradients) or `fsdp2` (weights, gradients and optimiser state sharded across ranks)",
-        validator=_one_of("ddp", "fsdp2"),
+        validator=one_of("ddp", "fsdp2"),
     )
 
 
