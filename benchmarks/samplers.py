@@ -319,7 +319,7 @@ def measure_async_steps(
                         ended - started,
                     )
         finally:
-            trainer.prefetch.close()
+            trainer.rollouts.close()
             trainer.components.sampler.close()
     return times
 

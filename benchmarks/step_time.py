@@ -117,7 +117,7 @@ def run_model(
             for i in range(round_index * args.prompts, (round_index + 1) * args.prompts)
         ]
         prompts = trainer.train_prompts.batch(indices)
-        trainer._next_prompt_indices = lambda chosen=indices: (
+        trainer.rollouts.next_prompt_indices = lambda chosen=indices: (
             chosen
         )  # the trainer's step works on the same prompts
         torch.manual_seed(round_index)

@@ -153,7 +153,7 @@ def main() -> int:
                     )
                 )
         # Recomputation check: behaviour log-probs (generate, KV cache) vs one policy forward.
-        prompts = trainer.train_prompts.batch(trainer._next_prompt_indices())
+        prompts = trainer.train_prompts.batch(trainer.rollouts.next_prompt_indices())
         rollouts = trainer.components.sampler.sample(prompts, 2)
         with torch.no_grad():
             recomputed = trainer.policy.evaluate(rollouts).token_logp

@@ -101,7 +101,7 @@ def main() -> None:
         times, splits, records = [], [], []
         for step in range(args.steps):
             # TRL (shuffle_dataset=False) takes the prompts in order: so does this run.
-            trainer._next_prompt_indices = lambda step=step: list(
+            trainer.rollouts.next_prompt_indices = lambda step=step: list(
                 range(per_step * step, per_step * (step + 1))
             )
             start = synchronize(args.device)

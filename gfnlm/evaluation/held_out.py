@@ -18,6 +18,7 @@ import math
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -305,6 +306,29 @@ def _creative_metrics(groups: list[dict], weights: list[torch.Tensor] | None) ->
 
 
 # ---------------------------------------------------------------------- a run's evaluation cache
+def evaluate_with_fixed_seed(
+    policy: Any, prompts: PromptSet, config: Any, task: Any, progress: bool = False
+) -> dict[str, float]:
+    """A run's evaluation (``config``: its ``train.eval_samples`` samples per question of at most
+    ``sampling.max_new_tokens`` tokens) under the seed ``train.seed + 1_000_003`` in a forked RNG:
+    evaluation never changes the training randomness, so a resumed run (which reuses cached
+    evaluations) stays identical to an uninterrupted one; the same seed at every evaluation gives
+    common random numbers (before and after differ by the model, not by the draw) and the same
+    draws on every rank."""
+    device = next(policy.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.train.seed + 1_000_003)
+        result = evaluate(
+            policy,
+            prompts,
+            config.train.eval_samples,
+            config.sampling.max_new_tokens,
+            task=task,
+            progress=progress,
+        )
+    return result.as_dict()
+
+
 def write_cached_evaluation(path: Path, result: dict[str, float]) -> None:
     """Cache an evaluation for resumes; a cache that cannot be written only costs a re-evaluation,
     so the run goes on with a one-line warning."""

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.exploration import check_off_policy
-from gfnlm.training.config import RunConfig
+from gfnlm.training.config import RunConfig, TrainConfig
 from gfnlm.training.policy import CausalLMPolicy
 
 
@@ -42,6 +43,13 @@ class Components:
         if self.replay is not None and self.replay.active:
             roles["replay"] = self.replay
         return roles
+
+    @property
+    def policy_features(self) -> dict[str, bool]:
+        """What the policy must compute because the objective requires it (constructor arguments
+        of :class:`~gfnlm.training.policy.CausalLMPolicy`)."""
+        requires = self.objective.requires
+        return {name: name in requires for name in ("entropy_grad", "token_statistics")}
 
     @property
     def base_needs_eos_logp(self) -> bool:
@@ -132,3 +140,49 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"model.path={str(model_dir)!r}: unreadable config.json ({type(error).__name__})"
         ) from None
+
+
+def load_prompts(config: RunConfig, model_dir: Path, task: Any) -> tuple[Any, Any]:
+    """The run's training prompts and held-out prompts (``None`` without ``data.eval``), formatted
+    by ``task`` and tokenised (cheap: the tokenizer, no model), checked against the model's
+    context with ``sampling.max_new_tokens`` (the positions past it have no trained embedding)."""
+    from gfnlm.models.loading import check_context, load_tokenizer
+    from gfnlm.tasks.prompts import PromptSet
+
+    data, tokenizer = config.data, load_tokenizer(model_dir)
+    columns = {
+        "task": task,
+        "question_field": data.question_field,
+        "answer_field": data.answer_field,
+    }
+    train = PromptSet.load(data.train, "data.train", tokenizer, data.max_prompt_tokens, **columns)
+    held_out = None
+    if data.eval:
+        held_out = PromptSet.load(
+            data.eval,
+            "data.eval",
+            tokenizer,
+            data.max_prompt_tokens,
+            require_answers=True,
+            **columns,
+        )
+        if data.eval_max_questions:
+            held_out = held_out.head(data.eval_max_questions)
+    longest, new = max(len(ids) for ids in train.token_ids), config.sampling.max_new_tokens
+    check_context(model_dir, longest, new, f"sampling.max_new_tokens={new}")
+    return train, held_out
+
+
+def make_optimizer(policy: CausalLMPolicy, logz: Any, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the policy's trainable weights (``train.lr``, ``train.weight_decay``) and log Z's
+    parameters, if any (``train.logz_lr``, no weight decay)."""
+    groups = [
+        {
+            "params": policy.trainable_parameters(),
+            "lr": train.lr,
+            "weight_decay": train.weight_decay,
+        }
+    ]
+    if logz is not None:
+        groups.append({"params": list(logz.parameters()), "lr": train.logz_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)

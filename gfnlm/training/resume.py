@@ -105,6 +105,13 @@ def config_differences(mine: RunConfig, theirs: RunConfig) -> list[tuple[str, An
 
 
 # ---------------------------------------------------------------------- random-number generators
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state(world: dist_utils.World, prompt_state: torch.Tensor) -> dict[str, Any]:
     """Every generator a run draws from, as tensors and plain types (``prompt_state``: the prompt
     order's generator, as of the step the checkpoint is of)."""

@@ -8,7 +8,6 @@ policy having moved since sampling). Everything that touches files or devices li
 
 import gc
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -22,15 +21,24 @@ from tqdm.auto import tqdm
 from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.contracts.paths import check_writable_folder, write_text_atomic
 from gfnlm.contracts.types import Rollouts, TargetScores
-from gfnlm.evaluation.held_out import evaluate, read_cached_evaluation, write_cached_evaluation
-from gfnlm.models.loading import check_context, load_tokenizer, resolve_device, resolve_model_path
-from gfnlm.tasks.prompts import PromptSet
+from gfnlm.evaluation.held_out import (
+    evaluate_with_fixed_seed,
+    read_cached_evaluation,
+    write_cached_evaluation,
+)
+from gfnlm.models.loading import resolve_device, resolve_model_path
 from gfnlm.training import checkpoint, resume
 from gfnlm.training import distributed as dist_utils
-from gfnlm.training.compose import build_task, compose, read_model_config
+from gfnlm.training.compose import (
+    build_task,
+    compose,
+    load_prompts,
+    make_optimizer,
+    read_model_config,
+)
 from gfnlm.training.config import RunConfig, to_yaml
 from gfnlm.training.policy import CausalLMPolicy, TrainableModule
-from gfnlm.training.prefetch import RolloutPrefetch
+from gfnlm.training.prefetch import RolloutSource, rollout_metrics
 
 
 class TrainingError(RunError):
@@ -56,31 +64,7 @@ class Trainer:
         self.model_dir = resolve_model_path(config.model.path)
         model_config = read_model_config(self.model_dir)
         self.task = build_task(config)
-        tokenizer = load_tokenizer(self.model_dir)
-        data = config.data
-        columns = {
-            "task": self.task,
-            "question_field": data.question_field,
-            "answer_field": data.answer_field,
-        }
-        self.train_prompts = PromptSet.load(
-            data.train, "data.train", tokenizer, data.max_prompt_tokens, **columns
-        )
-        self.eval_prompts = None
-        if data.eval:
-            self.eval_prompts = PromptSet.load(
-                data.eval,
-                "data.eval",
-                tokenizer,
-                data.max_prompt_tokens,
-                require_answers=True,
-                **columns,
-            )
-            if config.data.eval_max_questions:
-                self.eval_prompts = self.eval_prompts.head(config.data.eval_max_questions)
-        longest_prompt = max(len(ids) for ids in self.train_prompts.token_ids)
-        max_new = config.sampling.max_new_tokens
-        check_context(self.model_dir, longest_prompt, max_new, f"sampling.max_new_tokens={max_new}")
+        self.train_prompts, self.eval_prompts = load_prompts(config, self.model_dir, self.task)
         self.components = compose(
             config, int(model_config["hidden_size"]), len(self.train_prompts), self.task
         )
@@ -103,45 +87,36 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         dist_utils.init_process_group(self.world, self.device)
-        _seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
-        requires = self.components.objective.requires
+        resume.seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
+        features = self.components.policy_features
         self.policy = CausalLMPolicy.from_config(
-            config.model,
-            self.model_dir,
-            self.device,
-            entropy_grad="entropy_grad" in requires,
-            token_statistics="token_statistics" in requires,
+            config.model, self.model_dir, self.device, **features
         )
-        self.logz = (
-            self.components.logz.to(self.device) if self.components.logz is not None else None
-        )
+        logz = self.components.logz
+        self.logz = logz.to(self.device) if logz is not None else None
         if self.logz is not None and config.model.dtype == "float64":
             self.logz = self.logz.double()  # a float32 log Z would round every float64 residual
         self.trainable = TrainableModule(self.policy, self.logz)
         self.train_module = dist_utils.parallelize(
             self.trainable, self.world, config.train.parallel, self.device
         )
-        if self.world.distributed:
-            _seed_everything(
-                config.train.seed + 7919 * self.world.rank
-            )  # each rank samples its own rollouts
+        if self.world.distributed:  # each rank samples its own rollouts
+            resume.seed_everything(config.train.seed + 7919 * self.world.rank)
         self.components.sampler.setup(self.policy)
-        self.prefetch = RolloutPrefetch(self.components.sampler)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.policy, self.logz, config.train)
         self.prompt_rng = torch.Generator().manual_seed(config.train.seed)
+        sampler = self.components.sampler
+        self.rollouts = RolloutSource(
+            sampler, self.train_prompts, self.prompt_rng, self.world, config
+        )
         # Replay draws from its own stream: the prompt stream must stay identical on every rank,
-        # and each rank's buffer differs. (The buffer is not checkpointed: a resumed run refills
-        # it.)
-        self.replay_rng = torch.Generator().manual_seed(
-            config.train.seed + 7919 * self.world.rank + 1
-        )
+        # and each rank's buffer differs (a resumed run refills the buffer).
+        seed = config.train.seed + 7919 * self.world.rank + 1
+        self.replay_rng = torch.Generator().manual_seed(seed)
         self.step = 0
-        self._saved_step: int | None = (
-            None  # the step whose checkpoint is on disk and unchanged since
-        )
+        self._saved_step: int | None = None  # the step saved on disk and unchanged since
         self.writer: SummaryWriter | None = None
 
-    # ------------------------------------------------------------------ set-up checks
     def close(self) -> None:
         """Leave ``torch.distributed`` (a no-op in one process). The DDP wrapper goes first: its
         reducer holds the process group, and a group torn down when the reducer is freed at exit
@@ -152,24 +127,6 @@ class Trainer:
         dist_utils.destroy(self.world)
         if self.run_lock is not None:
             self.run_lock.release()
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        groups = [
-            {
-                "params": self.policy.trainable_parameters(),
-                "lr": self.config.train.lr,
-                "weight_decay": self.config.train.weight_decay,
-            }
-        ]
-        if self.logz is not None:
-            groups.append(
-                {
-                    "params": list(self.logz.parameters()),
-                    "lr": self.config.train.logz_lr,
-                    "weight_decay": 0.0,
-                }
-            )
-        return torch.optim.AdamW(groups)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
@@ -182,29 +139,19 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
             # purge_step drops events a crashed run logged after its last checkpoint.
-            self.writer = SummaryWriter(
-                log_dir=str(self.out_dir / "tb"), purge_step=self.resume_step() + 1
-            )
+            tb = str(self.out_dir / "tb")
+            self.writer = SummaryWriter(log_dir=tb, purge_step=self.resume_step() + 1)
         sampler = self.components.sampler
-        if self.resume():
-            sampler.sync(
-                self.policy, self.step, force=True
-            )  # a server must serve the resumed weights
+        if self.resume():  # a server must serve the resumed weights
+            sampler.sync(self.policy, self.step, force=True)
         results: dict[str, Any] = {"before": self.evaluate_cached(0)}
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            disable=not (self.progress and main),
-        )
+        shown = self.progress and main
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not shown)
         try:
             while self.step < cfg.steps:
                 metrics = dist_utils.reduce_metrics(self.train_step(), self.world, self.device)
                 self.step += 1
-                if (
-                    not self.config.sampling.async_rollouts
-                ):  # async: train_step syncs, the server idle
+                if not self.config.sampling.async_rollouts:  # async: train_step syncs
                     sampler.sync(self.policy, self.step)
                 self.log(metrics)
                 bar.update(1)
@@ -217,7 +164,7 @@ class Trainer:
             results["after"] = self.evaluate_cached(self.step)
         finally:
             bar.close()
-            self.prefetch.close()
+            self.rollouts.close()
             sampler.close()
             if self.writer is not None:
                 self.writer.close()
@@ -231,7 +178,7 @@ class Trainer:
         cfg = self.config
         started = time.perf_counter()
         timing: dict[str, float] = {}
-        fresh = self._async_rollouts(timing) if cfg.sampling.async_rollouts else self._rollouts()
+        fresh = self.rollouts.draw(self.policy, self.step, cfg.train.steps, timing)
         replay = self.components.replay
         rollouts = replay.mix(fresh, self.replay_rng)  # fresh rows first, then replayed ones
         sampled = time.perf_counter()
@@ -245,38 +192,16 @@ class Trainer:
         scored = time.perf_counter()
         metrics = self.update(rollouts, scores)
         updated = time.perf_counter()
-        metrics |= _rollout_metrics(rollouts, scores) | replay.metrics()
+        metrics |= rollout_metrics(rollouts, scores) | replay.metrics()
         metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
+        sample_s = sampled - started - timing.get("time/sync", 0.0)
         metrics |= {
-            "time/sample": sampled - started - timing.get("time/sync", 0.0),
+            "time/sample": sample_s,
             "time/score": scored - sampled,
             "time/update": updated - scored,
             "time/step": updated - started,
         } | timing
         return metrics
-
-    def _rollouts(self) -> Rollouts:
-        """This step's rollouts, drawn now by the current weights."""
-        prompts = self.train_prompts.batch(self._next_prompt_indices())
-        return self.components.sampler.sample(prompts, self.config.sampling.samples_per_prompt)
-
-    def _async_rollouts(self, timing: dict[str, float]) -> Rollouts:
-        """This step's rollouts, drawn during the previous step by the weights before its update
-        (the first step of a run draws them now); then the last update's weights go to the idle
-        server, which starts on the next step's rollouts (see :mod:`gfnlm.training.prefetch`)."""
-        sampler = self.components.sampler
-        fresh = self.prefetch.take()
-        if fresh is None:  # the server already serves the current weights (set-up or resume)
-            fresh = self._rollouts()
-        else:
-            synced = time.perf_counter()
-            sampler.sync(self.policy, self.step)
-            timing["time/sync"] = time.perf_counter() - synced
-        if self.step + 1 < self.config.train.steps:  # no batch for a step that will not run
-            prompt_state = self.prompt_rng.get_state()
-            prompts = self.train_prompts.batch(self._next_prompt_indices())
-            self.prefetch.submit(prompts, self.config.sampling.samples_per_prompt, prompt_state)
-        return fresh
 
     def update(self, rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
         """``updates_per_batch`` passes of minibatch optimiser steps over the rollouts."""
@@ -298,11 +223,7 @@ class Trainer:
                     raise TrainingError(self._non_finite_message(float(out.loss.detach())))
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                if (
-                    self.world.distributed
-                    and self.config.train.parallel == "fsdp2"
-                    and self.logz is not None
-                ):
+                if self.world.distributed and cfg.parallel == "fsdp2" and self.logz is not None:
                     dist_utils.average_replicated_grads(list(self.logz.parameters()), self.world)
                 grad_norm = self._clip_gradients()
                 self.optimizer.step()
@@ -329,14 +250,9 @@ class Trainer:
         )
 
     def _clip_gradients(self) -> float:
-        params = [
-            p
-            for group in self.optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        limit = self.config.train.grad_clip or math.inf
-        return dist_utils.clip_grad_norm(params, limit)
+        groups = self.optimizer.param_groups
+        params = [p for group in groups for p in group["params"] if p.grad is not None]
+        return dist_utils.clip_grad_norm(params, self.config.train.grad_clip or math.inf)
 
     def _non_finite_message(self, value: float) -> str:
         return (
@@ -344,17 +260,6 @@ class Trainer:
             f"optimiser step; {checkpoint.what_is_kept(self.checkpoints_dir)}. Lower train.lr or "
             "check the target's log-rewards"
         )
-
-    def _next_prompt_indices(self) -> list[int]:
-        """This rank's slice of the step's prompts (every rank draws the same global order)."""
-        count = self.config.train.prompts_per_step
-        n = len(self.train_prompts)
-        if count <= n:
-            indices = torch.randperm(n, generator=self.prompt_rng)[:count].tolist()
-        else:
-            indices = torch.randint(n, (count,), generator=self.prompt_rng).tolist()
-        share = count // self.world.size
-        return indices[self.world.rank * share : (self.world.rank + 1) * share]
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, metrics: dict[str, float]) -> None:
@@ -366,29 +271,18 @@ class Trainer:
         self.writer.flush()
 
     def evaluate_cached(self, step: int) -> dict[str, float] | None:
-        """Evaluate on the held-out set (results cached in the run dir, so a resume reuses them)."""
+        """Evaluate on the held-out set (cached in the run dir, so a resume reuses it); rank 0
+        writes the cache and the TensorBoard scalars."""
         if self.eval_prompts is None:
             return None
         path = self.out_dir / "eval" / f"step_{step:06d}.json"
         result = read_cached_evaluation(path)
         if result is None:
-            # A forked RNG: evaluation never changes the training randomness, so a resumed run
-            # (which reuses cached evaluations) stays identical to an uninterrupted one. The same
-            # seed at every evaluation (common random numbers: before/after differ by the model,
-            # not by the draw) and on every rank (FSDP2 needs every rank in every forward pass);
-            # rank 0 writes the result.
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.config.train.seed + 1_000_003)
-                result = evaluate(
-                    self.policy,
-                    self.eval_prompts,
-                    self.config.train.eval_samples,
-                    self.config.sampling.max_new_tokens,
-                    task=self.task,
-                    progress=self.progress and self.world.is_main,
-                ).as_dict()
-            if self.world.is_main:
+            main, shown = self.world.is_main, self.progress and self.world.is_main
+            result = evaluate_with_fixed_seed(
+                self.policy, self.eval_prompts, self.config, self.task, shown
+            )
+            if main:
                 write_cached_evaluation(path, result)
             dist_utils.barrier(self.world)
         if self.writer is not None:
@@ -400,14 +294,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """Everything besides the policy weights needed to resume: step, log Z, optimiser, RNGs."""
-        prompts = (
-            self.prefetch.prompt_state if self.prefetch.pending else self.prompt_rng.get_state()
-        )
         return {
             "step": self.step,
             "logz": None if self.logz is None else self.logz.state_dict(),
             "optimizer": resume.portable_optimizer_state(self.optimizer, self.trainable),
-            "rng": resume.rng_state(self.world, prompts),
+            "rng": resume.rng_state(self.world, self.rollouts.prompt_state),
         }
 
     def save(self) -> None:
@@ -418,14 +309,9 @@ class Trainer:
             return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
         if self.world.is_main:
-            checkpoint.save_checkpoint(
-                self.checkpoints_dir,
-                self.step,
-                policy_state,
-                state,
-                to_yaml(self.config),
-                extra_files=self.policy.adapter_writer(policy_state),
-            )
+            written = (self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config))
+            adapter = self.policy.adapter_writer(policy_state)
+            checkpoint.save_checkpoint(*written, extra_files=adapter)
         dist_utils.barrier(self.world)
         self._saved_step = self.step
 
@@ -441,8 +327,7 @@ class Trainer:
         if point is None:
             return False
         if point.note and self.world.is_main:
-            # Repair latest, so the next save's pruning and messages start from a loadable
-            # checkpoint.
+            # Repair latest: the next save's pruning and messages start from a loadable one.
             checkpoint.point_latest_at(self.checkpoints_dir, point.path)
             print(f"gfnlm: {point.note}; latest now names it", file=sys.stderr, flush=True)
         state = point.state
@@ -454,21 +339,3 @@ class Trainer:
         resume.restore_rng_state(state["rng"], self.world, self.prompt_rng, fresh_seed)
         self.step = self._saved_step = int(state["step"])
         return True
-
-
-def _rollout_metrics(rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
-    lengths = rollouts.lengths.float()
-    return {
-        "length/mean": float(lengths.mean()),
-        "length/min": float(lengths.min()),
-        "length/max": float(lengths.max()),
-        "truncated_frac": float((~rollouts.ended_with_eos).float().mean()),
-        "target/log_reward_mean": float(scores.log_reward.mean()),
-        **scores.metrics,
-    }
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
