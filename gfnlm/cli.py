@@ -35,6 +35,7 @@ from gfnlm.contracts.errors import (
 from gfnlm.contracts.paths import check_output_file, check_path_length, write_text_atomically
 from gfnlm.contracts.registry import import_components
 from gfnlm.contracts.validators import MAX_COUNT
+from gfnlm.samplers.base import FLAG_NAMES, check_sampling_settings
 from gfnlm.training.config import RunConfig, load_config
 
 
@@ -105,15 +106,7 @@ def _check_count(flag: str, value: int, minimum: int, maximum: int = MAX_COUNT) 
 
 def _check_sampling_flags(args: argparse.Namespace) -> None:
     """The flags ``eval`` and ``sample`` share, checked before any model loads."""
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ConfigError(
-            f"--temperature={args.temperature}: must be a finite number > 0 (1/alpha for the "
-            "low-temperature baseline)"
-        )
-    if not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
-    if not 0 <= args.min_p < 1:
-        raise ConfigError(f"--min-p={args.min_p}: must be in [0, 1)")
+    check_sampling_settings(args.temperature, args.top_p, args.min_p, FLAG_NAMES)
     _check_count("--max-new-tokens", args.max_new_tokens, 0)
     from gfnlm.models.loading import resolve_device
 

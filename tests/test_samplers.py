@@ -160,7 +160,7 @@ def test_min_p_gives_the_hand_computed_distribution():
         ({"min_p": -0.1}, "sampling.min_p=-0.1: must be in [0, 1)"),
         ({"engine": "vllm"}, "engine='vllm': must be one of cached, generate"),
         ({"top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
-        ({"temperature": 0.0}, "sampling.temperature=0.0: must be > 0"),
+        ({"temperature": 0.0}, "sampling.temperature=0.0: must be a finite number > 0"),
     ],
 )
 def test_bad_sampler_options_are_one_line_errors(options, message):

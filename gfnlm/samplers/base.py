@@ -1,5 +1,6 @@
 """The Sampler interface: prompts in, :class:`~gfnlm.contracts.types.Rollouts` out."""
 
+import math
 from typing import ClassVar
 
 from gfnlm.contracts.errors import ConfigError
@@ -47,11 +48,23 @@ class Sampler:
         """Release resources (servers, threads)."""
 
 
-def check_sampling_settings(temperature: float, top_p: float, min_p: float) -> None:
-    """One-line errors for sampling settings no sampler can use (checked before any model loads)."""
-    if not temperature > 0:
-        raise ConfigError(f"sampling.temperature={temperature!r}: must be > 0")
+# How the sampling settings are named where they come from: the run config, or eval/sample's flags.
+CONFIG_NAMES = {
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "min_p": "sampling.min_p",
+}
+FLAG_NAMES = {"temperature": "--temperature", "top_p": "--top-p", "min_p": "--min-p"}
+
+
+def check_sampling_settings(
+    temperature: float, top_p: float, min_p: float, names: dict[str, str] = CONFIG_NAMES
+) -> None:
+    """One-line errors for sampling settings no sampler can use (checked before any model loads),
+    each naming the setting as ``names`` spells it (:data:`CONFIG_NAMES` or :data:`FLAG_NAMES`)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"{names['temperature']}={temperature!r}: must be a finite number > 0")
     if not 0 < top_p <= 1:
-        raise ConfigError(f"sampling.top_p={top_p!r}: must be in (0, 1]")
+        raise ConfigError(f"{names['top_p']}={top_p!r}: must be in (0, 1]")
     if not 0 <= min_p < 1:
-        raise ConfigError(f"sampling.min_p={min_p!r}: must be in [0, 1)")
+        raise ConfigError(f"{names['min_p']}={min_p!r}: must be in [0, 1)")
