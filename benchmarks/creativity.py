@@ -174,13 +174,9 @@ def held_out_prompts(every: int) -> str:
     file lists 8 poems, 8 stories, 8 jokes) written to a file under OUT."""
     if every == 1:
         return PROMPTS
-    from gfnlm.tasks.prompts import resolve_prompt_file
+    from gfnlm.tasks.records import bundled_path
 
-    lines = [
-        ln
-        for ln in resolve_prompt_file(PROMPTS, "--prompts").read_text().splitlines()
-        if ln.strip()
-    ]
+    lines = [ln for ln in bundled_path(PROMPTS).read_text().splitlines() if ln.strip()]
     path = OUT / f"{PROMPTS}_every{every}.jsonl"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(ln + "\n" for ln in lines[::every]))

@@ -349,10 +349,9 @@ def main() -> int:
 
 
 def load_questions(count: int) -> list[str]:
-    from gfnlm.tasks.prompt_files import load_prompt_file
-    from gfnlm.tasks.prompts import resolve_prompt_file
+    from gfnlm.tasks.records import load_records
 
-    records = load_prompt_file(resolve_prompt_file("factual_train", "questions"))
+    records = load_records("factual_train", "questions")
     return [r["question"] for r in records[:count]]
 
 

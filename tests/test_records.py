@@ -190,12 +190,6 @@ def test_jsonl_custom_columns(tmp_path: Path) -> None:
     ]
 
 
-def test_bundled_names_match_prompts_module() -> None:
-    from gfnlm.tasks.prompts import bundled_sets as prompts_bundled_sets
-
-    assert bundled_sets() == prompts_bundled_sets()
-
-
 # --- Errors ----------------------------------------------------------------------------------
 
 

@@ -1,7 +1,6 @@
 """Prompt sets: a data set (or a bundled set's name) → task-formatted, tokenised prompts with their
 gold answers."""
 
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -10,26 +9,6 @@ from transformers import PreTrainedTokenizerBase
 
 from gfnlm.contracts.errors import ConfigError, quoted
 from gfnlm.contracts.types import PromptBatch
-from gfnlm.tasks.records import bundled_path, bundled_sets
-
-
-def resolve_prompt_file(spec: str, field: str) -> Path:
-    """A bundled set name or a path to a JSONL file; one-line error naming ``field`` otherwise."""
-    bundled = bundled_path(spec)
-    if bundled is not None:
-        return bundled
-    path = Path(spec)
-    if path.is_dir():
-        raise ConfigError(
-            f"{field}={quoted(spec)}: is a directory; give a JSONL prompt file or "
-            f"one of the bundled sets ({', '.join(bundled_sets())})"
-        )
-    if not path.is_file():
-        raise ConfigError(
-            f"{field}={quoted(spec)}: no such file; use a JSONL prompt file or one of the bundled "
-            f"sets ({', '.join(bundled_sets())})"
-        )
-    return path
 
 
 def check_records(

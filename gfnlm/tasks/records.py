@@ -1,14 +1,15 @@
 """Prompt records from a user's data set: JSONL, JSON, Parquet, CSV or a ``save_to_disk`` folder.
 
-:func:`load_records` turns a data-set spec into a list of dicts, one per row, each with a non-empty
-``"question"`` string and, when the row has an answer, ``"answers"`` (a non-empty list of
-strings); the row's other columns (``template``, ``checks``, ``source``, ...) are kept as they are.
+:func:`load_records` is gfnlm's one data-set reader (training, evaluation, creative checks and the
+benchmarks all read through it). It turns a data-set spec into a list of dicts, one per row,
+each with a non-empty ``"question"`` string and, when the row has an answer, ``"answers"`` (a
+non-empty list of strings); the row's other columns (``template``, ``checks``, ``source``, ...)
+are kept as they are.
 Formatting prompts and grading answers belong to the tasks, not to this module.
 
 Specs, tried in this order:
 
-* a bundled set's name (``gfnlm/data/<name>.jsonl``, as
-  :func:`gfnlm.tasks.prompts.resolve_prompt_file` accepts);
+* a bundled set's name (``gfnlm/data/<name>.jsonl``, :func:`bundled_sets`);
 * a ``.jsonl`` file: read by :func:`~gfnlm.tasks.prompt_files.load_prompt_file`, with that
   function's checks and messages. With custom ``question_field``/``answer_field`` names it is read
   like a ``.json`` file instead, because ``load_prompt_file`` only knows ``question``/``prompt``;
