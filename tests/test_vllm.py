@@ -324,7 +324,7 @@ def test_pushes_after_the_first_carry_the_changing_weights_only(
     for names_pushed in ("changing", "too few"):
         if names_pushed == "too few":
             monkeypatch.setattr(
-                "gfnlm.samplers.server.changing_weights",
+                "gfnlm.models.weights.changing_weights",
                 lambda model: {
                     f"model.layers.{i}.self_attn.q_proj.weight"
                     for i in range(model.config.num_hidden_layers)
