@@ -48,23 +48,27 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None) -> str:
     """Rows of metrics, one column per evaluated model (e.g. before / after); ``k`` of pass@k when
-    it differs from the number of samples."""
+    it differs from the number of samples. A metric a column lacks (an evaluation cached by an
+    older version) or that is NaN shows as "–"."""
     metrics = [
         ("accuracy_t1", "accuracy at T=1 (avg@k)", True),
         ("greedy_accuracy", "greedy accuracy", True),
         ("pass_at_k", f"pass@{k}" if k else "pass@k", True),
         ("majority_at_k", "majority@k", True),
+        ("format_ok_rate", "format ok at T=1", True),
+        ("truncated_rate", "truncated at T=1 (no EOS)", True),
         ("mean_length", "mean length at T=1 (tokens)", False),
         ("greedy_mean_length", "mean length greedy (tokens)", False),
     ]
+
+    def cell(value: float | None, percent: bool) -> str:
+        if value is None or math.isnan(value):
+            return "–"
+        return f"{100 * value:.1f}%" if percent else f"{value:.1f}"
+
     rows = [("metric", *columns)]
     for key, label, percent in metrics:
-        rows.append(
-            (
-                label,
-                *(f"{100 * c[key]:.1f}%" if percent else f"{c[key]:.1f}" for c in columns.values()),
-            )
-        )
+        rows.append((label, *(cell(c.get(key), percent) for c in columns.values())))
     return _table(rows)
 
 
@@ -153,19 +157,37 @@ def _tokenizer_for(config: RunConfig):
     return model_dir, load_tokenizer(model_dir)
 
 
+def _new_tokens(args: argparse.Namespace, config: RunConfig, task=None) -> tuple[int, str]:
+    """The number of new tokens to sample and the setting that chose it (named in errors).
+
+    ``--max-new-tokens`` when given (non-zero); else, when ``task`` is not the run's own task (or
+    there is no run), the task's :attr:`~gfnlm.tasks.base.Task.default_max_new_tokens` if it has
+    one (``math``: 1024, room for a worked solution); else the run's (or the default config's)
+    ``sampling.max_new_tokens``."""
+    if args.max_new_tokens:
+        return args.max_new_tokens, f"--max-new-tokens={args.max_new_tokens}"
+    default = getattr(task, "default_max_new_tokens", None)
+    name = getattr(task, "registry_name", None)
+    if default and (args.run is None or name != config.task.name):
+        return (
+            default,
+            f"task {name}'s default max_new_tokens={default} (fewer with --max-new-tokens)",
+        )
+    new_tokens = config.sampling.max_new_tokens
+    return (
+        new_tokens,
+        f"sampling.max_new_tokens={new_tokens} (the run's; fewer with --max-new-tokens)",
+    )
+
+
 def _check_prompt_room(
-    args: argparse.Namespace, config: RunConfig, model_dir: Path, prompt_tokens: int
+    args: argparse.Namespace, config: RunConfig, model_dir: Path, prompt_tokens: int, task=None
 ) -> int:
-    """The number of new tokens to sample (``--max-new-tokens``, else the run's
-    ``sampling.max_new_tokens``), checked with the longest prompt against the model's context."""
+    """The number of new tokens to sample (:func:`_new_tokens`), checked with the longest prompt
+    against the model's context."""
     from gfnlm.models.loading import check_context
 
-    new_tokens = args.max_new_tokens or config.sampling.max_new_tokens
-    setting = (
-        f"--max-new-tokens={new_tokens}"
-        if args.max_new_tokens
-        else f"sampling.max_new_tokens={new_tokens} (the run's; fewer with --max-new-tokens)"
-    )
+    new_tokens, setting = _new_tokens(args, config, task)
     check_context(model_dir, prompt_tokens, new_tokens, setting)
     return new_tokens
 
@@ -237,7 +259,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=task,
         answer_field=columns["answer_field"],
     )
-    new_tokens = _check_prompt_room(args, config, model_dir, max(map(len, prompts.token_ids)))
+    longest = max(map(len, prompts.token_ids))
+    new_tokens = _check_prompt_room(args, config, model_dir, longest, task)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -248,9 +271,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = "checkpoint" if args.run else "base model"
     print(
         f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
-        f"T={args.temperature:g} (pass@{result.k}), seed {args.seed}:"
+        f"T={args.temperature:g} (pass@{result.k}), max_new_tokens={new_tokens}, seed {args.seed}:"
     )
     print(format_eval_table({label: result.as_dict()}, k=result.k))
+    if result.truncated_rate > 0.5:
+        print(
+            f"gfnlm eval: warning: {100 * result.truncated_rate:.0f}% of the samples hit "
+            f"--max-new-tokens={new_tokens} without EOS; answers are cut off "
+            "(raise --max-new-tokens)",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.json:
         out = {
             "run": args.run,
@@ -259,6 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "prompts": spec,
             "temperature": args.temperature,
             "samples": args.samples,
+            "max_new_tokens": new_tokens,
             "seed": args.seed,
             "metrics": result.as_dict(),
         }
@@ -598,8 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "run", nargs="?", default=None, help="run directory (omit for the base model)"
             )
             p.add_argument("--prompt", required=True)
-            p.add_argument("-n", type=int, default=4, help="number of responses")
-            p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument(
+                "-n", type=int, default=4, help="number of responses (default: %(default)s)"
+            )
+            p.add_argument(
+                "--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)"
+            )
             p.add_argument(
                 "--template",
                 default=None,
@@ -637,7 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--answer-field", default=None, help="answer column (default: the run's, 'answers')"
             )
             p.add_argument(
-                "--samples", type=int, default=8, help="n samples per question at --temperature"
+                "--samples",
+                type=int,
+                default=8,
+                help="n samples per question at --temperature (default: %(default)s)",
             )
             p.add_argument(
                 "--k",
@@ -653,7 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "proxies of open-ended responses (gfnlm.tasks.metrics)",
             )
             p.add_argument(
-                "--top-p", type=float, default=1.0, help="nucleus sampling (--metrics creative)"
+                "--top-p",
+                type=float,
+                default=1.0,
+                help="nucleus sampling (--metrics creative) (default: %(default)s)",
             )
             p.add_argument(
                 "--json",
@@ -686,19 +728,41 @@ def build_parser() -> argparse.ArgumentParser:
             "--temperature",
             type=float,
             default=1.0,
-            help="sampling temperature (eval: 1/alpha gives the low-temperature baseline)",
+            help="sampling temperature (eval: 1/alpha gives the low-temperature baseline) "
+            "(default: %(default)s)",
         )
         p.add_argument(
             "--min-p",
             type=float,
             default=0.0,
             help="min-p truncation, relative to the most likely token "
-            "(sample; eval --metrics creative); 0 = off",
+            "(sample; eval --metrics creative); 0 = off (default: %(default)s)",
         )
-        p.add_argument("--model", default="smollm2", help="base model when no run is given")
-        p.add_argument("--max-new-tokens", type=int, default=0)
-        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--model",
+            default="smollm2",
+            help="base model when no run is given (default: %(default)s)",
+        )
+        p.add_argument(
+            "--max-new-tokens",
+            type=int,
+            default=0,
+            help="longest response in tokens; 0: "
+            + (
+                "the task's own length (math: 1024) when --task names another task than the "
+                "run's or no run is given, else the run's sampling.max_new_tokens (24 by default)"
+                if name == "eval"
+                else "the run's sampling.max_new_tokens (24 by default)"
+            )
+            + " (default: %(default)s)",
+        )
+        p.add_argument(
+            "--device",
+            default="auto",
+            choices=("auto", "cpu", "cuda"),
+            help="device (default: %(default)s)",
+        )
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
         p.set_defaults(func=func)
     return parser
 

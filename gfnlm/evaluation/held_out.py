@@ -10,7 +10,9 @@ of :mod:`gfnlm.tasks.metrics`). With ``n`` samples per question:
   by the task's :meth:`~gfnlm.tasks.base.Task.answer_key`; ties go to the answer seen first);
 * ``greedy_accuracy``: one greedy response per question;
 * ``mean_length``: mean number of response tokens (EOS counted) of the T=1 samples;
-* ``format_ok_rate``: share of the T=1 samples in the task's answer format (what ψ checks).
+* ``format_ok_rate``: share of the T=1 samples in the task's answer format (what ψ checks);
+* ``truncated_rate``: share of the T=1 samples that reached ``max_new_tokens`` without EOS (their
+  answers are cut off).
 """
 
 import json
@@ -52,6 +54,7 @@ class EvalResult:
     samples_per_question: int
     k: int = 0  # the k of pass@k (the number of samples when 0)
     format_ok_rate: float = float("nan")
+    truncated_rate: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         """The fields as a plain dict (cached as JSON in the run directory)."""
@@ -84,7 +87,7 @@ def evaluate(
     sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
     sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
-    format_ok = []
+    format_ok, truncated = [], []
     bar = sequence_bar("eval", len(prompts) * samples, progress)
     for start in range(0, len(prompts), batch_questions):
         indices = list(range(start, min(start + batch_questions, len(prompts))))
@@ -94,6 +97,7 @@ def evaluate(
         texts = rollouts.response_text
         assert texts is not None
         lengths.extend(rollouts.lengths.tolist())
+        truncated.extend((~rollouts.ended_with_eos).tolist())
         for q, i in enumerate(indices):
             answers = list(prompts.answers[i] or ())
             group = texts[q * samples : (q + 1) * samples]
@@ -122,6 +126,7 @@ def evaluate(
         samples_per_question=samples,
         k=k,
         format_ok_rate=mean(format_ok),
+        truncated_rate=mean(truncated),
     )
 
 

@@ -66,6 +66,9 @@ class Task:
     # The record fields format_prompt and answers_for read: a record without one is refused when
     # the data set loads, naming the field and the fields the record has.
     required_fields: ClassVar[tuple[str, ...]] = ("question",)
+    # The response length ``gfnlm eval --task NAME`` samples when neither --max-new-tokens nor the
+    # run (a run of this very task) sets one; None: the run's (or default) sampling.max_new_tokens.
+    default_max_new_tokens: ClassVar[int | None] = None
 
     def check_records(self, records: Sequence[dict[str, Any]], where: str) -> None:
         """Raise :class:`~gfnlm.contracts.errors.InputError` (one line naming ``where``, the row,

@@ -55,6 +55,7 @@ class MathTask(ChatTask):
     non-empty ``\\boxed{}``. The default prompt is Qwen2.5-Math's: the system message
     :data:`MATH_SYSTEM_PROMPT` and the question as the user message."""
 
+    default_max_new_tokens = 1024  # worked solutions; 24 tokens cut every one off before its box
     system_prompt: str = system_prompt_option(MATH_SYSTEM_PROMPT)
 
     def check_answers(self, answers: tuple[str, ...], where: str) -> None:
