@@ -40,7 +40,7 @@ import torch
 from exact_matching import write_csv  # the sibling benchmark's (benchmarks/ is on sys.path)
 
 from gfnlm.evaluation.exact import ExactSetting, TabularPolicy, per_token_sharpened
-from gfnlm.samplers.power_mh import MHStats, power_sample
+from gfnlm.samplers.power_mh import MHStats, power_sample, tabular_proposal
 from gfnlm.samplers.power_smc import SMCStats, TabularDecoder, power_smc
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -114,47 +114,14 @@ def smc_run(model: Enumerable, particles: int, draws: int, seed: int) -> tuple[f
     return model.tv(model.histogram(keys)), stats.tokens_generated / draws, stats.resampling_rate
 
 
-def tabular_mh_functions(model: Enumerable, rng: random.Random):
-    """``propose`` (T = 1/α) and ``base_logp`` of :func:`power_sample` on the tabular model."""
-    vocab, eos = model.exact.vocab_size, model.exact.eos_id
-    log_q = (model.setting.alpha * model.log_p).log_softmax(-1)
-    q_rows, p_rows = log_q.tolist(), model.log_p.tolist()
-    cumulative = log_q.exp().cumsum(-1).tolist()
-    actions = list(range(vocab + 1))
-
-    def state(prefix: list[int]) -> tuple[int, int]:
-        offset, index = 0, 0
-        for position, token in enumerate(prefix):
-            offset, index = offset + vocab**position, index * vocab + token
-        return offset, index
-
-    def propose(prefix: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
-        (offset, index), out, logq = state(prefix), [], []
-        for position in range(len(prefix), len(prefix) + max_tokens):
-            token = rng.choices(actions, cum_weights=cumulative[offset + index])[0]
-            out.append(token)
-            logq.append(q_rows[offset + index][token])
-            if token == eos:
-                break
-            offset, index = offset + vocab**position, index * vocab + token
-        return out, logq
-
-    def base_logp(prefix: list[int], suffix: list[int]) -> list[float]:
-        (offset, index), values = state(prefix), []
-        for position, token in enumerate(suffix, start=len(prefix)):
-            values.append(p_rows[offset + index][token])
-            offset, index = offset + vocab**position, index * vocab + token
-        return values
-
-    return propose, base_logp
-
-
 def mh_run(
     model: Enumerable, block: int, mh_steps: int, draws: int, seed: int
 ) -> tuple[float, float]:
     """TV to p^α and tokens decoded per returned response of block-wise MH."""
     rng = random.Random(seed)
-    propose, base_logp = tabular_mh_functions(model, rng)
+    propose, base_logp = tabular_proposal(
+        model.log_p, model.exact.vocab_size, model.exact.eos_id, model.setting.alpha, rng
+    )
     stats, setting = MHStats(), model.setting
     keys = [
         tuple(

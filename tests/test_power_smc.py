@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from gfnlm.contracts import registry
 from gfnlm.evaluation.exact import ExactSetting, TabularPolicy
 from gfnlm.models.loading import load_tokenizer
-from gfnlm.samplers.power_mh import MHStats, power_sample
+from gfnlm.samplers.power_mh import MHStats, power_sample, tabular_proposal
 from gfnlm.samplers.power_smc import (
     PowerSMCSampler,
     SMCStats,
@@ -255,45 +255,12 @@ def test_other_resampling_and_bridges_also_reach_p_alpha(resampling, bridge_step
 # Against Metropolis-Hastings at equal decoded tokens
 
 
-def mh_functions(model: Enumerable, rng: random.Random):
-    """``propose`` / ``base_logp`` of :func:`power_sample` on the tabular model (T = 1/α)."""
-    vocab, eos = model.exact.vocab_size, model.eos
-    log_q = (model.setting.alpha * model.log_p).log_softmax(-1)
-    q_rows, p_rows = log_q.tolist(), model.log_p.tolist()
-    cumulative = log_q.exp().cumsum(-1).tolist()
-    actions = list(range(vocab + 1))
-
-    def state(prefix: list[int]) -> tuple[int, int]:
-        offset, index = 0, 0
-        for position, token in enumerate(prefix):
-            offset, index = offset + vocab**position, index * vocab + token
-        return offset, index
-
-    def propose(prefix: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
-        (offset, index), out, logq = state(prefix), [], []
-        for position in range(len(prefix), len(prefix) + max_tokens):
-            token = rng.choices(actions, cum_weights=cumulative[offset + index])[0]
-            out.append(token)
-            logq.append(q_rows[offset + index][token])
-            if token == eos:
-                break
-            offset, index = offset + vocab**position, index * vocab + token
-        return out, logq
-
-    def base_logp(prefix: list[int], suffix: list[int]) -> list[float]:
-        (offset, index), values = state(prefix), []
-        for position, token in enumerate(suffix, start=len(prefix)):
-            values.append(p_rows[offset + index][token])
-            offset, index = offset + vocab**position, index * vocab + token
-        return values
-
-    return propose, base_logp
-
-
 def mh_run(model: Enumerable, mh_steps: int, draws: int, seed: int) -> tuple[torch.Tensor, float]:
     """power_mh's chain in its published setting (16 blocks: ``block = max(1, L // 16)``)."""
     rng = random.Random(seed)
-    propose, base_logp = mh_functions(model, rng)
+    propose, base_logp = tabular_proposal(
+        model.log_p, model.exact.vocab_size, model.eos, model.setting.alpha, rng
+    )
     stats, max_len = MHStats(), model.setting.max_len
     block = max(1, max_len // 16)
     counts = torch.zeros(len(model.responses), dtype=torch.float64)

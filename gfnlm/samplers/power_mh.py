@@ -232,3 +232,43 @@ def _hf_functions(
         return (logits.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(1)).tolist()
 
     return propose, base_logp
+
+
+def tabular_proposal(
+    log_p: torch.Tensor, vocab_size: int, eos: int, alpha: float, rng: random.Random
+) -> tuple[Propose, BaseLogp]:
+    """``propose`` (ancestral sampling at T = 1/α) and ``base_logp`` of :func:`power_sample` on an
+    enumerable model: ``log_p[state]`` is the next-token log-distribution (``vocab_size`` tokens
+    and EOS = ``eos``) of each prefix, the prefixes of length ``l`` numbered after those shorter
+    (offset ``Σ_{j<l} V^j``) in base-``V`` order."""
+    vocab = vocab_size
+    log_q = (alpha * log_p).log_softmax(-1)
+    q_rows, p_rows = log_q.tolist(), log_p.tolist()
+    cumulative = log_q.exp().cumsum(-1).tolist()
+    actions = list(range(vocab + 1))
+
+    def state(prefix: list[int]) -> tuple[int, int]:
+        offset, index = 0, 0
+        for position, token in enumerate(prefix):
+            offset, index = offset + vocab**position, index * vocab + token
+        return offset, index
+
+    def propose(prefix: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+        (offset, index), out, logq = state(prefix), [], []
+        for position in range(len(prefix), len(prefix) + max_tokens):
+            token = rng.choices(actions, cum_weights=cumulative[offset + index])[0]
+            out.append(token)
+            logq.append(q_rows[offset + index][token])
+            if token == eos:
+                break
+            offset, index = offset + vocab**position, index * vocab + token
+        return out, logq
+
+    def base_logp(prefix: list[int], suffix: list[int]) -> list[float]:
+        (offset, index), values = state(prefix), []
+        for position, token in enumerate(suffix, start=len(prefix)):
+            values.append(p_rows[offset + index][token])
+            offset, index = offset + vocab**position, index * vocab + token
+        return values
+
+    return propose, base_logp
