@@ -594,3 +594,20 @@ def test_exploration_and_replay_train_a_real_model(
         shares[0] == 0.0 and shares[-1] > 0.0
     )  # nothing stored before the first batch, then replay
     assert all(np.isfinite(value) for _, value in found["train/loss"])
+
+
+def test_a_lora_policy_builds_without_upstream_future_warnings(tiny_model_dir: Path) -> None:
+    """peft's read of transformers' deprecated ``is_gradient_checkpointing`` alias printed a
+    FutureWarning on every run; building the policy keeps it quiet (and only that warning)."""
+    import warnings
+
+    from gfnlm.training.config import ModelConfig
+    from gfnlm.training.policy import CausalLMPolicy
+
+    config = ModelConfig(path=str(tiny_model_dir), lora=True, lora_targets=["q_proj", "v_proj"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CausalLMPolicy.from_config(config, tiny_model_dir, torch.device("cpu"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [
+        str(w.message) for w in caught
+    ]

@@ -14,6 +14,7 @@ from the model, reduced by a gather and a logsumexp.
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -81,7 +82,13 @@ class CausalLMPolicy(nn.Module):
                 target_modules=list(config.lora_targets),
                 task_type="CAUSAL_LM",
             )
-            model = get_peft_model(model, lora)
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated is_gradient_checkpointing alias: a
+                # FutureWarning on every run that is neither the user's nor gfnlm's to act on.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                model = get_peft_model(model, lora)
         elif keep_base:
             frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model.to(device)
