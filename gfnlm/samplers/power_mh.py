@@ -64,23 +64,30 @@ def log_acceptance(
 
 
 @attrs.define
-class MHStats:
-    """What a power-sampling call cost: proposals, acceptances and tokens generated."""
+class DecodingCost:
+    """What an inference-time sampler decoded for what it returned (MH's proposals, SMC's
+    particles): the counts two samplers are compared on at equal compute."""
+
+    tokens_generated: int = 0
+    tokens_returned: int = 0
+
+    @property
+    def token_cost(self) -> float:
+        """Tokens generated per token returned."""
+        return self.tokens_generated / max(self.tokens_returned, 1)
+
+
+@attrs.define
+class MHStats(DecodingCost):
+    """What a power-sampling call cost: tokens (proposals included), proposals, acceptances."""
 
     proposals: int = 0
     accepted: int = 0
-    tokens_generated: int = 0
-    tokens_returned: int = 0
 
     @property
     def acceptance_rate(self) -> float:
         """Accepted / proposed MH moves."""
         return self.accepted / max(self.proposals, 1)
-
-    @property
-    def token_cost(self) -> float:
-        """Tokens generated (proposals included) per token returned."""
-        return self.tokens_generated / max(self.tokens_returned, 1)
 
 
 def power_sample(

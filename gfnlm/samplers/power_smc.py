@@ -66,6 +66,7 @@ from gfnlm.contracts.types import PromptBatch, Rollouts
 from gfnlm.models.chunked_logps import wide
 from gfnlm.models.decoding import per_sample, rollouts_from_generated
 from gfnlm.samplers.base import Sampler
+from gfnlm.samplers.power_mh import DecodingCost
 
 RESAMPLING_SCHEMES = ("systematic", "multinomial")
 
@@ -83,11 +84,10 @@ class ParticleDecoder(Protocol):
 
 
 @attrs.define
-class SMCStats:
-    """What a Power-SMC call cost: tokens decoded and returned, ESS checks and resamplings."""
+class SMCStats(DecodingCost):
+    """What a Power-SMC call cost: tokens decoded (every particle's) and returned, ESS checks and
+    resamplings."""
 
-    tokens_generated: int = 0
-    tokens_returned: int = 0
     ess_checks: int = 0  # one per particle set and decoding step
     resamplings: int = 0
 
@@ -95,11 +95,6 @@ class SMCStats:
     def resampling_rate(self) -> float:
         """Share of the ESS checks that resampled."""
         return self.resamplings / max(self.ess_checks, 1)
-
-    @property
-    def token_cost(self) -> float:
-        """Tokens decoded (every particle's) per token returned."""
-        return self.tokens_generated / max(self.tokens_returned, 1)
 
 
 @attrs.frozen
