@@ -11,6 +11,7 @@
   them in a paragraph do not turn the text between them into italics.
 """
 
+import ast
 import re
 import textwrap
 from typing import Any
@@ -92,3 +93,55 @@ class RstToMarkdown(griffe.Extension):
             return
         if obj.docstring is not None:
             obj.docstring.value = rst_to_markdown(obj.docstring.value)
+
+
+# Field declarations whose source the API reference should not show: ``option(4.0, "help",
+# converter=float, validator=greater_than(0))`` reads as the value 4.0 and the help as its text.
+_FIELD_DECLARATIONS = {"option", "setting", "run_fact", "task_field", "attrs.field", "field"}
+
+
+def _literal(expression: object) -> Any:
+    """The Python value of a griffe expression that is a literal (``None`` when it is not one)."""
+    try:
+        return ast.literal_eval(str(expression))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def declared_default(call: Any) -> tuple[str | None, str | None]:
+    """``(default, help)`` of a field declaration call, as source text and plain text; the default
+    is ``None`` where there is none (a required field) and ``"from the run (FACT)"`` for a run
+    fact."""
+    positional = [a for a in call.arguments if not isinstance(a, griffe.ExprKeyword)]
+    keywords = {a.name: a.value for a in call.arguments if isinstance(a, griffe.ExprKeyword)}
+    default: str | None = None
+    if str(call.function) == "run_fact":
+        fact = _literal(positional[0]) if positional else None
+        default = f"from the run ({fact})"
+    elif "default" in keywords:
+        default = str(keywords["default"])
+    elif "factory" in keywords:
+        factory = str(keywords["factory"])
+        empty = {"list": "[]", "dict": "{}", "tuple": "()"}
+        called = empty.get(factory, factory + "()")
+        default = factory.removeprefix("lambda: ") if factory.startswith("lambda") else called
+    elif positional:
+        default = str(positional[0])
+    help_value = keywords.get("help", positional[1] if len(positional) > 1 else None)
+    help_text = _literal(help_value) if help_value is not None else None
+    return default, help_text if isinstance(help_text, str) else None
+
+
+class FieldDefaults(griffe.Extension):
+    """Show an attrs field declared with ``option()``/``setting()``/``run_fact()`` as its default
+    value, and its ``help`` as its description when it has no docstring of its own."""
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
+        """Rewrite ``attr``'s value (and docstring) when it is a field declaration."""
+        call = attr.value
+        if not isinstance(call, griffe.ExprCall) or str(call.function) not in _FIELD_DECLARATIONS:
+            return
+        default, help_text = declared_default(call)
+        attr.value = default
+        if help_text and attr.docstring is None:
+            attr.docstring = griffe.Docstring(help_text, parent=attr)
