@@ -108,6 +108,20 @@ class ModelConfig:
     gradient_checkpointing: bool = setting(
         False, help="recompute activations in the backward pass (less memory, more time)"
     )
+    gradient_checkpointing_from: int = setting(
+        1024,
+        help="with `gradient_checkpointing` off, the packed update pass still recomputes "
+        "activations once a batch's longest response reaches this many tokens, >= 0; 0 = never",
+        validator=at_least(0),
+    )
+    logp_pass: str = setting(
+        "auto",
+        help="layout of the log-prob passes: `packed` (each prompt once, its samples' responses "
+        "behind it in padding-free rows, one pass with one shared attention mask), `buckets` "
+        "(a prompt KV-cache pass, then up to 4 response passes of similar lengths), or `auto` "
+        "(packed on CUDA, buckets on CPU)",
+        validator=one_of("auto", "packed", "buckets"),
+    )
     logp_chunk_size: int = setting(
         1024,
         help="positions per chunk of the output layer in the log-prob passes (update, base "
