@@ -26,10 +26,17 @@ Which objectives may use them is stated by each objective's ``off_policy``
 composed: balance residuals (``"any"``: TB, SubTB, DB, TB-token, LA-TB) take both, a
 policy gradient with an exact importance ratio (``"importance_weighted"``: GRPO) takes exploration
 but not replay, an on-policy loss (``entropy_min``) neither.
+
+Each GFlowNet objective also declares the exploration and replay with which it reached its fixed
+point most reliably in the exact sweep (``recommended_exploration`` / ``recommended_replay`` on
+:class:`~gfnlm.objectives.base.Objective`); :func:`note_departure` prints one line when a run
+departs from them (a note, not an error: a run may have its reasons).
 """
 
 import math
-from typing import Any, ClassVar
+import sys
+from collections.abc import Mapping
+from typing import Any, ClassVar, TextIO
 
 import attrs
 import torch
@@ -37,7 +44,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.contracts.registry import RegistryError, option, register
+from gfnlm.contracts.registry import RegistryError, build, option, register
 from gfnlm.contracts.types import Rollouts
 from gfnlm.contracts.validators import at_least, in_range
 
@@ -348,6 +355,81 @@ def check_off_policy(
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# What each objective recommends
+
+
+def describe_choice(exploration: Mapping[str, Any], replay: Mapping[str, Any]) -> str:
+    """An exploration and a replay (each ``{"name", "options"}``, as a config names them) in words:
+    ``on-policy``, or e.g. ``tempered (temperature=1.5) + reward_prioritised (ratio=0.25)``."""
+    parts = [_describe(c) for c in (exploration, replay) if c["name"] != "none"]
+    return " + ".join(parts) or "on-policy"
+
+
+def _describe(choice: Mapping[str, Any]) -> str:
+    options = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in choice["options"].items()
+    )
+    return f"{choice['name']} ({options})" if options else choice["name"]
+
+
+def recommended_choice(objective: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """The exploration and replay ``objective`` (a class or an instance) declares, as config
+    sections (a missing half is ``none``); ``None`` when it declares neither."""
+    exploration = getattr(objective, "recommended_exploration", None)
+    replay = getattr(objective, "recommended_replay", None)
+    if exploration is None and replay is None:
+        return None
+    none = {"name": "none", "options": {}}
+    return exploration or none, replay or none
+
+
+def _as_choice(component: Any) -> dict[str, Any]:
+    """A built exploration or replay (``None``: none) as a config section, every option given."""
+    if component is None:
+        return {"name": "none", "options": {}}
+    name = getattr(component, "registry_name", type(component).__name__)
+    fields = attrs.fields(type(component)) if attrs.has(type(component)) else ()
+    return {"name": name, "options": {f.name: getattr(component, f.name) for f in fields if f.init}}
+
+
+def departure_note(objective: Any, exploration: Any = None, replay: Any = None) -> str | None:
+    """One line saying that the built ``exploration`` / ``replay`` (``None``: none) depart from
+    what ``objective`` recommends, or ``None`` when they follow it or it recommends nothing."""
+    recommended = recommended_choice(objective)
+    if recommended is None:
+        return None
+    declared = [
+        _as_choice(_build_choice(kind, choice))
+        for kind, choice in zip(("exploration", "replay"), recommended, strict=True)
+    ]
+    used = [_as_choice(exploration), _as_choice(replay)]
+    if used == declared:
+        return None
+    name = getattr(objective, "registry_name", type(objective).__name__)
+    return (
+        f"note: objective {name!r} reached its fixed point most reliably in the exact sweep with "
+        f"{describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
+        "(docs: Configuration, Exploration each objective recommends)"
+    )
+
+
+def _build_choice(kind: str, choice: Mapping[str, Any]) -> Any:
+    """The built component of a config section (``None`` for ``none``)."""
+    if choice["name"] == "none":
+        return None
+    return build(kind, choice["name"], dict(choice["options"]))
+
+
+def note_departure(
+    objective: Any, exploration: Any = None, replay: Any = None, stream: TextIO | None = None
+) -> None:
+    """Print :func:`departure_note`'s line (to stderr by default), if there is one."""
+    note = departure_note(objective, exploration, replay)
+    if note is not None:
+        print(f"gfnlm: {note}", file=stream or sys.stderr, flush=True)
+
+
 __all__ = [
     "Exploration",
     "NoExploration",
@@ -358,4 +440,8 @@ __all__ = [
     "UniformMixExploration",
     "check_off_policy",
     "concat_rollouts",
+    "departure_note",
+    "describe_choice",
+    "note_departure",
+    "recommended_choice",
 ]

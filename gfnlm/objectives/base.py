@@ -4,6 +4,8 @@ An objective is a pure function of (Rollouts, PolicyEval, TargetScores, log Z) â
 metrics. It knows nothing about models, samplers or files.
 """
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -38,11 +40,19 @@ class Objective:
     * ``"on_policy"`` (the default for a new objective): only the policy's own samples.
 
     :meth:`fixed_point` states the distribution the loss converges to (``None``: none known).
+
+    ``recommended_exploration`` and ``recommended_replay`` (each a :func:`component_choice`, as a
+    config's ``exploration:`` / ``replay:`` section names it) are the behaviour with which the
+    exact sweep (``benchmarks/exact_sweep.py``) found the loss reaching its fixed point most
+    reliably; ``None``: no recommendation. A run that departs from them says so in one line
+    (:func:`gfnlm.exploration.note_departure`).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     off_policy: ClassVar[OffPolicy] = "on_policy"
+    recommended_exploration: ClassVar[Mapping[str, Any] | None] = None
+    recommended_replay: ClassVar[Mapping[str, Any] | None] = None
 
     def fixed_point(
         self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]
@@ -67,6 +77,15 @@ class Objective:
     ) -> ObjectiveOutput:
         """The loss to minimise on this (mini)batch; subclasses implement this."""
         raise NotImplementedError
+
+
+def component_choice(name: str, **options: Any) -> Mapping[str, Any]:
+    """A component as a config section names it, ``{"name": name, "options": {...}}``, read-only
+    (it is shared by every instance of the class that declares it)."""
+    return MappingProxyType({"name": name, "options": MappingProxyType(dict(options))})
+
+
+ON_POLICY = component_choice("none")  # no exploration, and no replay
 
 
 def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float = 1.0) -> Tensor:

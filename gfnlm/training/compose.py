@@ -10,7 +10,7 @@ import torch
 
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
-from gfnlm.exploration import check_off_policy
+from gfnlm.exploration import check_off_policy, note_departure
 from gfnlm.training.config import RunConfig, TrainConfig
 from gfnlm.training.policy import CausalLMPolicy
 
@@ -112,6 +112,7 @@ def compose(
             component.bind_task(task)
     check_composition(components.as_dict(), provided_by_run=CausalLMPolicy.provides)
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
+    note_departure(objective, exploration, replay)  # one line, not an error
     if sampling.async_rollouts and not sampler.overlaps_training:
         raise ConfigError(
             f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: "
