@@ -4,6 +4,11 @@ Each step draws ``prompts_per_step`` prompts, ``samples_per_prompt`` responses e
 with ONE base forward pass, then makes ``updates_per_batch`` passes over the batch in minibatches
 (one policy forward + backward + optimiser step each; the objective's importance weights cover the
 policy having moved since sampling). Everything that touches files or devices lives here.
+
+What a run records, in ``train.out_dir``: TensorBoard events under ``tb/``, the same step metrics
+and evaluations in ``metrics.jsonl`` (:mod:`gfnlm.training.metrics_log`), checkpoints, and the
+evaluation cache. In Python, :attr:`Trainer.history` holds every step's metrics and
+:class:`~gfnlm.training.callbacks.Callback` objects are called at each step, evaluation and save.
 """
 
 import gc
@@ -29,6 +34,7 @@ from gfnlm.evaluation.held_out import (
 from gfnlm.models.loading import resolve_device, resolve_model_path
 from gfnlm.training import checkpoint, resume
 from gfnlm.training import distributed as dist_utils
+from gfnlm.training.callbacks import Callback, notify
 from gfnlm.training.compose import (
     build_task,
     compose,
@@ -37,6 +43,8 @@ from gfnlm.training.compose import (
     read_model_config,
 )
 from gfnlm.training.config import RunConfig, to_yaml
+from gfnlm.training.kl_estimates import draws_from_policy, kl_metrics, learned_log_z_kind
+from gfnlm.training.metrics_log import MetricsLog
 from gfnlm.training.policy import CausalLMPolicy, TrainableModule
 from gfnlm.training.prefetch import RolloutSource, rollout_metrics
 
@@ -46,11 +54,21 @@ class TrainingError(RunError):
 
 
 class Trainer:
-    """Owns the policy, the optimiser, the loop, logging and checkpoints of one run."""
+    """Owns the policy, the optimiser, the loop, logging and checkpoints of one run.
 
-    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+    ``callbacks`` (:class:`~gfnlm.training.callbacks.Callback` instances) are called, on rank 0, at
+    each step, evaluation and save. :attr:`history` is the list of every step's metrics so far,
+    ``{"step": N, <metric>: value, ...}`` in step order (a resumed run reads the steps before its
+    checkpoint back from ``metrics.jsonl``).
+    """
+
+    def __init__(
+        self, config: RunConfig, progress: bool = True, callbacks: list[Callback] | None = None
+    ) -> None:
         self.config = config
         self.progress = progress
+        self.callbacks = check_callbacks(callbacks)
+        self.history: list[dict[str, float]] = []
         self.out_dir = Path(config.train.out_dir)
         self.checkpoints_dir = self.out_dir / "checkpoints"
         # Everything cheap and checkable comes first, so bad input fails before the model loads.
@@ -116,6 +134,11 @@ class Trainer:
         self.step = 0
         self._saved_step: int | None = None  # the step saved on disk and unchanged since
         self.writer: SummaryWriter | None = None
+        self.metrics_log = MetricsLog(self.out_dir)
+        self._logged_evals: set[int] = set()  # steps whose evaluation metrics.jsonl holds
+        self._on_policy = draws_from_policy(sampler, self.components.exploration)
+        log_z_kind = learned_log_z_kind(self.components.objective)
+        self._log_z_kind = log_z_kind if self.logz is not None else None
 
     def close(self) -> None:
         """Leave ``torch.distributed`` (a no-op in one process). The DDP wrapper goes first: its
@@ -130,21 +153,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
-        """Run (or resume) the configured number of steps; returns before/after evaluation."""
+        """Run (or resume) the configured number of steps. Returns ``{"before": ..., "after":
+        ...}``, the held-out evaluations before and after training (``None`` without
+        ``data.eval``), and ``"history"``, every step's metrics (:attr:`history`)."""
         cfg = self.config.train
         main = self.world.is_main
+        # The steps a crashed run logged after its last checkpoint are dropped from every log.
+        logged_up_to = self.resume_step() if self.resume_point is not None else self.step
         if main:
             if not self.run_lock.held:  # train() called again after it released the folder
                 self.run_lock.acquire()
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.config))
-            # purge_step drops events a crashed run logged after its last checkpoint.
             tb = str(self.out_dir / "tb")
-            self.writer = SummaryWriter(log_dir=tb, purge_step=self.resume_step() + 1)
+            self.writer = SummaryWriter(log_dir=tb, purge_step=logged_up_to + 1)
+        self._restore_history(logged_up_to)
         sampler = self.components.sampler
         if self.resume():  # a server must serve the resumed weights
             sampler.sync(self.policy, self.step, force=True)
-        results: dict[str, Any] = {"before": self.evaluate_cached(0)}
+        results: dict[str, Any] = {"before": self.evaluate_cached(0), "history": self.history}
         shown = self.progress and main
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not shown)
         try:
@@ -168,6 +195,7 @@ class Trainer:
             sampler.close()
             if self.writer is not None:
                 self.writer.close()
+            self.metrics_log.close()
             if self.run_lock is not None:
                 # the run is over: eval/resume/another train may use the folder
                 self.run_lock.release()
@@ -190,9 +218,15 @@ class Trainer:
         scores = target.score(rollouts, base)
         replay.add(fresh, scores.log_reward[: fresh.batch_size])
         scored = time.perf_counter()
-        metrics = self.update(rollouts, scores)
+        row_log_z = None
+        if self._on_policy and self._log_z_kind is not None:
+            row_log_z = torch.full((rollouts.batch_size,), math.nan, device=self.device)
+        metrics = self.update(rollouts, scores, row_log_z)
         updated = time.perf_counter()
         metrics |= rollout_metrics(rollouts, scores) | replay.metrics()
+        if self._on_policy:
+            rows = fresh.batch_size
+            metrics |= kl_metrics(rollouts, scores, rows, row_log_z, self._log_z_kind)
         metrics["sampler/staleness"] = float(self.step - rollouts.weight_version)
         sample_s = sampled - started - timing.get("time/sync", 0.0)
         metrics |= {
@@ -203,8 +237,12 @@ class Trainer:
         } | timing
         return metrics
 
-    def update(self, rollouts: Rollouts, scores: TargetScores) -> dict[str, float]:
-        """``updates_per_batch`` passes of minibatch optimiser steps over the rollouts."""
+    def update(
+        self, rollouts: Rollouts, scores: TargetScores, row_log_z: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """``updates_per_batch`` passes of minibatch optimiser steps over the rollouts;
+        ``row_log_z`` (one entry per rollout), when given, receives the log Z the loss used for
+        each rollout on the first pass."""
         cfg = self.config.train
         size = rollouts.batch_size
         minibatch = cfg.minibatch_size or size
@@ -212,7 +250,7 @@ class Trainer:
         totals: dict[str, list[float]] = {}
         if self.step == 0 and cfg.logz_warm_start and self.logz is not None:
             self._warm_start_logz(rollouts, scores, need_hidden)
-        for _ in range(cfg.updates_per_batch):
+        for pass_index in range(cfg.updates_per_batch):
             order = torch.randperm(size, generator=self.prompt_rng)
             for start in range(0, size, minibatch):
                 idx = order[start : start + minibatch].to(self.device)
@@ -231,6 +269,8 @@ class Trainer:
                 record["entropy"] = evaluation.mean_entropy(sub.response_mask)
                 if log_z is not None:
                     record["log_z"] = float(log_z.detach().mean())
+                    if row_log_z is not None and pass_index == 0:
+                        row_log_z[idx] = log_z.detach().to(row_log_z.dtype)
                 for key, value in record.items():
                     totals.setdefault(key, []).append(value)
         return {key: float(np.mean(values)) for key, values in totals.items()}
@@ -263,12 +303,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and evaluation
     def log(self, metrics: dict[str, float]) -> None:
-        """Write scalar metrics to TensorBoard under ``train/`` at the current step (rank 0)."""
+        """Record the current step's scalar metrics: :attr:`history` (every rank), then on rank 0
+        TensorBoard (under ``train/``) and ``metrics.jsonl``, then the callbacks' ``on_step``."""
+        record = {"step": self.step, **metrics}
+        self.history.append(record)
         if self.writer is None:
             return
         for key, value in metrics.items():
             self.writer.add_scalar(f"train/{key}", value, self.step)
         self.writer.flush()
+        self.metrics_log.append(record)
+        notify(self.callbacks, "on_step", self, self.step, metrics)
+
+    def _restore_history(self, up_to_step: int) -> None:
+        """:attr:`history` and the logged evaluations from ``metrics.jsonl``, up to
+        ``up_to_step``; rank 0 rewrites the file without later records and opens it to append.
+        (Other ranks read it where they see the same folder; elsewhere their history starts
+        empty.)"""
+        records = self.metrics_log.restore(up_to_step, writable=self.world.is_main)
+        self.history = [record for record in records if "eval" not in record]
+        self._logged_evals = {record["step"] for record in records if "eval" in record}
 
     def evaluate_cached(self, step: int) -> dict[str, float] | None:
         """Evaluate on the held-out set (cached in the run dir, so a resume reuses it); rank 0
@@ -289,6 +343,10 @@ class Trainer:
             for key, value in result.items():
                 self.writer.add_scalar(f"eval/{key}", value, step)
             self.writer.flush()
+            if step not in self._logged_evals:  # a resumed run reuses logged evaluations
+                self.metrics_log.append({"step": step, "eval": result})
+                self._logged_evals.add(step)
+            notify(self.callbacks, "on_eval", self, step, result)
         return result
 
     # ------------------------------------------------------------------ checkpoints
@@ -308,12 +366,15 @@ class Trainer:
         if self._saved_step == self.step:
             return
         policy_state, state = self.policy.trainable_state_dict(), self.state()
+        path = None
         if self.world.is_main:
             written = (self.checkpoints_dir, self.step, policy_state, state, to_yaml(self.config))
             adapter = self.policy.adapter_writer(policy_state)
-            checkpoint.save_checkpoint(*written, extra_files=adapter)
+            path = checkpoint.save_checkpoint(*written, extra_files=adapter)
         dist_utils.barrier(self.world)
         self._saved_step = self.step
+        if path is not None:
+            notify(self.callbacks, "on_save", self, self.step, path)
 
     def resume_step(self) -> int:
         """The step of the checkpoint this run resumes from (0 for a new run)."""
@@ -339,3 +400,18 @@ class Trainer:
         resume.restore_rng_state(state["rng"], self.world, self.prompt_rng, fresh_seed)
         self.step = self._saved_step = int(state["step"])
         return True
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as a list, each checked to be a :class:`~gfnlm.training.callbacks.Callback`."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, list | tuple):
+        raise ConfigError(f"callbacks={callbacks!r}: must be a list of Callback instances")
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise ConfigError(
+                f"callbacks[{i}]={callback!r}: must be an instance of a subclass of "
+                "gfnlm.training.callbacks.Callback"
+            )
+    return list(callbacks)
