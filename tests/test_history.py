@@ -7,12 +7,19 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from test_trainer import REPO, scalars, tiny_overrides
 
 from gfnlm.contracts.errors import ConfigError, RunError
+from gfnlm.contracts.registry import build
+from gfnlm.evaluation.exact import ExactSetting, TabularPolicy, kl_divergence
+from gfnlm.exploration import concat_rollouts
+from gfnlm.objectives.fixed_points import lambda_star, tilted_log_distribution
+from gfnlm.targets.alpha_power import AlphaPowerTarget
 from gfnlm.training import checkpoint
 from gfnlm.training.callbacks import Callback
 from gfnlm.training.config import load_config
+from gfnlm.training.kl_estimates import draws_from_policy, kl_metrics, learned_log_z_kind
 from gfnlm.training.metrics_log import MetricsLog, read_records
 from gfnlm.training.trainer import Trainer
 
@@ -179,3 +186,175 @@ def test_an_unwritable_metrics_log_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").mkdir()  # a folder where the file should be
     with pytest.raises(RunError, match=r"metrics\.jsonl: cannot read or write the metrics log \("):
         MetricsLog(tmp_path).restore(up_to_step=0, writable=True)
+
+
+# ------------------------------------------------------------------ KL estimates
+def exact_case(samples: int = 20_000):
+    """A tabular policy π and base p_base on every response of length ≤ 4 over 4 tokens (341
+    responses), ``samples`` responses drawn from π, and the α = 2 target's scores of them."""
+    setting = ExactSetting(vocab_size=4, max_len=4)
+    base = TabularPolicy.random(setting, seed=0)
+    policy = TabularPolicy.random(setting, seed=1)
+    rollouts = policy.sample(samples, generator=torch.Generator().manual_seed(0))
+    scores = AlphaPowerTarget(alpha=2.0).score(rollouts, base.sequence_log_probs(rollouts))
+    every = setting.enumerate_responses()
+    exact = {
+        "log_pi": policy.response_log_probs(every),
+        "log_base": base.response_log_probs(every),
+        "lengths": every.lengths.double(),
+    }
+    exact["log_r"] = 2.0 * exact["log_base"]
+    return rollouts, scores, exact
+
+
+def within_sampling_error(estimate: float, exact: float, per_sample: torch.Tensor) -> bool:
+    """``estimate`` within 4 standard errors of ``exact`` (the per-sample values' spread)."""
+    return abs(estimate - exact) < 4 * float(per_sample.std()) / per_sample.numel() ** 0.5
+
+
+def test_the_estimates_match_the_exact_divergences_of_an_enumerable_model() -> None:
+    """Against KL(π‖p_base), log Z − KL(π‖R/Z) and KL(π‖π*) summed over every response."""
+    rollouts, scores, exact = exact_case()
+    log_pi, log_base, log_r, lengths = (
+        exact[k] for k in ("log_pi", "log_base", "log_r", "lengths")
+    )
+    log_z = float(torch.logsumexp(log_r, 0))
+    star = lambda_star(log_r, lengths)
+    sampled_pi = rollouts.behaviour_logp.sum(-1)
+    sampled_base = scores.ref_token_logp.sum(-1)
+    rows = rollouts.batch_size
+    sequence = kl_metrics(rollouts, scores, rows, torch.full((rows,), log_z), "sequence")
+    per_token = kl_metrics(rollouts, scores, rows, torch.full((rows,), star), "per_token")
+
+    kl_base = kl_divergence(log_pi, log_base)
+    assert within_sampling_error(sequence["kl/policy_base"], kl_base, sampled_pi - sampled_base)
+    # the test tells the divergence from the reverse one
+    assert not within_sampling_error(
+        sequence["kl/policy_base"], kl_divergence(log_base, log_pi), sampled_pi - sampled_base
+    )
+    kl_target = kl_divergence(log_pi, log_r - log_z)
+    elbo_terms = scores.log_reward - sampled_pi
+    assert within_sampling_error(sequence["elbo"], log_z - kl_target, elbo_terms)
+    assert within_sampling_error(sequence["elbo_gap"], kl_target, elbo_terms)
+    kl_fixed_point = kl_divergence(log_pi, tilted_log_distribution(log_r, lengths, star))
+    tilted_terms = rollouts.lengths * star - elbo_terms
+    assert within_sampling_error(per_token["kl/policy_fixed_point"], kl_fixed_point, tilted_terms)
+    assert abs(kl_fixed_point - kl_target) > 0.1  # two different divergences
+    assert set(sequence) == {"elbo", "kl/policy_base", "elbo_gap"}
+    assert set(per_token) == {"elbo", "kl/policy_base", "kl/policy_fixed_point"}
+
+
+def test_replayed_rows_after_the_fresh_ones_are_left_out() -> None:
+    rollouts, scores, _ = exact_case(samples=64)
+    log_z = torch.linspace(-1.0, 1.0, 64)
+    alone = kl_metrics(rollouts, scores, 64, log_z, "sequence")
+    replayed = concat_rollouts([rollouts, rollouts.select(torch.arange(8))])
+    mixed_scores = scores.select(torch.cat([torch.arange(64), torch.arange(8)]))
+    mixed = kl_metrics(replayed, mixed_scores, 64, torch.cat([log_z, log_z[:8] + 5]), "sequence")
+    assert mixed == alone
+    assert (
+        kl_metrics(replayed, mixed_scores, 72, torch.cat([log_z, log_z[:8]]))["elbo"]
+        != (alone["elbo"])
+    )
+
+
+def test_which_runs_get_which_estimates() -> None:
+    """A learned log Z means something for tb and la_tb (learned), nothing for la_tb's group
+    mean; an exploration policy's or a power sampler's rollouts give no estimate."""
+    group_mean = build("objective", "la_tb", {"log_z_source": "group_mean"})
+    assert learned_log_z_kind(group_mean) is None
+    assert learned_log_z_kind(build("objective", "la_tb", {})) == "per_token"
+    assert learned_log_z_kind(build("objective", "tb", {})) == "sequence"
+    assert learned_log_z_kind(build("objective", "db", {})) is None
+    hf = build("sampler", "hf", {})
+    assert draws_from_policy(hf, build("exploration", "none", {}))
+    assert not draws_from_policy(hf, build("exploration", "tempered", {}))
+    assert not draws_from_policy(build("sampler", "power_mh", {}), None)
+
+
+def independent_log_probs(trainer: Trainer, rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log π(y|q)`` and ``log p_base(y|q)`` of each rollout by a full forward pass of the model
+    with and without its adapter (not through the sampler's or the trainer's code)."""
+    inputs = {
+        "input_ids": torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1),
+        "attention_mask": torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1).long(),
+    }
+    start = rollouts.prompt_ids.shape[1] - 1
+
+    def sequence_logp(model) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, start:-1].double()
+        chosen = logits.log_softmax(-1).gather(-1, rollouts.response_ids[..., None]).squeeze(-1)
+        return (chosen * rollouts.response_mask).sum(-1)
+
+    log_pi = sequence_logp(trainer.policy.model)
+    with trainer.policy.base_model() as base:
+        log_base = sequence_logp(base)
+    return log_pi, log_base
+
+
+@pytest.mark.parametrize(("objective", "replay"), [("la_tb", "none"), ("tb", "reward_prioritised")])
+def test_the_logged_estimates_equal_a_hand_computation(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path, objective: str, replay: str
+) -> None:
+    """Each step's fresh rollouts are scored independently when drawn; with replay the batch also
+    holds replayed rows, which the estimates leave out."""
+    config = tiny_config(
+        tiny_model_dir,
+        prompt_files,
+        tmp_path,
+        **{
+            "train.steps": 2,
+            "data.eval": "''",
+            "train.minibatch_size": 0,  # one minibatch: the loss's log Z is the pre-update one
+            "train.lr": 0.1,
+            "objective.name": objective,
+            **({"objective.options.log_z_source": "learned"} if objective == "la_tb" else {}),
+            "replay.name": replay,
+            **({"replay.options.ratio": 1.0} if replay != "none" else {}),
+        },
+    )
+    trainer = Trainer(config, progress=False)
+    alpha = trainer.components.target.alpha
+    drawn = []
+    draw = trainer.rollouts.draw
+
+    def draw_and_score(*args):
+        rollouts = draw(*args)
+        log_pi, log_base = independent_log_probs(trainer, rollouts)
+        log_z = float(trainer.logz(rollouts.prompt_index)[0].detach())
+        drawn.append((rollouts, log_pi, log_base, log_z))
+        return rollouts
+
+    trainer.rollouts.draw = draw_and_score
+    history = trainer.train()["history"]
+    trainer.close()
+    assert len(drawn) == 2 and len(history) == 2
+    if replay != "none":
+        assert history[1]["replay/share"] > 0  # the second batch held replayed rows
+    for (rollouts, log_pi, log_base, log_z), logged in zip(drawn, history, strict=True):
+        log_r = alpha * log_base
+        assert logged["kl/policy_base"] == pytest.approx(
+            float((log_pi - log_base).mean()), abs=1e-3
+        )
+        assert logged["elbo"] == pytest.approx(float((log_r - log_pi).mean()), abs=1e-3)
+    rollouts, log_pi, log_base, log_z = drawn[1]  # step 1's log Z moves in its warm start
+    log_r = alpha * log_base
+    if objective == "tb":
+        expected = float((log_z + log_pi - log_r).mean())
+        assert history[1]["elbo_gap"] == pytest.approx(expected, abs=1e-3)
+    else:
+        expected = float((rollouts.lengths * log_z + log_pi - log_r).mean())
+        assert history[1]["kl/policy_fixed_point"] == pytest.approx(expected, abs=1e-3)
+    assert abs(history[1]["kl/policy_base"]) > 1e-3  # the policy moved away from the base
+
+
+def test_rollouts_of_an_exploration_policy_give_no_estimate(
+    tiny_model_dir: Path, prompt_files, tmp_path: Path
+) -> None:
+    settings = {"train.steps": 1, "data.eval": "''", "exploration.name": "tempered"}
+    config = tiny_config(tiny_model_dir, prompt_files, tmp_path, **settings)
+    trainer = Trainer(config, progress=False)
+    (record,) = trainer.train()["history"]
+    trainer.close()
+    assert "length/mean" in record and not {"elbo", "kl/policy_base"} & set(record)

@@ -256,6 +256,9 @@ class Trainer:
                 idx = order[start : start + minibatch].to(self.device)
                 sub = rollouts.select(idx)
                 evaluation, log_z = self.train_module(sub, need_hidden)
+                if row_log_z is not None and log_z is not None and pass_index == 0:
+                    # copied now: a scalar log Z is a view that the optimiser step changes
+                    row_log_z[idx] = log_z.detach().to(row_log_z.dtype)
                 out = self.components.objective.loss(sub, evaluation, scores.select(idx), log_z)
                 if not torch.isfinite(out.loss):
                     raise TrainingError(self._non_finite_message(float(out.loss.detach())))
@@ -269,8 +272,6 @@ class Trainer:
                 record["entropy"] = evaluation.mean_entropy(sub.response_mask)
                 if log_z is not None:
                     record["log_z"] = float(log_z.detach().mean())
-                    if row_log_z is not None and pass_index == 0:
-                        row_log_z[idx] = log_z.detach().to(row_log_z.dtype)
                 for key, value in record.items():
                     totals.setdefault(key, []).append(value)
         return {key: float(np.mean(values)) for key, values in totals.items()}
