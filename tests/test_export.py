@@ -302,8 +302,16 @@ def test_adapter_export_round_trips(
     assert export(lora_run, "--adapter", out) == 0
     assert "wrote the PEFT adapter" in capsys.readouterr().out
     latest = checkpoint.latest_checkpoint(lora_run / "checkpoints")
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        assert (out / name).read_bytes() == (latest / "adapter" / name).read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        latest / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    # the same adapter config, naming the base model by its folder's name instead of its path
+    config, saved = (
+        json.loads((f / "adapter_config.json").read_text()) for f in (out, latest / "adapter")
+    )
+    assert saved["base_model_name_or_path"] == str(tiny_model_dir)
+    assert config == {**saved, "base_model_name_or_path": tiny_model_dir.name}
+    assert (out / "README.md").is_file()
     policy = run_policy(lora_run)
     peft_model = PeftModel.from_pretrained(base_model(tiny_model_dir), out)
     assert max_gap(plain_logps(peft_model, policy.tokenizer), policy_logps(policy)) <= FP32_TOL
@@ -341,7 +349,7 @@ def test_a_checkpoint_without_adapter_folder_still_exports(
     config, saved_config = (
         json.loads((f / "adapter_config.json").read_text()) for f in (tmp_path / "adapter", new)
     )
-    assert config == saved_config
+    assert config == {**saved_config, "base_model_name_or_path": tiny_model_dir.name}
     policy = run_policy(lora_run)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert max_gap(plain_logps(model, policy.tokenizer), policy_logps(policy)) <= FP32_TOL
@@ -464,6 +472,7 @@ def test_force_replaces_atomically_and_a_failed_export_leaves_out_untouched(
     )
     assert export(lora_run, "--adapter", out, "--force") == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
@@ -508,8 +517,13 @@ def dead_pid() -> int:
     return process.pid
 
 
-def latest_adapter(run: Path) -> dict[str, bytes]:
-    return tree(checkpoint.latest_checkpoint(run / "checkpoints") / "adapter")
+@pytest.fixture(scope="module")
+def adapter_export(lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The files of an uninterrupted ``export --adapter`` of the run's latest checkpoint to a
+    folder named ``out`` (the name its model card gives), as every test below exports to."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert export(lora_run, "--adapter", out) == 0
+    return tree(out)
 
 
 def unsupported(source: Path, target: Path, flags: int) -> None:
@@ -544,13 +558,13 @@ def test_renameat2_exchanges_two_folders_and_noreplace_refuses(tmp_path: Path) -
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "journal"])
 def test_a_kill_at_every_step_of_export_force_leaves_the_old_or_the_new_export(
-    lora_run: Path, tmp_path: Path, monkeypatch, exchange: bool
+    lora_run: Path, adapter_export: dict[str, bytes], tmp_path: Path, monkeypatch, exchange: bool
 ) -> None:
     """``export --adapter OUT --force`` over an OUT holding other files, killed at its k-th
     file-system step for every k until one completes: OUT then holds exactly its previous files
     or the complete export (after the next export's journal replay, where the file system cannot
     exchange), and the next export succeeds and leaves nothing hidden next to OUT."""
-    new, dead = latest_adapter(lora_run), dead_pid()
+    new, dead = adapter_export, dead_pid()
     if not exchange:
         monkeypatch.setattr(export_module, "renameat2", unsupported)
     at, kills, left_behind, replayed = 1, [], 0, 0
@@ -590,7 +604,7 @@ def test_a_kill_at_every_step_of_export_force_leaves_the_old_or_the_new_export(
 
 
 def test_a_dead_exports_leftovers_are_removed_and_a_running_ones_kept(
-    lora_run: Path, tmp_path: Path
+    lora_run: Path, adapter_export: dict[str, bytes], tmp_path: Path
 ) -> None:
     out, dead = tmp_path / "out", dead_pid()
     sleeper = subprocess.Popen(["sleep", "120"])
@@ -604,7 +618,7 @@ def test_a_dead_exports_leftovers_are_removed_and_a_running_ones_kept(
         (tmp_path / others).mkdir()
         assert export(lora_run, "--adapter", out) == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == [others, running, "out"]
-        assert tree(out) == latest_adapter(lora_run) and tree(tmp_path / running) == {"part": b"y"}
+        assert tree(out) == adapter_export and tree(tmp_path / running) == {"part": b"y"}
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -687,7 +701,12 @@ def test_a_full_disk_is_one_line_naming_out_and_its_previous_contents_survive(
 
 @pytest.mark.parametrize("where", ["exchange", "journal-second-rename"])
 def test_an_io_error_while_publishing_is_one_line_naming_out(
-    lora_run: Path, tmp_path: Path, monkeypatch, where: str, capsys
+    lora_run: Path,
+    adapter_export: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch,
+    where: str,
+    capsys,
 ) -> None:
     out = tmp_path / "out"
     write_tree(out, PREVIOUS)
@@ -714,9 +733,7 @@ def test_an_io_error_while_publishing_is_one_line_naming_out(
     assert err == [expected], err
     assert tree(out) == PREVIOUS and hidden(out) == []
     monkeypatch.undo()
-    assert export(lora_run, "--adapter", out, "--force") == 0 and tree(out) == latest_adapter(
-        lora_run
-    )
+    assert export(lora_run, "--adapter", out, "--force") == 0 and tree(out) == adapter_export
 
 
 # ---------------------------------------------------------------------- served by SGLang

@@ -1,13 +1,19 @@
 """``gfnlm export``: a run's checkpoint as files other tools load.
 
 * ``merged``: a Hugging Face model folder (safetensors weights with the LoRA deltas merged in, or
-  the full weights of a full fine-tuning run; ``config.json``, ``generation_config.json`` when the
-  base model has one, the tokenizer files and chat template) that ``AutoModelForCausalLM`` /
-  ``AutoTokenizer.from_pretrained``, SGLang and vLLM load like any model folder.
-* ``adapter``: the PEFT adapter folder alone (``adapter_config.json``,
-  ``adapter_model.safetensors``) for ``PeftModel.from_pretrained(base_model, folder)`` (LoRA runs
-  only). Copied from the checkpoint's ``adapter/`` when it has one; a checkpoint without one gets it
-  rebuilt from ``policy.safetensors``.
+  the full weights of a full fine-tuning run; ``config.json``, a ``generation_config.json`` with
+  which ``generate()`` samples as the policy was trained to, the tokenizer files and chat
+  template) that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``, SGLang and vLLM load
+  like any model folder.
+* ``adapter``: the PEFT adapter folder (``adapter_config.json``, naming the base model by its hub
+  id, not by a path of this machine, and ``adapter_model.safetensors``) for
+  ``PeftModel.from_pretrained(base_model, folder)`` (LoRA runs only). Copied from the checkpoint's
+  ``adapter/`` when it has one; a checkpoint without one gets it rebuilt from
+  ``policy.safetensors``.
+
+Both get a model card, ``README.md``: the run's target and its options, objective, steps trained,
+data, base model, gfnlm version, how to load the folder and the resolved config
+(:mod:`gfnlm.training.model_card`).
 
 Every input is checked before any model loads: the run and its checkpoint, ``--step``, the output
 folder (which must be empty or absent unless ``force``, and outside every run's checkpoints folder,
@@ -44,7 +50,14 @@ from safetensors import SafetensorError
 
 from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.training import checkpoint
-from gfnlm.training.config import RunConfig, load_config
+from gfnlm.training.config import RunConfig, SamplingConfig, load_config
+from gfnlm.training.model_card import (
+    Provenance,
+    model_card,
+    portable_base_name,
+    sampling_generation_config,
+    set_adapter_base,
+)
 
 if TYPE_CHECKING:
     from gfnlm.training.policy import CausalLMPolicy
@@ -76,6 +89,7 @@ class ExportSource:
     path: Path
     config: RunConfig
     weights: dict[str, torch.Tensor]
+    step: int = 0  # the optimiser steps the checkpoint has taken
 
 
 def find_source(run: str, step: int | None = None) -> ExportSource:
@@ -84,7 +98,10 @@ def find_source(run: str, step: int | None = None) -> ExportSource:
     opened = checkpoint.open_run(run, step, field="RUN")
     if opened.note:
         print(f"gfnlm: {opened.note}", file=sys.stderr, flush=True)
-    return ExportSource(opened.path, load_config(opened.config_file), opened.policy_state)
+    step = opened.state.get("step")
+    if not isinstance(step, int):
+        step = checkpoint.checkpoint_step(opened.path)
+    return ExportSource(opened.path, load_config(opened.config_file), opened.policy_state, step)
 
 
 # ---------------------------------------------------------------------- the output path
@@ -510,9 +527,17 @@ def load_policy(source: ExportSource, model_dir: Path) -> "CausalLMPolicy":
     return policy
 
 
-def write_merged(model: torch.nn.Module, model_dir: Path, folder: Path, dtype: torch.dtype) -> None:
+def write_merged(
+    model: torch.nn.Module,
+    model_dir: Path,
+    folder: Path,
+    dtype: torch.dtype,
+    sampling: SamplingConfig | None = None,
+) -> None:
     """A Hugging Face model folder: ``model``'s weights with LoRA merged in (as ``dtype``), the base
-    model's config (with that dtype) and generation config, and its tokenizer."""
+    model's config (with that dtype) and its tokenizer; the generation config set to sample with
+    ``sampling`` (:func:`~gfnlm.training.model_card.sampling_generation_config`), or without it
+    the base model's as it is."""
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoConfig, AutoTokenizer
 
@@ -522,7 +547,9 @@ def write_merged(model: torch.nn.Module, model_dir: Path, folder: Path, dtype: t
     config = AutoConfig.from_pretrained(model_dir)
     config.dtype = dtype
     config.save_pretrained(folder)
-    if (model_dir / "generation_config.json").is_file():
+    if sampling is not None:
+        sampling_generation_config(model_dir, sampling).save_pretrained(folder)
+    elif (model_dir / "generation_config.json").is_file():
         shutil.copyfile(model_dir / "generation_config.json", folder / "generation_config.json")
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(
         folder
@@ -580,6 +607,15 @@ def export_checkpoint(
         )
     adapter = checkpoint.adapter_folder(source.path) if kind == "adapter" else None
     torch_dtype = DTYPES[dtype] if dtype is not None else None
+    provenance = Provenance(
+        source.config,
+        source.path,
+        source.step,
+        model_dir,
+        portable_base_name(model.path, model_dir),
+    )
+    written = dtype or ("float32" if kind == "merged" else "as saved in the checkpoint")
+    card = model_card(provenance, kind, out, written)
     staging = staging_folder(path, flag)  # the last check: the output's parent can be written
     try:
         if adapter is not None:
@@ -592,12 +628,17 @@ def export_checkpoint(
                 )
             else:
                 write = functools.partial(
-                    write_merged, policy.model, model_dir, dtype=torch_dtype or torch.float32
+                    write_merged,
+                    policy.model,
+                    model_dir,
+                    dtype=torch_dtype or torch.float32,
+                    sampling=source.config.sampling,
                 )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_atomically(path, flag, write, staging)
+    base_name = provenance.base_name if kind == "adapter" else None
+    write_atomically(path, flag, functools.partial(_write_export, write, card, base_name), staging)
     if kind == "merged":
         what = (
             "merged model ("
@@ -607,6 +648,17 @@ def export_checkpoint(
     else:
         what = f"PEFT adapter (base model {model_dir})"
     return f"wrote the {what} of checkpoint {str(source.path)!r} to {str(path)!r}"
+
+
+def _write_export(
+    write: Callable[[Path], None], card: str, adapter_base: str | None, folder: Path
+) -> None:
+    """``write(folder)``, then the adapter's base model name made portable (``adapter_base``,
+    adapter exports) and the model card."""
+    write(folder)
+    if adapter_base is not None:
+        set_adapter_base(folder, adapter_base)
+    (folder / "README.md").write_text(card)
 
 
 def _lora_on_tied_weights(model_dir: Path, targets: list[str]) -> bool:
