@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from gfnlm.contracts.errors import RunError
+from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
 from gfnlm.models.chunked_logps import (
     check_output_layer,
@@ -36,6 +36,7 @@ from gfnlm.models.chunked_logps import (
     wide,
 )
 from gfnlm.models.loading import load_tokenizer
+from gfnlm.models.packing import pack
 from gfnlm.models.weights import full_tensor, place_like
 from gfnlm.training.checkpoint import ADAPTER_DIR
 from gfnlm.training.config import ModelConfig
@@ -94,10 +95,11 @@ class CausalLMPolicy(nn.Module):
         self.model = model.to(device)
         # Kept outside the module tree so it is never saved, optimised or counted as the policy.
         self._frozen_base = [frozen_base.to(device)] if frozen_base is not None else []
-        if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        # One pass over each distinct prompt, shared by its samples (off under gradient
-        # checkpointing, which recomputes layers without a KV cache).
+        # The update's pass layout: "packed" (one pass, see gfnlm.models.packing) or "buckets".
+        self.logp_pass = _logp_pass(config, device, self.model)
+        self._checkpointed_layers = _checkpointing_layers(self.model, config)
+        # Bucket passes: one pass over each distinct prompt, shared by its samples (off under
+        # gradient checkpointing, which recomputes layers without a KV cache).
         self.share_prompts = not config.gradient_checkpointing
         # Decode max_new_tokens steps on every row (FSDP2: every rank must run the same passes).
         self.synced_decoding = False
@@ -243,10 +245,8 @@ class CausalLMPolicy(nn.Module):
         if not self.logp_chunk_size:
             return self._evaluate_full_logits(rollouts, need_prompt_hidden)
         statistics = self.token_statistics or self.entropy_grad
-        with self.autocast():
-            final, hidden = _response_logits(
-                self.model, rollouts, need_prompt_hidden, self.share_prompts, final_hidden=True
-            )
+        with self.autocast(), self._checkpointing(rollouts):
+            final, hidden = self._final_hidden(self.model, rollouts, need_prompt_hidden)
             token_logp, eos_logp, entropy, self_certainty = _chunked_response_logps(
                 final, self.model, rollouts, self.eos_token_id, self.logp_chunk_size, statistics
             )
@@ -272,7 +272,7 @@ class CausalLMPolicy(nn.Module):
 
     def _evaluate_full_logits(self, rollouts: Rollouts, need_prompt_hidden: bool) -> PolicyEval:
         """:meth:`evaluate` from the model's full ``[B, T+1, V]`` logits (``logp_chunk_size=0``)."""
-        with self.autocast():
+        with self.autocast(), self._checkpointing(rollouts):
             logits, hidden = _response_logits(
                 self.model, rollouts, need_prompt_hidden, self.share_prompts
             )
@@ -292,18 +292,53 @@ class CausalLMPolicy(nn.Module):
             self_certainty=self_certainty,
         )
 
+    def _final_hidden(
+        self, model: nn.Module, rollouts: Rollouts, need_hidden: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The final hidden states at the ``T+1`` predicting positions ``[B, T+1, H]`` and
+        (``need_hidden``) the last layer's over the prompts ``[B, P, H]``, by the configured pass
+        layout."""
+        if self.logp_pass == "packed":
+            return _packed_final_hidden(model, rollouts, need_hidden, self._mask_dtype(model))
+        return _response_logits(model, rollouts, need_hidden, self.share_prompts, final_hidden=True)
+
+    def _mask_dtype(self, model: nn.Module) -> torch.dtype:
+        """The dtype of the attention's queries, which an additive attention mask must share."""
+        return torch.bfloat16 if self.use_bf16 else next(model.parameters()).dtype
+
+    @contextlib.contextmanager
+    def _checkpointing(self, rollouts: Rollouts) -> Iterator[None]:
+        """Gradient checkpointing on for this update pass when configured
+        (``model.gradient_checkpointing``), or when a packed batch's longest response reaches
+        ``model.gradient_checkpointing_from`` tokens. The decoder layers (not their submodules:
+        dropout is unchanged) are put in training mode for the pass, as transformers checkpoints
+        only then and a model loaded without LoRA is in eval mode, and restored afterwards."""
+        threshold = self.config.gradient_checkpointing_from
+        on = self.config.gradient_checkpointing or (
+            self.logp_pass == "packed"
+            and threshold > 0
+            and int(rollouts.lengths.max()) >= threshold
+        )
+        if not on or not self._checkpointed_layers:
+            yield
+            return
+        saved = [
+            (layer.gradient_checkpointing, layer.training) for layer in self._checkpointed_layers
+        ]
+        for layer in self._checkpointed_layers:
+            layer.gradient_checkpointing = layer.training = True
+        try:
+            yield
+        finally:
+            for layer, (flag, training) in zip(self._checkpointed_layers, saved, strict=True):
+                layer.gradient_checkpointing, layer.training = flag, training
+
     @torch.no_grad()
     def score_base(self, rollouts: Rollouts, need_eos_logp: bool) -> SequenceLogProbs:
         """The base model's log-probs over the responses, one forward pass, no gradient."""
         with self.base_model() as base, self.autocast():
             if self.logp_chunk_size:
-                final, _ = _response_logits(
-                    base,
-                    rollouts,
-                    need_hidden=False,
-                    share_prompts=self.share_prompts,
-                    final_hidden=True,
-                )
+                final, _ = self._final_hidden(base, rollouts, need_hidden=False)
                 token_logp, eos_logp, _, _ = _chunked_response_logps(
                     final, base, rollouts, self.eos_token_id, self.logp_chunk_size, statistics=False
                 )
@@ -317,6 +352,46 @@ class CausalLMPolicy(nn.Module):
 
 # Positions whose entropy is logged when no component needs it at every position.
 ENTROPY_SAMPLE_POSITIONS = 256
+# Attention implementations that read a custom 4D additive mask (the packed pass's).
+PACKED_ATTENTION = ("sdpa", "eager")
+
+
+def _logp_pass(config: ModelConfig, device: torch.device, model: nn.Module) -> str:
+    """``model.logp_pass`` resolved: ``auto`` is packed on CUDA and buckets on CPU, where the
+    bucket passes were measured faster (benchmarks/kernel_count_update.py); packed needs an
+    attention that reads a 4D mask, and the chunked log-prob path."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    packable = attention in PACKED_ATTENTION and config.logp_chunk_size > 0
+    if config.logp_pass == "packed" and not packable:
+        raise ConfigError(
+            f"model.logp_pass='packed' needs attention {' or '.join(PACKED_ATTENTION)} (this "
+            f"model's: {attention!r}) and model.logp_chunk_size > 0 (is "
+            f"{config.logp_chunk_size}); use model.logp_pass=buckets"
+        )
+    if config.logp_pass == "auto":
+        return "packed" if device.type == "cuda" and packable else "buckets"
+    return config.logp_pass
+
+
+def _checkpointing_layers(model: nn.Module, config: ModelConfig) -> list[nn.Module]:
+    """Make gradient checkpointing ready (off) and return the decoder layers that
+    :meth:`CausalLMPolicy._checkpointing` turns it on for, pass by pass; none where it is never
+    asked for or the model does not support it."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not (config.gradient_checkpointing or config.gradient_checkpointing_from):
+        return []
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        return []
+    inner.activation_checkpointing_enable({"use_reentrant": False})
+    # Non-reentrant checkpoints compute the gradients of the parameters inside them without an
+    # input that requires grad: the embedding hook added for reentrant ones would only add work.
+    inner.disable_input_require_grads()
+    layers = [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    return layers
 
 
 def _check_chunkable(model: nn.Module, eos_token_id: int) -> None:
@@ -466,6 +541,36 @@ def _response_logits(
     values = torch.cat(parts)[torch.argsort(order)]
     hidden = prompt_out.hidden_states[-1][row_prompt] if need_hidden else None
     return values, hidden
+
+
+def _packed_final_hidden(
+    model: nn.Module, rollouts: Rollouts, need_hidden: bool, mask_dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`_response_logits` (``final_hidden``) as ONE pass over the packed batch
+    (:func:`gfnlm.models.packing.pack`): every prompt once per row it shares with its samples'
+    responses, no padding but a row's tail, one attention mask for every layer."""
+    packed = pack(
+        rollouts.prompt_ids,
+        rollouts.prompt_mask,
+        rollouts.response_ids,
+        rollouts.lengths,
+        mask_dtype,
+    )
+    with final_hidden_states(model) as captured:
+        out = model(
+            input_ids=packed.input_ids,
+            attention_mask=packed.attention_mask,
+            position_ids=packed.position_ids,
+            use_cache=False,
+            logits_to_keep=_no_logits(packed.input_ids.device),
+            output_hidden_states=need_hidden,
+        )
+    width = captured[-1].shape[-1]
+    final = captured[-1].reshape(-1, width)[packed.predicting]
+    hidden = (
+        out.hidden_states[-1].reshape(-1, width)[packed.prompt_positions] if need_hidden else None
+    )
+    return final, hidden
 
 
 def _prompt_cache(
