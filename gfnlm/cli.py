@@ -74,13 +74,15 @@ def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``gfnlm train``: load the config, train (or resume), print the before/after table."""
+    from gfnlm.models.loading import loading_bars
     from gfnlm.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     args.out_dir = config.train.out_dir  # main's message on Ctrl-C says whether a checkpoint exists
     import_components(args.imports)  # named as --import in errors; the trainer finds them imported
     config.imports = [*config.imports, *args.imports]
-    trainer = Trainer(config, progress=not args.quiet)
+    with loading_bars(not args.quiet):  # transformers' weight-loading bars too
+        trainer = Trainer(config, progress=not args.quiet)
     try:
         results = trainer.train()
     finally:

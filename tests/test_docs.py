@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import typing
 import urllib.request
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ DOCS = REPO / "docs"
 MATHJAX = DOCS / "javascripts" / "mathjax" / "tex-chtml.js"
 SETUP_HINT = "run `make setup` (it unpacks MathJax from npm and installs Debian's chromium)"
 # Pages whose Python blocks must exist and run (at least this many blocks each).
-EXECUTED_PAGES = {"how-to.md": 6, "extending.md": 10, "concepts.md": 1}
+EXECUTED_PAGES = {"how-to.md": 6, "extending.md": 10, "concepts.md": 1, "python.md": 6}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -80,9 +81,12 @@ def test_code_blocks_run(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.chdir(REPO)  # the pages refer to configs/ relative to the repository root
     before = {kind: set(registry.names(kind)) for kind in registry.KINDS}
-    namespace: dict[str, object] = {
-        "__name__": f"docs_{page.removesuffix('.md').replace('-', '_')}"
-    }
+    # The page runs as a module, as a user's script runs as __main__: its functions can be found
+    # by their import path ("docs_python:my_reward"), which a run saves in its config.yaml.
+    name = f"docs_{page.removesuffix('.md').replace('-', '_')}"
+    module = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    namespace = module.__dict__
     try:
         for number, block in enumerate(blocks, start=1):
             exec(compile(block, f"docs/{page} (python block {number})", "exec"), namespace)  # noqa: S102

@@ -144,6 +144,38 @@ def _import_one(module: str, field: str) -> None:
             ) from None
 
 
+def import_object(spec: str, field: str) -> Any:
+    """The object named by ``"package.module:qualname"`` (``qualname`` may be dotted:
+    ``module:Class.method``), imported as :func:`import_components` imports (the working directory
+    on ``sys.path``). A spec of another form, or one that does not import, is a one-line error
+    naming ``field``."""
+    where = f"{field}={quoted(spec)}"
+    module, _, qualname = spec.partition(":")
+    if not (module.strip() and qualname.strip()):
+        raise RegistryError(f"{where}: must name an object as 'package.module:function'")
+    _import_one(module, field)
+    found: Any = sys.modules[module]
+    for part in qualname.split("."):
+        if not hasattr(found, part):
+            raise RegistryError(f"{where}: module {module!r} has no {qualname!r}")
+        found = getattr(found, part)
+    return found
+
+
+def object_path(value: Any) -> str | None:
+    """``"package.module:qualname"`` of a module-level function or class, when importing that
+    path gives back this very object (so a config file can name it); ``None`` for a lambda, a
+    function defined inside another, or an object its module no longer holds under that name."""
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
+        return None  # "<lambda>", "f.<locals>.g": no import path leads to them
+    spec = f"{module}:{qualname}"
+    try:
+        return spec if import_object(spec, "object") is value else None
+    except RegistryError:
+        return None
+
+
 @contextlib.contextmanager
 def _working_directory_on_path() -> Iterator[None]:
     """The working directory first on ``sys.path`` (where ``python -m`` puts it) while a module

@@ -243,6 +243,38 @@ def save_random_llama(
     return out_dir
 
 
+def tiny_random_model(out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a tiny Llama with random weights (2 layers, hidden size 64; its ≈3M parameters are
+    mostly the embeddings) and a real tokenizer (``tokenizer_dir``'s, by default SmolLM2's:
+    :func:`ensure_smollm2`) into ``out_dir``, and return it: a ``model.path`` on which a run or a
+    test takes seconds on a CPU. What it generates is noise; it exercises everything but the
+    answers."""
+    out_dir = Path(out_dir)
+    with loading_bars(False):  # a helper for examples and tests: no "Writing model shards" bar
+        return save_random_llama(out_dir, Path(tokenizer_dir or ensure_smollm2()))
+
+
+@contextlib.contextmanager
+def loading_bars(shown: bool) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Loading checkpoint shards", "Writing
+    model shards") shown or hidden while the block runs, with transformers' switch
+    (``transformers.utils.logging``); its previous state is restored afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    was_shown = transformers_logging.is_progress_bar_enabled()
+    if shown:
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown:
+            transformers_logging.enable_progress_bar()
+        else:
+            transformers_logging.disable_progress_bar()
+
+
 def resolve_device(
     requested: str, local_rank: int = 0, field: str = "train.device"
 ) -> torch.device:

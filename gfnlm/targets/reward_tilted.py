@@ -6,7 +6,6 @@ case ``r = (α−1)·log p_ref``, β = 1. The reward is end-only, so no prefix r
 and DB cannot be combined with this target (the run is rejected when composed).
 """
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import attrs
 import torch
 
-from gfnlm.contracts.registry import option, register
+from gfnlm.contracts.errors import ConfigError
+from gfnlm.contracts.registry import import_object, option, register
 from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.targets.base import Target, task_field
 
@@ -30,16 +30,17 @@ def call_reward(reward: RewardFn, rollouts: Rollouts, task: Any) -> torch.Tensor
 
 
 def resolve_callable(spec: Any) -> RewardFn:
-    """A callable, or one named by ``"package.module:function"``."""
+    """A callable, or one named by ``"package.module:function"`` (imported with the working
+    directory on ``sys.path``, as ``--import`` imports). A config that holds the callable itself
+    saves it under that name (:func:`gfnlm.contracts.registry.object_path`)."""
     if callable(spec):
         return spec
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"reward={spec!r}: must be a callable or 'package.module:function'")
-    module_name, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"reward={spec!r}: cannot import it ({error})") from None
+    found = import_object(spec, "reward")
+    if not callable(found):
+        raise ConfigError(f"reward={spec!r}: names a {type(found).__name__}, not a function")
+    return found
 
 
 @register("target", "reward_tilted")

@@ -57,7 +57,7 @@ class PromptSet:
     @classmethod
     def load(
         cls,
-        spec: str,
+        spec: str | Any,
         field: str,
         tokenizer: PreTrainedTokenizerBase,
         max_tokens: int,
@@ -67,20 +67,23 @@ class PromptSet:
         answer_field: str = "answers",
     ) -> "PromptSet":
         """Load a data set (JSONL, parquet, JSON, CSV, a ``save_to_disk`` folder, or a bundled
-        set's name; :func:`~gfnlm.tasks.records.load_records`), format every record with ``task``
-        (default: the ``factual`` task) and tokenise it.
+        set's name; in Python also a ``datasets.Dataset`` or a list of dicts;
+        :func:`~gfnlm.tasks.records.load_records`), format every record with ``task`` (default:
+        the ``factual`` task) and tokenise it.
 
         ``field`` names the config field in error messages; gold answers the task cannot grade,
         prompts longer than ``max_tokens`` tokens and, with ``require_answers``, records without
         answers are one-line errors naming the row.
         """
-        from gfnlm.tasks.records import load_records  # local: tasks import this module's helpers
+        # local: tasks import this module's helpers
+        from gfnlm.tasks.records import data_label, load_records
 
         records = load_records(
             spec, field, question_field=question_field, answer_field=answer_field
         )
+        name = data_label(spec)  # a data set given in memory is named by its label
         return cls.from_records(
-            records, spec, field, tokenizer, max_tokens, require_answers, task, answer_field
+            records, name, field, tokenizer, max_tokens, require_answers, task, answer_field
         )
 
     @classmethod

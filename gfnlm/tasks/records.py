@@ -19,6 +19,11 @@ Specs, tried in this order:
   ``datasets.load_from_disk``. A DatasetDict with a single split gives that split; with several,
   the spec must name one as ``<folder>:<split>`` (e.g. ``gsm8k_saved:test``).
 
+In Python the spec may also be the data itself: a ``datasets.Dataset`` or a list of dicts, read
+with the same column rules. A run's saved ``config.yaml`` names such data by
+:func:`in_memory_label` (it is not saved with the run), and that label read back as a spec is
+refused in one line rather than taken for a path.
+
 Nothing is ever downloaded: anything that is not a bundled name or an existing local path (a Hub
 id such as ``openai/gsm8k``, an ``hf://`` URL) is refused, and the ``datasets`` calls run with the
 library's offline switch on (it would otherwise ping the Hub to count loads).
@@ -40,8 +45,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -59,7 +66,7 @@ DEFAULT_ANSWER, ANSWER_FALLBACK = "answers", "answer"
 
 
 def load_records(
-    spec: str,
+    spec: str | Any,
     field: str,
     question_field: str = DEFAULT_QUESTION,
     answer_field: str = DEFAULT_ANSWER,
@@ -71,7 +78,14 @@ def load_records(
     with ``require_answers`` a missing answer column or a row without an answer is an error.
     Raises :class:`~gfnlm.contracts.errors.InputError` (one line) before returning anything.
     """
+    if not isinstance(spec, str):
+        return _from_memory(spec, field, question_field, answer_field, require_answers)
     where = f"{field}={quoted(spec)}"
+    if spec.startswith(IN_MEMORY):
+        raise InputError(
+            f"{where}: the run that saved this config was given this data set in memory, and it "
+            "is not saved with the run; pass the same data set again from Python, or a file"
+        )
     if not spec.strip():  # Path("") is the working directory, which is never what was meant
         raise InputError(f"{where}: empty; {_what_is_allowed()}")
     check_path_length(spec, field)  # before any stat, which a too long name fails with OSError
@@ -95,6 +109,63 @@ def load_records(
     rows, columns = _read_file(path, BUILDERS[suffix], where)
     return _records(
         rows, columns, where, question_field, answer_field, require_answers, drop_nulls=True
+    )
+
+
+# --- Data given in memory --------------------------------------------------------------------
+
+IN_MEMORY = "<in-memory "
+
+
+def is_dataset(value: Any) -> bool:
+    """Whether ``value`` is a ``datasets.Dataset`` (without importing ``datasets`` when nothing
+    has: no such object can exist then)."""
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(value, datasets.Dataset)
+
+
+def in_memory_label(data: Any) -> str | None:
+    """How a run's saved config names data given in memory: ``"<in-memory Dataset, 120 rows,
+    fingerprint 1f2e…>"`` for a ``datasets.Dataset``, ``"<in-memory list of 3 records, sha256
+    ab12…>"`` for a list of dicts (a hash of their JSON); ``None`` for anything else. Equal data
+    gets an equal label, so a resumed run can tell the same data from other data."""
+    if is_dataset(data):
+        return f"{IN_MEMORY}Dataset, {data.num_rows} rows, fingerprint {data._fingerprint}>"
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+        text = json.dumps(data, sort_keys=True, default=repr, ensure_ascii=False)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        records = f"{len(data)} record{'' if len(data) == 1 else 's'}"
+        return f"{IN_MEMORY}list of {records}, sha256 {digest}>"
+    return None
+
+
+def data_label(spec: Any) -> str:
+    """``spec`` itself for a path or a name; :func:`in_memory_label` for data given in memory."""
+    return spec if isinstance(spec, str) else (in_memory_label(spec) or repr(spec))
+
+
+def _from_memory(
+    data: Any, field: str, question_field: str, answer_field: str, require_answers: bool
+) -> list[dict]:
+    """:func:`load_records` of a ``datasets.Dataset`` or a list of dicts."""
+    label = in_memory_label(data)
+    where = f"{field}={label or quoted(data)}"
+    if label is None:
+        raise InputError(
+            f"{where}: must be a path (str), a datasets.Dataset or a list of dicts, "
+            f"got {type(data).__name__}"
+        )
+    if is_dataset(data):  # Arrow: a null cell means the row lacks that field, as in a file
+        rows, columns = _rows(data, where)
+        return _records(
+            rows, columns, where, question_field, answer_field, require_answers, drop_nulls=True
+        )
+    if not data:
+        raise PromptFileError(f"{where}: the data set is empty (no rows)")
+    columns = list(dict.fromkeys(key for row in data for key in row))
+    rows = [dict(row) for row in data]  # records are built from copies: the caller's stay as given
+    return _records(
+        rows, columns, where, question_field, answer_field, require_answers, drop_nulls=False
     )
 
 

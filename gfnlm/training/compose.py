@@ -11,7 +11,8 @@ import torch
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.exploration import check_off_policy, note_departure
-from gfnlm.training.config import RunConfig, TrainConfig
+from gfnlm.tasks.records import data_label
+from gfnlm.training.config import RunConfig, TrainConfig, saved_form
 from gfnlm.training.policy import CausalLMPolicy
 
 
@@ -58,14 +59,22 @@ class Components:
         return bool(self.target.needs_eos_logp and "prefix_rewards" in self.objective.requires)
 
 
+def _import_and_check_saveable(config: RunConfig) -> None:
+    """Import the config's modules, then check that the config can be saved with the run (a
+    reward given as a lambda cannot): a one-line error now, not once the model has loaded."""
+    import_components(config.imports, "imports")
+    saved_form(config)
+
+
 def build_task(config: RunConfig) -> Any:
     """The run's task (cheap: no model), checked against what the data settings ask of it."""
-    import_components(config.imports, "imports")
+    _import_and_check_saveable(config)
     task = build("task", config.task.name, config.task.options)
     if config.data.eval and task.metrics != "accuracy":
         raise ConfigError(
-            f"data.eval={config.data.eval!r}: task {config.task.name!r} has no graded answers; set "
-            f"data.eval='' and evaluate with gfnlm eval --task {config.task.name} --run RUN"
+            f"data.eval={data_label(config.data.eval)!r}: task {config.task.name!r} has no "
+            "graded answers; set data.eval='' and evaluate with gfnlm eval --task "
+            f"{config.task.name} --run RUN"
         )
     return task
 
@@ -75,7 +84,7 @@ def compose(
 ) -> Components:
     """Build every component from the config and check they fit together (cheap: no model). The
     task is given to the components that grade or check responses (``bind_task``)."""
-    import_components(config.imports, "imports")
+    _import_and_check_saveable(config)
     task = task if task is not None else build_task(config)
     target = build("target", config.target.name, config.target.options)
     objective = build("objective", config.objective.name, config.objective.options)

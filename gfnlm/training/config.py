@@ -11,6 +11,8 @@ Example::
     )
 """
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gfnlm.contracts.errors import ConfigError, quoted, shortened
 from gfnlm.contracts.paths import check_path_length
+from gfnlm.contracts.registry import object_path
 from gfnlm.contracts.validators import (
     MAX_COUNT,
     at_least,
@@ -30,10 +33,14 @@ from gfnlm.contracts.validators import (
     in_range,
     not_empty,
     one_of,
+    type_checked,
 )
+from gfnlm.tasks.records import data_label, in_memory_label
 
 # Learning-rate bounds (see TrainConfig.lr and logz_lr).
 MAX_LR, MAX_LOGZ_LR = 1.0, 10.0
+# The sections of a run that each choose a registered component (a ComponentConfig).
+COMPONENT_SECTIONS = ("target", "objective", "logz", "task", "exploration", "replay")
 
 
 def _path(instance: object, attribute: attrs.Attribute, value: str) -> None:
@@ -50,7 +57,7 @@ def setting(default: Any = attrs.NOTHING, *, help: str, **field_kwargs: Any) -> 
     return attrs.field(default=default, metadata=metadata, **field_kwargs)
 
 
-@attrs.define
+@attrs.define(field_transformer=type_checked)
 class ComponentConfig:
     """A registered component: its registry ``name`` and keyword ``options``."""
 
@@ -64,7 +71,88 @@ class ComponentConfig:
     )
 
 
-@attrs.define
+def _component(value: Any, instance: object, attribute: attrs.Attribute) -> ComponentConfig:
+    """A component section from a registered name (``"tb"``), a mapping ``{"name": "tb",
+    "options": {...}}`` or a :class:`ComponentConfig`; errors name the section
+    (``objective.name``)."""
+    section = attribute.name
+    if isinstance(value, ComponentConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{section}={quoted(value)}: must be a registered name (str), a dict "
+            f"{{'name': ..., 'options': {{...}}}} or a ComponentConfig, got {type(value).__name__}"
+        )
+    unknown = sorted(set(value) - {"name", "options"}, key=str)
+    if unknown or "name" not in value:
+        problem = f"unknown key {unknown[0]!r}" if unknown else "no 'name'"
+        raise ConfigError(
+            f"{section}={quoted(dict(value))}: {problem}; a component is "
+            f"{{'name': ..., 'options': {{...}}}}"
+        )
+    try:
+        options = value.get("options", {})
+        # a read-only mapping (a class's recommended component) becomes a dict of its own
+        options = dict(options) if isinstance(options, Mapping) else options
+        return ComponentConfig(value["name"], options)
+    except ConfigError as error:  # "name=5: ..." from ComponentConfig's own checks
+        raise ConfigError(f"{section}.{error}") from None
+
+
+def component_field(default: str, help: str) -> Any:
+    """A :class:`RunConfig` field choosing a registered component, ``default`` with its own
+    default options."""
+    return setting(
+        factory=lambda: ComponentConfig(default),
+        help=help,
+        converter=attrs.Converter(_component, takes_self=True, takes_field=True),
+    )
+
+
+def _section(value: Any, instance: object, attribute: attrs.Attribute) -> Any:
+    """A config section from its class or a mapping of its fields (``train={"steps": 2}``)."""
+    cls = attribute.type
+    if isinstance(value, cls) or not isinstance(value, Mapping):
+        return value  # another type is refused by the field's type check, by name
+    known = [f.name for f in attrs.fields(cls)]
+    unknown = [key for key in value if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"{attribute.name}.{unknown[0]}: no such field; fields: {', '.join(known)}{hint}"
+        )
+    return cls(**value)
+
+
+def section_field(cls: type, help: str) -> Any:
+    """A :class:`RunConfig` field holding a section (``train``), by default its defaults."""
+    return setting(
+        factory=cls,
+        help=help,
+        converter=attrs.Converter(_section, takes_self=True, takes_field=True),
+    )
+
+
+def _prompts(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    """A path or a bundled set's name (checked as a path), or in Python the data itself: a
+    ``datasets.Dataset`` or a non-empty list of dicts."""
+    name = field_name(instance, attribute)
+    if isinstance(value, str):
+        _path(instance, attribute, value)
+        return
+    if in_memory_label(value) is None:
+        raise ConfigError(
+            f"{name}={quoted(value)}: must be a path (str), a datasets.Dataset or a list of "
+            f"dicts, got {type(value).__name__}"
+        )
+    if not len(value):
+        raise ConfigError(f"{name}: the data set given in memory has no rows")
+
+
+@attrs.define(field_transformer=type_checked)
 class ModelConfig:
     """The policy: a local Hugging Face causal LM folder, or ``smollm2`` (the embedded default).
 
@@ -132,7 +220,7 @@ class ModelConfig:
     )
 
 
-@attrs.define
+@attrs.define(field_transformer=type_checked)
 class DataConfig:
     """Data sets of prompts: JSONL, parquet, JSON or CSV files, ``save_to_disk`` folders, or
     bundled set names; ``question_field`` and ``answer_field`` name their columns (eval sets need
@@ -140,16 +228,20 @@ class DataConfig:
 
     section: ClassVar[str] = "data"
 
+    # In Python these also take the data itself (the `objects` metadata: _prompts checks it).
     train: str = setting(
         "factual_train",
         help="training prompts, not empty (their answers travel with them and are read only by "
-        "the verifier reward)",
-        validator=[not_empty, _path],
+        "the verifier reward); in Python also a `datasets.Dataset` or a list of dicts",
+        validator=[not_empty, _prompts],
+        metadata={"objects": True},
     )
     eval: str = setting(
         "factual_eval",
-        help="held-out prompts with answers, evaluated before and after training; `''` for none",
-        validator=_path,
+        help="held-out prompts with answers, evaluated before and after training; `''` for none; "
+        "in Python also a `datasets.Dataset` or a list of dicts",
+        validator=_prompts,
+        metadata={"objects": True},
     )
     question_field: str = setting(
         "question",
@@ -175,7 +267,7 @@ class DataConfig:
     )
 
 
-@attrs.define
+@attrs.define(field_transformer=type_checked)
 class SamplingConfig:
     """How rollouts are drawn: sampler component, G samples per prompt, sampling parameters."""
 
@@ -231,7 +323,7 @@ class SamplingConfig:
     )
 
 
-@attrs.define
+@attrs.define(field_transformer=type_checked)
 class TrainConfig:
     """The loop: steps of (sample → score → ``updates_per_batch`` passes of minibatch updates)."""
 
@@ -329,41 +421,39 @@ class TrainConfig:
     )
 
 
-@attrs.define
+@attrs.define(field_transformer=type_checked)
 class RunConfig:
     """Everything one ``gfnlm train`` run needs."""
 
-    model: ModelConfig = setting(factory=ModelConfig, help="the policy model and its adapter")
+    model: ModelConfig = section_field(ModelConfig, help="the policy model and its adapter")
     # The component sections name no options: each component starts from its own defaults
     # (alpha_power: α=4), so choosing another one in a file never inherits the default's options.
-    target: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("alpha_power"),
+    target: ComponentConfig = component_field(
+        "alpha_power",
         help="the target distribution the policy learns to sample",
     )
-    objective: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("la_tb"), help="the training objective"
-    )
-    logz: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("scalar"),
+    objective: ComponentConfig = component_field("la_tb", help="the training objective")
+    logz: ComponentConfig = component_field(
+        "scalar",
         help="the log Z parameterisation, for the objectives that require one",
     )
-    task: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("factual"),
+    task: ComponentConfig = component_field(
+        "factual",
         help="what the data means: prompt format, answer grading, the rewards and metrics it "
         "offers",
     )
-    sampling: SamplingConfig = setting(factory=SamplingConfig, help="how rollouts are drawn")
-    exploration: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("none"),
+    sampling: SamplingConfig = section_field(SamplingConfig, help="how rollouts are drawn")
+    exploration: ComponentConfig = component_field(
+        "none",
         help="off-policy exploration: the distribution the sampler draws each token from "
         "(`none`: the policy's, on-policy)",
     )
-    replay: ComponentConfig = setting(
-        factory=lambda: ComponentConfig("none"),
+    replay: ComponentConfig = component_field(
+        "none",
         help="stored trajectories mixed into each batch (`none`: no replay)",
     )
-    data: DataConfig = setting(factory=DataConfig, help="the training and evaluation prompts")
-    train: TrainConfig = setting(factory=TrainConfig, help="the training loop")
+    data: DataConfig = section_field(DataConfig, help="the training and evaluation prompts")
+    train: TrainConfig = section_field(TrainConfig, help="the training loop")
     imports: list[str] = setting(
         factory=list,
         help="modules imported before the run is composed, so that the components they register "
@@ -457,12 +547,62 @@ def _load_yaml(path: Path) -> Any:
 def _drop_options_of_replaced_components(merged: Any, overrides: Any) -> None:
     """``objective.name=subtb`` on the command line starts from subtb's own defaults (plus any
     ``objective.options.*`` overrides): the file's options were meant for the component it named."""
-    for section in ("target", "objective", "logz", "task", "exploration", "replay"):
+    for section in COMPONENT_SECTIONS:
         given = overrides.get(section) or {}
         if "name" in given and given["name"] != merged[section]["name"]:
             merged[section]["options"] = {}
 
 
+def saved_form(config: RunConfig) -> RunConfig:
+    """``config`` as its ``config.yaml`` holds it: a function or class in a component's options
+    by its import path ``"package.module:qualname"`` (which the component imports back), and data
+    given in memory by its label (:func:`~gfnlm.tasks.records.in_memory_label`; the data itself
+    is not saved). Called when a run is composed, so that what cannot be saved (a lambda, a
+    function defined inside another, an object that is no YAML value) is a one-line
+    :class:`ConfigError` before the model loads, not a failure when the config is written."""
+    components = {
+        name: attrs.evolve(
+            getattr(config, name),
+            options=_saved_value(getattr(config, name).options, f"{name}.options"),
+        )
+        for name in COMPONENT_SECTIONS
+    }
+    sampling = attrs.evolve(
+        config.sampling,
+        sampler_options=_saved_value(config.sampling.sampler_options, "sampling.sampler_options"),
+    )
+    data = attrs.evolve(
+        config.data,
+        train=data_label(config.data.train),
+        eval=data_label(config.data.eval),
+    )
+    return attrs.evolve(config, sampling=sampling, data=data, **components)
+
+
+def _saved_value(value: Any, field: str) -> Any:
+    """An option's value as YAML can hold it (see :func:`saved_form`)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {key: _saved_value(item, f"{field}.{key}") for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_saved_value(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    if callable(value):
+        path = object_path(value)
+        if path is None:
+            raise ConfigError(
+                f"{field}={quoted(value)}: a run saves its config, and this function has no "
+                "import path (a lambda, or one defined inside another function); define it at "
+                "the top level of a module"
+            )
+        return path
+    raise ConfigError(
+        f"{field}={quoted(value)}: a run saves its config, which holds numbers, strings, "
+        f"lists, mappings and importable functions; got {type(value).__name__}"
+    )
+
+
 def to_yaml(config: RunConfig) -> str:
-    """The resolved config as YAML (saved with each run; loadable by :func:`load_config`)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The resolved config as YAML (saved with each run; loadable by :func:`load_config`), in its
+    :func:`saved_form`."""
+    return OmegaConf.to_yaml(OmegaConf.structured(saved_form(config)))

@@ -15,7 +15,7 @@ from gfnlm.contracts.registry import lookup
 from gfnlm.models.weights import full_tensor, place_like
 from gfnlm.training import checkpoint
 from gfnlm.training import distributed as dist_utils
-from gfnlm.training.config import RunConfig, load_config
+from gfnlm.training.config import RunConfig, load_config, saved_form
 
 
 def find_resume_point(config: RunConfig, out_dir: Path) -> checkpoint.ResumePoint | None:
@@ -30,8 +30,9 @@ def find_resume_point(config: RunConfig, out_dir: Path) -> checkpoint.ResumePoin
             "train.resume=true to continue it, or choose another train.out_dir"
         )
     saved = point.path / checkpoint.CONFIG_FILE
+    # compared as saved: a reward function as its import path, in-memory data by its label
     for name, mine, theirs in config_differences(
-        config, load_config(saved if saved.is_file() else out_dir / "config.yaml")
+        saved_form(config), load_config(saved if saved.is_file() else out_dir / "config.yaml")
     ):
         raise ConfigError(
             f"{name}={mine!r} differs from the run being resumed in {str(out_dir)!r} "
