@@ -604,6 +604,7 @@ def test_a_killed_holder_leaves_no_stale_lock(
     assert not lock.held and sorted(p.name for p in run.iterdir()) == [
         "checkpoints",
         "config.yaml",
+        "metrics.jsonl",
         "tb",
     ]
 
