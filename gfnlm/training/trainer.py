@@ -148,6 +148,7 @@ class Trainer:
         self.train_module = self.trainable
         gc.collect()
         dist_utils.destroy(self.world)
+        self.metrics_log.close()  # train() stopped before its loop (e.g. in the first evaluation)
         if self.run_lock is not None:
             self.run_lock.release()
 
@@ -220,7 +221,8 @@ class Trainer:
         scored = time.perf_counter()
         row_log_z = None
         if self._on_policy and self._log_z_kind is not None:
-            row_log_z = torch.full((rollouts.batch_size,), math.nan, device=self.device)
+            size = (rollouts.batch_size,)
+            row_log_z = torch.full(size, math.nan, dtype=torch.float64, device=self.device)
         metrics = self.update(rollouts, scores, row_log_z)
         updated = time.perf_counter()
         metrics |= rollout_metrics(rollouts, scores) | replay.metrics()
