@@ -31,7 +31,7 @@ from gfnlm.evaluation.held_out import (
     read_cached_evaluation,
     write_cached_evaluation,
 )
-from gfnlm.models.loading import resolve_device, resolve_model_path
+from gfnlm.models.loading import loading_bars, resolve_device, resolve_model_path
 from gfnlm.training import checkpoint, resume
 from gfnlm.training import distributed as dist_utils
 from gfnlm.training.callbacks import Callback, notify
@@ -107,9 +107,10 @@ class Trainer:
         dist_utils.init_process_group(self.world, self.device)
         resume.seed_everything(config.train.seed)  # the same initial adapter / log Z on every rank
         features = self.components.policy_features
-        self.policy = CausalLMPolicy.from_config(
-            config.model, self.model_dir, self.device, **features
-        )
+        with loading_bars(self.progress):  # transformers' weight-loading bars follow `progress`
+            self.policy = CausalLMPolicy.from_config(
+                config.model, self.model_dir, self.device, **features
+            )
         logz = self.components.logz
         self.logz = logz.to(self.device) if logz is not None else None
         if self.logz is not None and config.model.dtype == "float64":
