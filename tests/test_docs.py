@@ -16,8 +16,10 @@ Needs MathJax unpacked into ``docs/javascripts/mathjax/`` and Debian's ``chromiu
 installs both (``make test`` runs it first).
 """
 
+import html
 import html.parser
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -45,7 +47,13 @@ DOCS = REPO / "docs"
 MATHJAX = DOCS / "javascripts" / "mathjax" / "tex-chtml.js"
 SETUP_HINT = "run `make setup` (it unpacks MathJax from npm and installs Debian's chromium)"
 # Pages whose Python blocks must exist and run (at least this many blocks each).
-EXECUTED_PAGES = {"how-to.md": 6, "extending.md": 10, "concepts.md": 1, "python.md": 6}
+EXECUTED_PAGES = {
+    "how-to.md": 6,
+    "extending.md": 10,
+    "concepts.md": 1,
+    "python.md": 6,
+    "quickstart.md": 1,
+}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -293,14 +301,15 @@ def _chromium() -> str:
     pytest.fail(f"headless Chromium is not installed: {SETUP_HINT}")
 
 
-def browse(url: str, screenshot: Path | None = None) -> str:
-    """The DOM of ``url`` after its scripts ran (virtual time), optionally with a screenshot."""
+def browse(url: str, screenshot: Path | None = None, width: int = 1280) -> str:
+    """The DOM of ``url`` after its scripts ran (virtual time), optionally with a screenshot of a
+    window ``width`` pixels wide."""
     with tempfile.TemporaryDirectory() as profile:
         command = [
             _chromium(),
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
-            "--window-size=1280,2000",
+            f"--window-size={width},2000",
             "--virtual-time-budget=15000",
             "--dump-dom",
         ]
@@ -454,3 +463,40 @@ def test_the_user_pages_render_in_a_browser(served: str, page: str, expected: st
     dom = browse(served + page)
     assert expected in dom, f"{page}: {expected!r} not rendered"
     assert "404" not in dom.split("<title>")[1].split("</title>")[0]
+
+
+# A script added to a copy of a page: after load, it lists the inline code spans (identifiers,
+# options, paths) that the browser laid out on more than one line although they hold no space.
+_IDENTIFIER_CHECK = """<script>
+window.addEventListener("load", () => {
+  const broken = [];
+  const codes = document.querySelectorAll("article :not(pre) > code");
+  for (const code of codes) {
+    const text = code.textContent.trim();
+    if (code.getClientRects().length > 1 && !/\\s/.test(text)) broken.push(text);
+  }
+  const out = document.createElement("pre");
+  out.id = "identifier-check";
+  out.textContent = JSON.stringify({checked: codes.length, broken: broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.parametrize("page", ["quickstart", "configuration"])
+@pytest.mark.parametrize("width", [1280, 760])
+def test_identifiers_are_not_broken_mid_word(
+    site: Path, served: str, page: str, width: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    original = (site / page / "index.html").read_text()
+    checked_copy = site / page / f"identifier-check-{width}.html"
+    checked_copy.write_text(original.replace("</body>", _IDENTIFIER_CHECK + "</body>"))
+    screenshot = tmp_path_factory.mktemp("screenshots") / f"{page}-{width}.png"
+    dom = browse(f"{served}{page}/{checked_copy.name}", screenshot, width=width)
+    found = re.search(r'<pre id="identifier-check">(.*?)</pre>', dom)
+    assert found, f"the check did not run on the {page} page"
+    report = json.loads(html.unescape(found.group(1)))
+    assert report["checked"] >= 20, f"only {report['checked']} code spans on {page}"
+    assert report["broken"] == [], f"{page} at {width}px breaks {report['broken']} mid-word"
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+    print(f"\nscreenshot of the {page} page at {width}px: {screenshot}")
