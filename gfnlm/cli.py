@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,15 +47,22 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def format_eval_table(columns: dict[str, dict[str, float]], k: int | None = None) -> str:
-    """Rows of metrics, one column per evaluated model (e.g. before / after); ``k`` of pass@k when
-    it differs from the number of samples. A metric a column lacks (an evaluation cached by an
-    older version) or that is NaN shows as "–"."""
+def format_eval_table(
+    columns: dict[str, dict[str, float]], k: int | Sequence[int] | None = None
+) -> str:
+    """Rows of metrics, one column per evaluated model (e.g. before / after). ``k``: the k (or
+    several) whose pass@k and maj@k rows to show (``pass_at_{k}``, ``majority_at_{k}``); without
+    it, the ``pass_at_k`` and ``majority_at_k`` rows. A metric a column lacks (an evaluation
+    cached by an older version) or that is NaN shows as "–"."""
+    ks = [k] if isinstance(k, int) else list(k or ())
+    at_k = [("pass_at_k", "pass@k", True), ("majority_at_k", "majority@k", True)]
+    if ks:
+        at_k = [(f"pass_at_{x}", f"pass@{x}", True) for x in ks]
+        at_k += [(f"majority_at_{x}", f"majority@{x}", True) for x in ks]
     metrics = [
         ("accuracy_t1", "accuracy at T=1 (avg@k)", True),
         ("greedy_accuracy", "greedy accuracy", True),
-        ("pass_at_k", f"pass@{k}" if k else "pass@k", True),
-        ("majority_at_k", "majority@k", True),
+        *at_k,
         ("format_ok_rate", "format ok at T=1", True),
         ("truncated_rate", "truncated at T=1 (no EOS)", True),
         ("mean_length", "mean length at T=1 (tokens)", False),
@@ -216,10 +224,102 @@ def _eval_task(args: argparse.Namespace, config: RunConfig):
     return build("task", name, options)
 
 
+# Samplers of p_base^alpha whose proposals run at temperature 1/alpha over the whole vocabulary:
+# --temperature, --top-p and --min-p do not apply to them.
+POWER_SAMPLERS = ("power_mh", "power_smc")
+
+
+def _check_sample_counts(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--samples`` (default: the largest ``--k``, else 8) and the sorted ``--k`` values, each
+    ``<= --samples``; ``args.samples`` is set to the number of samples."""
+    ks = sorted(set(args.k or ()))
+    for k in ks:
+        _check_count("--k", k, 1)
+    if args.samples is None:
+        args.samples = ks[-1] if ks else 8
+    _check_count("--samples", args.samples, 1)
+    if ks and ks[-1] > args.samples:
+        raise ConfigError(
+            f"--k={ks[-1]}: must be <= --samples={args.samples} (pass@k from n >= k samples)"
+        )
+    return tuple(ks) or (args.samples,)
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """``--sampler-option KEY=VALUE`` pairs, each value read as YAML (a number, true / false, a
+    list or a mapping such as ``launch={cpu: true}``)."""
+    import yaml
+
+    options: dict = {}
+    for item in args.sampler_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--sampler-option={quoted(item)}: must be KEY=VALUE")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"--sampler-option={quoted(item)}: the value is not valid YAML"
+            ) from None
+    return options
+
+
+def _check_sampler_flag(args: argparse.Namespace) -> None:
+    """``--sampler`` names a registered sampler (built-in or ``--import``ed), and the sampling
+    flags given apply to it; checked before any model loads."""
+    from gfnlm.contracts.registry import names
+
+    allowed = names("sampler")
+    if args.sampler not in allowed:
+        raise ConfigError(
+            f"--sampler={quoted(args.sampler)}: unknown sampler; allowed: {', '.join(allowed)}"
+        )
+    if args.sampler in POWER_SAMPLERS:
+        for flag, value, default in (
+            ("--temperature", args.temperature, 1.0),
+            ("--top-p", args.top_p, 1.0),
+            ("--min-p", args.min_p, 0.0),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{flag}={value:g}: sampler {args.sampler} proposes at temperature 1/alpha "
+                    "over the whole vocabulary; set --sampler-option alpha=A instead"
+                )
+
+
+def _build_sampler(args: argparse.Namespace, new_tokens: int, from_checkpoint: bool):
+    """The ``--sampler`` with the sampling flags and ``--sampler-option``s (which win), built, so
+    that its options, a server's URL or its launch interpreter are checked before the model loads.
+
+    A server sampler (``sglang``, ``vllm``) given neither ``url`` nor ``launch`` starts its own
+    server on the model folder (on CPU with the repository's recipe, ``make sglang-cpu`` /
+    ``make vllm-cpu``), stopped when the command ends; it gets the checkpoint's weights
+    (``weight_sync=full``) or, for the base model, serves the folder as it is."""
+    from gfnlm.contracts.registry import build, lookup
+    from gfnlm.models.loading import resolve_device
+    from gfnlm.samplers.server import ServerSampler
+
+    options = _sampler_options(args)
+    flags: dict = {"max_new_tokens": new_tokens}
+    if args.sampler in POWER_SAMPLERS:
+        flags["seed"] = args.seed
+    else:
+        flags |= {"temperature": args.temperature, "top_p": args.top_p}
+        if args.min_p:  # only when set: a sampler without min-p then rejects it by name
+            flags["min_p"] = args.min_p
+    if issubclass(lookup("sampler", args.sampler), ServerSampler):
+        if not options.get("url") and options.get("launch") is None:
+            cpu = resolve_device(args.device, field="--device").type == "cpu"
+            options["launch"] = {"cpu": True} if cpu else {}
+        options.setdefault("weight_sync", "full" if from_checkpoint else "none")
+    return build("sampler", args.sampler, {**flags, **options})
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``gfnlm eval``: evaluate a run's newest checkpoint (or the base model) on held-out prompts,
-    graded by the task, and print the table (``--json``: also write the numbers). The data set,
-    its answers, the prompts' length and the ``--json`` path are checked before the model loads."""
+    graded by the task, and print the table (``--json``: also write the numbers and every
+    question's responses). The data set, its answers, the prompts' length, the sampler and the
+    ``--json`` path are checked before the model loads."""
     import json
 
     from gfnlm.evaluation.held_out import evaluate
@@ -227,20 +327,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gfnlm.tasks.records import load_records
 
     _check_sampling_flags(args)
-    _check_count("--samples", args.samples, 1)
-    _check_count("--k", args.k, 0)
-    if args.k > args.samples:
-        raise ConfigError(
-            f"--k={args.k}: must be <= --samples={args.samples} (pass@k from n >= k samples)"
-        )
+    ks = _check_sample_counts(args)
     _check_count("--threads", args.threads, 0)
     if args.json:
         check_output_file(args.json, "--json")  # the results of a long evaluation must not be lost
     saved, config = _run_and_config(args)
     import_components(config.imports, "imports")
     import_components(args.imports)
+    _check_sampler_flag(args)
     task = _eval_task(args, config)
     if args.metrics == "creative" or task.metrics == "creative":
+        if args.sampler != "hf":
+            raise ConfigError(
+                f"--sampler={args.sampler}: --metrics creative samples with hf only "
+                "(its estimates need the exact sampling log-probs)"
+            )
         return cmd_eval_creative(args, saved, config, task)
     spec = args.prompts or config.data.eval
     if not spec:
@@ -263,19 +364,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     longest = max(map(len, prompts.token_ids))
     new_tokens = _check_prompt_room(args, config, model_dir, longest, task)
+    sampler = _build_sampler(args, new_tokens, from_checkpoint=saved is not None)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     policy = _policy_for(saved, config, args.device, model_dir)
-    result = evaluate(
-        policy, prompts, args.samples, new_tokens, temperature=args.temperature, task=task, k=args.k
-    )
+    result = evaluate(policy, prompts, args.samples, new_tokens, task=task, k=ks, sampler=sampler)
     label = "checkpoint" if args.run else "base model"
-    print(
-        f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples at "
-        f"T={args.temperature:g} (pass@{result.k}), max_new_tokens={new_tokens}, seed {args.seed}:"
+    how = (
+        f"alpha={sampler.alpha:g}" if args.sampler in POWER_SAMPLERS else f"T={args.temperature:g}"
     )
-    print(format_eval_table({label: result.as_dict()}, k=result.k))
+    print(
+        f"{len(prompts)} questions, task {task.registry_name}, n={args.samples} samples "
+        f"({args.sampler} sampler, {how}), k={', '.join(map(str, ks))}, "
+        f"max_new_tokens={new_tokens}, seed {args.seed}:"
+    )
+    print(format_eval_table({label: result.as_dict()}, k=ks))
     if result.truncated_rate > 0.5:
         print(
             f"gfnlm eval: warning: {100 * result.truncated_rate:.0f}% of the samples hit "
@@ -290,11 +394,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "model": config.model.path,
             "task": task.registry_name,
             "prompts": spec,
+            "sampler": args.sampler,
+            "sampler_options": _sampler_options(args),
             "temperature": args.temperature,
+            "top_p": args.top_p,
+            "min_p": args.min_p,
             "samples": args.samples,
+            "k": list(ks),
             "max_new_tokens": new_tokens,
             "seed": args.seed,
             "metrics": result.as_dict(),
+            "questions": list(result.questions),
         }
         write_text_atomically(args.json, json.dumps(out, indent=1), "--json")
     return 0
@@ -407,8 +517,7 @@ def cmd_eval_creative(
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gfnlm sample``: print ``-n`` responses of a checkpoint (or the base model) to one prompt,
     formatted by the task (``--task``, else the run's; ``--template`` picks the factual
-    templates)."""
-    from gfnlm.samplers.hf import HFSampler
+    templates), drawn by ``--sampler`` (``power_mh`` / ``power_smc``: from ``p_base^alpha``)."""
     from gfnlm.tasks.prompts import PromptSet
 
     _check_sampling_flags(args)
@@ -418,6 +527,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     saved, config = _run_and_config(args)
     import_components(config.imports, "imports")
+    _check_sampler_flag(args)
     task = _eval_task(args, config)
     record = {"question": args.prompt, **({"template": args.template} if args.template else {})}
     task.check_records([record], "--prompt")
@@ -425,16 +535,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     text = task.format_prompt(tokenizer, record)
     ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
     new_tokens = _check_prompt_room(args, config, model_dir, len(ids))
+    sampler = _build_sampler(args, new_tokens, from_checkpoint=saved is not None)
     policy = _policy_for(saved, config, args.device, model_dir)
     prompts = PromptSet((args.prompt,), (None,), (text,), (ids,), int(tokenizer.pad_token_id))
-    sampler = HFSampler(
-        temperature=args.temperature, top_p=args.top_p, min_p=args.min_p, max_new_tokens=new_tokens
-    )
     sampler.setup(policy)
-    rollouts = sampler.sample(prompts.batch([0]), args.n)
+    try:
+        rollouts = sampler.sample(prompts.batch([0]), args.n)
+    finally:
+        sampler.close()
     for i, response in enumerate(rollouts.response_text or ()):
         ending = "EOS" if bool(rollouts.ended_with_eos[i]) else "truncated"
         print(f"[{i}] ({int(rollouts.lengths[i])} tokens, {ending}) {response!r}")
+    cost = getattr(sampler, "last_stats", None)
+    if cost is not None and hasattr(cost, "token_cost"):  # an inference-time power sampler
+        print(f"({args.sampler}: {cost.token_cost:.1f} tokens decoded per token returned)")
     return 0
 
 
@@ -514,6 +628,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Help that states every option's default: ``(default: VALUE)`` appended to each option with
+    a value for default whose help does not already say it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or action.required or default is None or default is False:
+            return text
+        if default == [] or default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gfnlm`` argument parser with its ``train``, ``eval`` and ``sample`` subcommands."""
     parser = argparse.ArgumentParser(
@@ -536,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODULE",
         help="import MODULE first, so the components it registers can be named "
-        "(repeatable; a MODULE.py of the working directory is found)",
+        "(repeatable; a MODULE.py of the working directory is found) (default: none)",
     )
     train.set_defaults(func=cmd_train)
 
@@ -574,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment variable for the server process (repeatable)",
+        help="environment variable for the server process (repeatable) (default: none)",
     )
     serve.add_argument(
         "--startup-timeout",
@@ -652,7 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             p.add_argument(
-                "--run", default=None, help="run directory (omit to evaluate the base model)"
+                "--run",
+                default=None,
+                help="run directory (default: none, the base model of --model)",
             )
             p.add_argument(
                 "--prompts",
@@ -677,14 +807,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--samples",
                 type=int,
-                default=8,
-                help="n samples per question at --temperature (default: %(default)s)",
+                default=None,
+                help="n samples per question (default: the largest --k, else 8)",
             )
             p.add_argument(
                 "--k",
                 type=int,
-                default=0,
-                help="k of pass@k, unbiased estimate from the n samples (default: n)",
+                nargs="+",
+                default=None,
+                metavar="K",
+                help="k of pass@k and maj@k, one or several (--k 1 4 16), all from the same n "
+                "samples; pass@k is the unbiased estimate (default: n)",
             )
             p.add_argument(
                 "--metrics",
@@ -697,13 +830,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--top-p",
                 type=float,
                 default=1.0,
-                help="nucleus sampling (--metrics creative) (default: %(default)s)",
+                help="nucleus sampling (default: %(default)s)",
             )
             p.add_argument(
                 "--json",
                 default=None,
-                help="also write the metrics to this file, atomically (creative: "
-                "with the responses); checked writable before the model loads",
+                help="also write the metrics and every question's responses (the answer "
+                "extracted from each, whether it is correct, its length, whether it was cut "
+                "off) to this file, atomically; checked writable before the model loads "
+                "(default: none)",
             )
             p.add_argument(
                 "--target-alpha",
@@ -712,10 +847,14 @@ def build_parser() -> argparse.ArgumentParser:
                 default=[],
                 metavar="ALPHA",
                 help="--metrics creative: also estimate the metrics of the exact target "
-                "p_base^ALPHA from the same samples (self-normalised importance weights)",
+                "p_base^ALPHA from the same samples (self-normalised importance weights) "
+                "(default: none)",
             )
             p.add_argument(
-                "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+                "--threads",
+                type=int,
+                default=0,
+                help="torch CPU threads; 0: as many as torch picks",
             )
             p.add_argument(
                 "--import",
@@ -724,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=[],
                 metavar="MODULE",
                 help="import MODULE first (a task or component of your own; "
-                "repeatable; a MODULE.py of the working directory is found)",
+                "repeatable; a MODULE.py of the working directory is found) (default: none)",
             )
         p.add_argument(
             "--temperature",
@@ -737,8 +876,24 @@ def build_parser() -> argparse.ArgumentParser:
             "--min-p",
             type=float,
             default=0.0,
-            help="min-p truncation, relative to the most likely token "
-            "(sample; eval --metrics creative); 0 = off (default: %(default)s)",
+            help="min-p truncation, relative to the most likely token; 0 = off "
+            "(default: %(default)s)",
+        )
+        p.add_argument(
+            "--sampler",
+            default="hf",
+            help="the registered sampler that draws the samples: hf (in-process), sglang or "
+            "vllm (a server, started on the model unless --sampler-option url=URL names one; "
+            "on CPU with make sglang-cpu / make vllm-cpu), power_mh or power_smc (p_base^alpha "
+            "by MH or SMC; --sampler-option alpha=4), or one of your own (default: %(default)s)",
+        )
+        p.add_argument(
+            "--sampler-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an option of --sampler, the value read as YAML, e.g. alpha=4, particles=8, "
+            "url=http://127.0.0.1:30000, 'launch={cpu: true}' (repeatable; default: none)",
         )
         p.add_argument(
             "--model",
@@ -766,6 +921,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
         p.set_defaults(func=func)
+    for command in sub.choices.values():
+        command.formatter_class = HelpWithDefaults
     return parser
 
 

@@ -162,3 +162,144 @@ def test_help_shows_defaults(name: str, capsys) -> None:
         cli.build_parser().parse_args([name, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 0)" in text and "(default: smollm2)" in text
+    assert "(default: hf)" in text  # --sampler
+
+
+def test_every_option_of_every_command_states_its_default(capsys) -> None:
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        text = capsys.readouterr().out
+        required = {
+            action
+            for group in command._mutually_exclusive_groups
+            if group.required
+            for action in group._group_actions
+        }
+        for action in command._actions:
+            flag_only = isinstance(action, argparse._StoreTrueAction | argparse._HelpAction)
+            if not action.option_strings or flag_only or action.required or action in required:
+                continue
+            # the text --help prints for the option, before argparse wraps it
+            shown = command._get_formatter()._expand_help(action) if action.help else ""
+            assert "default" in shown, (name, action.option_strings)
+            assert action.option_strings[-1] in text
+
+
+# ---------------------------------------------------------------- several k, per-question records
+def test_several_k_from_one_set_of_samples_with_per_question_records(
+    tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "k.json"
+    monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)
+    capsys.readouterr()
+    code = cli.main(
+        ["eval", "--model", str(tiny_model_dir), "--prompts", str(_factual_file(tmp_path))]
+        + ["--k", "4", "1", "2", "--max-new-tokens", "3", "--device", "cpu", "--json", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(out.read_text())
+    assert report["samples"] == 4 and report["k"] == [1, 2, 4]  # n = the largest k
+    labels = [line.split("  ")[0] for line in captured.out.splitlines()]
+    for k in (1, 2, 4):
+        assert f"pass@{k}" in labels and f"majority@{k}" in labels
+    questions, metrics = report["questions"], report["metrics"]
+    assert [q["question"] for q in questions] == [
+        "What is the capital of France?",
+        "Who wrote Hamlet?",
+    ]
+    assert questions[0]["answers"] == ["Paris"] and "capital of France" in questions[0]["prompt"]
+    for q in questions:
+        assert len(q["samples"]) == 4
+        for s in [*q["samples"], q["greedy"]]:
+            assert set(s) == {"response", "answer", "correct", "format_ok", "length", "truncated"}
+            assert 1 <= s["length"] <= 3 and (s["length"] == 3 or not s["truncated"])
+    # the aggregates are those of the records
+    correct = [[s["correct"] for s in q["samples"]] for q in questions]
+    assert metrics["accuracy_t1"] == pytest.approx(sum(map(sum, correct)) / 8)
+    for k in (1, 2, 4):
+        expected = sum(held_out.pass_at_k(4, sum(c), k) for c in correct) / 2
+        assert metrics[f"pass_at_{k}"] == pytest.approx(expected)
+    assert metrics["majority_at_1"] == pytest.approx(metrics["accuracy_t1"])
+    assert (metrics["pass_at_k"], metrics["majority_at_k"], metrics["k"]) == (
+        metrics["pass_at_4"],
+        metrics["majority_at_4"],
+        4,
+    )
+    truncated = [s["truncated"] for q in questions for s in q["samples"]]
+    assert metrics["truncated_rate"] == pytest.approx(sum(truncated) / 8)
+    assert metrics["greedy_mean_length"] == pytest.approx(
+        sum(q["greedy"]["length"] for q in questions) / 2
+    )
+
+
+def test_a_single_k_below_the_samples_still_works(
+    tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "k2.json"
+    code, err = run_main(
+        ["eval", "--model", str(tiny_model_dir), "--prompts", str(_factual_file(tmp_path))]
+        + ["--k", "2", "--samples", "3", "--max-new-tokens", "2", "--device", "cpu"]
+        + ["--json", str(out)],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["samples"] == 3 and report["k"] == [2] and report["metrics"]["k"] == 2
+    assert len(report["questions"][0]["samples"]) == 3
+
+
+def test_majority_at_k_averages_disjoint_groups_and_is_unbiased() -> None:
+    from itertools import combinations, permutations
+
+    keys = ["a", "b", "a", "c", "b"]
+    correct = [True, False, True, False, False]
+    assert held_out.majority_at_k(keys, correct, 1) == pytest.approx(2 / 5)
+    # groups [a, b] -> a (tie: the first seen), [a, c] -> a; the fifth sample is left over
+    assert held_out.majority_at_k(keys, correct, 2) == 1.0
+    assert held_out.majority_at_k(keys, correct, 5) == 1.0  # a: 2 votes, b: 2, a first
+    # over every order of the samples, the estimate averages to maj@k of k random samples
+    rows = list(zip(keys, correct, strict=True))
+    for k in (2, 3):
+        by_order = [
+            held_out.majority_at_k([r[0] for r in p], [r[1] for r in p], k)
+            for p in permutations(rows)
+        ]
+        by_draw = [
+            held_out.majority_at_k([r[0] for r in d], [r[1] for r in d], k)
+            for s in combinations(rows, k)
+            for d in permutations(s)
+        ]
+        assert sum(by_order) / len(by_order) == pytest.approx(sum(by_draw) / len(by_draw))
+
+
+def test_progress_counts_sequences_as_they_finish(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """One decoding call for all questions; the bar still moves within it, as rows emit EOS."""
+    from test_samplers import make_policy
+
+    from gfnlm.tasks.prompts import PromptSet
+
+    policy = make_policy(tiny_model_dir, eos_bias=10.0)  # EOS about as likely as the rest
+    prompts = PromptSet.load(str(_factual_file(tmp_path)), "--prompts", policy.tokenizer, 256)
+    updates: list[int] = []
+    real_bar = held_out.sequence_bar
+
+    def recording_bar(description: str, total: int, progress: bool):
+        bar = real_bar(description, total, False)
+        update = bar.update
+        bar.update = lambda n=1: (updates.append(n), update(n))[1]
+        return bar
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(held_out, "sequence_bar", recording_bar)
+        sampler = held_out.HFSampler(max_new_tokens=16)
+        real_sample = sampler.sample
+        patch.setattr(sampler, "sample", lambda *a: (calls.append(a), real_sample(*a))[1])
+        result = held_out.evaluate(policy, prompts, 8, 16, sampler=sampler)
+    assert len(calls) == 1 and sum(updates) == 16 and result.num_questions == 2
+    assert len([n for n in updates if n]) > 2  # not one step for the whole call

@@ -1,24 +1,34 @@
-"""Held-out evaluation of a policy on questions with answers: avg@n at T=1, pass@k, maj@n, greedy,
+"""Held-out evaluation of a policy on questions with answers: avg@n at T=1, pass@k, maj@k, greedy,
 graded by the run's task (and, for open-ended prompts, :func:`evaluate_creative` with the metrics
-of :mod:`gfnlm.tasks.metrics`). With ``n`` samples per question:
+of :mod:`gfnlm.tasks.metrics`). With ``n`` samples per question and one or more ``k <= n``:
 
 * ``accuracy_t1`` (avg@n): mean correctness over the n samples at temperature 1, top-p 1;
-* ``pass_at_k``: the unbiased estimate of the chance that at least one of k samples is correct,
+* ``pass_at_{k}``: the unbiased estimate of the chance that at least one of k samples is correct,
   ``1 − C(n−c, k) / C(n, k)`` with ``c`` correct of ``n`` (Chen et al. 2021, "Evaluating large
-  language models trained on code"), averaged over questions; ``k = n`` unless given;
-* ``majority_at_k``: correctness of the most frequent answer among the n samples (answers compared
-  by the task's :meth:`~gfnlm.tasks.base.Task.answer_key`; ties go to the answer seen first);
+  language models trained on code"), averaged over questions;
+* ``majority_at_{k}``: whether the most frequent answer among k samples is correct (answers
+  compared by the task's :meth:`~gfnlm.tasks.base.Task.answer_key`; ties go to the answer seen
+  first), averaged over the ``n // k`` disjoint groups of k consecutive samples (each group is k
+  independent samples, so the mean is an unbiased estimate; ``k = n`` is the vote over all n);
+* ``pass_at_k`` / ``majority_at_k``: the same at the largest k (``k = n`` unless given);
 * ``greedy_accuracy``: one greedy response per question;
 * ``mean_length``: mean number of response tokens (EOS counted) of the T=1 samples;
 * ``format_ok_rate``: share of the T=1 samples in the task's answer format (what ψ checks);
 * ``truncated_rate``: share of the T=1 samples that reached ``max_new_tokens`` without EOS (their
   answers are cut off).
+
+:attr:`EvalResult.questions` keeps what each question got: its prompt, its gold answers, every
+sampled response and the greedy one, each with its extracted answer, correctness, length and
+whether it was truncated (``gfnlm eval --json`` writes them; :meth:`EvalResult.as_dict`, what a
+run caches, leaves them out).
 """
 
+import contextlib
 import json
 import math
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,7 @@ from gfnlm.contracts.errors import InputError
 from gfnlm.contracts.paths import write_text_atomic
 from gfnlm.models.decoding import decode_with_cache, rollouts_from_generated
 from gfnlm.samplers.hf import HFSampler
+from gfnlm.samplers.server import ServerSampler
 from gfnlm.tasks.prompts import PromptSet, default_task
 
 
@@ -40,9 +51,35 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def majority_at_k(keys: Sequence[str], correct: Sequence[bool], k: int) -> float:
+    """maj@k from ``n >= k`` samples of one question (their answer ``keys`` and ``correct``ness):
+    the share of the ``n // k`` disjoint groups of ``k`` consecutive samples whose most frequent
+    answer (ties: the one seen first) is correct."""
+    groups = len(keys) // k
+    hits = 0
+    for start in range(0, groups * k, k):
+        group = list(keys[start : start + k])
+        top = Counter(group).most_common(1)[0][0]
+        hits += bool(correct[start + group.index(top)])
+    return hits / groups
+
+
+def check_ks(k: int | Sequence[int], samples: int) -> tuple[int, ...]:
+    """The k of pass@k / maj@k, sorted without repeats (``0`` or empty: the number of samples);
+    each must be in ``[1, samples]``."""
+    values = [k] if isinstance(k, int) else list(k)
+    ks = sorted({value or samples for value in values} or {samples})
+    for value in ks:
+        if not 1 <= value <= samples:
+            raise InputError(f"k={value}: pass@k needs 1 <= k <= the number of samples ({samples})")
+    return tuple(ks)
+
+
 @attrs.frozen
 class EvalResult:
-    """Accuracies in [0, 1] and mean lengths in tokens."""
+    """Accuracies in [0, 1] and mean lengths in tokens; ``pass_at`` / ``majority_at`` map each
+    evaluated k to pass@k / maj@k (``pass_at_k`` / ``majority_at_k``: at the largest, ``k``);
+    ``questions``: the per-question records (see the module docstring)."""
 
     accuracy_t1: float
     pass_at_k: float
@@ -55,10 +92,21 @@ class EvalResult:
     k: int = 0  # the k of pass@k (the number of samples when 0)
     format_ok_rate: float = float("nan")
     truncated_rate: float = float("nan")
+    pass_at: dict[int, float] = attrs.field(factory=dict, eq=False)
+    majority_at: dict[int, float] = attrs.field(factory=dict, eq=False)
+    questions: tuple[dict[str, Any], ...] = attrs.field(default=(), repr=False, eq=False)
 
     def as_dict(self) -> dict[str, float]:
-        """The fields as a plain dict (cached as JSON in the run directory)."""
-        return attrs.asdict(self)
+        """The aggregate metrics as a flat dict of numbers (cached as JSON in the run directory),
+        with ``pass_at_{k}`` and ``majority_at_{k}`` for every evaluated k; no per-question
+        records."""
+        flat = attrs.asdict(
+            self, filter=lambda a, _: a.name not in ("pass_at", "majority_at", "questions")
+        )
+        for k in sorted(self.pass_at):
+            flat[f"pass_at_{k}"] = self.pass_at[k]
+            flat[f"majority_at_{k}"] = self.majority_at[k]
+        return flat
 
 
 def evaluate(
@@ -70,63 +118,119 @@ def evaluate(
     progress: bool = True,
     temperature: float = 1.0,
     task=None,
-    k: int = 0,
+    k: int | Sequence[int] = 0,
+    sampler=None,
 ) -> EvalResult:
     """Evaluate ``policy`` (a :class:`~gfnlm.training.policy.CausalLMPolicy`) on every question of
     ``prompts``, graded by ``task`` (default: the ``factual`` task).
 
-    The n = ``samples`` samples are drawn at ``temperature`` (1 for the avg@n the docs report;
-    ``1/α`` is the low-temperature baseline, whose ``accuracy_t1`` field then holds the accuracy at
-    that T); ``k`` (default n) is the k of pass@k."""
+    The n = ``samples`` samples are drawn by ``sampler`` (a registered sampler not yet set up;
+    this sets it up and closes it), by default the ``hf`` sampler at ``temperature`` (1 for the
+    avg@n the docs report; ``1/α`` is the low-temperature baseline, whose ``accuracy_t1`` field
+    then holds the accuracy at that T); the greedy response is the policy's own. ``k``: the k (or
+    several) of pass@k and maj@k, each ``<= samples`` (default n), all from the same samples."""
     task = task if task is not None else default_task()
-    k = k or samples
-    if not 1 <= k <= samples:
-        raise InputError(f"k={k}: pass@k needs 1 <= k <= the number of samples ({samples})")
+    ks = check_ks(k, samples)
     if any(a is None for a in prompts.answers):
         raise InputError("evaluation needs a prompt file whose every line has 'answers'")
-    sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
+    if sampler is None:
+        sampler = HFSampler(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     sampler.setup(policy)
-    sample_correct, majority_correct, lengths, greedy_correct, greedy_lengths = [], [], [], [], []
-    format_ok, truncated = [], []
-    bar = sequence_bar("eval", len(prompts) * samples, progress)
-    for start in range(0, len(prompts), batch_questions):
-        indices = list(range(start, min(start + batch_questions, len(prompts))))
-        batch = prompts.batch(indices)
-        rollouts = sampler.sample(batch, samples)
-        bar.update(len(indices) * samples)
-        texts = rollouts.response_text
-        assert texts is not None
-        lengths.extend(rollouts.lengths.tolist())
-        truncated.extend((~rollouts.ended_with_eos).tolist())
-        for q, i in enumerate(indices):
-            answers = list(prompts.answers[i] or ())
-            group = texts[q * samples : (q + 1) * samples]
-            correct = [task.is_correct(t, answers) for t in group]
-            sample_correct.append(correct)
-            format_ok.extend(task.format_ok(t) for t in group)
-            keys = [task.answer_key(t) for t in group]
-            top_key = Counter(keys).most_common(1)[0][0]
-            majority_correct.append(correct[keys.index(top_key)])
-        greedy_texts, greedy_lens = greedy_responses(policy, batch, max_new_tokens)
-        greedy_lengths.extend(greedy_lens)
-        greedy_correct.extend(
-            task.is_correct(t, list(prompts.answers[i] or ()))
-            for t, i in zip(greedy_texts, indices, strict=True)
+    try:
+        questions = _sample_and_grade(
+            policy, prompts, samples, max_new_tokens, task, sampler, batch_questions, progress
         )
+    finally:
+        sampler.close()
+    return _aggregate(questions, ks, samples)
+
+
+def _sample_and_grade(
+    policy, prompts: PromptSet, samples: int, max_new_tokens: int, task, sampler, batch, progress
+) -> list[dict[str, Any]]:
+    """One record per question: ``samples`` responses from ``sampler`` and the greedy one, graded.
+    The progress bar counts sampled sequences as they finish (:func:`_finished_sequences`)."""
+    # Samplers that decode a batch of prompts at once get whole batches; the others (power
+    # sampling runs prompt by prompt) one question per call, so that the bar moves per question.
+    per_call = batch if isinstance(sampler, HFSampler | ServerSampler) else 1
+    records: list[dict[str, Any]] = []
+    bar = sequence_bar("eval", len(prompts) * samples, progress)
+    for start in range(0, len(prompts), per_call):
+        indices = list(range(start, min(start + per_call, len(prompts))))
+        batch_prompts = prompts.batch(indices)
+        with _finished_sequences(sampler, policy, bar, len(indices) * samples):
+            rollouts = sampler.sample(batch_prompts, samples)
+        greedy = greedy_rollouts(policy, batch_prompts, max_new_tokens)
+        graded = _graded(task, rollouts, [list(prompts.answers[i] or ()) for i in indices], samples)
+        greedy_graded = _graded(task, greedy, [list(prompts.answers[i] or ()) for i in indices], 1)
+        for q, i in enumerate(indices):
+            records.append(
+                {
+                    "index": i,
+                    "question": prompts.questions[i],
+                    "prompt": prompts.texts[i],
+                    "answers": list(prompts.answers[i] or ()),
+                    "samples": graded[q],
+                    "greedy": greedy_graded[q][0],
+                }
+            )
     bar.close()
+    return records
+
+
+def _graded(task, rollouts, answers: list[list[str]], n: int) -> list[list[dict[str, Any]]]:
+    """Each response of ``rollouts`` (``n`` per question, grouped) as a record: its text, the
+    answer the task extracts, whether it is correct and well-formed, its length in tokens (EOS
+    counted) and whether it was truncated (no EOS)."""
+    texts = rollouts.response_text
+    assert texts is not None
+    lengths, ended = rollouts.lengths.tolist(), rollouts.ended_with_eos.tolist()
+    out = []
+    for q, gold in enumerate(answers):
+        rows = range(q * n, (q + 1) * n)
+        out.append(
+            [
+                {
+                    "response": texts[r],
+                    "answer": task.answer_key(texts[r]),
+                    "correct": bool(task.is_correct(texts[r], gold)),
+                    "format_ok": bool(task.format_ok(texts[r])),
+                    "length": int(lengths[r]),
+                    "truncated": not ended[r],
+                }
+                for r in rows
+            ]
+        )
+    return out
+
+
+def _aggregate(questions: list[dict[str, Any]], ks: tuple[int, ...], samples: int) -> EvalResult:
+    """The metrics of the module docstring from the per-question records."""
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))
+    drawn = [s for q in questions for s in q["samples"]]
+    correct = [[s["correct"] for s in q["samples"]] for q in questions]
+    keys = [[s["answer"] for s in q["samples"]] for q in questions]
+    pass_at = {k: mean([pass_at_k(len(c), sum(c), k) for c in correct]) for k in ks}
+    majority_at = {
+        k: mean([majority_at_k(key, c, k) for key, c in zip(keys, correct, strict=True)])
+        for k in ks
+    }
+    top = ks[-1]
     return EvalResult(
-        accuracy_t1=mean([mean(c) for c in sample_correct]),
-        pass_at_k=mean([pass_at_k(len(c), sum(c), k) for c in sample_correct]),
-        majority_at_k=mean(majority_correct),
-        greedy_accuracy=mean(greedy_correct),
-        mean_length=mean(lengths),
-        greedy_mean_length=mean(greedy_lengths),
-        num_questions=len(prompts),
+        accuracy_t1=mean([mean(c) for c in correct]),
+        pass_at_k=pass_at[top],
+        majority_at_k=majority_at[top],
+        greedy_accuracy=mean([q["greedy"]["correct"] for q in questions]),
+        mean_length=mean([s["length"] for s in drawn]),
+        greedy_mean_length=mean([q["greedy"]["length"] for q in questions]),
+        num_questions=len(questions),
         samples_per_question=samples,
-        k=k,
-        format_ok_rate=mean(format_ok),
-        truncated_rate=mean(truncated),
+        k=top,
+        format_ok_rate=mean([s["format_ok"] for s in drawn]),
+        truncated_rate=mean([s["truncated"] for s in drawn]),
+        pass_at=pass_at,
+        majority_at=majority_at,
+        questions=tuple(questions),
     )
 
 
@@ -136,9 +240,44 @@ def sequence_bar(description: str, total: int, progress: bool) -> tqdm:
     return tqdm(total=total, desc=description, unit="seq", disable=not progress, leave=False)
 
 
+@contextlib.contextmanager
+def _finished_sequences(sampler, policy, bar: tqdm, rows: int) -> Iterator[None]:
+    """Advance ``bar`` by the ``rows`` sequences of one sampler call as they finish.
+
+    The ``hf`` sampler's cached decoding drops each row from the batch once it has emitted EOS, so
+    the batch of every decoding step after the first (the prompts' prefill) holds the sequences
+    still generating; a forward hook on the policy's model counts the ones gone. Other samplers
+    (and ``hf`` decoding in chunks or with ``model.generate``) advance the bar when the call
+    returns."""
+    counted = 0
+    handle = None
+    if isinstance(sampler, HFSampler) and sampler.engine == "cached" and not sampler.batch_size:
+        calls = 0
+
+        def count(module, args, kwargs) -> None:
+            nonlocal counted, calls
+            calls += 1
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if calls == 1 or ids is None:  # the prefill: one row per prompt, not per sample
+                return
+            finished = rows - int(ids.shape[0])
+            if finished > counted:
+                bar.update(finished - counted)
+                counted = finished
+
+        handle = policy.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+    bar.update(rows - counted)
+
+
 @torch.no_grad()
-def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], list[int]]:
-    """Greedy decoding of each prompt: texts and lengths (EOS counted)."""
+def greedy_rollouts(policy, batch, max_new_tokens: int):
+    """Greedy decoding of each prompt, as :class:`~gfnlm.contracts.types.Rollouts` (one per
+    prompt)."""
     with policy.decoding():
         generated, logp = decode_with_cache(
             policy.model,
@@ -151,8 +290,7 @@ def greedy_responses(policy, batch, max_new_tokens: int) -> tuple[list[str], lis
             greedy=True,
             synced=policy.synced_decoding,
         )
-    rollouts = rollouts_from_generated(policy, batch, 1, generated, logp)
-    return list(rollouts.response_text or ()), rollouts.lengths.tolist()
+    return rollouts_from_generated(policy, batch, 1, generated, logp)
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@
 
 Both get a model card, ``README.md``: the run's target and its options, objective, steps trained,
 data, base model, gfnlm version, how to load the folder and the resolved config
-(:mod:`gfnlm.training.model_card`).
+(``gfnlm.training.model_card``).
 
 Every input is checked before any model loads: the run and its checkpoint, ``--step``, the output
 folder (which must be empty or absent unless ``force``, and outside every run's checkpoints folder,
@@ -536,7 +536,7 @@ def write_merged(
 ) -> None:
     """A Hugging Face model folder: ``model``'s weights with LoRA merged in (as ``dtype``), the base
     model's config (with that dtype) and its tokenizer; the generation config set to sample with
-    ``sampling`` (:func:`~gfnlm.training.model_card.sampling_generation_config`), or without it
+    ``sampling`` (``model_card.sampling_generation_config``), or without it
     the base model's as it is."""
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoConfig, AutoTokenizer
