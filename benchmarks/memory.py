@@ -4,14 +4,20 @@ logits vs TRL.
 A Llama built from a config with random weights (``--layers`` 2, hidden ``--hidden`` 64, GQA 4/2,
 vocabulary 151,936 as Qwen2.5's, tied embeddings; LoRA r=8 on q_proj/v_proj as gfnlm's default),
 one group of ``--batch`` 8 responses of ``T`` tokens to one ``--prompt-len`` 32-token prompt
-(random ids, no EOS: every position is a real token). Two operations:
+(random ids, no EOS: every position is a real token); with ``--variable`` the responses have
+random lengths between T/4 and T (seeded), right-padded to the longest, and TRL pads too (its
+attention mask zero on padding, as its trainer batches them). Two operations:
 
 * ``update``: one policy forward + backward of a loss through the token and EOS log-probs;
 * ``base``: base scoring (adapter disabled, no gradient).
 
 Three paths, each run in its own fresh process under an address-space cap (``--cap-gb`` 10):
 
-* ``chunked``: gfnlm with ``model.logp_chunk_size`` (default 1024);
+* ``chunked``: gfnlm with ``model.logp_chunk_size`` (default 1024), in the bucket passes
+  (``model.logp_pass=buckets``: a prompt KV-cache pass, then up to 4 response-length buckets);
+* ``packed``: the same chunked log-probs in ONE pass over the packed batch (``model.logp_pass=
+  packed``: the prompt once per row, its responses behind it, one shared attention mask);
+* ``packed-gc``: ``packed`` with gradient checkpointing (``model.gradient_checkpointing``);
 * ``current``: gfnlm with ``model.logp_chunk_size=0`` (the model's full ``[B, T+1, V]`` logits);
 * ``trl``: TRL 1.16.0's ``GRPOTrainer._get_per_token_logps_and_entropies`` on the same model,
   weights, LoRA and ids (its update computes entropies, as its ``compute_loss`` does; its reference
@@ -50,7 +56,13 @@ from typing import Self
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 151_936  # Qwen2.5's vocabulary
-PATHS = ("chunked", "current", "trl")
+PATHS = ("chunked", "packed", "packed-gc", "current", "trl")
+GFNLM_PATHS = {  # gfnlm's paths: model config fields
+    "chunked": {"logp_pass": "buckets"},
+    "packed": {"logp_pass": "packed", "gradient_checkpointing_from": 0},
+    "packed-gc": {"logp_pass": "packed", "gradient_checkpointing": True},
+    "current": {"logp_chunk_size": 0, "logp_pass": "buckets"},
+}
 OPS = ("update", "base")
 GB = 1e9
 LORA = {"r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
@@ -60,6 +72,13 @@ MODELS = {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "random-24": {  # random-small's width at the real depth
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 24,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
     },
@@ -90,9 +109,23 @@ def model_config(args: argparse.Namespace, seq_len: int):
     )
 
 
+def response_lengths(args: argparse.Namespace, seq_len: int, seed: int):
+    """[B] response lengths: all ``seq_len``, or (``--variable``) random in [T/4, T] with the
+    first at T (the same in every path: seeded)."""
+    import torch
+
+    if not args.variable:
+        return torch.full((args.batch,), seq_len)
+    generator = torch.Generator().manual_seed(1000 + seed)
+    lengths = torch.randint(max(1, seq_len // 4), seq_len + 1, (args.batch,), generator=generator)
+    lengths[0] = seq_len
+    return lengths
+
+
 def random_model_and_ids(args: argparse.Namespace, seq_len: int, seed: int):
     """The same weights and ids in every path (same seed, same torch): prompt [B, P] (one prompt
-    repeated) and responses [B, T] without EOS."""
+    repeated) and responses [B, T] without EOS (``--variable``: right-padded with EOS after
+    :func:`response_lengths` tokens)."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -101,6 +134,8 @@ def random_model_and_ids(args: argparse.Namespace, seq_len: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(args.eos_id + 1, VOCAB, (1, args.prompt_len), generator=generator)
     responses = torch.randint(args.eos_id + 1, VOCAB, (args.batch, seq_len), generator=generator)
+    real = torch.arange(seq_len) < response_lengths(args, seq_len, seed)[:, None]
+    responses = responses.where(real, args.eos_id)
     return (
         model,
         prompt.expand(args.batch, -1).contiguous().to(args.device),
@@ -161,26 +196,27 @@ def gfnlm_operation(args: argparse.Namespace, path: str, op: str, seq_len: int, 
     from gfnlm.training.policy import CausalLMPolicy
 
     model, prompt_ids, response_ids = random_model_and_ids(args, seq_len, seed)
-    chunk = args.chunk_size if path == "chunked" else 0
     config = ModelConfig(
         path="random",
         lora=True,
         lora_r=LORA["r"],
         lora_alpha=LORA["lora_alpha"],
         lora_targets=LORA["target_modules"],
-        logp_chunk_size=chunk,
+        logp_chunk_size=args.chunk_size,
         dtype="auto" if args.device == "cuda" else "float32",
+        **GFNLM_PATHS[path],
     )  # bf16 autocast on CUDA
     tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else ensure_smollm2())
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(args.eos_id)
     policy = CausalLMPolicy(model, tokenizer, config, torch.device(args.device))
     batch, length = response_ids.shape
+    lengths = response_lengths(args, seq_len, seed)
     rollouts = Rollouts(
         prompt_ids=prompt_ids,
         prompt_mask=torch.ones_like(prompt_ids, dtype=torch.bool),
         response_ids=response_ids,
-        response_mask=torch.ones_like(response_ids, dtype=torch.bool),
-        lengths=torch.full((batch,), length),
+        response_mask=torch.arange(length) < lengths[:, None],
+        lengths=lengths,
         ended_with_eos=torch.zeros(batch, dtype=torch.bool),
         group=torch.zeros(batch, dtype=torch.long),
         prompt_index=torch.zeros(batch, dtype=torch.long),
@@ -215,7 +251,12 @@ def trl_operation(args: argparse.Namespace, op: str, seq_len: int, seed: int):
     add_fused_lm_head(model.get_base_model(), temperature=1.0, outputs=("log_probs", "entropy"))
     model.train()
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attention_mask = torch.ones_like(input_ids)
+    # Right-padded responses (--variable): TRL's batch masks the padding as its trainer does.
+    real = (
+        torch.arange(seq_len, device=args.device)
+        < response_lengths(args, seq_len, seed).to(args.device)[:, None]
+    )
+    attention_mask = torch.cat([torch.ones_like(prompt_ids), real.long()], dim=1)
 
     # The trainer attributes the method reads: accelerate's autocast (bf16 on CUDA as
     # GRPOConfig(bf16=True), none on CPU).
@@ -240,7 +281,7 @@ def trl_operation(args: argparse.Namespace, op: str, seq_len: int, seed: int):
             batch_size=args.batch,
             compute_entropy=True,
         )
-        (logps * advantage).sum().backward()
+        (logps * advantage * real).sum().backward()
 
     def base() -> None:
         with torch.no_grad(), model.disable_adapter():
@@ -270,7 +311,11 @@ def worker(args: argparse.Namespace) -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             result["seconds"] = time.perf_counter() - start
+        lengths = response_lengths(args, seq_len, seed)
         result |= {
+            "tokens": int(lengths.sum()) + args.batch * args.prompt_len,  # real ones
+            "linear_params": linear_params(args, seq_len),
+            "peak_flops": peak_flops(args.device),
             "peak_gb": memory.peak / GB,
             "added_gb": (memory.peak - memory.before) / GB,
             "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
@@ -284,6 +329,26 @@ def worker(args: argparse.Namespace) -> None:
             raise
         result["capped"] = True
     print(json.dumps(result), flush=True)
+
+
+def peak_flops(device: str) -> float | None:
+    """The GPU's peak dense bf16 FLOP/s (benchmarks/vs_trl.py's table); None on CPU or unknown."""
+    if device != "cuda":
+        return None
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from vs_trl import peak_flops as known_peak
+
+    return known_peak(device)[0]
+
+
+def linear_params(args: argparse.Namespace, seq_len: int) -> int:
+    """Weights of the model's matrices (MFU's N, as benchmarks/vs_trl.py counts them)."""
+    config = model_config(args, seq_len)
+    hidden, inner = config.hidden_size, config.intermediate_size
+    head = hidden // config.num_attention_heads
+    attention = hidden * head * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
+    layer = attention + 3 * hidden * inner
+    return config.num_hidden_layers * layer + VOCAB * hidden
 
 
 # ---------------------------------------------------------------- driver
@@ -358,7 +423,7 @@ def shared_options(args: argparse.Namespace) -> list[str]:
         str(args.eos_id),
         "--device",
         args.device,
-    ]
+    ] + (["--variable"] if args.variable else [])
     return options + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
 
 
@@ -386,6 +451,17 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
+def throughput(runs: list[dict], op: str) -> str:
+    """Median real tokens/s and (GPU, update) MFU = 4·N·tokens/s / peak (forward + the backward's
+    activation gradients, as benchmarks/vs_trl.py counts the LoRA update)."""
+    if not all("tokens" in r for r in runs):
+        return "| "  # measured before these fields existed
+    rate = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+    flops = runs[0].get("peak_flops")
+    mfu = f"{100 * 4 * runs[0]['linear_params'] * rate / flops:.1f} %" if flops else ""
+    return f"{rate:,.0f} | {mfu if op == 'update' else ''}"
+
+
 def table(results: dict[str, dict], args: argparse.Namespace) -> str:
     """Markdown: per op and T, each path's time and peak RSS (median, min–max over seeds), and the
     chunked path's ratios to the current path and to TRL (of the medians)."""
@@ -396,10 +472,10 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
     added = "added GPU memory" if args.device == "cuda" else "added RSS"
     lines = [
         (
-            f"| operation | T | path | runs (seeds) | time, s | {peak}, GB | {added}, GB | "
-            f"chunked / this: time | chunked / this: {peak} |"
+            f"| operation | T | path | runs (seeds) | time, s | tokens/s | MFU | {peak}, GB | "
+            f"{added}, GB | chunked / this: time | chunked / this: {peak} |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cap = f"> {args.cap_gb:g} GB (cap)"
     for op in OPS:
@@ -414,7 +490,7 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
                 if len(ok) < len(runs):
                     lines.append(
                         f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
-                        f"{cap} | {cap} | | | |"
+                        f"{cap} | | | {cap} | | | |"
                     )
                     continue
                 time_ratio = rss_ratio = ""
@@ -426,7 +502,7 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
                     rss_ratio = f"{chunked_peak / median(r['peak_gb'] for r in ok):.2f}×"
                 lines.append(
                     f"| {op} | {seq_len} | {path} | {len(runs)} ({seeds}) | "
-                    f"{spread([r['seconds'] for r in ok], '.2f')} | "
+                    f"{spread([r['seconds'] for r in ok], '.2f')} | {throughput(ok, op)} | "
                     f"{spread([r['peak_gb'] for r in ok], '.2f')} | "
                     f"{spread([r['added_gb'] for r in ok], '.2f')} | {time_ratio} | {rss_ratio} |"
                 )
@@ -449,6 +525,9 @@ def main() -> int:
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--variable", action="store_true", help="responses of random lengths in [T/4, T]"
+    )
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
@@ -476,13 +555,14 @@ def main() -> int:
     args = parser.parse_args()
     args.model = args.model or ("random-0.5b" if args.device == "cuda" else "random-small")
     args.seq_lens = args.seq_lens or ([4096] if args.device == "cuda" else [256, 512, 2048])
-    args.results = args.results or REPO / "benchmarks" / "out" / f"memory_{args.device}.json"
+    suffix = f"{args.device}_{args.model}_variable" if args.variable else args.device
+    args.results = args.results or REPO / "benchmarks" / "out" / f"memory_{suffix}.json"
     if args.worker:
         worker(args)
         return 0
     results = load_results(args.results)
     if not args.report_only:
-        pythons = {"chunked": sys.executable, "current": sys.executable}
+        pythons = dict.fromkeys(GFNLM_PATHS, sys.executable)
         paths = [p for p in args.paths if p != "trl" or not args.no_trl]
         if "trl" in paths:
             pythons["trl"] = trl_python(args)

@@ -4,6 +4,7 @@ GPU memory, and how closely the trainer's recomputed policy log-probs match the 
 log-probs.
 
     python benchmarks/gpu/trainer_gpu.py --tokenizer DIR [--steps 6] [--full] [--parallel ddp|fsdp2]
+        [--logp-pass auto|packed|buckets] [--max-new-tokens 4096]
     torchrun --standalone --nproc_per_node N benchmarks/gpu/trainer_gpu.py --tokenizer DIR ...
     python benchmarks/gpu/trainer_gpu.py --tokenizer DIR --device cpu --size tiny --steps 2
                                                                       # a smoke run
@@ -61,7 +62,7 @@ def build_model(tokenizer_dir: Path, out: Path, size: str) -> int:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         **SIZES[size],
-        max_position_embeddings=4096,
+        max_position_embeddings=8192,  # room for a prompt and --max-new-tokens 4096
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -71,6 +72,23 @@ def build_model(tokenizer_dir: Path, out: Path, size: str) -> int:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
+
+
+def update_mfu(tokens_per_s: float, args: argparse.Namespace) -> str:
+    """``, MFU x %``: 4·N·tokens/s over the GPU's peak bf16 FLOP/s (benchmarks/vs_trl.py's table
+    and count: N = the weights of the model's matrices); empty where the GPU is not listed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from vs_trl import peak_flops
+
+    flops = peak_flops("cuda")[0]
+    shape = SIZES[args.size]
+    hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    head = hidden // shape["num_attention_heads"]
+    heads = 2 * shape["num_attention_heads"] + 2 * shape["num_key_value_heads"]
+    per_layer = hidden * head * heads + 3 * hidden * shape["intermediate_size"]
+    vocab = len(AutoTokenizer.from_pretrained(args.tokenizer))
+    matrices = layers * per_layer + vocab * hidden
+    return f", MFU {100 * 4 * matrices * tokens_per_s / flops:.1f} %" if flops else ""
 
 
 def main() -> int:
@@ -83,6 +101,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument(
+        "--logp-pass",
+        default="auto",
+        choices=["auto", "packed", "buckets"],
+        help="model.logp_pass: the layout of the update and base-scoring passes",
+    )
     parser.add_argument(
         "--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run in float32"
     )
@@ -119,6 +143,7 @@ def main() -> int:
         overrides = [
             f"model.path={model_dir}",
             f"model.lora={not args.full}",
+            f"model.logp_pass={args.logp_pass}",
             "data.eval=''",
             f"data.train={args.train}",
             f"train.parallel={args.parallel}",
@@ -138,7 +163,13 @@ def main() -> int:
             metrics = dist_utils.reduce_metrics(trainer.train_step(), trainer.world, trainer.device)
             trainer.step += 1
             tokens = metrics["length/mean"] * args.prompts * args.samples  # all ranks together
-            rows.append({**metrics, "tokens_per_s": tokens / metrics["time/sample"]})
+            rows.append(
+                {
+                    **metrics,
+                    "tokens_per_s": tokens / metrics["time/sample"],
+                    "update_tokens_per_s": tokens / metrics["time/update"],
+                }
+            )
             if rank == 0:
                 print(
                     json.dumps(
@@ -176,6 +207,10 @@ def main() -> int:
         f"{med('time/sample'):.3f} + score {med('time/score'):.3f} + update "
         f"{med('time/update'):.3f}; rollout {med('tokens_per_s'):.0f} tokens/s; peak GPU memory "
         f"{peak}"
+    )
+    print(
+        f"update ({args.logp_pass} passes): {med('update_tokens_per_s'):.0f} response tokens/s"
+        f"{update_mfu(med('update_tokens_per_s'), args) if cuda else ''}"
     )
     print(
         f"|behaviour - recomputed| token log-prob: mean {diff.mean():.2e}, max {diff.max():.2e} "
