@@ -284,7 +284,7 @@ CASES = [
     ),
     Case("eval --run RUN --device cuda", r"--device='cuda': no CUDA device"),
     Case("eval --run RUN --task mathh", r"unknown task 'mathh'"),
-    Case("eval --run RUN --k 9", r"--k=9: must be <= --samples=8"),
+    Case("eval --run RUN --samples 8 --k 9", r"--k=9: must be <= --samples=8"),
     Case(
         "eval --run RUN --prompts DIR/math.parquet",
         r"--prompts='DIR/math\.parquet': no column 'question'",
