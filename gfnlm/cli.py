@@ -4,6 +4,8 @@ Commands::
 
     gfnlm train CONFIG [key=value ...]
         e.g. gfnlm train configs/powerflow_reasoning.yaml train.steps=20
+    gfnlm sweep SPEC [key=value ...] [--out DIR] [--dry-run] [--metric M]
+        e.g. gfnlm sweep configs/sweeps/objectives.yaml train.steps=4
     gfnlm eval [--run RUN_DIR] [--task math] [--prompts FILE] [--samples N] [--k K]
         [--json OUT.json]
     gfnlm eval --metrics creative --prompts creative_eval [--run RUN_DIR]
@@ -108,6 +110,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\nCheckpoints: {out / 'checkpoints'}")
     print(f"TensorBoard logs: {out / 'tb'}   (view with: tensorboard --logdir {out / 'tb'})")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``gfnlm sweep``: every run of a spec's grid, one after another (resumable), then one
+    comparison table and one plot (``gfnlm.training.sweep``)."""
+    from gfnlm.training.sweep import sweep
+
+    progress = not args.quiet
+    return sweep(args.spec, args.overrides, args.out, args.dry_run, args.metric, progress)
 
 
 def _check_count(flag: str, value: int, minimum: int, maximum: int = MAX_COUNT) -> None:
@@ -668,6 +679,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of training runs from one YAML spec and compare them"
+    )
+    sweep.add_argument("spec", help="sweep spec YAML (see configs/sweeps/)")
+    sweep.add_argument("overrides", nargs="*", help="key=value for every run, e.g. train.steps=2")
+    sweep.add_argument(
+        "--out",
+        default=None,
+        help="folder of the runs, the table and the plot (default: the spec's out)",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="check every run and list them; run nothing"
+    )
+    sweep.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="M",
+        help="a metric to plot against the step (repeatable; default: the spec's plot)",
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=cmd_sweep)
+
     serve = sub.add_parser(
         "serve", help="start a SGLang or vLLM server for a model (stopped on Ctrl-C)"
     )
@@ -937,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, server_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if args.command == "train":  # key=value overrides may come after flags: train CFG --quiet a=1
+    if args.command in ("train", "sweep"):  # overrides may come after flags: train CFG --quiet a=1
         args.overrides += [item for item in unknown if "=" in item and not item.startswith("-")]
         unknown = [item for item in unknown if item not in args.overrides]
     if unknown:
