@@ -658,14 +658,13 @@ class Report:
 
     csv: Path
     markdown: Path
-    plot: Path | None
+    plot: Path
     failed: dict[str, str]
     table: str
 
 
 def write_report(plan: Plan, failed: dict[str, str], plot_metrics: list[str]) -> Report:
-    """The comparison of the finished runs: ``summary.csv``, ``summary.md`` and ``curves.png``
-    (without matplotlib, no plot: it comes with ``pip install 'gfnlm[bench]'``)."""
+    """The comparison of the finished runs: ``summary.csv``, ``summary.md`` and ``curves.png``."""
     rows = table_rows(plan, failed)
     histories: dict[str, list[list[dict[str, float]]]] = {}
     for cell in plan.cells:
@@ -681,11 +680,8 @@ def write_report(plan: Plan, failed: dict[str, str], plot_metrics: list[str]) ->
     csv_path, md_path = plan.out / TABLE_CSV, plan.out / TABLE_MD
     write_text_atomic(csv_path, table_csv(rows))
     write_text_atomic(md_path, markdown)
-    png: Path | None = plan.out / CURVES_PNG
-    try:
-        plot_curves(histories, plot_metrics, png)
-    except ImportError:
-        png = None
+    png = plan.out / CURVES_PNG
+    plot_curves(histories, plot_metrics, png)
     return Report(csv_path, md_path, png, failed, markdown)
 
 
@@ -712,11 +708,7 @@ def sweep(
     report = write_report(plan, failed, list(metrics) or plan.spec.plot)
     echo(report.table)
     echo(f"Table: {report.csv}, {report.markdown}")
-    echo(
-        f"Training curves: {report.plot}"
-        if report.plot
-        else "No plot: matplotlib is not installed (pip install 'gfnlm[bench]')"
-    )
+    echo(f"Training curves: {report.plot}")
     for name, why in failed.items():
         echo(f"failed: {name}: {why}")
     return 1 if failed else 0
