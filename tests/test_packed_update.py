@@ -245,3 +245,16 @@ def test_packed_pass_needs_the_chunked_path():
         model = torch.nn.Linear(1, 1)
         model.config = type("Config", (), {"_attn_implementation": "sdpa"})()
         _logp_pass(ModelConfig(logp_pass="packed", logp_chunk_size=0), torch.device("cpu"), model)
+
+
+def test_checkpointing_ready_keeps_the_kv_cache_of_a_training_mode_forward(tiny_model_dir):
+    """Readying checkpointing (on by default from ``gradient_checkpointing_from``) must not switch
+    transformers' model-level flag on: in training mode with gradients it forces ``use_cache=False``
+    on every forward, which drops the KV cache the prompt pass and the sampler rely on."""
+    policy = make_policy(tiny_model_dir)
+    assert policy.config.gradient_checkpointing_from > 0
+    policy.model.train()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.enable_grad():
+        out = policy.model(input_ids=ids, use_cache=True)
+    assert out.past_key_values is not None and out.past_key_values.get_seq_length() == 4

@@ -394,8 +394,12 @@ def _checkpointing_layers(model: nn.Module, config: ModelConfig) -> list[nn.Modu
     # input that requires grad: the embedding hook added for reentrant ones would only add work.
     inner.disable_input_require_grads()
     layers = [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
-    for layer in layers:
-        layer.gradient_checkpointing = False
+    for module in inner.modules():
+        # Off everywhere until a pass turns the layers on. The model-level flag must stay off: in
+        # training mode transformers reads it to force use_cache=False (with a warning) on every
+        # forward, which would drop the sampler's and the prompt pass's KV caches.
+        if hasattr(module, "gradient_checkpointing"):
+            module.gradient_checkpointing = False
     return layers
 
 
