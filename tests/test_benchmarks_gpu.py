@@ -1,6 +1,8 @@
-"""The GPU benchmarks still run where no GPU is: benchmarks/gpu/trainer_gpu.py's own code on CPU
-(a tiny random Llama, float32), and every shell script parses and names only files that exist."""
+"""The GPU benchmarks still run where no GPU is: benchmarks/gpu/trainer_gpu.py's and
+decoding_gpu.py's own code on CPU (a tiny random Llama, float32), and every shell script parses and
+names only files that exist."""
 
+import json
 import re
 import subprocess
 import sys
@@ -56,6 +58,36 @@ def test_trainer_script_runs_on_cpu_and_recomputes_the_behaviour_log_probs(
         result.stdout,
     ).groups()
     assert float(largest) < 1e-4 and float(mean) <= float(largest)
+
+
+def test_decoding_script_runs_on_cpu_and_both_paths_draw_the_same_tokens(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(GPU / "decoding_gpu.py"),
+            "--device",
+            "cpu",
+            "--size",
+            "tiny",
+            "--batches",
+            "2x2",
+            "--max-new-tokens",
+            "6",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "decoding_gpu_cpu.json").read_text())["results"]
+    assert [row["path"] for row in rows] == ["dynamic", "static"]
+    assert all(row["tokens_per_s"] > 0 and row["same_tokens"] == 1.0 for row in rows), rows
+    assert "| 2x2 | static |" in (tmp_path / "decoding_gpu_cpu.md").read_text()
 
 
 @pytest.mark.parametrize("script", sorted(GPU.glob("*.sh")), ids=lambda path: path.name)

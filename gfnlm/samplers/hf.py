@@ -8,6 +8,12 @@ min-p):
   log-probs are gathered per step from the processed logits (never a ``[B, T, V]`` stack).
 * ``generate``: ``model.generate(do_sample=True, output_scores=True)``, the reference path.
 
+The ``cached`` engine decodes in one of two ways (``decoding``), which draw the same tokens: a
+``dynamic`` cache that drops finished rows (least work: the CPU's choice), or a ``static`` cache of
+fixed shapes whose one-token step is captured once as a CUDA graph and replayed (on a GPU, decoding
+is bound by launching hundreds of small kernels a step, not by computing them). ``auto`` takes the
+static path on CUDA and the dynamic one elsewhere.
+
 Rows are grouped by prompt: the ``n`` samples of prompt ``i`` are rows ``i*n … i*n+n-1``. The
 expansion from prompts to samples is written with einops (``"prompt ... -> (prompt sample) ..."``),
 which names that layout where ``repeat_interleave`` leaves it implicit; elementwise broadcasting
@@ -24,7 +30,13 @@ from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import PromptBatch, Rollouts
 from gfnlm.models.chunked_logps import wide
-from gfnlm.models.decoding import decode_with_cache, per_sample, rollouts_from_generated
+from gfnlm.models.decoding import (
+    DECODING_MODES,
+    decode,
+    per_sample,
+    rollouts_from_generated,
+    static_decoding_unsupported,
+)
 from gfnlm.samplers.base import Sampler, check_sampling_settings
 
 
@@ -55,6 +67,11 @@ class HFSampler(Sampler):
         "cached",
         "'cached' (our KV-cache loop) or 'generate' (model.generate); the same distribution",
     )
+    decoding: str = option(
+        "auto",
+        "the cached engine's loop: 'dynamic' (drops finished rows), 'static' (fixed shapes, one "
+        "CUDA graph launch a step on CUDA) or 'auto' (static on CUDA, dynamic elsewhere)",
+    )
     version: int = attrs.field(default=0, init=False)  # the policy's step, recorded on the rollouts
     _policy: Any = attrs.field(default=None, init=False, repr=False)
     _exploration: Any = attrs.field(default=None, init=False, repr=False)
@@ -83,9 +100,25 @@ class HFSampler(Sampler):
             raise ConfigError(
                 f"sampling.sampler_options.engine={self.engine!r}: must be one of cached, generate"
             )
+        if self.decoding not in DECODING_MODES:
+            raise ConfigError(
+                f"sampling.sampler_options.decoding={self.decoding!r}: must be one of "
+                f"{', '.join(DECODING_MODES)}"
+            )
+        if self.engine == "generate" and self.decoding != "auto":
+            raise ConfigError(
+                f"sampling.sampler_options.decoding={self.decoding!r}: applies to "
+                "engine='cached' only (leave it 'auto' with engine='generate')"
+            )
         check_sampling_settings(self.temperature, self.top_p, self.min_p)
 
     def setup(self, policy: Any) -> None:
+        if self.decoding == "static":
+            reason = static_decoding_unsupported(policy.model)
+            if reason is not None:
+                raise ConfigError(
+                    f"sampling.sampler_options.decoding='static': {reason}; use 'auto' or 'dynamic'"
+                )
         self._policy = policy
 
     def sync(self, policy: Any, version: int, force: bool = False) -> None:
@@ -135,11 +168,12 @@ class HFSampler(Sampler):
         policy = self._policy
         with policy.decoding():
             if self.engine == "cached":
-                return decode_with_cache(
+                return decode(
                     policy.model,
                     prompt_ids,
                     prompt_mask,
                     n,
+                    decoding=self.decoding,
                     max_new_tokens=self.max_new_tokens,
                     eos_token_id=policy.eos_token_id,
                     pad_token_id=policy.tokenizer.pad_token_id,
