@@ -214,6 +214,61 @@ def test_a_resume_compares_data_in_memory_by_label(tiny_model_dir: Path, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------
+# A loaded model as model.path
+
+
+def test_a_loaded_model_is_saved_once_by_its_weights_and_trains(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from gfnlm.training.trainer import Trainer
+
+    monkeypatch.setenv("GFNLM_CACHE", str(tmp_path / "cache"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    folder = Path(ModelConfig(path=model).path)
+    assert folder.parent == tmp_path / "cache" / "models"
+    assert ModelConfig(path=model).path == str(folder)  # the same weights: the same folder
+    saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    for (name, a), b in zip(model.state_dict().items(), saved.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        model.model.norm.weight.mul_(2.0)
+    config = RunConfig(
+        model={"path": model, "lora_targets": ["q_proj"]},
+        sampling={"samples_per_prompt": 2, "max_new_tokens": 4},
+        data={"train": RECORDS, "eval": ""},
+        train={"steps": 1, "prompts_per_step": 1, "device": "cpu", "out_dir": str(tmp_path / "r")},
+    )
+    assert config.model.path != str(folder)  # edited weights: a folder of their own
+    assert f"path: {config.model.path}" in to_yaml(config)
+    trainer = Trainer(config, progress=False)
+    try:
+        assert len(trainer.train()["history"]) == 1
+    finally:
+        trainer.close()
+
+
+def test_a_loaded_model_without_its_tokenizer_or_with_an_adapter_is_one_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("GFNLM_CACHE", str(tmp_path / "cache"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.name_or_path = str(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"^model\.path=<LlamaForCausalLM>: no tokenizer in"):
+        ModelConfig(path=model)
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match="a PEFT model; pass model.merge_and_unload"):
+        ModelConfig(path=wrapped)
+    assert not (tmp_path / "cache" / "models").exists() or not any(
+        (tmp_path / "cache" / "models").iterdir()
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # The command line: --import from the working directory, --quiet
 
 

@@ -13,14 +13,15 @@ a local folder the user provides.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -133,18 +134,26 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     if (target / MARKER).is_file():
         return target
     gguf = smollm2_gguf_path()
+    marker = {"source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "float32"}
+    return _build_once(target, lambda folder: _convert_gguf(gguf, folder), marker)
+
+
+def _build_once(target: Path, build: Callable[[Path], None], marker: dict) -> Path:
+    """``target`` built by ``build(folder)`` in a temporary folder beside it, completed by the
+    ``marker`` file and renamed into place; a file lock serialises concurrent builds (and lets a
+    later one delete the build folders of killed ones). Returned at once when already complete."""
+    cache_dir, name = target.parent, target.name
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache_dir / f"{SMOLLM2_DIRNAME}.lock") as locked:
+    with _file_lock(cache_dir / f"{name}.lock") as locked:
         if (target / MARKER).is_file():  # another process finished while we waited
             return target
-        if locked:  # build folders of killed conversions (none can be in progress now)
-            for stale in cache_dir.glob(f".{SMOLLM2_DIRNAME}.tmp-*"):
+        if locked:  # build folders of killed builds (none can be in progress now)
+            for stale in cache_dir.glob(f".{name}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}.tmp-", dir=cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-            _convert_gguf(gguf, tmp)
-            marker = {"source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "float32"}
+            build(tmp)
             (tmp / MARKER).write_text(json.dumps(marker) + "\n")
             if target.exists():  # leftover without a marker (e.g. hand-made or older layout)
                 shutil.rmtree(target)
@@ -153,6 +162,52 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def is_model_object(value: object) -> bool:
+    """Whether ``value`` is a loaded transformers model (duck-typed: no transformers import)."""
+    return hasattr(value, "save_pretrained") and hasattr(value, "config") and callable(value)
+
+
+def save_model_object(model: Any, field: str = "model.path", cache_dir: Path | None = None) -> Path:
+    """A loaded transformers causal LM as a model folder: saved once, with the tokenizer of the
+    folder it was loaded from (``model.name_or_path``), under ``<cache>/models/<sha256>``, keyed by
+    its config and weights (the same weights give the same folder, so a resumed run finds it; an
+    edited model gets a folder of its own). A PEFT-wrapped model or one whose tokenizer cannot be
+    found is one line naming ``field``."""
+    from transformers import AutoTokenizer
+
+    what = f"{field}=<{type(model).__name__}>"
+    if hasattr(model, "peft_config"):
+        raise ConfigError(f"{what}: a PEFT model; pass model.merge_and_unload() (or its base)")
+    source = str(getattr(model, "name_or_path", "") or "")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"{what}: no tokenizer in the folder it was loaded from ({quoted(source)}); save the "
+            "model and its tokenizer with save_pretrained and give that folder"
+        ) from None
+    digest = _weights_digest(model)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    def build(folder: Path) -> None:
+        with loading_bars(False):
+            model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    marker = {"source": source, "sha256": digest}
+    return _build_once(cache_dir / "models" / digest[:24], build, marker)
+
+
+def _weights_digest(model: Any) -> str:
+    """SHA-256 of a model's config and every tensor of its state (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resolve_model_path(spec: str) -> Path:

@@ -152,6 +152,16 @@ def _prompts(instance: object, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"{name}: the data set given in memory has no rows")
 
 
+def _model_folder(value: Any, instance: object, attribute: attrs.Attribute) -> Any:
+    """A loaded transformers model given as ``model.path`` becomes the folder it is saved into
+    (:func:`~gfnlm.models.loading.save_model_object`); anything else is left to the checks."""
+    from gfnlm.models.loading import is_model_object, save_model_object  # torch: only when used
+
+    if is_model_object(value):
+        return str(save_model_object(value, field_name(instance, attribute)))
+    return value
+
+
 @attrs.define(field_transformer=type_checked)
 class ModelConfig:
     """The policy: a local Hugging Face causal LM folder, or ``smollm2`` (the embedded default).
@@ -165,8 +175,11 @@ class ModelConfig:
     path: str = setting(
         "smollm2",
         help="a local Hugging Face causal-LM folder, or `smollm2` (SmolLM2-135M-Instruct, "
-        "converted once into the user cache); nothing is downloaded; not empty",
+        "converted once into the user cache); nothing is downloaded; not empty. In Python also "
+        "a loaded transformers model: saved once into the user cache (keyed by its weights) with "
+        "the tokenizer of the folder it was loaded from, and that folder is the path",
         validator=[not_empty, _path],
+        converter=attrs.Converter(_model_folder, takes_self=True, takes_field=True),
     )
     lora: bool = setting(
         True,
