@@ -86,6 +86,9 @@ def component_choice(name: str, **options: Any) -> Mapping[str, Any]:
 
 
 ON_POLICY = component_choice("none")  # no exploration, and no replay
+# The replay of the exact sweep's explore modes: a quarter of each prompt's batch again, drawn from
+# its best responses so far.
+SWEEP_REPLAY = component_choice("reward_prioritised", ratio=0.25)
 
 
 def regression_penalty(residual: Tensor, kind: Penalty = "squared", delta: float = 1.0) -> Tensor:

@@ -20,7 +20,9 @@ from torch import Tensor
 from gfnlm.contracts.registry import register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
+    SWEEP_REPLAY,
     PenalisedObjective,
+    component_choice,
     masked_mean,
     one_step_residuals,
     residual_metrics,
@@ -35,6 +37,11 @@ class DetailedBalance(PenalisedObjective):
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
+    # Exact sweep: on-policy DB misses many settings (its credit moves one transition per
+    # update) and tempered T = 1.5 the longest flat one (V = 2, L = 9, α = 0.5); uniform_mix
+    # ε = 0.5 + replay reaches every setting.
+    recommended_exploration = component_choice("uniform_mix", epsilon=0.5)
+    recommended_replay = SWEEP_REPLAY
 
     def fixed_point(
         self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]

@@ -39,8 +39,10 @@ from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.contracts.validators import at_least
 from gfnlm.objectives.base import (
+    SWEEP_REPLAY,
     LogZSource,
     PenalisedObjective,
+    component_choice,
     group_mean_log_z,
     log_z_source_field,
     residual_metrics,
@@ -70,6 +72,11 @@ class LengthAwareTB(PenalisedObjective):
     # Its residual is zero on every trajectory at the fixed point, so any behaviour policy and
     # replayed trajectories leave the fixed point unchanged; w weighs by the behaviour probability.
     off_policy = "any"
+    # Exact sweep: on-policy LA-TB misses a sharp α = 4 setting, and uniform_mix ε = 0.5
+    # (whose many uniform draws the clipped importance weight discounts) misses long ones;
+    # tempered T = 1.5 + replay reaches every setting.
+    recommended_exploration = component_choice("tempered", temperature=1.5)
+    recommended_replay = SWEEP_REPLAY
 
     @property
     def requires(self) -> frozenset[str]:  # type: ignore[override]

@@ -27,7 +27,9 @@ from torch import Tensor
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
+    SWEEP_REPLAY,
     PenalisedObjective,
+    component_choice,
     masked_mean,
     one_step_residuals,
     residual_metrics,
@@ -42,6 +44,11 @@ class SubTrajectoryBalance(PenalisedObjective):
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
+    # Exact sweep: on-policy SubTB loses responses of sharp bases (α = 3-4) that stop being
+    # sampled; tempered and uniform_mix (+ replay) both reach every setting, tempered with the
+    # smaller worst TV.
+    recommended_exploration = component_choice("tempered", temperature=1.5)
+    recommended_replay = SWEEP_REPLAY
     lamda: float = option(
         1.0,
         "λ: sub-trajectory s_i → s_j has weight λ^(j−i−1), one step weighs 1 (1 = all equal)",

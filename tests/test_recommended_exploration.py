@@ -1,0 +1,127 @@
+"""Each GFlowNet objective's recommended exploration and replay: declared, buildable, valid for it,
+followed by every shipped config of that objective, listed in the docs, and a run that departs from
+it says so in exactly one line when it is composed."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from gfnlm.contracts import registry
+from gfnlm.exploration import check_off_policy, departure_note, recommended_choice
+from gfnlm.training.compose import compose
+from gfnlm.training.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from shipped_configs_exact import gflownet_configs, shipped_config
+
+GFLOWNET = ("tb", "tb_token", "la_tb", "subtb", "db")  # the objectives with a fixed point
+
+
+def built(kind: str, choice) -> object:
+    return registry.build(kind, choice["name"], dict(choice["options"]))
+
+
+@pytest.mark.parametrize("name", GFLOWNET)
+def test_every_gflownet_objective_declares_a_valid_choice(name: str) -> None:
+    choice = recommended_choice(registry.lookup("objective", name))
+    assert choice is not None, f"{name} declares no recommended exploration"
+    exploration, replay = (built(kind, c) for kind, c in zip(("exploration", "replay"), choice))
+    check_off_policy(registry.build("objective", name), exploration, replay)  # raises if invalid
+    # the declaration builds back to itself: nothing in it is ignored or misspelt
+    assert departure_note(registry.build("objective", name), exploration, replay) is None
+
+
+@pytest.mark.parametrize("name", ["grpo", "entropy_min"])
+def test_objectives_without_a_fixed_point_recommend_nothing(name: str) -> None:
+    assert recommended_choice(registry.lookup("objective", name)) is None
+    uniform = registry.build("exploration", "uniform_mix", epsilon=0.3)
+    assert departure_note(registry.build("objective", name), uniform, None) is None
+
+
+def test_the_shipped_gflownet_configs_are_found() -> None:
+    # every config file is either a GFlowNet objective's or one of the RL / EM baselines'
+    configs = gflownet_configs()
+    assert {"default", "tb_traj", "tb_token", "subtb"} <= set(configs)
+    others = {p.stem for p in (REPO / "configs").glob("*.yaml")} - set(configs)
+    assert {shipped_config(REPO / "configs" / f"{o}.yaml").objective.name for o in others} <= {
+        "grpo",
+        "entropy_min",
+    }
+
+
+# Shipped configs that stay on-policy although their objective recommends otherwise, and why; a run
+# of them prints the departure note.
+ON_POLICY_BY_DESIGN = {
+    "default": "the base of the documented server-sampler runs, which cannot apply an exploration",
+    "powerflow_qwen_math": "its SGLang server samples each token itself",
+}
+
+
+@pytest.mark.parametrize("name", sorted(gflownet_configs()))
+def test_every_shipped_gflownet_config_uses_its_objectives_choice(name: str) -> None:
+    config = gflownet_configs()[name]
+    objective = registry.build("objective", config.objective.name, config.objective.options)
+    exploration = registry.build("exploration", config.exploration.name, config.exploration.options)
+    replay = registry.build("replay", config.replay.name, config.replay.options)
+    note = departure_note(objective, exploration, replay)
+    if name in ON_POLICY_BY_DESIGN:
+        assert note is not None and "this run uses on-policy" in note
+    else:
+        assert note is None, f"configs/{name}.yaml departs from {config.objective.name!r}'s choice"
+
+
+def composed_stderr(capsys: pytest.CaptureFixture[str], overrides: list[str]) -> list[str]:
+    """The lines composing configs/default.yaml with ``overrides`` prints to stderr."""
+    capsys.readouterr()
+    compose(load_config(REPO / "configs/default.yaml", overrides), 64, num_train_prompts=10)
+    return capsys.readouterr().err.splitlines()
+
+
+def test_a_run_that_departs_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    objective = registry.lookup("objective", "la_tb")
+    exploration, _ = recommended_choice(objective)
+    # an exploration other than the declared one (or a different option value of the same one)
+    other = (
+        ["exploration.name=uniform_mix", "exploration.options.epsilon=0.3"]
+        if exploration["name"] != "uniform_mix"
+        else ["exploration.name=tempered", "exploration.options.temperature=3.0"]
+    )
+    lines = composed_stderr(capsys, other)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("gfnlm: note: objective 'la_tb'")
+    assert "this run uses uniform_mix" in lines[0] or "this run uses tempered" in lines[0]
+    declared = [
+        f"{kind}.{key}={value}"
+        for kind, choice in zip(("exploration", "replay"), recommended_choice(objective))
+        for key, value in [("name", choice["name"])]
+        + [(f"options.{k}", v) for k, v in choice["options"].items()]
+    ]
+    assert composed_stderr(capsys, declared) == []  # following the declaration: silent
+
+
+def test_a_departure_is_named_in_its_line() -> None:
+    tb = registry.build("objective", "tb")
+    declared_exploration, declared_replay = recommended_choice(tb)
+    exploration = built("exploration", declared_exploration)
+    note = departure_note(tb, exploration, None)  # the declared exploration, replay dropped
+    if declared_replay["name"] == "none":
+        assert note is None
+        note = departure_note(tb, exploration, registry.build("replay", "reward_prioritised"))
+    assert note is not None and "\n" not in note
+    assert "'tb'" in note and "this run uses" in note
+
+
+def test_the_docs_table_lists_every_declaration() -> None:
+    spec = importlib.util.spec_from_file_location("hooks", REPO / "tools" / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    table = hooks.recommended_exploration_table()
+    for name in GFLOWNET:
+        exploration, replay = recommended_choice(registry.lookup("objective", name))
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"exploration: {{name: {exploration['name']}" in row
+        assert f"replay: {{name: {replay['name']}" in row
+    assert "`grpo`" not in table
