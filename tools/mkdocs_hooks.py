@@ -9,6 +9,8 @@ drift from it. A page asks for one with an HTML comment on a line of its own:
 * ``<!-- gfnlm:component-names -->``: each kind's registered names in one row (the home page).
 * ``<!-- gfnlm:component-options -->``: each component's constructor and options (type, default,
   the ``help`` of its attrs field metadata) and its source file.
+* ``<!-- gfnlm:recommended-exploration -->``: each objective's declared exploration and replay
+  (``recommended_exploration`` / ``recommended_replay``), as the config sections to write.
 * ``<!-- gfnlm:config-fields SECTION -->``: the fields of one section of
   :class:`gfnlm.training.config.RunConfig` (type, default value, the ``help`` of its attrs field
   metadata), from :func:`config_fields`.
@@ -252,6 +254,33 @@ def registered_components_table() -> str:
     return "\n\n".join(parts)
 
 
+def _choice_yaml(kind: str, choice: Any) -> str:
+    """A declared ``{"name", "options"}`` as the one-line YAML of its config section."""
+    options = ", ".join(f"{key}: {value}" for key, value in choice["options"].items())
+    return f"`{kind}: {{name: {choice['name']}" + (
+        f", options: {{{options}}}}}`" if options else "}`"
+    )
+
+
+def recommended_exploration_table() -> str:
+    """Markdown: every objective that declares an exploration and replay
+    (:func:`gfnlm.exploration.recommended_choice`), with the config sections that follow it."""
+    from gfnlm.contracts import registry
+    from gfnlm.exploration import describe_choice, recommended_choice
+
+    rows = ["| objective | recommended | in a config |", "|---|---|---|"]
+    for name in registry.names("objective"):
+        choice = recommended_choice(registry.lookup("objective", name))
+        if choice is None:
+            continue
+        exploration, replay = choice
+        rows.append(
+            f"| `{name}` | {describe_choice(exploration, replay)} | "
+            f"{_choice_yaml('exploration', exploration)}<br>{_choice_yaml('replay', replay)} |"
+        )
+    return "\n".join(rows)
+
+
 def cli_help() -> str:
     """Markdown: the help text of ``gfnlm`` and of each subcommand, in text blocks."""
     from gfnlm.cli import build_parser
@@ -282,6 +311,7 @@ _GENERATORS = {
     "<!-- gfnlm:cli-help -->": cli_help,
     "<!-- gfnlm:component-names -->": component_names_table,
     "<!-- gfnlm:component-options -->": component_options,
+    "<!-- gfnlm:recommended-exploration -->": recommended_exploration_table,
 }
 
 
