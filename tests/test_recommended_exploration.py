@@ -74,10 +74,13 @@ def test_every_shipped_gflownet_config_uses_its_objectives_choice(name: str) -> 
 
 
 def composed_stderr(capsys: pytest.CaptureFixture[str], overrides: list[str]) -> list[str]:
-    """The lines composing configs/default.yaml with ``overrides`` prints to stderr."""
+    """The note composing configs/default.yaml with ``overrides`` gives (a trainer prints it once
+    every check has passed), as lines; composing itself prints nothing."""
     capsys.readouterr()
-    compose(load_config(REPO / "configs/default.yaml", overrides), 64, num_train_prompts=10)
-    return capsys.readouterr().err.splitlines()
+    config = load_config(REPO / "configs/default.yaml", overrides)
+    note = compose(config, 64, num_train_prompts=10).departure
+    assert capsys.readouterr().err == ""
+    return [f"gfnlm: {note}"] if note else []
 
 
 def test_a_run_that_departs_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,3 +128,19 @@ def test_the_docs_table_lists_every_declaration() -> None:
         assert f"exploration: {{name: {exploration['name']}" in row
         assert f"replay: {{name: {replay['name']}" in row
     assert "`grpo`" not in table
+
+
+def test_a_trainer_prints_the_note_once_after_its_checks(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gfnlm.training.trainer import Trainer
+
+    overrides = [f"model.path={tiny_model_dir}", f"train.out_dir={tmp_path / 'run'}"]
+    on_policy = ["exploration.name=none", "replay.name=none"]
+    config = load_config(REPO / "configs/default.yaml", [*overrides, *on_policy])
+    note = compose(config, 64, num_train_prompts=10).departure
+    assert note is not None
+    capsys.readouterr()
+    trainer = Trainer(config, progress=False)
+    trainer.close()
+    assert capsys.readouterr().err.splitlines() == [f"gfnlm: {note}"]

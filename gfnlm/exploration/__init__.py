@@ -29,14 +29,13 @@ but not replay, an on-policy loss (``entropy_min``) neither.
 
 Each GFlowNet objective also declares the exploration and replay with which it reached its fixed
 point most reliably in the exact sweep (``recommended_exploration`` / ``recommended_replay`` on
-:class:`~gfnlm.objectives.base.Objective`); :func:`note_departure` prints one line when a run
-departs from them (a note, not an error: a run may have its reasons).
+:class:`~gfnlm.objectives.base.Objective`); :func:`departure_note` is the one line a run prints
+when it departs from them (a note, not an error: a run may have its reasons).
 """
 
 import math
-import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -421,15 +420,6 @@ def _build_choice(kind: str, choice: Mapping[str, Any]) -> Any:
     return build(kind, choice["name"], dict(choice["options"]))
 
 
-def note_departure(
-    objective: Any, exploration: Any = None, replay: Any = None, stream: TextIO | None = None
-) -> None:
-    """Print :func:`departure_note`'s line (to stderr by default), if there is one."""
-    note = departure_note(objective, exploration, replay)
-    if note is not None:
-        print(f"gfnlm: {note}", file=stream or sys.stderr, flush=True)
-
-
 __all__ = [
     "Exploration",
     "NoExploration",
@@ -442,6 +432,5 @@ __all__ = [
     "concat_rollouts",
     "departure_note",
     "describe_choice",
-    "note_departure",
     "recommended_choice",
 ]

@@ -45,7 +45,7 @@ class Objective:
     config's ``exploration:`` / ``replay:`` section names it) are the behaviour with which the
     exact sweep (``benchmarks/exact_sweep.py``) found the loss reaching its fixed point most
     reliably; ``None``: no recommendation. A run that departs from them says so in one line
-    (:func:`gfnlm.exploration.note_departure`).
+    (:func:`gfnlm.exploration.departure_note`, printed when the run starts).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()

@@ -10,7 +10,7 @@ import torch
 
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
-from gfnlm.exploration import check_off_policy, note_departure
+from gfnlm.exploration import check_off_policy, departure_note
 from gfnlm.tasks.records import data_label
 from gfnlm.training.config import RunConfig, TrainConfig, saved_form
 from gfnlm.training.policy import CausalLMPolicy
@@ -27,6 +27,8 @@ class Components:
     task: Any
     exploration: Any = None
     replay: Any = None
+    # The note that the exploration / replay depart from what the objective recommends, if so.
+    departure: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
@@ -121,7 +123,8 @@ def compose(
             component.bind_task(task)
     check_composition(components.as_dict(), provided_by_run=CausalLMPolicy.provides)
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
-    note_departure(objective, exploration, replay)  # one line, not an error
+    # one line, not an error: printed by the trainer once every check has passed
+    components.departure = departure_note(objective, exploration, replay)
     if sampling.async_rollouts and not sampler.overlaps_training:
         raise ConfigError(
             f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: "
