@@ -10,13 +10,16 @@ arXiv:2603.18363), on CPU.
    ``configs/`` with the task's reward functions; no answer is used except by GRPO (its verifier)
    and the evaluation.
 3. Evaluation on held-out questions: avg@16 at T = 1, maj@16, pass@16, mean length, by the task's
-   own scorer; the inference-time baselines (low temperature T = 1/α, power sampling by MH) sample
-   the base model.
+   own scorer; the inference-time baselines (low temperature T = 1/α, power sampling by MH,
+   Power-SMC at two particle counts) sample the base model. Each evaluation's wall-clock per
+   question (16 samples) is recorded, and every run's training time: the cost table sets the
+   inference-time methods' per-question price against a trained method's one-off training.
 
 Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, ``curves.csv``,
-``table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in
-``docs/benchmarks.md`` between the ``reasoning_replication`` markers. Finished runs are kept and
-skipped on a re-run.
+``table.md``, ``cost_table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in
+``docs/benchmarks.md`` between the ``reasoning_replication`` markers (every method) and the
+``reasoning_costs`` markers (the methods of the run, ``--only`` included). Finished runs are kept
+and skipped on a re-run.
 
     python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
     python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] \
@@ -48,6 +51,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+import attrs
 import torch
 from docs_page import write_between_markers
 from tqdm.auto import tqdm
@@ -102,14 +106,26 @@ METHODS = {
     "RENT": ("rent.yaml", []),
     "EM": ("em.yaml", []),
     "GRPO": ("ttrl.yaml", ["target.options.reward=gfnlm.tasks.rewards:verifier"]),
+    # Dr. GRPO's loss shape: per-token losses summed and divided by B × L_max, a constant
+    "Dr. GRPO": (
+        "ttrl.yaml",
+        [
+            "target.options.reward=gfnlm.tasks.rewards:verifier",
+            "objective.options.loss_type=dr_grpo",
+            f"objective.options.max_completion_length={BUDGET['sampling.max_new_tokens']}",
+        ],
+    ),
 }
 CURVE_METHODS = ("PowerFlow", "TB-traj", "TB-token", "RL-traj")
 SUITE = {"name": "tiny"}  # tiny (chain sum), forks or smollm2
-SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling")
+POWER_SMC_PARTICLES = (4, 16)
+POWER_SMC = {f"Power-SMC (N={n})": n for n in POWER_SMC_PARTICLES}  # method → particles
+SAMPLING_BASELINES = ("Base", "Low-temp", "Power sampling", *POWER_SMC)
 TABLE_ORDER = (
     "Base",
     "Low-temp",
     "Power sampling",
+    *POWER_SMC,
     "PowerFlow",
     "TB-traj",
     "TB-token",
@@ -120,6 +136,7 @@ TABLE_ORDER = (
     "RENT",
     "EM",
     "GRPO",
+    "Dr. GRPO",
 )
 SWEEP_ALPHAS = (1.0, 2.0, 4.0, 6.0)
 POWER_MH = {"block_size": 16, "mh_steps": 3}
@@ -151,6 +168,7 @@ FORKS_ORDER = (
     "Base",
     "Low-temp",
     "Power sampling",
+    *POWER_SMC,
     "PowerFlow",
     "TB-traj",
     "TTRL",
@@ -159,6 +177,7 @@ FORKS_ORDER = (
     "RENT",
     "EM",
     "GRPO",
+    "Dr. GRPO",
 )
 FORKS_CURVES = ("PowerFlow", "TB-traj", "TTRL", "EM", "GRPO")
 FORKS_SWEEP = (2.0, 4.0)
@@ -514,9 +533,12 @@ def make_trainer_class():
             sampler.setup(self.policy)
             with torch.random.fork_rng():
                 torch.manual_seed(self.config.train.seed + 1_000_003)
+                started = time.perf_counter()
+                scores = evaluate_task(self.policy, self.task_prompts, sampler, EVAL_K)
                 result = {
                     "step": step,
-                    **evaluate_task(self.policy, self.task_prompts, sampler, EVAL_K),
+                    **scores,
+                    "eval_seconds": time.perf_counter() - started,
                 }
             self.curve.append(result)
             return result
@@ -576,13 +598,16 @@ def run_one(
     trainer.train()
     final = trainer.curve[-1]
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    seconds = time.perf_counter() - started
     result = {
         "method": method,
         "seed": seed,
         "alpha": alpha,
         **{k: v for k, v in final.items() if k != "step"},
         "curve": trainer.curve,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
+        # the run less its evaluations (and the model's loading): what training itself cost
+        "train_seconds": seconds - sum(point["eval_seconds"] for point in trainer.curve),
     }
     if probe:
         from gfnlm.samplers.hf import HFSampler
@@ -703,9 +728,11 @@ def adopt_default_run(seed: int, run_dir: Path) -> list[str]:
 
 
 def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) -> dict:
-    """Base (T = 1), low temperature (T = 1/α) and power sampling (MH, α) from the base model."""
+    """Base (T = 1), low temperature (T = 1/α), power sampling (MH, α) and Power-SMC (α, its
+    particles) from the base model; ``eval_seconds``: the evaluation's wall-clock."""
     from gfnlm.samplers.hf import HFSampler
     from gfnlm.samplers.power_mh import MHStats, PowerMHSampler
+    from gfnlm.samplers.power_smc import PowerSMCSampler, SMCStats
     from gfnlm.training.config import ModelConfig
     from gfnlm.training.policy import CausalLMPolicy
 
@@ -715,14 +742,21 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
     prompts = load_eval_prompts(policy.tokenizer, eval_file)
     max_tokens = BUDGET["sampling.max_new_tokens"]
     extra: dict[str, float] = {}
-    if method == "Power sampling":
-        sampler = PowerMHSampler(alpha=ALPHA, max_new_tokens=max_tokens, seed=seed, **POWER_MH)
-        totals = MHStats()
+    if method == "Power sampling" or method in POWER_SMC:
+        if method in POWER_SMC:
+            sampler = PowerSMCSampler(
+                alpha=ALPHA, particles=POWER_SMC[method], max_new_tokens=max_tokens, seed=seed
+            )
+            totals = SMCStats()
+        else:
+            sampler = PowerMHSampler(alpha=ALPHA, max_new_tokens=max_tokens, seed=seed, **POWER_MH)
+            totals = MHStats()
         original = sampler.sample
+        counted = [f.name for f in attrs.fields(type(totals))]
 
         def sample_and_count(batch, n):
             rollouts = original(batch, n)
-            for field in ("proposals", "accepted", "tokens_generated", "tokens_returned"):
+            for field in counted:
                 setattr(totals, field, getattr(totals, field) + getattr(sampler.last_stats, field))
             return rollouts
 
@@ -736,9 +770,13 @@ def sample_baseline(method: str, seed: int, model_dir: Path, eval_file: Path) ->
     sampler.setup(policy)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1_000_003)
+        started = time.perf_counter()
         result = evaluate_task(policy, prompts, sampler, EVAL_K)
+        result["eval_seconds"] = time.perf_counter() - started
     if method == "Power sampling":
         extra = {"acceptance_rate": totals.acceptance_rate, "token_cost": totals.token_cost}
+    elif method in POWER_SMC:
+        extra = {"resampling_rate": totals.resampling_rate, "token_cost": totals.token_cost}
     return {**result, **extra}
 
 
@@ -750,7 +788,7 @@ def jobs_for(
     if suite == "smollm2":
         return [(m, s, None) for s in seeds for m in SMOL_ORDER if not only or m in only]
     wanted = [m for m in TABLE_ORDER if not only or m in only]
-    wanted.sort(key=lambda m: m != "Power sampling")
+    wanted.sort(key=lambda m: m != "Power sampling")  # the slowest first
     jobs = [(m, s, None) for s in seeds for m in wanted]
     if not only or "sweep" in only:
         jobs += [("PowerFlow", s, a) for s in seeds for a in SWEEP_ALPHAS if a != ALPHA]
@@ -840,6 +878,8 @@ def method_label(method: str) -> str:
         "Low-temp": f"Low-temp (T=1/{ALPHA:g})",
         "Power sampling": f"Power sampling (MH, α={ALPHA:g})",
         "PowerFlow": f"PowerFlow (LA-TB, α={ALPHA:g})",
+        **{m: f"Power-SMC (α={ALPHA:g}, N={n})" for m, n in POWER_SMC.items()},
+        "Dr. GRPO": "Dr. GRPO (GRPO, loss_type=dr_grpo)",
     }.get(method, method)
 
 
@@ -916,6 +956,37 @@ def sweep_table(results: list[dict]) -> str:
                 f"{mean_std([r['length'] for r in runs])} |{route_column(runs)}"
             )
     return "\n".join(rows)
+
+
+def cost_table(results: list[dict]) -> str:
+    """Per method of ``results`` (α sweep aside): accuracy, and wall-clock per held-out question
+    (its 16 samples; for a trained method, sampling the trained policy at T = 1) and the one-off
+    training time, mean ± std over seeds."""
+    rows = [
+        (
+            "| method | avg@16 (T=1) % | maj@16 % | wall-clock per question (s) | "
+            "training (s, once) | tokens decoded per token returned |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for method in TABLE_ORDER:
+        runs = [r for r in results if r["method"] == method and r.get("alpha") is None]
+        if not runs:
+            continue
+        per_question = [eval_seconds(r) / EVAL_QUESTIONS for r in runs]
+        trained = method not in SAMPLING_BASELINES
+        rows.append(
+            f"| {method_label(method)} | {mean_std([r['avg'] for r in runs], 100)} | "
+            f"{mean_std([r['maj'] for r in runs], 100)} | {mean_std(per_question, digits=3)} | "
+            f"{mean_std([r['train_seconds'] for r in runs]) if trained else '—'} | "
+            f"{mean_std([r['token_cost'] for r in runs]) if 'token_cost' in runs[0] else '1'} |"
+        )
+    return "\n".join(rows)
+
+
+def eval_seconds(result: dict) -> float:
+    """The final evaluation's wall-clock of a run (a trained method's: its last curve point)."""
+    return result["curve"][-1]["eval_seconds"] if "curve" in result else result["eval_seconds"]
 
 
 def write_curves(results: list[dict]) -> tuple[Path, Path]:
@@ -1043,21 +1114,52 @@ def write_outputs(results: list[dict], seeds: list[int]) -> str:
                     r.get("token_cost", ""),
                 ]
             )
-    power = [r for r in results if r["method"] == "Power sampling"]
-    power_note = ""
-    if power:
-        power_note = (
-            f"\n\nPower sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH "
-            "steps per block): acceptance rate "
-            f"{mean_std([r['acceptance_rate'] for r in power], 100)} %, "
-            f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned."
-        )
+    power_note = sampler_notes(results)
     text = (
         f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n"
         f"{main_table(results, seeds)}{power_note}\n\n"
         f"PowerFlow α sweep (same budget):\n\n{sweep_table(results)}\n"
     )
     (OUT / "table.md").write_text(text)
+    return text
+
+
+def sampler_notes(results: list[dict]) -> str:
+    """What power sampling (acceptance) and Power-SMC (resampling) did, when they ran."""
+    notes = []
+    power = [r for r in results if r["method"] == "Power sampling"]
+    if power:
+        notes.append(
+            f"Power sampling ({POWER_MH['block_size']}-token blocks, {POWER_MH['mh_steps']} MH "
+            "steps per block): acceptance rate "
+            f"{mean_std([r['acceptance_rate'] for r in power], 100)} %, "
+            f"{mean_std([r['token_cost'] for r in power])} tokens generated per token returned."
+        )
+    for method, particles in POWER_SMC.items():
+        smc = [r for r in results if r["method"] == method]
+        if smc:
+            notes.append(
+                f"Power-SMC with {particles} particles (systematic resampling at ESS < N/2, no "
+                f"bridge): {mean_std([r['resampling_rate'] for r in smc], 100)} % of the ESS "
+                "checks resampled."
+            )
+    return "".join(f"\n\n{note}" for note in notes)
+
+
+def write_costs(results: list[dict], seeds: list[int], jobs: int, into_docs: bool) -> str:
+    """The cost table of ``results`` (run ``jobs`` at a time) to ``cost_table.md`` and, with
+    ``into_docs``, between the suite's ``*_costs`` markers in docs/benchmarks.md."""
+    text = (
+        f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds. Wall-clock on one torch "
+        f"thread per run, {jobs} run(s) at a time; per question = the evaluation's time / "
+        f"{EVAL_QUESTIONS} questions ({EVAL_K} samples each).\n\n"
+        f"{cost_table(results)}{sampler_notes(results)}\n"
+    )
+    (OUT / "cost_table.md").write_text(text)
+    if into_docs:
+        write_between_markers(
+            text, "forks_costs" if SUITE["name"] == "forks" else "reasoning_costs"
+        )
     return text
 
 
@@ -1170,6 +1272,9 @@ def main(argv: list[str] | None = None) -> int:
         *(["--forks"] if args.forks else []),
     ]
     results = run_all(jobs, args.jobs, child_argv)
+    print(write_costs(results, args.seeds, args.jobs, not args.no_docs))
+    if args.only:
+        return 0  # a subset of the methods: the main tables stay as they are
     text = write_outputs(results, args.seeds)
     if args.forks:
         text = exact_forks_table() + "\n" + text
@@ -1178,7 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
         png, csv_path = write_curves(results)
         print(f"curves: {png}, {csv_path}")
     print(text)
-    if not args.no_docs and not args.only:
+    if not args.no_docs:
         write_between_markers(text, "forks_replication" if args.forks else "reasoning_replication")
     return 0
 
