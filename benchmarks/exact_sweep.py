@@ -77,7 +77,7 @@ from gfnlm.evaluation.exact import (
     total_variation,
     train_exact_policy,
 )
-from gfnlm.exploration import describe_choice
+from gfnlm.exploration import describe_choice, recommended_choice
 from gfnlm.objectives.base import ON_POLICY, component_choice
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -221,8 +221,7 @@ def mode_choice(
     if mode == "on-policy":
         return ON_POLICY, ON_POLICY
     if mode == "declared":
-        cls = registry.lookup("objective", objective)
-        return cls.recommended_exploration or ON_POLICY, cls.recommended_replay or ON_POLICY
+        return recommended_choice(registry.lookup("objective", objective)) or (ON_POLICY, ON_POLICY)
     replay = (
         component_choice("reward_prioritised", ratio=args.replay_ratio)
         if args.replay_ratio > 0
