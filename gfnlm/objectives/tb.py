@@ -37,7 +37,7 @@ class TrajectoryBalance(PenalisedObjective):
     requires = frozenset({"log_z"})
     off_policy = "any"
     # In the exact sweep (docs: Benchmarks, Exact sweep) on-policy TB misses TV 0.05 on flat
-    # α = 0.5 targets over many responses and uniform_mix ε = 0.5 on a sharp α = 4 base;
+    # α = 0.5 targets over many responses and uniform_mix ε = 0.5 an α = 4 one (V = 6, L = 4);
     # tempered T = 1.5 + replay reaches every setting.
     recommended_exploration = component_choice("tempered", temperature=1.5)
     recommended_replay = SWEEP_REPLAY
