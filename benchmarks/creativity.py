@@ -18,7 +18,7 @@ Each configuration runs with 3 seeds (trained ones: training seed = sampling see
 ``benchmarks/out/creativity/`` the runs, one JSON per evaluation (metrics and responses) and
 ``creativity.md``; ``docs/results/creativity.csv`` and ``docs/results/creativity.png`` (quality vs
 diversity, like the paper's Pareto figure); and the table between the ``creativity`` markers of
-``docs/benchmarks.md``. Mean ± sample standard deviation (n − 1) over seeds.
+the Benchmarks pages (``docs/benchmarks/``). Mean ± sample standard deviation (n − 1) over seeds.
 
     nice -n 10 python benchmarks/creativity.py [--seeds 0 1 2] [--jobs 2] [--samples 4]
 
@@ -57,7 +57,6 @@ from gfnlm.training.config import load_config
 CONFIG = REPO / "configs" / "powerflow_creative.yaml"
 OUT = REPO / "benchmarks" / "out" / "creativity"
 RESULTS = REPO / "docs" / "results"
-DOCS = REPO / "docs" / "benchmarks.md"
 PROMPTS = "creative_eval"
 # name → (temperature, top_p, alpha or None for the untrained instruct model[, min_p[, model]]);
 # the model is the suite's own (the instruct model, or the collapsed one) unless it is named.
@@ -507,8 +506,9 @@ def main() -> int:
         stem = SUITE["name"] + EVAL["tag"]
         write_csv(results, RESULTS / f"{stem}.csv")
         plot(results, RESULTS / f"{stem}.png")
-        write_between_markers(table, stem, DOCS)
-        print(f"wrote {RESULTS / f'{stem}.csv'}, {RESULTS / f'{stem}.png'} and the table in {DOCS}")
+        write_between_markers(table, stem)
+        written = f"{RESULTS / f'{stem}.csv'}, {RESULTS / f'{stem}.png'}"
+        print(f"wrote {written} and the table in the Benchmarks pages")
     return 0
 
 

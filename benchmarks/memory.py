@@ -30,7 +30,7 @@ cap is reported as "> cap". ``--repeats`` fresh processes per cell (seeds 0, 1, 
 min-max. Results accumulate in ``--results`` (JSON, keyed by path/op/T/seed; cells already there
 are skipped unless ``--rerun``), so the lengths can be measured in separate invocations; the table
 is printed from everything there and, with ``--into-docs``, written between the ``memory`` markers
-of docs/benchmarks.md.
+of docs/benchmarks/.
 
 On a GPU (``--device cuda``, run by ``benchmarks/gpu/run_memory_gpu.sh``) the default model is
 ``random-0.5b``, Qwen2.5-0.5B's shape from a config (hidden 896, 24 layers, GQA 14/2, MLP 4864,
@@ -540,7 +540,7 @@ def main() -> int:
     )
     parser.add_argument("--results", type=Path, help="default: benchmarks/out/memory_<device>.json")
     parser.add_argument(
-        "--into-docs", action="store_true", help="write the table into docs/benchmarks.md"
+        "--into-docs", action="store_true", help="write the table into docs/benchmarks/"
     )
     parser.add_argument(
         "--report-only", action="store_true", help="print the table of --results, run nothing"

@@ -17,9 +17,9 @@ arXiv:2603.18363), on CPU.
 
 Outputs: ``benchmarks/out/reasoning_replication/`` (per-run JSON, ``runs.csv``, ``curves.csv``,
 ``table.md``, ``cost_table.md``), ``docs/img/reasoning_curves.png`` / ``.csv``, and the tables in
-``docs/benchmarks.md`` between the ``reasoning_replication`` markers (every method) and the
-``reasoning_costs`` markers (the methods of the run, ``--only`` included). Finished runs are kept
-and skipped on a re-run.
+the Benchmarks pages (``docs/benchmarks/``) between the ``reasoning_replication`` markers (every
+method) and the ``reasoning_costs`` markers (the methods of the run, ``--only`` included).
+Finished runs are kept and skipped on a re-run.
 
     python benchmarks/reasoning_replication.py [--seeds 0 1 2] [--jobs 2] [--only PowerFlow GRPO]
     python benchmarks/reasoning_replication.py --smollm2 [--seeds 0] \
@@ -1148,7 +1148,7 @@ def sampler_notes(results: list[dict]) -> str:
 
 def write_costs(results: list[dict], seeds: list[int], jobs: int, into_docs: bool) -> str:
     """The cost table of ``results`` (run ``jobs`` at a time) to ``cost_table.md`` and, with
-    ``into_docs``, between the suite's ``*_costs`` markers in docs/benchmarks.md."""
+    ``into_docs``, between the suite's ``*_costs`` markers in docs/benchmarks/."""
     text = (
         f"Seeds {', '.join(map(str, seeds))}; mean ± std over seeds. Wall-clock on one torch "
         f"thread per run, {jobs} run(s) at a time; per question = the evaluation's time / "
@@ -1172,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", help=f"methods among {', '.join(TABLE_ORDER)} and 'sweep'"
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks/")
     parser.add_argument(
         "--forks",
         action="store_true",

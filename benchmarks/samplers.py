@@ -20,7 +20,7 @@ SmolLM2-135M-Instruct with the same prompts, sampling settings and seeds.
 
 Prints medians with min-max over the rounds, each server's throughput over HF's for each batch
 (goals: SGLang ≥ 2×, vLLM ≥ 3×), the step times and the vLLM/HF step ratio (goal ≤ 0.6), and
-writes the table into docs/benchmarks.md (``samplers`` markers).
+writes the table into docs/benchmarks/ (``samplers`` markers).
 
     python benchmarks/samplers.py  # CPU: the CPU recipes of tools/sglang_cpu, tools/vllm_cpu
     python benchmarks/samplers.py --device cuda --server-python "$(which python)" \
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="train.threads of the async-rollout trainers (0: torch's default)",
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks/")
     args = parser.parse_args(argv)
     for name in ("max_new_tokens", "rounds"):
         if getattr(args, name) < 1:

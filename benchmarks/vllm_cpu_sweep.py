@@ -10,7 +10,7 @@ in the half second after a request ends (an engine that spins after a request ta
 trainer's next phase). tokens/s = generated tokens (EOS included) / wall time, one untimed warm-up
 call per setting, median (min-max) over ``--rounds`` rounds.
 
-    python benchmarks/vllm_cpu_sweep.py  # writes docs/benchmarks.md (vllm_sweep_cpu markers)
+    python benchmarks/vllm_cpu_sweep.py  # writes docs/benchmarks/ (vllm_sweep_cpu markers)
 """
 
 import argparse
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated indices (0-based) of the server settings to run"
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks/")
     args = parser.parse_args(argv)
     chosen = list(SERVERS)
     if args.only:

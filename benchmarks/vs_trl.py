@@ -15,8 +15,8 @@ Two models:
   SmolLM2-135M-Instruct, fp32, P=4, G=4, T=24. TRL runs in its own venv (``.bench-venvs/trl``,
   created on first use with torch and transformers pinned by ``constraints.txt``); it is never a
   dependency of gfnlm. Writes ``benchmarks/out/vs_trl.csv`` and ``vs_trl.md`` and replaces the
-  table in ``docs/benchmarks.md`` between its ``vs_trl`` markers (the prose around it, with date
-  and machine, is edited by hand).
+  table in the Benchmarks pages (``docs/benchmarks/``) between its ``vs_trl`` markers (the prose
+  around it, with date and machine, is edited by hand).
 * ``--model random-0.5b`` (the default with ``--device cuda``) or ``random-tiny`` (the same code
   path, small enough for a CPU smoke test): a Llama built from a config with random weights
   (random-0.5b: Qwen2.5-0.5B's body, hidden 896, 24 layers, GQA 14/2, with the SmolLM2 tokenizer),
@@ -30,7 +30,7 @@ Two models:
   step time, rollout tokens/s (generated tokens / synchronised generation time), update tokens/s
   (tokens the update's forward ran / update time), the update's MFU and peak memory (GPU:
   torch.cuda.max_memory_allocated; CPU: RSS). Writes ``benchmarks/out/vs_trl_<device>_<model>.md``
-  and ``.json``; on CUDA also the table between the ``vs_trl_cuda`` markers of docs/benchmarks.md
+  and ``.json``; on CUDA also the table between the ``vs_trl_cuda`` markers of docs/benchmarks/
   (``--into-docs FILE`` writes a table measured on another machine there).
 
 MFU of the update = 4 * N * (update tokens/s) / (the GPU's peak dense bf16 FLOP/s), N = weights of
@@ -97,7 +97,6 @@ PEAK_BF16 = {
     "H200": 989e12,
     "A100": 312e12,
 }
-DOCS = REPO / "docs" / "benchmarks.md"
 
 
 class Parser(argparse.ArgumentParser):
@@ -332,14 +331,14 @@ def main() -> int:
         "--into-docs",
         type=Path,
         default=None,
-        help="write this measured table (a vs_trl_cuda_*.md) into docs/benchmarks.md and exit",
+        help="write this measured table (a vs_trl_cuda_*.md) into docs/benchmarks/ and exit",
     )
     args = parser.parse_args()
     if args.into_docs is not None:
         if not args.into_docs.is_file():
             parser.error(f"argument --into-docs: no such file {str(args.into_docs)!r}")
-        write_between_markers(args.into_docs.read_text(), "vs_trl_cuda", DOCS)
-        print(f"wrote {args.into_docs} into {DOCS} (vs_trl_cuda markers)")
+        write_between_markers(args.into_docs.read_text(), "vs_trl_cuda")
+        print(f"wrote {args.into_docs} into the Benchmarks pages (vs_trl_cuda markers)")
         return 0
     args.model = args.model or ("random-0.5b" if args.device == "cuda" else "smollm2")
     check_args(parser, args)
@@ -356,7 +355,7 @@ def load_questions(count: int) -> list[str]:
 
 
 def issue_comparison(args: argparse.Namespace) -> int:
-    """The CPU comparison on SmolLM2-135M-Instruct (measured; see docs/benchmarks.md)."""
+    """The CPU comparison on SmolLM2-135M-Instruct (measured; see docs/benchmarks/)."""
     from gfnlm.models.loading import ensure_smollm2
 
     args.steps = args.steps or 6
@@ -435,7 +434,7 @@ def issue_comparison(args: argparse.Namespace) -> int:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_trl.md").write_text(table + "\n")
-    write_between_markers(table, "vs_trl", DOCS)
+    write_between_markers(table, "vs_trl")
     with open(out / "vs_trl.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system", "measurement", "seconds"])  # steps 2..N of each round, in order
@@ -641,7 +640,7 @@ def random_model_comparison(parser: argparse.ArgumentParser, args: argparse.Name
         )
     )
     if cuda:
-        write_between_markers(table, "vs_trl_cuda", DOCS)
+        write_between_markers(table, "vs_trl_cuda")
     print(f"wrote {out / stem}.md and .json ({time.perf_counter() - started:.0f} s in all)")
     finite = all(
         math.isfinite(v)

@@ -91,9 +91,9 @@ def main() -> None:
             record["update_tokens"] = update_tokens(rollouts)
             return rollouts
 
-        def timed_update(rollouts, scores):
+        def timed_update(rollouts, scores, *rest):
             start = synchronize(args.device)
-            metrics = update(rollouts, scores)
+            metrics = update(rollouts, scores, *rest)
             record["update_s"] = synchronize(args.device) - start
             return metrics
 
