@@ -166,7 +166,8 @@ def test_object_paths() -> None:
     assert object_path(TrainConfig) == "gfnlm.training.config:TrainConfig"
     assert object_path(lambda: 0) is None and object_path(make_local_function()) is None
     assert import_object("gfnlm.training.config:TrainConfig.section", "x") == "train"
-    with pytest.raises(RegistryError, match="reward='gfnlm.tasks.rewards:nope': module .* has no"):
+    missing = r"reward='gfnlm.tasks.rewards:nope': cannot import it \(module .* has no 'nope'\)"
+    with pytest.raises(RegistryError, match=missing):
         import_object("gfnlm.tasks.rewards:nope", "reward")
     with pytest.raises(RegistryError, match="reward='nothing': must name an object"):
         import_object("nothing", "reward")

@@ -482,10 +482,10 @@ def test_async_rollouts_are_drawn_by_the_weights_before_the_last_update(
     batches, weights = [], []
     update = trainer.update
 
-    def recording_update(rollouts, scores):  # the batch, and the weights this update starts from
+    def recording_update(rollouts, scores, *rest):  # the batch, and the weights it starts from
         batches.append(rollouts)
         weights.append([param.detach().clone() for _, param in trained])
-        return update(rollouts, scores)
+        return update(rollouts, scores, *rest)
 
     trainer.update = recording_update
     trainer.train()

@@ -121,8 +121,10 @@ def import_components(modules: Iterable[str], field: str = "--import") -> None:
         _import_one(module, field)
 
 
-def _import_one(module: str, field: str) -> None:
-    where = f"{field}={quoted(module)}"
+def _import_one(module: str, field: str, given: str | None = None) -> None:
+    """Import ``module``; a failure is one line naming ``field`` and what it was ``given`` (by
+    default the module name itself)."""
+    where = f"{field}={quoted(given if given is not None else module)}"
     if not module.strip():
         raise RegistryError(f"{where}: must name a module (e.g. my_pkg.components)")
     with _working_directory_on_path():
@@ -153,11 +155,12 @@ def import_object(spec: str, field: str) -> Any:
     module, _, qualname = spec.partition(":")
     if not (module.strip() and qualname.strip()):
         raise RegistryError(f"{where}: must name an object as 'package.module:function'")
-    _import_one(module, field)
+    _import_one(module, field, given=spec)
     found: Any = sys.modules[module]
     for part in qualname.split("."):
         if not hasattr(found, part):
-            raise RegistryError(f"{where}: module {module!r} has no {qualname!r}")
+            missing = f"module {module!r} has no {qualname!r}"
+            raise RegistryError(f"{where}: cannot import it ({missing})")
         found = getattr(found, part)
     return found
 
