@@ -543,6 +543,10 @@ def main() -> int:
         "--into-docs", action="store_true", help="write the table into docs/benchmarks/"
     )
     parser.add_argument(
+        "--marker",
+        help="the docs markers --into-docs writes between (default: memory, or memory_cuda)",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="print the table of --results, run nothing"
     )
     parser.add_argument(
@@ -599,7 +603,8 @@ def main() -> int:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from docs_page import write_between_markers
 
-        write_between_markers(text, "memory" if args.device == "cpu" else "memory_cuda")
+        default_marker = "memory" if args.device == "cpu" else "memory_cuda"
+        write_between_markers(text, args.marker or default_marker)
     return 0
 
 
