@@ -21,6 +21,8 @@ For each group × objective (``tb``, ``tb_token``, ``la_tb``, ``subtb``, ``db``)
 modes (``--modes``) are behaviour choices, an exploration and a replay as a config names them:
 
 * ``on-policy``: ``exploration: none``, ``replay: none``;
+* ``replay``: on-policy sampling (``exploration: none``) + the ``reward_prioritised`` replay below
+  (for samplers that cannot explore);
 * ``uniform_mix``: ``uniform_mix`` exploration (ε = ``--epsilon``) + ``reward_prioritised`` replay
   (ratio ``--replay-ratio``; 0: no replay);
 * ``tempered``: ``tempered`` exploration (T = ``--temperature``) + the same replay;
@@ -82,7 +84,7 @@ from gfnlm.objectives.base import ON_POLICY, component_choice
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OBJECTIVES = ("tb", "tb_token", "la_tb", "subtb", "db")
-MODES = ("on-policy", "uniform_mix", "tempered", "declared")
+MODES = ("on-policy", "replay", "uniform_mix", "tempered", "declared")
 DEFAULT_MODES = ("on-policy", "uniform_mix", "tempered")
 ALPHAS = (0.5, 2.0, 3.0, 4.0)
 LONG_ALPHAS = (4.0, 0.5, 3.0, 2.0)
@@ -227,6 +229,8 @@ def mode_choice(
         if args.replay_ratio > 0
         else ON_POLICY
     )
+    if mode == "replay":
+        return ON_POLICY, replay
     if mode == "tempered":
         return component_choice("tempered", temperature=args.temperature), replay
     return component_choice("uniform_mix", epsilon=args.epsilon), replay

@@ -22,11 +22,13 @@ Run::
 
     .venv/bin/python benchmarks/power_smc_exact.py          # about 7 minutes on 2 CPU cores
     .venv/bin/python benchmarks/power_smc_exact.py --draws 5000 --particles 1 4
+    .venv/bin/python benchmarks/power_smc_exact.py --report-only --into-docs   # the last run's
 
 The table also goes to ``benchmarks/out/power_smc_exact.csv``.
 """
 
 import argparse
+import csv
 import math
 import random
 import statistics
@@ -216,11 +218,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--into-docs", action="store_true", help="write the table into docs/benchmarks/"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the table of the last run's CSV"
+    )
     return parser.parse_args(argv)
+
+
+def caption(args: argparse.Namespace) -> str:
+    return (
+        f"TV to p^α, mean ± sd over seeds {' '.join(map(str, args.seeds))}, {args.draws:,} "
+        "draws each; tokens: decoded per returned response (Power-SMC's; MH's are matched from "
+        "above); resampled: share of Power-SMC's ESS checks that resampled; floor: the TV of as "
+        "many exact draws of p^α."
+    )
+
+
+def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> None:
+    text = caption(args) + "\n\n" + format_table(rows)
+    print(text)
+    if args.into_docs:
+        from docs_page import write_between_markers  # sibling (benchmarks/ is on sys.path)
+
+        write_between_markers(text, "power_smc_exact")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    csv_path = args.out / "power_smc_exact.csv"
+    if args.report_only:
+        with csv_path.open(newline="") as handle:
+            report(list(csv.DictReader(handle)), args)
+        return 0
     start = time.perf_counter()
     for setting in SETTINGS:
         model = Enumerable(setting)
@@ -231,15 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     rows = [row for setting in SETTINGS for row in setting_rows(setting, args)]
     print()
-    print(
-        f"TV to p^alpha, mean ± sd over seeds {args.seeds}, {args.draws} draws each; tokens: "
-        "decoded per returned response (Power-SMC's; MH's are matched from above); resampled: "
-        "share of Power-SMC's ESS checks that resampled"
-    )
-    print()
-    print(format_table(rows))
-    write_csv(args.out / "power_smc_exact.csv", rows)
-    print(f"\nwrote {args.out / 'power_smc_exact.csv'} in {time.perf_counter() - start:.0f} s")
+    report(rows, args)
+    write_csv(csv_path, rows)
+    print(f"\nwrote {csv_path} in {time.perf_counter() - start:.0f} s")
     return 0
 
 
