@@ -22,7 +22,7 @@ modes (``--modes``) are behaviour choices, an exploration and a replay as a conf
 
 * ``on-policy``: ``exploration: none``, ``replay: none``;
 * ``replay``: on-policy sampling (``exploration: none``) + the ``reward_prioritised`` replay below
-  (for samplers that cannot explore);
+  (what a sampler that cannot explore can still use);
 * ``uniform_mix``: ``uniform_mix`` exploration (ε = ``--epsilon``) + ``reward_prioritised`` replay
   (ratio ``--replay-ratio``; 0: no replay);
 * ``tempered``: ``tempered`` exploration (T = ``--temperature``) + the same replay;
@@ -200,6 +200,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_training_args(parser)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    parser.add_argument(
+        "--objective-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options given to every objective, e.g. log_z_source=group_mean",
+    )
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     parser.add_argument(
         "--temperature", type=float, default=1.5, help="the tempered mode's temperature"
@@ -294,6 +301,12 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     return rows
 
 
+def objective_label(objective: str, options: Mapping[str, Any]) -> str:
+    """``la_tb``, or with options ``la_tb (log_z_source=group_mean)``."""
+    given = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{objective} ({given})" if given else objective
+
+
 def objective_lr(args: argparse.Namespace, objective: str) -> float:
     """The policy lr of ``objective``: its ``--objective-lr`` entry, else ``--lr``."""
     given = dict(item.split("=", 1) for item in args.objective_lr)
@@ -306,7 +319,7 @@ def sweep_jobs(groups: Sequence[Group], args: argparse.Namespace) -> list[Job]:
         Job(
             group,
             objective,
-            {},
+            dict(item.split("=", 1) for item in args.objective_options),
             mode,
             *mode_choice(mode, objective, args),
             args.steps,
@@ -354,8 +367,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, cache: Path) -> list[dict[str, A
             index = running[future]
             results[index] = future.result()
             job_file(jobs[index], cache).write_text(json.dumps(results[index]))
-    # a kept run carries the label of the job that ran it
-    return [row | {"mode": job.mode} for i, job in enumerate(jobs) for row in results[i]]
+    # a kept run carries the labels of the job that ran it
+    return [
+        row | {"mode": job.mode, "objective": objective_label(job.objective, job.objective_options)}
+        for i, job in enumerate(jobs)
+        for row in results[i]
+    ]
 
 
 def summary_rows(

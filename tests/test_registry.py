@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gfnlm.contracts import registry
+from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import RegistryError
 from gfnlm.objectives import TrajectoryBalance
 
@@ -332,10 +333,50 @@ def test_samplers_provide_exact_behaviour_logp_only_when_true():
 
 def test_exploration_needs_a_sampler_that_can_apply_it():
     built = components("alpha_power", "tb", "scalar")
-    built["exploration"] = registry.build("exploration", "tempered", temperature=1.5)
-    registry.check_composition({**built, "sampler": registry.build("sampler", "hf")})
+    tempered = registry.build("exploration", "tempered", temperature=1.5)
+    uniform = registry.build("exploration", "uniform_mix", epsilon=0.5)
+    for exploration in (tempered, uniform):
+        registry.check_composition(
+            {**built, "exploration": exploration, "sampler": registry.build("sampler", "hf")}
+        )
     sampler = registry.build("sampler", "hf", engine="generate")
     message = assert_composition_rejected(
-        {**built, "sampler": sampler}, (), "exploration", "tempered", "behaviour_transform"
+        {**built, "exploration": tempered, "sampler": sampler},
+        (),
+        "exploration",
+        "tempered",
+        "tempered_sampling",
     )
     assert "engine='generate'" in message
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_a_server_sampler_explores_by_temperature_only_where_that_is_exact(engine: str):
+    """A tempered exploration is the server's temperature times T where neither top-p nor min-p
+    filters; a uniform mixture is never something a server draws from."""
+    built = components("alpha_power", "tb", "scalar")
+    tempered = registry.build("exploration", "tempered", temperature=1.5)
+    unfiltered = registry.build("sampler", engine, url="http://127.0.0.1:1", temperature=0.8)
+    registry.check_composition({**built, "exploration": tempered, "sampler": unfiltered})
+    unfiltered.explore_with(tempered)
+    assert unfiltered.draw_temperature == pytest.approx(0.8 * 1.5)
+    nucleus = registry.build("sampler", engine, url="http://127.0.0.1:1", top_p=0.9)
+    message = assert_composition_rejected(
+        {**built, "exploration": tempered, "sampler": nucleus},
+        (),
+        "exploration",
+        "tempered",
+        "tempered_sampling",
+    )
+    assert "top_p=0.9" in message and "use top_p=1 and min_p=0" in message
+    uniform = registry.build("exploration", "uniform_mix", epsilon=0.5)
+    message = assert_composition_rejected(
+        {**built, "exploration": uniform, "sampler": unfiltered},
+        (),
+        "exploration",
+        "uniform_mix",
+        "behaviour_transform",
+    )
+    assert "exploration.name=tempered" in message
+    with pytest.raises(ConfigError, match=r"^exploration.name='uniform_mix': .* applies only a"):
+        unfiltered.explore_with(uniform)

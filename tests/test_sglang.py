@@ -23,7 +23,9 @@ import torch
 from test_trainer import REPO, scalars, tiny_overrides
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from gfnlm.contracts import registry
 from gfnlm.contracts.errors import ConfigError
+from gfnlm.models.decoding import top_p_filter
 from gfnlm.models.loading import ensure_smollm2
 from gfnlm.models.weights import merged_state_dict
 from gfnlm.samplers.sglang import SGLangSampler
@@ -91,6 +93,19 @@ def served_logp_gap(policy: CausalLMPolicy, rollouts) -> float:
         .abs()
         .max()
     )
+
+
+def processed_logp_gap(policy, rollouts, temperature: float, top_p: float) -> float:
+    """Largest |behaviour log-prob - the local policy's log-prob under temperature and top-p|."""
+    full = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1)
+    with torch.no_grad():
+        logits = policy.model(input_ids=full, attention_mask=mask.long()).logits.double()
+    start = rollouts.prompt_ids.shape[1]
+    steps = logits[:, start - 1 : -1]
+    logp = top_p_filter(steps / temperature, top_p).log_softmax(-1)
+    local = logp.gather(-1, rollouts.response_ids[..., None]).squeeze(-1)
+    return float(((local - rollouts.behaviour_logp.double()) * rollouts.response_mask).abs().max())
 
 
 def live_processes_in_group(pgid: int) -> list[int]:
@@ -299,6 +314,21 @@ def test_rollouts_are_the_servers_tokens_and_logprobs(server, small_smollm2: Pat
     assert served_logp_gap(policy, rollouts) < LOGP_TOL
     assert rollouts.weight_version == 0
     sampler.close()  # its (empty) weight folder goes too
+
+
+def test_a_tempered_exploration_draws_at_the_raised_temperature(
+    server, small_smollm2: Path
+) -> None:
+    """exploration.name=tempered: tokens drawn at temperature × T, and the behaviour log-probs
+    (SGLang's, taken after its temperature) are those of that distribution."""
+    policy = make_policy(small_smollm2)
+    sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="none", temperature=0.8)
+    sampler.explore_with(registry.build("exploration", "tempered", temperature=1.5))
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 3)
+    assert processed_logp_gap(policy, rollouts, 0.8 * 1.5, 1.0) < LOGP_TOL
+    assert processed_logp_gap(policy, rollouts, 0.8, 1.0) > 0.01  # not the policy at 0.8
+    sampler.close()
 
 
 def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: Path) -> None:

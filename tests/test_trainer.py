@@ -231,7 +231,11 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             "exploration.name=tempered sampling.sampler_options.engine=generate",
-            r"exploration 'tempered' requires 'behaviour_transform'.*engine='generate'",
+            r"exploration 'tempered' requires 'tempered_sampling'.*engine='generate'",
+        ),
+        (
+            "exploration.name=uniform_mix sampling.sampler_options.engine=generate",
+            r"exploration 'uniform_mix' requires 'behaviour_transform'.*engine='generate'",
         ),
     ],
 )

@@ -21,6 +21,7 @@ from test_sglang import (
     check_sync_serves_the_updated_policy,
     live_processes_in_group,
     make_policy,
+    processed_logp_gap,
     prompt_batch,
     served_logp_gap,
 )
@@ -28,9 +29,9 @@ from test_sglang import small_smollm2 as small_smollm2_fixture
 from test_sglang_reliability import ScriptedServer, SilentServer
 from test_trainer import REPO, scalars, tiny_overrides
 
+from gfnlm.contracts import registry
 from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.contracts.registry import RegistryError
-from gfnlm.models.decoding import top_p_filter
 from gfnlm.models.weights import changing_weights, merged_state_dict
 from gfnlm.samplers.vllm import VLLMSampler
 from gfnlm.serving.serve import LaunchConfig, free_port
@@ -56,19 +57,6 @@ cpu_launch = cpu_launch.cpu_launch
 def server(small_smollm2: Path):
     with VLLMServer(small_smollm2, LaunchConfig(**cpu_launch()), lora_rank=8) as running:
         yield running
-
-
-def processed_logp_gap(policy, rollouts, temperature: float, top_p: float) -> float:
-    """Largest |behaviour log-prob - the local policy's log-prob under temperature and top-p|."""
-    full = torch.cat([rollouts.prompt_ids, rollouts.response_ids], 1)
-    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], 1)
-    with torch.no_grad():
-        logits = policy.model(input_ids=full, attention_mask=mask.long()).logits.double()
-    start = rollouts.prompt_ids.shape[1]
-    steps = logits[:, start - 1 : -1]
-    logp = top_p_filter(steps / temperature, top_p).log_softmax(-1)
-    local = logp.gather(-1, rollouts.response_ids[..., None]).squeeze(-1)
-    return float(((local - rollouts.behaviour_logp.double()) * rollouts.response_mask).abs().max())
 
 
 # Tests that need no server, or start their own, run first: the module's shared server starts at
@@ -272,6 +260,21 @@ def test_behaviour_logprobs_are_the_processed_distribution(server, small_smollm2
     assert sampler.behaviour_logp_is_exact
     assert processed_logp_gap(policy, rollouts, 0.7, 0.8) < LOGP_TOL
     assert served_logp_gap(policy, rollouts) > 0.01  # differs from the raw model's: a real check
+    sampler.close()
+
+
+def test_a_tempered_exploration_draws_at_the_raised_temperature(
+    server, small_smollm2: Path
+) -> None:
+    """exploration.name=tempered: tokens drawn at temperature × T, and the behaviour log-probs
+    are those of that distribution."""
+    policy = make_policy(small_smollm2)
+    sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="none", temperature=0.8)
+    sampler.explore_with(registry.build("exploration", "tempered", temperature=1.5))
+    sampler.setup(policy)
+    rollouts = sampler.sample(prompt_batch(policy), 3)
+    assert processed_logp_gap(policy, rollouts, 0.8 * 1.5, 1.0) < LOGP_TOL
+    assert processed_logp_gap(policy, rollouts, 0.8, 1.0) > 0.01  # not the policy at 0.8
     sampler.close()
 
 

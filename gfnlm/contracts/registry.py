@@ -51,6 +51,10 @@ CAPABILITY_MEANINGS = {
     "behaviour_transform": (
         "the sampler can draw each token from a transformed next-token distribution"
     ),
+    "tempered_sampling": (
+        "the sampler can draw each token at its temperature times a factor and report the exact "
+        "log-probability of what it drew"
+    ),
     "prefix_rewards": "the target scores stopping after every prefix",
     "log_z": "a learned log Z",
 }

@@ -56,7 +56,9 @@ from gfnlm.objectives.fixed_points import (
 DTYPE = torch.float64
 # What the exact checker's own sampler offers the components: exact sampling log-probs (also under
 # an exploration component, which it applies per state) and a prompt feature for the MLP log Z.
-EXACT_RUN_PROVIDES = frozenset({"exact_behaviour_logp", "behaviour_transform", "prompt_hidden"})
+EXACT_RUN_PROVIDES = frozenset(
+    {"exact_behaviour_logp", "behaviour_transform", "tempered_sampling", "prompt_hidden"}
+)
 
 
 # ---------------------------------------------------------------------------------------------

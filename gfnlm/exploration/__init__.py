@@ -12,8 +12,11 @@ trajectories the policy would not sample itself:
   - ``uniform_mix``: ``(1 − ε)·π(·|s) + ε·uniform`` over the vocabulary;
   - ``none``: the policy itself (on-policy).
 
-  They need a sampler that applies a per-token transform (the ``behaviour_transform`` capability:
-  the ``hf`` sampler's ``cached`` engine, and the exact checker's tabular sampler).
+  ``uniform_mix`` needs a sampler that applies a per-token transform (the ``behaviour_transform``
+  capability: the ``hf`` sampler's ``cached`` engine, and the exact checker's tabular sampler).
+  ``tempered`` is a temperature: at ``top_p = 1`` and ``min_p = 0``, ``π^{1/T}`` of the policy at
+  temperature τ is the policy at temperature ``τ·T``, so it needs only ``tempered_sampling``, which
+  the ``sglang`` and ``vllm`` samplers also provide there (their log-probs are of what they drew).
 * **replay** components mix stored trajectories into each batch:
 
   - ``reward_prioritised``: per prompt, the ``capacity`` distinct responses of highest reward seen
@@ -70,6 +73,13 @@ class Exploration:
     provides: ClassVar[frozenset[str]] = frozenset()
     changes_sampling: ClassVar[bool] = True
 
+    @property
+    def temperature_factor(self) -> float | None:
+        """The factor on the sampling temperature this exploration amounts to (before top-p and
+        min-p), or ``None`` when it is not a temperature: what a sampler that draws its tokens
+        itself (a server) can apply."""
+        return None
+
     def behaviour_log_probs(
         self, log_probs: Float[Tensor, "*batch A"]
     ) -> Float[Tensor, "*batch A"]:
@@ -94,7 +104,11 @@ class NoExploration(Exploration):
 @register("exploration", "tempered")
 @attrs.frozen
 class TemperedExploration(Exploration):
-    """``π(·|s)^{1/T}`` renormalised: a flatter policy that still prefers what π prefers."""
+    """``π(·|s)^{1/T}`` renormalised: a flatter policy that still prefers what π prefers. Applied
+    after the sampler's top-p and min-p; with neither, it is sampling at the sampler's temperature
+    times ``T``, which a server sampler does itself (``tempered_sampling``)."""
+
+    requires = frozenset({"tempered_sampling"})
 
     temperature: float = option(
         2.0,
@@ -102,6 +116,10 @@ class TemperedExploration(Exploration):
         converter=float,
         validator=at_least(1.0),
     )
+
+    @property
+    def temperature_factor(self) -> float:
+        return self.temperature
 
     def behaviour_log_probs(
         self, log_probs: Float[Tensor, "*batch A"]

@@ -78,17 +78,20 @@ class HFSampler(Sampler):
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]
-        transform = frozenset({"behaviour_transform"}) if self.engine == "cached" else frozenset()
+        transform = (
+            frozenset({"behaviour_transform", "tempered_sampling"})
+            if self.engine == "cached"
+            else frozenset()
+        )
         return frozenset({"response_text", "exact_behaviour_logp"}) | transform
 
     def withheld(self) -> dict[str, str]:
-        """Why ``behaviour_transform`` is missing with ``engine='generate'``."""
+        """Why ``behaviour_transform`` and ``tempered_sampling`` are missing with
+        ``engine='generate'``."""
         if self.engine == "cached":
             return {}
-        return {
-            "behaviour_transform": "engine='generate' samples inside model.generate; "
-            "use engine='cached'"
-        }
+        why = "engine='generate' samples inside model.generate; use engine='cached'"
+        return {"behaviour_transform": why, "tempered_sampling": why}
 
     def explore_with(self, exploration: Any) -> None:
         """Draw every token from ``exploration.behaviour_log_probs`` of the policy's

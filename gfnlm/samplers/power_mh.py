@@ -162,6 +162,7 @@ class PowerMHSampler(Sampler):
             "exact_behaviour_logp": "its behaviour_logp holds log p_base, "
             "the MH chain's output has no tractable sampling probability",
             "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha",
+            "tempered_sampling": "the MH chain's proposals are fixed at temperature 1/alpha",
         }
 
     def setup(self, policy: Any) -> None:

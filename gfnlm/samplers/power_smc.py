@@ -404,6 +404,7 @@ class PowerSMCSampler(Sampler):
             "exact_behaviour_logp": "its behaviour_logp holds log p_base, a resampled "
             "particle's response has no tractable sampling probability",
             "behaviour_transform": "the particles' proposals are fixed at temperature 1/alpha",
+            "tempered_sampling": "the particles' proposals are fixed at temperature 1/alpha",
         }
 
     def setup(self, policy: Any) -> None:

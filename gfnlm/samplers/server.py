@@ -122,6 +122,8 @@ class ServerSampler(Sampler):
     # None: no push of changed weights only has been checked yet; then whether the first was
     # served right.
     _changed_only_ok: bool | None = attrs.field(default=None, init=False, repr=False)
+    # A tempered exploration's T (explore_with): tokens are drawn at temperature × T.
+    _temperature_factor: float = attrs.field(default=1.0, init=False, repr=False)
 
     @property
     def behaviour_logp_is_exact(self) -> bool:
@@ -130,22 +132,56 @@ class ServerSampler(Sampler):
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]
-        """``exact_behaviour_logp`` only where :attr:`behaviour_logp_is_exact` holds."""
+        """``exact_behaviour_logp`` only where :attr:`behaviour_logp_is_exact` holds;
+        ``tempered_sampling`` where, besides, neither top-p nor min-p filters (a tempered
+        exploration is then a temperature the server applies)."""
         exact = frozenset({"exact_behaviour_logp"}) if self.behaviour_logp_is_exact else frozenset()
+        if exact and self._unfiltered:
+            exact |= {"tempered_sampling"}
         return frozenset({"response_text", "base_scores"}) | exact
 
+    @property
+    def _unfiltered(self) -> bool:
+        return self.top_p >= 1.0 and self.min_p <= 0.0
+
     def withheld(self) -> dict[str, str]:
-        """Why ``exact_behaviour_logp`` may be missing, and why there is no
-        ``behaviour_transform``."""
+        """Why ``exact_behaviour_logp`` or ``tempered_sampling`` may be missing, and why there is
+        no ``behaviour_transform``."""
         reasons = {
-            "behaviour_transform": "the server samples each token itself; use sampling.sampler=hf"
+            "behaviour_transform": "the server samples each token itself (of the explorations, it "
+            "applies exploration.name=tempered); use sampling.sampler=hf"
         }
         if not self.behaviour_logp_is_exact:
             reasons["exact_behaviour_logp"] = (
                 f"top_p={self.top_p:g}, min_p={self.min_p:g}: the {self.engine} server "
                 "reports log-probs taken before top-p and min-p; use top_p=1 and min_p=0"
             )
+        if not self._unfiltered:
+            reasons["tempered_sampling"] = (
+                f"top_p={self.top_p:g}, min_p={self.min_p:g}: a tempered exploration applies "
+                f"after top-p and min-p, and the {self.engine} server's temperature before them; "
+                "use top_p=1 and min_p=0"
+            )
         return reasons
+
+    def explore_with(self, exploration: Any) -> None:
+        """Draw at ``temperature × T`` for a ``tempered`` exploration (composition has checked
+        that this sampler provides ``tempered_sampling``); the server's log-probs are then those
+        of the tempered distribution, the exact behaviour log-probs."""
+        factor = getattr(exploration, "temperature_factor", None)
+        if factor is None:
+            label = getattr(exploration, "registry_name", type(exploration).__name__)
+            raise ConfigError(
+                f"exploration.name={label!r}: the {self.engine} server samples each token itself "
+                "and applies only a temperature; allowed: exploration.name=tempered or none, or "
+                "sampling.sampler=hf"
+            )
+        self._temperature_factor = float(factor)
+
+    @property
+    def draw_temperature(self) -> float:
+        """The temperature tokens are drawn at: ``temperature`` times a tempered exploration's T."""
+        return self.temperature * self._temperature_factor
 
     def __attrs_post_init__(self) -> None:
         if not self.url and self.launch is None:

@@ -142,7 +142,7 @@ class SGLangSampler(ServerSampler):
         prompt_ids = prompts.token_lists()
         params = {
             "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "temperature": self.draw_temperature,
             "top_p": self.top_p,
             "top_k": -1,
             "min_p": self.min_p,

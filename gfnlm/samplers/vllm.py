@@ -153,7 +153,7 @@ class VLLMSampler(ServerSampler):
     def _check_logprobs_mode(self, policy: Any) -> None:
         """Where raw and processed log-probs differ (temperature ≠ 1 or top-p < 1), one sampled
         token's log-prob must be the processed one, else the server runs with raw log-probs."""
-        if self.temperature == 1.0 and self.top_p >= 1.0:
+        if self.draw_temperature == 1.0 and self.top_p >= 1.0:
             return
         ids = policy.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
         choice = self._client.completions(
@@ -169,13 +169,13 @@ class VLLMSampler(ServerSampler):
             )
         raw = float(logits.log_softmax(-1)[token])
         processed = float(
-            top_p_filter(logits / self.temperature, self.top_p).log_softmax(-1)[token]
+            top_p_filter(logits / self.draw_temperature, self.top_p).log_softmax(-1)[token]
         )
         if abs(served - processed) > abs(served - raw):
             raise ServerError(
                 f"vLLM server {self.url} returns raw log-probs (served {served:.4f}, processed "
                 f"{processed:.4f}, raw {raw:.4f}): behaviour log-probs at temperature "
-                f"{self.temperature:g} / top-p {self.top_p:g} would be wrong; start it with "
+                f"{self.draw_temperature:g} / top-p {self.top_p:g} would be wrong; start it with "
                 "--logprobs-mode processed_logprobs"
             )
 
@@ -186,7 +186,7 @@ class VLLMSampler(ServerSampler):
             "prompt": ids,
             "n": n,
             "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "temperature": self.draw_temperature,
             "top_p": self.top_p,
             "top_k": -1,
             "min_p": self.min_p,
