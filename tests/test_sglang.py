@@ -321,13 +321,18 @@ def test_a_tempered_exploration_draws_at_the_raised_temperature(
 ) -> None:
     """exploration.name=tempered: tokens drawn at temperature × T, and the behaviour log-probs
     (SGLang's, taken after its temperature) are those of that distribution."""
-    policy = make_policy(small_smollm2)
     sampler = SGLangSampler(url=server.url, max_new_tokens=10, weight_sync="none", temperature=0.8)
+    check_tempered_exploration(sampler, make_policy(small_smollm2))
+
+
+def check_tempered_exploration(sampler, policy: CausalLMPolicy) -> None:
+    """A server sampler at temperature 0.8 with a tempered exploration (T = 1.5) draws at 1.2 and
+    reports that distribution's log-probs, not the policy's at 0.8."""
     sampler.explore_with(registry.build("exploration", "tempered", temperature=1.5))
     sampler.setup(policy)
     rollouts = sampler.sample(prompt_batch(policy), 3)
     assert processed_logp_gap(policy, rollouts, 0.8 * 1.5, 1.0) < LOGP_TOL
-    assert processed_logp_gap(policy, rollouts, 0.8, 1.0) > 0.01  # not the policy at 0.8
+    assert processed_logp_gap(policy, rollouts, 0.8, 1.0) > 0.01
     sampler.close()
 
 

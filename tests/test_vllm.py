@@ -19,6 +19,7 @@ import torch
 from test_sglang import (
     LOGP_TOL,
     check_sync_serves_the_updated_policy,
+    check_tempered_exploration,
     live_processes_in_group,
     make_policy,
     processed_logp_gap,
@@ -29,7 +30,6 @@ from test_sglang import small_smollm2 as small_smollm2_fixture
 from test_sglang_reliability import ScriptedServer, SilentServer
 from test_trainer import REPO, scalars, tiny_overrides
 
-from gfnlm.contracts import registry
 from gfnlm.contracts.errors import ConfigError, RunError
 from gfnlm.contracts.registry import RegistryError
 from gfnlm.models.weights import changing_weights, merged_state_dict
@@ -268,14 +268,8 @@ def test_a_tempered_exploration_draws_at_the_raised_temperature(
 ) -> None:
     """exploration.name=tempered: tokens drawn at temperature × T, and the behaviour log-probs
     are those of that distribution."""
-    policy = make_policy(small_smollm2)
     sampler = VLLMSampler(url=server.url, max_new_tokens=10, weight_sync="none", temperature=0.8)
-    sampler.explore_with(registry.build("exploration", "tempered", temperature=1.5))
-    sampler.setup(policy)
-    rollouts = sampler.sample(prompt_batch(policy), 3)
-    assert processed_logp_gap(policy, rollouts, 0.8 * 1.5, 1.0) < LOGP_TOL
-    assert processed_logp_gap(policy, rollouts, 0.8, 1.0) > 0.01  # not the policy at 0.8
-    sampler.close()
+    check_tempered_exploration(sampler, make_policy(small_smollm2))
 
 
 def test_server_scores_the_base_model_like_the_local_one(server, small_smollm2: Path) -> None:
