@@ -220,7 +220,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--mh-samples", type=int, default=1000)
     parser.add_argument("--tag", default="", help="suffix of the output CSV's name")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.per_token and args.objective_options:
+        # the per-token table reads the rows of TB with its default options
+        parser.error("--per-token: only without --objective-options")
+    return args
 
 
 def mode_choice(
@@ -315,11 +319,12 @@ def objective_lr(args: argparse.Namespace, objective: str) -> float:
 
 def sweep_jobs(groups: Sequence[Group], args: argparse.Namespace) -> list[Job]:
     """One job per group × objective × mode, the long groups (the last draw seed's) first."""
+    options = dict(item.split("=", 1) for item in args.objective_options)
     return [
         Job(
             group,
             objective,
-            dict(item.split("=", 1) for item in args.objective_options),
+            options,
             mode,
             *mode_choice(mode, objective, args),
             args.steps,

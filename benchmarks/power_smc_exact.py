@@ -222,7 +222,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--into-docs", action="store_true", help="write the table into docs/benchmarks/"
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="print the table of the last run's CSV"
+        "--report-only",
+        action="store_true",
+        help="print the table of the last run's CSV (its caption names --draws and --seeds as "
+        "given here: give the run's)",
     )
     return parser.parse_args(argv)
 

@@ -158,11 +158,12 @@ class PowerMHSampler(Sampler):
 
     def withheld(self) -> dict[str, str]:
         """Why this sampler offers neither exact behaviour log-probs nor an exploration hook."""
+        fixed = "the MH chain's proposals are fixed at temperature 1/alpha"
         return {
             "exact_behaviour_logp": "its behaviour_logp holds log p_base, "
             "the MH chain's output has no tractable sampling probability",
-            "behaviour_transform": "the MH chain's proposals are fixed at temperature 1/alpha",
-            "tempered_sampling": "the MH chain's proposals are fixed at temperature 1/alpha",
+            "behaviour_transform": fixed,
+            "tempered_sampling": fixed,
         }
 
     def setup(self, policy: Any) -> None:

@@ -400,11 +400,12 @@ class PowerSMCSampler(Sampler):
 
     def withheld(self) -> dict[str, str]:
         """Why this sampler offers neither exact behaviour log-probs nor an exploration hook."""
+        fixed = "the particles' proposals are fixed at temperature 1/alpha"
         return {
             "exact_behaviour_logp": "its behaviour_logp holds log p_base, a resampled "
             "particle's response has no tractable sampling probability",
-            "behaviour_transform": "the particles' proposals are fixed at temperature 1/alpha",
-            "tempered_sampling": "the particles' proposals are fixed at temperature 1/alpha",
+            "behaviour_transform": fixed,
+            "tempered_sampling": fixed,
         }
 
     def setup(self, policy: Any) -> None:

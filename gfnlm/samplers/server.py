@@ -142,6 +142,7 @@ class ServerSampler(Sampler):
 
     @property
     def _unfiltered(self) -> bool:
+        """Neither top-p nor min-p filters the next-token distribution."""
         return self.top_p >= 1.0 and self.min_p <= 0.0
 
     def withheld(self) -> dict[str, str]:

@@ -65,7 +65,7 @@ class SGLangSampler(ServerSampler):
     def behaviour_logp_is_exact(self) -> bool:
         """SGLang's log-probs are taken after temperature, before top-p and min-p: the exact
         probability the rollout was sampled with only when both are off."""
-        return self.top_p >= 1.0 and self.min_p <= 0.0
+        return self._unfiltered
 
     def _resolve_launch(self, options: dict[str, Any], field: Callable[[str], str]) -> LaunchConfig:
         return resolve_launch(options, field)
