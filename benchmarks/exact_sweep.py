@@ -587,10 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_jobs(jobs, args.workers, args.out / "exact_jobs")
     wall = time.perf_counter() - wall_start
     settings = len(groups) * args.seeds_per_group
+    runs = settings * len(args.objectives) * len(args.modes)
     print(
         f"exact sweep: {settings} settings ({len(groups)} groups x {args.seeds_per_group} bases, "
         f"draw seeds {' '.join(map(str, args.draw_seeds))}, <= {args.max_responses} responses "
-        f"each) x {len(args.objectives)} objectives x {len(args.modes)} modes = {len(jobs)} runs; "
+        f"each) x {len(args.objectives)} objectives x {len(args.modes)} modes = {runs} runs "
+        f"in {len(jobs)} jobs; "
         f"{args.steps} Adam steps, batch {args.batch_size} per prompt, lr {args.lr} cosine "
         f"({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr})"
     )

@@ -165,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"shipped configs, exact: {len(configs)} configs ({len(shared)} distinct objective + "
         f"behaviour) x {len(groups) * args.seeds_per_group} settings of the exact sweep (draw "
-        f"seeds {' '.join(map(str, args.draw_seeds))}) = {len(jobs)} runs; {args.steps} Adam "
-        f"steps, batch {args.batch_size} per prompt, lr {args.lr} cosine "
+        f"seeds {' '.join(map(str, args.draw_seeds))}) = "
+        f"{len(shared) * len(groups) * args.seeds_per_group} runs in {len(jobs)} jobs; "
+        f"{args.steps} Adam steps, batch {args.batch_size} per prompt, lr {args.lr} cosine "
         f"({' '.join(args.objective_lr) or 'every objective'}), table log Z (lr {args.logz_lr})"
     )
     print(

@@ -52,14 +52,6 @@ def test_the_shipped_gflownet_configs_are_found() -> None:
     }
 
 
-# Shipped configs that stay on-policy although their objective recommends otherwise, and why; a run
-# of them prints the departure note.
-ON_POLICY_BY_DESIGN = {
-    "default": "tempered + replay lowered its accuracy at T = 1 (49.5 % against 71.3 %, 3 seeds)",
-    "powerflow_qwen_math": "the paper samples at T = 1; T = 1.5 is unvalidated on 3,072 tokens",
-}
-
-
 @pytest.mark.parametrize("name", sorted(gflownet_configs()))
 def test_every_shipped_gflownet_config_uses_its_objectives_choice(name: str) -> None:
     config = gflownet_configs()[name]
@@ -67,10 +59,24 @@ def test_every_shipped_gflownet_config_uses_its_objectives_choice(name: str) -> 
     exploration = registry.build("exploration", config.exploration.name, config.exploration.options)
     replay = registry.build("replay", config.replay.name, config.replay.options)
     note = departure_note(objective, exploration, replay)
-    if name in ON_POLICY_BY_DESIGN:
-        assert note is not None and "this run uses on-policy" in note
-    else:
-        assert note is None, f"configs/{name}.yaml departs from {config.objective.name!r}'s choice"
+    assert note is None, f"configs/{name}.yaml departs from {config.objective.name!r}'s choice"
+
+
+def test_an_option_value_can_change_the_choice() -> None:
+    # LA-TB with the group-mean log Z' reached every setting on-policy; with a learned one it needed
+    # tempered exploration + replay. The class answers for its default options.
+    learned = registry.build("objective", "la_tb")
+    group_mean = registry.build("objective", "la_tb", log_z_source="group_mean")
+    on_policy = ({"name": "none", "options": {}}, {"name": "none", "options": {}})
+    assert recommended_choice(group_mean) == on_policy
+    assert recommended_choice(learned) == recommended_choice(registry.lookup("objective", "la_tb"))
+    assert recommended_choice(learned)[0]["name"] == "tempered"
+    assert departure_note(group_mean, None, None) is None
+    assert departure_note(learned, None, None) is not None
+    tempered = built("exploration", recommended_choice(learned)[0])
+    note = departure_note(group_mean, tempered, built("replay", recommended_choice(learned)[1]))
+    assert note is not None and "'la_tb' (log_z_source=group_mean)" in note
+    assert "with on-policy; this run uses tempered" in note
 
 
 def composed_stderr(capsys: pytest.CaptureFixture[str], overrides: list[str]) -> list[str]:
@@ -84,7 +90,8 @@ def composed_stderr(capsys: pytest.CaptureFixture[str], overrides: list[str]) ->
 
 
 def test_a_run_that_departs_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    objective = registry.lookup("objective", "la_tb")
+    config = load_config(REPO / "configs/default.yaml")
+    objective = registry.build("objective", config.objective.name, config.objective.options)
     exploration, _ = recommended_choice(objective)
     # an exploration other than the declared one (or a different option value of the same one)
     other = (
@@ -127,6 +134,9 @@ def test_the_docs_table_lists_every_declaration() -> None:
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"exploration: {{name: {exploration['name']}" in row
         assert f"replay: {{name: {replay['name']}" in row
+    # and a row per option value that changes the choice
+    variant = next(line for line in table.splitlines() if "`log_z_source: group_mean`" in line)
+    assert variant.startswith("| `la_tb` with") and "| on-policy |" in variant
     assert "`grpo`" not in table
 
 
@@ -136,8 +146,8 @@ def test_a_trainer_prints_the_note_once_after_its_checks(
     from gfnlm.training.trainer import Trainer
 
     overrides = [f"model.path={tiny_model_dir}", f"train.out_dir={tmp_path / 'run'}"]
-    on_policy = ["exploration.name=none", "replay.name=none"]
-    config = load_config(REPO / "configs/default.yaml", [*overrides, *on_policy])
+    departing = ["exploration.name=tempered", "exploration.options.temperature=1.5"]
+    config = load_config(REPO / "configs/default.yaml", [*overrides, *departing])
     note = compose(config, 64, num_train_prompts=10).departure
     assert note is not None
     capsys.readouterr()

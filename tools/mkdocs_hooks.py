@@ -270,14 +270,19 @@ def recommended_exploration_table() -> str:
 
     rows = ["| objective | recommended | in a config |", "|---|---|---|"]
     for name in registry.names("objective"):
-        choice = recommended_choice(registry.lookup("objective", name))
+        cls = registry.lookup("objective", name)
+        choice = recommended_choice(cls)
         if choice is None:
             continue
-        exploration, replay = choice
-        rows.append(
-            f"| `{name}` | {describe_choice(exploration, replay)} | "
-            f"{_choice_yaml('exploration', exploration)}<br>{_choice_yaml('replay', replay)} |"
-        )
+        variants = [(f"`{name}`", choice)] + [
+            (f"`{name}` with `{option}: {value}`", variant)
+            for (option, value), variant in cls.recommended_when.items()
+        ]
+        for label, (exploration, replay) in variants:
+            rows.append(
+                f"| {label} | {describe_choice(exploration, replay)} | "
+                f"{_choice_yaml('exploration', exploration)}<br>{_choice_yaml('replay', replay)} |"
+            )
     return "\n".join(rows)
 
 

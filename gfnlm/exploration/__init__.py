@@ -30,10 +30,11 @@ composed: balance residuals (``"any"``: TB, SubTB, DB, TB-token, LA-TB) take bot
 policy gradient with an exact importance ratio (``"importance_weighted"``: GRPO) takes exploration
 but not replay, an on-policy loss (``entropy_min``) neither.
 
-Each GFlowNet objective also declares the exploration and replay with which it reached its fixed
-point most reliably in the exact sweep (``recommended_exploration`` / ``recommended_replay`` on
-:class:`~gfnlm.objectives.base.Objective`); :func:`departure_note` is the one line a run prints
-when it departs from them (a note, not an error: a run may have its reasons).
+Each GFlowNet objective also declares the least off-policy exploration and replay with which it
+reached its fixed point on every setting of the exact sweep (``recommended_exploration`` /
+``recommended_replay`` on :class:`~gfnlm.objectives.base.Objective`, and ``recommended_when`` where
+an option changes them); :func:`departure_note` is the one line a run prints when it departs from
+them (a note, not an error: a run may have its reasons).
 """
 
 import math
@@ -391,8 +392,13 @@ def _describe(choice: Mapping[str, Any]) -> str:
 
 
 def recommended_choice(objective: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
-    """The exploration and replay ``objective`` (a class or an instance) declares, as config
-    sections (a missing half is ``none``); ``None`` when it declares neither."""
+    """The exploration and replay ``objective`` declares, as config sections (a missing half is
+    ``none``); ``None`` when it declares neither. An instance gets the choice for its options
+    (``recommended_when``), a class its default options' choice."""
+    variant = _option_variant(objective)
+    if variant is not None:
+        exploration, replay = variant[1]
+        return exploration, replay
     exploration = getattr(objective, "recommended_exploration", None)
     replay = getattr(objective, "recommended_replay", None)
     if exploration is None and replay is None:
@@ -424,11 +430,24 @@ def departure_note(objective: Any, exploration: Any = None, replay: Any = None) 
     if used == declared:
         return None
     name = getattr(objective, "registry_name", type(objective).__name__)
+    variant = _option_variant(objective)
+    with_options = f" ({variant[0]})" if variant else ""
     return (
-        f"note: objective {name!r} reached its fixed point most reliably in the exact sweep with "
-        f"{describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
+        f"note: objective {name!r}{with_options} reached its fixed point on every exact sweep "
+        f"setting with {describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
         "(docs: Configuration, Exploration each objective recommends)"
     )
+
+
+def _option_variant(objective: Any) -> tuple[str, tuple[Mapping[str, Any], ...]] | None:
+    """``("option=value", (exploration, replay))`` when one of an objective instance's option
+    values changes its recommendation (``recommended_when``), else ``None``."""
+    if isinstance(objective, type):
+        return None
+    for (name, value), choice in getattr(objective, "recommended_when", {}).items():
+        if getattr(objective, name, None) == value:
+            return f"{name}={value}", choice
+    return None
 
 
 def _build_choice(kind: str, choice: Mapping[str, Any]) -> Any:

@@ -42,10 +42,16 @@ class Objective:
     :meth:`fixed_point` states the distribution the loss converges to (``None``: none known).
 
     ``recommended_exploration`` and ``recommended_replay`` (each a :func:`component_choice`, as a
-    config's ``exploration:`` / ``replay:`` section names it) are the behaviour with which the
-    exact sweep (``benchmarks/exact_sweep.py``) found the loss reaching its fixed point most
-    reliably; ``None``: no recommendation. A run that departs from them says so in one line
-    (:func:`gfnlm.exploration.departure_note`, printed when the run starts).
+    config's ``exploration:`` / ``replay:`` section names it) are the least off-policy behaviour
+    with which the exact sweep (``benchmarks/exact_sweep.py``) found the loss within TV 0.05 of
+    its fixed point on every setting, trying in this order: on-policy, replay alone, ``tempered``
+    + replay, ``uniform_mix`` + replay. Less off-policy comes first because on a real model
+    exploration has a cost the tabular sweep cannot show (a tempered or uniform draw over 49k
+    tokens is mostly text no answer starts with; docs: Benchmarks, The default run). ``None``: no
+    recommendation. ``recommended_when`` maps an option value that changes the answer,
+    ``(option, value)``, to its ``(exploration, replay)``. A run that departs from the choice for
+    its options says so in one line (:func:`gfnlm.exploration.departure_note`, printed when the
+    run starts).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -53,6 +59,9 @@ class Objective:
     off_policy: ClassVar[OffPolicy] = "on_policy"
     recommended_exploration: ClassVar[Mapping[str, Any] | None] = None
     recommended_replay: ClassVar[Mapping[str, Any] | None] = None
+    recommended_when: ClassVar[Mapping[tuple[str, Any], tuple[Mapping[str, Any], ...]]] = (
+        MappingProxyType({})
+    )
 
     def fixed_point(
         self, log_reward: Float[Tensor, " N"], lengths: Float[Tensor, " N"]

@@ -27,9 +27,9 @@ from torch import Tensor
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import ObjectiveOutput, PolicyEval, Rollouts, TargetScores
 from gfnlm.objectives.base import (
+    ON_POLICY,
     SWEEP_REPLAY,
     PenalisedObjective,
-    component_choice,
     masked_mean,
     one_step_residuals,
     residual_metrics,
@@ -44,10 +44,9 @@ class SubTrajectoryBalance(PenalisedObjective):
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
-    # Exact sweep: on-policy SubTB loses responses of sharp bases (α = 3-4) that stop being
-    # sampled; tempered and uniform_mix (+ replay) both reach every setting, tempered with the
-    # smaller worst TV.
-    recommended_exploration = component_choice("tempered", temperature=1.5)
+    # Exact sweep, 48 settings: on-policy SubTB loses responses of sharp bases (α = 3-4) that stop
+    # being sampled (46/48); replaying its best responses alone keeps them (48/48, worst TV 0.035).
+    recommended_exploration = ON_POLICY
     recommended_replay = SWEEP_REPLAY
     lamda: float = option(
         1.0,
