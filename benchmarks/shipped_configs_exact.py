@@ -2,7 +2,8 @@
 
 Each ``configs/*.yaml`` whose objective declares a fixed point is loaded as a run loads it
 (:func:`gfnlm.training.config.load_config`); its objective (with the file's options), exploration
-and replay are then trained by the exact checker (:func:`gfnlm.evaluation.exact.train_exact`) on
+and replay (``auto``: the objective's choice toward each setting's α-power target, as a run
+resolves it) are then trained by the exact checker (:func:`gfnlm.evaluation.exact.train_exact`) on
 the settings of ``benchmarks/exact_sweep.py`` (the same groups, draw seeds, steps, batch and lrs),
 and every setting's TV to the objective's own fixed point is read. What the file says about the
 model, the data or the target's α is not used: the setting gives the tabular base and α, and log Z
@@ -39,6 +40,7 @@ from exact_sweep import (
 )
 
 from gfnlm.contracts import registry
+from gfnlm.exploration import AUTO, recommended_section
 from gfnlm.training.config import RunConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -96,11 +98,18 @@ def non_default_options(config: RunConfig) -> dict[str, Any]:
 def config_jobs(
     config: RunConfig, label: str, groups: Sequence[Any], args: argparse.Namespace
 ) -> list[Job]:
-    """One exact run per group for ``config``'s objective, exploration and replay; its rows carry
-    ``label`` as their mode."""
+    """One exact run per group for ``config``'s objective, exploration and replay (``auto``: what
+    the objective recommends toward the group's α-power target); its rows carry ``label`` as
+    their mode."""
+    objective = registry.build("objective", config.objective.name, config.objective.options)
 
-    def section(c: Any) -> dict[str, Any]:
-        return {"name": c.name, "options": dict(c.options)}
+    def section(kind: str, group: Any) -> dict[str, Any]:
+        given = getattr(config, kind)
+        if given.name != AUTO:
+            return {"name": given.name, "options": dict(given.options)}
+        target = registry.build("target", "alpha_power", alpha=group.alpha)
+        name, options = recommended_section(kind, objective, target)
+        return {"name": name, "options": options}
 
     return [
         Job(
@@ -108,8 +117,8 @@ def config_jobs(
             config.objective.name,
             non_default_options(config),
             label,
-            section(config.exploration),
-            section(config.replay),
+            section("exploration", group),
+            section("replay", group),
             args.steps,
             args.batch_size,
             objective_lr(args, config.objective.name),
@@ -175,7 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("settings: " + describe_settings(groups))
     print()
-    print(format_table(summary_rows(rows, args.goal, fields=("config", "objective"))))
+    table = summary_rows(rows, args.goal, fields=("config", "objective"))
+    for line in table:  # an auto config's behaviour toward each regime (α > 1, α < 1)
+        config = configs[line["config"]]
+        if AUTO in (config.exploration.name, config.replay.name):
+            mine = [r for r in rows if r["config"] == line["config"]]
+            line["behaviour"] = "auto: " + "; ".join(
+                f"α {sign} 1: " + next(r["behaviour"] for r in mine if test(float(r["alpha"])))
+                for sign, test in ((">", lambda a: a > 1), ("<", lambda a: a < 1))
+            )
+    print(format_table(table))
     write_csv(args.out / "shipped_configs_exact_runs.csv", rows)
     return 0
 

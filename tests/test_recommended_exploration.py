@@ -3,13 +3,20 @@ followed by every shipped config of that objective, listed in the docs, and a ru
 it says so in exactly one line when it is composed."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from gfnlm.contracts import registry
-from gfnlm.exploration import check_off_policy, departure_note, recommended_choice
+from gfnlm.contracts.errors import ConfigError
+from gfnlm.exploration import (
+    check_off_policy,
+    departure_note,
+    recommended_choice,
+    recommended_section,
+)
 from gfnlm.training.compose import compose
 from gfnlm.training.config import load_config
 
@@ -56,9 +63,17 @@ def test_the_shipped_gflownet_configs_are_found() -> None:
 def test_every_shipped_gflownet_config_uses_its_objectives_choice(name: str) -> None:
     config = gflownet_configs()[name]
     objective = registry.build("objective", config.objective.name, config.objective.options)
-    exploration = registry.build("exploration", config.exploration.name, config.exploration.options)
-    replay = registry.build("replay", config.replay.name, config.replay.options)
-    note = departure_note(objective, exploration, replay)
+    target = registry.build("target", config.target.name, config.target.options)
+
+    def section(kind: str) -> tuple[str, dict]:  # auto: the recommendation, as a run resolves it
+        given = getattr(config, kind)
+        if given.name == "auto":
+            return recommended_section(kind, objective, target)
+        return given.name, given.options
+
+    exploration = registry.build("exploration", *section("exploration"))
+    replay = registry.build("replay", *section("replay"))
+    note = departure_note(objective, exploration, replay, target)
     assert note is None, f"configs/{name}.yaml departs from {config.objective.name!r}'s choice"
 
 
@@ -77,6 +92,68 @@ def test_an_option_value_can_change_the_choice() -> None:
     note = departure_note(group_mean, tempered, built("replay", recommended_choice(learned)[1]))
     assert note is not None and "'la_tb' (log_z_source=group_mean)" in note
     assert "with on-policy; this run uses tempered" in note
+
+
+def test_the_targets_regime_can_change_the_choice() -> None:
+    # TB toward a sharpening target reached every sharpening setting on-policy; toward a flattening
+    # one (or an unknown one) it needs tempered exploration + replay
+    tb = registry.build("objective", "tb")
+    sharpening = registry.build("target", "alpha_power", alpha=4.0)
+    flattening = registry.build("target", "alpha_power", alpha=0.5)
+    assert (sharpening.regime, flattening.regime) == ("sharpening", "flattening")
+    assert registry.build("target", "alpha_power", alpha=1.0).regime is None
+    on_policy = ({"name": "none", "options": {}}, {"name": "none", "options": {}})
+    assert recommended_choice(tb, sharpening) == on_policy
+    assert recommended_choice(tb, flattening) == recommended_choice(tb)
+    assert recommended_choice(tb)[0]["name"] == "tempered"
+    assert departure_note(tb, None, None, sharpening) is None
+    note = departure_note(tb, None, None, flattening)
+    assert note is not None and "this run uses on-policy" in note
+    tempered = built("exploration", recommended_choice(tb)[0])
+    note = departure_note(tb, tempered, None, sharpening)
+    assert note is not None and "'tb' (toward a sharpening target)" in note
+    # an option condition comes first: group-mean LA-TB is on-policy toward any target
+    group_mean = registry.build("objective", "la_tb", log_z_source="group_mean")
+    assert recommended_choice(group_mean, sharpening) == on_policy
+
+
+def test_auto_takes_the_recommendation_toward_the_runs_target() -> None:
+    def composed(overrides: list[str], file: str = "tb_traj") -> tuple[object, object]:
+        config = load_config(REPO / f"configs/{file}.yaml", overrides)
+        components = compose(config, 64, num_train_prompts=10)
+        assert components.departure is None
+        return components.exploration, components.replay
+
+    auto = ["exploration.name=auto", "replay.name=auto"]
+    exploration, replay = composed([*auto, "target.options.alpha=4"])
+    assert not exploration.changes_sampling and not replay.active  # on-policy
+    exploration, replay = composed([*auto, "target.options.alpha=0.5"])
+    assert exploration == registry.build("exploration", "tempered", temperature=1.1)
+    assert replay == registry.build("replay", "reward_prioritised", ratio=0.25)
+    exploration, replay = composed(["exploration.name=auto"], "subtb")  # replay: the file's auto
+    assert not exploration.changes_sampling and replay.active
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["exploration.name=auto", "exploration.options.temperature=2"],
+            "exploration.options={'temperature': 2}: exploration.name='auto' takes",
+        ),
+        (
+            ["objective.name=grpo", "replay.name=auto"],
+            "replay.name='auto': objective 'grpo' recommends no exploration or replay",
+        ),
+    ],
+)
+def test_auto_refuses_options_and_objectives_without_a_choice(
+    overrides: list[str], message: str
+) -> None:
+    config = load_config(REPO / "configs/default.yaml", overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        compose(config, 64, num_train_prompts=10)
+    assert "\n" not in str(raised.value)
 
 
 def composed_stderr(capsys: pytest.CaptureFixture[str], overrides: list[str]) -> list[str]:
@@ -154,3 +231,31 @@ def test_a_trainer_prints_the_note_once_after_its_checks(
     trainer = Trainer(config, progress=False)
     trainer.close()
     assert capsys.readouterr().err.splitlines() == [f"gfnlm: {note}"]
+
+
+def test_the_ladder_stops_at_the_first_rung_that_reaches_every_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/behaviour_ladder.py on one tiny setting: with a goal every rung meets, each
+    climb stops at rung 1 (on-policy), which disagrees with most declarations (exit 1); with a
+    goal no rung meets it climbs all 8 rungs and chooses nothing."""
+    import behaviour_ladder
+
+    # two groups: α = 0.5 and α = 2, one setting of each regime
+    tiny = ["--groups", "2", "--seeds-per-group", "1", "--draw-seeds", "0", "--steps", "5"]
+    tiny += ["--batch-size", "8", "--workers", "1", "--out", str(tmp_path)]
+    assert behaviour_ladder.main([*tiny, "--goal", "1.0"]) == 1
+    out = capsys.readouterr().out
+    cells = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")]
+    rungs = [row[2] for row in cells if len(row) > 2 and row[2].isdigit()]
+    assert rungs and set(rungs) == {"1"}  # every climb stopped at on-policy
+    verdicts = [row for row in cells if row[-1].strip(" |") in ("yes", "NO")]
+    assert len(verdicts) == 3 * len(behaviour_ladder.OBJECTIVES)  # all, α > 1, α < 1
+    for row in verdicts:  # a declaration agrees exactly when it is on-policy
+        assert (row[-1].strip(" |") == "yes") == (row[-2] == "on-policy"), row
+
+    assert behaviour_ladder.main([*tiny, "--goal", "-1.0", "--objectives", "subtb"]) == 1
+    out = capsys.readouterr().out
+    cells = [line.split(" | ") for line in out.splitlines() if line.startswith("| subtb | all |")]
+    assert [row[2] for row in cells] == [str(i) for i in range(1, 9)]
+    assert "none reaches every setting" in out

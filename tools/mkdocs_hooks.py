@@ -266,7 +266,7 @@ def recommended_exploration_table() -> str:
     """Markdown: every objective that declares an exploration and replay
     (:func:`gfnlm.exploration.recommended_choice`), with the config sections that follow it."""
     from gfnlm.contracts import registry
-    from gfnlm.exploration import describe_choice, recommended_choice
+    from gfnlm.exploration import TARGET_REGIME, describe_choice, recommended_choice
 
     rows = ["| objective | recommended | in a config |", "|---|---|---|"]
     for name in registry.names("objective"):
@@ -275,8 +275,13 @@ def recommended_exploration_table() -> str:
         if choice is None:
             continue
         variants = [(f"`{name}`", choice)] + [
-            (f"`{name}` with `{option}: {value}`", variant)
-            for (option, value), variant in cls.recommended_when.items()
+            (
+                f"`{name}` toward a {value} target"
+                if condition == TARGET_REGIME
+                else f"`{name}` with `{condition}: {value}`",
+                variant,
+            )
+            for (condition, value), variant in cls.recommended_when.items()
         ]
         for label, (exploration, replay) in variants:
             rows.append(

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from gfnlm.contracts.registry import RegistryError, build, option, register
+from gfnlm.contracts.errors import ConfigError
+from gfnlm.contracts.registry import RegistryError, build, names, option, register
 from gfnlm.contracts.types import Rollouts
 from gfnlm.contracts.validators import at_least, in_range
 
@@ -391,13 +392,20 @@ def _describe(choice: Mapping[str, Any]) -> str:
     return f"{choice['name']} ({options})" if options else choice["name"]
 
 
-def recommended_choice(objective: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+Choice = tuple[Mapping[str, Any], Mapping[str, Any]]
+# The key of a ``recommended_when`` entry that names the target's regime rather than an option.
+TARGET_REGIME = "target"
+AUTO = "auto"  # the exploration / replay name that takes the objective's recommendation
+
+
+def recommended_choice(objective: Any, target: Any = None) -> Choice | None:
     """The exploration and replay ``objective`` declares, as config sections (a missing half is
-    ``none``); ``None`` when it declares neither. An instance gets the choice for its options
-    (``recommended_when``), a class its default options' choice."""
-    variant = _option_variant(objective)
-    if variant is not None:
-        exploration, replay = variant[1]
+    ``none``); ``None`` when it declares neither. The first ``recommended_when`` entry met
+    decides: an option value of an instance, or the regime of ``target`` (``None``: unknown);
+    otherwise the class's choice over every setting."""
+    condition = _condition_met(objective, target)
+    if condition is not None:
+        exploration, replay = condition[1]
         return exploration, replay
     exploration = getattr(objective, "recommended_exploration", None)
     replay = getattr(objective, "recommended_replay", None)
@@ -405,6 +413,38 @@ def recommended_choice(objective: Any) -> tuple[Mapping[str, Any], Mapping[str, 
         return None
     none = {"name": "none", "options": {}}
     return exploration or none, replay or none
+
+
+def _condition_met(objective: Any, target: Any) -> tuple[str, Choice] | None:
+    """The first ``recommended_when`` entry that ``objective`` (its options count only on an
+    instance) and ``target`` meet, in words (``log_z_source=group_mean``, ``toward a sharpening
+    target``) with its choice; ``None`` if none is met."""
+    regime = getattr(target, "regime", None)
+    instance = not isinstance(objective, type)
+    for (name, value), choice in getattr(objective, "recommended_when", {}).items():
+        if name == TARGET_REGIME and regime == value:
+            return f"toward a {value} target", choice
+        if name != TARGET_REGIME and instance and getattr(objective, name, None) == value:
+            return f"{name}={value}", choice
+    return None
+
+
+def recommended_section(
+    kind: str, objective: Any, target: Any = None
+) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of the ``kind`` (``exploration`` or ``replay``) that ``objective``
+    recommends toward ``target``: what ``auto`` stands for. A one-line :class:`ConfigError` when
+    the objective recommends nothing (it has no fixed point to reach)."""
+    choice = recommended_choice(objective, target)
+    if choice is None:
+        name = getattr(objective, "registry_name", type(objective).__name__)
+        raise ConfigError(
+            f"{kind}.name={AUTO!r}: objective {name!r} recommends no exploration or replay (it "
+            f"has no fixed point to reach); allowed: a registered {kind} "
+            f"({', '.join(names(kind))})"
+        )
+    section = choice[0] if kind == "exploration" else choice[1]
+    return section["name"], dict(section["options"])
 
 
 def _as_choice(component: Any) -> dict[str, Any]:
@@ -416,10 +456,13 @@ def _as_choice(component: Any) -> dict[str, Any]:
     return {"name": name, "options": {f.name: getattr(component, f.name) for f in fields if f.init}}
 
 
-def departure_note(objective: Any, exploration: Any = None, replay: Any = None) -> str | None:
+def departure_note(
+    objective: Any, exploration: Any = None, replay: Any = None, target: Any = None
+) -> str | None:
     """One line saying that the built ``exploration`` / ``replay`` (``None``: none) depart from
-    what ``objective`` recommends, or ``None`` when they follow it or it recommends nothing."""
-    recommended = recommended_choice(objective)
+    what ``objective`` recommends toward ``target``, or ``None`` when they follow it or it
+    recommends nothing."""
+    recommended = recommended_choice(objective, target)
     if recommended is None:
         return None
     declared = [
@@ -430,24 +473,13 @@ def departure_note(objective: Any, exploration: Any = None, replay: Any = None) 
     if used == declared:
         return None
     name = getattr(objective, "registry_name", type(objective).__name__)
-    variant = _option_variant(objective)
-    with_options = f" ({variant[0]})" if variant else ""
+    condition = _condition_met(objective, target)
+    where = f" ({condition[0]})" if condition else ""
     return (
-        f"note: objective {name!r}{with_options} reached its fixed point on every exact sweep "
-        f"setting with {describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
-        "(docs: Configuration, Exploration each objective recommends)"
+        f"note: objective {name!r}{where} reached its fixed point on every exact sweep setting "
+        f"with {describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
+        f"({AUTO!r} follows it; docs: Configuration, Exploration each objective recommends)"
     )
-
-
-def _option_variant(objective: Any) -> tuple[str, tuple[Mapping[str, Any], ...]] | None:
-    """``("option=value", (exploration, replay))`` when one of an objective instance's option
-    values changes its recommendation (``recommended_when``), else ``None``."""
-    if isinstance(objective, type):
-        return None
-    for (name, value), choice in getattr(objective, "recommended_when", {}).items():
-        if getattr(objective, name, None) == value:
-            return f"{name}={value}", choice
-    return None
 
 
 def _build_choice(kind: str, choice: Mapping[str, Any]) -> Any:

@@ -48,10 +48,14 @@ class Objective:
     + replay, ``uniform_mix`` + replay. Less off-policy comes first because on a real model
     exploration has a cost the tabular sweep cannot show (a tempered or uniform draw over 49k
     tokens is mostly text no answer starts with; docs: Benchmarks, The default run). ``None``: no
-    recommendation. ``recommended_when`` maps an option value that changes the answer,
-    ``(option, value)``, to its ``(exploration, replay)``. A run that departs from the choice for
-    its options says so in one line (:func:`gfnlm.exploration.departure_note`, printed when the
-    run starts).
+    recommendation. ``recommended_when`` maps a condition under which the answer differs to its
+    ``(exploration, replay)``, the first condition met deciding: ``(option, value)``, an option
+    value of the objective, or ``("target", regime)``, the target's
+    :attr:`~gfnlm.targets.base.Target.regime` (``sharpening``: α > 1; ``flattening``: α < 1),
+    each found by the same ladder on the sweep's settings of that regime
+    (``benchmarks/behaviour_ladder.py``). A config's ``exploration`` / ``replay`` named ``auto``
+    takes the choice; a run that departs from it says so in one line
+    (:func:`gfnlm.exploration.departure_note`, printed when the run starts).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()

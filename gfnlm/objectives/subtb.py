@@ -18,6 +18,8 @@ the residuals vanish at the fixed point on any trajectory, so exploration and re
 need no importance weight.
 """
 
+from types import MappingProxyType
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -44,10 +46,12 @@ class SubTrajectoryBalance(PenalisedObjective):
 
     requires = frozenset({"prefix_rewards"})
     off_policy = "any"
-    # Exact sweep, 48 settings: on-policy SubTB loses responses of sharp bases (α = 3-4) that stop
-    # being sampled (46/48); replaying its best responses alone keeps them (48/48, worst TV 0.035).
+    # benchmarks/behaviour_ladder.py, 48 settings: on-policy SubTB loses responses of sharp bases
+    # (α = 3-4) that stop being sampled (46/48); replaying its best responses alone keeps them
+    # (48/48, worst TV 0.035). Toward the 18 flattening targets on-policy suffices (worst 0.036).
     recommended_exploration = ON_POLICY
     recommended_replay = SWEEP_REPLAY
+    recommended_when = MappingProxyType({("target", "flattening"): (ON_POLICY, ON_POLICY)})
     lamda: float = option(
         1.0,
         "λ: sub-trajectory s_i → s_j has weight λ^(j−i−1), one step weighs 1 (1 = all equal)",

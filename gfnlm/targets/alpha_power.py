@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from gfnlm.contracts.registry import option, register
 from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
 from gfnlm.contracts.validators import greater_than
-from gfnlm.targets.base import Target, task_field
+from gfnlm.targets.base import Regime, Target, task_field
 
 
 def prefix_terminal_log_rewards(
@@ -66,6 +66,13 @@ class AlphaPowerTarget(Target):
         "", "a regular expression a well-formatted response matches; '' = the run's task decides"
     )
     task: Any = task_field()
+
+    @property
+    def regime(self) -> Regime | None:
+        """Sharpening for α > 1, flattening for α < 1 (the base model itself at α = 1: neither)."""
+        if self.alpha == 1:
+            return None
+        return "sharpening" if self.alpha > 1 else "flattening"
 
     @property
     def provides(self) -> frozenset[str]:  # type: ignore[override]

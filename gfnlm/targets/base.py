@@ -1,10 +1,12 @@
 """The Target interface: an unnormalised log-density over whole responses (and prefixes)."""
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from gfnlm.contracts.types import Rollouts, SequenceLogProbs, TargetScores
+
+Regime = Literal["sharpening", "flattening"]
 
 
 class Target:
@@ -21,6 +23,15 @@ class Target:
     provides: ClassVar[frozenset[str]] = frozenset()
     # False: ``score`` gets ``base=None`` and the base pass is skipped
     needs_base: ClassVar[bool] = True
+
+    @property
+    def regime(self) -> Regime | None:
+        """``"sharpening"`` when the target is more concentrated than the base model the policy
+        starts from (its modes are ones the policy already samples), ``"flattening"`` when it is
+        less (it puts mass where the policy rarely samples), ``None`` when neither is known. An
+        objective's recommended exploration can depend on it
+        (:attr:`~gfnlm.objectives.base.Objective.recommended_when`)."""
+        return None
 
     @property
     def needs_eos_logp(self) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
-from gfnlm.exploration import check_off_policy, departure_note
+from gfnlm.exploration import AUTO, check_off_policy, departure_note, recommended_section
 from gfnlm.tasks.records import data_label
 from gfnlm.training.config import RunConfig, TrainConfig, saved_form
 from gfnlm.training.policy import CausalLMPolicy
@@ -115,8 +115,8 @@ def compose(
             **({"min_p": sampling.min_p} if sampling.min_p else {}),
         },
     )
-    exploration = build("exploration", config.exploration.name, config.exploration.options)
-    replay = build("replay", config.replay.name, config.replay.options)
+    exploration = build("exploration", *_section(config, "exploration", objective, target))
+    replay = build("replay", *_section(config, "replay", objective, target))
     components = Components(target, objective, logz, sampler, task, exploration, replay)
     for component in (target, objective, sampler):
         if hasattr(component, "bind_task"):
@@ -124,7 +124,7 @@ def compose(
     check_composition(components.as_dict(), provided_by_run=CausalLMPolicy.provides)
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
     # one line, not an error: printed by the trainer once every check has passed
-    components.departure = departure_note(objective, exploration, replay)
+    components.departure = departure_note(objective, exploration, replay, target)
     if sampling.async_rollouts and not sampler.overlaps_training:
         raise ConfigError(
             f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: "
@@ -142,6 +142,22 @@ def compose(
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
+
+
+def _section(
+    config: RunConfig, kind: str, objective: Any, target: Any
+) -> tuple[str, dict[str, Any]]:
+    """The ``exploration`` or ``replay`` section's name and options; ``auto``: what the objective
+    recommends toward the target."""
+    section = getattr(config, kind)
+    if section.name != AUTO:
+        return section.name, section.options
+    if section.options:
+        raise ConfigError(
+            f"{kind}.options={section.options!r}: {kind}.name={AUTO!r} takes the objective's "
+            "recommendation and no options; allowed: no options, or name the component"
+        )
+    return recommended_section(kind, objective, target)
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:

@@ -462,11 +462,13 @@ class RunConfig:
     exploration: ComponentConfig = component_field(
         "none",
         help="off-policy exploration: the distribution the sampler draws each token from "
-        "(`none`: the policy's, on-policy)",
+        "(`none`: the policy's, on-policy; `auto`: the objective's recommendation toward the "
+        "target)",
     )
     replay: ComponentConfig = component_field(
         "none",
-        help="stored trajectories mixed into each batch (`none`: no replay)",
+        help="stored trajectories mixed into each batch (`none`: no replay; `auto`: the "
+        "objective's recommendation toward the target)",
     )
     data: DataConfig = section_field(DataConfig, help="the training and evaluation prompts")
     train: TrainConfig = section_field(TrainConfig, help="the training loop")
