@@ -118,18 +118,28 @@ def test_the_targets_regime_can_change_the_choice() -> None:
 
 
 def test_auto_takes_the_recommendation_toward_the_runs_target() -> None:
+    notes = []
+
     def composed(overrides: list[str], file: str = "tb_traj") -> tuple[object, object]:
         config = load_config(REPO / f"configs/{file}.yaml", overrides)
         components = compose(config, 64, num_train_prompts=10)
         assert components.departure is None
+        notes.append(components.auto_note)
         return components.exploration, components.replay
 
     auto = ["exploration.name=auto", "replay.name=auto"]
     exploration, replay = composed([*auto, "target.options.alpha=4"])
     assert not exploration.changes_sampling and not replay.active  # on-policy
+    assert (
+        notes[-1]
+        == "note: auto is on-policy, what objective 'tb' recommends toward a sharpening target"
+    )
     exploration, replay = composed([*auto, "target.options.alpha=0.5"])
     assert exploration == registry.build("exploration", "tempered", temperature=1.1)
     assert replay == registry.build("replay", "reward_prioritised", ratio=0.25)
+    assert "tempered (temperature=1.1)" in notes[-1] and "toward a flattening target" in notes[-1]
+    composed(["exploration.name=none", "replay.name=none"])
+    assert notes[-1] is None  # nothing named auto: nothing to say
     exploration, replay = composed(["exploration.name=auto"], "subtb")  # replay: the file's auto
     assert not exploration.changes_sampling and replay.active
 
@@ -231,6 +241,13 @@ def test_a_trainer_prints_the_note_once_after_its_checks(
     trainer = Trainer(config, progress=False)
     trainer.close()
     assert capsys.readouterr().err.splitlines() == [f"gfnlm: {note}"]
+    # a run with auto says what auto became, once
+    overrides = [f"model.path={tiny_model_dir}", f"train.out_dir={tmp_path / 'auto'}"]
+    trainer = Trainer(load_config(REPO / "configs/tb_traj.yaml", overrides), progress=False)
+    trainer.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "gfnlm: note: auto is on-policy, what objective 'tb' recommends toward a sharpening target"
+    ]
 
 
 def test_the_ladder_stops_at_the_first_rung_that_reaches_every_setting(

@@ -10,7 +10,14 @@ import torch
 
 from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
-from gfnlm.exploration import AUTO, check_off_policy, departure_note, recommended_section
+from gfnlm.exploration import (
+    AUTO,
+    check_off_policy,
+    departure_note,
+    describe_choice,
+    recommended_choice,
+    recommended_section,
+)
 from gfnlm.tasks.records import data_label
 from gfnlm.training.config import RunConfig, TrainConfig, saved_form
 from gfnlm.training.policy import CausalLMPolicy
@@ -29,6 +36,8 @@ class Components:
     replay: Any = None
     # The note that the exploration / replay depart from what the objective recommends, if so.
     departure: str | None = None
+    # What an exploration / replay named ``auto`` became, if one was.
+    auto_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Role → component, as :func:`gfnlm.contracts.registry.check_composition` takes it."""
@@ -125,6 +134,8 @@ def compose(
     check_off_policy(objective, exploration, replay, sampling.async_rollouts)
     # one line, not an error: printed by the trainer once every check has passed
     components.departure = departure_note(objective, exploration, replay, target)
+    if AUTO in (config.exploration.name, config.replay.name):
+        components.auto_note = auto_note(objective, target)
     if sampling.async_rollouts and not sampler.overlaps_training:
         raise ConfigError(
             f"sampling.async_rollouts=true with sampling.sampler={sampling.sampler!r}: "
@@ -142,6 +153,15 @@ def compose(
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
+
+
+def auto_note(objective: Any, target: Any) -> str:
+    """One line: what ``auto`` stands for in this run (the objective's choice toward the target)."""
+    name = getattr(objective, "registry_name", type(objective).__name__)
+    regime = getattr(target, "regime", None)
+    toward = f"toward a {regime} target" if regime else "toward this target"
+    choice = recommended_choice(objective, target)
+    return f"note: auto is {describe_choice(*choice)}, what objective {name!r} recommends {toward}"
 
 
 def _section(

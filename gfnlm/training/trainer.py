@@ -98,9 +98,10 @@ class Trainer:
                 # a Trainer that failed to build neither holds nor leaves the folder
                 self.run_lock.abandon()
             raise
-        if self.world.is_main and self.components.departure:
-            # After every check: a note followed by an error would read as two problems.
-            print(f"gfnlm: {self.components.departure}", file=sys.stderr, flush=True)
+        for note in (self.components.auto_note, self.components.departure):
+            if self.world.is_main and note:
+                # After every check: a note followed by an error would read as two problems.
+                print(f"gfnlm: {note}", file=sys.stderr, flush=True)
 
     def _set_up(self, config: RunConfig) -> None:
         """Everything after the run directory is held: resume point, model, sampler, optimiser."""
