@@ -33,8 +33,9 @@ but not replay, an on-policy loss (``entropy_min``) neither.
 Each GFlowNet objective also declares the least off-policy exploration and replay with which it
 reached its fixed point on every setting of the exact sweep (``recommended_exploration`` /
 ``recommended_replay`` on :class:`~gfnlm.objectives.base.Objective`, and ``recommended_when`` where
-an option changes them); :func:`departure_note` is the one line a run prints when it departs from
-them (a note, not an error: a run may have its reasons).
+an option or the target's regime changes them); ``auto`` in a config takes them
+(:func:`recommended_section`), and :func:`departure_note` is the one line a run prints when it
+departs from them (a note, not an error: a run may have its reasons).
 """
 
 import math
