@@ -46,13 +46,14 @@ from exact_sweep import (  # the sibling benchmark's (benchmarks/ is on sys.path
     format_table,
     objective_label,
     objective_lr,
+    plain_choice,
     run_jobs,
     summary_rows,
     sweep_groups,
 )
 
 from gfnlm.contracts import registry
-from gfnlm.exploration import describe_choice, recommended_choice
+from gfnlm.exploration import Choice, describe_choice, recommended_choice
 from gfnlm.objectives.base import ON_POLICY, component_choice
 
 TEMPERATURES = (1.1, 1.2, 1.5)
@@ -66,8 +67,6 @@ OBJECTIVES: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("db", {}),
     ("tb_token", {}),
 )
-
-Choice = tuple[Mapping[str, Any], Mapping[str, Any]]
 
 
 def ladder(replay_ratio: float) -> list[Choice]:
@@ -91,10 +90,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--objectives", nargs="+", default=names, choices=names, help="la_tb: both log Z' sources"
     )
     return parser.parse_args(argv)
-
-
-def as_plain(choice: Choice) -> list[dict[str, Any]]:
-    return [{"name": c["name"], "options": dict(c["options"])} for c in choice]
 
 
 def climb(
@@ -153,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += [row | {"targets": targets} for row in climbed]
             target = None if alpha is None else registry.build("target", "alpha_power", alpha=alpha)
             declared = recommended_choice(built, target)
-            agrees = None not in (chosen, declared) and as_plain(chosen) == as_plain(declared)
+            agrees = None not in (chosen, declared) and [plain_choice(c) for c in chosen] == [
+                plain_choice(c) for c in declared
+            ]
             verdicts.append(
                 {
                     "objective": objective_label(objective, options),

@@ -386,8 +386,13 @@ def _withheld_reasons(components: Mapping[str, Any], capability: str) -> str:
     return "".join(reasons)
 
 
+def component_name(component: Any) -> str:
+    """The name ``component`` (or its class) was registered under; its class's name if none."""
+    return getattr(component, "registry_name", type(component).__name__)
+
+
 def _label(component: Any) -> str:
-    return repr(getattr(component, "registry_name", type(component).__name__))
+    return repr(component_name(component))
 
 
 def _describe_components(components: Mapping[str, Any]) -> str:

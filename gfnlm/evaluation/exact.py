@@ -40,6 +40,7 @@ from scipy.optimize import brentq
 from torch import Tensor, nn
 
 from gfnlm.contracts import registry
+from gfnlm.contracts.registry import component_name
 from gfnlm.contracts.types import PolicyEval, Rollouts, SequenceLogProbs
 from gfnlm.contracts.validators import at_least
 from gfnlm.objectives.fixed_points import (
@@ -590,9 +591,7 @@ def exact_report(
         fields["log_z_error"] = max(abs(a - b) for a, b in zip(log_z, expected, strict=True))
     setting = policy.setting
     return ExactReport(
-        objective=None
-        if objective is None
-        else getattr(objective, "registry_name", type(objective).__name__),
+        objective=_name_of(objective),
         alpha=extra.pop("alpha", math.nan),
         vocab_size=setting.vocab_size,
         max_len=setting.max_len,
@@ -775,9 +774,7 @@ def train_exact_policy(
 
 
 def _name_of(component: Any) -> str | None:
-    return (
-        None if component is None else getattr(component, "registry_name", type(component).__name__)
-    )
+    return None if component is None else component_name(component)
 
 
 __all__ = [

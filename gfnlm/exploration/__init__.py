@@ -49,7 +49,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gfnlm.contracts.errors import ConfigError
-from gfnlm.contracts.registry import RegistryError, build, names, option, register
+from gfnlm.contracts.registry import (
+    RegistryError,
+    build,
+    component_name,
+    names,
+    option,
+    register,
+)
 from gfnlm.contracts.types import Rollouts
 from gfnlm.contracts.validators import at_least, in_range
 
@@ -348,7 +355,7 @@ def check_off_policy(
     :attr:`Objective.off_policy <gfnlm.objectives.base.Objective.off_policy>`): explored, replayed,
     or (``async_rollouts``) drawn by the weights of one update before."""
     validity = getattr(objective, "off_policy", "on_policy")
-    name = getattr(objective, "registry_name", type(objective).__name__)
+    name = component_name(objective)
     if async_rollouts and validity == "on_policy":
         raise RegistryError(
             f"sampling.async_rollouts=true: objective {name!r} is valid on its own samples only "
@@ -361,13 +368,13 @@ def check_off_policy(
         and getattr(exploration, "changes_sampling", True)
         and validity == "on_policy"
     ):
-        label = getattr(exploration, "registry_name", type(exploration).__name__)
+        label = component_name(exploration)
         raise RegistryError(
             f"exploration.name={label!r}: objective {name!r} is valid on its own samples only "
             "(off_policy='on_policy'); use exploration.name=none"
         )
     if replay is not None and getattr(replay, "active", True) and validity != "any":
-        label = getattr(replay, "registry_name", type(replay).__name__)
+        label = component_name(replay)
         raise RegistryError(
             f"replay.name={label!r}: objective {name!r} (off_policy={validity!r}) is not valid on "
             "replayed trajectories, whose reward-prioritised selection has no sampling "
@@ -438,7 +445,7 @@ def recommended_section(
     the objective recommends nothing (it has no fixed point to reach)."""
     choice = recommended_choice(objective, target)
     if choice is None:
-        name = getattr(objective, "registry_name", type(objective).__name__)
+        name = component_name(objective)
         raise ConfigError(
             f"{kind}.name={AUTO!r}: objective {name!r} recommends no exploration or replay (it "
             f"has no fixed point to reach); allowed: a registered {kind} "
@@ -452,7 +459,7 @@ def _as_choice(component: Any) -> dict[str, Any]:
     """A built exploration or replay (``None``: none) as a config section, every option given."""
     if component is None:
         return {"name": "none", "options": {}}
-    name = getattr(component, "registry_name", type(component).__name__)
+    name = component_name(component)
     fields = attrs.fields(type(component)) if attrs.has(type(component)) else ()
     return {"name": name, "options": {f.name: getattr(component, f.name) for f in fields if f.init}}
 
@@ -473,7 +480,7 @@ def departure_note(
     used = [_as_choice(exploration), _as_choice(replay)]
     if used == declared:
         return None
-    name = getattr(objective, "registry_name", type(objective).__name__)
+    name = component_name(objective)
     condition = _condition_met(objective, target)
     where = f" ({condition[0]})" if condition else ""
     return (
@@ -481,6 +488,15 @@ def departure_note(
         f"with {describe_choice(*recommended)}; this run uses {describe_choice(*used)} "
         f"({AUTO!r} follows it; docs: Configuration, Exploration each objective recommends)"
     )
+
+
+def auto_note(objective: Any, target: Any) -> str:
+    """One line: what ``auto`` stands for in a run of ``objective`` toward ``target``."""
+    regime = getattr(target, "regime", None)
+    toward = f"toward a {regime} target" if regime else "toward this target"
+    choice = describe_choice(*recommended_choice(objective, target))
+    name = component_name(objective)
+    return f"note: auto is {choice}, what objective {name!r} recommends {toward}"
 
 
 def _build_choice(kind: str, choice: Mapping[str, Any]) -> Any:

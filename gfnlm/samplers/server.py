@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from gfnlm.contracts.errors import ConfigError
-from gfnlm.contracts.registry import option
+from gfnlm.contracts.registry import component_name, option
 from gfnlm.models.weights import merged_state_dict
 from gfnlm.samplers.base import Sampler, check_sampling_settings
 from gfnlm.serving.serve import LaunchConfig, ManagedServer
@@ -171,7 +171,7 @@ class ServerSampler(Sampler):
         of the tempered distribution, the exact behaviour log-probs."""
         factor = getattr(exploration, "temperature_factor", None)
         if factor is None:
-            label = getattr(exploration, "registry_name", type(exploration).__name__)
+            label = component_name(exploration)
             raise ConfigError(
                 f"exploration.name={label!r}: the {self.engine} server samples each token itself "
                 "and applies only a temperature; allowed: exploration.name=tempered or none, or "

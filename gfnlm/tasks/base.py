@@ -30,7 +30,7 @@ import attrs
 from jinja2 import TemplateError
 
 from gfnlm.contracts.errors import InputError, quoted, shortened
-from gfnlm.contracts.registry import option
+from gfnlm.contracts.registry import component_name, option
 from gfnlm.tasks.prompt_files import TEMPLATES
 
 TEMPLATE_HELP = (
@@ -221,4 +221,4 @@ def describe_fields(record: dict[str, Any]) -> str:
 
 def task_label(task: Any) -> str:
     """A task's registered name, quoted, for messages."""
-    return quoted(getattr(task, "registry_name", type(task).__name__))
+    return quoted(component_name(task))

@@ -12,10 +12,9 @@ from gfnlm.contracts.errors import ConfigError
 from gfnlm.contracts.registry import build, check_composition, import_components, lookup
 from gfnlm.exploration import (
     AUTO,
+    auto_note,
     check_off_policy,
     departure_note,
-    describe_choice,
-    recommended_choice,
     recommended_section,
 )
 from gfnlm.tasks.records import data_label
@@ -153,15 +152,6 @@ def compose(
     if exploration.changes_sampling:
         sampler.explore_with(exploration)
     return components
-
-
-def auto_note(objective: Any, target: Any) -> str:
-    """One line: what ``auto`` stands for in this run (the objective's choice toward the target)."""
-    name = getattr(objective, "registry_name", type(objective).__name__)
-    regime = getattr(target, "regime", None)
-    toward = f"toward a {regime} target" if regime else "toward this target"
-    choice = recommended_choice(objective, target)
-    return f"note: auto is {describe_choice(*choice)}, what objective {name!r} recommends {toward}"
 
 
 def _section(
